@@ -1,0 +1,86 @@
+/** The one logger: leveled, structured lines on stderr (CLI output goes to stdout). */
+
+/** Log levels, most verbose first. */
+export const LEVELS = ["debug", "info", "warn", "error", "off"] as const;
+/** One of {@link LEVELS}. */
+export type Level = typeof LEVELS[number];
+
+const RANK: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40, off: 100 };
+
+/** Where lines go; tests replace it to capture them. */
+export type LogSink = (line: string) => void;
+
+const encoder = new TextEncoder();
+const stderrSink: LogSink = (line) => {
+  Deno.stderr.writeSync(encoder.encode(line + "\n"));
+};
+
+let threshold: Level = "warn";
+let sink: LogSink = stderrSink;
+let format: "text" | "json" = "text";
+
+/** Parses a level name; undefined when it is not one. */
+export function parseLevel(text: string): Level | undefined {
+  const t = text.trim().toLowerCase();
+  return (LEVELS as readonly string[]).includes(t) ? t as Level : undefined;
+}
+
+/** Sets the threshold, the sink and the line format. */
+export function configureLog(opts: { level?: Level; sink?: LogSink; format?: "text" | "json" }): void {
+  if (opts.level) threshold = opts.level;
+  if (opts.sink) sink = opts.sink;
+  if (opts.format) format = opts.format;
+}
+
+/** The current threshold. */
+export function logLevel(): Level {
+  return threshold;
+}
+
+function fieldText(value: unknown): string {
+  if (typeof value === "string") return /[\s"=]/.test(value) ? JSON.stringify(value) : value;
+  if (value instanceof Error) return JSON.stringify(value.message);
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    // circular or BigInt: fall back to the plain string form
+    return String(value);
+  }
+}
+
+function emit(level: Exclude<Level, "off">, component: string, msg: string, fields?: Record<string, unknown>): void {
+  if (RANK[level] < RANK[threshold]) return;
+  const time = new Date().toISOString();
+  if (format === "json") {
+    const rec: Record<string, unknown> = { time, level, component, msg };
+    for (const [k, v] of Object.entries(fields ?? {})) rec[k] = v instanceof Error ? v.message : v;
+    let line: string;
+    try {
+      line = JSON.stringify(rec);
+    } catch {
+      // a field that cannot be serialised: keep the message itself
+      line = JSON.stringify({ time, level, component, msg });
+    }
+    sink(line);
+    return;
+  }
+  let line = `${time} ${level.toUpperCase().padEnd(5)} ${component}: ${msg}`;
+  for (const [k, v] of Object.entries(fields ?? {})) line += ` ${k}=${fieldText(v)}`;
+  sink(line);
+}
+
+/**
+ * The logger.
+ *
+ * @example
+ * ```ts
+ * log.debug("dns", "cache hit", { name: "echo.default" });
+ * ```
+ */
+export const log = {
+  debug: (component: string, msg: string, fields?: Record<string, unknown>) => emit("debug", component, msg, fields),
+  info: (component: string, msg: string, fields?: Record<string, unknown>) => emit("info", component, msg, fields),
+  warn: (component: string, msg: string, fields?: Record<string, unknown>) => emit("warn", component, msg, fields),
+  error: (component: string, msg: string, fields?: Record<string, unknown>) => emit("error", component, msg, fields),
+  enabled: (level: Exclude<Level, "off">) => RANK[level] >= RANK[threshold],
+};

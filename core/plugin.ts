@@ -1,0 +1,90 @@
+/** The plugin contract: manifests, probes, and what resolver and VIF plugins provide (types only). */
+
+/** Operating systems tel runs on, as Deno.build.os names them. */
+export type PluginOs = "linux" | "darwin" | "windows";
+
+/** What a plugin is, independent of the machine it runs on. */
+export interface Manifest {
+  name: string;
+  kind: "resolver" | "vif";
+  apiVersion: 1;
+  os: PluginOs[];
+  /** Higher wins when several resolvers are available. */
+  priority: number;
+  summary: string;
+  /** Human-readable prerequisites, e.g. "iptables in PATH". */
+  requires: string[];
+}
+
+/** Whether a plugin can run on this machine, and if not, why. */
+export type Probe = { available: true; detail?: string } | { available: false; reason: string };
+
+/** What a plugin's create() receives. */
+export interface PluginContext {
+  /** Directory for state files the daemon must be able to clean up after a crash. */
+  stateDir: string;
+  /** Arbitrary plugin settings from the config file. */
+  settings?: Record<string, unknown>;
+}
+
+/** A plugin module: manifest, a probe that never throws, and a factory that may throw a TelError. */
+export interface PluginModule<T> {
+  manifest: Manifest;
+  probe(): Promise<Probe>;
+  create(ctx: PluginContext): Promise<T>;
+}
+
+/** What the daemon hands a resolver plugin when it starts or the cluster's DNS view changes. */
+export interface ResolverConfig {
+  /** Address and port of tel's DNS server. */
+  serverIp: string;
+  serverPort: number;
+  /** Domains routed to tel (e.g. "cluster.local", namespaces, "svc"). */
+  domains: string[];
+  /** Search path the resolver should add. */
+  search: string[];
+  /** Name of the VIF, for resolvers that attach DNS to a link. */
+  vifName?: string;
+}
+
+/** A running resolver configuration on the host. */
+export interface Resolver {
+  start(config: ResolverConfig): Promise<void>;
+  update(config: ResolverConfig): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** One route of the host's routing table, as the VIF plugin reads it. */
+export interface HostRoute {
+  /** CIDR text, e.g. "10.0.0.0/8" or "default". */
+  destination: string;
+  device: string;
+  gateway?: string;
+}
+
+/** The VIF: a TUN device that reads and writes whole IP packets and owns routes to it. */
+export interface Vif {
+  readonly name: string;
+  readonly mtu: number;
+  /** Resolves with one or more whole IP packets; rejects once closed. */
+  readPackets(): Promise<Uint8Array[]>;
+  /** Writes one whole IP packet. */
+  writePacket(packet: Uint8Array): void;
+  addAddress(cidr: string): Promise<void>;
+  addRoute(cidr: string): Promise<void>;
+  removeRoute(cidr: string): Promise<void>;
+  hostRoutes(): Promise<HostRoute[]>;
+  /** Removes the device and every route it added; safe to call twice. */
+  close(): Promise<void>;
+}
+
+/** Options for creating a VIF. */
+export interface VifOptions {
+  name?: string;
+  mtu?: number;
+}
+
+/** The VIF plugin's factory. */
+export interface VifFactory {
+  open(options: VifOptions): Promise<Vif>;
+}
