@@ -1,0 +1,18 @@
+/** Subnet logic: addresses and CIDRs, the routed set, pod-IP covering blocks, route conflicts and diffs. */
+
+export { Cidr, type Family, familyBits, IpAddr } from "./ip.ts";
+export {
+  type Conflict,
+  type ConflictOptions,
+  conflictsError,
+  coveringCidrs,
+  describeConflict,
+  diffSubnets,
+  findConflicts,
+  normalize,
+  type RoutedSubnets,
+  routedSubnets,
+  type RouteInputs,
+  sortCidrs,
+  subtract,
+} from "./sets.ts";
