@@ -30,6 +30,8 @@ export interface PluginContext {
 /** A plugin module: manifest, a probe that never throws, and a factory that may throw a TelError. */
 export interface PluginModule<T> {
   manifest: Manifest;
+  /** Set while create() cannot work yet in this build; `tel plugins list` shows it and never selects the plugin. */
+  notBuilt?: string;
   probe(): Promise<Probe>;
   create(ctx: PluginContext): Promise<T>;
 }

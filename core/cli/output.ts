@@ -1,0 +1,21 @@
+/** Rendering of command results as a table, JSON or YAML. */
+
+import YAML from "yaml";
+
+/** Formats every command's --output accepts. */
+export const OUTPUT_FORMATS = ["text", "json", "yaml"] as const;
+/** One of {@link OUTPUT_FORMATS}. */
+export type OutputFormat = typeof OUTPUT_FORMATS[number];
+
+/** Serialises data for json/yaml output. */
+export function renderData(data: unknown, format: "json" | "yaml"): string {
+  return format === "json" ? JSON.stringify(data, null, 2) + "\n" : YAML.stringify(data);
+}
+
+/** A plain text table with a header row, columns padded to the widest cell. */
+export function renderTable(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: string[]) =>
+    cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]))).join("  ").trimEnd();
+  return [line(header), ...rows.map(line)].join("\n") + "\n";
+}
