@@ -1,0 +1,459 @@
+/** @kubernetes/client-node wiring: kubeconfig loading like kubectl, API error mapping, port-forward, manager lookup. */
+
+import { dirname, resolve } from "node:path";
+import { createServer, type Server, type Socket } from "node:net";
+import { PassThrough } from "node:stream";
+import { CoreV1Api, type DispatcherOptions, KubeConfig, PortForward } from "@kubernetes/client-node";
+import { errorMessage, TelError } from "../core/errors.ts";
+import { log } from "../core/log.ts";
+
+/**
+ * A KubeConfig whose HTTP client speaks HTTP/1.1 only. undici (under client-node) offers h2 by ALPN and apiservers
+ * pick it; Deno's node:http2 then aborted the whole process with an nghttp2 assertion when the server closed the
+ * session (seen here against an h2 server). HTTP/1.1 avoids that code path.
+ */
+export class TelKubeConfig extends KubeConfig {
+  /** Adds `allowH2: false` to the connect options undici gets. */
+  override createDispatcherOptions(
+    cluster: Parameters<KubeConfig["createDispatcherOptions"]>[0],
+    agentOptions: Parameters<KubeConfig["createDispatcherOptions"]>[1],
+  ): DispatcherOptions {
+    const opts = super.createDispatcherOptions(cluster, agentOptions);
+    // deno-lint-ignore no-explicit-any
+    const o = opts as any;
+    if (o.type === "none") return { type: "agent", connect: { allowH2: false } } as DispatcherOptions;
+    if (o.type === "agent" || o.type === "proxy") o.connect = { ...o.connect, allowH2: false };
+    return opts;
+  }
+}
+
+/** How to pick the kubeconfig, context and namespace; unset fields follow kubectl's rules. */
+export interface KubeConfigOptions {
+  /** A kubeconfig path (like --kubeconfig); else KUBECONFIG (a path list), else ~/.kube/config, else in-cluster. */
+  kubeconfig?: string;
+  /** A whole kubeconfig as YAML text (the daemon gets the flattened config from the CLI); wins over files. */
+  kubeconfigText?: string;
+  /** Context name (like --context); else the kubeconfig's current-context. */
+  context?: string;
+  /** Namespace (like --namespace); else the context's namespace, else "default". */
+  namespace?: string;
+  /** Environment to read KUBECONFIG, HOME and KUBERNETES_SERVICE_HOST from; default Deno.env. */
+  env?: Record<string, string | undefined>;
+  /** Directory of the in-cluster service account files (tests point it elsewhere). */
+  serviceAccountDir?: string;
+}
+
+/** A loaded, validated client configuration. */
+export interface KubeContext {
+  /** The client-node config, current context set. */
+  kc: KubeConfig;
+  /** The context in use ("inClusterContext" in a pod). */
+  context: string;
+  /** The namespace in use. */
+  namespace: string;
+  /** The API server URL. */
+  server: string;
+  /** Where the config came from: file path(s), "<text>", or "in-cluster". */
+  source: string;
+}
+
+const SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+function envOf(opts: KubeConfigOptions): (k: string) => string | undefined {
+  return (k) => (opts.env ? opts.env[k] : Deno.env.get(k));
+}
+
+function fileExists(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    // missing or unreadable: treated as absent, like kubectl skips missing KUBECONFIG entries
+    return false;
+  }
+}
+
+function parseInto(kc: KubeConfig, text: string, source: string): void {
+  try {
+    kc.loadFromString(text);
+  } catch (err) {
+    throw new TelError("config", `kubeconfig ${source}: ${errorMessage(err).split("\n")[0]}`, {
+      hint: "fix the file or point --kubeconfig / KUBECONFIG at a valid one",
+      cause: err,
+    });
+  }
+}
+
+function loadFile(path: string): KubeConfig {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch (err) {
+    throw new TelError("config", `kubeconfig ${path}: cannot read: ${errorMessage(err)}`, {
+      hint: "point --kubeconfig or KUBECONFIG at a readable kubeconfig file",
+      cause: err,
+    });
+  }
+  const kc = new TelKubeConfig();
+  parseInto(kc, text, path);
+  kc.makePathsAbsolute(dirname(resolve(path)));
+  return kc;
+}
+
+/** Merges files like kubectl: the first file to set a name (or current-context) wins. */
+function mergeFiles(paths: string[]): KubeConfig {
+  const out = new TelKubeConfig();
+  let current = "";
+  for (const p of paths) {
+    const kc = loadFile(p);
+    current ||= kc.currentContext;
+    for (const c of kc.clusters) if (!out.clusters.some((x) => x.name === c.name)) out.addCluster(c);
+    for (const u of kc.users) if (!out.users.some((x) => x.name === u.name)) out.addUser(u);
+    for (const c of kc.contexts) if (!out.contexts.some((x) => x.name === c.name)) out.addContext(c);
+  }
+  out.currentContext = current;
+  return out;
+}
+
+/**
+ * Loads the client configuration the way kubectl does and validates the chosen context, so a broken kubeconfig
+ * fails here with a TelError naming the file and the context instead of later inside a request.
+ *
+ * @example
+ * ```ts
+ * const { kc, namespace } = loadKubeConfig({ context: "kind-dev" });
+ * ```
+ */
+export function loadKubeConfig(opts: KubeConfigOptions = {}): KubeContext {
+  const env = envOf(opts);
+  let kc: KubeConfig;
+  let source: string;
+  if (opts.kubeconfigText !== undefined) {
+    kc = new TelKubeConfig();
+    source = "<text>";
+    parseInto(kc, opts.kubeconfigText, source);
+  } else if (opts.kubeconfig) {
+    if (!fileExists(opts.kubeconfig)) {
+      throw new TelError("config", `kubeconfig ${opts.kubeconfig}: no such file`, {
+        hint: "pass an existing file to --kubeconfig",
+      });
+    }
+    kc = loadFile(opts.kubeconfig);
+    source = opts.kubeconfig;
+  } else if (env("KUBECONFIG")) {
+    const listed = env("KUBECONFIG")!.split(":").filter(Boolean);
+    const present = listed.filter(fileExists);
+    if (present.length === 0) {
+      throw new TelError("config", `kubeconfig: none of the KUBECONFIG files exist (${listed.join(", ")})`, {
+        hint: "set KUBECONFIG to an existing kubeconfig file",
+      });
+    }
+    kc = mergeFiles(present);
+    source = present.join(":");
+  } else {
+    const home = env("HOME");
+    const def = home ? `${home}/.kube/config` : "";
+    if (def && fileExists(def)) {
+      kc = loadFile(def);
+      source = def;
+    } else if (env("KUBERNETES_SERVICE_HOST")) {
+      return loadInCluster(opts);
+    } else {
+      throw new TelError("config", `kubeconfig: no configuration found (${def || "$HOME is not set"})`, {
+        hint: "create ~/.kube/config, set KUBECONFIG, or pass --kubeconfig",
+      });
+    }
+  }
+  return selectContext(kc, source, opts);
+}
+
+function selectContext(kc: KubeConfig, source: string, opts: KubeConfigOptions): KubeContext {
+  const known = kc.contexts.map((c) => c.name);
+  const name = opts.context ?? kc.currentContext;
+  const knownText = known.length ? `known contexts: ${known.join(", ")}` : "the file defines no contexts";
+  if (!name) {
+    throw new TelError("config", `kubeconfig ${source}: no current context`, {
+      hint: `pass --context NAME (${knownText})`,
+    });
+  }
+  const ctx = kc.getContextObject(name);
+  if (!ctx) {
+    throw new TelError("config", `kubeconfig ${source}: context "${name}" not found`, {
+      hint: `pass --context with one of them (${knownText})`,
+    });
+  }
+  kc.setCurrentContext(name);
+  const cluster = kc.getCluster(ctx.cluster);
+  if (!cluster) {
+    throw new TelError(
+      "config",
+      `kubeconfig ${source}: context "${name}" refers to cluster "${ctx.cluster}", which is not defined`,
+      {
+        hint: "add the cluster entry or choose another context",
+      },
+    );
+  }
+  if (!cluster.server) {
+    throw new TelError("config", `kubeconfig ${source}: cluster "${ctx.cluster}" (context "${name}") has no server`, {
+      hint: "set clusters[].cluster.server to the API server URL",
+    });
+  }
+  if (ctx.user && !kc.getUser(ctx.user)) {
+    throw new TelError(
+      "config",
+      `kubeconfig ${source}: context "${name}" refers to user "${ctx.user}", which is not defined`,
+      {
+        hint: "add the user entry or choose another context",
+      },
+    );
+  }
+  return { kc, context: name, namespace: opts.namespace ?? ctx.namespace ?? "default", server: cluster.server, source };
+}
+
+function loadInCluster(opts: KubeConfigOptions): KubeContext {
+  const env = envOf(opts);
+  const dir = opts.serviceAccountDir ?? SA_DIR;
+  const host = env("KUBERNETES_SERVICE_HOST")!;
+  const port = env("KUBERNETES_SERVICE_PORT") ?? "443";
+  for (const f of ["token", "ca.crt"]) {
+    if (!fileExists(`${dir}/${f}`)) {
+      throw new TelError("config", `in-cluster config: ${dir}/${f} is missing`, {
+        hint: "mount the service account token (automountServiceAccountToken: true)",
+      });
+    }
+  }
+  const kc = new TelKubeConfig();
+  const server = `https://${host.includes(":") ? `[${host}]` : host}:${port}`;
+  kc.loadFromOptions({
+    clusters: [{ name: "inCluster", server, caFile: `${dir}/ca.crt`, skipTLSVerify: false }],
+    users: [{ name: "inClusterUser", authProvider: { name: "tokenFile", config: { tokenFile: `${dir}/token` } } }],
+    contexts: [{ name: "inClusterContext", cluster: "inCluster", user: "inClusterUser" }],
+    currentContext: "inClusterContext",
+  });
+  let namespace = opts.namespace;
+  if (!namespace && fileExists(`${dir}/namespace`)) namespace = Deno.readTextFileSync(`${dir}/namespace`).trim();
+  return { kc, context: "inClusterContext", namespace: namespace || "default", server, source: "in-cluster" };
+}
+
+/** The fields of an apiserver `Status` that callers branch on. */
+export interface ApiStatus {
+  code: number;
+  reason: string;
+  message: string;
+}
+
+/** The apiserver Status inside a client-node error (ApiException or watch error), or undefined for other errors. */
+export function apiStatus(err: unknown): ApiStatus | undefined {
+  if (!err || typeof err !== "object") return undefined;
+  const e = err as { code?: unknown; body?: unknown; statusCode?: unknown };
+  const code = typeof e.code === "number" ? e.code : typeof e.statusCode === "number" ? e.statusCode : undefined;
+  if (code === undefined) return undefined;
+  let body = e.body;
+  if (typeof body === "string") {
+    try {
+      body = JSON.parse(body);
+    } catch {
+      // not JSON (a proxy's HTML page): keep the code, use the text as message
+      return { code, reason: "", message: body as string };
+    }
+  }
+  const b = (body ?? {}) as { reason?: string; message?: string };
+  return { code, reason: b.reason ?? "", message: b.message ?? "" };
+}
+
+/** What was being attempted, for error messages and RBAC hints. */
+export interface KubeAction {
+  verb: string;
+  resource: string;
+  namespace?: string;
+  name?: string;
+}
+
+/**
+ * Turns a client-node failure into a TelError: 403 names the missing RBAC rule, 401 the credentials, a network
+ * failure the server; anything else keeps the apiserver's message.
+ */
+export function kubeError(err: unknown, action: KubeAction, server?: string): TelError {
+  if (err instanceof TelError) return err;
+  const what = `${action.verb} ${action.resource}${action.name ? ` "${action.name}"` : ""}` +
+    (action.namespace ? ` in namespace "${action.namespace}"` : "");
+  const st = apiStatus(err);
+  if (st?.code === 403) {
+    const scope = action.namespace ? `in namespace "${action.namespace}" (a Role)` : "cluster-wide (a ClusterRole)";
+    return new TelError("cluster", `cannot ${what}: ${st.message || "forbidden"}`, {
+      hint: `grant RBAC rule: verbs [${action.verb}] on resources [${action.resource}] in API group "" ${scope}`,
+      cause: err,
+    });
+  }
+  if (st?.code === 401) {
+    return new TelError("cluster", `cannot ${what}: the API server rejected the credentials (401 Unauthorized)`, {
+      hint: "refresh the kubeconfig's credentials (token expired?)",
+      cause: err,
+    });
+  }
+  if (st) {
+    return new TelError("cluster", `cannot ${what}: ${st.message || `HTTP ${st.code}`}`, { cause: err });
+  }
+  return new TelError("cluster", `cannot ${what}: ${errorMessage(err).split("\n")[0]}`, {
+    hint: server ? `check that the API server ${server} is reachable` : undefined,
+    cause: err,
+  });
+}
+
+/** A pod found by {@link findManagerPod}. */
+export interface PodRef {
+  namespace: string;
+  name: string;
+  ip: string;
+}
+
+/** The default label of the traffic-manager pods (deploy/ sets it). */
+export const MANAGER_LABEL = "app=traffic-manager";
+
+/**
+ * Finds a running, ready manager pod by label in a namespace.
+ *
+ * @example
+ * ```ts
+ * const pod = await findManagerPod(kc, "ambassador");
+ * ```
+ */
+export async function findManagerPod(
+  kc: KubeConfig,
+  namespace: string,
+  labelSelector = MANAGER_LABEL,
+): Promise<PodRef> {
+  const core = kc.makeApiClient(CoreV1Api);
+  let items;
+  try {
+    items = (await core.listNamespacedPod({ namespace, labelSelector })).items;
+  } catch (err) {
+    throw kubeError(err, { verb: "list", resource: "pods", namespace }, kc.getCurrentCluster()?.server);
+  }
+  const ready = items.filter((p) =>
+    p.status?.phase === "Running" && !p.metadata?.deletionTimestamp &&
+    (p.status?.conditions ?? []).some((c) => c.type === "Ready" && c.status === "True")
+  );
+  const pod = ready[0];
+  if (!pod) {
+    const seen = items.map((p) => `${p.metadata?.name} (${p.status?.phase ?? "?"})`).join(", ");
+    throw new TelError(
+      "cluster",
+      `no ready traffic-manager pod in namespace "${namespace}" (label ${labelSelector})` +
+        (seen ? `; found ${seen}` : ""),
+      { hint: "install it with the chart in deploy/chart or kubectl apply -f deploy/manifests/traffic-manager.yaml" },
+    );
+  }
+  return { namespace, name: pod.metadata!.name!, ip: pod.status?.podIP ?? "" };
+}
+
+/** A local listener that forwards each accepted connection to a pod port through the API server. */
+export interface PortForwardHandle {
+  /** The local address, 127.0.0.1 unless asked otherwise. */
+  hostname: string;
+  /** The local port (chosen by the kernel when 0 was asked). */
+  port: number;
+  /** Connections currently forwarded. */
+  readonly active: number;
+  /** Stops listening and ends every forwarded connection. */
+  close(): Promise<void>;
+}
+
+/** Options of {@link portForward}. */
+export interface PortForwardOptions {
+  /** Local address; default 127.0.0.1. */
+  hostname?: string;
+  /** Local port; default 0. */
+  localPort?: number;
+  /** Called with a TelError when one forwarded connection fails (the listener stays up). */
+  onError?: (err: TelError) => void;
+}
+
+interface WsLike {
+  readyState: number;
+  protocol: string;
+  close(): void;
+  once(ev: "close", cb: () => void): void;
+}
+
+/**
+ * Listens locally and forwards every accepted connection to `port` of a pod (client-node PortForward: one
+ * websocket per connection). The pod is looked up first, so a missing pod or a forbidden get fails here.
+ *
+ * @example
+ * ```ts
+ * const pf = await portForward(kc, "ambassador", "traffic-manager-abc", 8081);
+ * // connect to 127.0.0.1:pf.port ...
+ * await pf.close();
+ * ```
+ */
+export async function portForward(
+  kc: KubeConfig,
+  namespace: string,
+  pod: string,
+  port: number,
+  opts: PortForwardOptions = {},
+): Promise<PortForwardHandle> {
+  const server0 = kc.getCurrentCluster()?.server;
+  try {
+    await kc.makeApiClient(CoreV1Api).readNamespacedPod({ namespace, name: pod });
+  } catch (err) {
+    throw kubeError(err, { verb: "get", resource: "pods", namespace, name: pod }, server0);
+  }
+  const pf = new PortForward(kc, true);
+  const sockets = new Set<Socket>();
+  const sockets2ws = new Map<Socket, WsLike>();
+  const report = (err: TelError) => {
+    log.debug("kube", "port-forward connection failed", { pod: `${namespace}/${pod}`, port, err: err.message });
+    opts.onError?.(err);
+  };
+  const server: Server = createServer({ allowHalfOpen: true }, (sock) => {
+    sockets.add(sock);
+    sock.on("close", () => {
+      sockets.delete(sock);
+      const ws = sockets2ws.get(sock);
+      sockets2ws.delete(sock);
+      if (ws && ws.readyState <= 1) ws.close();
+    });
+    sock.on("error", (err) => log.debug("kube", "port-forward local socket error", { err }));
+    const errStream = new PassThrough();
+    errStream.on("data", (chunk: Uint8Array) => {
+      const text = new TextDecoder().decode(chunk).trim();
+      if (!text) return;
+      report(new TelError("cluster", `port-forward to ${namespace}/${pod}:${port}: ${text}`));
+      sock.destroy();
+    });
+    pf.portForward(namespace, pod, [port], sock, errStream, sock).then((ws) => {
+      const w = ws as unknown as WsLike;
+      sockets2ws.set(sock, w);
+      // client-node does not end the local socket when the websocket closes: do it here
+      w.once("close", () => {
+        if (!sock.destroyed) sock.end();
+      });
+      if (sock.destroyed) w.close();
+    }, (err) => {
+      report(kubeError(err, { verb: "create", resource: "pods/portforward", namespace, name: pod }, server0));
+      sock.destroy();
+    });
+  });
+  const hostname = opts.hostname ?? "127.0.0.1";
+  await new Promise<void>((resolveListen, reject) => {
+    server.once("error", reject);
+    server.listen(opts.localPort ?? 0, hostname, () => resolveListen());
+  });
+  const addr = server.address();
+  const localPort = typeof addr === "object" && addr ? addr.port : 0;
+  log.debug("kube", "port-forward listening", { local: `${hostname}:${localPort}`, pod: `${namespace}/${pod}`, port });
+  return {
+    hostname,
+    port: localPort,
+    get active() {
+      return sockets.size;
+    },
+    close: () =>
+      new Promise<void>((done) => {
+        for (const s of sockets) s.destroy();
+        for (const w of sockets2ws.values()) if (w.readyState <= 1) w.close();
+        server.close(() => done());
+      }),
+  };
+}
