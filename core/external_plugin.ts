@@ -116,6 +116,8 @@ export class ExternalPlugin {
     if (this.#dead) throw new Error(this.#dead);
     const id = this.#nextId++;
     const answer = new Promise<unknown>((resolve, reject) => this.#pending.set(id, { resolve, reject, method }));
+    // the answer may fail while the request is still being written; it is awaited below
+    answer.catch(() => {});
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {

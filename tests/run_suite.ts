@@ -1,5 +1,10 @@
 /** Runs the whole test suite and ends with the plain line `N passed, N failed` that CI reads. */
 
+import { ensureTools } from "./prepare.ts";
+
+const missing = await ensureTools();
+if (missing) console.error(`warning: ${missing}; tests that need them are skipped`);
+
 const args = Deno.args.length > 0 ? Deno.args : ["."];
 const deno = Deno.execPath();
 const child = new Deno.Command(deno, {

@@ -1,0 +1,128 @@
+import assert from "node:assert/strict";
+import { configDir, configPath, defaultConfig, loadConfig, parseConfig, parseDuration } from "./config.ts";
+import { TelError } from "./errors.ts";
+
+function configError(text: string): TelError {
+  try {
+    parseConfig(text, "/etc/tel.yml");
+  } catch (e) {
+    assert.ok(e instanceof TelError, `expected a TelError, got ${e}`);
+    assert.equal(e.category, "config");
+    return e;
+  }
+  assert.fail("expected a config error");
+}
+
+Deno.test("an empty file gives the defaults", () => {
+  const c = parseConfig("", "x.yml");
+  assert.deepEqual({ ...c, source: undefined }, { ...defaultConfig(), source: undefined });
+});
+
+Deno.test("every documented key is read", () => {
+  const c = parseConfig(
+    `logLevel: debug
+resolver: resolver-iptables
+dns:
+  includeSuffixes: [.example]
+  excludeSuffixes: []
+  lookupTimeout: 500ms
+  ttl: 10s
+  localIP: 10.0.0.53
+routing:
+  alsoProxy: [10.1.0.0/16]
+  neverProxy: ["10.1.2.0/24", "fd00:7e1::/64"]
+  allowConflictingSubnets: [10.9.0.0/16]
+timeouts:
+  probe: 2s
+  connect: 1m
+`,
+    "x.yml",
+  );
+  assert.equal(c.logLevel, "debug");
+  assert.equal(c.resolver, "resolver-iptables");
+  assert.deepEqual(c.dns, {
+    includeSuffixes: [".example"],
+    excludeSuffixes: [],
+    lookupTimeoutMs: 500,
+    ttlSeconds: 10,
+    localIP: "10.0.0.53",
+  });
+  assert.deepEqual(c.routing, {
+    alsoProxy: ["10.1.0.0/16"],
+    neverProxy: ["10.1.2.0/24", "fd00:7e1::/64"],
+    allowConflictingSubnets: ["10.9.0.0/16"],
+  });
+  assert.deepEqual(c.timeouts, { probeMs: 2000, connectMs: 60000 });
+});
+
+Deno.test("an unknown key is an error naming the key, the file and the line", () => {
+  const e = configError("dns:\n  lookupTimeout: 1s\n  includeSufixes: [a]\n");
+  assert.equal(e.message, '/etc/tel.yml:3: unknown key "dns.includeSufixes"');
+  assert.match(e.hint ?? "", /dns\.includeSuffixes/);
+});
+
+Deno.test("a wrong type is an error naming the key, the file and the line", () => {
+  assert.match(
+    configError("routing:\n\n  alsoProxy: 10.0.0.0/8\n").message,
+    /^\/etc\/tel\.yml:3: routing\.alsoProxy: expected a list/,
+  );
+  assert.match(
+    configError("dns:\n  lookupTimeout: soon\n").message,
+    /^\/etc\/tel\.yml:2: dns\.lookupTimeout: expected a duration/,
+  );
+  assert.match(configError("dns: 5\n").message, /^\/etc\/tel\.yml:1: dns: expected a mapping/);
+  assert.match(configError("logLevel: loud\n").message, /^\/etc\/tel\.yml:1: logLevel: expected one of/);
+  assert.match(
+    configError("routing:\n  neverProxy:\n    - 10.0.0.0/8\n    - 10.0.0.0/33\n").message,
+    /^\/etc\/tel\.yml:3: routing\.neverProxy: item 2 "10\.0\.0\.0\/33": prefix must be 0-32/,
+  );
+});
+
+Deno.test("broken YAML is an error with the line", () => {
+  assert.match(configError("dns:\n  lookupTimeout: [1s\n").message, /^\/etc\/tel\.yml:\d+: invalid YAML/);
+  assert.match(configError("a: 1\na: 2\n").message, /^\/etc\/tel\.yml:2: invalid YAML/);
+  assert.match(configError("- 1\n- 2\n").message, /must be a mapping/);
+});
+
+Deno.test("durations", () => {
+  assert.equal(parseDuration("250ms"), 250);
+  assert.equal(parseDuration("1.5s"), 1500);
+  assert.equal(parseDuration("2m"), 120000);
+  assert.equal(parseDuration(3), 3000);
+  assert.equal(parseDuration("3 days"), undefined);
+  assert.equal(parseDuration(-1), undefined);
+});
+
+Deno.test("the config file sits at each platform's usual place", () => {
+  const env = (m: Record<string, string>) => (k: string) => m[k];
+  assert.equal(configDir(env({ HOME: "/home/u" }), "linux"), "/home/u/.config/tel");
+  assert.equal(configDir(env({ HOME: "/home/u", XDG_CONFIG_HOME: "/x" }), "linux"), "/x/tel");
+  assert.equal(configDir(env({ HOME: "/Users/u" }), "darwin"), "/Users/u/Library/Application Support/tel");
+  assert.equal(
+    configDir(env({ APPDATA: "C:\\Users\\u\\AppData\\Roaming" }), "windows"),
+    "C:\\Users\\u\\AppData\\Roaming\\tel",
+  );
+  assert.deepEqual(configPath(undefined, env({ HOME: "/h", TEL_CONFIG: "/t.yml" }), "linux"), {
+    path: "/t.yml",
+    explicit: true,
+  });
+  assert.deepEqual(configPath("/f.yml", env({ TEL_CONFIG: "/t.yml" }), "linux"), { path: "/f.yml", explicit: true });
+  assert.deepEqual(configPath(undefined, env({ HOME: "/h" }), "linux"), {
+    path: "/h/.config/tel/config.yml",
+    explicit: false,
+  });
+});
+
+Deno.test("a missing named config file is an error, a missing default one is not", async () => {
+  await assert.rejects(loadConfig("/does/not/exist.yml"), /config file \/does\/not\/exist\.yml does not exist/);
+  const home = Deno.env.get("HOME");
+  const dir = await Deno.makeTempDir();
+  Deno.env.set("HOME", dir);
+  Deno.env.delete("XDG_CONFIG_HOME");
+  try {
+    assert.equal((await loadConfig()).source, undefined);
+  } finally {
+    if (home !== undefined) Deno.env.set("HOME", home);
+    await Deno.remove(dir, { recursive: true });
+  }
+});

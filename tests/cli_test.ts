@@ -1,0 +1,195 @@
+import assert from "node:assert/strict";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const DENO = Deno.execPath();
+const decoder = new TextDecoder();
+
+async function tel(args: string[], opts: { env?: Record<string, string>; cwd?: string; script?: string } = {}) {
+  const r = await new Deno.Command(DENO, {
+    args: ["run", "-A", "--unstable-net", opts.script ?? `${ROOT}main.ts`, ...args],
+    cwd: opts.cwd ?? ROOT,
+    env: { RUST_BACKTRACE: "0", NO_COLOR: "1", TEL_CONFIG: "", ...opts.env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code: r.code, stdout: decoder.decode(r.stdout), stderr: decoder.decode(r.stderr) };
+}
+
+async function tunOpens(): Promise<boolean> {
+  try {
+    (await Deno.open("/dev/net/tun", { read: true, write: true })).close();
+    return true;
+  } catch {
+    // cannot open: the vif must be unavailable
+    return false;
+  }
+}
+
+async function iptablesRuns(): Promise<boolean> {
+  try {
+    const r = await new Deno.Command("iptables", {
+      args: ["-w", "2", "-t", "nat", "-S", "OUTPUT"],
+      stdout: "null",
+      stderr: "null",
+    })
+      .output();
+    return r.code === 0;
+  } catch {
+    // not installed
+    return false;
+  }
+}
+
+Deno.test("tel version prints version, Deno version and OS/arch, also as JSON", async () => {
+  const text = await tel(["version"]);
+  assert.equal(text.code, 0);
+  assert.match(text.stdout, /^tel \d+\.\d+\.\d+\n/);
+  assert.match(text.stdout, new RegExp(`Deno ${Deno.version.deno.replaceAll(".", "\\.")}`));
+  assert.match(text.stdout, new RegExp(`OS/Arch ${Deno.build.os}/${Deno.build.arch}`));
+  const json = await tel(["version", "--output", "json"]);
+  assert.equal(json.code, 0);
+  const v = JSON.parse(json.stdout);
+  assert.equal(v.deno, Deno.version.deno);
+  assert.equal(v.os, Deno.build.os);
+});
+
+Deno.test("tel plugins list shows every built-in with real probe results", async () => {
+  const r = await tel(["plugins", "list", "-o", "json"]);
+  assert.equal(r.code, 0, r.stderr);
+  const rows = JSON.parse(r.stdout) as Array<Record<string, unknown>>;
+  assert.deepEqual(rows.filter((x) => x.source === "builtin").map((x) => x.name).sort(), [
+    "resolver-iptables",
+    "resolver-macos",
+    "resolver-systemd",
+    "resolver-windows",
+    "vif",
+  ]);
+  const byName = Object.fromEntries(rows.map((x) => [x.name, x]));
+  if (Deno.build.os === "linux") {
+    assert.equal(byName.vif.available, await tunOpens());
+    assert.equal(byName["resolver-iptables"].available, await iptablesRuns());
+    assert.equal(byName["resolver-macos"].reason, "not darwin");
+    assert.equal(byName["resolver-windows"].reason, "not windows");
+    if (!byName["resolver-systemd"].available) {
+      assert.match(String(byName["resolver-systemd"].reason), /systemd|libsystemd/);
+    }
+  }
+  for (const row of rows) {
+    assert.equal(typeof row.priority, "number");
+    assert.ok(Array.isArray(row.os));
+    assert.ok(row.available === true || typeof row.reason === "string");
+  }
+  const table = await tel(["plugins", "list"]);
+  assert.equal(table.code, 0);
+  assert.match(table.stdout, /^\s+NAME\s+KIND\s+OS\s+PRIORITY\s+SOURCE\s+STATUS$/m);
+  assert.match(table.stdout, /resolver-macos\s+resolver\s+darwin\s+100\s+builtin\s+unavailable: not darwin/);
+});
+
+Deno.test("tel plugins list --output yaml and external plugins from PATH", async () => {
+  const r = await tel(["plugins", "list", "--output", "yaml", "--probe-timeout", "500ms"], {
+    env: { PATH: `${ROOT}tests/fixtures/plugins:${Deno.env.get("PATH")}` },
+  });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /- name: resolver-garbage\n/);
+  assert.match(r.stdout, /source: \/.*tests\/fixtures\/plugins\/tel-resolver-hangs\n/);
+  assert.match(r.stdout, /reason: plugin no answer to "manifest" within 500 ms/);
+});
+
+Deno.test("unknown commands and flags exit 2 with the word and a hint", async () => {
+  const a = await tel(["conect"]);
+  assert.equal(a.code, 2);
+  assert.match(a.stderr, /unknown command "conect"/);
+  const b = await tel(["plugins", "lst"]);
+  assert.equal(b.code, 2);
+  assert.match(b.stderr, /hint: did you mean 'tel plugins list'\?/);
+  const c = await tel(["version", "--outptu", "json"]);
+  assert.equal(c.code, 2);
+  assert.match(c.stderr, /unknown flag --outptu for 'tel version'\nhint: did you mean --output\?/);
+  const d = await tel(["version", "--output", "xml"]);
+  assert.equal(d.code, 2);
+  assert.match(d.stderr, /invalid value "xml" for --output/);
+});
+
+Deno.test("help lists commands and every flag of a command", async () => {
+  const top = await tel(["help"]);
+  assert.equal(top.code, 0);
+  assert.match(top.stdout, /^\s+plugins\s+/m);
+  assert.match(top.stdout, /^\s+version\s+/m);
+  const h = await tel(["plugins", "list", "--help"]);
+  assert.equal(h.code, 0);
+  assert.match(h.stdout, /--output FORMAT/);
+  assert.match(h.stdout, /--probe-timeout DURATION/);
+  assert.equal((await tel(["help", "version"])).stdout, (await tel(["version", "--help"])).stdout);
+  assert.equal((await tel([])).code, 2);
+});
+
+Deno.test("a config error names file, line and key and exits 3", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/c.yml`, "dns:\n  ttl: 4s\n  lookupTimout: 1s\n");
+    const r = await tel(["plugins", "list", "--config", `${dir}/c.yml`]);
+    assert.equal(r.code, 3);
+    assert.match(r.stderr, new RegExp(`tel: ${dir}/c.yml:3: unknown key "dns.lookupTimout"`));
+    const env = await tel(["plugins", "list"], { env: { TEL_CONFIG: `${dir}/missing.yml` } });
+    assert.equal(env.code, 3);
+    assert.match(env.stderr, /missing\.yml does not exist/);
+    const lvl = await tel(["version"], { env: { TEL_LOG: "chatty" } });
+    assert.equal(lvl.code, 2);
+    assert.match(lvl.stderr, /TEL_LOG="chatty" is not a log level/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the bundle embeds every plugin and runs from an empty folder with a bare deno", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const b = await new Deno.Command(DENO, {
+      args: ["run", "-A", `${ROOT}dist/bundle.ts`, `${dir}/tel.js`],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(b.code, 0, decoder.decode(b.stderr));
+    const v = await tel(["version"], { cwd: dir, script: `${dir}/tel.js` });
+    assert.equal(v.code, 0, v.stderr);
+    assert.match(v.stdout, /^tel \d/);
+    const l = await tel(["plugins", "list", "-o", "json"], { cwd: dir, script: `${dir}/tel.js` });
+    assert.equal(l.code, 0, l.stderr);
+    const names = (JSON.parse(l.stdout) as Array<{ name: string; source: string }>).filter((x) =>
+      x.source === "builtin"
+    )
+      .map((x) => x.name);
+    assert.equal(names.length, 5);
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["tel.js"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("compile names the runtime it cannot download and writes no binary", async () => {
+  const r = await new Deno.Command(DENO, {
+    args: ["run", "-A", `${ROOT}dist/compile.ts`, "linux-x64"],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+    env: { RUST_BACKTRACE: "0" },
+  }).output();
+  const stderr = decoder.decode(r.stderr);
+  if (r.code === 0) {
+    // a machine with network access really compiled: the binary must run
+    const out = await new Deno.Command(`${ROOT}dist/out/linux-x64/tel`, { args: ["version"], stdout: "piped" })
+      .output();
+    assert.match(decoder.decode(out.stdout), /^tel \d/);
+    return;
+  }
+  assert.match(stderr, /cannot download the Deno runtime denort-x86_64-unknown-linux-gnu\.zip/);
+  await assert.rejects(Deno.stat(`${ROOT}dist/out/linux-x64/tel`), Deno.errors.NotFound);
+  const bad = await new Deno.Command(DENO, {
+    args: ["run", "-A", `${ROOT}dist/compile.ts`, "amiga"],
+    cwd: ROOT,
+    stderr: "piped",
+  })
+    .output();
+  assert.equal(bad.code, 2);
+});
