@@ -1,0 +1,114 @@
+/** The fallback forwarder: raw queries to an upstream resolver over UDP, and over TCP when the answer is truncated. */
+
+import { TelError } from "../errors.ts";
+import type { Fallback } from "./engine.ts";
+
+/** Where the upstream listens. */
+export interface Upstream {
+  hostname: string;
+  port?: number;
+}
+
+function idOf(b: Uint8Array): number {
+  return (b[0] << 8) | b[1];
+}
+
+/**
+ * Forwards over a fresh UDP socket per query (random source port, no ID bookkeeping); a reply with TC set is asked
+ * again over TCP. Rejects on abort; the caller's engine turns that into SERVFAIL.
+ */
+export class UpstreamFallback implements Fallback {
+  readonly #host: string;
+  readonly #port: number;
+
+  constructor(upstream: Upstream) {
+    this.#host = upstream.hostname;
+    this.#port = upstream.port ?? 53;
+  }
+
+  /** Forwards one query. */
+  async forward(query: Uint8Array, transport: "udp" | "tcp", signal?: AbortSignal): Promise<Uint8Array> {
+    if (transport === "udp") {
+      const reply = await this.#udp(query, signal);
+      if ((reply[2] & 0x02) === 0) return reply;
+    }
+    return this.#tcp(query, signal);
+  }
+
+  async #udp(query: Uint8Array, signal?: AbortSignal): Promise<Uint8Array> {
+    const sock = Deno.listenDatagram({
+      transport: "udp",
+      hostname: this.#host.includes(":") ? "::" : "0.0.0.0",
+      port: 0,
+    });
+    const onAbort = () => sock.close();
+    signal?.addEventListener("abort", onAbort);
+    try {
+      if (signal?.aborted) throw new TelError("platform", "dns fallback: aborted");
+      await sock.send(query, { transport: "udp", hostname: this.#host, port: this.#port });
+      // Bounded by the caller's abort; stray datagrams with another ID are skipped.
+      for (;;) {
+        const [data, from] = await sock.receive();
+        const addr = from as Deno.NetAddr;
+        if (addr.port !== this.#port || data.length < 12 || idOf(data) !== idOf(query) || !(data[2] & 0x80)) continue;
+        return data;
+      }
+    } catch (err) {
+      if (err instanceof TelError) throw err;
+      throw new TelError("platform", `dns fallback ${this.#host}:${this.#port}: ${(err as Error).message}`, {
+        cause: err,
+      });
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+      try {
+        sock.close();
+      } catch (_e) {
+        // already closed by the abort handler
+      }
+    }
+  }
+
+  async #tcp(query: Uint8Array, signal?: AbortSignal): Promise<Uint8Array> {
+    const conn = await Deno.connect({ hostname: this.#host, port: this.#port });
+    const onAbort = () => conn.close();
+    signal?.addEventListener("abort", onAbort);
+    try {
+      const msg = new Uint8Array(query.length + 2);
+      msg[0] = query.length >> 8;
+      msg[1] = query.length & 255;
+      msg.set(query, 2);
+      await writeAll(conn, msg);
+      const len = await readExactly(conn, 2);
+      return await readExactly(conn, (len[0] << 8) | len[1]);
+    } catch (err) {
+      throw new TelError("platform", `dns fallback tcp ${this.#host}:${this.#port}: ${(err as Error).message}`, {
+        cause: err,
+      });
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+      try {
+        conn.close();
+      } catch (_e) {
+        // already closed by the abort handler
+      }
+    }
+  }
+}
+
+/** Writes the whole buffer. */
+export async function writeAll(conn: Deno.Conn, buf: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < buf.length) off += await conn.write(buf.subarray(off));
+}
+
+/** Reads exactly n bytes; rejects when the peer closes first. */
+export async function readExactly(conn: Deno.Conn, n: number): Promise<Uint8Array> {
+  const out = new Uint8Array(n);
+  let off = 0;
+  while (off < n) {
+    const got = await conn.read(out.subarray(off));
+    if (got === null) throw new Error(`connection closed after ${off} of ${n} bytes`);
+    off += got;
+  }
+  return out;
+}
