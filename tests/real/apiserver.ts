@@ -71,6 +71,8 @@ export interface RealApiServer {
   caPem: string;
   /** Bearer token of an admin (group system:masters). */
   adminToken: string;
+  /** Bearer token of user "tel-nobody", who has no RBAC bindings at all. */
+  nobodyToken: string;
   /** A kubeconfig file for the admin user (context "tel-real"). */
   kubeconfigPath: string;
   /** The temp dir holding PKI, etcd data and logs; removed by stop(). */
@@ -322,7 +324,11 @@ export async function startRealApiServer(opts: StartOptions = {}): Promise<RealA
   try {
     await makePki(dir);
     const adminToken = crypto.randomUUID();
-    await Deno.writeTextFile(`${dir}/tokens.csv`, `${adminToken},tel-admin,tel-admin-uid,"system:masters"\n`);
+    const nobodyToken = crypto.randomUUID();
+    await Deno.writeTextFile(
+      `${dir}/tokens.csv`,
+      `${adminToken},tel-admin,tel-admin-uid,"system:masters"\n${nobodyToken},tel-nobody,tel-nobody-uid\n`,
+    );
 
     const [etcdClient, etcdPeer, apiPort] = [freePort(), freePort(), freePort()];
     const etcdUrl = `http://127.0.0.1:${etcdClient}`;
@@ -448,6 +454,7 @@ export async function startRealApiServer(opts: StartOptions = {}): Promise<RealA
       url,
       caPem,
       adminToken,
+      nobodyToken,
       kubeconfigPath,
       dir,
       etcdUrl,
