@@ -1,0 +1,228 @@
+/** The traffic-manager's gRPC server: sessions, WatchClusterInfo, LookupDNS and Tunnel dialing. */
+
+import * as grpc from "@grpc/grpc-js";
+import { type Clock, systemClock } from "../../core/clock.ts";
+import { errorMessage } from "../../core/errors.ts";
+import { log } from "../../core/log.ts";
+import { createTunedServer, type Frame, MANAGER_SERVICE, serveTunnel } from "../../core/tunnel/mod.ts";
+import type {
+  ClusterInfo as WireClusterInfo,
+  DNSRequest,
+  DNSResponse,
+  Empty,
+  RemainRequest,
+  SessionInfo,
+} from "../../proto/gen/tel.ts";
+import type { ClusterInfo, ClusterInfoSource } from "./cluster_info.ts";
+import { ClusterDns, parseResolvConf, podSearchList, type ResolverConfig } from "./dns_lookup.ts";
+import { DEFAULT_SESSION_TTL_MS, SessionRegistry } from "./sessions.ts";
+
+/** Options of {@link startManager}. */
+export interface ManagerOptions {
+  /** Address to listen on (default "0.0.0.0"). */
+  address?: string;
+  /** Port to listen on (default 0: any free port). */
+  port?: number;
+  /** Where the subnets and DNS config come from (discovery, or a StaticClusterInfo). */
+  clusterInfo: ClusterInfoSource;
+  /** The cluster DNS to query, "ip:port"; default: the first nameserver of /etc/resolv.conf. */
+  dnsServer?: string;
+  /** The manager's own namespace (for the search list when dnsServer is given). */
+  namespace?: string;
+  /** Per-query DNS timeout. */
+  dnsTimeoutMs?: number;
+  /** A silent session ends after this long (default 15 s). */
+  sessionTtlMs?: number;
+  /** Default dial timeout for tunnels that give none. */
+  dialTimeoutMs?: number;
+  /** A UDP flow with no traffic for this long ends. */
+  udpIdleMs?: number;
+  /** HTTP/2 flow-control window for the server's sessions. */
+  windowBytes?: number;
+  clock?: Clock;
+}
+
+/** A running manager. */
+export interface ManagerHandle {
+  /** The bound port. */
+  readonly port: number;
+  /** The session table (for status and tests). */
+  readonly sessions: SessionRegistry;
+  /** The resolver LookupDNS uses. */
+  readonly resolver: ResolverConfig;
+  /** Stops accepting, ends every session and stream. */
+  close(): Promise<void>;
+}
+
+function toWire(info: ClusterInfo): WireClusterInfo {
+  return {
+    podSubnets: [...info.podSubnets],
+    serviceSubnets: [...info.serviceSubnets],
+    clusterDomain: info.clusterDomain,
+    managerPodIp: info.managerPodIp,
+    dns: { includeSuffixes: [...info.dns.includeSuffixes], excludeSuffixes: [...info.dns.excludeSuffixes] },
+  };
+}
+
+function status(code: grpc.status, details: string): grpc.ServiceError {
+  return Object.assign(new Error(details), { code, details, metadata: new grpc.Metadata() });
+}
+
+async function resolverFor(opts: ManagerOptions): Promise<ResolverConfig> {
+  const domain = opts.clusterInfo.current().clusterDomain || "cluster.local";
+  if (opts.dnsServer) {
+    const server = /^[0-9a-fA-F:]+$/.test(opts.dnsServer) && opts.dnsServer.includes("::")
+      ? `[${opts.dnsServer}]:53`
+      : /:\d+$/.test(opts.dnsServer)
+      ? opts.dnsServer
+      : `${opts.dnsServer}:53`;
+    return { server, search: podSearchList(opts.namespace ?? "default", domain), ndots: 5 };
+  }
+  return parseResolvConf(await Deno.readTextFile("/etc/resolv.conf"));
+}
+
+/**
+ * Starts the manager's gRPC server.
+ *
+ * @example
+ * ```ts
+ * const mgr = await startManager({ address: "127.0.0.1", clusterInfo: new StaticClusterInfo() });
+ * // clients connect to 127.0.0.1:${mgr.port}
+ * await mgr.close();
+ * ```
+ */
+export async function startManager(opts: ManagerOptions): Promise<ManagerHandle> {
+  const clock = opts.clock ?? systemClock;
+  const sessions = new SessionRegistry({ ttlMs: opts.sessionTtlMs ?? DEFAULT_SESSION_TTL_MS, clock });
+  const resolver = await resolverFor(opts);
+  const dns = new ClusterDns(resolver, { clock, timeoutMs: opts.dnsTimeoutMs });
+  const server = createTunedServer(opts.windowBytes);
+  const openStreams = new Set<() => void>();
+
+  const unimplementedUnary = (name: string) => (_call: unknown, cb: grpc.sendUnaryData<unknown>) =>
+    cb(status(grpc.status.UNIMPLEMENTED, `${name} is reserved for intercepts and not implemented yet`));
+  const unimplementedStream = (name: string) => (call: grpc.ServerWritableStream<unknown, unknown>) =>
+    call.emit("error", status(grpc.status.UNIMPLEMENTED, `${name} is reserved for intercepts and not implemented yet`));
+
+  const impl: grpc.UntypedServiceImplementation = {
+    arriveAsClient: (
+      call: grpc.ServerUnaryCall<{ name: string; namespace: string }, SessionInfo>,
+      cb: grpc.sendUnaryData<SessionInfo>,
+    ) => {
+      const s = sessions.arrive("client", call.request.name, call.request.namespace);
+      cb(null, { sessionId: s.id });
+    },
+    arriveAsAgent: (
+      call: grpc.ServerUnaryCall<{ name: string; namespace: string }, SessionInfo>,
+      cb: grpc.sendUnaryData<SessionInfo>,
+    ) => {
+      const s = sessions.arrive("agent", call.request.name, call.request.namespace);
+      cb(null, { sessionId: s.id });
+    },
+    remain: (call: grpc.ServerUnaryCall<RemainRequest, Empty>, cb: grpc.sendUnaryData<Empty>) => {
+      const id = call.request.session?.sessionId ?? "";
+      if (sessions.remain(id)) cb(null, {});
+      else cb(status(grpc.status.NOT_FOUND, sessions.check(id) ?? "unknown session"));
+    },
+    depart: (call: grpc.ServerUnaryCall<SessionInfo, Empty>, cb: grpc.sendUnaryData<Empty>) => {
+      sessions.depart(call.request.sessionId);
+      cb(null, {});
+    },
+    watchClusterInfo: (call: grpc.ServerWritableStream<SessionInfo, WireClusterInfo>) => {
+      const id = call.request.sessionId;
+      const problem = sessions.check(id);
+      if (problem) return call.emit("error", status(grpc.status.NOT_FOUND, problem));
+      let done = false;
+      const stop = () => {
+        if (done) return;
+        done = true;
+        unsubscribe();
+        unregister();
+        openStreams.delete(endStream);
+      };
+      const endStream = () => {
+        stop();
+        call.end();
+      };
+      const unsubscribe = opts.clusterInfo.subscribe((info) => {
+        if (!done) call.write(toWire(info));
+      });
+      const unregister = sessions.onEnd(id, (reason) => {
+        stop();
+        call.emit("error", status(grpc.status.NOT_FOUND, reason));
+      });
+      openStreams.add(endStream);
+      call.on("cancelled", stop);
+      call.on("close", stop);
+      call.on("error", stop);
+      call.write(toWire(opts.clusterInfo.current()));
+    },
+    lookupDns: (call: grpc.ServerUnaryCall<DNSRequest, DNSResponse>, cb: grpc.sendUnaryData<DNSResponse>) => {
+      const id = call.request.session?.sessionId ?? "";
+      const session = sessions.get(id);
+      if (!session) return cb(status(grpc.status.NOT_FOUND, sessions.check(id) ?? "unknown session"));
+      dns.lookup(call.request.name, call.request.qtype, session.namespace).then(
+        (r) => cb(null, { rcode: r.rcode, records: r.records }),
+        (err) => cb(status(grpc.status.INTERNAL, `LookupDNS ${call.request.name}: ${errorMessage(err)}`)),
+      );
+    },
+    tunnel: (call: grpc.ServerDuplexStream<Frame, Frame>) => {
+      serveTunnel(call, {
+        checkSession: (sid) => sessions.check(sid),
+        track: (flow) => {
+          const unregister = sessions.onEnd(flow.sessionId, (reason) => flow.abort(reason));
+          const end = () => flow.abort("manager shutting down");
+          openStreams.add(end);
+          return () => {
+            unregister();
+            openStreams.delete(end);
+          };
+        },
+        defaultDialTimeoutMs: opts.dialTimeoutMs,
+        udpIdleMs: opts.udpIdleMs,
+        clock,
+      }).then(
+        (end) => log.debug("manager", "tunnel ended", { ...end }),
+        // serveTunnel handles its own failures; anything reaching here is a bug, but must not kill the server
+        (err) => log.error("manager", "tunnel handler failed", { err: errorMessage(err) }),
+      );
+    },
+    watchDial: unimplementedStream("WatchDial"),
+    watchLookupDns: unimplementedStream("WatchLookupDNS"),
+    agentLookupDnsResponse: unimplementedUnary("AgentLookupDNSResponse"),
+    createIntercept: unimplementedUnary("CreateIntercept"),
+    removeIntercept: unimplementedUnary("RemoveIntercept"),
+    watchIntercepts: unimplementedStream("WatchIntercepts"),
+  };
+  server.addService(MANAGER_SERVICE, impl);
+
+  const host = opts.address ?? "0.0.0.0";
+  const bindHost = host.includes(":") ? `[${host}]` : host;
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(`${bindHost}:${opts.port ?? 0}`, grpc.ServerCredentials.createInsecure(), (err, p) => {
+      if (err) reject(err);
+      else resolve(p);
+    });
+  });
+  log.info("manager", "listening", { address: host, port, dns: resolver.server });
+
+  return {
+    port,
+    sessions,
+    resolver,
+    close: async () => {
+      for (const end of [...openStreams]) end();
+      sessions.closeAll("manager shutting down");
+      await new Promise<void>((resolve) => {
+        const timer = clock.setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, 2_000);
+        server.tryShutdown(() => {
+          clock.clearTimeout(timer);
+          resolve();
+        });
+      });
+    },
+  };
+}

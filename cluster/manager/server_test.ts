@@ -1,0 +1,297 @@
+import assert from "node:assert/strict";
+import * as grpc from "@grpc/grpc-js";
+import { Buffer } from "node:buffer";
+import dnsPacket from "dns-packet";
+import {
+  connId,
+  createManagerClient,
+  decodeFrame,
+  encodeFrame,
+  type Frame,
+  frames,
+  type ManagerClient,
+  openTunnel,
+  TUNNEL_METHOD,
+} from "../../core/tunnel/mod.ts";
+import { emptyClusterInfo, StaticClusterInfo } from "./cluster_info.ts";
+import { startManager } from "./server.ts";
+import type {
+  ClientInfo,
+  ClusterInfo as WireClusterInfo,
+  DNSRequest,
+  DNSResponse,
+  SessionInfo,
+} from "../../proto/gen/tel.ts";
+
+function unary<Req, Res>(
+  // deno-lint-ignore no-explicit-any
+  fn: (req: Req, cb: (err: grpc.ServiceError | null, res: Res) => void) => any,
+  req: Req,
+): Promise<Res> {
+  return new Promise<Res>((resolve, reject) => fn(req, (err, res) => err ? reject(err) : resolve(res)));
+}
+
+async function withManager(
+  fn: (ctx: { client: ManagerClient; sessionId: string; info: StaticClusterInfo; port: number }) => Promise<void>,
+  dnsServer = "127.0.0.1:9",
+): Promise<void> {
+  const info = new StaticClusterInfo({ ...emptyClusterInfo(), podSubnets: ["10.244.0.0/16"] });
+  const mgr = await startManager({ address: "127.0.0.1", clusterInfo: info, dnsServer, dnsTimeoutMs: 1000 });
+  const client = createManagerClient(`127.0.0.1:${mgr.port}`);
+  try {
+    const s = await unary<ClientInfo, SessionInfo>(client.arriveAsClient.bind(client), {
+      name: "t",
+      namespace: "ns1",
+      installId: "",
+      version: "",
+    });
+    await fn({ client, sessionId: s.sessionId, info, port: mgr.port });
+  } finally {
+    client.close();
+    await mgr.close();
+  }
+}
+
+async function sha256(chunks: Uint8Array[]): Promise<string> {
+  const total = chunks.reduce((n, c) => n + c.byteLength, 0);
+  const all = new Uint8Array(total);
+  let off = 0;
+  for (const c of chunks) {
+    all.set(c, off);
+    off += c.byteLength;
+  }
+  return Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", all)), (b) => b.toString(16).padStart(2, "0"))
+    .join("");
+}
+
+function tcpEcho(): { port: number; close(): void } {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  (async () => {
+    for await (const conn of l) {
+      (async () => {
+        const buf = new Uint8Array(64 * 1024);
+        for (;;) {
+          const n = await conn.read(buf);
+          if (n === null) break;
+          let off = 0;
+          while (off < n) off += await conn.write(buf.subarray(off, n));
+        }
+        await conn.closeWrite();
+      })().catch(() => {/* the peer reset: test asserts on the client side */}).finally(() => conn.close());
+    }
+  })().catch(() => {/* listener closed */});
+  return { port: (l.addr as Deno.NetAddr).port, close: () => l.close() };
+}
+
+Deno.test("tcp tunnel to a loopback echo server is byte-exact (20 MiB) and half-closes", async () => {
+  const echo = tcpEcho();
+  try {
+    await withManager(async ({ client, sessionId }) => {
+      const t = await openTunnel(client, {
+        sessionId,
+        connId: connId("tcp", { ip: "127.0.0.1", port: 40000 }, { ip: "127.0.0.1", port: echo.port }),
+      });
+      const sent: Uint8Array[] = [];
+      let seed = 1;
+      for (let i = 0; i < 20 * 16; i++) {
+        const c = new Uint8Array(64 * 1024);
+        for (let j = 0; j < c.length; j += 4) c[j] = (seed = (seed * 1103515245 + 12345) >>> 0) & 0xff;
+        sent.push(c);
+      }
+      const writing = (async () => {
+        const w = t.writable.getWriter();
+        for (const c of sent) await w.write(c);
+        await w.close();
+      })();
+      const got: Uint8Array[] = [];
+      for await (const c of t.readable) got.push(c.slice());
+      await writing;
+      assert.equal(got.reduce((n, c) => n + c.byteLength, 0), 20 * 1024 * 1024);
+      assert.equal(await sha256(got), await sha256(sent));
+      assert.deepEqual(await t.ended, { clean: true });
+    });
+  } finally {
+    echo.close();
+  }
+});
+
+Deno.test("udp tunnel carries datagrams both ways", async () => {
+  const sock = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  const serving = (async () => {
+    for (let i = 0; i < 3; i++) {
+      const [data, from] = await sock.receive();
+      await sock.send(new Uint8Array([...data].reverse()), from);
+    }
+  })();
+  try {
+    await withManager(async ({ client, sessionId }) => {
+      const port = (sock.addr as Deno.NetAddr).port;
+      const t = await openTunnel(client, {
+        sessionId,
+        connId: connId("udp", { ip: "127.0.0.1", port: 5353 }, { ip: "127.0.0.1", port }),
+      });
+      const w = t.writable.getWriter();
+      const r = t.readable.getReader();
+      for (const msg of [[1, 2, 3], [4, 5], [6, 7, 8, 9]]) {
+        await w.write(new Uint8Array(msg));
+        const { value } = await r.read();
+        assert.deepEqual([...value!], [...msg].reverse());
+      }
+      await w.close();
+      assert.equal((await r.read()).done, true);
+      assert.deepEqual(await t.ended, { clean: true });
+    });
+    await serving;
+  } finally {
+    sock.close();
+  }
+});
+
+Deno.test("dial to a refused port is rejected with the reason", async () => {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  await withManager(async ({ client, sessionId }) => {
+    await assert.rejects(
+      openTunnel(client, { sessionId, connId: connId("tcp", { ip: "127.0.0.1", port: 1 }, { ip: "127.0.0.1", port }) }),
+      (err: Error) => /dial rejected: dial tcp .*refused/i.test(err.message),
+    );
+  });
+});
+
+Deno.test("a tunnel with an unknown session is rejected", async () => {
+  await withManager(async ({ client }) => {
+    await assert.rejects(
+      openTunnel(client, {
+        sessionId: "nope",
+        connId: connId("tcp", { ip: "127.0.0.1", port: 1 }, { ip: "127.0.0.1", port: 2 }),
+      }),
+      /dial rejected: session nope is unknown/,
+    );
+  });
+});
+
+/** A raw Tunnel call whose requests are raw bytes, to send what a well-behaved client never would. */
+function rawTunnel(port: number): grpc.ClientDuplexStream<Uint8Array, Frame> {
+  const Ctor = grpc.makeGenericClientConstructor({
+    tunnel: {
+      ...TUNNEL_METHOD,
+      requestSerialize: (b: Uint8Array) => Buffer.from(b),
+      requestDeserialize: (b: Buffer) => b,
+      responseDeserialize: (b: Buffer) => decodeFrame(b),
+    },
+  }, "raw");
+  const c = new Ctor(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as {
+    tunnel(): grpc.ClientDuplexStream<Uint8Array, Frame>;
+  };
+  return c.tunnel();
+}
+
+async function firstReply(call: grpc.ClientDuplexStream<Uint8Array, Frame>): Promise<Frame | undefined> {
+  call.on("error", () => {/* the stream may end with a status; the frame is what we check */});
+  for await (const f of call) return f as Frame;
+  return undefined;
+}
+
+Deno.test("malformed and out-of-order frames close only that stream, with a reason", async () => {
+  const echo = tcpEcho();
+  try {
+    await withManager(async ({ client, sessionId, port }) => {
+      const garbage = rawTunnel(port);
+      garbage.write(new Uint8Array([0x12, 0xff, 0xff, 0x01]));
+      const g = await firstReply(garbage);
+      assert.equal(g?.$case, "disconnect");
+      assert.match((g as { value: { reason: string } }).value.reason, /undecodable tunnel frame/);
+
+      const early = rawTunnel(port);
+      early.write(encodeFrame(frames.data(new Uint8Array([1]))));
+      const e = await firstReply(early);
+      assert.deepEqual(e, frames.disconnect("out-of-order frame data: expected open first"));
+
+      // The server still serves: a proper tunnel works after both.
+      const t = await openTunnel(client, {
+        sessionId,
+        connId: connId("tcp", { ip: "127.0.0.1", port: 1 }, { ip: "127.0.0.1", port: echo.port }),
+      });
+      const w = t.writable.getWriter();
+      await w.write(new Uint8Array([42]));
+      await w.close();
+      const got: number[] = [];
+      for await (const c of t.readable) got.push(...c);
+      assert.deepEqual(got, [42]);
+    });
+  } finally {
+    echo.close();
+  }
+});
+
+Deno.test("WatchClusterInfo sends the full set first and again on every change", async () => {
+  await withManager(async ({ client, sessionId, info }) => {
+    const call = client.watchClusterInfo({ sessionId });
+    call.on("error", () => {/* cancelled below */});
+    const seen: WireClusterInfo[] = [];
+    for await (const msg of call) {
+      seen.push(msg as WireClusterInfo);
+      if (seen.length === 1) info.set({ ...info.current(), serviceSubnets: ["10.96.0.0/12"] });
+      if (seen.length === 2) break;
+    }
+    call.cancel();
+    assert.deepEqual(seen.map((s) => [s.podSubnets, s.serviceSubnets]), [
+      [["10.244.0.0/16"], []],
+      [["10.244.0.0/16"], ["10.96.0.0/12"]],
+    ]);
+  });
+});
+
+Deno.test("LookupDNS queries the cluster DNS with the client namespace and returns wire records", async () => {
+  const sock = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  const asked: string[] = [];
+  const serving = (async () => {
+    for (;;) {
+      let got: [Uint8Array, Deno.Addr];
+      try {
+        got = await sock.receive();
+      } catch {
+        // socket closed at the end of the test
+        return;
+      }
+      const q = dnsPacket.decode(Buffer.from(got[0]));
+      const name = q.questions![0].name;
+      asked.push(name);
+      const known = name === "echo.ns1.svc.cluster.local";
+      const reply = dnsPacket.encode({
+        type: "response",
+        id: q.id,
+        flags: known ? 0 : 3,
+        questions: q.questions,
+        answers: known ? [{ type: "A", name, ttl: 5, data: "10.96.0.7" }] : [],
+      });
+      await sock.send(reply, got[1]);
+    }
+  })();
+  try {
+    await withManager(async ({ client, sessionId }) => {
+      const r = await unary<DNSRequest, DNSResponse>(client.lookupDns.bind(client), {
+        session: { sessionId },
+        name: "echo.",
+        qtype: 1,
+      });
+      assert.equal(r.rcode, 0);
+      assert.equal(r.records.length, 1);
+      const rr = (dnsPacket as unknown as { answer: { decode(b: Buffer): { name: string; data: string } } }).answer
+        .decode(Buffer.from(r.records[0]));
+      assert.deepEqual([rr.name, rr.data], ["echo", "10.96.0.7"]);
+      assert.ok(asked.includes("echo.ns1.svc.cluster.local"), asked.join(","));
+      const miss = await unary<DNSRequest, DNSResponse>(client.lookupDns.bind(client), {
+        session: { sessionId },
+        name: "nothere.",
+        qtype: 1,
+      });
+      assert.equal(miss.rcode, 3);
+      assert.deepEqual(miss.records, []);
+    }, `127.0.0.1:${(sock.addr as Deno.NetAddr).port}`);
+  } finally {
+    sock.close();
+    await serving;
+  }
+});

@@ -1,0 +1,201 @@
+/** The opening side of one L4 flow over a Tunnel stream: dial, then byte (or datagram) streams with half-close. */
+
+import { type Clock, systemClock } from "../clock.ts";
+import { TelError } from "../errors.ts";
+import { log } from "../log.ts";
+import { type ConnId, connIdToWire, formatConnId } from "./conn_id.ts";
+import { type Frame, FrameOrder, frames, MAX_DATA_FRAME } from "./frame.ts";
+import { FrameStream } from "./frame_stream.ts";
+import type { ManagerClient } from "./grpc.ts";
+
+/** How a tunnel ended. */
+export interface TunnelEnd {
+  /** True when both sides half-closed and the stream finished cleanly. */
+  clean: boolean;
+  /** Why it did not end cleanly (a disconnect reason, a protocol violation, a transport error). */
+  reason?: string;
+}
+
+/** An open flow. For UDP each chunk is one datagram. */
+export interface Tunnel {
+  readonly connId: ConnId;
+  /** Bytes from the target; ends when the far side half-closes; errors on disconnect. */
+  readonly readable: ReadableStream<Uint8Array>;
+  /** Bytes to the target; `close()` half-closes (the far side sees EOF). */
+  readonly writable: WritableStream<Uint8Array>;
+  /** Resolves once the flow is over, either way. */
+  readonly ended: Promise<TunnelEnd>;
+  /** Ends the flow at once, telling the far side why. */
+  abort(reason: string): void;
+}
+
+/** Options of {@link openTunnel}. */
+export interface OpenTunnelOptions {
+  sessionId: string;
+  connId: ConnId;
+  /** How long the far side may take to dial; it answers dial-reject after this (0: its default). */
+  dialTimeoutMs?: number;
+  /** Extra time this side waits for the dial answer beyond dialTimeoutMs before giving up. */
+  answerGraceMs?: number;
+  clock?: Clock;
+}
+
+/**
+ * Opens a flow through the manager and waits for its dial answer; throws a TelError with the far side's reason when
+ * the dial is rejected.
+ *
+ * @example
+ * ```ts
+ * const t = await openTunnel(client, { sessionId, connId: connId("tcp", src, dst) });
+ * const w = t.writable.getWriter();
+ * await w.write(new TextEncoder().encode("GET / HTTP/1.0\r\n\r\n"));
+ * await w.close();
+ * for await (const chunk of t.readable) handle(chunk);
+ * ```
+ */
+export async function openTunnel(client: ManagerClient, opts: OpenTunnelOptions): Promise<Tunnel> {
+  const clock = opts.clock ?? systemClock;
+  const fs = new FrameStream(client.tunnel());
+  const order = new FrameOrder("opener");
+  const what = formatConnId(opts.connId);
+  await fs.send({
+    $case: "open",
+    value: {
+      session: { sessionId: opts.sessionId },
+      connId: connIdToWire(opts.connId),
+      dialTimeoutMs: opts.dialTimeoutMs ?? 0,
+    },
+  });
+
+  const waitMs = (opts.dialTimeoutMs || 10_000) + (opts.answerGraceMs ?? 5_000);
+  let timer: unknown;
+  const timeout = new Promise<"timeout">((resolve) => {
+    timer = clock.setTimeout(() => resolve("timeout"), waitMs);
+  });
+  const answer = await Promise.race([fs.next(), timeout]);
+  clock.clearTimeout(timer);
+  const fail = (reason: string, category: "cluster" | "bug" = "cluster"): never => {
+    fs.abort();
+    throw new TelError(category, `tunnel ${what}: ${reason}`, {
+      hint: "check that the target accepts connections from the traffic-manager's pod",
+    });
+  };
+  if (answer === "timeout") fail(`no dial answer within ${waitMs} ms`);
+  if (answer === undefined) fail(`stream ended before the dial answer${fs.error ? `: ${fs.error.message}` : ""}`);
+  const first = answer as Frame;
+  if (first.$case === "disconnect") fail(`disconnected: ${first.value.reason}`);
+  const bad = order.accept(first);
+  if (bad) {
+    await fs.send(frames.disconnect(bad));
+    fs.end();
+    fail(bad, "bug");
+  }
+  if (first.$case === "dialReject") {
+    fs.end();
+    fail(`dial rejected: ${first.value.reason}`);
+  }
+  return new OpenTunnel(opts.connId, fs, order);
+}
+
+class OpenTunnel implements Tunnel {
+  readonly connId: ConnId;
+  readonly readable: ReadableStream<Uint8Array>;
+  readonly writable: WritableStream<Uint8Array>;
+  readonly ended: Promise<TunnelEnd>;
+  #fs: FrameStream;
+  #order: FrameOrder;
+  #readCtl!: ReadableStreamDefaultController<Uint8Array>;
+  #pulled: (() => void) | undefined;
+  #readDone = false;
+  #writeDone = false;
+  #endReason: string | undefined;
+  #resolveEnded!: (e: TunnelEnd) => void;
+
+  constructor(id: ConnId, fs: FrameStream, order: FrameOrder) {
+    this.connId = id;
+    this.#fs = fs;
+    this.#order = order;
+    this.ended = new Promise((resolve) => this.#resolveEnded = resolve);
+    this.readable = new ReadableStream<Uint8Array>({
+      start: (c) => {
+        this.#readCtl = c;
+      },
+      pull: () => {
+        const p = this.#pulled;
+        this.#pulled = undefined;
+        p?.();
+      },
+      cancel: (reason) => this.abort(`reader cancelled${reason ? `: ${reason}` : ""}`),
+    }, { highWaterMark: 8 });
+    this.writable = new WritableStream<Uint8Array>({
+      write: async (chunk) => {
+        for (let off = 0; off < chunk.byteLength; off += MAX_DATA_FRAME) {
+          const end = Math.min(off + MAX_DATA_FRAME, chunk.byteLength);
+          if (!await this.#fs.send(frames.data(chunk.subarray(off, end)))) {
+            throw new TelError("cluster", `tunnel ${formatConnId(id)}: closed: ${this.#endReason ?? "stream gone"}`);
+          }
+        }
+      },
+      close: async () => {
+        await this.#fs.send(frames.closeSend());
+        this.#writeDone = true;
+        this.#fs.end();
+      },
+      abort: (reason) => this.abort(`writer aborted${reason ? `: ${reason}` : ""}`),
+    }, { highWaterMark: 1 });
+    this.#readLoop();
+  }
+
+  async #readLoop(): Promise<void> {
+    for (;;) {
+      const f = await this.#fs.next();
+      if (f === undefined) {
+        const clean = this.#readDone && this.#writeDone && !this.#fs.error;
+        this.#finish(clean ? undefined : this.#fs.error?.message ?? "stream ended before both sides closed");
+        return;
+      }
+      if (f.$case === "disconnect") {
+        this.#finish(`disconnected: ${f.value.reason}`);
+        this.#fs.abort();
+        return;
+      }
+      const bad = this.#order.accept(f);
+      if (bad) {
+        log.debug("tunnel", "protocol violation from the far side", { conn: formatConnId(this.connId), bad });
+        await this.#fs.send(frames.disconnect(bad));
+        this.#fs.end();
+        this.#finish(bad);
+        return;
+      }
+      if (f.$case === "data") {
+        if (this.#readDone) continue;
+        this.#readCtl.enqueue(f.value);
+        if ((this.#readCtl.desiredSize ?? 1) <= 0) {
+          await new Promise<void>((resolve) => this.#pulled = resolve);
+        }
+      } else if (f.$case === "closeSend" && !this.#readDone) {
+        this.#readDone = true;
+        this.#readCtl.close();
+      }
+    }
+  }
+
+  #finish(reason: string | undefined): void {
+    if (this.#endReason !== undefined) return;
+    this.#endReason = reason ?? "";
+    if (!this.#readDone) {
+      this.#readDone = true;
+      this.#readCtl.error(new TelError("cluster", `tunnel ${formatConnId(this.connId)}: ${reason ?? "ended"}`));
+    }
+    const p = this.#pulled;
+    this.#pulled = undefined;
+    p?.();
+    this.#resolveEnded(reason === undefined ? { clean: true } : { clean: false, reason });
+  }
+
+  abort(reason: string): void {
+    if (this.#endReason !== undefined) return;
+    void this.#fs.send(frames.disconnect(reason)).then(() => this.#fs.abort());
+    this.#finish(reason);
+  }
+}

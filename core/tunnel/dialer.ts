@@ -1,0 +1,331 @@
+/** The dialing side of a Tunnel stream (manager or agent): check the open frame, dial the target, pump both ways. */
+
+import { type Clock, systemClock } from "../clock.ts";
+import { errorMessage } from "../errors.ts";
+import { log } from "../log.ts";
+import { bytesToIp, type ConnId, connIdFromWire, formatConnId, ipToBytes } from "./conn_id.ts";
+import { type Frame, FrameOrder, frames, MAX_DATA_FRAME } from "./frame.ts";
+import { type FrameDuplex, FrameStream } from "./frame_stream.ts";
+import type { TunnelEnd } from "./client.ts";
+
+/** A flow being served, as seen by whoever tracks flows per session. */
+export interface ServedFlow {
+  readonly sessionId: string;
+  readonly connId: ConnId;
+  /** Ends the flow now, telling the opener why. */
+  abort(reason: string): void;
+}
+
+/** Options of {@link serveTunnel}. */
+export interface ServeTunnelOptions {
+  /** Returns why this session may not open flows (unknown, expired), or undefined when it may. */
+  checkSession(sessionId: string): string | undefined;
+  /** Called once the dial succeeded; returns the function that forgets the flow. */
+  track?(flow: ServedFlow): () => void;
+  /** Dial timeout when the open frame gives none. */
+  defaultDialTimeoutMs?: number;
+  /** A UDP flow with no datagram either way for this long ends. */
+  udpIdleMs?: number;
+  clock?: Clock;
+}
+
+/** Default dial timeout. */
+export const DEFAULT_DIAL_TIMEOUT_MS = 5_000;
+/** Default UDP idle timeout. */
+export const DEFAULT_UDP_IDLE_MS = 60_000;
+
+/**
+ * Serves one Tunnel call to the end: open → dial (TCP with Deno.connect, UDP with Deno.listenDatagram) → dial-ok or
+ * dial-reject(reason) → pump. Protocol violations end only this stream, with a disconnect frame naming them.
+ */
+export async function serveTunnel(call: FrameDuplex, opts: ServeTunnelOptions): Promise<TunnelEnd> {
+  const clock = opts.clock ?? systemClock;
+  const fs = new FrameStream(call);
+  const order = new FrameOrder("dialer");
+  const refuse = async (frame: Frame, reason: string): Promise<TunnelEnd> => {
+    await fs.send(frame);
+    fs.end();
+    return { clean: false, reason };
+  };
+  const first = await fs.next();
+  if (!first) return { clean: false, reason: `stream ended before open${fs.error ? `: ${fs.error.message}` : ""}` };
+  if (first.$case === "disconnect") {
+    fs.end();
+    return { clean: false, reason: `disconnected: ${first.value.reason}` };
+  }
+  const bad = order.accept(first);
+  if (bad) return await refuse(frames.disconnect(bad), bad);
+  if (first.$case !== "open") return await refuse(frames.disconnect("expected open"), "expected open");
+  const open = first.value;
+  const sessionId = open.session?.sessionId ?? "";
+  const sessionProblem = opts.checkSession(sessionId);
+  if (sessionProblem) return await refuse(frames.dialReject(sessionProblem), sessionProblem);
+  let id: ConnId;
+  try {
+    id = connIdFromWire(open.connId);
+  } catch (err) {
+    return await refuse(frames.dialReject(errorMessage(err)), errorMessage(err));
+  }
+  const timeoutMs = open.dialTimeoutMs || opts.defaultDialTimeoutMs || DEFAULT_DIAL_TIMEOUT_MS;
+  const flow = id.protocol === "tcp"
+    ? new TcpFlow(fs, order, id, clock)
+    : new UdpFlow(fs, order, id, clock, opts.udpIdleMs ?? DEFAULT_UDP_IDLE_MS);
+  const dialError = await flow.dial(timeoutMs);
+  if (dialError) {
+    log.debug("tunnel", "dial rejected", { conn: formatConnId(id), reason: dialError });
+    return await refuse(frames.dialReject(dialError), dialError);
+  }
+  const untrack = opts.track?.({ sessionId, connId: id, abort: (r) => flow.fail(r) }) ?? (() => {});
+  try {
+    if (!await fs.send(frames.dialOk())) flow.fail("stream gone before dial-ok");
+    return await flow.pump();
+  } finally {
+    untrack();
+  }
+}
+
+function dialFailure(id: ConnId, err: unknown): string {
+  return `dial ${formatConnId(id)}: ${errorMessage(err)}`;
+}
+
+/** Shared failure handling: the first failure wins, tells the opener, and closes everything. */
+abstract class Flow {
+  protected fs: FrameStream;
+  protected order: FrameOrder;
+  protected id: ConnId;
+  protected clock: Clock;
+  #failure: string | undefined;
+
+  constructor(fs: FrameStream, order: FrameOrder, id: ConnId, clock: Clock) {
+    this.fs = fs;
+    this.order = order;
+    this.id = id;
+    this.clock = clock;
+  }
+
+  get failed(): string | undefined {
+    return this.#failure;
+  }
+
+  abstract dial(timeoutMs: number): Promise<string | undefined>;
+  abstract pump(): Promise<TunnelEnd>;
+  protected abstract closeTarget(): void;
+
+  /** Ends the flow with a reason (once). */
+  fail(reason: string): void {
+    if (this.#failure !== undefined) return;
+    this.#failure = reason;
+    log.debug("tunnel", "flow failed", { conn: formatConnId(this.id), reason });
+    this.closeTarget();
+    void this.fs.send(frames.disconnect(reason)).then(() => this.fs.end());
+  }
+
+  protected result(): TunnelEnd {
+    return this.#failure === undefined ? { clean: true } : { clean: false, reason: this.#failure };
+  }
+
+  /** Races a dial against the timeout; a late connection is closed when it arrives. */
+  protected async withTimeout<T extends { close(): void }>(p: Promise<T>, ms: number): Promise<T> {
+    let timer: unknown;
+    const timeout = new Promise<"timeout">((resolve) => {
+      timer = this.clock.setTimeout(() => resolve("timeout"), ms);
+    });
+    try {
+      const r = await Promise.race([p, timeout]);
+      if (r === "timeout") {
+        p.then((c) => c.close(), () => {/* the dial failed after we gave up: nothing to close */});
+        throw new Error(`timed out after ${ms} ms`);
+      }
+      return r;
+    } finally {
+      this.clock.clearTimeout(timer);
+    }
+  }
+}
+
+class TcpFlow extends Flow {
+  #conn: Deno.TcpConn | undefined;
+  #closed = false;
+
+  async dial(timeoutMs: number): Promise<string | undefined> {
+    try {
+      this.#conn = await this.withTimeout(
+        Deno.connect({ hostname: this.id.dst.ip, port: this.id.dst.port, transport: "tcp" }),
+        timeoutMs,
+      );
+      this.#conn.setNoDelay(true);
+      return undefined;
+    } catch (err) {
+      return dialFailure(this.id, err);
+    }
+  }
+
+  protected closeTarget(): void {
+    if (this.#closed || !this.#conn) return;
+    this.#closed = true;
+    try {
+      this.#conn.close();
+    } catch (err) {
+      // already closed by the other pump direction
+      log.debug("tunnel", "close target", { err });
+    }
+  }
+
+  async pump(): Promise<TunnelEnd> {
+    const conn = this.#conn!;
+    const up = async (): Promise<void> => {
+      for (;;) {
+        const buf = new Uint8Array(MAX_DATA_FRAME);
+        let n: number | null;
+        try {
+          n = await conn.read(buf);
+        } catch (err) {
+          return this.fail(`read from target: ${errorMessage(err)}`);
+        }
+        if (this.failed) return;
+        if (n === null) {
+          if (!await this.fs.send(frames.closeSend())) this.fail("stream gone");
+          return;
+        }
+        if (!await this.fs.send(frames.data(buf.subarray(0, n)))) return this.fail("stream gone");
+      }
+    };
+    const down = async (): Promise<void> => {
+      for (;;) {
+        const f = await this.fs.next();
+        if (this.failed) return;
+        if (!f) return this.fail(`stream ended before close-send${this.fs.error ? `: ${this.fs.error.message}` : ""}`);
+        if (f.$case === "disconnect") return this.fail(`opener disconnected: ${f.value.reason}`);
+        const bad = this.order.accept(f);
+        if (bad) return this.fail(bad);
+        if (f.$case === "data") {
+          try {
+            await writeAll(conn, f.value);
+          } catch (err) {
+            return this.fail(`write to target: ${errorMessage(err)}`);
+          }
+        } else if (f.$case === "closeSend") {
+          try {
+            await conn.closeWrite();
+          } catch (err) {
+            return this.fail(`half-close target: ${errorMessage(err)}`);
+          }
+          return;
+        }
+      }
+    };
+    await Promise.all([up(), down()]);
+    if (!this.failed) {
+      this.fs.end();
+      this.closeTarget();
+    }
+    return this.result();
+  }
+}
+
+async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < data.byteLength) off += await conn.write(data.subarray(off));
+}
+
+class UdpFlow extends Flow {
+  #sock: Deno.DatagramConn | undefined;
+  #closed = false;
+  #idleMs: number;
+  #idleTimer: unknown;
+  #target: Deno.NetAddr;
+
+  constructor(fs: FrameStream, order: FrameOrder, id: ConnId, clock: Clock, idleMs: number) {
+    super(fs, order, id, clock);
+    this.#idleMs = idleMs;
+    this.#target = { transport: "udp", hostname: id.dst.ip, port: id.dst.port };
+  }
+
+  dial(_timeoutMs: number): Promise<string | undefined> {
+    try {
+      const v6 = this.id.dst.ip.includes(":");
+      this.#sock = Deno.listenDatagram({ transport: "udp", hostname: v6 ? "::" : "0.0.0.0", port: 0 });
+      return Promise.resolve(undefined);
+    } catch (err) {
+      return Promise.resolve(dialFailure(this.id, err));
+    }
+  }
+
+  protected closeTarget(): void {
+    this.clock.clearTimeout(this.#idleTimer);
+    if (this.#closed || !this.#sock) return;
+    this.#closed = true;
+    try {
+      this.#sock.close();
+    } catch (err) {
+      // already closed
+      log.debug("tunnel", "close udp socket", { err });
+    }
+  }
+
+  #touch(): void {
+    this.clock.clearTimeout(this.#idleTimer);
+    this.#idleTimer = this.clock.setTimeout(() => this.fail(`udp flow idle for ${this.#idleMs} ms`), this.#idleMs);
+  }
+
+  async pump(): Promise<TunnelEnd> {
+    const sock = this.#sock!;
+    const dst = this.id.dst;
+    this.#touch();
+    let ended = false;
+    const up = async (): Promise<void> => {
+      while (!ended && !this.failed) {
+        let got: [Uint8Array, Deno.Addr];
+        try {
+          got = await sock.receive();
+        } catch (err) {
+          if (!ended) this.fail(`receive from target: ${errorMessage(err)}`);
+          return;
+        }
+        const from = got[1] as Deno.NetAddr;
+        if (from.port !== dst.port || !sameIp(from.hostname, dst.ip)) continue;
+        this.#touch();
+        if (!await this.fs.send(frames.data(got[0]))) return this.fail("stream gone");
+      }
+    };
+    const down = async (): Promise<void> => {
+      for (;;) {
+        const f = await this.fs.next();
+        if (this.failed) return;
+        if (!f) return this.fail(`stream ended before close-send${this.fs.error ? `: ${this.fs.error.message}` : ""}`);
+        if (f.$case === "disconnect") return this.fail(`opener disconnected: ${f.value.reason}`);
+        const bad = this.order.accept(f);
+        if (bad) return this.fail(bad);
+        if (f.$case === "data") {
+          this.#touch();
+          try {
+            await sock.send(f.value, this.#target);
+          } catch (err) {
+            return this.fail(`send to target: ${errorMessage(err)}`);
+          }
+        } else if (f.$case === "closeSend") {
+          // A UDP flow ends with the opener's close-send: answer in kind and stop receiving.
+          ended = true;
+          await this.fs.send(frames.closeSend());
+          this.fs.end();
+          this.closeTarget();
+          return;
+        }
+      }
+    };
+    await Promise.all([up(), down()]);
+    this.closeTarget();
+    return this.result();
+  }
+}
+
+function sameIp(a: string, b: string): boolean {
+  if (a === b) return true;
+  try {
+    return bytesToIp(ipToBytes(a)) === bytesToIp(ipToBytes(b));
+  } catch (err) {
+    // not an IP (cannot happen for a UDP source address): treat as different
+    log.debug("tunnel", "unparsable address", { a, b, err });
+    return false;
+  }
+}

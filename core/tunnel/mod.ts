@@ -1,0 +1,33 @@
+/** One L4 flow over a gRPC bidi stream: ConnID, frame codec and order, the opening and the dialing side. */
+
+export {
+  bytesToIp,
+  type ConnId,
+  connId,
+  connIdFromWire,
+  connIdToWire,
+  type Endpoint,
+  formatConnId,
+  ipToBytes,
+  type L4Protocol,
+} from "./conn_id.ts";
+export { decodeFrame, encodeFrame, type Frame, FrameOrder, frames, MAX_DATA_FRAME, type Role } from "./frame.ts";
+export { type FrameDuplex, FrameStream } from "./frame_stream.ts";
+export {
+  channelOptions,
+  createManagerClient,
+  createTunedServer,
+  FLOW_CONTROL_WINDOW,
+  MANAGER_SERVICE,
+  type ManagerClient,
+  MAX_MESSAGE_BYTES,
+  TUNNEL_METHOD,
+} from "./grpc.ts";
+export { openTunnel, type OpenTunnelOptions, type Tunnel, type TunnelEnd } from "./client.ts";
+export {
+  DEFAULT_DIAL_TIMEOUT_MS,
+  DEFAULT_UDP_IDLE_MS,
+  type ServedFlow,
+  serveTunnel,
+  type ServeTunnelOptions,
+} from "./dialer.ts";
