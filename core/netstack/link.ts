@@ -1,0 +1,67 @@
+/** The device boundary: a Link reads and writes whole IP packets; ChannelLink is an in-memory one for tests. */
+
+import { TelError } from "../errors.ts";
+
+/** Something that carries whole IP packets: the TUN device, or a channel in tests. */
+export interface Link {
+  /** Largest IP packet the link carries; the stack derives its TCP MSS from it. */
+  readonly mtu: number;
+  /**
+   * Resolves with one or more whole inbound IP packets; rejects once the link is closed.
+   * The views are valid only until the next call: the caller copies what it keeps.
+   */
+  readPackets(): Promise<Uint8Array[]>;
+  /** Sends one whole IP packet; the link does not keep `packet` after returning. */
+  writePacket(packet: Uint8Array): void;
+}
+
+/**
+ * An in-memory link: `inject()` queues packets for the stack to read, `onWrite` sees what the stack sends.
+ *
+ * @example
+ * ```ts
+ * const link = new ChannelLink(1500);
+ * link.onWrite = (p) => replies.push(p);
+ * link.inject(synPacket);
+ * ```
+ */
+export class ChannelLink implements Link {
+  readonly mtu: number;
+  /** Called with a copy of every packet the stack writes. */
+  onWrite: (packet: Uint8Array) => void = () => {};
+  #queue: Uint8Array[] = [];
+  #waiter: (() => void) | undefined;
+  #closed = false;
+
+  constructor(mtu = 1500) {
+    this.mtu = mtu;
+  }
+
+  /** Queues inbound packets (copied). */
+  inject(...packets: Uint8Array[]): void {
+    for (const p of packets) this.#queue.push(p.slice());
+    this.#waiter?.();
+  }
+
+  async readPackets(): Promise<Uint8Array[]> {
+    while (this.#queue.length === 0) {
+      if (this.#closed) throw new TelError("platform", "netstack: link closed");
+      await new Promise<void>((r) => this.#waiter = r);
+      this.#waiter = undefined;
+    }
+    const batch = this.#queue;
+    this.#queue = [];
+    return batch;
+  }
+
+  writePacket(packet: Uint8Array): void {
+    if (this.#closed) return;
+    this.onWrite(packet.slice());
+  }
+
+  /** Makes pending and later reads reject. */
+  close(): void {
+    this.#closed = true;
+    this.#waiter?.();
+  }
+}

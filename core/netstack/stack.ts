@@ -1,0 +1,435 @@
+/** The stack: reads IP packets from a Link, demuxes them to TCP/UDP endpoints and answers ICMP echo. */
+
+import { type Clock, systemClock } from "../clock.ts";
+import { TelError } from "../errors.ts";
+import { log } from "../log.ts";
+import { type Cidr, cidrContains, formatIp, parseCidr } from "./addr.ts";
+import { checksum, pseudoSum4, pseudoSum6, sum } from "./header/checksum.ts";
+import {
+  ICMP4_CODE_HOST,
+  ICMP4_CODE_PORT,
+  ICMP4_ECHO_REPLY,
+  ICMP4_ECHO_REQUEST,
+  ICMP4_UNREACHABLE,
+  ICMP6_CODE_ADDRESS,
+  ICMP6_CODE_PORT,
+  ICMP6_ECHO_REPLY,
+  ICMP6_ECHO_REQUEST,
+  ICMP6_UNREACHABLE,
+} from "./header/icmp.ts";
+import { encodeIpv4, parseIpv4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP } from "./header/ipv4.ts";
+import { encodeIpv6, parseIpv6 } from "./header/ipv6.ts";
+import { ACK, encodeTcp, parseTcp, RST, SYN, type TcpFields, type TcpHeader } from "./header/tcp.ts";
+import { encodeUdp, parseUdp } from "./header/udp.ts";
+import type { Link } from "./link.ts";
+import {
+  DEFAULT_TCP_TUNING,
+  type TcpConn,
+  TcpEndpoint,
+  type TcpHost,
+  type TcpRoute,
+  type TcpTuning,
+} from "./tcp/endpoint.ts";
+import { type Counters, type FlowId, type Verdict, zeroCounters } from "./types.ts";
+import { UdpEndpoint, type UdpFlow, type UdpHost } from "./udp.ts";
+
+/**
+ * Decides what happens to new flows. For TCP the SYN-ACK is sent only after `tcp()` resolves "accept"; the
+ * connection object is handed over at once so the forwarder can start piping (writes queue until established).
+ */
+export interface Forwarder {
+  tcp(conn: TcpConn): Promise<Verdict>;
+  udp(flow: UdpFlow): Promise<Verdict>;
+}
+
+/** Options of a {@link Stack}. */
+export interface StackOptions {
+  link: Link;
+  forwarder: Forwarder;
+  clock?: Clock;
+  tcp?: Partial<TcpTuning>;
+  /** UDP flows close after this long without traffic. */
+  udpIdleMs?: number;
+  /** Datagrams a UDP flow queues for a slow reader before dropping. */
+  udpQueue?: number;
+  /** A forwarder that has not decided after this long makes the flow unreachable. */
+  verdictTimeoutMs?: number;
+}
+
+function key4or6(src: Uint8Array, sp: number, dst: Uint8Array, dp: number): string {
+  let k = "";
+  for (let i = 0; i < src.length; i++) k += String.fromCharCode(src[i]);
+  for (let i = 0; i < dst.length; i++) k += String.fromCharCode(dst[i]);
+  return k + String.fromCharCode(sp, dp);
+}
+
+/**
+ * A userspace TCP/IP stack bound to one link.
+ *
+ * @example
+ * ```ts
+ * const stack = new Stack({ link: vif, forwarder });
+ * stack.setRoutes(["198.18.0.0/15", "fd00:7e1::/48"]);
+ * const done = stack.run(); // until the link closes or stack.close()
+ * ```
+ */
+export class Stack {
+  readonly clock: Clock;
+  #link: Link;
+  #fwd: Forwarder;
+  #routes: Cidr[] = [];
+  #tcp = new Map<string, TcpEndpoint>();
+  #udp = new Map<string, UdpEndpoint>();
+  #ackSet = new Set<TcpEndpoint>();
+  #counters: Counters = zeroCounters();
+  #internalErrors = 0;
+  #tune: TcpTuning;
+  #udpIdleMs: number;
+  #udpQueue: number;
+  #verdictMs: number;
+  #out: Uint8Array;
+  #closed = false;
+  #tcpHost: TcpHost;
+  #udpHost: UdpHost;
+
+  constructor(opts: StackOptions) {
+    this.#link = opts.link;
+    this.#fwd = opts.forwarder;
+    this.clock = opts.clock ?? systemClock;
+    this.#tune = { ...DEFAULT_TCP_TUNING, ...opts.tcp };
+    this.#udpIdleMs = opts.udpIdleMs ?? 60_000;
+    this.#udpQueue = opts.udpQueue ?? 256;
+    this.#verdictMs = opts.verdictTimeoutMs ?? 20_000;
+    this.#out = new Uint8Array(Math.max(opts.link.mtu, 1280) + 256);
+    this.#tcpHost = {
+      clock: this.clock,
+      counters: this.#counters,
+      sendSegment: (ep: TcpEndpoint, f: TcpFields, off: number, len: number) =>
+        this.#sendTcp(ep.route, f, ep, off, len),
+      ackLater: (ep: TcpEndpoint) => this.#ackSet.add(ep),
+      removed: (ep: TcpEndpoint) => {
+        if (this.#tcp.get(ep.key) === ep) this.#tcp.delete(ep.key);
+        this.#ackSet.delete(ep);
+      },
+    };
+    this.#udpHost = {
+      clock: this.clock,
+      counters: this.#counters,
+      sendUdp: (flow: UdpEndpoint, payload: Uint8Array) => {
+        const r = flow.route;
+        const ipLen = r.family === 4 ? 20 : 40;
+        const len = 8 + payload.length;
+        if (ipLen + len > this.#out.length) {
+          this.#counters.udpDropped++;
+          return;
+        }
+        encodeUdp(this.#out.subarray(ipLen), flow.id.dstPort, flow.id.srcPort, len);
+        this.#out.set(payload, ipLen + 8);
+        this.#finish(r.family, r.local, r.remote, PROTO_UDP, ipLen, len, 6);
+      },
+      udpRemoved: (flow: UdpEndpoint) => {
+        if (this.#udp.get(flow.key) === flow) this.#udp.delete(flow.key);
+      },
+    };
+  }
+
+  /** Replaces the set of routed subnets: only destinations inside them are served. */
+  setRoutes(cidrs: Array<string | Cidr>): void {
+    this.#routes = cidrs.map((c) => typeof c === "string" ? parseCidr(c) : c);
+  }
+
+  /** A snapshot of the counters. */
+  counters(): Counters & { internalErrors: number; tcpConnections: number; udpFlows: number } {
+    return {
+      ...this.#counters,
+      internalErrors: this.#internalErrors,
+      tcpConnections: this.#tcp.size,
+      udpFlows: this.#udp.size,
+    };
+  }
+
+  /** Reads and handles packets until the link closes (or {@link close}). */
+  async run(): Promise<void> {
+    while (!this.#closed) {
+      let batch: Uint8Array[];
+      try {
+        batch = await this.#link.readPackets();
+      } catch (e) {
+        if (this.#closed) return;
+        throw e instanceof TelError ? e : new TelError("platform", "netstack: link read failed", { cause: e });
+      }
+      this.input(batch);
+    }
+  }
+
+  /** Handles a batch of inbound packets, then sends the ACKs it deferred. Never throws. */
+  input(packets: Uint8Array[]): void {
+    for (const p of packets) {
+      try {
+        this.#packet(p);
+      } catch (e) {
+        if (e instanceof TelError) this.#counters.invalid++;
+        else {
+          this.#internalErrors++;
+          log.error("netstack", "packet handling failed", { error: e });
+        }
+      }
+    }
+    if (this.#ackSet.size > 0) {
+      const set = this.#ackSet;
+      this.#ackSet = new Set();
+      for (const ep of set) ep.flushAck();
+    }
+  }
+
+  /** Resets every connection, closes every flow and stops {@link run}. */
+  close(): void {
+    this.#closed = true;
+    for (const ep of [...this.#tcp.values()]) ep.abort();
+    for (const f of [...this.#udp.values()]) f.close();
+  }
+
+  #routed(dst: Uint8Array): boolean {
+    for (const r of this.#routes) if (cidrContains(r, dst)) return true;
+    return false;
+  }
+
+  #packet(p: Uint8Array): void {
+    this.#counters.packetsIn++;
+    const v = p.length > 0 ? p[0] >> 4 : 0;
+    let family: 4 | 6;
+    let src: Uint8Array, dst: Uint8Array, proto: number, l4: Uint8Array;
+    if (v === 4) {
+      const h = parseIpv4(p);
+      if (h.moreFragments || h.fragmentOffset !== 0) {
+        this.#counters.fragments++;
+        return;
+      }
+      family = 4;
+      src = h.src;
+      dst = h.dst;
+      proto = h.protocol;
+      l4 = p.subarray(h.headerLength, h.totalLength);
+    } else if (v === 6) {
+      const h = parseIpv6(p);
+      if (h.fragment) {
+        this.#counters.fragments++;
+        return;
+      }
+      family = 6;
+      src = h.src;
+      dst = h.dst;
+      proto = h.protocol;
+      l4 = p.subarray(h.headerLength, 40 + h.payloadLength);
+    } else {
+      this.#counters.invalid++;
+      return;
+    }
+    if (!this.#routed(dst)) {
+      this.#counters.notRouted++;
+      return;
+    }
+    if (proto === PROTO_TCP) this.#tcpIn(p, family, src, dst, l4);
+    else if (proto === PROTO_UDP) this.#udpIn(p, family, src, dst, l4);
+    else if (family === 4 && proto === PROTO_ICMP) this.#icmpIn(family, src, dst, l4);
+    else if (family === 6 && proto === PROTO_ICMPV6) this.#icmpIn(family, src, dst, l4);
+    else this.#counters.unsupported++;
+  }
+
+  #pseudo(family: 4 | 6, a: Uint8Array, b: Uint8Array, proto: number, len: number): number {
+    return family === 4 ? pseudoSum4(a, b, proto, len) : pseudoSum6(a, b, proto, len);
+  }
+
+  // ---- TCP ----
+
+  #tcpIn(p: Uint8Array, family: 4 | 6, src: Uint8Array, dst: Uint8Array, seg: Uint8Array): void {
+    if (seg.length < 20 || sum(seg, this.#pseudo(family, src, dst, PROTO_TCP, seg.length)) !== 0xffff) {
+      this.#counters.invalid++;
+      return;
+    }
+    const h: TcpHeader = parseTcp(seg);
+    const data = seg.subarray(h.headerLength);
+    const key = key4or6(src, h.srcPort, dst, h.dstPort);
+    const ep = this.#tcp.get(key);
+    if (ep) {
+      ep.segment(h, data);
+      return;
+    }
+    if (h.flags & RST) return;
+    const route: TcpRoute = { family, local: dst.slice(), remote: src.slice() };
+    if ((h.flags & (SYN | ACK)) !== SYN) {
+      this.#counters.tcpNoConnection++;
+      const len = data.length + (h.flags & SYN ? 1 : 0) + (h.flags & 1 ? 1 : 0);
+      if (h.flags & ACK) this.#sendRaw(route, h.dstPort, h.srcPort, h.ack, 0, RST);
+      else this.#sendRaw(route, h.dstPort, h.srcPort, 0, (h.seq + len) >>> 0, RST | ACK);
+      return;
+    }
+    if (this.#closed) return;
+    const id: FlowId = {
+      proto: "tcp",
+      family,
+      src: formatIp(src),
+      srcPort: h.srcPort,
+      dst: formatIp(dst),
+      dstPort: h.dstPort,
+    };
+    const localMss = this.#link.mtu - (family === 4 ? 40 : 60);
+    const conn = new TcpEndpoint(this.#tcpHost, id, key, route, localMss, h, this.#tune);
+    this.#tcp.set(key, conn);
+    const synCopy = p.slice(0, Math.min(p.length, 576));
+    const irs = h.seq;
+    this.#decide(this.#fwd.tcp(conn)).then((verdict) => {
+      if (conn.state !== "syn-pending") return; // the client gave up meanwhile
+      if (verdict === "accept") {
+        this.#counters.tcpAccepted++;
+        log.debug("netstack", "tcp accepted", { ...id });
+        conn.accept();
+      } else if (verdict === "refused") {
+        this.#counters.tcpRefused++;
+        this.#sendRaw(route, id.dstPort, id.srcPort, 0, (irs + 1) >>> 0, RST | ACK);
+        conn.reject("connection refused");
+      } else {
+        this.#counters.tcpUnreachable++;
+        this.#icmpUnreachable(family, synCopy, family === 4 ? ICMP4_CODE_HOST : ICMP6_CODE_ADDRESS);
+        conn.reject("destination unreachable");
+      }
+    });
+  }
+
+  /** The forwarder's verdict, bounded in time; an exception counts and means unreachable. */
+  #decide(p: Promise<Verdict>): Promise<Verdict> {
+    let timer: unknown;
+    const timeout = new Promise<Verdict>((r) => timer = this.clock.setTimeout(() => r("unreachable"), this.#verdictMs));
+    return Promise.race([p, timeout]).catch((e) => {
+      this.#counters.forwarderErrors++;
+      log.debug("netstack", "forwarder failed", { error: e });
+      return "unreachable" as Verdict;
+    }).finally(() => this.clock.clearTimeout(timer));
+  }
+
+  #sendRaw(route: TcpRoute, sp: number, dp: number, seq: number, ack: number, flags: number): void {
+    this.#sendTcp(route, { srcPort: sp, dstPort: dp, seq, ack, flags, window: 0 }, undefined, 0, 0);
+  }
+
+  #sendTcp(r: TcpRoute, f: TcpFields, ep: TcpEndpoint | undefined, off: number, len: number): void {
+    const out = this.#out;
+    const ipLen = r.family === 4 ? 20 : 40;
+    const hl = encodeTcp(out.subarray(ipLen), f);
+    const segLen = hl + len;
+    if (len > 0) ep!.copyPayload(out.subarray(ipLen + hl, ipLen + segLen), off, len);
+    this.#finish(r.family, r.local, r.remote, PROTO_TCP, ipLen, segLen, 16);
+  }
+
+  /** Writes the IP header and the L4 checksum (at `csumAt` inside the L4 header) and sends the packet. */
+  #finish(
+    family: 4 | 6,
+    src: Uint8Array,
+    dst: Uint8Array,
+    proto: number,
+    ipLen: number,
+    l4Len: number,
+    csumAt: number,
+  ) {
+    const out = this.#out;
+    const l4 = out.subarray(ipLen, ipLen + l4Len);
+    l4[csumAt] = 0;
+    l4[csumAt + 1] = 0;
+    const initial = proto === PROTO_ICMP ? 0 : this.#pseudo(family, src, dst, proto, l4Len);
+    let c = checksum(l4, initial);
+    if (proto === PROTO_UDP && c === 0) c = 0xffff;
+    l4[csumAt] = c >>> 8;
+    l4[csumAt + 1] = c & 0xff;
+    if (family === 4) encodeIpv4(out, { totalLength: ipLen + l4Len, protocol: proto, src, dst });
+    else encodeIpv6(out, { payloadLength: l4Len, protocol: proto, src, dst });
+    this.#counters.packetsOut++;
+    this.#link.writePacket(out.subarray(0, ipLen + l4Len));
+  }
+
+  // ---- UDP ----
+
+  #udpIn(p: Uint8Array, family: 4 | 6, src: Uint8Array, dst: Uint8Array, seg: Uint8Array): void {
+    const h = parseUdp(seg);
+    const dgram = seg.subarray(0, h.length);
+    if (
+      (family === 6 || h.checksum !== 0) &&
+      sum(dgram, this.#pseudo(family, src, dst, PROTO_UDP, h.length)) !== 0xffff
+    ) {
+      this.#counters.invalid++;
+      return;
+    }
+    const payload = dgram.subarray(8);
+    const key = key4or6(src, h.srcPort, dst, h.dstPort);
+    const existing = this.#udp.get(key);
+    if (existing) {
+      existing.receive(payload);
+      return;
+    }
+    if (this.#closed) return;
+    const id: FlowId = {
+      proto: "udp",
+      family,
+      src: formatIp(src),
+      srcPort: h.srcPort,
+      dst: formatIp(dst),
+      dstPort: h.dstPort,
+    };
+    const route: TcpRoute = { family, local: dst.slice(), remote: src.slice() };
+    const flow = new UdpEndpoint(this.#udpHost, id, key, route, this.#udpIdleMs, this.#udpQueue);
+    this.#udp.set(key, flow);
+    flow.receive(payload);
+    const first = p.slice(0, Math.min(p.length, 576));
+    this.#decide(this.#fwd.udp(flow)).then((verdict) => {
+      if (verdict === "accept") {
+        this.#counters.udpAccepted++;
+        flow.accept();
+        return;
+      }
+      this.#counters.udpRefused++;
+      this.#icmpUnreachable(
+        family,
+        first,
+        verdict === "refused"
+          ? (family === 4 ? ICMP4_CODE_PORT : ICMP6_CODE_PORT)
+          : (family === 4 ? ICMP4_CODE_HOST : ICMP6_CODE_ADDRESS),
+      );
+      flow.close();
+    });
+  }
+
+  // ---- ICMP ----
+
+  #icmpIn(family: 4 | 6, src: Uint8Array, dst: Uint8Array, m: Uint8Array): void {
+    if (m.length < 8) {
+      this.#counters.invalid++;
+      return;
+    }
+    const initial = family === 4 ? 0 : pseudoSum6(src, dst, PROTO_ICMPV6, m.length);
+    if (sum(m, initial) !== 0xffff) {
+      this.#counters.invalid++;
+      return;
+    }
+    const request = family === 4 ? ICMP4_ECHO_REQUEST : ICMP6_ECHO_REQUEST;
+    if (m[0] !== request || m[1] !== 0) return; // errors and other messages: nothing to answer
+    const ipLen = family === 4 ? 20 : 40;
+    if (ipLen + m.length > this.#out.length) return;
+    this.#out.set(m, ipLen);
+    this.#out[ipLen] = family === 4 ? ICMP4_ECHO_REPLY : ICMP6_ECHO_REPLY;
+    this.#counters.icmpEchoReplies++;
+    const local = dst.slice();
+    const remote = src.slice();
+    this.#finish(family, local, remote, family === 4 ? PROTO_ICMP : PROTO_ICMPV6, ipLen, m.length, 2);
+  }
+
+  #icmpUnreachable(family: 4 | 6, orig: Uint8Array, code: number): void {
+    const ipLen = family === 4 ? 20 : 40;
+    const body = orig.subarray(0, Math.min(orig.length, family === 4 ? 548 : 1232 - 48));
+    const src = family === 4 ? orig.slice(16, 20) : orig.slice(24, 40);
+    const dst = family === 4 ? orig.slice(12, 16) : orig.slice(8, 24);
+    const out = this.#out;
+    out[ipLen] = family === 4 ? ICMP4_UNREACHABLE : ICMP6_UNREACHABLE;
+    out[ipLen + 1] = code;
+    out.fill(0, ipLen + 2, ipLen + 8);
+    out.set(body, ipLen + 8);
+    this.#finish(family, src, dst, family === 4 ? PROTO_ICMP : PROTO_ICMPV6, ipLen, 8 + body.length, 2);
+  }
+}

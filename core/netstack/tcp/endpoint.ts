@@ -1,0 +1,803 @@
+/** One passively opened TCP connection (RFC 9293) with RFC 7323 options, RFC 6298 timers and NewReno recovery. */
+
+import type { Clock, TimerHandle } from "../../clock.ts";
+import { TelError } from "../../errors.ts";
+import { ACK, FIN, PSH, RST, SYN, type TcpFields, type TcpHeader } from "../header/tcp.ts";
+import type { Counters, FlowId } from "../types.ts";
+import { seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt } from "./seq.ts";
+
+/** Connection states; "syn-pending" waits for the forwarder's verdict before the SYN-ACK goes out. */
+export type TcpState =
+  | "syn-pending"
+  | "syn-received"
+  | "established"
+  | "fin-wait-1"
+  | "fin-wait-2"
+  | "close-wait"
+  | "closing"
+  | "last-ack"
+  | "time-wait"
+  | "closed";
+
+/** An accepted TCP connection as the session sees it: a duplex byte stream with backpressure. */
+export interface TcpConn {
+  readonly id: FlowId;
+  /** Bytes from the client, in order; closes at the client's FIN, errors on reset. */
+  readonly readable: ReadableStream<Uint8Array>;
+  /** Bytes to the client; closing it sends FIN (half-close). Chunks are not copied: don't reuse them. */
+  readonly writable: WritableStream<Uint8Array>;
+  /** Resolves when the connection is fully gone (closed, reset or aborted). */
+  readonly closed: Promise<void>;
+  readonly state: TcpState;
+  /** Graceful close of both directions: queued bytes are still sent, then FIN; further input is discarded. */
+  close(): void;
+  /** Hard close: sends RST, errors both streams. */
+  abort(): void;
+}
+
+/** Buffer sizes and timer bounds of TCP endpoints. */
+export interface TcpTuning {
+  /** Receive buffer (bytes queued for the reader): the advertised window follows it. */
+  rcvBuf: number;
+  /** Send buffer: writes wait while this many bytes are unacknowledged or unsent. */
+  sndBuf: number;
+  timeWaitMs: number;
+  minRtoMs: number;
+  maxRtoMs: number;
+  /** SYN-ACK / data retransmissions before the connection is given up. */
+  maxRetries: number;
+}
+
+/** Defaults: 4 MiB buffers, short TIME_WAIT (the peer is on this host). */
+export const DEFAULT_TCP_TUNING: TcpTuning = {
+  rcvBuf: 4 << 20,
+  sndBuf: 4 << 20,
+  timeWaitMs: 2_000,
+  minRtoMs: 200,
+  maxRtoMs: 60_000,
+  maxRetries: 12,
+};
+
+/** What an endpoint needs from its stack. */
+export interface TcpHost {
+  readonly clock: Clock;
+  readonly counters: Counters;
+  /** Sends a segment whose payload is `len` bytes at `off` from SND.UNA of `ep`'s send queue. */
+  sendSegment(ep: TcpEndpoint, f: TcpFields, off: number, len: number): void;
+  /** Asks for {@link TcpEndpoint.flushAck} at the end of the current input batch. */
+  ackLater(ep: TcpEndpoint): void;
+  /** The endpoint reached CLOSED. */
+  removed(ep: TcpEndpoint): void;
+}
+
+/** Our (local) and the client's (remote) address bytes of one connection. */
+export interface TcpRoute {
+  readonly family: 4 | 6;
+  readonly local: Uint8Array;
+  readonly remote: Uint8Array;
+}
+
+const WSCALE = 7;
+const MAX_CWND = 64 << 20;
+
+function connError(msg: string): TelError {
+  return new TelError("platform", `netstack: ${msg}`);
+}
+
+interface OooSegment {
+  seq: number;
+  data: Uint8Array;
+  fin: boolean;
+}
+
+/** The endpoint: owns all per-connection state. Created by the stack for a SYN. */
+export class TcpEndpoint implements TcpConn {
+  readonly id: FlowId;
+  readonly readable: ReadableStream<Uint8Array>;
+  readonly writable: WritableStream<Uint8Array>;
+  readonly closed: Promise<void>;
+  /** Demux key in the stack's table. */
+  readonly key: string;
+  /** Addresses, for the stack's output path. */
+  readonly route: TcpRoute;
+
+  #host: TcpHost;
+  #tune: TcpTuning;
+  #state: TcpState = "syn-pending";
+  #localMss: number;
+  #mss = 536;
+  #tsOk = false;
+  #tsRecent = 0;
+
+  #iss: number;
+  #irs: number;
+  #sndUna: number;
+  #sndNxt: number;
+  #sndMax: number;
+  #sndWnd = 0;
+  #maxSndWnd = 0;
+  #sndWl1 = 0;
+  #sndWl2 = 0;
+  #sndWscale = 0;
+  #rcvNxt: number;
+  #rcvWscale = 0;
+  #rcvAdvEdge: number;
+  #ackPending = false;
+
+  #cwnd = 0;
+  #ssthresh = MAX_CWND;
+  #dupAcks = 0;
+  #inRecovery = false;
+  #recover = 0;
+
+  #srtt = -1;
+  #rttvar = 0;
+  #rto = 1000;
+  #retries = 0;
+  #rttSeq = -1;
+  #rttStart = 0;
+
+  #sq: Uint8Array[] = [];
+  #sqHead = 0;
+  #sqBytes = 0;
+  #finQueued = false;
+  #finAcked = false;
+  #writeWaiter: { resolve: () => void; reject: (e: unknown) => void } | undefined;
+
+  #ooo: OooSegment[] = [];
+  #oooBytes = 0;
+  #rc!: ReadableStreamDefaultController<Uint8Array>;
+  #rcDone = false;
+  #rcvClosed = false;
+  #wc!: WritableStreamDefaultController;
+
+  #timer: TimerHandle | undefined;
+  #timerAt = Infinity;
+  #deadline = Infinity;
+  #resolveClosed!: () => void;
+
+  constructor(
+    host: TcpHost,
+    id: FlowId,
+    key: string,
+    route: TcpRoute,
+    localMss: number,
+    syn: TcpHeader,
+    tuning: TcpTuning,
+  ) {
+    this.#host = host;
+    this.id = id;
+    this.key = key;
+    this.route = route;
+    this.#tune = tuning;
+    this.#localMss = localMss;
+    const r = new Uint32Array(1);
+    crypto.getRandomValues(r);
+    this.#iss = r[0];
+    this.#sndUna = this.#iss;
+    this.#sndNxt = this.#iss;
+    this.#sndMax = this.#iss;
+    this.#irs = syn.seq;
+    this.#rcvNxt = seqAdd(syn.seq, 1);
+    this.#rcvAdvEdge = this.#rcvNxt;
+    this.#sndWnd = syn.window;
+    this.#maxSndWnd = syn.window;
+    this.#sndWl1 = syn.seq;
+    if (syn.windowScale !== undefined) {
+      this.#sndWscale = syn.windowScale;
+      this.#rcvWscale = WSCALE;
+    }
+    if (syn.tsVal !== undefined) {
+      this.#tsOk = true;
+      this.#tsRecent = syn.tsVal;
+    }
+    this.#mss = Math.max(64, Math.min(syn.mss ?? (id.family === 4 ? 536 : 1220), localMss) - (this.#tsOk ? 12 : 0));
+    this.#cwnd = 10 * this.#mss;
+    this.closed = new Promise((r) => this.#resolveClosed = r);
+    this.readable = new ReadableStream<Uint8Array>({
+      start: (c) => {
+        this.#rc = c;
+      },
+      pull: () => this.#onRead(),
+      cancel: () => {
+        this.#rcvClosed = true;
+        this.#rcDone = true;
+      },
+    }, { highWaterMark: tuning.rcvBuf, size: (c) => c.byteLength });
+    this.writable = new WritableStream<Uint8Array>({
+      start: (c) => {
+        this.#wc = c;
+      },
+      write: (chunk) => this.#appWrite(chunk),
+      close: () => this.#shutdownWrite(),
+      abort: () => this.abort(),
+    });
+  }
+
+  get state(): TcpState {
+    return this.#state;
+  }
+
+  /** Effective send MSS (payload bytes per segment). */
+  get mss(): number {
+    return this.#mss;
+  }
+
+  // ---- forwarder verdict ----
+
+  /** The forwarder accepted: send the SYN-ACK. */
+  accept(): void {
+    if (this.#state !== "syn-pending") return;
+    this.#state = "syn-received";
+    this.#sendSynAck();
+    this.#arm(this.#rto);
+  }
+
+  /** The forwarder refused or failed: the stack answers the client; here the streams end. */
+  reject(reason: string): void {
+    if (this.#state !== "syn-pending") return;
+    this.#destroy(connError(reason));
+  }
+
+  // ---- input ----
+
+  /** Handles one inbound segment (checksum already verified). */
+  segment(h: TcpHeader, data: Uint8Array): void {
+    const flags = h.flags;
+    switch (this.#state) {
+      case "closed":
+        return;
+      case "syn-pending":
+        if (flags & RST) this.#destroy(connError("connection reset by peer"));
+        return;
+      case "syn-received":
+        if (flags & RST) {
+          if (h.seq === this.#rcvNxt) this.#destroy(connError("connection reset by peer"));
+          return;
+        }
+        if (flags & SYN) {
+          if (h.seq === this.#irs) this.#sendSynAck();
+          return;
+        }
+        if (!(flags & ACK)) return;
+        if (h.ack !== seqAdd(this.#iss, 1)) {
+          this.#host.sendSegment(this, { ...this.#ports(), seq: h.ack, ack: 0, flags: RST, window: 0 }, 0, 0);
+          return;
+        }
+        this.#sndUna = h.ack;
+        this.#sndWnd = h.window * 2 ** this.#sndWscale;
+        this.#maxSndWnd = this.#sndWnd;
+        this.#sndWl1 = h.seq;
+        this.#sndWl2 = h.ack;
+        this.#retries = 0;
+        this.#rto = Math.max(this.#tune.minRtoMs, 1000);
+        this.#disarm();
+        this.#state = this.#finQueued ? "fin-wait-1" : "established";
+        break;
+      case "time-wait":
+        if (flags & RST) return this.#destroy();
+        if (flags & FIN) {
+          this.#sendAck();
+          this.#arm(this.#tune.timeWaitMs);
+        }
+        return;
+    }
+
+    // Sequence acceptability (RFC 9293 §3.10.7.4).
+    const segLen = data.length + (flags & FIN ? 1 : 0);
+    const wnd = Math.max(0, seqDiff(this.#rcvAdvEdge, this.#rcvNxt));
+    const seq = h.seq;
+    let ok: boolean;
+    if (segLen === 0) {
+      ok = wnd === 0 ? seq === this.#rcvNxt : seqLe(this.#rcvNxt, seq) && seqLt(seq, seqAdd(this.#rcvNxt, wnd)) ||
+        seq === this.#rcvNxt;
+    } else {
+      const last = seqAdd(seq, segLen - 1);
+      ok = wnd > 0 && (
+        (seqLe(this.#rcvNxt, seq) && seqLt(seq, seqAdd(this.#rcvNxt, wnd))) ||
+        (seqLe(this.#rcvNxt, last) && seqLt(last, seqAdd(this.#rcvNxt, wnd)))
+      );
+      // A retransmission that overlaps RCV.NXT with in-window bytes after it, or a probe into a zero window.
+      if (!ok && seqLt(seq, this.#rcvNxt) && seqGe(last, this.#rcvNxt)) ok = true;
+    }
+    if (!ok) {
+      if (!(flags & RST)) this.#sendAck();
+      return;
+    }
+    if (flags & RST) {
+      if (seq === this.#rcvNxt) {
+        this.#host.counters.tcpResets++;
+        this.#destroy(connError("connection reset by peer"));
+      } else this.#sendAck(); // challenge ACK (RFC 5961)
+      return;
+    }
+    if (flags & SYN) {
+      this.#sendAck(); // challenge ACK
+      return;
+    }
+    if (!(flags & ACK)) return;
+    this.#processAck(h, data.length, (flags & FIN) !== 0);
+    if ((this.#state as TcpState) === "closed") return;
+    if (this.#tsOk && h.tsVal !== undefined && seqLe(seq, this.#rcvNxt)) this.#tsRecent = h.tsVal;
+    if (segLen > 0) {
+      if (this.#state === "established" || this.#state === "fin-wait-1" || this.#state === "fin-wait-2") {
+        this.#receive(seq, data, (flags & FIN) !== 0);
+      } else {
+        this.#sendAck(); // after their FIN: nothing more to take
+      }
+    }
+  }
+
+  #processAck(h: TcpHeader, dataLen: number, fin: boolean): void {
+    const ack = h.ack;
+    if (seqGt(ack, this.#sndMax)) {
+      this.#sendAck();
+      return;
+    }
+    if (seqLt(ack, this.#sndUna)) return;
+    const newWnd = h.window * 2 ** this.#sndWscale;
+    const oldWnd = this.#sndWnd;
+    if (seqLt(this.#sndWl1, h.seq) || (this.#sndWl1 === h.seq && seqLe(this.#sndWl2, ack))) {
+      this.#sndWnd = newWnd;
+      if (newWnd > this.#maxSndWnd) this.#maxSndWnd = newWnd;
+      this.#sndWl1 = h.seq;
+      this.#sndWl2 = ack;
+    }
+    const acked = seqDiff(ack, this.#sndUna);
+    const outstanding = seqDiff(this.#sndMax, this.#sndUna);
+    if (acked === 0) {
+      if (outstanding === 0) this.#retries = 0; // a live peer answering window probes
+      if (dataLen === 0 && !fin && newWnd === oldWnd && outstanding > 0) this.#dupAck();
+      else this.output();
+      return;
+    }
+
+    // RTT sample (RFC 7323 timestamps, else Karn's one timed segment).
+    const now = this.#host.clock.now();
+    if (this.#tsOk && h.tsEcr !== undefined && h.tsEcr !== 0) {
+      const rtt = ((Math.floor(now) >>> 0) - h.tsEcr) >>> 0;
+      if (rtt < 60_000) this.#rttSample(rtt);
+    } else if (this.#rttSeq >= 0 && seqGt(ack, this.#rttSeq)) {
+      this.#rttSample(now - this.#rttStart);
+      this.#rttSeq = -1;
+    }
+
+    const dataAcked = Math.min(acked, this.#sqBytes);
+    this.#dropAcked(dataAcked);
+    if (acked > dataAcked) this.#finAcked = true;
+    this.#sndUna = ack;
+    if (seqLt(this.#sndNxt, ack)) this.#sndNxt = ack;
+    this.#retries = 0;
+
+    if (this.#inRecovery) {
+      if (seqGe(ack, this.#recover)) {
+        this.#inRecovery = false;
+        this.#dupAcks = 0;
+        this.#cwnd = Math.max(this.#mss, Math.min(this.#ssthresh, seqDiff(this.#sndMax, ack) + this.#mss));
+      } else {
+        // Partial ACK (RFC 6582): retransmit the next hole, deflate.
+        this.#retransmitHead();
+        this.#cwnd = Math.max(this.#mss, this.#cwnd - acked + this.#mss);
+      }
+    } else {
+      this.#dupAcks = 0;
+      if (this.#cwnd < this.#ssthresh) this.#cwnd += Math.min(acked, 2 * this.#mss);
+      else this.#cwnd += Math.max(1, Math.floor(this.#mss * Math.min(acked, this.#cwnd) / this.#cwnd));
+      if (this.#cwnd > MAX_CWND) this.#cwnd = MAX_CWND;
+    }
+
+    if (this.#writeWaiter && this.#sqBytes < this.#tune.sndBuf) {
+      const w = this.#writeWaiter;
+      this.#writeWaiter = undefined;
+      w.resolve();
+    }
+
+    if (this.#finAcked) {
+      if (this.#state === "fin-wait-1") this.#state = "fin-wait-2";
+      else if (this.#state === "closing") this.#enterTimeWait();
+      else if (this.#state === "last-ack") return this.#destroy();
+    }
+    if (seqDiff(this.#sndMax, this.#sndUna) > 0) this.#arm(this.#rto);
+    else this.#disarm();
+    this.output();
+  }
+
+  #dupAck(): void {
+    this.#dupAcks++;
+    if (!this.#inRecovery && this.#dupAcks === 3) {
+      const flight = seqDiff(this.#sndMax, this.#sndUna);
+      this.#ssthresh = Math.max(Math.floor(flight / 2), 2 * this.#mss);
+      this.#recover = this.#sndMax;
+      this.#inRecovery = true;
+      this.#retransmitHead();
+      this.#cwnd = this.#ssthresh + 3 * this.#mss;
+      this.#arm(this.#rto);
+    } else if (this.#inRecovery) {
+      this.#cwnd += this.#mss;
+      this.output();
+    }
+  }
+
+  #rttSample(rtt: number): void {
+    if (this.#srtt < 0) {
+      this.#srtt = rtt;
+      this.#rttvar = rtt / 2;
+    } else {
+      this.#rttvar = 0.75 * this.#rttvar + 0.25 * Math.abs(this.#srtt - rtt);
+      this.#srtt = 0.875 * this.#srtt + 0.125 * rtt;
+    }
+    this.#rto = Math.min(this.#tune.maxRtoMs, Math.max(this.#tune.minRtoMs, this.#srtt + 4 * this.#rttvar));
+  }
+
+  #receive(seq: number, data: Uint8Array, fin: boolean): void {
+    const over = seqDiff(this.#rcvNxt, seq);
+    if (over > 0) {
+      if (over > data.length || (over === data.length && !fin)) {
+        this.#sendAck(); // wholly old: a duplicate
+        return;
+      }
+      data = data.subarray(over);
+      seq = this.#rcvNxt;
+    }
+    const wnd = Math.max(0, seqDiff(this.#rcvAdvEdge, this.#rcvNxt));
+    if (seq !== this.#rcvNxt) {
+      // Out of order: keep it (bounded by the window) and send a duplicate ACK at once.
+      const end = seqDiff(seqAdd(seq, data.length), this.#rcvNxt);
+      if (end <= wnd && this.#oooBytes + data.length <= this.#tune.rcvBuf) this.#insertOoo(seq, data, fin);
+      this.#sendAck();
+      return;
+    }
+    if (data.length > wnd) {
+      data = data.subarray(0, wnd);
+      fin = false;
+    }
+    this.#deliver(data, fin);
+    while (this.#ooo.length > 0 && seqLe(this.#ooo[0].seq, this.#rcvNxt)) {
+      const s = this.#ooo.shift()!;
+      this.#oooBytes -= s.data.length;
+      const skip = seqDiff(this.#rcvNxt, s.seq);
+      if (skip < s.data.length) this.#deliver(s.data.subarray(skip), s.fin);
+      else if (skip === s.data.length && s.fin) this.#deliver(s.data.subarray(0, 0), true);
+    }
+    if (this.#ooo.length > 0 || fin || this.#state === "close-wait" || this.#state === "time-wait") this.#sendAck();
+    else this.#ackLater();
+  }
+
+  #insertOoo(seq: number, data: Uint8Array, fin: boolean): void {
+    const seg = { seq, data: data.slice(), fin };
+    let i = this.#ooo.length;
+    while (i > 0 && seqGt(this.#ooo[i - 1].seq, seq)) i--;
+    if (i > 0 && this.#ooo[i - 1].seq === seq && this.#ooo[i - 1].data.length >= data.length) return;
+    this.#ooo.splice(i, 0, seg);
+    this.#oooBytes += data.length;
+  }
+
+  #deliver(data: Uint8Array, fin: boolean): void {
+    if (data.length > 0) {
+      this.#rcvNxt = seqAdd(this.#rcvNxt, data.length);
+      if (!this.#rcvClosed && !this.#rcDone) this.#rc.enqueue(data.slice());
+    }
+    if (!fin) return;
+    this.#rcvNxt = seqAdd(this.#rcvNxt, 1);
+    this.#closeReadable();
+    if (this.#state === "established") this.#state = "close-wait";
+    else if (this.#state === "fin-wait-1") {
+      if (this.#finAcked) this.#enterTimeWait();
+      else this.#state = "closing";
+    } else if (this.#state === "fin-wait-2") this.#enterTimeWait();
+  }
+
+  #closeReadable(): void {
+    if (this.#rcDone) return;
+    this.#rcDone = true;
+    this.#rc.close();
+  }
+
+  // ---- output ----
+
+  #ports(): { srcPort: number; dstPort: number } {
+    return { srcPort: this.id.dstPort, dstPort: this.id.srcPort };
+  }
+
+  #rcvWindow(): number {
+    const max = 65535 * 2 ** this.#rcvWscale;
+    if (this.#rcvClosed || this.#rcDone) return Math.min(max, this.#tune.rcvBuf);
+    return Math.min(max, Math.max(0, this.#rc.desiredSize ?? 0));
+  }
+
+  #windowField(): number {
+    let w = this.#rcvWindow();
+    const cur = seqDiff(this.#rcvAdvEdge, this.#rcvNxt);
+    if (w < cur) w = cur; // never shrink the window (RFC 9293 §3.8.6)
+    const field = Math.min(65535, Math.ceil(w / 2 ** this.#rcvWscale));
+    const edge = seqAdd(this.#rcvNxt, field * 2 ** this.#rcvWscale);
+    if (seqGt(edge, this.#rcvAdvEdge)) this.#rcvAdvEdge = edge;
+    return field;
+  }
+
+  #fields(seq: number, flags: number): TcpFields {
+    const f: TcpFields = {
+      srcPort: this.id.dstPort,
+      dstPort: this.id.srcPort,
+      seq,
+      ack: this.#rcvNxt,
+      flags,
+      window: this.#windowField(),
+    };
+    if (this.#tsOk) {
+      f.tsVal = Math.floor(this.#host.clock.now()) >>> 0;
+      f.tsEcr = this.#tsRecent;
+    }
+    this.#ackPending = false;
+    return f;
+  }
+
+  #sendSynAck(): void {
+    const f: TcpFields = {
+      srcPort: this.id.dstPort,
+      dstPort: this.id.srcPort,
+      seq: this.#iss,
+      ack: this.#rcvNxt,
+      flags: SYN | ACK,
+      window: Math.min(65535, this.#rcvWindow()),
+      mss: this.#localMss,
+    };
+    if (this.#rcvWscale) f.windowScale = this.#rcvWscale;
+    if (this.#tsOk) {
+      f.tsVal = Math.floor(this.#host.clock.now()) >>> 0;
+      f.tsEcr = this.#tsRecent;
+    }
+    this.#rcvAdvEdge = seqAdd(this.#rcvNxt, f.window);
+    this.#sndNxt = this.#sndMax = seqAdd(this.#iss, 1);
+    this.#host.sendSegment(this, f, 0, 0);
+  }
+
+  #sendAck(): void {
+    this.#host.sendSegment(this, this.#fields(this.#sndNxt, ACK), 0, 0);
+  }
+
+  #ackLater(): void {
+    if (this.#ackPending) return;
+    this.#ackPending = true;
+    this.#host.ackLater(this);
+  }
+
+  /** Sends the ACK deferred during an input batch, if no other segment carried it. */
+  flushAck(): void {
+    if (this.#ackPending && this.#state !== "closed") this.#sendAck();
+  }
+
+  /** Copies `len` bytes starting `off` bytes after SND.UNA into `dst`. */
+  copyPayload(dst: Uint8Array, off: number, len: number): void {
+    let i = 0;
+    let pos = off + this.#sqHead;
+    let written = 0;
+    while (written < len) {
+      const c = this.#sq[i++];
+      if (pos >= c.length) {
+        pos -= c.length;
+        continue;
+      }
+      const n = Math.min(c.length - pos, len - written);
+      dst.set(n === c.length ? c : c.subarray(pos, pos + n), written);
+      written += n;
+      pos = 0;
+    }
+  }
+
+  #dropAcked(n: number): void {
+    this.#sqBytes -= n;
+    n += this.#sqHead;
+    while (this.#sq.length > 0 && n >= this.#sq[0].length) {
+      n -= this.#sq[0].length;
+      this.#sq.shift();
+    }
+    this.#sqHead = n;
+  }
+
+  /** Sends data segments (and FIN) as far as the windows allow. */
+  output(): void {
+    const st = this.#state;
+    if (st !== "established" && st !== "close-wait" && st !== "fin-wait-1" && st !== "last-ack" && st !== "closing") {
+      return;
+    }
+    const dataEnd = seqAdd(this.#sndUna, this.#sqBytes);
+    for (;;) {
+      const off = seqDiff(this.#sndNxt, this.#sndUna);
+      const unsent = this.#sqBytes - off;
+      if (unsent > 0) {
+        const wnd = Math.min(this.#cwnd, this.#sndWnd);
+        const room = wnd - off;
+        if (room <= 0) {
+          if (this.#sndWnd === 0 && seqDiff(this.#sndMax, this.#sndUna) === 0) this.#arm(this.#rto); // persist
+          return;
+        }
+        const len = Math.min(unsent, this.#mss, room);
+        // Sender SWS avoidance: no runt segments while more data waits, unless half the peer's window is open.
+        if (len < this.#mss && len < unsent && len < this.#maxSndWnd / 2) return;
+        const last = len === unsent;
+        const fin = last && this.#finQueued;
+        this.#sendData(this.#sndNxt, off, len, fin, last);
+        continue;
+      }
+      if (this.#finQueued && this.#sndNxt === dataEnd) {
+        this.#sendData(this.#sndNxt, off, 0, true, true);
+      }
+      return;
+    }
+  }
+
+  #sendData(seq: number, off: number, len: number, fin: boolean, push: boolean): void {
+    const flags = ACK | (push && len > 0 ? PSH : 0) | (fin ? FIN : 0);
+    if (seqLt(seq, this.#sndMax)) this.#host.counters.tcpRetransmits++;
+    else if (this.#rttSeq < 0 && !this.#tsOk) {
+      this.#rttSeq = seq;
+      this.#rttStart = this.#host.clock.now();
+    }
+    this.#host.sendSegment(this, this.#fields(seq, flags), off, len);
+    const end = seqAdd(seq, len + (fin ? 1 : 0));
+    if (seqGt(end, this.#sndNxt)) this.#sndNxt = end;
+    if (seqGt(end, this.#sndMax)) this.#sndMax = end;
+    if (this.#deadline === Infinity) this.#arm(this.#rto);
+  }
+
+  #retransmitHead(): void {
+    const len = Math.min(this.#sqBytes, this.#mss);
+    const fin = this.#finQueued && len === this.#sqBytes;
+    if (len === 0 && !fin) return;
+    this.#rttSeq = -1;
+    this.#sendData(this.#sndUna, 0, len, fin, true);
+  }
+
+  // ---- application side ----
+
+  #onRead(): void {
+    const st = this.#state;
+    if (st !== "established" && st !== "fin-wait-1" && st !== "fin-wait-2") return;
+    const cur = seqDiff(this.#rcvAdvEdge, this.#rcvNxt);
+    const w = this.#rcvWindow();
+    const threshold = Math.min(this.#tune.rcvBuf / 2, Math.max(this.#mss, this.#tune.rcvBuf / 8));
+    if (w - cur >= threshold) this.#sendAck(); // window update
+  }
+
+  #appWrite(chunk: Uint8Array): Promise<void> | void {
+    if (this.#finQueued || this.#state === "closed") throw connError("write after close");
+    if (chunk.length === 0) return;
+    this.#sq.push(chunk);
+    this.#sqBytes += chunk.length;
+    this.output();
+    if (this.#sqBytes >= this.#tune.sndBuf) {
+      return new Promise((resolve, reject) => this.#writeWaiter = { resolve, reject });
+    }
+  }
+
+  #shutdownWrite(): void {
+    if (this.#finQueued) return;
+    this.#finQueued = true;
+    if (this.#state === "established") this.#state = "fin-wait-1";
+    else if (this.#state === "close-wait") this.#state = "last-ack";
+    this.output();
+  }
+
+  close(): void {
+    this.#rcvClosed = true;
+    this.#closeReadable();
+    if (this.#state === "syn-pending") return this.reject("closed before the handshake");
+    this.#shutdownWrite();
+  }
+
+  abort(): void {
+    if (this.#state === "closed") return;
+    if (this.#state !== "syn-pending") {
+      this.#host.sendSegment(
+        this,
+        { ...this.#ports(), seq: this.#sndNxt, ack: this.#rcvNxt, flags: RST | ACK, window: 0 },
+        0,
+        0,
+      );
+    }
+    this.#destroy(connError("connection aborted"));
+  }
+
+  // ---- timers ----
+
+  #arm(ms: number): void {
+    const now = this.#host.clock.now();
+    this.#deadline = now + ms;
+    if (this.#timer !== undefined && this.#timerAt <= this.#deadline) return;
+    if (this.#timer !== undefined) this.#host.clock.clearTimeout(this.#timer);
+    this.#timerAt = this.#deadline;
+    this.#timer = this.#host.clock.setTimeout(() => this.#fire(), ms);
+  }
+
+  #disarm(): void {
+    this.#deadline = Infinity;
+  }
+
+  #fire(): void {
+    this.#timer = undefined;
+    this.#timerAt = Infinity;
+    if (this.#deadline === Infinity || this.#state === "closed") return;
+    const left = this.#deadline - this.#host.clock.now();
+    if (left > 1) {
+      const d = this.#deadline;
+      this.#arm(left);
+      this.#deadline = d;
+      return;
+    }
+    this.#deadline = Infinity;
+    this.#timeout();
+  }
+
+  #timeout(): void {
+    if (this.#state === "time-wait") return this.#destroy();
+    if (++this.#retries > this.#tune.maxRetries) {
+      this.#host.sendSegment(
+        this,
+        { ...this.#ports(), seq: this.#sndNxt, ack: this.#rcvNxt, flags: RST | ACK, window: 0 },
+        0,
+        0,
+      );
+      return this.#destroy(connError("connection timed out"));
+    }
+    this.#rto = Math.min(this.#tune.maxRtoMs, this.#rto * 2);
+    if (this.#state === "syn-received") {
+      this.#host.counters.tcpRetransmits++;
+      this.#sendSynAck();
+      this.#arm(this.#rto);
+      return;
+    }
+    const outstanding = seqDiff(this.#sndMax, this.#sndUna);
+    if (outstanding > 0) {
+      this.#ssthresh = Math.max(Math.floor(outstanding / 2), 2 * this.#mss);
+      this.#cwnd = this.#mss;
+      this.#inRecovery = false;
+      this.#dupAcks = 0;
+      this.#recover = this.#sndMax;
+      this.#rttSeq = -1;
+      this.#sndNxt = this.#sndUna; // go back N
+      if (this.#sndWnd === 0) {
+        this.#retransmitHead(); // zero-window probe (RFC 9293 §3.8.6.1): one segment beyond the window
+      } else {
+        this.output();
+      }
+      this.#arm(this.#rto);
+    } else if (this.#sqBytes > 0 && this.#sndWnd === 0) {
+      const len = Math.min(1, this.#sqBytes);
+      this.#sendData(this.#sndNxt, 0, len, false, true);
+      this.#arm(this.#rto);
+    }
+  }
+
+  #enterTimeWait(): void {
+    this.#state = "time-wait";
+    this.#sendAck();
+    this.#arm(this.#tune.timeWaitMs);
+  }
+
+  #destroy(err?: TelError): void {
+    if (this.#state === "closed") return;
+    this.#state = "closed";
+    this.#deadline = Infinity;
+    if (this.#timer !== undefined) this.#host.clock.clearTimeout(this.#timer);
+    this.#timer = undefined;
+    if (err) {
+      if (!this.#rcDone) {
+        this.#rcDone = true;
+        this.#rc.error(err);
+      }
+      this.#wc.error(err);
+      this.#writeWaiter?.reject(err);
+    } else {
+      this.#closeReadable();
+      this.#writeWaiter?.resolve();
+    }
+    this.#writeWaiter = undefined;
+    this.#sq = [];
+    this.#sqBytes = 0;
+    this.#ooo = [];
+    this.#oooBytes = 0;
+    this.#resolveClosed();
+    this.#host.removed(this);
+  }
+}
