@@ -241,12 +241,22 @@ export interface ApiStatus {
   message: string;
 }
 
+/** The message of an Error or of an error-like event (ws rejects with an ErrorEvent, which is no Error). */
+function messageOf(err: unknown): string {
+  const m = (err as { message?: unknown } | undefined)?.message;
+  return typeof m === "string" ? m : errorMessage(err);
+}
+
 /** The apiserver Status inside a client-node error (ApiException or watch error), or undefined for other errors. */
 export function apiStatus(err: unknown): ApiStatus | undefined {
   if (!err || typeof err !== "object") return undefined;
   const e = err as { code?: unknown; body?: unknown; statusCode?: unknown };
   const code = typeof e.code === "number" ? e.code : typeof e.statusCode === "number" ? e.statusCode : undefined;
-  if (code === undefined) return undefined;
+  if (code === undefined) {
+    // the ws package reports a refused websocket upgrade only as text
+    const m = /Unexpected server response: (\d{3})/.exec(messageOf(err));
+    return m ? { code: Number(m[1]), reason: "", message: "" } : undefined;
+  }
   let body = e.body;
   if (typeof body === "string") {
     try {
@@ -293,7 +303,7 @@ export function kubeError(err: unknown, action: KubeAction, server?: string): Te
   if (st) {
     return new TelError("cluster", `cannot ${what}: ${st.message || `HTTP ${st.code}`}`, { cause: err });
   }
-  return new TelError("cluster", `cannot ${what}: ${errorMessage(err).split("\n")[0]}`, {
+  return new TelError("cluster", `cannot ${what}: ${messageOf(err).split("\n")[0]}`, {
     hint: server ? `check that the API server ${server} is reachable` : undefined,
     cause: err,
   });

@@ -1,0 +1,264 @@
+/** Tests of kubeconfig loading, error mapping, manager lookup and port-forward against the fake kube API. */
+
+import assert from "node:assert/strict";
+import { CoreV1Api } from "@kubernetes/client-node";
+import { TelError } from "../core/errors.ts";
+import { FakeKubeApi } from "../tests/fixtures/fake_kube_api.ts";
+import { findManagerPod, kubeError, loadKubeConfig, portForward } from "./kube.ts";
+
+function twoContexts(server: string, ca: string, token: string): string {
+  return `apiVersion: v1
+kind: Config
+clusters:
+- name: a
+  cluster: {server: "${server}", certificate-authority-data: "${btoa(ca)}"}
+- name: b
+  cluster: {server: "https://192.0.2.1:6443"}
+users:
+- name: u
+  user: {token: "${token}"}
+contexts:
+- name: one
+  context: {cluster: a, user: u, namespace: apps}
+- name: two
+  context: {cluster: b, user: u}
+- name: dangling
+  context: {cluster: nowhere, user: u}
+current-context: one
+`;
+}
+
+async function tempFile(text: string): Promise<string> {
+  const p = await Deno.makeTempFile({ suffix: ".yaml" });
+  await Deno.writeTextFile(p, text);
+  return p;
+}
+
+function assertTelError(fn: () => unknown, re: RegExp, hint?: RegExp): TelError {
+  try {
+    fn();
+  } catch (err) {
+    assert.ok(err instanceof TelError, `expected TelError, got ${err}`);
+    assert.match(err.message, re);
+    if (hint) assert.match(err.hint ?? "", hint);
+    return err;
+  }
+  throw new Error("expected a TelError");
+}
+
+Deno.test("kubeconfig: file, context and namespace choice like kubectl", async () => {
+  await using api = await FakeKubeApi.start();
+  const path = await tempFile(twoContexts(api.url, api.pki.caPem, api.cluster.adminToken));
+  try {
+    const d = loadKubeConfig({ kubeconfig: path, env: {} });
+    assert.deepEqual([d.context, d.namespace, d.server, d.source], ["one", "apps", api.url, path]);
+    const two = loadKubeConfig({ kubeconfig: path, context: "two", env: {} });
+    assert.deepEqual([two.context, two.namespace, two.server], ["two", "default", "https://192.0.2.1:6443"]);
+    assert.equal(loadKubeConfig({ kubeconfig: path, namespace: "x", env: {} }).namespace, "x");
+    // KUBECONFIG is a list; missing entries are skipped and the first file's current-context wins
+    const other = await tempFile(api.kubeconfig({ context: "fake" }));
+    try {
+      const m = loadKubeConfig({ env: { KUBECONFIG: `/nonexistent/k:${other}:${path}` } });
+      assert.equal(m.context, "fake");
+      assert.deepEqual(m.kc.contexts.map((c) => c.name).sort(), ["dangling", "fake", "one", "two"]);
+    } finally {
+      await Deno.remove(other);
+    }
+    // the loaded config really talks to the server
+    const nss = await d.kc.makeApiClient(CoreV1Api).listNamespace();
+    assert.ok(nss.items.some((n) => n.metadata?.name === "default"));
+  } finally {
+    await Deno.remove(path);
+  }
+});
+
+Deno.test("kubeconfig errors name the file and the context", async () => {
+  const path = await tempFile(twoContexts("https://127.0.0.1:1", "x", "t"));
+  const broken = await tempFile("clusters: [unclosed\n");
+  try {
+    const e = assertTelError(
+      () => loadKubeConfig({ kubeconfig: path, context: "prod", env: {} }),
+      new RegExp(`^kubeconfig ${path}: context "prod" not found$`),
+      /known contexts: one, two, dangling/,
+    );
+    assert.equal(e.category, "config");
+    assertTelError(
+      () => loadKubeConfig({ kubeconfig: path, context: "dangling", env: {} }),
+      /context "dangling" refers to cluster "nowhere", which is not defined/,
+    );
+    assertTelError(
+      () => loadKubeConfig({ kubeconfig: "/nonexistent/kc", env: {} }),
+      /^kubeconfig \/nonexistent\/kc: no such file$/,
+    );
+    assertTelError(() => loadKubeConfig({ kubeconfig: broken, env: {} }), new RegExp(`^kubeconfig ${broken}: `));
+    assertTelError(
+      () => loadKubeConfig({ env: { KUBECONFIG: "/nonexistent/a:/nonexistent/b" } }),
+      /none of the KUBECONFIG/,
+    );
+    assertTelError(() => loadKubeConfig({ env: { HOME: "/nonexistent" } }), /no configuration found/);
+  } finally {
+    await Deno.remove(path);
+    await Deno.remove(broken);
+  }
+});
+
+Deno.test("in-cluster config reads the service account files and reaches the API", async () => {
+  await using api = await FakeKubeApi.start();
+  const dir = await Deno.makeTempDir();
+  try {
+    const sa = "system:serviceaccount:ambassador:traffic-manager";
+    await Deno.writeTextFile(`${dir}/token`, api.cluster.addUser(sa));
+    await Deno.writeTextFile(`${dir}/ca.crt`, api.pki.caPem);
+    await Deno.writeTextFile(`${dir}/namespace`, "ambassador\n");
+    const port = new URL(api.url).port;
+    const ctx = loadKubeConfig({
+      env: { KUBERNETES_SERVICE_HOST: "127.0.0.1", KUBERNETES_SERVICE_PORT: port },
+      serviceAccountDir: dir,
+    });
+    assert.deepEqual([ctx.source, ctx.namespace, ctx.server], ["in-cluster", "ambassador", api.url]);
+    api.cluster.addNode({ name: "n1" });
+    const nodes = await ctx.kc.makeApiClient(CoreV1Api).listNode();
+    assert.deepEqual(nodes.items.map((n) => n.metadata?.name), ["n1"]);
+    assert.equal(api.cluster.requests.at(-1)?.user, sa);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("findManagerPod picks a ready pod by label and explains when there is none or it may not list", async () => {
+  await using api = await FakeKubeApi.start();
+  const c = api.cluster;
+  c.addPod({
+    namespace: "ambassador",
+    name: "tm-old",
+    ips: ["10.0.0.3"],
+    labels: { app: "traffic-manager" },
+    phase: "Pending",
+  });
+  const { kc } = loadKubeConfig({ kubeconfigText: api.kubeconfig() });
+  await assert.rejects(findManagerPod(kc, "ambassador"), (e: TelError) => {
+    assert.match(
+      e.message,
+      /^no ready traffic-manager pod in namespace "ambassador" \(label app=traffic-manager\); found tm-old \(Pending\)$/,
+    );
+    return true;
+  });
+  c.addPod({ namespace: "ambassador", name: "tm-new", ips: ["10.0.0.4"], labels: { app: "traffic-manager" } });
+  c.addPod({ namespace: "ambassador", name: "other", ips: ["10.0.0.5"], labels: { app: "web" } });
+  assert.deepEqual(await findManagerPod(kc, "ambassador"), { namespace: "ambassador", name: "tm-new", ip: "10.0.0.4" });
+  c.forbid("dev", "list", "pods", "ambassador");
+  const dev = loadKubeConfig({ kubeconfigText: api.kubeconfig({ user: "dev" }) }).kc;
+  await assert.rejects(findManagerPod(dev, "ambassador"), (e: TelError) => {
+    assert.equal(e.category, "cluster");
+    assert.match(e.message, /cannot list pods in namespace "ambassador": pods is forbidden: User "dev" cannot list/);
+    assert.equal(
+      e.hint,
+      'grant RBAC rule: verbs [list] on resources [pods] in API group "" in namespace "ambassador" (a Role)',
+    );
+    return true;
+  });
+});
+
+Deno.test("kubeError maps network failures to a reachability hint", () => {
+  const e = kubeError(
+    new Error("connect ECONNREFUSED 127.0.0.1:1"),
+    { verb: "list", resource: "nodes" },
+    "https://127.0.0.1:1",
+  );
+  assert.match(e.message, /^cannot list nodes: connect ECONNREFUSED/);
+  assert.match(e.hint ?? "", /https:\/\/127\.0\.0\.1:1 is reachable/);
+});
+
+async function readAll(conn: Deno.Conn): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  const buf = new Uint8Array(65536);
+  while (true) {
+    const n = await conn.read(buf);
+    if (n === null) break;
+    parts.push(buf.slice(0, n));
+  }
+  const out = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
+
+Deno.test("portForward: byte-exact echo with half-close, EOF when the pod side closes, clear errors", async () => {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const served = (async () => {
+    for await (const conn of l) {
+      // first byte decides: "e" echoes until EOF, "x" closes immediately after a greeting
+      (async () => {
+        const first = new Uint8Array(1);
+        if ((await conn.read(first)) === null) return conn.close();
+        if (first[0] === 0x78) {
+          await conn.write(new TextEncoder().encode("bye"));
+          conn.close();
+          return;
+        }
+        await conn.write(first);
+        await conn.readable.pipeTo(conn.writable);
+      })().catch(() => undefined);
+    }
+  })().catch(() => undefined);
+  await using api = await FakeKubeApi.start();
+  api.cluster.addPod({
+    namespace: "ambassador",
+    name: "tm",
+    ips: ["10.0.0.4"],
+    ports: { 8081: { hostname: "127.0.0.1", port: (l.addr as Deno.NetAddr).port } },
+  });
+  const { kc } = loadKubeConfig({ kubeconfigText: api.kubeconfig() });
+  const pf = await portForward(kc, "ambassador", "tm", 8081);
+  try {
+    assert.equal(pf.hostname, "127.0.0.1");
+    const payload = new Uint8Array(300_001);
+    payload[0] = 0x65;
+    for (let i = 1; i < payload.length; i++) payload[i] = (i * 7919) & 0xff;
+    const conns = await Promise.all([0, 1, 2].map(() => Deno.connect({ hostname: "127.0.0.1", port: pf.port })));
+    const results = await Promise.all(conns.map(async (c) => {
+      const reading = readAll(c);
+      await c.write(payload);
+      await c.closeWrite();
+      const got = await reading;
+      c.close();
+      return got;
+    }));
+    for (const got of results) assert.deepEqual(got, payload);
+    // the pod side closes first: the local socket must see EOF (client-node alone would leave it open)
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: pf.port });
+    await c.write(new TextEncoder().encode("x"));
+    const got = await Promise.race([
+      readAll(c),
+      new Promise<never>((_, rej) => setTimeout(() => rej(new Error("no EOF")), 5000)),
+    ]);
+    assert.equal(new TextDecoder().decode(got), "bye");
+    c.close();
+  } finally {
+    await pf.close();
+    l.close();
+    await served;
+  }
+  await assert.rejects(
+    portForward(kc, "ambassador", "ghost", 8081),
+    /cannot get pods "ghost" in namespace "ambassador": pods "ghost" not found/,
+  );
+  // a user who may get the pod but not create pods/portforward: the failure arrives per connection
+  api.cluster.forbid("dev", "create", "pods/portforward");
+  const dev = loadKubeConfig({ kubeconfigText: api.kubeconfig({ user: "dev" }) }).kc;
+  const errors: TelError[] = [];
+  const pf2 = await portForward(dev, "ambassador", "tm", 8081, { onError: (e) => errors.push(e) });
+  try {
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: pf2.port });
+    await readAll(c).catch(() => new Uint8Array());
+    c.close();
+    assert.equal(errors.length, 1);
+    assert.match(errors[0].message, /cannot create pods\/portforward "tm" in namespace "ambassador"/);
+    assert.match(errors[0].hint ?? "", /verbs \[create\] on resources \[pods\/portforward\]/);
+  } finally {
+    await pf2.close();
+  }
+});
