@@ -15,6 +15,7 @@ import {
   type Query,
   RCODE,
   typeName,
+  udpLimit,
 } from "./wire.ts";
 
 /** What a cluster provider returns for one name and type. */
@@ -364,7 +365,12 @@ export class DnsEngine {
     signal?.addEventListener("abort", onAbort);
     const timer = this.#clock.setTimeout(() => ctl.abort(), this.#fallbackTimeout);
     try {
-      return await this.#fallback!.forward(query.bytes, transport, ctl.signal);
+      const reply = await this.#fallback!.forward(query.bytes, transport, ctl.signal);
+      // The upstream may have answered over TCP after truncating: re-truncate for a UDP client.
+      if (transport === "udp" && reply.length > udpLimit(query)) {
+        return headerOnlyResponse(query.bytes, query.questionEnd, 0, { truncated: true, edns: !!query.edns });
+      }
+      return reply;
     } catch (err) {
       log.debug("dns", "fallback failed", { name: query.lname, error: errorMessage(err) });
       this.#stats.servfail++;
