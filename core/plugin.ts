@@ -1,5 +1,7 @@
 /** The plugin contract: manifests, probes, and what resolver and VIF plugins provide (types only). */
 
+import type { Fallback } from "./dns/mod.ts";
+
 /** Operating systems tel runs on, as Deno.build.os names them. */
 export type PluginOs = "linux" | "darwin" | "windows";
 
@@ -54,6 +56,12 @@ export interface Resolver {
   start(config: ResolverConfig): Promise<void>;
   update(config: ResolverConfig): Promise<void>;
   stop(): Promise<void>;
+  /** Where names that are not for the cluster go, when the resolver owns that path (the overriding resolver does). */
+  readonly fallback?: Fallback;
+  /** One line for `tel status`, e.g. "iptables chain TEL-DNS-1a2b, fallback 10.0.0.53". */
+  describe?(): string;
+  /** Host changes to undo after a crash (written to the daemon's state file). */
+  cleanupRecord?(): Record<string, unknown>;
 }
 
 /** One route of the host's routing table, as the VIF plugin reads it. */
@@ -68,9 +76,12 @@ export interface HostRoute {
 export interface Vif {
   readonly name: string;
   readonly mtu: number;
-  /** Resolves with one or more whole IP packets; rejects once closed. */
+  /**
+   * Resolves with one or more whole IP packets; rejects once closed. The views are valid only until the next call
+   * (the device reads into one reused buffer): copy what you keep. A Vif is a netstack `Link`.
+   */
   readPackets(): Promise<Uint8Array[]>;
-  /** Writes one whole IP packet. */
+  /** Writes one whole IP packet synchronously; the buffer may be reused right after. */
   writePacket(packet: Uint8Array): void;
   addAddress(cidr: string): Promise<void>;
   addRoute(cidr: string): Promise<void>;
@@ -82,8 +93,12 @@ export interface Vif {
 
 /** Options for creating a VIF. */
 export interface VifOptions {
+  /** Interface name or pattern ("tel%d" by default). */
   name?: string;
+  /** Link MTU; large (65000) by default. */
   mtu?: number;
+  /** Linux: move the device into this named network namespace (lab tests); `ip` commands then run there. */
+  netns?: string;
 }
 
 /** The VIF plugin's factory. */

@@ -1,0 +1,192 @@
+/** Linux TUN device over libc FFI: non-blocking fd drained with synchronous reads, waits in a worker-thread poll. */
+
+import { TelError } from "../../core/errors.ts";
+import { log } from "../../core/log.ts";
+import type { HostRoute, Vif, VifFactory, VifOptions } from "../../core/plugin.ts";
+import {
+  EAGAIN,
+  EINTR,
+  errno,
+  F_GETFL,
+  F_SETFL,
+  IFF_NO_PI,
+  IFF_TUN,
+  IFNAMSIZ,
+  IFREQ_SIZE,
+  type Libc,
+  O_CLOEXEC,
+  O_NONBLOCK,
+  O_RDWR,
+  openLibc,
+  POLLIN,
+  TUNSETIFF,
+} from "./_ffi_linux.ts";
+import { parseIpRouteJson } from "./_routes_linux.ts";
+
+/** Default MTU: large packets are the main throughput lever of a userspace stack. */
+export const DEFAULT_MTU = 65000;
+const BATCH = 64;
+const POLL_MS = 200;
+
+let libc: Libc | undefined;
+function lib(): Libc {
+  libc ??= openLibc();
+  return libc;
+}
+
+function fail(msg: string, hint: string, cause?: unknown): never {
+  throw new TelError("platform", `plugin/vif: ${msg}`, { hint, cause });
+}
+
+/** Runs `ip` (iproute2) with args, optionally inside a named netns; throws a TelError naming the command. */
+async function ip(netns: string | undefined, args: string[]): Promise<string> {
+  const argv = netns ? ["-n", netns, ...args] : args;
+  let out: Deno.CommandOutput;
+  try {
+    out = await new Deno.Command("ip", { args: argv, stdout: "piped", stderr: "piped", stdin: "null" }).output();
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      fail("the `ip` command (iproute2) was not found", "install iproute2 (apt-get install iproute2)", e);
+    }
+    throw e;
+  }
+  if (out.code !== 0) {
+    const err = new TextDecoder().decode(out.stderr).trim();
+    fail(`ip ${argv.join(" ")} failed: ${err}`, "check that tel runs as root and the address/route is valid");
+  }
+  return new TextDecoder().decode(out.stdout);
+}
+
+/** One open TUN device. */
+class TunLinux implements Vif {
+  readonly name: string;
+  readonly mtu: number;
+  #fd: number;
+  #netns: string | undefined;
+  #buf: Uint8Array;
+  #slot: number;
+  #slotBig: bigint;
+  #pollfd = new Uint8Array(8);
+  #closed = false;
+  #polling: Promise<unknown> | undefined;
+  #routes = new Set<string>();
+  /** Packets the kernel did not take on write. */
+  writeErrors = 0;
+
+  constructor(fd: number, name: string, mtu: number, netns: string | undefined) {
+    this.#fd = fd;
+    this.name = name;
+    this.mtu = mtu;
+    this.#netns = netns;
+    this.#slot = (mtu + 63) & ~63; // 64-byte aligned packet slots: aligned checksum reads
+    this.#slotBig = BigInt(this.#slot);
+    this.#buf = new Uint8Array(this.#slot * BATCH);
+    const dv = new DataView(this.#pollfd.buffer);
+    dv.setInt32(0, fd, true);
+    dv.setInt16(4, POLLIN, true);
+  }
+
+  async readPackets(): Promise<Uint8Array[]> {
+    const c = lib().symbols;
+    for (;;) {
+      if (this.#closed) throw new TelError("platform", "plugin/vif: device closed");
+      const batch: Uint8Array[] = [];
+      for (let i = 0; i < BATCH; i++) {
+        const at = i * this.#slot;
+        const n = Number(c.read(this.#fd, this.#buf.subarray(at, at + this.#slot), this.#slotBig));
+        if (n > 0) {
+          batch.push(this.#buf.subarray(at, at + n));
+          continue;
+        }
+        const e = n < 0 ? errno(lib()) : 0;
+        if (n < 0 && e !== EAGAIN && e !== EINTR) {
+          fail(`read from ${this.name} failed (errno ${e})`, "the TUN device was removed or is unusable");
+        }
+        break;
+      }
+      if (batch.length > 0) return batch;
+      this.#polling = c.poll(this.#pollfd, 1n, POLL_MS);
+      await this.#polling;
+      this.#polling = undefined;
+    }
+  }
+
+  writePacket(packet: Uint8Array): void {
+    if (this.#closed) return;
+    const n = Number(lib().symbols.write(this.#fd, packet, BigInt(packet.length)));
+    if (n !== packet.length) this.writeErrors++;
+  }
+
+  async addAddress(cidr: string): Promise<void> {
+    // nodad: a point-to-point TUN has no neighbours to collide with, and DAD would delay the address.
+    await ip(this.#netns, ["addr", "add", cidr, "dev", this.name, ...(cidr.includes(":") ? ["nodad"] : [])]);
+  }
+
+  async addRoute(cidr: string): Promise<void> {
+    await ip(this.#netns, [...(cidr.includes(":") ? ["-6"] : []), "route", "add", cidr, "dev", this.name]);
+    this.#routes.add(cidr);
+  }
+
+  async removeRoute(cidr: string): Promise<void> {
+    await ip(this.#netns, [...(cidr.includes(":") ? ["-6"] : []), "route", "del", cidr, "dev", this.name]);
+    this.#routes.delete(cidr);
+  }
+
+  async hostRoutes(): Promise<HostRoute[]> {
+    const v4 = await ip(this.#netns, ["-j", "-4", "route", "show", "table", "main"]);
+    const v6 = await ip(this.#netns, ["-j", "-6", "route", "show", "table", "main"]);
+    return [...parseIpRouteJson(v4), ...parseIpRouteJson(v6)];
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const r of this.#routes) {
+      try {
+        await this.removeRoute(r);
+      } catch (e) {
+        // the device may already be gone, taking its routes with it
+        log.debug("vif", "route removal on close failed", { route: r, error: e });
+      }
+    }
+    // Closing the fd while a poll on it runs in another thread is a race: wait for the poll (≤ POLL_MS).
+    if (this.#polling) await this.#polling.catch(() => undefined);
+    lib().symbols.close(this.#fd); // a non-persistent TUN disappears with its last fd
+  }
+}
+
+/** Opens a TUN device; with `netns`, moves it into that named namespace (the lab's tests use this). */
+export async function openTun(options: VifOptions): Promise<Vif> {
+  const c = lib().symbols;
+  const mtu = options.mtu ?? DEFAULT_MTU;
+  const name = options.name ?? "tel%d";
+  if (name.length >= IFNAMSIZ) fail(`interface name "${name}" is too long`, "use at most 15 characters");
+  const fd = c.open(new TextEncoder().encode("/dev/net/tun\0"), O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    fail(`cannot open /dev/net/tun (errno ${errno(lib())})`, "run as root; load the tun module (modprobe tun)");
+  }
+  try {
+    const ifr = new Uint8Array(IFREQ_SIZE);
+    ifr.set(new TextEncoder().encode(name));
+    new DataView(ifr.buffer).setUint16(IFNAMSIZ, IFF_TUN | IFF_NO_PI, true);
+    if (c.ioctl(fd, BigInt(TUNSETIFF), ifr) < 0) {
+      fail(`TUNSETIFF ${name} failed (errno ${errno(lib())})`, "run as root (CAP_NET_ADMIN); pick an unused name");
+    }
+    const flags = c.fcntl(fd, F_GETFL, 0);
+    if (flags < 0 || c.fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+      fail(`fcntl O_NONBLOCK failed (errno ${errno(lib())})`, "unexpected: report this");
+    }
+    const end = ifr.indexOf(0);
+    const actual = new TextDecoder().decode(ifr.subarray(0, end < 0 ? IFNAMSIZ : end));
+    if (options.netns) await ip(undefined, ["link", "set", "dev", actual, "netns", options.netns]);
+    await ip(options.netns, ["link", "set", "dev", actual, "mtu", String(mtu), "up"]);
+    log.debug("vif", "tun opened", { name: actual, mtu, netns: options.netns });
+    return new TunLinux(fd, actual, mtu, options.netns);
+  } catch (e) {
+    c.close(fd);
+    throw e;
+  }
+}
+
+/** The Linux VIF factory. */
+export const tunLinuxFactory: VifFactory = { open: openTun };
