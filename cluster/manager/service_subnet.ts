@@ -1,0 +1,146 @@
+/** Service subnet discovery: ask the apiserver for a Service with an impossible clusterIP and read the valid range. */
+
+import { CoreV1Api, type KubeConfig } from "@kubernetes/client-node";
+import { type Clock, sleep, systemClock } from "../../core/clock.ts";
+import { TelError } from "../../core/errors.ts";
+import { log } from "../../core/log.ts";
+import { Cidr, normalize } from "../../core/subnet/mod.ts";
+import { apiStatus, kubeError } from "../kube.ts";
+
+/** The clusterIP asked for per family; outside any sane service range, so the apiserver refuses it. */
+export const PROBE_IPS: Readonly<Record<4 | 6, string>> = { 4: "1.1.1.1", 6: "1:1::1" };
+
+/** Options of {@link probeServiceSubnets}. */
+export interface ServiceSubnetProbeOptions {
+  /** Client config of the manager's service account. */
+  kc: KubeConfig;
+  /** The manager's own namespace (its Role allows create/delete services there). */
+  namespace: string;
+  /** Families to probe; default both. */
+  families?: Array<4 | 6>;
+  /** Attempts per family on transient failures; default 3. */
+  attempts?: number;
+  /** Delay before the first retry, doubled after each; default 500 ms. */
+  retryDelayMs?: number;
+  clock?: Clock;
+}
+
+/** What the probe learned: the CIDRs found, and the errors that stopped it for some family. */
+export interface ServiceSubnetResult {
+  subnets: string[];
+  errors: TelError[];
+}
+
+/**
+ * The CIDRs named in an apiserver message such as `… provided IP is not in the valid range. The range of valid IPs
+ * is 10.96.0.0/12`; empty when the phrase is absent.
+ */
+export function parseValidRange(message: string): Cidr[] {
+  const at = message.indexOf("The range of valid IPs is ");
+  if (at < 0) return [];
+  const rest = message.slice(at + "The range of valid IPs is ".length);
+  const out: Cidr[] = [];
+  for (const m of rest.matchAll(/([0-9a-fA-F.:]+\/\d{1,3})/g)) {
+    try {
+      out.push(Cidr.parse(m[1]));
+    } catch (err) {
+      log.debug("service-subnet", "unparsable CIDR in apiserver message", { text: m[1], err });
+    }
+  }
+  return out;
+}
+
+function transient(code: number | undefined): boolean {
+  return code === undefined || code === 429 || code >= 500;
+}
+
+async function probeFamily(
+  core: CoreV1Api,
+  opts: ServiceSubnetProbeOptions,
+  family: 4 | 6,
+): Promise<{ cidrs: Cidr[]; error?: TelError }> {
+  const clock = opts.clock ?? systemClock;
+  const attempts = Math.max(1, opts.attempts ?? 3);
+  let delay = opts.retryDelayMs ?? 500;
+  let last: TelError | undefined;
+  for (let i = 0; i < attempts; i++) {
+    if (i > 0) {
+      await sleep(delay, clock);
+      delay *= 2;
+    }
+    const name = `tel-svc-cidr-probe-${crypto.randomUUID().slice(0, 8)}`;
+    const body = {
+      metadata: { name, labels: { "app.kubernetes.io/managed-by": "tel" } },
+      spec: { clusterIP: PROBE_IPS[family], ports: [{ port: 443 }] },
+    };
+    try {
+      await core.createNamespacedService({ namespace: opts.namespace, body });
+    } catch (err) {
+      const st = apiStatus(err);
+      if (st?.code === 422) {
+        const cidrs = parseValidRange(st.message);
+        if (cidrs.length === 0) log.debug("service-subnet", "family not served", { family, message: st.message });
+        return { cidrs };
+      }
+      const e = kubeError(err, { verb: "create", resource: "services", namespace: opts.namespace });
+      if (st?.code === 403 || st?.code === 401 || st?.code === 404) {
+        return {
+          cidrs: [],
+          error: new TelError("cluster", `service subnet discovery: ${e.message}`, { hint: e.hint, cause: err }),
+        };
+      }
+      if (!transient(st?.code) && st?.code !== 409) {
+        return { cidrs: [], error: new TelError("cluster", `service subnet discovery: ${e.message}`, { cause: err }) };
+      }
+      last = new TelError("cluster", `service subnet discovery: ${e.message}`, { hint: e.hint, cause: err });
+      log.debug("service-subnet", "probe failed, retrying", { family, attempt: i + 1, err: e.message });
+      continue;
+    }
+    // the apiserver took the IP: it is inside the range, which stays unknown; remove the dummy again
+    try {
+      await core.deleteNamespacedService({ namespace: opts.namespace, name });
+    } catch (err) {
+      log.warn("service-subnet", "could not delete the probe service", {
+        name,
+        err: kubeError(err, { verb: "delete", resource: "services", namespace: opts.namespace, name }).message,
+      });
+    }
+    return {
+      cidrs: [],
+      error: new TelError(
+        "cluster",
+        `service subnet discovery: the apiserver accepted clusterIP ${PROBE_IPS[family]}`,
+        {
+          hint: "set the service subnets explicitly in the manager's configuration",
+        },
+      ),
+    };
+  }
+  return { cidrs: [], error: last };
+}
+
+/**
+ * Finds the service CIDRs by creating a Service with clusterIP 1.1.1.1 (and 1:1::1 for IPv6) in the manager's
+ * namespace and parsing the 422 the apiserver answers. Never throws: a missing permission or an unreachable API
+ * comes back in `errors` (a 403 names the RBAC rule), with whatever was found.
+ *
+ * @example
+ * ```ts
+ * const { subnets, errors } = await probeServiceSubnets({ kc, namespace: "ambassador" });
+ * ```
+ */
+export async function probeServiceSubnets(opts: ServiceSubnetProbeOptions): Promise<ServiceSubnetResult> {
+  const core = opts.kc.makeApiClient(CoreV1Api);
+  const found: Cidr[] = [];
+  const errors: TelError[] = [];
+  for (const family of opts.families ?? [4, 6]) {
+    const r = await probeFamily(core, opts, family);
+    found.push(...r.cidrs);
+    if (r.error) {
+      errors.push(r.error);
+      // the same rule forbids the other family too: don't ask twice
+      if (apiStatus(r.error.cause)?.code === 403) break;
+    }
+  }
+  return { subnets: normalize(found).map((c) => c.toString()), errors };
+}
