@@ -21,7 +21,7 @@ export type RealStep = (api: RealApiServer, t: Deno.TestContext) => Promise<void
  * Registers one Deno.test that starts etcd + kube-apiserver, runs `body`, and stops both (also on failure). When the
  * tier cannot run, the test is registered as ignored and the reason is printed, never skipped silently.
  */
-export function realTest(name: string, body: RealStep): void {
+export function realTest(name: string, body: RealStep, opts: { extraArgs?: string[] } = {}): void {
   if (reason !== undefined) {
     console.error(`real apiserver tier skipped: ${reason} [${name}]`);
   }
@@ -32,7 +32,7 @@ export function realTest(name: string, body: RealStep): void {
     sanitizeResources: false,
     sanitizeOps: false,
     fn: async (t) => {
-      const api = await startRealApiServer();
+      const api = await startRealApiServer({ extraArgs: opts.extraArgs });
       const rss = await api.rssBytes();
       console.error(
         `real apiserver: ${api.version} ready in ${api.figures.readyMs.toFixed(0)} ms ` +
