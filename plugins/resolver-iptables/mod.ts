@@ -2,7 +2,7 @@
 
 import { TelError } from "../../core/errors.ts";
 import { execCommand, which } from "../../core/exec.ts";
-import type { Manifest, PluginModule, Probe, Resolver } from "../../core/plugin.ts";
+import type { Manifest, PluginContext, PluginModule, Probe, Resolver } from "../../core/plugin.ts";
 
 /** What this plugin is. */
 export const manifest: Manifest = {
@@ -33,16 +33,17 @@ export async function probe(): Promise<Probe> {
   }
 }
 
-/** The plugin module. */
+/** The plugin module; the rules and sockets load only when create() runs. */
 export const iptablesResolverPlugin: PluginModule<Resolver> = {
   manifest,
   probe,
-  notBuilt: "resolver logic not built yet",
-  create(): Promise<Resolver> {
-    return Promise.reject(
-      new TelError("platform", "plugin/resolver-iptables: not built yet", {
-        hint: "this build of tel cannot configure DNS on Linux yet",
-      }),
-    );
+  async create(ctx: PluginContext): Promise<Resolver> {
+    if (Deno.build.os !== "linux") {
+      throw new TelError("platform", "plugin/resolver-iptables: only works on linux", {
+        hint: "run 'tel plugins list' to see the resolvers available here",
+      });
+    }
+    const { IptablesResolver } = await import("./resolver.ts");
+    return await IptablesResolver.create((ctx.settings ?? {}) as import("./resolver.ts").IptablesSettings);
   },
 };

@@ -1,0 +1,136 @@
+import assert from "node:assert/strict";
+import { canUseNetns, labId, Netns, vethPair } from "../../tests/lab/netns.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const DENO = Deno.execPath();
+const ready = await canUseNetns();
+
+async function readLine(r: ReadableStreamDefaultReader<Uint8Array>, want: RegExp, buf = { text: "" }): Promise<string> {
+  const dec = new TextDecoder();
+  for (;;) {
+    const m = want.exec(buf.text);
+    if (m) return m[0];
+    const { value, done } = await r.read();
+    if (done) throw new Error(`process ended before printing ${want}: ${buf.text}`);
+    buf.text += dec.decode(value);
+  }
+}
+
+/** Workstation + upstream namespaces joined by a veth; the upstream answers www.example.test. */
+async function lab(fn: (ws: Netns, up: Netns) => Promise<void>): Promise<void> {
+  const id = labId();
+  const ws = await Netns.create("ws", id);
+  let up: Netns | undefined;
+  const procs: Deno.ChildProcess[] = [];
+  try {
+    up = await Netns.create("cl", id);
+    await vethPair(ws, "198.19.255.1/30", up, "198.19.255.2/30");
+    const dns = up.spawn([
+      DENO,
+      "run",
+      "-A",
+      `${ROOT}tests/lab/dns_server.ts`,
+      "--listen",
+      "198.19.255.2:53",
+      "--record",
+      "www.example.test=198.18.99.99",
+    ]);
+    procs.push(dns);
+    await readLine(dns.stdout.getReader(), /READY/);
+    await fn(ws, up);
+  } finally {
+    for (const p of procs) {
+      try {
+        p.kill("SIGKILL");
+      } catch {
+        // already exited
+      }
+      await p.status;
+    }
+    await up?.close();
+    await ws.close();
+  }
+}
+
+async function dig(ns: Netns, args: string[]): Promise<string> {
+  const r = await ns.run(["dig", "+short", "+time=2", "+tries=1", "@198.19.255.2", ...args]);
+  return r.stdout.trim();
+}
+
+Deno.test({
+  name: "iptables resolver: cluster names answered by tel, others through the fallback, chain removed on stop",
+  ignore: !ready,
+  async fn() {
+    await lab(async (ws) => {
+      assert.equal(await dig(ws, ["www.example.test"]), "198.18.99.99", "upstream works before tel");
+      assert.equal(await dig(ws, ["echo.default.svc.cluster.local"]), "", "upstream does not know cluster names");
+      const h = ws.spawn([
+        DENO,
+        "run",
+        "-A",
+        `${ROOT}tests/lab/resolver_harness.ts`,
+        "--fallback",
+        "198.19.255.2",
+        "--record",
+        "echo.default.svc.cluster.local=198.18.0.20",
+      ], { stdin: "piped" });
+      const reader = h.stdout.getReader();
+      const buf = { text: "" };
+      try {
+        const chain = (await readLine(reader, /READY (\S+)/, buf)).split(" ")[1];
+        assert.match(await ws.exec(["iptables", "-t", "nat", "-S", "OUTPUT"]), new RegExp(`-A OUTPUT -j ${chain}`));
+        assert.equal(await dig(ws, ["echo.default.svc.cluster.local"]), "198.18.0.20");
+        assert.equal(await dig(ws, ["echo.default"]), "198.18.0.20", "namespace-qualified name via search logic");
+        assert.equal(await dig(ws, ["+tcp", "echo.default.svc.cluster.local"]), "198.18.0.20", "TCP is redirected too");
+        assert.equal(await dig(ws, ["www.example.test"]), "198.18.99.99", "non-cluster names go through the fallback");
+        assert.equal(await dig(ws, ["+tcp", "www.example.test"]), "198.18.99.99", "fallback over TCP is exempt too");
+        await h.stdin.close();
+        await readLine(reader, /STOPPED/, buf);
+        assert.equal((await h.status).code, 0);
+        assert.doesNotMatch(await ws.exec(["iptables", "-t", "nat", "-S"]), /TEL-DNS/);
+        assert.equal(await dig(ws, ["echo.default.svc.cluster.local"]), "", "back to the plain upstream");
+      } finally {
+        try {
+          h.kill("SIGKILL");
+        } catch {
+          // exited
+        }
+        reader.releaseLock();
+        await h.status;
+      }
+    });
+  },
+});
+
+Deno.test({
+  name: "iptables resolver: chains left by a killed daemon are found and removed",
+  ignore: !ready,
+  async fn() {
+    await lab(async (ws) => {
+      const h = ws.spawn([
+        DENO,
+        "run",
+        "-A",
+        `${ROOT}tests/lab/resolver_harness.ts`,
+        "--fallback",
+        "198.19.255.2",
+        "--id",
+        "crash1",
+      ], { stdin: "piped" });
+      const reader = h.stdout.getReader();
+      await readLine(reader, /READY/);
+      h.kill("SIGKILL");
+      await h.status;
+      reader.releaseLock();
+      assert.match(await ws.exec(["iptables", "-t", "nat", "-S"]), /-N TEL-DNS-crash1/);
+      const cleanup = await ws.run([
+        DENO,
+        "eval",
+        `import { listTelChains, removeChains } from "${ROOT}plugins/resolver-iptables/resolver.ts"; const c = await listTelChains(); await removeChains(c); console.log(c.join(","));`,
+      ]);
+      assert.equal(cleanup.stdout.trim(), "TEL-DNS-crash1", cleanup.stderr);
+      assert.doesNotMatch(await ws.exec(["iptables", "-t", "nat", "-S"]), /TEL-DNS/);
+      assert.equal(await dig(ws, ["www.example.test"]), "198.18.99.99");
+    });
+  },
+});
