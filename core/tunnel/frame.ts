@@ -77,7 +77,7 @@ export type Role = "opener" | "dialer";
  * @example
  * ```ts
  * const order = new FrameOrder("dialer");
- * const open: Frame = { $case: "open", value: {} };
+ * const open: Frame = { $case: "open", value: { dialTimeoutMs: 0 } };
  * order.accept(open); // undefined: fine
  * order.accept(open); // "out-of-order frame open: only allowed first"
  * ```
