@@ -45,7 +45,7 @@ export class PooledFallback implements Fallback {
   }
 
   /** Opens the sockets and reserves the TCP source ports. */
-  static async open(opts: PoolOptions): Promise<PooledFallback> {
+  static open(opts: PoolOptions): Promise<PooledFallback> {
     const pool = new PooledFallback(opts.ip, opts.port ?? 53);
     const v6 = opts.ip.includes(":");
     try {
@@ -63,9 +63,11 @@ export class PooledFallback implements Fallback {
       }
     } catch (e) {
       pool.close();
-      throw new TelError("platform", `cannot open sockets to the fallback DNS ${opts.ip}: ${errorMessage(e)}`);
+      return Promise.reject(
+        new TelError("platform", `cannot open sockets to the fallback DNS ${opts.ip}: ${errorMessage(e)}`),
+      );
     }
-    return pool;
+    return Promise.resolve(pool);
   }
 
   /** Source ports of the UDP sockets. */
