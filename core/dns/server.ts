@@ -4,6 +4,7 @@ import { errorMessage, TelError } from "../errors.ts";
 import { log } from "../log.ts";
 import type { DnsEngine, EngineStats } from "./engine.ts";
 import { readExactly, writeAll } from "./fallback.ts";
+import { fastUdpAvailable, FastUdpResponder } from "./udp_fast_linux.ts";
 
 /** Options of {@link DnsServer}. */
 export interface DnsServerOptions {
@@ -15,6 +16,11 @@ export interface DnsServerOptions {
   maxTcpConnections?: number;
   /** A TCP connection idle this long (ms) is closed (default 10000). */
   tcpIdleTimeout?: number;
+  /**
+   * UDP path: "fast" is the batched libc FFI responder (Linux x86_64, needs --allow-ffi), "portable" uses
+   * Deno.listenDatagram; "auto" (default) takes the fast one when available and falls back to the portable one.
+   */
+  udpMode?: "auto" | "fast" | "portable";
 }
 
 /** Server counters on top of the engine's. */
@@ -42,6 +48,8 @@ export class DnsServer {
   readonly #maxTcp: number;
   readonly #idle: number;
   #udp?: Deno.DatagramConn;
+  #fast?: FastUdpResponder;
+  readonly #udpMode: "auto" | "fast" | "portable";
   #tcp?: Deno.Listener;
   readonly #conns = new Set<Deno.Conn>();
   readonly #loops: Promise<void>[] = [];
@@ -55,16 +63,38 @@ export class DnsServer {
     this.#port = options.port;
     this.#maxTcp = options.maxTcpConnections ?? 128;
     this.#idle = options.tcpIdleTimeout ?? 10_000;
+    this.#udpMode = options.udpMode ?? "auto";
+  }
+
+  /** Which UDP path is serving ("fast" or "portable"); undefined before start. */
+  get udpPath(): "fast" | "portable" | undefined {
+    return this.#fast ? "fast" : this.#udp ? "portable" : undefined;
+  }
+
+  #bindUdp(): void {
+    if (this.#udpMode === "fast" || (this.#udpMode === "auto" && fastUdpAvailable())) {
+      try {
+        this.#fast = FastUdpResponder.bind(this.#hostname, this.#port);
+        this.#port = this.#fast.port;
+        return;
+      } catch (err) {
+        if (this.#udpMode === "fast") throw err;
+        log.debug("dns", "fast udp path unavailable, using the portable one", { error: errorMessage(err) });
+      }
+    }
+    this.#udp = Deno.listenDatagram({ transport: "udp", hostname: this.#hostname, port: this.#port });
+    this.#port = (this.#udp.addr as Deno.NetAddr).port;
   }
 
   /** Binds both sockets and starts serving; resolves with the bound address. */
   start(): Promise<{ hostname: string; port: number }> {
     try {
-      this.#udp = Deno.listenDatagram({ transport: "udp", hostname: this.#hostname, port: this.#port });
-      this.#port = (this.#udp.addr as Deno.NetAddr).port;
+      this.#bindUdp();
       this.#tcp = Deno.listen({ transport: "tcp", hostname: this.#hostname, port: this.#port });
     } catch (err) {
       this.#udp?.close();
+      this.#fast?.close();
+      this.#udp = this.#fast = undefined;
       return Promise.reject(
         new TelError("platform", `dns server: cannot listen on ${this.#hostname}:${this.#port}: ${errorMessage(err)}`, {
           hint: "another DNS server may hold the port; pick another with dns.localIP or stop it",
@@ -72,7 +102,12 @@ export class DnsServer {
         }),
       );
     }
-    this.#loops.push(this.#serveUdp(this.#udp), this.#serveTcp(this.#tcp));
+    if (this.#fast) {
+      this.#fast.start((data) => this.#engine.handleSync(data, "udp"), (data) => this.#engine.handle(data, "udp"));
+    } else {
+      this.#loops.push(this.#serveUdp(this.#udp!));
+    }
+    this.#loops.push(this.#serveTcp(this.#tcp));
     log.debug("dns", "server listening", { hostname: this.#hostname, port: this.#port });
     return Promise.resolve({ hostname: this.#hostname, port: this.#port });
   }
@@ -81,7 +116,7 @@ export class DnsServer {
   stats(): ServerStats {
     return {
       ...this.#engine.stats(),
-      udpQueries: this.#udpQueries,
+      udpQueries: this.#udpQueries + (this.#fast?.received ?? 0),
       tcpQueries: this.#tcpQueries,
       tcpConnections: this.#conns.size,
     };
@@ -92,6 +127,7 @@ export class DnsServer {
     if (this.#closed) return;
     this.#closed = true;
     this.#udp?.close();
+    await this.#fast?.close();
     this.#tcp?.close();
     for (const c of this.#conns) c.close();
     this.#conns.clear();
