@@ -1,0 +1,60 @@
+/** UDP flows and ICMP echo through the stack behind a real TUN, from the kernel side of a namespace. */
+
+import { equal, match, ok } from "node:assert/strict";
+import { canUseNetns } from "./lab/netns.ts";
+import { denoEvalIn, POD4, POD6, PORT, withTunLab } from "./netstack_lab.ts";
+
+const ignore = !(await canUseNetns());
+const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
+
+const udpEcho = (host: string, family: "udp4" | "udp6", port: number) => `
+  import dgram from "node:dgram";
+  const s = dgram.createSocket("${family}");
+  const got = [];
+  s.on("message", (m) => { got.push(m.toString()); if (got.length === 5) { console.log(got.sort().join(",")); Deno.exit(0); } });
+  s.on("error", (e) => { console.log("error " + e.code); s.close(); });
+  for (let i = 0; i < 5; i++) s.send("ping-" + i, ${port}, "${host}");
+  setTimeout(() => { console.log("timeout " + got.join(",")); s.close(); Deno.exit(0); }, 5000);
+`;
+
+Deno.test("udp over TUN: echo answers every datagram, IPv4 and IPv6", opts, async () => {
+  await withTunLab(async ({ ns, stack }) => {
+    for (const [host, fam] of [[POD4, "udp4"], [POD6, "udp6"]] as const) {
+      const r = await denoEvalIn(ns, udpEcho(host, fam, PORT.echo));
+      equal(r.stdout.trim(), "ping-0,ping-1,ping-2,ping-3,ping-4", r.stderr);
+    }
+    equal(stack.counters().udpAccepted, 2);
+    equal(stack.counters().udpFlows, 2);
+  });
+});
+
+Deno.test(
+  "udp over TUN: a refused flow gets ICMP port unreachable (ECONNREFUSED on a connected socket)",
+  opts,
+  async () => {
+    await withTunLab(async ({ ns, stack }) => {
+      const code = [
+        "import socket",
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)",
+        `s.connect(("${POD4}", ${PORT.refuse})); s.send(b"x")`,
+        "try:\n  s.recv(100); print('answered')\nexcept ConnectionRefusedError: print('ECONNREFUSED')\n" +
+        "except socket.timeout: print('timeout')",
+      ].join("\n");
+      const r = await ns.run(["python3", "-c", code]);
+      match(r.stdout, /ECONNREFUSED/, r.stderr);
+      ok(stack.counters().udpRefused >= 1);
+    });
+  },
+);
+
+Deno.test("icmp over TUN: ping of a routed address is answered, IPv4 and IPv6", opts, async () => {
+  await withTunLab(async ({ sh, stack }) => {
+    const r4 = await sh(`ping -c 3 -i 0.2 -W 2 ${POD4}`);
+    match(r4.stdout, / 0% packet loss/, r4.stdout + r4.stderr);
+    const r6 = await sh(`ping -6 -c 3 -i 0.2 -W 2 ${POD6}`);
+    match(r6.stdout, / 0% packet loss/, r6.stdout + r6.stderr);
+    equal(stack.counters().icmpEchoReplies, 6);
+    const off = await sh(`ping -c 1 -W 1 198.19.254.77`); // not routed to the TUN at all
+    ok(off.code !== 0);
+  });
+});
