@@ -14,7 +14,7 @@ import { type Clock, systemClock, type TimerHandle } from "../../core/clock.ts";
 import { TelError } from "../../core/errors.ts";
 import { log } from "../../core/log.ts";
 import { Cidr, coveringCidrs, IpAddr, normalize } from "../../core/subnet/mod.ts";
-import { kubeError } from "../kube.ts";
+import { kubeError, loadKubeConfig } from "../kube.ts";
 import type { ClusterInfo, ClusterInfoSource } from "./cluster_info.ts";
 import { probeServiceSubnets, type ServiceSubnetResult } from "./service_subnet.ts";
 
@@ -312,4 +312,41 @@ export class SubnetDiscovery implements ClusterInfoSource {
     log.debug("discovery", "cluster info changed", { pods: next.podSubnets, services: next.serviceSubnets });
     for (const cb of [...this.#subs]) cb(next);
   }
+}
+
+/** The `tel manager` settings discovery reads (a structural subset of the manager's flags). */
+export interface DiscoveryFlags {
+  kubeconfig?: string;
+  /** Ignored when `kubeconfig` is set; otherwise in-cluster config is used when KUBERNETES_SERVICE_HOST is set. */
+  inCluster?: boolean;
+  namespace?: string;
+  podCidrStrategy?: PodCidrStrategy;
+  podCidrs?: string[];
+  serviceCidrs?: string[];
+  clusterDomain?: string;
+  podIp?: string;
+}
+
+/**
+ * Loads the client config, starts a {@link SubnetDiscovery} for the manager's flags and waits for its first set;
+ * the manager passes this as its ClusterInfo factory.
+ *
+ * @example
+ * ```ts
+ * await runManager(flags, { clusterInfo: startDiscovery });
+ * ```
+ */
+export async function startDiscovery(flags: DiscoveryFlags): Promise<SubnetDiscovery> {
+  const ctx = loadKubeConfig({ kubeconfig: flags.kubeconfig, namespace: flags.namespace });
+  const d = new SubnetDiscovery({
+    kc: ctx.kc,
+    namespace: ctx.namespace,
+    strategy: flags.podCidrStrategy ?? "auto",
+    podCIDRs: flags.podCidrs,
+    serviceSubnets: flags.serviceCidrs?.length ? flags.serviceCidrs : undefined,
+    clusterDomain: flags.clusterDomain,
+    managerPodIp: flags.podIp,
+  });
+  await d.start();
+  return d;
 }

@@ -5,7 +5,14 @@ import { TelError } from "../../core/errors.ts";
 import { FakeKubeApi } from "../../tests/fixtures/fake_kube_api.ts";
 import { loadKubeConfig } from "../kube.ts";
 import type { ClusterInfo } from "./cluster_info.ts";
-import { type NodeFacts, parseStrategy, type PodFacts, podSubnetsFor, SubnetDiscovery } from "./discovery.ts";
+import {
+  type NodeFacts,
+  parseStrategy,
+  type PodFacts,
+  podSubnetsFor,
+  startDiscovery,
+  SubnetDiscovery,
+} from "./discovery.ts";
 
 const SA = "system:serviceaccount:ambassador:traffic-manager";
 
@@ -216,6 +223,29 @@ Deno.test("forbidden: no services permission keeps pod discovery; a denied node 
     );
     api.cluster.allow(SA, "list", "nodes");
     await until(d, (i) => i.podSubnets.join() === "10.244.0.0/24", 5000);
+  } finally {
+    await d.stop();
+    await api.close();
+  }
+});
+
+Deno.test("startDiscovery wires the manager's flags: kubeconfig, namespace, strategy, pod IP", async () => {
+  const { api } = await cluster(["10.96.0.0/12"]);
+  api.cluster.addNode({ name: "n1", podCIDRs: ["10.244.0.0/24"] });
+  const kubeconfig = await api.writeKubeconfig({ user: SA, namespace: "default" });
+  const d = await startDiscovery({
+    kubeconfig,
+    namespace: "ambassador",
+    podCidrStrategy: "nodePodCIDRs",
+    podIp: "10.244.0.9",
+  });
+  try {
+    assert.deepEqual(
+      [d.current().podSubnets, d.current().serviceSubnets, d.current().managerPodIp],
+      [["10.244.0.0/24"], ["10.96.0.0/12"], "10.244.0.9"],
+    );
+    const probe = api.cluster.requests.find((q) => q.verb === "create" && q.resource === "services");
+    assert.equal(probe?.namespace, "ambassador");
   } finally {
     await d.stop();
     await api.close();
