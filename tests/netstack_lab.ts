@@ -1,6 +1,13 @@
 /** Lab for netstack tests: a namespace whose TUN is driven by a Stack with in-process endpoints (echo, HTTP, refuse). */
 
-import { type Forwarder, Stack, type StackOptions, type TcpConn, type UdpFlow } from "../core/netstack/mod.ts";
+import {
+  type Forwarder,
+  type Link,
+  Stack,
+  type StackOptions,
+  type TcpConn,
+  type UdpFlow,
+} from "../core/netstack/mod.ts";
 import type { Vif } from "../core/plugin.ts";
 import { vifPlugin } from "../plugins/vif/mod.ts";
 import { labId, Netns, run, type RunResult } from "./lab/netns.ts";
@@ -137,7 +144,7 @@ export interface TunLab {
 /** Creates namespace + TUN (addresses, routes) + stack, runs `fn`, and tears everything down even on failure. */
 export async function withTunLab(
   fn: (lab: TunLab) => Promise<void>,
-  opts: { mtu?: number; forwarder?: Forwarder; stack?: Partial<StackOptions> } = {},
+  opts: { mtu?: number; forwarder?: Forwarder; stack?: Partial<StackOptions>; wrap?: (link: Link) => Link } = {},
 ): Promise<void> {
   const ns = await Netns.create("nt");
   let vif: Vif | undefined;
@@ -149,7 +156,11 @@ export async function withTunLab(
     await vif.addAddress("198.19.254.1/32");
     await vif.addAddress("fd00:7e1:ffff::1/128");
     for (const r of ROUTES) await vif.addRoute(r);
-    stack = new Stack({ link: vif, forwarder: opts.forwarder ?? labForwarder(testBytes), ...opts.stack });
+    stack = new Stack({
+      link: opts.wrap ? opts.wrap(vif) : vif,
+      forwarder: opts.forwarder ?? labForwarder(testBytes),
+      ...opts.stack,
+    });
     stack.setRoutes(ROUTES);
     running = stack.run();
     const lab: TunLab = {
@@ -170,4 +181,51 @@ export async function withTunLab(
 /** `deno eval` inside the namespace (a client program for cases curl cannot express). */
 export function denoEvalIn(ns: Netns, code: string): Promise<RunResult> {
   return run(ns.wrap([Deno.execPath(), "eval", "--quiet", code]), { env: { NO_COLOR: "1", RUST_BACKTRACE: "0" } });
+}
+
+/**
+ * A link that impairs traffic both ways with a seeded PRNG (this kernel has no sch_netem): drops `loss` of the
+ * packets in each direction and delays `reorder` of the inbound ones behind the next batch.
+ */
+export function impairedLink(
+  link: Link,
+  o: { loss: number; reorder: number; seed?: number },
+): Link & { dropped: number; reordered: number } {
+  let x = (o.seed ?? 12345) >>> 0;
+  const rnd = () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x / 2 ** 32;
+  };
+  let held: Uint8Array[] = [];
+  const impaired = {
+    dropped: 0,
+    reordered: 0,
+    mtu: link.mtu,
+    async readPackets(): Promise<Uint8Array[]> {
+      const batch = await link.readPackets();
+      const out = held;
+      held = [];
+      for (const p of batch) {
+        const r = rnd();
+        if (r < o.loss) impaired.dropped++;
+        else if (r < o.loss + o.reorder) {
+          impaired.reordered++;
+          held.push(p.slice()); // the view dies with the next read
+        } else out.push(p);
+      }
+      return out;
+    },
+    writePacket(p: Uint8Array) {
+      if (rnd() < o.loss) {
+        impaired.dropped++;
+        return;
+      }
+      link.writePacket(p);
+    },
+  };
+  return impaired;
 }
