@@ -2,7 +2,8 @@
 
 import { runCli } from "./core/cli/mod.ts";
 import { BUILTIN_PLUGINS } from "./plugins/registry.ts";
+import { managerCommand } from "./cluster/cli.ts";
 
 if (import.meta.main) {
-  Deno.exit(await runCli(Deno.args, { plugins: BUILTIN_PLUGINS }));
+  Deno.exit(await runCli(Deno.args, { plugins: BUILTIN_PLUGINS, commands: [managerCommand] }));
 }

@@ -1,0 +1,101 @@
+/** The cluster-side subcommands (`tel manager`), handed to core's CLI by main.ts so core/ never imports cluster/. */
+
+import type { Command } from "../core/cli/mod.ts";
+import { TelError } from "../core/errors.ts";
+import { log } from "../core/log.ts";
+import { loadKubeConfig } from "./kube.ts";
+import { POD_CIDR_STRATEGIES, type PodCidrStrategy, SubnetDiscovery } from "./manager/discovery.ts";
+import { type ClusterInfoSource, type ManagerFlags, runManager, StaticClusterInfo } from "./manager/mod.ts";
+
+/** Builds the ClusterInfo source for the flags: discovery through the kube API, or the given lists. */
+export async function clusterInfoFromFlags(flags: ManagerFlags): Promise<ClusterInfoSource> {
+  const strategy = flags.podCidrStrategy ?? "auto";
+  const noKube = strategy === "environment" && !flags.kubeconfig && !flags.inCluster &&
+    (flags.serviceCidrs?.length ?? 0) > 0;
+  if (noKube) {
+    return new StaticClusterInfo({
+      podSubnets: flags.podCidrs ?? [],
+      serviceSubnets: flags.serviceCidrs ?? [],
+      clusterDomain: flags.clusterDomain ?? "cluster.local",
+      managerPodIp: flags.podIp ?? "",
+      dns: { includeSuffixes: [], excludeSuffixes: [] },
+    });
+  }
+  const kube = loadKubeConfig({ kubeconfig: flags.kubeconfig, namespace: flags.namespace });
+  const discovery = new SubnetDiscovery({
+    kc: kube.kc,
+    namespace: flags.namespace ?? kube.namespace,
+    strategy,
+    podCIDRs: flags.podCidrs,
+    serviceSubnets: flags.serviceCidrs?.length ? flags.serviceCidrs : undefined,
+    clusterDomain: flags.clusterDomain,
+    managerPodIp: flags.podIp,
+  });
+  await discovery.start();
+  for (const w of discovery.warnings) log.warn("manager", w.message, { hint: w.hint });
+  return discovery;
+}
+
+/** `tel manager`. */
+export const managerCommand: Command = {
+  spec: {
+    name: "manager",
+    summary: "Run the traffic-manager (in the cluster): subnet discovery, DNS lookups and tunnels for clients.",
+    usage: "tel manager [flags]",
+    flags: {
+      listen: { type: "string", valueName: "HOST:PORT", description: "gRPC listen address", default: "0.0.0.0:8081" },
+      "cluster-dns": {
+        type: "string",
+        valueName: "IP:PORT",
+        description: "cluster DNS server for lookups (default: first nameserver of /etc/resolv.conf)",
+      },
+      "pod-cidr-strategy": {
+        type: "string",
+        valueName: "STRATEGY",
+        description: "how pod subnets are found",
+        choices: POD_CIDR_STRATEGIES,
+        default: "auto",
+      },
+      "pod-cidrs": { type: "string", multiple: true, valueName: "CIDR", description: "pod CIDRs (environment)" },
+      "service-cidrs": {
+        type: "string",
+        multiple: true,
+        valueName: "CIDR",
+        description: "service CIDRs (skips the dummy-service probe)",
+      },
+      kubeconfig: { type: "string", valueName: "FILE", description: "kubeconfig (default: in-cluster, KUBECONFIG)" },
+      namespace: { type: "string", valueName: "NS", description: "the manager's namespace (env POD_NAMESPACE)" },
+      "cluster-domain": {
+        type: "string",
+        valueName: "DOMAIN",
+        description: "cluster domain",
+        default: "cluster.local",
+      },
+      "pod-ip": { type: "string", valueName: "IP", description: "the manager's pod IP (env POD_IP)" },
+    },
+  },
+  async run(ctx) {
+    const v = ctx.values;
+    const flags: ManagerFlags = {
+      listen: v.listen as string,
+      clusterDns: v["cluster-dns"] as string | undefined,
+      podCidrStrategy: v["pod-cidr-strategy"] as PodCidrStrategy,
+      podCidrs: v["pod-cidrs"] as string[] | undefined,
+      serviceCidrs: v["service-cidrs"] as string[] | undefined,
+      kubeconfig: v.kubeconfig as string | undefined,
+      namespace: (v.namespace as string | undefined) ?? Deno.env.get("POD_NAMESPACE"),
+      clusterDomain: v["cluster-domain"] as string,
+      podIp: (v["pod-ip"] as string | undefined) ?? Deno.env.get("POD_IP"),
+    };
+    if (flags.podCidrStrategy === "environment" && !flags.podCidrs?.length) {
+      throw new TelError("user", "--pod-cidr-strategy environment needs --pod-cidrs", {
+        hint: "e.g. --pod-cidrs 10.244.0.0/16",
+      });
+    }
+    await runManager(flags, {
+      clusterInfo: clusterInfoFromFlags,
+      onListening: (h) => ctx.io.err(`traffic-manager listening on ${flags.listen!.replace(/:\d+$/, "")}:${h.port}\n`),
+    });
+    return 0;
+  },
+};
