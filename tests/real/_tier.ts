@@ -19,15 +19,22 @@ export type RealStep = (api: RealApiServer, t: Deno.TestContext) => Promise<void
 
 /**
  * Registers one Deno.test that starts etcd + kube-apiserver, runs `body`, and stops both (also on failure). When the
- * tier cannot run, the test is registered as ignored and the reason is printed, never skipped silently.
+ * tier cannot run, or `pending` says what the test still waits for, the test is registered as ignored and the reason
+ * is printed, never skipped silently.
  */
-export function realTest(name: string, body: RealStep, opts: { extraArgs?: string[] } = {}): void {
+export function realTest(
+  name: string,
+  body: RealStep,
+  opts: { extraArgs?: string[]; pending?: string } = {},
+): void {
   if (reason !== undefined) {
     console.error(`real apiserver tier skipped: ${reason} [${name}]`);
+  } else if (opts.pending !== undefined) {
+    console.error(`real apiserver tier: pending: ${opts.pending} [${name}]`);
   }
   Deno.test({
-    name: `real: ${name}`,
-    ignore: reason !== undefined,
+    name: `real: ${name}${opts.pending !== undefined ? ` (pending: ${opts.pending})` : ""}`,
+    ignore: reason !== undefined || opts.pending !== undefined,
     // the server's fetch client and child processes live across steps; stop() releases them at the end
     sanitizeResources: false,
     sanitizeOps: false,

@@ -174,7 +174,7 @@ upstream="v${upstream%%-*}"     # -> v1.20.2
 vpkg=k8s.io/kubernetes/vendor/k8s.io/component-base/version
 ldflags="-s -w -X $vpkg.gitVersion=$upstream -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$(echo "$upstream" | cut -d. -f2)"
 ldflags="$ldflags -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
-(cd "$SRC" && "${NICE[@]}" "$GO" build "${PAR[@]}" -ldflags "$ldflags" -o "$WORK/bin/kube-apiserver" ./cmd/kube-apiserver)
+(cd "$SRC" && "${NICE[@]}" "$GO" build "${PAR[@]}" -trimpath -ldflags "$ldflags" -o "$WORK/bin/kube-apiserver" ./cmd/kube-apiserver)
 log "build took $(($(date +%s) - start)) s"
 mkdir -p "$(dirname "$BIN")"
 cp "$WORK/bin/kube-apiserver" "$BIN.tmp" && mv "$BIN.tmp" "$BIN"

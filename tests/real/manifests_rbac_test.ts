@@ -75,11 +75,6 @@ function service(name: string, clusterIP?: string) {
 }
 
 realTest("deploy manifests and the traffic-manager's RBAC", async (api, t) => {
-  if (!(await exists(MANIFESTS))) {
-    console.error(`real apiserver tier: manifests pending: ${MANIFESTS} does not exist yet`);
-    await t.step({ name: `kubectl apply of ${MANIFESTS} (pending: not there yet)`, ignore: true, fn: () => {} });
-    return;
-  }
   const objs = await manifestObjects(MANIFESTS);
   const { namespace: ns, name: saName } = managerServiceAccount(objs);
   let token = "";
@@ -168,10 +163,14 @@ realTest("deploy manifests and the traffic-manager's RBAC", async (api, t) => {
       serviceAccountDir: dir,
     });
     assert.equal(ctx.namespace, ns);
+    const names = async () =>
+      (await api.request("GET", `/api/v1/namespaces/${ns}/services`)).body.items.map((s: Obj) => s.metadata.name);
+    const before = await names();
     const r = await probeServiceSubnets({ kc: ctx.kc, namespace: ns, families: [4, 6], retryDelayMs: 50 });
     assert.deepEqual(r.subnets, [REAL_SERVICE_CIDR]);
-    // IPv6 on a single-stack 1.20 server: the 422 names no range, reported as a problem rather than a subnet
-    const svc = await api.request("GET", `/api/v1/namespaces/${ns}/services`);
-    assert.deepEqual(svc.body.items.map((s: Obj) => s.metadata.name), [], "the probe leaves no Service behind");
+    // IPv6 on a single-stack 1.20 server: no range for that family, and no 403 among the problems
+    for (const e of r.errors) console.error(`service probe problem (expected for IPv6 on 1.20): ${e.message}`);
+    for (const e of r.errors) assert.doesNotMatch(e.message, /forbidden|403/i, e.message);
+    assert.deepEqual(await names(), before, "the probe leaves no Service behind");
   });
-});
+}, { pending: (await exists(MANIFESTS)) ? undefined : `${MANIFESTS} does not exist yet` });
