@@ -254,6 +254,8 @@ export interface ConnectResponse {
     | undefined;
   /** The routes the daemon installed. */
   routes: string[];
+  /** What the daemon did, one line per step, in order (kube API reached, manager found, subnets, VIF, DNS, ...). */
+  steps: string[];
 }
 
 export interface StatusResponse {
@@ -269,6 +271,28 @@ export interface StatusResponse {
   resolver: string;
   intercepts: InterceptInfo[];
   version: string;
+  /** "connected", "reconnecting" or "disconnected". */
+  state: string;
+  neverProxy: string[];
+  /** Where tel's DNS server listens (ip:port). */
+  dnsServer: string;
+  dnsStats: { [key: string]: number };
+  openTunnels: number;
+  netstackCounters: { [key: string]: number };
+  /** How the manager is reached ("port-forward to tel-system/traffic-manager-x" or "direct"). */
+  managerVia: string;
+  /** The last reconnect error while reconnecting. */
+  lastError: string;
+}
+
+export interface StatusResponse_DnsStatsEntry {
+  key: string;
+  value: number;
+}
+
+export interface StatusResponse_NetstackCountersEntry {
+  key: string;
+  value: number;
 }
 
 export interface InterceptRequest {
@@ -2571,7 +2595,7 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
 };
 
 function createBaseConnectResponse(): ConnectResponse {
-  return { ok: false, error: undefined, session: undefined, clusterInfo: undefined, routes: [] };
+  return { ok: false, error: undefined, session: undefined, clusterInfo: undefined, routes: [], steps: [] };
 }
 
 export const ConnectResponse: MessageFns<ConnectResponse> = {
@@ -2590,6 +2614,9 @@ export const ConnectResponse: MessageFns<ConnectResponse> = {
     }
     for (const v of message.routes) {
       writer.uint32(42).string(v!);
+    }
+    for (const v of message.steps) {
+      writer.uint32(50).string(v!);
     }
     return writer;
   },
@@ -2647,6 +2674,14 @@ export const ConnectResponse: MessageFns<ConnectResponse> = {
             message.routes.push(reader.string());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.steps.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2673,6 +2708,7 @@ export const ConnectResponse: MessageFns<ConnectResponse> = {
       ? ClusterInfo.fromPartial(object.clusterInfo)
       : undefined;
     message.routes = object.routes?.map((e) => e) || [];
+    message.steps = object.steps?.map((e) => e) || [];
     return message;
   },
 };
@@ -2690,6 +2726,14 @@ function createBaseStatusResponse(): StatusResponse {
     resolver: "",
     intercepts: [],
     version: "",
+    state: "",
+    neverProxy: [],
+    dnsServer: "",
+    dnsStats: {},
+    openTunnels: 0,
+    netstackCounters: {},
+    managerVia: "",
+    lastError: "",
   };
 }
 
@@ -2727,6 +2771,30 @@ export const StatusResponse: MessageFns<StatusResponse> = {
     }
     if (message.version !== "") {
       writer.uint32(90).string(message.version);
+    }
+    if (message.state !== "") {
+      writer.uint32(98).string(message.state);
+    }
+    for (const v of message.neverProxy) {
+      writer.uint32(106).string(v!);
+    }
+    if (message.dnsServer !== "") {
+      writer.uint32(114).string(message.dnsServer);
+    }
+    globalThis.Object.entries(message.dnsStats).forEach(([key, value]: [string, number]) => {
+      StatusResponse_DnsStatsEntry.encode({ key: key as any, value }, writer.uint32(122).fork()).join();
+    });
+    if (message.openTunnels !== 0) {
+      writer.uint32(128).uint32(message.openTunnels);
+    }
+    globalThis.Object.entries(message.netstackCounters).forEach(([key, value]: [string, number]) => {
+      StatusResponse_NetstackCountersEntry.encode({ key: key as any, value }, writer.uint32(138).fork()).join();
+    });
+    if (message.managerVia !== "") {
+      writer.uint32(146).string(message.managerVia);
+    }
+    if (message.lastError !== "") {
+      writer.uint32(154).string(message.lastError);
     }
     return writer;
   },
@@ -2832,6 +2900,76 @@ export const StatusResponse: MessageFns<StatusResponse> = {
             message.version = reader.string();
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.neverProxy.push(reader.string());
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.dnsServer = reader.string();
+            continue;
+          }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            const entry15 = StatusResponse_DnsStatsEntry.decode(reader, reader.uint32());
+            if (entry15.value !== undefined) {
+              message.dnsStats[entry15.key] = entry15.value;
+            }
+            continue;
+          }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.openTunnels = reader.uint32();
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            const entry17 = StatusResponse_NetstackCountersEntry.decode(reader, reader.uint32());
+            if (entry17.value !== undefined) {
+              message.netstackCounters[entry17.key] = entry17.value;
+            }
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.managerVia = reader.string();
+            continue;
+          }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.lastError = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2864,6 +3002,168 @@ export const StatusResponse: MessageFns<StatusResponse> = {
     message.resolver = object.resolver ?? "";
     message.intercepts = object.intercepts?.map((e) => InterceptInfo.fromPartial(e)) || [];
     message.version = object.version ?? "";
+    message.state = object.state ?? "";
+    message.neverProxy = object.neverProxy?.map((e) => e) || [];
+    message.dnsServer = object.dnsServer ?? "";
+    message.dnsStats = (globalThis.Object.entries(object.dnsStats ?? {}) as [string, number][]).reduce(
+      (acc: { [key: string]: number }, [key, value]: [string, number]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.Number(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.openTunnels = object.openTunnels ?? 0;
+    message.netstackCounters = (globalThis.Object.entries(object.netstackCounters ?? {}) as [string, number][]).reduce(
+      (acc: { [key: string]: number }, [key, value]: [string, number]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.Number(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.managerVia = object.managerVia ?? "";
+    message.lastError = object.lastError ?? "";
+    return message;
+  },
+};
+
+function createBaseStatusResponse_DnsStatsEntry(): StatusResponse_DnsStatsEntry {
+  return { key: "", value: 0 };
+}
+
+export const StatusResponse_DnsStatsEntry: MessageFns<StatusResponse_DnsStatsEntry> = {
+  encode(message: StatusResponse_DnsStatsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(16).uint64(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StatusResponse_DnsStatsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStatusResponse_DnsStatsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<StatusResponse_DnsStatsEntry>, I>>(base?: I): StatusResponse_DnsStatsEntry {
+    return StatusResponse_DnsStatsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StatusResponse_DnsStatsEntry>, I>>(object: I): StatusResponse_DnsStatsEntry {
+    const message = createBaseStatusResponse_DnsStatsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? 0;
+    return message;
+  },
+};
+
+function createBaseStatusResponse_NetstackCountersEntry(): StatusResponse_NetstackCountersEntry {
+  return { key: "", value: 0 };
+}
+
+export const StatusResponse_NetstackCountersEntry: MessageFns<StatusResponse_NetstackCountersEntry> = {
+  encode(message: StatusResponse_NetstackCountersEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(16).uint64(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StatusResponse_NetstackCountersEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStatusResponse_NetstackCountersEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<StatusResponse_NetstackCountersEntry>, I>>(
+    base?: I,
+  ): StatusResponse_NetstackCountersEntry {
+    return StatusResponse_NetstackCountersEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StatusResponse_NetstackCountersEntry>, I>>(
+    object: I,
+  ): StatusResponse_NetstackCountersEntry {
+    const message = createBaseStatusResponse_NetstackCountersEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? 0;
     return message;
   },
 };
@@ -4022,6 +4322,17 @@ export type DeepPartial<T> = T extends Builtin ? T
 type KeysOfUnion<T> = T extends T ? keyof T : never;
 export type Exact<P, I extends P> = P extends Builtin ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
+}
 
 export interface MessageFns<T> {
   encode(message: T, writer?: BinaryWriter): BinaryWriter;
