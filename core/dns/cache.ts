@@ -14,8 +14,8 @@ export interface CacheEntry {
 }
 
 /**
- * Lookups keyed by (lower-case lookup name, type). Insertion order doubles as LRU order: a hit moves the entry to the
- * end, and the oldest goes when the bound is reached.
+ * Lookups keyed by (lower-case lookup name, type). When the bound is reached the oldest stored entry goes first (hits
+ * do not reorder: entries live seconds anyway, and a hit must stay cheap).
  */
 export class DnsCache {
   readonly #entries = new Map<string, CacheEntry>();
@@ -37,7 +37,7 @@ export class DnsCache {
     return this.#entries.size;
   }
 
-  /** The live entry for `key`, refreshing its LRU position. */
+  /** The live entry for `key`. */
   get(key: string): CacheEntry | undefined {
     const e = this.#entries.get(key);
     if (!e) return undefined;
@@ -45,8 +45,6 @@ export class DnsCache {
       this.#entries.delete(key);
       return undefined;
     }
-    this.#entries.delete(key);
-    this.#entries.set(key, e);
     return e;
   }
 

@@ -87,29 +87,35 @@ export class DnsServer {
   }
 
   /** Binds both sockets and starts serving; resolves with the bound address. */
-  start(): Promise<{ hostname: string; port: number }> {
-    try {
-      this.#bindUdp();
-      this.#tcp = Deno.listen({ transport: "tcp", hostname: this.#hostname, port: this.#port });
-    } catch (err) {
-      this.#udp?.close();
-      this.#fast?.close();
-      this.#udp = this.#fast = undefined;
-      return Promise.reject(
-        new TelError("platform", `dns server: cannot listen on ${this.#hostname}:${this.#port}: ${errorMessage(err)}`, {
+  async start(): Promise<{ hostname: string; port: number }> {
+    const wanted = this.#port;
+    // With port 0, the free UDP port may be taken for TCP by someone else: try a few others.
+    for (let attempt = 1;; attempt++) {
+      try {
+        this.#bindUdp();
+        this.#tcp = Deno.listen({ transport: "tcp", hostname: this.#hostname, port: this.#port });
+        break;
+      } catch (err) {
+        this.#udp?.close();
+        await this.#fast?.close();
+        this.#udp = this.#fast = undefined;
+        const port = this.#port;
+        this.#port = wanted;
+        if (wanted === 0 && err instanceof Deno.errors.AddrInUse && attempt < 10) continue;
+        throw new TelError("platform", `dns server: cannot listen on ${this.#hostname}:${port}: ${errorMessage(err)}`, {
           hint: "another DNS server may hold the port; pick another with dns.localIP or stop it",
           cause: err,
-        }),
-      );
+        });
+      }
     }
     if (this.#fast) {
       this.#fast.start((data) => this.#engine.handleSync(data, "udp"), (data) => this.#engine.handle(data, "udp"));
     } else {
       this.#loops.push(this.#serveUdp(this.#udp!));
     }
-    this.#loops.push(this.#serveTcp(this.#tcp));
+    this.#loops.push(this.#serveTcp(this.#tcp!));
     log.debug("dns", "server listening", { hostname: this.#hostname, port: this.#port });
-    return Promise.resolve({ hostname: this.#hostname, port: this.#port });
+    return { hostname: this.#hostname, port: this.#port };
   }
 
   /** Counters. */

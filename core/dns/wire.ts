@@ -100,15 +100,13 @@ export function parseQuery(bytes: Uint8Array): ParseResult {
     if (off + 1 + len > bytes.length) return fail(bytes, "FORMERR", "label runs past the end");
     nameLen += len + 1;
     if (nameLen > MAX_NAME) return fail(bytes, "FORMERR", "name longer than 255 octets");
-    let label = "";
     for (let i = off + 1; i <= off + len; i++) {
       const c = bytes[i];
       if (c <= 0x20 || c >= 0x7f || c === 0x2e || c === 0x5c) {
         return fail(bytes, "FORMERR", "unsupported octet in name");
       }
-      label += String.fromCharCode(c);
     }
-    labels.push(label);
+    labels.push(String.fromCharCode.apply(null, bytes.subarray(off + 1, off + 1 + len) as unknown as number[]));
     off += 1 + len;
   }
   if (off + 4 > bytes.length) return fail(bytes, "FORMERR", "question runs past the end");
