@@ -4,61 +4,18 @@
  */
 
 import assert from "node:assert/strict";
-import { parseAllDocuments } from "yaml";
-import { loadKubeConfig } from "../../cluster/kube.ts";
 import { probeServiceSubnets } from "../../cluster/manager/service_subnet.ts";
 import { REAL_AUDIENCE, REAL_SERVICE_CIDR, type RealApiServer } from "./apiserver.ts";
-import { exists, realTest, REPO_ROOT } from "./_tier.ts";
-
-/** The manifests under test; TEL_REAL_MANIFESTS points elsewhere (e.g. `helm template` output). */
-const MANIFESTS = Deno.env.get("TEL_REAL_MANIFESTS") ?? `${REPO_ROOT}/deploy/manifests`;
-
-// deno-lint-ignore no-explicit-any
-type Obj = any;
-
-async function manifestObjects(dir: string): Promise<Obj[]> {
-  const out: Obj[] = [];
-  const walk = async (d: string) => {
-    for await (const e of Deno.readDir(d)) {
-      const p = `${d}/${e.name}`;
-      if (e.isDirectory) await walk(p);
-      else if (/\.ya?ml$/.test(e.name)) {
-        for (const doc of parseAllDocuments(await Deno.readTextFile(p))) {
-          const o = doc.toJS();
-          if (o?.kind === "List") out.push(...o.items);
-          else if (o?.kind) out.push(o);
-        }
-      }
-    }
-  };
-  const st = await Deno.stat(dir);
-  if (st.isDirectory) await walk(dir);
-  else out.push(...parseAllDocuments(await Deno.readTextFile(dir)).map((d) => d.toJS()).filter((o) => o?.kind));
-  return out;
-}
-
-/** The manager's ServiceAccount: the one its Deployment runs as, else the only one in the manifests. */
-function managerServiceAccount(objs: Obj[]): { namespace: string; name: string } {
-  const dep = objs.find((o) => o.kind === "Deployment" && /traffic-manager/.test(o.metadata?.name ?? ""));
-  const sas = objs.filter((o) => o.kind === "ServiceAccount");
-  const name = dep?.spec?.template?.spec?.serviceAccountName ?? (sas.length === 1 ? sas[0].metadata.name : undefined);
-  assert.ok(name, "the manifests name the manager's ServiceAccount (Deployment serviceAccountName or a single SA)");
-  const sa = sas.find((s) => s.metadata.name === name);
-  assert.ok(sa, `ServiceAccount ${name} is in the manifests`);
-  const namespace = sa.metadata.namespace ?? dep?.metadata?.namespace;
-  assert.ok(namespace, "the ServiceAccount has a namespace");
-  return { namespace, name };
-}
-
-async function tokenFor(api: RealApiServer, ns: string, sa: string): Promise<string> {
-  const res = await api.request("POST", `/api/v1/namespaces/${ns}/serviceaccounts/${sa}/token`, {
-    apiVersion: "authentication.k8s.io/v1",
-    kind: "TokenRequest",
-    spec: { audiences: [REAL_AUDIENCE], expirationSeconds: 3600 },
-  });
-  assert.equal(res.status, 201, res.text);
-  return res.body.status.token;
-}
+import { exists, realTest } from "./_tier.ts";
+import {
+  applyManifests,
+  inClusterKubeConfig,
+  managerServiceAccount,
+  manifestObjects,
+  MANIFESTS,
+  type Obj,
+  tokenFor,
+} from "./_manager_sa.ts";
 
 async function status(api: RealApiServer, token: string, method: string, path: string, body?: unknown) {
   const r = await api.request(method, path, body, { token });
@@ -80,11 +37,7 @@ realTest("deploy manifests and the traffic-manager's RBAC", async (api, t) => {
   let token = "";
 
   await t.step("kubectl apply of the manifests succeeds (API versions 1.20 serves)", async () => {
-    // a namespace the manifests put things in but do not create is the installer's job (helm --create-namespace)
-    const namespaces = new Set(objs.map((o) => o.metadata?.namespace).filter(Boolean));
-    for (const o of objs) if (o.kind === "Namespace") namespaces.delete(o.metadata.name);
-    for (const n of namespaces) await api.kubectl(["create", "namespace", n]);
-    const r = await api.kubectl(["apply", "-R", "-f", MANIFESTS]);
+    const r = await applyManifests(api, objs);
     assert.equal(r.code, 0, `kubectl apply failed:\n${r.stdout}\n${r.stderr}`);
     for (const o of objs) {
       const kind = String(o.kind).toLowerCase();
@@ -152,16 +105,7 @@ realTest("deploy manifests and the traffic-manager's RBAC", async (api, t) => {
   });
 
   await t.step("probeServiceSubnets with the ServiceAccount's token finds the service CIDR", async () => {
-    const dir = await Deno.makeTempDir({ dir: api.dir, prefix: "sa-" });
-    await Deno.writeTextFile(`${dir}/token`, token);
-    await Deno.writeTextFile(`${dir}/ca.crt`, api.caPem);
-    await Deno.writeTextFile(`${dir}/namespace`, ns);
-    const port = new URL(api.url).port;
-    // the manager's in-cluster path: KUBERNETES_SERVICE_HOST/PORT plus the mounted token, CA and namespace
-    const ctx = loadKubeConfig({
-      env: { KUBERNETES_SERVICE_HOST: "127.0.0.1", KUBERNETES_SERVICE_PORT: port },
-      serviceAccountDir: dir,
-    });
+    const ctx = await inClusterKubeConfig(api, token, ns);
     assert.equal(ctx.namespace, ns);
     const names = async () =>
       (await api.request("GET", `/api/v1/namespaces/${ns}/services`)).body.items.map((s: Obj) => s.metadata.name);
