@@ -65,6 +65,8 @@ export type ParseResult =
 
 const QR = 0x8000;
 const MAX_NAME = 255;
+const NAME_RAW = new Uint8Array(MAX_NAME);
+const NAME_LOW = new Uint8Array(MAX_NAME);
 
 function fail(bytes: Uint8Array, rcode: Rcode, reason: string, questionEnd = 12): ParseResult {
   return { ok: false, rcode, reason, id: (bytes[0] << 8) | bytes[1], flags: (bytes[2] << 8) | bytes[3], questionEnd };
@@ -87,8 +89,8 @@ export function parseQuery(bytes: Uint8Array): ParseResult {
   if (an !== 0 || ns !== 0) return fail(bytes, "FORMERR", "answer or authority records in a query");
   if (ar > 1) return fail(bytes, "FORMERR", `additional count ${ar}`);
   let off = 12;
-  const labels: string[] = [];
-  let nameLen = 1;
+  // Name text goes into scratch buffers (as sent and lower-cased), turned into strings once at the end.
+  let n = 0;
   for (;;) {
     if (off >= bytes.length) return fail(bytes, "FORMERR", "name runs past the end");
     const len = bytes[off];
@@ -98,17 +100,24 @@ export function parseQuery(bytes: Uint8Array): ParseResult {
     }
     if (len > 63) return fail(bytes, "FORMERR", len >= 0xc0 ? "compression in the question" : "bad label type");
     if (off + 1 + len > bytes.length) return fail(bytes, "FORMERR", "label runs past the end");
-    nameLen += len + 1;
-    if (nameLen > MAX_NAME) return fail(bytes, "FORMERR", "name longer than 255 octets");
+    // Wire length so far with this label and the root: text plus one length octet in front and the root octet.
+    if ((n === 0 ? len + 2 : n + len + 3) > MAX_NAME) return fail(bytes, "FORMERR", "name longer than 255 octets");
+    if (n > 0) {
+      NAME_RAW[n] = 0x2e;
+      NAME_LOW[n++] = 0x2e;
+    }
     for (let i = off + 1; i <= off + len; i++) {
       const c = bytes[i];
       if (c <= 0x20 || c >= 0x7f || c === 0x2e || c === 0x5c) {
         return fail(bytes, "FORMERR", "unsupported octet in name");
       }
+      NAME_RAW[n] = c;
+      NAME_LOW[n++] = c >= 0x41 && c <= 0x5a ? c + 32 : c;
     }
-    labels.push(String.fromCharCode.apply(null, bytes.subarray(off + 1, off + 1 + len) as unknown as number[]));
     off += 1 + len;
   }
+  const name = String.fromCharCode.apply(null, NAME_RAW.subarray(0, n) as unknown as number[]);
+  const lname = String.fromCharCode.apply(null, NAME_LOW.subarray(0, n) as unknown as number[]);
   if (off + 4 > bytes.length) return fail(bytes, "FORMERR", "question runs past the end");
   const qtype = (bytes[off] << 8) | bytes[off + 1];
   const qclass = (bytes[off + 2] << 8) | bytes[off + 3];
@@ -128,14 +137,13 @@ export function parseQuery(bytes: Uint8Array): ParseResult {
     if (version !== 0) return fail(bytes, "FORMERR", `EDNS version ${version}`, questionEnd);
     edns = { udpSize, version };
   }
-  const name = labels.join(".");
   return {
     ok: true,
     query: {
       id: (bytes[0] << 8) | bytes[1],
       rd: (flags & 0x0100) !== 0,
       name,
-      lname: name.toLowerCase(),
+      lname,
       qtype,
       qclass,
       questionEnd,

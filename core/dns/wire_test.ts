@@ -53,6 +53,21 @@ Deno.test("parseQuery table of hostile inputs", () => {
       "FORMERR",
     ],
   ];
+  // 255 octets on the wire is the limit: 3 labels of 63 and one of 61 (4 + 250 + 1 root = 255) pass, 62 does not.
+  const nameOf = (last: number) =>
+    new Uint8Array([
+      ...base.subarray(0, 12),
+      ...Array(3).fill([63, ...Array(63).fill(97)]).flat(),
+      last,
+      ...Array(last).fill(97),
+      0,
+      0,
+      1,
+      0,
+      1,
+    ]);
+  assert.ok(parseQuery(nameOf(61)).ok);
+  cases.push(["name of 256 octets", nameOf(62), "FORMERR"]);
   for (const [what, bytes, want] of cases) {
     const r = parseQuery(bytes);
     assert.ok(!r.ok, what);
