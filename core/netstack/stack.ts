@@ -89,6 +89,8 @@ export class Stack {
   #verdictMs: number;
   #out: Uint8Array;
   #closed = false;
+  #inInput = false;
+  #flushQueued = false;
   #tcpHost: TcpHost;
   #udpHost: UdpHost;
 
@@ -106,7 +108,13 @@ export class Stack {
       counters: this.#counters,
       sendSegment: (ep: TcpEndpoint, f: TcpFields, off: number, len: number) =>
         this.#sendTcp(ep.route, f, ep, off, len),
-      ackLater: (ep: TcpEndpoint) => this.#ackSet.add(ep),
+      ackLater: (ep: TcpEndpoint) => {
+        this.#ackSet.add(ep);
+        if (!this.#inInput && !this.#flushQueued) {
+          this.#flushQueued = true;
+          queueMicrotask(() => this.#flushAcks());
+        }
+      },
       removed: (ep: TcpEndpoint) => {
         if (this.#tcp.get(ep.key) === ep) this.#tcp.delete(ep.key);
         this.#ackSet.delete(ep);
@@ -164,6 +172,7 @@ export class Stack {
 
   /** Handles a batch of inbound packets, then sends the ACKs it deferred. Never throws. */
   input(packets: Uint8Array[]): void {
+    this.#inInput = true;
     for (const p of packets) {
       try {
         this.#packet(p);
@@ -175,11 +184,16 @@ export class Stack {
         }
       }
     }
-    if (this.#ackSet.size > 0) {
-      const set = this.#ackSet;
-      this.#ackSet = new Set();
-      for (const ep of set) ep.flushAck();
-    }
+    this.#inInput = false;
+    this.#flushAcks();
+  }
+
+  #flushAcks(): void {
+    this.#flushQueued = false;
+    if (this.#ackSet.size === 0) return;
+    const set = this.#ackSet;
+    this.#ackSet = new Set();
+    for (const ep of set) ep.flushAck();
   }
 
   /** Resets every connection, closes every flow and stops {@link run}. */

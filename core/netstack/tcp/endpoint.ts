@@ -392,13 +392,15 @@ export class TcpEndpoint implements TcpConn {
       w.resolve();
     }
 
-    if (this.#finAcked) {
-      if (this.#state === "fin-wait-1") this.#state = "fin-wait-2";
-      else if (this.#state === "closing") this.#enterTimeWait();
-      else if (this.#state === "last-ack") return this.#destroy();
-    }
     if (seqDiff(this.#sndMax, this.#sndUna) > 0) this.#arm(this.#rto);
     else this.#disarm();
+    if (this.#finAcked) {
+      if (this.#state === "fin-wait-1") {
+        this.#state = "fin-wait-2";
+        if (this.#rcvClosed) this.#arm(this.#tune.timeWaitMs * 30); // orphaned: don't wait forever for their FIN
+      } else if (this.#state === "closing") this.#enterTimeWait();
+      else if (this.#state === "last-ack") return this.#destroy();
+    }
     this.output();
   }
 
@@ -506,10 +508,9 @@ export class TcpEndpoint implements TcpConn {
   }
 
   #windowField(): number {
-    let w = this.#rcvWindow();
-    const cur = seqDiff(this.#rcvAdvEdge, this.#rcvNxt);
-    if (w < cur) w = cur; // never shrink the window (RFC 9293 §3.8.6)
-    const field = Math.min(65535, Math.ceil(w / 2 ** this.#rcvWscale));
+    // Rounded down: the advertised edge may step back by < 2^scale (tolerated, RFC 7323 §2.4); data is still taken
+    // up to the furthest edge ever advertised, so nothing in flight is refused and memory stays bounded.
+    const field = Math.min(65535, Math.floor(this.#rcvWindow() / 2 ** this.#rcvWscale));
     const edge = seqAdd(this.#rcvNxt, field * 2 ** this.#rcvWscale);
     if (seqGt(edge, this.#rcvAdvEdge)) this.#rcvAdvEdge = edge;
     return field;
@@ -657,7 +658,7 @@ export class TcpEndpoint implements TcpConn {
     const cur = seqDiff(this.#rcvAdvEdge, this.#rcvNxt);
     const w = this.#rcvWindow();
     const threshold = Math.min(this.#tune.rcvBuf / 2, Math.max(this.#mss, this.#tune.rcvBuf / 8));
-    if (w - cur >= threshold) this.#sendAck(); // window update
+    if (w - cur >= threshold) this.#ackLater(); // window update, coalesced with other reads of this tick
   }
 
   #appWrite(chunk: Uint8Array): Promise<void> | void {
@@ -731,6 +732,7 @@ export class TcpEndpoint implements TcpConn {
 
   #timeout(): void {
     if (this.#state === "time-wait") return this.#destroy();
+    if (this.#state === "fin-wait-2") return this.abort();
     if (++this.#retries > this.#tune.maxRetries) {
       this.#host.sendSegment(
         this,

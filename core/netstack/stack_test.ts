@@ -1,0 +1,285 @@
+import { deepStrictEqual as assertEquals, equal, ok, rejects } from "node:assert/strict";
+import FakeTimers from "@sinonjs/fake-timers";
+import type { Clock } from "../clock.ts";
+import { echoRequest, tcpPacket, udpPacket } from "./_build.ts";
+import { parseIpv4 } from "./header/ipv4.ts";
+import { parseIpv6 } from "./header/ipv6.ts";
+import { ACK, FIN, parseTcp, PSH, RST, SYN, type TcpFields, type TcpHeader } from "./header/tcp.ts";
+import { ChannelLink } from "./link.ts";
+import { Stack } from "./stack.ts";
+import type { TcpConn, TcpTuning } from "./tcp/endpoint.ts";
+import type { Verdict } from "./types.ts";
+import type { UdpFlow } from "./udp.ts";
+
+const CLIENT = "198.19.254.1";
+const POD = "198.18.0.10";
+
+interface Seen {
+  proto: number;
+  tcp?: TcpHeader;
+  payload: Uint8Array;
+  raw: Uint8Array;
+}
+
+function parse(p: Uint8Array): Seen {
+  const v4 = p[0] >> 4 === 4;
+  const h = v4 ? parseIpv4(p) : parseIpv6(p);
+  const l4 = p.subarray(h.headerLength);
+  if (h.protocol !== 6) return { proto: h.protocol, payload: l4, raw: p };
+  const tcp = parseTcp(l4);
+  return { proto: 6, tcp, payload: l4.subarray(tcp.headerLength), raw: p };
+}
+
+const tick = () => new Promise((r) => setTimeout(r, 0));
+
+function setup(o: { verdict?: (c: TcpConn) => Promise<Verdict>; tcp?: Partial<TcpTuning>; mtu?: number } = {}) {
+  const fake = FakeTimers.createClock(1_000_000);
+  const clock: Clock = {
+    now: () => fake.now,
+    setTimeout: (fn, ms) => fake.setTimeout(fn, ms),
+    clearTimeout: (id) => fake.clearTimeout(id as FakeTimers.TimerId),
+  };
+  const link = new ChannelLink(o.mtu ?? 1500);
+  const out: Uint8Array[] = [];
+  link.onWrite = (p) => out.push(p);
+  const conns: TcpConn[] = [];
+  const flows: UdpFlow[] = [];
+  const stack = new Stack({
+    link,
+    clock,
+    tcp: o.tcp,
+    udpIdleMs: 30_000,
+    forwarder: {
+      tcp: (c) => {
+        conns.push(c);
+        return o.verdict ? o.verdict(c) : Promise.resolve("accept");
+      },
+      udp: (f) => {
+        flows.push(f);
+        return Promise.resolve("accept");
+      },
+    },
+  });
+  stack.setRoutes(["198.18.0.0/16", "fd00:7e1::/48"]);
+  const take = () => out.splice(0).map(parse);
+  const seg = (f: Partial<TcpFields>, payload?: Uint8Array) =>
+    tcpPacket(CLIENT, POD, { srcPort: 40000, dstPort: 80, seq: 0, ack: 0, flags: ACK, window: 512, ...f }, payload);
+  return { fake, stack, take, seg, conns, flows };
+}
+
+/** Handshake with window scale 7 and timestamps; returns the server's next sequence number. */
+async function handshake(env: ReturnType<typeof setup>, window = 512) {
+  env.stack.input([env.seg({ seq: 1000, flags: SYN, window: 65535, mss: 1460, windowScale: 7, tsVal: 1, tsEcr: 0 })]);
+  await tick();
+  const [synack] = env.take();
+  const iss = synack.tcp!.seq;
+  env.stack.input([env.seg({ seq: 1001, ack: iss + 1, window, tsVal: 2, tsEcr: synack.tcp!.tsVal })]);
+  return { snd: (iss + 1) >>> 0, rcv: 1001, synack: synack.tcp!, conn: env.conns[0] };
+}
+
+Deno.test("tcp: the SYN-ACK waits for the forwarder and carries MSS, window scale and timestamps", async () => {
+  let decide!: (v: Verdict) => void;
+  const env = setup({ verdict: () => new Promise((r) => decide = r) });
+  env.stack.input([env.seg({ seq: 1000, flags: SYN, window: 65535, mss: 1460, windowScale: 7, tsVal: 99, tsEcr: 0 })]);
+  await tick();
+  equal(env.take().length, 0, "nothing before the verdict");
+  env.stack.input([env.seg({ seq: 1000, flags: SYN, window: 65535, mss: 1460, windowScale: 7, tsVal: 99 })]);
+  equal(env.conns.length, 1, "a retransmitted SYN does not ask again");
+  decide("accept");
+  await tick();
+  const [s] = env.take();
+  equal(s.tcp!.flags, SYN | ACK);
+  equal(s.tcp!.ack, 1001);
+  equal(s.tcp!.mss, 1460);
+  equal(s.tcp!.windowScale, 7);
+  equal(s.tcp!.tsEcr, 99);
+  assertEquals(env.conns[0].id, { proto: "tcp", family: 4, src: CLIENT, srcPort: 40000, dst: POD, dstPort: 80 });
+});
+
+Deno.test("tcp: refused answers RST|ACK, unreachable answers ICMP host unreachable quoting the SYN", async () => {
+  const env = setup({ verdict: (c) => Promise.resolve(c.id.dstPort === 80 ? "refused" : "unreachable") });
+  env.stack.input([env.seg({ seq: 5000, flags: SYN })]);
+  await tick();
+  const [rst] = env.take();
+  equal(rst.tcp!.flags, RST | ACK);
+  equal(rst.tcp!.ack, 5001);
+  env.stack.input([env.seg({ seq: 7000, flags: SYN, dstPort: 81 })]);
+  await tick();
+  const [icmp] = env.take();
+  equal(icmp.proto, 1);
+  assertEquals([icmp.payload[0], icmp.payload[1]], [3, 1]);
+  equal(parseTcp(icmp.payload.subarray(8 + 20)).seq, 7000);
+  await rejects(env.conns[0].readable.getReader().read());
+  equal(env.stack.counters().tcpConnections, 0);
+});
+
+Deno.test("tcp: a segment for no connection is answered with RST; unrouted destinations are ignored", () => {
+  const env = setup();
+  env.stack.input([env.seg({ seq: 1, ack: 777, flags: ACK })]);
+  const [rst] = env.take();
+  equal(rst.tcp!.flags, RST);
+  equal(rst.tcp!.seq, 777);
+  env.stack.input([tcpPacket(CLIENT, "10.1.2.3", { srcPort: 1, dstPort: 80, seq: 1, ack: 0, flags: SYN, window: 9 })]);
+  equal(env.take().length, 0);
+  equal(env.stack.counters().notRouted, 1);
+});
+
+Deno.test("tcp: in-order data reaches the reader, one ACK per input batch", async () => {
+  const env = setup();
+  const { snd, conn } = await handshake(env);
+  env.take();
+  const a = new Uint8Array(100).fill(1);
+  const b = new Uint8Array(50).fill(2);
+  env.stack.input([env.seg({ seq: 1001, ack: snd, flags: ACK | PSH }, a), env.seg({ seq: 1101, ack: snd }, b)]);
+  const acks = env.take();
+  equal(acks.length, 1);
+  equal(acks[0].tcp!.ack, 1151);
+  const r = conn.readable.getReader();
+  assertEquals((await r.read()).value, a);
+  assertEquals((await r.read()).value, b);
+});
+
+Deno.test("tcp: out-of-order data triggers an immediate duplicate ACK and is delivered once the hole fills", async () => {
+  const env = setup();
+  const { snd, conn } = await handshake(env);
+  env.take();
+  const p1 = new Uint8Array(10).fill(1), p2 = new Uint8Array(10).fill(2), p3 = new Uint8Array(10).fill(3);
+  env.stack.input([env.seg({ seq: 1021, ack: snd }, p3)]);
+  env.stack.input([env.seg({ seq: 1011, ack: snd }, p2)]);
+  assertEquals(env.take().map((s) => s.tcp!.ack), [1001, 1001]);
+  env.stack.input([env.seg({ seq: 1001, ack: snd }, p1)]);
+  assertEquals(env.take().map((s) => s.tcp!.ack), [1031]);
+  const r = conn.readable.getReader();
+  const got: number[] = [];
+  while (got.length < 30) got.push(...(await r.read()).value!);
+  assertEquals(got, [...p1, ...p2, ...p3]);
+});
+
+Deno.test("tcp: the receive window follows the reader (closes when it stalls, reopens when it reads)", async () => {
+  const env = setup({ tcp: { rcvBuf: 8192 } });
+  const { snd, conn } = await handshake(env);
+  env.take();
+  const chunk = new Uint8Array(1448);
+  let seq = 1001;
+  for (let i = 0; i < 6; i++, seq += chunk.length) env.stack.input([env.seg({ seq, ack: snd }, chunk)]);
+  const last = env.take().at(-1)!.tcp!;
+  equal(last.ack, 1001 + 8192, "only what the 8 KiB buffer holds is taken"); // 6 × 1448 = 8688 were offered
+  equal(last.window, 0, "buffer full: zero window");
+  const r = conn.readable.getReader();
+  let read = 0;
+  while (read < 8192) read += (await r.read()).value!.length;
+  await tick();
+  const upd = env.take().at(-1)!.tcp!;
+  ok(upd.window * 128 >= 4096, `window reopened (${upd.window * 128})`);
+});
+
+Deno.test("tcp: unacknowledged data is retransmitted on RTO; three duplicate ACKs trigger fast retransmit", async () => {
+  const env = setup();
+  const { snd, conn } = await handshake(env, 65535);
+  env.take();
+  const w = conn.writable.getWriter();
+  await w.write(new Uint8Array(5 * 1448).fill(7));
+  const first = env.take();
+  equal(first.length, 5);
+  equal(first[0].tcp!.seq, snd);
+  env.fake.tick(1100); // initial RTO is 1 s
+  const rto = env.take();
+  equal(rto.length, 1);
+  equal(rto[0].tcp!.seq, snd);
+  equal(env.stack.counters().tcpRetransmits, 1);
+  // The client got segment 1 (after RTO) but lost segment 2: ACK 1 then three duplicates.
+  const ack1 = (snd + 1448) >>> 0;
+  env.stack.input([env.seg({ seq: 1001, ack: ack1, window: 65535 })]);
+  env.take();
+  for (let i = 0; i < 3; i++) env.stack.input([env.seg({ seq: 1001, ack: ack1, window: 65535 })]);
+  const fast = env.take();
+  ok(fast.some((s) => s.tcp!.seq === ack1 && s.payload.length === 1448), "segment 2 resent after 3 dup ACKs");
+});
+
+Deno.test("tcp: RST outside RCV.NXT gets a challenge ACK; an exact RST errors the streams", async () => {
+  const env = setup();
+  const { conn } = await handshake(env);
+  env.take();
+  env.stack.input([env.seg({ seq: 1500, flags: RST })]);
+  const [challenge] = env.take();
+  equal(challenge.tcp!.flags, ACK);
+  equal(conn.state, "established");
+  env.stack.input([env.seg({ seq: 1001, flags: RST })]);
+  equal(conn.state, "closed");
+  await rejects(conn.readable.getReader().read());
+  await conn.closed;
+});
+
+Deno.test("tcp: half-close both ways ends in CLOSED; simultaneous close goes through CLOSING and TIME_WAIT", async () => {
+  const env = setup({ tcp: { timeWaitMs: 1000 } });
+  const { snd, conn } = await handshake(env);
+  env.take();
+  env.stack.input([env.seg({ seq: 1001, ack: snd, flags: ACK | FIN })]); // client shuts its write side
+  equal(conn.state, "close-wait");
+  const r = conn.readable.getReader();
+  equal((await r.read()).done, true);
+  const w = conn.writable.getWriter();
+  await w.write(new Uint8Array([1, 2, 3]));
+  await w.close();
+  const sent = env.take();
+  const fin = sent.find((s) => s.tcp!.flags & FIN)!;
+  equal(conn.state, "last-ack");
+  env.stack.input([env.seg({ seq: 1002, ack: (fin.tcp!.seq + fin.payload.length + 1) >>> 0 })]);
+  equal(conn.state, "closed");
+  await conn.closed;
+
+  const env2 = setup({ tcp: { timeWaitMs: 1000 } });
+  const h2 = await handshake(env2);
+  env2.take();
+  h2.conn.close(); // our FIN goes first
+  const [fin2] = env2.take();
+  equal(h2.conn.state, "fin-wait-1");
+  env2.stack.input([env2.seg({ seq: 1001, ack: h2.snd, flags: ACK | FIN })]); // their FIN crosses ours
+  equal(h2.conn.state, "closing");
+  env2.stack.input([env2.seg({ seq: 1002, ack: (fin2.tcp!.seq + 1) >>> 0 })]);
+  equal(h2.conn.state, "time-wait");
+  env2.fake.tick(1001);
+  equal(h2.conn.state, "closed");
+  equal(env2.stack.counters().tcpConnections, 0);
+});
+
+Deno.test("tcp: a zero window is probed after the RTO instead of stalling forever", async () => {
+  const env = setup();
+  const { snd, conn } = await handshake(env, 0);
+  env.take();
+  await conn.writable.getWriter().write(new Uint8Array(100));
+  equal(env.take().length, 0, "nothing fits a zero window");
+  env.fake.tick(1100);
+  const [probe] = env.take();
+  equal(probe.tcp!.seq, snd);
+  equal(probe.payload.length, 1);
+  env.stack.input([env.seg({ seq: 1001, ack: snd, window: 512 })]); // window opens
+  const data = env.take();
+  ok(data.some((s) => s.payload.length >= 99), "the rest flows once the window opens");
+});
+
+Deno.test("udp: datagrams reach the flow, replies go back, the flow closes after the idle timeout", async () => {
+  const env = setup();
+  env.stack.input([udpPacket(CLIENT, 5353, POD, 53, new Uint8Array([1, 2, 3]))]);
+  await tick();
+  const flow = env.flows[0];
+  const r = flow.readable.getReader();
+  assertEquals((await r.read()).value, new Uint8Array([1, 2, 3]));
+  flow.send(new Uint8Array([9]));
+  const [reply] = env.take();
+  equal(reply.proto, 17);
+  assertEquals([...reply.payload.subarray(8)], [9]);
+  env.fake.tick(31_000);
+  equal((await r.read()).done, true);
+  equal(env.stack.counters().udpFlows, 0);
+});
+
+Deno.test("icmp: echo requests to routed addresses are answered, IPv4 and IPv6", () => {
+  const env = setup();
+  env.stack.input([echoRequest(CLIENT, POD, 7, 1, new Uint8Array([5, 6]))]);
+  env.stack.input([echoRequest("fd00:7e1:ffff::1", "fd00:7e1::10", 7, 2, new Uint8Array([5, 6]))]);
+  env.stack.input([echoRequest(CLIENT, "10.9.9.9", 7, 3, new Uint8Array([5, 6]))]);
+  const out = env.take();
+  assertEquals(out.map((s) => [s.proto, s.payload[0]]), [[1, 0], [58, 129]]);
+  equal(env.stack.counters().icmpEchoReplies, 2);
+});
