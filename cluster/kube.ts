@@ -1,8 +1,7 @@
 /** @kubernetes/client-node wiring: kubeconfig loading like kubectl, API error mapping, port-forward, manager lookup. */
 
 import { dirname, resolve } from "node:path";
-import { createServer, type Server, type Socket } from "node:net";
-import { PassThrough } from "node:stream";
+import { PassThrough, Writable } from "node:stream";
 import { CoreV1Api, type DispatcherOptions, KubeConfig, PortForward } from "@kubernetes/client-node";
 import { errorMessage, TelError } from "../core/errors.ts";
 import { log } from "../core/log.ts";
@@ -385,9 +384,16 @@ interface WsLike {
   once(ev: "close", cb: () => void): void;
 }
 
+async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < data.length) off += await conn.write(data.subarray(off));
+}
+
 /**
  * Listens locally and forwards every accepted connection to `port` of a pod (client-node PortForward: one
  * websocket per connection). The pod is looked up first, so a missing pod or a forbidden get fails here.
+ * The local side uses Deno's own sockets (TECH_NOTES: node:net is much slower under Deno); a local half-close
+ * becomes the v5 close frame, and the local socket ends once the websocket closes.
  *
  * @example
  * ```ts
@@ -410,60 +416,106 @@ export async function portForward(
     throw kubeError(err, { verb: "get", resource: "pods", namespace, name: pod }, server0);
   }
   const pf = new PortForward(kc, true);
-  const sockets = new Set<Socket>();
-  const sockets2ws = new Map<Socket, WsLike>();
+  const conns = new Map<Deno.Conn, WsLike | undefined>();
   const report = (err: TelError) => {
     log.debug("kube", "port-forward connection failed", { pod: `${namespace}/${pod}`, port, err: err.message });
     opts.onError?.(err);
   };
-  const server: Server = createServer({ allowHalfOpen: true }, (sock) => {
-    sockets.add(sock);
-    sock.on("close", () => {
-      sockets.delete(sock);
-      const ws = sockets2ws.get(sock);
-      sockets2ws.delete(sock);
-      if (ws && ws.readyState <= 1) ws.close();
+  const closeConn = (conn: Deno.Conn) => {
+    if (!conns.has(conn)) return;
+    const ws = conns.get(conn);
+    conns.delete(conn);
+    if (ws && ws.readyState <= 1) ws.close();
+    try {
+      conn.close();
+    } catch {
+      // already closed by the peer's reset
+    }
+  };
+
+  const handle = (conn: Deno.Conn) => {
+    conns.set(conn, undefined);
+    const input = new PassThrough();
+    let writes = Promise.resolve();
+    const output = new Writable({
+      write(chunk: Uint8Array, _enc, cb) {
+        writes = writes.then(() => writeAll(conn, chunk)).then(() => cb(), (err) => cb(err));
+      },
     });
-    sock.on("error", (err) => log.debug("kube", "port-forward local socket error", { err }));
+    output.on("error", (err) => {
+      log.debug("kube", "port-forward local write failed", { err });
+      closeConn(conn);
+    });
     const errStream = new PassThrough();
     errStream.on("data", (chunk: Uint8Array) => {
       const text = new TextDecoder().decode(chunk).trim();
       if (!text) return;
       report(new TelError("cluster", `port-forward to ${namespace}/${pod}:${port}: ${text}`));
-      sock.destroy();
+      closeConn(conn);
     });
-    pf.portForward(namespace, pod, [port], sock, errStream, sock).then((ws) => {
+    pf.portForward(namespace, pod, [port], output, errStream, input).then(async (ws) => {
       const w = ws as unknown as WsLike;
-      sockets2ws.set(sock, w);
-      // client-node does not end the local socket when the websocket closes: do it here
+      if (!conns.has(conn)) return w.close();
+      conns.set(conn, w);
+      // client-node does not end the local socket when the websocket closes: do it once the bytes are out
       w.once("close", () => {
-        if (!sock.destroyed) sock.end();
+        writes.finally(() => closeConn(conn));
       });
-      if (sock.destroyed) w.close();
+      const buf = new Uint8Array(64 * 1024);
+      try {
+        while (true) {
+          const n = await conn.read(buf);
+          if (n === null) break;
+          if (!input.write(buf.slice(0, n))) await new Promise((r) => input.once("drain", r));
+        }
+        input.end(); // v5: a half-close frame; v4: client-node closes the websocket
+      } catch (err) {
+        log.debug("kube", "port-forward local read ended", { err });
+        closeConn(conn);
+      }
     }, (err) => {
       report(kubeError(err, { verb: "create", resource: "pods/portforward", namespace, name: pod }, server0));
-      sock.destroy();
+      closeConn(conn);
     });
-  });
+  };
+
   const hostname = opts.hostname ?? "127.0.0.1";
-  await new Promise<void>((resolveListen, reject) => {
-    server.once("error", reject);
-    server.listen(opts.localPort ?? 0, hostname, () => resolveListen());
-  });
-  const addr = server.address();
-  const localPort = typeof addr === "object" && addr ? addr.port : 0;
+  let listener: Deno.TcpListener;
+  try {
+    listener = Deno.listen({ hostname, port: opts.localPort ?? 0 });
+  } catch (err) {
+    throw new TelError(
+      "platform",
+      `port-forward: cannot listen on ${hostname}:${opts.localPort ?? 0}: ${errorMessage(err)}`,
+      {
+        hint: "choose another local port",
+        cause: err,
+      },
+    );
+  }
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) handle(conn);
+    } catch (err) {
+      log.debug("kube", "port-forward listener ended", { err });
+    }
+  })();
+  const localPort = (listener.addr as Deno.NetAddr).port;
   log.debug("kube", "port-forward listening", { local: `${hostname}:${localPort}`, pod: `${namespace}/${pod}`, port });
   return {
     hostname,
     port: localPort,
     get active() {
-      return sockets.size;
+      return conns.size;
     },
-    close: () =>
-      new Promise<void>((done) => {
-        for (const s of sockets) s.destroy();
-        for (const w of sockets2ws.values()) if (w.readyState <= 1) w.close();
-        server.close(() => done());
-      }),
+    close: async () => {
+      try {
+        listener.close();
+      } catch {
+        // closed before
+      }
+      for (const c of [...conns.keys()]) closeConn(c);
+      await accepting;
+    },
   };
 }
