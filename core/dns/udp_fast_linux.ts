@@ -152,7 +152,10 @@ export class FastUdpResponder {
       if (this.#closed) return;
       c.sendto(this.#fd, reply, BigInt(reply.length), MSG_DONTWAIT, name, name.length);
     };
+    let busy = 0;
     while (!this.#closed) {
+      // Under a steady flood recvmmsg never says EAGAIN: yield now and then so timers, TCP and lookups still run.
+      if (++busy % 32 === 0) await new Promise((resolve) => setTimeout(resolve, 0));
       for (let i = 0; i < BATCH; i++) {
         iv.setBigUint64(i * IOV + 8, BigInt(SLOT), true);
         rv.setUint32(i * MMSG + 8, NAME, true);
@@ -161,6 +164,7 @@ export class FastUdpResponder {
       if (n < 0) {
         const e = errno();
         if (e !== EAGAIN && e !== EINTR) throw new Error(`recvmmsg errno ${e}`);
+        busy = 0;
         await c.poll(pollfd, 1n, 100);
         continue;
       }
