@@ -22,8 +22,10 @@ import { stringify as toYaml } from "yaml";
 export const REAL_SERVICE_CIDR = "198.19.0.0/20";
 /** The audience TokenRequests and the apiserver agree on. */
 export const REAL_AUDIENCE = "https://kubernetes.default.svc.cluster.local";
-/** Where build_apiserver.sh caches binaries, one folder per source package version. */
-export const DEFAULT_CACHE_ROOT = "/var/cache/tel-real-apiserver";
+/** Where build_apiserver.sh caches binaries, one folder per source package version ($TEL_REAL_CACHE overrides). */
+export const DEFAULT_CACHE_ROOT = Deno.env.get("TEL_REAL_CACHE") || "/var/cache/tel-real-apiserver";
+/** Temp dirs of running servers start with this (under the system temp dir); stale ones are swept. */
+const DIR_PREFIX = "tel-real-api-";
 /** etcd from Debian's etcd-server package. */
 export const ETCD_BINARY = "/usr/bin/etcd";
 
@@ -313,7 +315,8 @@ export async function startRealApiServer(opts: StartOptions = {}): Promise<RealA
     binary = found.path;
     version = found.version;
   }
-  const dir = await Deno.makeTempDir({ prefix: "tel-real-api-" });
+  await sweepStale();
+  const dir = await Deno.makeTempDir({ prefix: DIR_PREFIX });
   const procs: Proc[] = [];
   let httpClient: Deno.HttpClient | undefined;
   const cleanup = async () => {
@@ -345,6 +348,7 @@ export async function startRealApiServer(opts: StartOptions = {}): Promise<RealA
       "--logger=zap",
     ], `${dir}/etcd.log`);
     procs.push(etcd);
+    await recordOwner(dir, procs);
     await waitFor(
       async () => {
         if (etcd.exited) throw new Error(`etcd exited:\n${await etcd.tail()}`);
@@ -387,6 +391,7 @@ export async function startRealApiServer(opts: StartOptions = {}): Promise<RealA
       ...(opts.extraArgs ?? []),
     ], `${dir}/kube-apiserver.log`);
     procs.push(api);
+    await recordOwner(dir, procs);
     const caPem = await Deno.readTextFile(`${dir}/ca.crt`);
     httpClient = Deno.createHttpClient({ caCerts: [caPem] });
     const url = `https://127.0.0.1:${apiPort}`;
@@ -505,6 +510,68 @@ export async function startRealApiServer(opts: StartOptions = {}): Promise<RealA
     const logs = await Promise.all(procs.map(async (p) => `--- ${p.logPath}\n${await p.tail(20)}`));
     await cleanup();
     throw new Error(`real apiserver start failed: ${(err as Error).message}\n${logs.join("\n")}`);
+  }
+}
+
+/** Notes who owns a server dir and its child pids, so a later run can clean up after a killed test process. */
+async function recordOwner(dir: string, procs: Proc[]): Promise<void> {
+  await Deno.writeTextFile(
+    `${dir}/owner.json`,
+    JSON.stringify({ owner: Deno.pid, pids: procs.map((p) => p.child.pid) }),
+  );
+}
+
+/**
+ * Kills etcd/kube-apiserver processes left by a test process that died without stop() (SIGKILL, timeout), and
+ * removes their dirs. Only pids whose command line names that dir are touched.
+ */
+export async function sweepStale(tmp = tempRoot()): Promise<string[]> {
+  const swept: string[] = [];
+  let entries: Deno.DirEntry[] = [];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(tmp));
+  } catch (_err) {
+    // no temp dir to look at
+    return swept;
+  }
+  for (const e of entries) {
+    if (!e.isDirectory || !e.name.startsWith(DIR_PREFIX)) continue;
+    const dir = `${tmp}/${e.name}`;
+    let rec: { owner: number; pids: number[] };
+    try {
+      rec = JSON.parse(await Deno.readTextFile(`${dir}/owner.json`));
+    } catch (_err) {
+      // being created right now, or not ours to judge
+      continue;
+    }
+    if (await alive(rec.owner)) continue;
+    for (const pid of rec.pids) {
+      const cmd = await Deno.readTextFile(`/proc/${pid}/cmdline`).catch(() => "");
+      if (cmd.includes(dir)) {
+        try {
+          Deno.kill(pid, "SIGKILL");
+        } catch (_err) {
+          // exited meanwhile
+        }
+      }
+    }
+    await Deno.remove(dir, { recursive: true }).catch(() => {}); // best effort
+    swept.push(dir);
+  }
+  return swept;
+}
+
+function tempRoot(): string {
+  return Deno.env.get("TMPDIR") || "/tmp";
+}
+
+async function alive(pid: number): Promise<boolean> {
+  try {
+    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z"; // a zombie is dead
+  } catch (_err) {
+    // no such process
+    return false;
   }
 }
 
