@@ -36,6 +36,8 @@ export interface PluginModule<T> {
   notBuilt?: string;
   probe(): Promise<Probe>;
   create(ctx: PluginContext): Promise<T>;
+  /** Undoes host changes a crashed daemon left, from the record the plugin's instance gave (state file). */
+  cleanup?(record: Record<string, unknown>): Promise<void>;
 }
 
 /** What the daemon hands a resolver plugin when it starts or the cluster's DNS view changes. */

@@ -2,6 +2,7 @@
 
 import type { Config } from "../config.ts";
 import type { PluginModule } from "../plugin.ts";
+import type { ManagerConnector } from "../session/daemon.ts";
 import type { CommandSpec, FlagValues } from "./flags.ts";
 
 /** Things only main.ts may import (plugins/, cluster/), handed down so core/ stays free of them. */
@@ -9,6 +10,21 @@ export interface CliDeps {
   plugins: readonly PluginModule<unknown>[];
   /** Extra subcommands implemented outside core/ (manager, agent, …). */
   commands?: Command[];
+  /** The cluster side of connect, implemented in cluster/. */
+  cluster?: ClusterDeps;
+}
+
+/** What connect needs from cluster/. */
+export interface ClusterDeps {
+  /** Loads the kubeconfig like kubectl and inlines its files. */
+  flattenKubeconfig(opts: { kubeconfig?: string; context?: string; namespace?: string }): {
+    text: string;
+    context: string;
+    namespace: string;
+    server: string;
+  };
+  /** Used by the daemon to reach the manager. */
+  connector: ManagerConnector;
 }
 
 /** Where a command writes its output; tests capture it. */

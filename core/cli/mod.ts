@@ -7,6 +7,7 @@ import type { CliDeps, Command, CommandContext, Output } from "./command.ts";
 import { helpText, parseFlags, suggest } from "./flags.ts";
 import { pluginsCommand } from "./plugins.ts";
 import { versionCommand } from "./version.ts";
+import { sessionCommands } from "./session_cmds.ts";
 
 export type { CliDeps, Command, CommandContext, Output } from "./command.ts";
 
@@ -24,7 +25,7 @@ export const processOutput: Output = {
 
 /** The commands built into core, plus those main.ts hands in. */
 export function allCommands(deps: CliDeps): Command[] {
-  return [versionCommand, pluginsCommand, ...(deps.commands ?? [])];
+  return [...sessionCommands, versionCommand, pluginsCommand, ...(deps.commands ?? [])];
 }
 
 function topHelp(commands: Command[]): string {

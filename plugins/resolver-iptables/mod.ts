@@ -46,4 +46,12 @@ export const iptablesResolverPlugin: PluginModule<Resolver> = {
     const { IptablesResolver } = await import("./resolver.ts");
     return await IptablesResolver.create((ctx.settings ?? {}) as import("./resolver.ts").IptablesSettings);
   },
+  async cleanup(record: Record<string, unknown>): Promise<void> {
+    const chains = Array.isArray(record.iptablesChains)
+      ? record.iptablesChains.filter((c) => typeof c === "string")
+      : [];
+    if (chains.length === 0 || Deno.build.os !== "linux") return;
+    const { removeChains } = await import("./resolver.ts");
+    await removeChains(chains);
+  },
 };

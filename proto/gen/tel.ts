@@ -243,6 +243,12 @@ export interface ConnectRequest {
   neverProxy: string[];
   /** The client config file's contents (YAML), if any. */
   config: string;
+  /** The fallback DNS server for names not in the cluster (--dns); empty: config dns.localIP, else resolv.conf. */
+  dns: string;
+  /** The traffic-manager's namespace (--manager-namespace). */
+  managerNamespace: string;
+  /** The client config file's path, for error messages. */
+  configPath: string;
 }
 
 export interface ConnectResponse {
@@ -2468,7 +2474,18 @@ export const InterceptSnapshot: MessageFns<InterceptSnapshot> = {
 };
 
 function createBaseConnectRequest(): ConnectRequest {
-  return { kubeconfig: "", context: "", namespace: "", managerAddress: "", alsoProxy: [], neverProxy: [], config: "" };
+  return {
+    kubeconfig: "",
+    context: "",
+    namespace: "",
+    managerAddress: "",
+    alsoProxy: [],
+    neverProxy: [],
+    config: "",
+    dns: "",
+    managerNamespace: "",
+    configPath: "",
+  };
 }
 
 export const ConnectRequest: MessageFns<ConnectRequest> = {
@@ -2493,6 +2510,15 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
     }
     if (message.config !== "") {
       writer.uint32(58).string(message.config);
+    }
+    if (message.dns !== "") {
+      writer.uint32(66).string(message.dns);
+    }
+    if (message.managerNamespace !== "") {
+      writer.uint32(74).string(message.managerNamespace);
+    }
+    if (message.configPath !== "") {
+      writer.uint32(82).string(message.configPath);
     }
     return writer;
   },
@@ -2566,6 +2592,30 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
             message.config = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.dns = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.managerNamespace = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.configPath = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2590,6 +2640,9 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
     message.alsoProxy = object.alsoProxy?.map((e) => e) || [];
     message.neverProxy = object.neverProxy?.map((e) => e) || [];
     message.config = object.config ?? "";
+    message.dns = object.dns ?? "";
+    message.managerNamespace = object.managerNamespace ?? "";
+    message.configPath = object.configPath ?? "";
     return message;
   },
 };

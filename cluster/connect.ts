@@ -1,0 +1,105 @@
+/** The cluster side of `tel connect`: the kubeconfig the CLI sends, and the way to the traffic-manager. */
+
+import { VersionApi } from "@kubernetes/client-node";
+import type { ManagerConnection } from "../core/session/session.ts";
+import type { ManagerConnector } from "../core/session/daemon.ts";
+import { TelError } from "../core/errors.ts";
+import type { ConnectRequest } from "../proto/gen/tel.ts";
+import { findManagerPod, kubeError, loadKubeConfig, portForward } from "./kube.ts";
+
+/** The manager's gRPC port in its pod. */
+export const MANAGER_PORT = 8081;
+
+/** The default namespace the manager is installed in. */
+export const MANAGER_NAMESPACE = "tel-system";
+
+function hostOf(url: string): string {
+  try {
+    return new URL(url).hostname.replace(/^\[|\]$/g, "");
+  } catch {
+    // not a URL: nothing to exclude
+    return "";
+  }
+}
+
+/** Loads the CLI's flattened kubeconfig (kubectl's rules for context and namespace), checks the API answers. */
+export const managerConnector: ManagerConnector = {
+  async prepare(req: ConnectRequest) {
+    const kube = loadKubeConfig({
+      kubeconfigText: req.kubeconfig,
+      context: req.context || undefined,
+      namespace: req.namespace || undefined,
+      env: {},
+    });
+    try {
+      await kube.kc.makeApiClient(VersionApi).getCode();
+    } catch (err) {
+      throw kubeError(err, { verb: "get", resource: "version" }, kube.server);
+    }
+    const apiIp = hostOf(kube.server);
+    const managerNs = req.managerNamespace || MANAGER_NAMESPACE;
+    let connect: () => Promise<ManagerConnection>;
+    if (req.managerAddress) {
+      const host = req.managerAddress.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
+      connect = () =>
+        Promise.resolve({
+          address: req.managerAddress,
+          via: `direct address ${req.managerAddress}`,
+          mustNotRoute: [apiIp, host].filter(Boolean),
+          close: () => Promise.resolve(),
+        });
+    } else {
+      connect = async () => {
+        const pod = await findManagerPod(kube.kc, managerNs);
+        const pf = await portForward(kube.kc, managerNs, pod.name, MANAGER_PORT);
+        return {
+          address: `127.0.0.1:${pf.port}`,
+          via: `port-forward to ${managerNs}/${pod.name}:${MANAGER_PORT} through ${kube.server}`,
+          mustNotRoute: [apiIp].filter(Boolean),
+          close: () => pf.close(),
+        };
+      };
+    }
+    if (!kube.namespace) throw new TelError("bug", "no namespace resolved from the kubeconfig");
+    return { connect, context: kube.context, namespace: kube.namespace, server: kube.server };
+  },
+};
+
+/** What the CLI sends the daemon: a self-contained kubeconfig (files inlined), and the chosen context/namespace. */
+export interface FlatKubeconfig {
+  text: string;
+  context: string;
+  namespace: string;
+  server: string;
+}
+
+function inline(path: string | undefined, what: string): string | undefined {
+  if (!path) return undefined;
+  try {
+    return btoa(String.fromCharCode(...Deno.readFileSync(path)));
+  } catch (e) {
+    throw new TelError("config", `kubeconfig ${what} ${path}: ${e instanceof Error ? e.message : e}`, {
+      hint: "fix the path in the kubeconfig",
+    });
+  }
+}
+
+/** Loads the kubeconfig like kubectl and inlines every file it references, so the root daemon reads no home dir. */
+export function flattenKubeconfig(opts: { kubeconfig?: string; context?: string; namespace?: string }): FlatKubeconfig {
+  const kube = loadKubeConfig(opts);
+  const kc = kube.kc;
+  const clusters = kc.clusters.map((c) => {
+    const caData = c.caData ?? inline(c.caFile, "certificate-authority");
+    return { ...c, caFile: undefined, caData };
+  });
+  const users = kc.users.map((u) => ({
+    ...u,
+    certFile: undefined,
+    keyFile: undefined,
+    certData: u.certData ?? inline(u.certFile, "client-certificate"),
+    keyData: u.keyData ?? inline(u.keyFile, "client-key"),
+  }));
+  const contexts = kc.contexts.map((c) => c.name === kube.context ? { ...c, namespace: kube.namespace } : c);
+  kc.loadFromOptions({ clusters, users, contexts, currentContext: kube.context });
+  return { text: kc.exportConfig(), context: kube.context, namespace: kube.namespace, server: kube.server };
+}

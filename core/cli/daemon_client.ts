@@ -1,0 +1,96 @@
+/** The CLI's side of the daemon: find it on its unix socket, start it when needed, call it. */
+
+import * as grpc from "@grpc/grpc-js";
+import { errorMessage, TelError } from "../errors.ts";
+import { daemonPaths } from "../session/daemon.ts";
+import { DaemonClient } from "../../proto/gen/tel.ts";
+
+/** A connected daemon client and its socket. */
+export interface DaemonHandle {
+  client: DaemonClient;
+  socketPath: string;
+  close(): void;
+}
+
+/** Calls a unary method of the daemon. */
+export function call<Req, Res>(client: DaemonClient, method: string, req: Req, timeoutMs: number): Promise<Res> {
+  const fn = (client as unknown as Record<string, (...a: unknown[]) => unknown>)[method];
+  return new Promise<Res>((resolve, reject) => {
+    fn.call(client, req, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err: Error | null, res: Res) => {
+      if (err) reject(err);
+      else resolve(res);
+    });
+  });
+}
+
+/** A client for the socket (no I/O until the first call). */
+export function daemonClient(socketPath = daemonPaths().socketPath): DaemonHandle {
+  const client = new DaemonClient(`unix://${socketPath}`, grpc.credentials.createInsecure());
+  return { client, socketPath, close: () => client.close() };
+}
+
+/** Whether a daemon answers on the socket. */
+export async function daemonRunning(h: DaemonHandle): Promise<boolean> {
+  try {
+    await Deno.stat(h.socketPath);
+  } catch {
+    // no socket file: no daemon
+    return false;
+  }
+  try {
+    await call(h.client, "status", {}, 2000);
+    return true;
+  } catch {
+    // a stale socket file: nobody answers
+    return false;
+  }
+}
+
+/** The argv that starts `tel daemon` with the same program (compiled binary, or deno running main.ts). */
+export function daemonArgv(): string[] {
+  if (Deno.build.standalone) return [Deno.execPath(), "daemon"];
+  const main = new URL(Deno.mainModule);
+  const script = main.protocol === "file:" ? decodeURIComponent(main.pathname) : Deno.mainModule;
+  return [Deno.execPath(), "run", "-A", "--unstable-net", script, "daemon"];
+}
+
+/** Starts the daemon in its own session (so the terminal's Ctrl-C does not reach it) and waits for its socket. */
+export async function startDaemon(
+  h: DaemonHandle,
+  stateDir = daemonPaths().stateDir,
+  timeoutMs = 15_000,
+): Promise<void> {
+  if (Deno.build.os !== "windows" && Deno.uid() !== 0) {
+    throw new TelError("user", "the tel daemon is not running, and starting it needs root (TUN device, routes, DNS)", {
+      hint: `run the same command with sudo, e.g. 'sudo ${Deno.build.standalone ? "tel" : "deno task tel"} connect'`,
+    });
+  }
+  await Deno.mkdir(stateDir, { recursive: true, mode: 0o700 });
+  const logPath = `${stateDir}/daemon.log`;
+  const argv = [...daemonArgv(), "--log-file", logPath];
+  const useSetsid = Deno.build.os === "linux";
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command(useSetsid ? "setsid" : argv[0], {
+      args: useSetsid ? argv : argv.slice(1),
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+      env: { TEL_SOCKET: h.socketPath, TEL_STATE_DIR: stateDir, RUST_BACKTRACE: "0", NO_COLOR: "1" },
+    }).spawn();
+  } catch (e) {
+    throw new TelError("platform", `cannot start the tel daemon: ${errorMessage(e)}`);
+  }
+  child.unref();
+  let exited: Deno.CommandStatus | undefined;
+  child.status.then((s) => exited = s);
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (exited) break;
+    if (await daemonRunning(h)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new TelError("platform", `the tel daemon did not start${exited ? ` (exit code ${exited.code})` : ""}`, {
+    hint: `see its log: ${logPath}`,
+  });
+}

@@ -1,0 +1,226 @@
+/** `tel connect`, `tel status`, `tel quit` and the hidden `tel daemon`. */
+
+import { configPath } from "../config.ts";
+import { TelError } from "../errors.ts";
+import { configureLog } from "../log.ts";
+import { daemonPaths, runDaemon } from "../session/daemon.ts";
+import type { ConnectResponse, StatusResponse } from "../../proto/gen/tel.ts";
+import type { Command, CommandContext } from "./command.ts";
+import { call, daemonClient, daemonRunning, startDaemon } from "./daemon_client.ts";
+import { OUTPUT_FORMATS, renderData } from "./output.ts";
+
+const OUTPUT_FLAG = {
+  type: "string" as const,
+  short: "o",
+  valueName: "FORMAT",
+  description: "output format",
+  choices: OUTPUT_FORMATS,
+};
+
+function clusterDeps(ctx: CommandContext) {
+  if (!ctx.deps.cluster) throw new TelError("bug", "this build of tel has no cluster support");
+  return ctx.deps.cluster;
+}
+
+async function readConfigText(flag: string | undefined): Promise<{ text: string; path: string }> {
+  const { path, explicit } = configPath(flag);
+  try {
+    return { text: await Deno.readTextFile(path), path };
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound && !explicit) return { text: "", path };
+    throw e;
+  }
+}
+
+const connectCommand: Command = {
+  spec: {
+    name: "connect",
+    summary: "Connect this machine to the cluster: cluster names resolve and pod/service IPs are reachable.",
+    usage: "tel connect [flags]",
+    flags: {
+      kubeconfig: {
+        type: "string",
+        valueName: "FILE",
+        description: "kubeconfig file (default: KUBECONFIG, ~/.kube/config)",
+      },
+      context: { type: "string", valueName: "NAME", description: "kubeconfig context (default: current-context)" },
+      namespace: {
+        type: "string",
+        short: "n",
+        valueName: "NS",
+        description: "namespace that single-label names resolve in (default: the context's)",
+      },
+      "manager-namespace": {
+        type: "string",
+        valueName: "NS",
+        description: "namespace of the traffic-manager",
+        default: "tel-system",
+      },
+      "manager-address": {
+        type: "string",
+        valueName: "HOST:PORT",
+        description: "reach the traffic-manager directly instead of by port-forward through the kube API",
+      },
+      dns: {
+        type: "string",
+        valueName: "IP",
+        description: "fallback DNS server for non-cluster names (default: config dns.localIP, else /etc/resolv.conf)",
+      },
+      "also-proxy": { type: "string", multiple: true, valueName: "CIDR", description: "also route these subnets" },
+      "never-proxy": { type: "string", multiple: true, valueName: "CIDR", description: "never route these subnets" },
+      output: OUTPUT_FLAG,
+    },
+    details: "The daemon (root) is started when none runs. Env TEL_SOCKET / TEL_STATE_DIR move its socket and state.",
+  },
+  async run(ctx) {
+    const cluster = clusterDeps(ctx);
+    const v = ctx.values;
+    await ctx.config(); // validate the config here, with file and line, before the daemon sees it
+    const flat = cluster.flattenKubeconfig({
+      kubeconfig: v.kubeconfig as string | undefined,
+      context: v.context as string | undefined,
+      namespace: v.namespace as string | undefined,
+    });
+    const cfg = await readConfigText(v.config as string | undefined);
+    const h = daemonClient();
+    try {
+      if (!(await daemonRunning(h))) await startDaemon(h);
+      const res = await call<unknown, ConnectResponse>(h.client, "connect", {
+        kubeconfig: flat.text,
+        context: flat.context,
+        namespace: flat.namespace,
+        managerAddress: (v["manager-address"] as string | undefined) ?? "",
+        managerNamespace: v["manager-namespace"] as string,
+        alsoProxy: (v["also-proxy"] as string[] | undefined) ?? [],
+        neverProxy: (v["never-proxy"] as string[] | undefined) ?? [],
+        dns: (v.dns as string | undefined) ?? "",
+        config: cfg.text,
+        configPath: cfg.path,
+      }, 60_000);
+      const format = v.output as string | undefined;
+      if (format === "json" || format === "yaml") {
+        ctx.io.out(renderData(res, format));
+      } else {
+        for (const s of res.steps) ctx.io.out(`  ✓ ${s}\n`);
+        if (res.ok) ctx.io.out(`Connected to context ${flat.context}, namespace ${flat.namespace}.\n`);
+      }
+      if (!res.ok) {
+        const e = res.error!;
+        const cat = (["user", "config", "platform", "cluster", "bug"].includes(e.category) ? e.category : "bug") as
+          | "user"
+          | "config"
+          | "platform"
+          | "cluster"
+          | "bug";
+        throw new TelError(cat, `connect failed: ${e.message}`, { hint: e.hint || undefined });
+      }
+      return 0;
+    } finally {
+      h.close();
+    }
+  },
+};
+
+/** Renders the status as text. */
+export function statusText(s: StatusResponse): string {
+  if (s.state === "disconnected" || !s.state) return "tel: not connected\n";
+  const lines = [
+    `State:          ${s.state}${s.lastError ? ` (${s.lastError})` : ""}`,
+    `Context:        ${s.context}`,
+    `Namespace:      ${s.namespace}`,
+    `Manager:        ${s.managerVia || s.managerAddress}`,
+    `Session:        ${s.session?.sessionId ?? ""}`,
+    `VIF:            ${s.vif}`,
+    `Routed subnets: ${s.routes.join(", ") || "(none)"}`,
+    `Never-proxied:  ${s.neverProxy.join(", ") || "(none)"}`,
+    `DNS server:     ${s.dnsServer}`,
+    `Resolver:       ${s.resolver}`,
+    `DNS:            ${
+      ["queries", "cacheHits", "clusterLookups", "fallbacks", "servfail", "cacheEntries"]
+        .map((k) => `${k} ${s.dnsStats[k] ?? 0}`).join(", ")
+    }`,
+    `Open tunnels:   ${s.openTunnels}`,
+    `Netstack:       ${
+      Object.entries(s.netstackCounters).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(", ") || "-"
+    }`,
+  ];
+  return lines.join("\n") + "\n";
+}
+
+const statusCommand: Command = {
+  spec: {
+    name: "status",
+    summary: "Show the connection: state, context, manager, routes, resolver, DNS and tunnel counters.",
+    usage: "tel status [flags]",
+    flags: { output: OUTPUT_FLAG },
+  },
+  async run(ctx) {
+    const h = daemonClient();
+    try {
+      let s: StatusResponse | undefined;
+      if (await daemonRunning(h)) s = await call<unknown, StatusResponse>(h.client, "status", {}, 5000);
+      const format = ctx.values.output as string | undefined;
+      const data = s ?? { state: "disconnected", connected: false };
+      if (format === "json" || format === "yaml") ctx.io.out(renderData(data, format));
+      else ctx.io.out(s ? statusText(s) : "tel: not connected (no daemon running)\n");
+      return 0;
+    } finally {
+      h.close();
+    }
+  },
+};
+
+const quitCommand: Command = {
+  spec: {
+    name: "quit",
+    summary: "Disconnect and stop the daemon: routes, VIF, DNS configuration and state are removed.",
+    usage: "tel quit",
+    flags: {},
+  },
+  async run(ctx) {
+    const h = daemonClient();
+    try {
+      if (!(await daemonRunning(h))) {
+        ctx.io.out("tel: not connected (no daemon running)\n");
+        return 0;
+      }
+      await call(h.client, "quit", {}, 30_000);
+      ctx.io.out("tel: disconnected; daemon stopped\n");
+      return 0;
+    } finally {
+      h.close();
+    }
+  },
+};
+
+const daemonCommand: Command = {
+  hidden: true,
+  spec: {
+    name: "daemon",
+    summary: "Run the root daemon (started by 'tel connect').",
+    usage: "tel daemon [flags]",
+    flags: { "log-file": { type: "string", valueName: "FILE", description: "append logs to this file" } },
+  },
+  async run(ctx) {
+    const logFile = ctx.values["log-file"] as string | undefined;
+    if (logFile) {
+      const f = Deno.openSync(logFile, { create: true, append: true, write: true });
+      const enc = new TextEncoder();
+      configureLog({ sink: (line) => f.writeSync(enc.encode(line + "\n")) });
+    }
+    if (!ctx.values["log-level"] && !Deno.env.get("TEL_LOG")) configureLog({ level: "info" });
+    const paths = daemonPaths();
+    const ac = new AbortController();
+    for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, () => ac.abort(sig));
+    await runDaemon({
+      ...paths,
+      plugins: ctx.deps.plugins,
+      connector: clusterDeps(ctx).connector,
+      signal: ac.signal,
+    });
+    return 0;
+  },
+};
+
+/** The session commands. */
+export const sessionCommands: Command[] = [connectCommand, statusCommand, quitCommand, daemonCommand];

@@ -1,0 +1,314 @@
+/** `tel daemon`: owns the VIF, routes and resolver; serves the Daemon gRPC service on a unix socket. */
+
+import * as grpc from "@grpc/grpc-js";
+import { type Config, defaultConfig, parseConfig } from "../config.ts";
+import { asTelError, errorMessage, TelError } from "../errors.ts";
+import { log } from "../log.ts";
+import type { PluginModule, Resolver, Vif, VifFactory } from "../plugin.ts";
+import { listPlugins } from "../plugin_host.ts";
+import { Cidr } from "../subnet/mod.ts";
+import { TEL_VERSION } from "../version.ts";
+import { ExternalResolver } from "../external_plugin.ts";
+import {
+  type ConnectRequest,
+  type ConnectResponse,
+  DaemonService,
+  type Empty,
+  type StatusResponse,
+} from "../../proto/gen/tel.ts";
+import { ClientSession, type ConnectManager } from "./session.ts";
+import { cleanupStale, writeState } from "./state_file.ts";
+
+/** The cluster side of a connect, provided by cluster/ through main.ts. */
+export interface ManagerConnector {
+  /** Loads the kubeconfig the CLI sent and returns how to reach the manager. */
+  prepare(
+    req: ConnectRequest,
+  ): Promise<{ connect: ConnectManager; context: string; namespace: string; server: string }>;
+}
+
+/** Options of {@link runDaemon}. */
+export interface DaemonOptions {
+  socketPath: string;
+  stateDir: string;
+  plugins: readonly PluginModule<unknown>[];
+  connector: ManagerConnector;
+  /** Name of the TUN device. */
+  vifName?: string;
+  /** Resolves when the daemon should stop (Quit also stops it). */
+  signal?: AbortSignal;
+  onReady?: () => void;
+}
+
+/** Default socket and state locations (root daemon). */
+export function daemonPaths(env: (k: string) => string | undefined = (k) => Deno.env.get(k)): {
+  socketPath: string;
+  stateDir: string;
+} {
+  const stateDir = env("TEL_STATE_DIR") ??
+    (Deno.build.os === "windows" ? `${env("ProgramData") ?? "C:"}\\tel` : "/run/tel");
+  return { socketPath: env("TEL_SOCKET") ?? `${stateDir}/daemon.sock`, stateDir };
+}
+
+function statusOf(session: ClientSession | undefined): StatusResponse {
+  const empty: StatusResponse = {
+    connected: false,
+    context: "",
+    namespace: "",
+    managerAddress: "",
+    routes: [],
+    vif: "",
+    resolver: "",
+    intercepts: [],
+    version: TEL_VERSION,
+    state: "disconnected",
+    neverProxy: [],
+    dnsServer: "",
+    dnsStats: {},
+    openTunnels: 0,
+    netstackCounters: {},
+    managerVia: "",
+    lastError: "",
+  };
+  if (!session) return empty;
+  const s = session.status();
+  return {
+    ...empty,
+    connected: s.state === "connected",
+    state: s.state,
+    context: s.context,
+    namespace: s.namespace,
+    managerAddress: s.managerAddress,
+    managerVia: s.managerVia,
+    session: { sessionId: s.sessionId },
+    clusterInfo: s.clusterInfo,
+    routes: s.routes,
+    neverProxy: s.neverProxy,
+    vif: s.vif,
+    resolver: s.resolver,
+    dnsServer: s.dnsServer,
+    dnsStats: s.dnsStats,
+    openTunnels: s.openTunnels,
+    netstackCounters: s.netstackCounters,
+    lastError: s.lastError,
+  };
+}
+
+function parseCidrs(list: string[], what: string): Cidr[] {
+  return list.map((t) => {
+    try {
+      return Cidr.parse(t);
+    } catch (e) {
+      throw new TelError("user", `${what}: ${errorMessage(e)}`, { hint: "write a CIDR like 10.0.0.0/8" });
+    }
+  });
+}
+
+/** The daemon's state: at most one session with its VIF and resolver. */
+class Daemon {
+  #o: DaemonOptions;
+  #session?: ClientSession;
+  #vif?: Vif;
+  #resolver?: Resolver;
+  #resolverName = "";
+  #busy = false;
+  #statePath: string;
+  quit?: () => void;
+
+  constructor(o: DaemonOptions) {
+    this.#o = o;
+    this.#statePath = `${o.stateDir}/state.json`;
+  }
+
+  async cleanupStale(): Promise<void> {
+    const cleaned = await cleanupStale(this.#statePath, this.#o.plugins);
+    for (const c of cleaned) log.warn("daemon", "removed what a crashed daemon left", { what: c });
+  }
+
+  async #saveState(): Promise<void> {
+    const plugins: Record<string, Record<string, unknown>> = {};
+    if (this.#vif) plugins.vif = { device: this.#vif.name };
+    if (this.#resolver?.cleanupRecord) plugins[this.#resolverName] = this.#resolver.cleanupRecord();
+    await writeState(this.#statePath, { pid: Deno.pid, plugins });
+  }
+
+  async #pickResolver(cfg: Config, fallbackIp: string | undefined): Promise<void> {
+    const rows = await listPlugins(this.#o.plugins, { timeoutMs: cfg.timeouts.probeMs, forcedResolver: cfg.resolver });
+    const chosen = rows.find((r) => r.selected);
+    if (!chosen) {
+      const reasons = rows.filter((r) => r.manifest.kind === "resolver")
+        .map((r) => `${r.manifest.name}: ${r.probe.available ? r.notBuilt ?? "available" : r.probe.reason}`);
+      throw new TelError(
+        "platform",
+        cfg.resolver
+          ? `the resolver "${cfg.resolver}" forced by the config is not available`
+          : "no resolver plugin is available",
+        { hint: reasons.join("; ") },
+      );
+    }
+    this.#resolverName = chosen.manifest.name;
+    if (chosen.source === "builtin") {
+      const mod = this.#o.plugins.find((p) => p.manifest.name === chosen.manifest.name)! as PluginModule<Resolver>;
+      this.#resolver = await mod.create({ stateDir: this.#o.stateDir, settings: { fallbackIp } });
+    } else {
+      this.#resolver = new ExternalResolver(chosen.source, cfg.timeouts.probeMs);
+    }
+  }
+
+  async #openVif(): Promise<void> {
+    const mod = this.#o.plugins.find((p) => p.manifest.kind === "vif") as PluginModule<VifFactory> | undefined;
+    if (!mod) throw new TelError("bug", "no VIF plugin is registered");
+    const probe = await mod.probe();
+    if (!probe.available) {
+      throw new TelError("platform", `the VIF cannot be created: ${probe.reason}`, {
+        hint: "tel's daemon needs root and a TUN device",
+      });
+    }
+    const factory = await mod.create({ stateDir: this.#o.stateDir });
+    this.#vif = await factory.open({ name: this.#o.vifName ?? "tel0" });
+  }
+
+  async connect(req: ConnectRequest): Promise<ConnectResponse> {
+    const steps: string[] = [];
+    const fail = (e: unknown): ConnectResponse => {
+      const err = asTelError(e);
+      return {
+        ok: false,
+        error: { category: err.category, message: err.message, hint: err.hint ?? "" },
+        steps,
+        routes: [],
+      };
+    };
+    if (this.#busy) return fail(new TelError("user", "a connect is already in progress", { hint: "wait for it" }));
+    if (this.#session) {
+      const s = this.#session.status();
+      return fail(
+        new TelError("user", `already connected to context ${s.context} (namespace ${s.namespace})`, {
+          hint: "run 'tel quit' first to connect elsewhere",
+        }),
+      );
+    }
+    this.#busy = true;
+    try {
+      const cfg = req.config ? parseConfig(req.config, req.configPath || "config") : defaultConfig();
+      const alsoProxy = parseCidrs([...cfg.routing.alsoProxy, ...req.alsoProxy], "--also-proxy");
+      const neverProxy = parseCidrs([...cfg.routing.neverProxy, ...req.neverProxy], "--never-proxy");
+      const allow = parseCidrs(cfg.routing.allowConflictingSubnets, "routing.allowConflictingSubnets");
+      const cluster = await this.#o.connector.prepare(req);
+      steps.push(`kube API ${cluster.server} (context ${cluster.context}, namespace ${cluster.namespace})`);
+      await this.#pickResolver(cfg, req.dns || cfg.dns.localIP);
+      await this.#saveState();
+      await this.#openVif();
+      await this.#saveState();
+      steps.push(`VIF ${this.#vif!.name} up (mtu ${this.#vif!.mtu})`);
+      this.#session = await ClientSession.start({
+        connectManager: cluster.connect,
+        vif: this.#vif!,
+        resolver: this.#resolver!,
+        resolverName: this.#resolverName,
+        context: cluster.context,
+        namespace: cluster.namespace,
+        alsoProxy,
+        neverProxy,
+        allowConflicting: allow,
+        dns: {
+          ttlSeconds: cfg.dns.ttlSeconds,
+          lookupTimeoutMs: cfg.dns.lookupTimeoutMs,
+          includeSuffixes: cfg.dns.includeSuffixes,
+          excludeSuffixes: cfg.dns.excludeSuffixes,
+        },
+        onStep: (l) => steps.push(l),
+      });
+      await this.#saveState();
+      const st = this.#session.status();
+      return { ok: true, steps, routes: st.routes, clusterInfo: st.clusterInfo, session: { sessionId: st.sessionId } };
+    } catch (e) {
+      await this.disconnect();
+      return fail(e);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  status(): StatusResponse {
+    const s = statusOf(this.#session);
+    if (!this.#session && this.#vif) s.vif = this.#vif.name;
+    return s;
+  }
+
+  /** Closes the session, the resolver and the VIF, and removes the state file. */
+  async disconnect(): Promise<void> {
+    const session = this.#session;
+    this.#session = undefined;
+    await session?.close();
+    if (!session && this.#resolver) {
+      // connect failed before the session took ownership of the resolver
+      await this.#resolver.stop().catch((e) => log.warn("daemon", "resolver stop failed", { error: errorMessage(e) }));
+    }
+    this.#resolver = undefined;
+    if (this.#vif) {
+      await this.#vif.close().catch((e) => log.warn("daemon", "VIF close failed", { error: errorMessage(e) }));
+      this.#vif = undefined;
+    }
+    await cleanupStale(this.#statePath, []);
+  }
+}
+
+/** Runs the daemon until Quit or the signal; removes everything it made before returning. */
+export async function runDaemon(o: DaemonOptions): Promise<void> {
+  await Deno.mkdir(o.stateDir, { recursive: true, mode: 0o700 });
+  const d = new Daemon(o);
+  await d.cleanupStale();
+  try {
+    await Deno.remove(o.socketPath);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  const stopped = Promise.withResolvers<void>();
+  const server = new grpc.Server();
+  const unary =
+    <Req, Res>(fn: (req: Req) => Promise<Res> | Res) =>
+    (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => {
+      Promise.resolve().then(() => fn(call.request)).then((r) => cb(null, r), (e) => {
+        cb({ code: grpc.status.INTERNAL, details: errorMessage(e) } as grpc.ServiceError, null);
+      });
+    };
+  const unimplemented = (_call: unknown, cb: grpc.sendUnaryData<unknown>) =>
+    cb({ code: grpc.status.UNIMPLEMENTED, details: "not built yet" } as grpc.ServiceError, null);
+  server.addService(DaemonService, {
+    connect: unary((req: ConnectRequest) => d.connect(req)),
+    status: unary((_: Empty) => d.status()),
+    quit: unary(async (_: Empty) => {
+      await d.disconnect();
+      setTimeout(() => stopped.resolve(), 50);
+      return {};
+    }),
+    intercept: unimplemented,
+    leave: unimplemented,
+    list: unimplemented,
+    explainDns: unimplemented,
+    explainRoute: unimplemented,
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.bindAsync(`unix://${o.socketPath}`, grpc.ServerCredentials.createInsecure(), (err) => {
+      if (err) {
+        reject(
+          new TelError("platform", `cannot listen on ${o.socketPath}: ${err.message}`, {
+            hint: "is another tel daemon running? ('tel quit')",
+          }),
+        );
+      } else resolve();
+    });
+  });
+  await Deno.chmod(o.socketPath, 0o600);
+  const sudoUid = Number(Deno.env.get("SUDO_UID") ?? NaN);
+  const sudoGid = Number(Deno.env.get("SUDO_GID") ?? NaN);
+  if (Number.isInteger(sudoUid) && Number.isInteger(sudoGid)) await Deno.chown(o.socketPath, sudoUid, sudoGid);
+  log.info("daemon", "listening", { socket: o.socketPath, pid: Deno.pid });
+  o.onReady?.();
+  o.signal?.addEventListener("abort", () => stopped.resolve());
+  await stopped.promise;
+  await d.disconnect();
+  await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+  await Deno.remove(o.socketPath).catch(() => {});
+}

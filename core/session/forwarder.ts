@@ -1,0 +1,76 @@
+/** Connects the netstack's new flows to tunnels: one tunnel per flow, attempts serialised per destination. */
+
+import { connectKey, ConnectQueue } from "../connect_queue.ts";
+import { errorMessage } from "../errors.ts";
+import { log } from "../log.ts";
+import type { FlowId, Forwarder, TcpConn, UdpFlow, Verdict } from "../netstack/mod.ts";
+import type { Tunnel } from "../tunnel/mod.ts";
+
+/** Opens a tunnel for a flow; rejects with the dial-reject reason. */
+export type TunnelOpener = (id: FlowId, signal: AbortSignal) => Promise<Tunnel>;
+
+/** Live counts for `tel status`. */
+export interface ForwarderStats {
+  open: number;
+  opened: number;
+  failed: number;
+}
+
+/** The verdict for a failed dial: a refusal becomes RST/port-unreachable, anything else host-unreachable. */
+export function verdictFor(err: unknown): Verdict {
+  return /refused|ECONNREFUSED/i.test(errorMessage(err)) ? "refused" : "unreachable";
+}
+
+/** Builds the netstack forwarder. */
+export function createForwarder(
+  open: TunnelOpener,
+  queue: ConnectQueue<Tunnel> = new ConnectQueue<Tunnel>(),
+): { forwarder: Forwarder; stats: ForwarderStats } {
+  const stats: ForwarderStats = { open: 0, opened: 0, failed: 0 };
+
+  const dial = async (id: FlowId): Promise<Tunnel | Verdict> => {
+    try {
+      const t = await queue.run(connectKey(id.proto, id.dst, id.dstPort), (signal) => open(id, signal));
+      stats.opened++;
+      stats.open++;
+      t.ended.then(() => stats.open--);
+      return t;
+    } catch (e) {
+      stats.failed++;
+      log.debug("forward", "dial failed", { flow: `${id.proto} ${id.dst}:${id.dstPort}`, error: errorMessage(e) });
+      return verdictFor(e);
+    }
+  };
+
+  const forwarder: Forwarder = {
+    async tcp(conn: TcpConn): Promise<Verdict> {
+      const t = await dial(conn.id);
+      if (typeof t === "string") return t;
+      // Client → target; closing the tunnel's writable half-closes toward the target.
+      conn.readable.pipeTo(t.writable).catch((e) => {
+        t.abort(`client side: ${errorMessage(e)}`);
+      });
+      // Target → client; the end of the tunnel's readable sends FIN to the client.
+      t.readable.pipeTo(conn.writable).catch(() => {
+        conn.abort();
+      });
+      return "accept";
+    },
+    async udp(flow: UdpFlow): Promise<Verdict> {
+      const t = await dial(flow.id);
+      if (typeof t === "string") return t;
+      flow.readable.pipeTo(t.writable).catch((e) => t.abort(`client side: ${errorMessage(e)}`));
+      (async () => {
+        try {
+          for await (const datagram of t.readable) flow.send(datagram);
+        } catch (e) {
+          log.debug("forward", "udp tunnel ended", { error: errorMessage(e) });
+        } finally {
+          flow.close();
+        }
+      })();
+      return "accept";
+    },
+  };
+  return { forwarder, stats };
+}

@@ -1,0 +1,438 @@
+/**
+ * One client session: reach the manager, arrive, watch cluster info → routes on the VIF, netstack → tunnels, DNS →
+ * LookupDNS, resolver wired into the OS; when the manager is lost, reconnect with backoff while the VIF, routes and
+ * DNS keep their state.
+ */
+
+import { Metadata } from "@grpc/grpc-js";
+import type { ClientReadableStream } from "@grpc/grpc-js";
+import { type Clock, sleep, systemClock } from "../clock.ts";
+import { DnsEngine, DnsRules, DnsServer, type OsResolve, recursionCheck } from "../dns/mod.ts";
+import { errorMessage, TelError } from "../errors.ts";
+import { log } from "../log.ts";
+import { Stack } from "../netstack/mod.ts";
+import type { Resolver, Vif } from "../plugin.ts";
+import { Cidr } from "../subnet/mod.ts";
+import { connId, createManagerClient, type ManagerClient, openTunnel } from "../tunnel/mod.ts";
+import { TEL_VERSION } from "../version.ts";
+import type { ClusterInfo } from "../../proto/gen/tel.ts";
+import { createForwarder, type ForwarderStats } from "./forwarder.ts";
+import { unary } from "./grpc_util.ts";
+import { ManagerLookup } from "./manager_lookup.ts";
+import { Router } from "./router.ts";
+
+/** A way to the manager: an address the gRPC client can dial, and how it was reached. */
+export interface ManagerConnection {
+  address: string;
+  /** e.g. "port-forward to tel-system/traffic-manager-abc:8081" or "direct". */
+  via: string;
+  /** The API server's and the manager's IPs, which must never be routed into the VIF. */
+  mustNotRoute?: string[];
+  close(): Promise<void>;
+}
+
+/** Finds and reaches the manager (port-forward through the kube API, or a direct address). */
+export type ConnectManager = () => Promise<ManagerConnection>;
+
+/** Options of {@link ClientSession.start}. */
+export interface SessionOptions {
+  connectManager: ConnectManager;
+  vif: Vif;
+  resolver: Resolver;
+  resolverName: string;
+  context: string;
+  namespace: string;
+  alsoProxy?: Cidr[];
+  neverProxy?: Cidr[];
+  allowConflicting?: Cidr[];
+  dns?: { ttlSeconds?: number; lookupTimeoutMs?: number; includeSuffixes?: string[]; excludeSuffixes?: string[] };
+  /** Where tel's DNS server listens; default 127.0.0.1, a free port. */
+  dnsListen?: { hostname: string; port: number };
+  /** Resolution through the OS, for the recursion check; default Deno.resolveDns. */
+  osResolve?: OsResolve;
+  /** Called with one line per connect step. */
+  onStep?: (line: string) => void;
+  clientName?: string;
+  clock?: Clock;
+  /** Keepalive interval (ms, default 5000). */
+  remainIntervalMs?: number;
+}
+
+/** What `tel status` shows. */
+export interface SessionStatus {
+  state: "connected" | "reconnecting" | "disconnected";
+  context: string;
+  namespace: string;
+  managerAddress: string;
+  managerVia: string;
+  sessionId: string;
+  clusterInfo?: ClusterInfo;
+  routes: string[];
+  neverProxy: string[];
+  resolver: string;
+  vif: string;
+  dnsServer: string;
+  dnsStats: Record<string, number>;
+  openTunnels: number;
+  netstackCounters: Record<string, number>;
+  lastError: string;
+}
+
+const defaultOsResolve: OsResolve = (name, signal) => Deno.resolveDns(name, "A", { signal });
+
+/** A running session. */
+export class ClientSession {
+  #o: SessionOptions;
+  #clock: Clock;
+  #conn?: ManagerConnection;
+  #client?: ManagerClient;
+  #sessionId = "";
+  #info?: ClusterInfo;
+  #state: SessionStatus["state"] = "disconnected";
+  #lastError = "";
+  #stack?: Stack;
+  #router?: Router;
+  #engine?: DnsEngine;
+  #dns?: DnsServer;
+  #dnsAddr = "";
+  #fwdStats: ForwarderStats = { open: 0, opened: 0, failed: 0 };
+  #closed = false;
+  #watchStream?: ClientReadableStream<ClusterInfo>;
+  #remainTimer?: unknown;
+  #reconnecting?: Promise<void>;
+  #resolverStarted = false;
+
+  private constructor(o: SessionOptions) {
+    this.#o = o;
+    this.#clock = o.clock ?? systemClock;
+  }
+
+  /** Runs every connect step; on failure undoes what was done and throws the step's TelError. */
+  static async start(o: SessionOptions): Promise<ClientSession> {
+    const s = new ClientSession(o);
+    try {
+      await s.#startAll();
+      return s;
+    } catch (e) {
+      await s.close();
+      throw e;
+    }
+  }
+
+  #step(line: string): void {
+    log.info("session", line);
+    this.#o.onStep?.(line);
+  }
+
+  async #startAll(): Promise<void> {
+    const info = await this.#arrive(true);
+    const { forwarder, stats } = createForwarder((id, signal) => {
+      const client = this.#client;
+      if (!client || this.#state !== "connected") {
+        return Promise.reject(new TelError("cluster", "no session with the traffic-manager (reconnecting)"));
+      }
+      const opening = openTunnel(client, {
+        sessionId: this.#sessionId,
+        connId: connId(id.proto, { ip: id.src, port: id.srcPort }, { ip: id.dst, port: id.dstPort }),
+        dialTimeoutMs: 5000,
+      });
+      signal.addEventListener("abort", () => opening.then((t) => t.abort("dial timed out"), () => {}));
+      return opening;
+    });
+    this.#fwdStats = stats;
+    this.#stack = new Stack({ link: this.#o.vif, forwarder });
+    this.#stack.run().catch((e) => log.error("session", "packet stack stopped", { error: errorMessage(e) }));
+
+    this.#router = new Router({
+      vif: this.#o.vif,
+      stack: this.#stack,
+      alsoProxy: this.#o.alsoProxy,
+      neverProxy: this.#o.neverProxy,
+      allowConflicting: this.#o.allowConflicting,
+    });
+    this.#router.addNeverProxy(this.#hostBlocks(this.#conn?.mustNotRoute ?? []));
+    const change = await this.#router.apply(subnetsOf(info), true);
+    this.#step(
+      `subnets routed through ${this.#o.vif.name}: ${change.added.join(", ") || "(none)"}` +
+        (this.#router.neverProxy.length ? `; never-proxied: ${this.#router.neverProxy.join(", ")}` : ""),
+    );
+
+    this.#engine = new DnsEngine({
+      rules: this.#rules(info),
+      providers: () => [new ManagerLookup(() => this.#current(), this.#o.dns?.lookupTimeoutMs ?? 1000)],
+      fallback: this.#o.resolver.fallback,
+      answerTtl: this.#o.dns?.ttlSeconds ?? 4,
+      lookupTimeout: this.#o.dns?.lookupTimeoutMs ?? 1000,
+    });
+    const listen = this.#o.dnsListen ?? { hostname: "127.0.0.1", port: 0 };
+    this.#dns = new DnsServer({ engine: this.#engine, hostname: listen.hostname, port: listen.port });
+    const addr = await this.#dns.start();
+    this.#dnsAddr = addr.hostname.includes(":") ? `[${addr.hostname}]:${addr.port}` : `${addr.hostname}:${addr.port}`;
+    this.#step(`DNS server listening on ${this.#dnsAddr}`);
+
+    await this.#o.resolver.start(this.#resolverConfig(info));
+    this.#resolverStarted = true;
+    this.#step(`DNS configured by ${this.#o.resolverName}: ${this.#o.resolver.describe?.() ?? "started"}`);
+
+    const t0 = performance.now();
+    const rc = await recursionCheck(this.#engine, this.#o.osResolve ?? defaultOsResolve, { clock: this.#clock });
+    const ms = Math.round(performance.now() - t0);
+    this.#step(
+      rc.recursive
+        ? `recursion check: the cluster's DNS recurses back to this machine; such lookups are answered NXDOMAIN (${ms} ms)`
+        : `recursion check: no DNS recursion (${ms} ms${rc.completed ? "" : ", OS lookup did not finish"})`,
+    );
+  }
+
+  #hostBlocks(ips: string[]): Cidr[] {
+    const out: Cidr[] = [];
+    for (const ip of ips) {
+      try {
+        out.push(Cidr.parse(ip.includes(":") ? `${ip}/128` : `${ip}/32`));
+      } catch {
+        // a host name, not an IP: nothing to exclude
+        continue;
+      }
+    }
+    return out;
+  }
+
+  #current(): { client: ManagerClient; sessionId: string } | undefined {
+    return this.#client && this.#state === "connected"
+      ? { client: this.#client, sessionId: this.#sessionId }
+      : undefined;
+  }
+
+  #rules(info: ClusterInfo): DnsRules {
+    return new DnsRules({
+      namespace: this.#o.namespace,
+      clusterDomain: info.clusterDomain || "cluster.local",
+      includeSuffixes: [...(this.#o.dns?.includeSuffixes ?? []), ...(info.dns?.includeSuffixes ?? [])],
+      excludeSuffixes: this.#o.dns?.excludeSuffixes ?? info.dns?.excludeSuffixes,
+      reverseSubnets: (this.#router?.routes ?? []).map((r) => Cidr.parse(r)),
+    });
+  }
+
+  #resolverConfig(info: ClusterInfo) {
+    const domain = info.clusterDomain || "cluster.local";
+    const [hostname, port] = splitAddr(this.#dnsAddr);
+    return {
+      serverIp: hostname,
+      serverPort: port,
+      domains: [domain, this.#o.namespace, "svc"],
+      search: [`${this.#o.namespace}.svc.${domain}`, `svc.${domain}`, domain],
+      vifName: this.#o.vif.name,
+    };
+  }
+
+  /** Reaches the manager, arrives, and waits for the first cluster info; starts the watch and keepalive. */
+  async #arrive(first: boolean): Promise<ClusterInfo> {
+    const conn = await this.#o.connectManager();
+    this.#conn = conn;
+    if (first) this.#step(`traffic-manager reached via ${conn.via}`);
+    const client = createManagerClient(conn.address);
+    let sessionId: string;
+    try {
+      const res = await unary(
+        client.arriveAsClient as never,
+        client,
+        {
+          name: this.#o.clientName ?? `${Deno.env.get("USER") ?? "user"}@${Deno.hostname()}`,
+          namespace: this.#o.namespace,
+          installId: "",
+          version: TEL_VERSION,
+        },
+        new Metadata(),
+        10_000,
+      ) as { sessionId: string };
+      sessionId = res.sessionId;
+    } catch (e) {
+      client.close();
+      throw new TelError(
+        "cluster",
+        `the traffic-manager at ${conn.address} did not accept a session: ${errorMessage(e)}`,
+        {
+          hint:
+            "check that the traffic-manager runs ('kubectl get pods -n <manager namespace>') and its version matches",
+        },
+      );
+    }
+    this.#client = client;
+    this.#sessionId = sessionId;
+    if (first) this.#step(`session ${sessionId} opened`);
+    const info = await this.#watchInfo(client, sessionId);
+    this.#info = info;
+    this.#state = "connected";
+    this.#lastError = "";
+    this.#scheduleRemain();
+    return info;
+  }
+
+  /** Starts WatchClusterInfo; resolves with the first message; later messages re-route; the end triggers reconnect. */
+  #watchInfo(client: ManagerClient, sessionId: string): Promise<ClusterInfo> {
+    return new Promise<ClusterInfo>((resolve, reject) => {
+      let first = true;
+      const stream = client.watchClusterInfo({ sessionId });
+      this.#watchStream = stream;
+      const timer = this.#clock.setTimeout(() => {
+        if (!first) return;
+        first = false;
+        stream.cancel();
+        reject(
+          new TelError("cluster", "the traffic-manager sent no cluster info within 10 s", {
+            hint: "check the traffic-manager's log ('kubectl logs -n <manager namespace> deploy/traffic-manager')",
+          }),
+        );
+      }, 10_000);
+      stream.on("data", (info: ClusterInfo) => {
+        if (first) {
+          first = false;
+          this.#clock.clearTimeout(timer);
+          resolve(info);
+          return;
+        }
+        this.#onInfo(info);
+      });
+      stream.on("error", (e: Error) => {
+        if (first) {
+          first = false;
+          this.#clock.clearTimeout(timer);
+          reject(new TelError("cluster", `watching cluster info failed: ${e.message}`));
+          return;
+        }
+        if (client === this.#client && !/Cancelled/i.test(e.message)) this.#lost(`cluster info stream: ${e.message}`);
+      });
+      stream.on("end", () => {
+        if (!first && client === this.#client) this.#lost("cluster info stream ended");
+      });
+    });
+  }
+
+  #onInfo(info: ClusterInfo): void {
+    this.#info = info;
+    this.#router?.apply(subnetsOf(info), false).then(() => {
+      this.#engine?.setRules(this.#rules(info));
+      if (this.#resolverStarted) {
+        return this.#o.resolver.update(this.#resolverConfig(info));
+      }
+    }).catch((e) => log.error("session", "applying cluster info failed", { error: errorMessage(e) }));
+  }
+
+  #scheduleRemain(): void {
+    this.#clock.clearTimeout(this.#remainTimer);
+    if (this.#closed) return;
+    this.#remainTimer = this.#clock.setTimeout(async () => {
+      const client = this.#client;
+      if (!client || this.#state !== "connected") return;
+      try {
+        await unary(client.remain as never, client, { session: { sessionId: this.#sessionId } }, new Metadata(), 3000);
+        this.#scheduleRemain();
+      } catch (e) {
+        if (client === this.#client) this.#lost(`keepalive: ${errorMessage(e)}`);
+      }
+    }, this.#o.remainIntervalMs ?? 5000);
+  }
+
+  /** The manager is gone: keep VIF, routes and DNS; reconnect with backoff (capped at 1 s so a return is seen fast). */
+  #lost(why: string): void {
+    if (this.#closed || this.#reconnecting) return;
+    log.warn("session", "lost the traffic-manager; reconnecting", { why });
+    this.#state = "reconnecting";
+    this.#lastError = why;
+    this.#engine?.flush();
+    const old = this.#client;
+    this.#client = undefined;
+    this.#watchStream?.cancel();
+    old?.close();
+    const oldConn = this.#conn;
+    this.#reconnecting = (async () => {
+      await oldConn?.close().catch(() => {});
+      let delay = 100;
+      while (!this.#closed) {
+        try {
+          const info = await this.#arrive(false);
+          log.info("session", "reconnected to the traffic-manager", { session: this.#sessionId });
+          this.#onInfo(info);
+          break;
+        } catch (e) {
+          this.#lastError = errorMessage(e);
+          await this.#conn?.close().catch(() => {});
+          await sleep(delay, this.#clock);
+          delay = Math.min(delay * 2, 1000);
+        }
+      }
+      this.#reconnecting = undefined;
+    })();
+  }
+
+  /** What `tel status` shows. */
+  status(): SessionStatus {
+    const counters = this.#stack?.counters() ?? {};
+    const dns = this.#dns?.stats() ?? {};
+    return {
+      state: this.#state,
+      context: this.#o.context,
+      namespace: this.#o.namespace,
+      managerAddress: this.#conn?.address ?? "",
+      managerVia: this.#conn?.via ?? "",
+      sessionId: this.#sessionId,
+      clusterInfo: this.#info,
+      routes: this.#router?.routes ?? [],
+      neverProxy: this.#router?.neverProxy ?? [],
+      resolver: `${this.#o.resolverName}: ${this.#o.resolver.describe?.() ?? ""}`,
+      vif: `${this.#o.vif.name} (mtu ${this.#o.vif.mtu})`,
+      dnsServer: this.#dnsAddr,
+      dnsStats: numbers(dns),
+      openTunnels: this.#fwdStats.open,
+      netstackCounters: numbers(counters),
+      lastError: this.#lastError,
+    };
+  }
+
+  /** Tears down in reverse order; never throws. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#state = "disconnected";
+    this.#clock.clearTimeout(this.#remainTimer);
+    const steps: Array<[string, () => Promise<void> | void]> = [
+      ["resolver", async () => {
+        if (this.#resolverStarted) await this.#o.resolver.stop();
+      }],
+      ["dns server", async () => await this.#dns?.close()],
+      ["routes", async () => await this.#router?.clear()],
+      ["stack", () => this.#stack?.close()],
+      ["depart", async () => {
+        const c = this.#client;
+        if (c && this.#sessionId) {
+          await unary(c.depart as never, c, { sessionId: this.#sessionId }, new Metadata(), 2000).catch(() => {});
+        }
+      }],
+      ["watch", () => this.#watchStream?.cancel()],
+      ["client", () => this.#client?.close()],
+      ["manager connection", async () => await this.#conn?.close()],
+    ];
+    for (const [what, fn] of steps) {
+      try {
+        await fn();
+      } catch (e) {
+        log.warn("session", `closing ${what} failed`, { error: errorMessage(e) });
+      }
+    }
+  }
+}
+
+function subnetsOf(info: ClusterInfo): string[] {
+  return [...info.podSubnets, ...info.serviceSubnets];
+}
+
+function numbers(o: object): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(o)) if (typeof v === "number") out[k] = v;
+  return out;
+}
+
+function splitAddr(a: string): [string, number] {
+  const m = /^\[(.+)\]:(\d+)$/.exec(a) ?? /^(.+):(\d+)$/.exec(a);
+  return m ? [m[1], Number(m[2])] : [a, 53];
+}
