@@ -138,8 +138,9 @@ export async function probeServiceSubnets(opts: ServiceSubnetProbeOptions): Prom
     found.push(...r.cidrs);
     if (r.error) {
       errors.push(r.error);
-      // the same rule forbids the other family too: don't ask twice
-      if (apiStatus(r.error.cause)?.code === 403) break;
+      // the same rule (or the same rejected credentials) stops the other family too: don't ask twice
+      const code = apiStatus(r.error.cause)?.code;
+      if (code === 403 || code === 401) break;
     }
   }
   return { subnets: normalize(found).map((c) => c.toString()), errors };

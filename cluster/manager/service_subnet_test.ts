@@ -67,6 +67,12 @@ Deno.test("a forbidden create names the RBAC rule and is asked once", async () =
       'grant RBAC rule: verbs [create] on resources [services] in API group "" in namespace "ambassador" (a Role)',
     );
     assert.equal(api.cluster.requests.filter((q) => q.resource === "services").length, 1);
+    // rejected credentials: also asked once, and said so
+    const stale = loadKubeConfig({ kubeconfigText: api.kubeconfig({ token: "expired" }) }).kc;
+    const r401 = await probeServiceSubnets({ kc: stale, namespace: "ambassador", retryDelayMs: 1 });
+    assert.equal(r401.errors.length, 1);
+    assert.match(r401.errors[0].message, /rejected the credentials \(401 Unauthorized\)/);
+    assert.equal(api.cluster.requests.filter((q) => q.code === 401).length, 1);
   } finally {
     await api.close();
   }
