@@ -1,0 +1,69 @@
+/** The Linux TUN VIF against the real kernel: device, MTU, addresses, routes, host route table, cleanup on close. */
+
+import { deepStrictEqual, equal, match, ok, rejects } from "node:assert/strict";
+import { TelError } from "../core/errors.ts";
+import { vifPlugin } from "../plugins/vif/mod.ts";
+import { canUseNetns, labId, Netns } from "./lab/netns.ts";
+
+const ignore = !(await canUseNetns());
+const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
+
+Deno.test(
+  "vif: open sets MTU and up; routes show in the host table; close removes device and routes",
+  opts,
+  async () => {
+    const ns = await Netns.create("nt");
+    try {
+      const factory = await vifPlugin.create({ stateDir: "/tmp" });
+      const name = `tl${labId()}`;
+      const vif = await factory.open({ name, mtu: 65000, netns: ns.name });
+      try {
+        equal(vif.name, name);
+        const link = JSON.parse(await ns.exec(["ip", "-j", "link", "show", name]))[0];
+        equal(link.mtu, 65000);
+        ok(link.flags.includes("UP"));
+        await vif.addAddress("198.19.254.1/32");
+        await vif.addRoute("198.18.0.0/16");
+        await vif.addRoute("fd00:7e1::/48");
+        const routes = await vif.hostRoutes();
+        const mine = routes.filter((r) => r.device === name && !r.destination.startsWith("fe80:"));
+        deepStrictEqual(mine.map((r) => r.destination).sort(), [
+          "198.18.0.0/16",
+          "fd00:7e1::/48",
+        ]);
+        await vif.removeRoute("198.18.0.0/16");
+        ok(!(await vif.hostRoutes()).some((r) => r.destination === "198.18.0.0/16"));
+        await rejects(
+          vif.addRoute("not-a-cidr"),
+          (e: unknown) => e instanceof TelError && /plugin\/vif: ip /.test(e.message),
+        );
+      } finally {
+        await vif.close();
+        await vif.close(); // safe twice
+      }
+      const after = await ns.run(["ip", "link", "show", name]);
+      ok(after.code !== 0, "device is gone");
+      ok(!(await ns.exec(["ip", "-6", "route"])).includes("fd00:7e1::/48"), "its routes are gone");
+      await rejects(vif.readPackets(), TelError);
+    } finally {
+      await ns.close();
+    }
+  },
+);
+
+Deno.test("vif: without iproute2 on PATH, open fails with a TelError that says to install it", opts, async () => {
+  const ns = await Netns.create("nt");
+  const path = Deno.env.get("PATH") ?? "";
+  try {
+    const factory = await vifPlugin.create({ stateDir: "/tmp" });
+    Deno.env.set("PATH", "/nonexistent");
+    const err = await factory.open({ name: `tl${labId()}`, netns: ns.name }).then(() => undefined, (e) => e);
+    Deno.env.set("PATH", path);
+    ok(err instanceof TelError, String(err));
+    match(err.message, /^plugin\/vif: the `ip` command \(iproute2\) was not found/);
+    match(err.hint ?? "", /install iproute2/);
+  } finally {
+    Deno.env.set("PATH", path);
+    await ns.close();
+  }
+});
