@@ -251,3 +251,30 @@ Deno.test("startDiscovery wires the manager's flags: kubeconfig, namespace, stra
     await api.close();
   }
 });
+
+Deno.test("a burst of node changes is coalesced into few full sets, the last one complete", async () => {
+  const { api, kc } = await cluster();
+  api.cluster.addNode({ name: "n0", podCIDRs: ["10.244.0.0/24"] });
+  const d = new SubnetDiscovery({
+    kc,
+    namespace: "ambassador",
+    strategy: "nodePodCIDRs",
+    serviceSubnets: ["10.96.0.0/12"],
+  });
+  const seen: ClusterInfo[] = [];
+  d.subscribe((i) => seen.push(i));
+  try {
+    await d.start();
+    const before = seen.length;
+    for (let i = 1; i <= 20; i++) api.cluster.addNode({ name: `n${i}`, podCIDRs: [`10.244.${i}.0/24`] });
+    const ms = await until(d, (i) => i.podSubnets.length === 21);
+    assert.ok(ms < 1000, `20 node adds took ${ms} ms to publish`);
+    await new Promise((r) => setTimeout(r, 250)); // let any straggler publish
+    const bursts = seen.length - before;
+    assert.ok(bursts >= 1 && bursts <= 3, `published ${bursts} times for one burst`);
+    assert.equal(seen.at(-1)?.podSubnets.length, 21);
+  } finally {
+    await d.stop();
+    await api.close();
+  }
+});
