@@ -92,10 +92,22 @@ export const managerCommand: Command = {
         hint: "e.g. --pod-cidrs 10.244.0.0/16",
       });
     }
-    await runManager(flags, {
-      clusterInfo: clusterInfoFromFlags,
-      onListening: (h) => ctx.io.err(`traffic-manager listening on ${flags.listen!.replace(/:\d+$/, "")}:${h.port}\n`),
-    });
+    try {
+      await runManager(flags, {
+        clusterInfo: clusterInfoFromFlags,
+        onListening: (h) =>
+          ctx.io.err(`traffic-manager listening on ${flags.listen!.replace(/:\d+$/, "")}:${h.port}\n`),
+      });
+    } catch (e) {
+      if (e instanceof TelError) throw e;
+      const msg = e instanceof Error ? e.message : String(e);
+      if (/EADDRINUSE|EADDRNOTAVAIL|EACCES/.test(msg)) {
+        throw new TelError("platform", `cannot listen on ${flags.listen}: ${msg.replace(/^.*errors: \[|\]$/g, "")}`, {
+          hint: "another process uses that address; pick another with --listen",
+        });
+      }
+      throw e;
+    }
     return 0;
   },
 };
