@@ -209,3 +209,55 @@ Deno.test(
     }
   },
 );
+
+Deno.test({ name: "lab: IPv6 (dual-stack) pods, services, DNS and discovery", ...opts }, async (t) => {
+  const lab = await Lab.start({ ipv6: true });
+  const pids = Object.values(lab.pids());
+  try {
+    const { ws, cl } = lab;
+    await t.step("the workstation cannot reach IPv6 pod or service IPs, and fails fast", async () => {
+      for (const url of ["http://[fd00:7e1:0:a::20]:8080/", "http://[fd00:7e1:0:ff::10]/"]) {
+        const t0 = performance.now();
+        const r = await ws.run(["curl", "-sS", "-m", "3", url]);
+        assert.notEqual(r.code, 0, `${url} answered from the workstation: ${r.stdout}`);
+        assert.ok(performance.now() - t0 < 1500, `${url} took ${performance.now() - t0} ms to fail`);
+      }
+    });
+    await t.step("an IPv6 ClusterIP reaches its pod; the cluster DNS has AAAA records", async () => {
+      assert.equal(JSON.parse(await cl.exec(["curl", "-sS", "-m", "3", "http://[fd00:7e1:0:ff::10]/"])).pod, "echo-0");
+      const udp = await cl.run(["nc", "-u", "-w", "1", "fd00:7e1:0:ff::11", "53"], { stdin: "v6\n" });
+      assert.equal(udp.stdout, "v6\n");
+      const aaaa = await cl.exec([
+        "dig",
+        "+short",
+        "+time=2",
+        "+tries=1",
+        "AAAA",
+        `@${LAB_NET.clusterDns}`,
+        "echo.default.svc.cluster.local",
+      ]);
+      assert.equal(aaaa.trim(), "fd00:7e1:0:ff::10");
+    });
+    await t.step("the manager reports both families' pod and service subnets", async () => {
+      const lines: string[] = [];
+      const probe = await lab.spawnDeno(ws, "probe", PROBE, ["--manager", lab.managerAddress], {
+        onLine: (l, s) => s === "stdout" && lines.push(l),
+      });
+      try {
+        await waitUntil("a ClusterInfo", () => lines.some((l) => l.startsWith("INFO ")), 15_000, () => probe.tail());
+        const info = JSON.parse(lines.find((l) => l.startsWith("INFO "))!.slice(5));
+        assert.deepEqual([...info.podSubnets].sort(), [
+          "198.18.0.0/24",
+          "198.18.1.0/24",
+          "fd00:7e1:0:a::/64",
+          "fd00:7e1:0:b::/64",
+        ]);
+        assert.deepEqual([...info.serviceSubnets].sort(), [LAB_NET.serviceCidr, LAB_NET.service6Cidr]);
+      } finally {
+        await probe.stop();
+      }
+    });
+  } finally {
+    await assertGone(lab, pids, await lab.close());
+  }
+});

@@ -25,6 +25,8 @@ export const LAB_NET = {
   /** A non-cluster host with an HTTP server on the workstation, named www.example.test. */
   internetHost: "198.51.100.80",
   internetName: "www.example.test",
+  /** The workstation's own IPv6 address (on its lo), outside the lab cluster's fd00:7e1::/48. */
+  workstation6: "fd00:7e2::1",
   clusterDomain: "cluster.local",
 } as const;
 
