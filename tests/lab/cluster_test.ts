@@ -2,7 +2,7 @@
 
 import assert from "node:assert/strict";
 import { canUseNetns } from "./netns.ts";
-import { Lab, LAB_NET } from "./cluster.ts";
+import { defaultTopology, Lab, LAB_NET } from "./cluster.ts";
 
 const root = await canUseNetns();
 const opts = { ignore: !root, sanitizeOps: false, sanitizeResources: false };
@@ -259,5 +259,18 @@ Deno.test({ name: "lab: IPv6 (dual-stack) pods, services, DNS and discovery", ..
     });
   } finally {
     await assertGone(lab, pids, await lab.close());
+  }
+});
+
+Deno.test({ name: "lab: a start that fails half way removes what it made", ...opts }, async () => {
+  const id = crypto.randomUUID().replaceAll("-", "").slice(0, 6);
+  const topology = defaultTopology();
+  // outside the service CIDR: the fake API refuses it with a 422 after namespaces and processes are up
+  topology.services.push({ namespace: "default", name: "bad", clusterIPs: ["10.0.0.1"], ports: [] });
+  await assert.rejects(Lab.start({ id, topology, manager: false }), /provided IP is not in the valid range/);
+  const list = new TextDecoder().decode((await new Deno.Command("ip", { args: ["netns", "list"] }).output()).stdout);
+  assert.doesNotMatch(list, new RegExp(`(ws|cl)-${id}`));
+  for (const path of [`/etc/netns/ws-${id}`, `/etc/netns/cl-${id}`, `/tmp/tel-lab-${id}`]) {
+    await assert.rejects(Deno.stat(path), Deno.errors.NotFound, `${path} is left`);
   }
 });
