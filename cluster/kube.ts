@@ -2,7 +2,16 @@
 
 import { dirname, resolve } from "node:path";
 import { PassThrough, Writable } from "node:stream";
-import { CoreV1Api, type DispatcherOptions, KubeConfig, PortForward } from "@kubernetes/client-node";
+import {
+  CoreV1Api,
+  type DispatcherOptions,
+  KubeConfig,
+  type KubernetesObject,
+  type ListPromise,
+  ListWatch,
+  PortForward,
+  Watch,
+} from "@kubernetes/client-node";
 import { errorMessage, TelError } from "../core/errors.ts";
 import { log } from "../core/log.ts";
 
@@ -518,4 +527,149 @@ export async function portForward(
       await accepting;
     },
   };
+}
+
+/** The `watch` contract client-node's ListWatch uses (its own Watch class has this shape). */
+export interface WatchLike {
+  watch(
+    path: string,
+    queryParams: Record<string, string | number | boolean | undefined>,
+    // deno-lint-ignore no-explicit-any
+    callback: (phase: string, apiObj: any, watchObj?: any) => void,
+    // deno-lint-ignore no-explicit-any
+    done: (err: any) => void,
+  ): Promise<AbortController>;
+}
+
+function pemText(v: unknown): string | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v === "string") return v;
+  if (v instanceof Uint8Array) return new TextDecoder().decode(v);
+  return undefined;
+}
+
+/**
+ * A watch over Deno's own fetch, with client-node's Watch contract and semantics (newline-delimited events, done
+ * once; an inactivity timeout ends it with a TimeoutError). Why: client-node's Watch rides on undici, and under
+ * Deno 2.9.6 undici never reported a connection the apiserver dropped (process killed or restarted), so an
+ * informer kept waiting on a dead watch; Deno's fetch fails the body read at once. Auth headers and TLS material
+ * come from the KubeConfig itself (tokens, exec plugins, client certificates).
+ */
+export class DenoWatch implements WatchLike {
+  #kc: KubeConfig;
+  #timeoutMs: number;
+
+  constructor(kc: KubeConfig, opts: { inactivityTimeoutMs?: number } = {}) {
+    this.#kc = kc;
+    this.#timeoutMs = opts.inactivityTimeoutMs ?? 30_000;
+  }
+
+  /** Whether the current cluster can be watched this way (not with skip-TLS-verify or a proxy). */
+  static usable(kc: KubeConfig): boolean {
+    const c = kc.getCurrentCluster();
+    return !!c && !c.skipTLSVerify && !c.proxyUrl;
+  }
+
+  /** Starts a watch; `done` is called once when it ends (null for a clean end), not after an abort by the caller. */
+  async watch(
+    path: string,
+    queryParams: Record<string, string | number | boolean | undefined>,
+    // deno-lint-ignore no-explicit-any
+    callback: (phase: string, apiObj: any, watchObj?: any) => void,
+    // deno-lint-ignore no-explicit-any
+    done: (err: any) => void,
+  ): Promise<AbortController> {
+    const cluster = this.#kc.getCurrentCluster();
+    if (!cluster) throw new TelError("config", "kubeconfig: no current cluster");
+    const url = new URL(cluster.server + path);
+    url.searchParams.set("watch", "true");
+    for (const [k, v] of Object.entries(queryParams ?? {})) if (v !== undefined) url.searchParams.set(k, String(v));
+    // deno-lint-ignore no-explicit-any
+    const opts: any = {};
+    await this.#kc.applyToHTTPSOptions(opts);
+    const headers = new Headers();
+    for (const [k, v] of Object.entries(opts.headers ?? {})) headers.set(k, String(v));
+    if (opts.auth) headers.set("Authorization", `Basic ${btoa(opts.auth)}`);
+    const ca = pemText(opts.ca);
+    const cert = pemText(opts.cert);
+    const key = pemText(opts.key);
+    const client = Deno.createHttpClient({
+      ...(ca ? { caCerts: [ca] } : {}),
+      ...(cert && key ? { cert, key } : {}),
+    });
+    const controller = new AbortController();
+    let finished = false;
+    let callerAborted = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const finish = (err: unknown) => {
+      if (finished) return;
+      finished = true;
+      if (timer !== undefined) clearTimeout(timer);
+      controller.abort();
+      try {
+        client.close();
+      } catch {
+        // already closed
+      }
+      if (!callerAborted) done(err);
+    };
+    const resetTimer = () => {
+      if (timer !== undefined) clearTimeout(timer);
+      timer = setTimeout(() => {
+        finish(new DOMException("The operation was aborted due to timeout", "TimeoutError"));
+      }, this.#timeoutMs);
+    };
+    const outer = new AbortController();
+    outer.signal.addEventListener("abort", () => {
+      callerAborted = true;
+      finish(null);
+    });
+    resetTimer();
+    (async () => {
+      const res = await fetch(url, { client, headers, signal: controller.signal });
+      if (res.status !== 200) {
+        await res.body?.cancel();
+        const err = Object.assign(new Error(res.statusText || `HTTP ${res.status}`), { statusCode: res.status });
+        throw err;
+      }
+      resetTimer();
+      const dec = new TextDecoder();
+      let buf = "";
+      for await (const chunk of res.body!) {
+        resetTimer();
+        buf += dec.decode(chunk, { stream: true });
+        let nl: number;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, nl).trim();
+          buf = buf.slice(nl + 1);
+          if (!line) continue;
+          let data;
+          try {
+            data = JSON.parse(line);
+          } catch (err) {
+            log.debug("kube", "watch: unparsable line skipped", { path, err });
+            continue;
+          }
+          callback(data.type, data.object, data);
+        }
+      }
+      finish(null);
+    })().catch(finish);
+    return await Promise.resolve(outer);
+  }
+}
+
+/**
+ * An informer (client-node ListWatch: list, then watch from the list's resourceVersion, resume on reconnect,
+ * re-list on 410 Gone) whose watch is a {@link DenoWatch} when the cluster allows it, else client-node's Watch.
+ * Not started: call `start()`.
+ */
+export function makeTelInformer<T extends KubernetesObject>(
+  kc: KubeConfig,
+  path: string,
+  list: ListPromise<T>,
+  opts: { inactivityTimeoutMs?: number } = {},
+): ListWatch<T> {
+  const watch = DenoWatch.usable(kc) ? new DenoWatch(kc, opts) : new Watch(kc);
+  return new ListWatch<T>(path, watch as unknown as Watch, list, false);
 }

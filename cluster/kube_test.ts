@@ -3,8 +3,8 @@
 import assert from "node:assert/strict";
 import { CoreV1Api } from "@kubernetes/client-node";
 import { TelError } from "../core/errors.ts";
-import { FakeKubeApi } from "../tests/fixtures/fake_kube_api.ts";
-import { findManagerPod, kubeError, loadKubeConfig, portForward } from "./kube.ts";
+import { ADMIN_USER, FakeKubeApi } from "../tests/fixtures/fake_kube_api.ts";
+import { DenoWatch, findManagerPod, kubeError, loadKubeConfig, portForward } from "./kube.ts";
 
 function twoContexts(server: string, ca: string, token: string): string {
   return `apiVersion: v1
@@ -262,3 +262,87 @@ Deno.test("portForward: byte-exact echo with half-close, EOF when the pod side c
     await pf2.close();
   }
 });
+
+Deno.test("DenoWatch: events, clean end, HTTP errors, inactivity timeout, and a killed apiserver ends the watch", async () => {
+  await using api = await FakeKubeApi.start();
+  const { kc } = loadKubeConfig({ kubeconfigText: api.kubeconfig() });
+  const ends: unknown[] = [];
+  const events: string[] = [];
+  api.cluster.addNode({ name: "n1" });
+  await new DenoWatch(kc).watch(
+    "/api/v1/nodes",
+    {},
+    (t, o) => events.push(`${t} ${o.metadata.name}`),
+    (e) => ends.push(e),
+  );
+  api.cluster.addNode({ name: "n2" });
+  await waitUntil(() => events.length === 2);
+  api.dropWatches();
+  await waitUntil(() => ends.length === 1);
+  assert.deepEqual([events, ends], [["ADDED n1", "ADDED n2"], [null]]);
+  // a 403 arrives as an error with statusCode, like client-node's Watch
+  api.cluster.forbid(ADMIN_USER, "watch", "pods");
+  await new DenoWatch(kc).watch("/api/v1/pods", {}, () => {}, (e) => ends.push(e));
+  await waitUntil(() => ends.length === 2);
+  assert.equal((ends[1] as { statusCode: number }).statusCode, 403);
+  // no bytes for the inactivity window: TimeoutError, which ListWatch resumes from
+  await new DenoWatch(kc, { inactivityTimeoutMs: 100 }).watch(
+    "/api/v1/namespaces",
+    { resourceVersion: "999999" },
+    () => {},
+    (e) => ends.push(e),
+  );
+  await waitUntil(() => ends.length === 3);
+  assert.equal((ends[2] as DOMException).name, "TimeoutError");
+  // an abort by the caller ends quietly
+  const ac = await new DenoWatch(kc).watch("/api/v1/nodes", {}, () => {}, (e) => ends.push(e));
+  ac.abort();
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(ends.length, 3);
+
+  // a fake apiserver in another process, killed: the watch must end with an error at once
+  const dir = await Deno.makeTempDir();
+  const script = `${dir}/fake.ts`;
+  await Deno.writeTextFile(
+    script,
+    `import { FakeKubeApi } from ${JSON.stringify(new URL("../tests/fixtures/fake_kube_api.ts", import.meta.url).href)};
+const api = await FakeKubeApi.start();
+console.log(JSON.stringify(api.kubeconfig()));
+await new Promise(() => {});
+`,
+  );
+  const child = new Deno.Command(Deno.execPath(), { args: ["run", "-A", script], stdout: "piped", stderr: "null" })
+    .spawn();
+  try {
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    while (!text.includes("\n")) text += (await reader.read()).value ?? "";
+    reader.releaseLock();
+    const remote = loadKubeConfig({ kubeconfigText: JSON.parse(text.split("\n")[0]) }).kc;
+    const ended: unknown[] = [];
+    await new DenoWatch(remote).watch("/api/v1/nodes", {}, () => {}, (e) => ended.push(e));
+    await new Promise((r) => setTimeout(r, 100));
+    const t0 = performance.now();
+    child.kill("SIGKILL");
+    await waitUntil(() => ended.length === 1, 3000);
+    assert.ok(ended[0] instanceof Error, `ended with ${ended[0]}`);
+    assert.ok(performance.now() - t0 < 2000);
+  } finally {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already killed above
+    }
+    await child.stdout.cancel().catch(() => undefined);
+    await child.status;
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+async function waitUntil(pred: () => boolean, ms = 3000): Promise<void> {
+  const t0 = performance.now();
+  while (!pred()) {
+    if (performance.now() - t0 > ms) throw new Error("timed out");
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}

@@ -5,7 +5,6 @@ import {
   type Informer,
   type KubeConfig,
   type KubernetesObject,
-  makeInformer,
   type ObjectCache,
   type V1Node,
   type V1Pod,
@@ -14,7 +13,7 @@ import { type Clock, systemClock, type TimerHandle } from "../../core/clock.ts";
 import { TelError } from "../../core/errors.ts";
 import { log } from "../../core/log.ts";
 import { Cidr, coveringCidrs, IpAddr, normalize } from "../../core/subnet/mod.ts";
-import { kubeError, loadKubeConfig } from "../kube.ts";
+import { kubeError, loadKubeConfig, makeTelInformer } from "../kube.ts";
 import type { ClusterInfo, ClusterInfoSource } from "./cluster_info.ts";
 import { probeServiceSubnets, type ServiceSubnetResult } from "./service_subnet.ts";
 
@@ -248,18 +247,21 @@ export class SubnetDiscovery implements ClusterInfoSource {
     resource: string,
   ): Inf<T> {
     // deno-lint-ignore no-explicit-any
-    const inf: Inf<T> = makeInformer<T>(this.#opts.kc, path, list as any);
+    const inf: Inf<T> = makeTelInformer<T>(this.#opts.kc, path, list as any);
     const changed = () => this.#schedule();
     inf.on("add", changed);
     inf.on("update", changed);
     inf.on("delete", changed);
     let delay = this.#opts.restartDelayMs ?? 1000;
     inf.on("connect", () => {
+      log.debug("discovery", "informer (re)connecting", { resource });
       delay = this.#opts.restartDelayMs ?? 1000;
     });
     inf.on("error", (err: unknown) => {
       if (this.#stopped) return;
-      this.#warn(kubeError(err, { verb: "list", resource }, this.#opts.kc.getCurrentCluster()?.server));
+      // an apiserver Status comes from the list; a bare failure from the watch stream (e.g. apiserver restarting)
+      const verb = (err as { body?: unknown })?.body !== undefined ? "list" : "watch";
+      this.#warn(kubeError(err, { verb, resource }, this.#opts.kc.getCurrentCluster()?.server));
       // client-node's ListWatch stops after an error other than 410 or a timeout: restart it with backoff
       const t = this.#clock.setTimeout(() => {
         this.#restartTimers.delete(t);
