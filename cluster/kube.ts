@@ -628,9 +628,15 @@ export class DenoWatch implements WatchLike {
     (async () => {
       const res = await fetch(url, { client, headers, signal: controller.signal });
       if (res.status !== 200) {
-        await res.body?.cancel();
-        const err = Object.assign(new Error(res.statusText || `HTTP ${res.status}`), { statusCode: res.status });
-        throw err;
+        // keep the apiserver's Status, so the error can say which RBAC rule is missing
+        const text = await res.text();
+        let body: unknown = text;
+        try {
+          body = JSON.parse(text);
+        } catch {
+          // not a Status (a proxy's page): keep the text
+        }
+        throw Object.assign(new Error(res.statusText || `HTTP ${res.status}`), { statusCode: res.status, body });
       }
       resetTimer();
       const dec = new TextDecoder();

@@ -285,6 +285,10 @@ Deno.test("DenoWatch: events, clean end, HTTP errors, inactivity timeout, and a 
   await new DenoWatch(kc).watch("/api/v1/pods", {}, () => {}, (e) => ends.push(e));
   await waitUntil(() => ends.length === 2);
   assert.equal((ends[1] as { statusCode: number }).statusCode, 403);
+  assert.match(
+    kubeError(ends[1], { verb: "watch", resource: "pods" }).message,
+    /^cannot watch pods: pods is forbidden: User "kubernetes-admin" cannot watch resource "pods"/,
+  );
   // no bytes for the inactivity window: TimeoutError, which ListWatch resumes from
   await new DenoWatch(kc, { inactivityTimeoutMs: 100 }).watch(
     "/api/v1/namespaces",

@@ -259,8 +259,8 @@ export class SubnetDiscovery implements ClusterInfoSource {
     });
     inf.on("error", (err: unknown) => {
       if (this.#stopped) return;
-      // an apiserver Status comes from the list; a bare failure from the watch stream (e.g. apiserver restarting)
-      const verb = (err as { body?: unknown })?.body !== undefined ? "list" : "watch";
+      // client-node's list calls fail with an ApiException (numeric `code`); anything else came from the watch
+      const verb = typeof (err as { code?: unknown })?.code === "number" ? "list" : "watch";
       this.#warn(kubeError(err, { verb, resource }, this.#opts.kc.getCurrentCluster()?.server));
       // client-node's ListWatch stops after an error other than 410 or a timeout: restart it with backoff
       const t = this.#clock.setTimeout(() => {

@@ -221,8 +221,15 @@ Deno.test("forbidden: no services permission keeps pod discovery; a denied node 
       msgs.some((m) => m.includes("nodes is forbidden") && m.includes("cluster-wide (a ClusterRole)")),
       msgs.join("\n"),
     );
+    api.cluster.forbid(SA, "watch", "nodes");
     api.cluster.allow(SA, "list", "nodes");
+    // the list now works (and is published); the watch is refused with its own RBAC hint
     await until(d, (i) => i.podSubnets.join() === "10.244.0.0/24", 5000);
+    await waitFor(() => d.warnings.some((w) => w.hint?.includes("verbs [watch] on resources [nodes]") ?? false));
+    api.cluster.allow(SA, "watch", "nodes");
+    await waitFor(() => api.cluster.store.watcherCount === 1, 5000);
+    api.cluster.addNode({ name: "n2", podCIDRs: ["10.244.1.0/24"] });
+    await until(d, (i) => i.podSubnets.length === 2, 5000);
   } finally {
     await d.stop();
     await api.close();
