@@ -3,7 +3,7 @@
 import cpu from "node:process";
 import type { Forwarder, TcpConn } from "../core/netstack/mod.ts";
 import { labId, must, Netns, run, vethPair } from "../tests/lab/netns.ts";
-import { withTunLab } from "../tests/netstack_lab.ts";
+import { impairedLink, withTunLab } from "../tests/netstack_lab.ts";
 
 const RESULTS = new URL("./results/netstack.json", import.meta.url).pathname;
 const SINK = 9;
@@ -108,6 +108,30 @@ export async function measureTun(mtu: number, mib: number, runs: number): Promis
   ];
 }
 
+/** Upload/download through 2% loss + 5% reordering both ways (seeded), with and without SACK. */
+export async function measureLossy(sack: boolean, mib: number, runs: number): Promise<Row[]> {
+  const bytes = mib << 20;
+  const up: number[] = [], down: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    await withTunLab(async ({ ns }) => {
+      const u = await client(ns, uploadClient("198.18.0.10", bytes));
+      const d = await client(ns, downloadClient("198.18.0.10"));
+      if (u.bytes !== bytes || d.bytes !== bytes) throw new Error("short transfer");
+      up.push(u.bytes * 8 / u.ms / 1e6);
+      down.push(d.bytes * 8 / d.ms / 1e6);
+    }, {
+      forwarder: benchForwarder(bytes),
+      stack: { tcp: { sack } },
+      wrap: (l) => impairedLink(l, { loss: 0.02, reorder: 0.05, seed: 1000 + i }),
+    });
+  }
+  const path = `tel, 2% loss + 5% reorder, SACK ${sack ? "on" : "off"}`;
+  return [
+    { path, direction: "upload", mtu: 65000, gbits: up, median: median(up) },
+    { path, direction: "download", mtu: 65000, gbits: down, median: median(down) },
+  ];
+}
+
 async function measureVeth(mib: number, runs: number): Promise<Row[]> {
   const id = labId();
   const a = await Netns.create("nt", id);
@@ -164,6 +188,7 @@ export async function benchNetstack(mib = 512, runs = 3, mtus = [65000, 1500]): 
   const rows: Row[] = [];
   rows.push(...await measureVeth(mib, runs));
   for (const mtu of mtus) rows.push(...await measureTun(mtu, mtu < 9000 ? Math.min(mib, 128) : mib, runs));
+  for (const sack of [true, false]) rows.push(...await measureLossy(sack, Math.min(mib, 64), runs));
   const base = (dir: string) => rows.find((r) => r.path === "veth, iperf3" && r.direction === dir)?.median;
   const lines = [
     "| path | direction | MTU | Gbit/s (median) | runs | stack CPU % | vs veth iperf3 |",

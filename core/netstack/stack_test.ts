@@ -69,7 +69,18 @@ function setup(o: { verdict?: (c: TcpConn) => Promise<Verdict>; tcp?: Partial<Tc
 
 /** Handshake with window scale 7 and timestamps; returns the server's next sequence number. */
 async function handshake(env: ReturnType<typeof setup>, window = 512) {
-  env.stack.input([env.seg({ seq: 1000, flags: SYN, window: 65535, mss: 1460, windowScale: 7, tsVal: 1, tsEcr: 0 })]);
+  env.stack.input([
+    env.seg({
+      seq: 1000,
+      flags: SYN,
+      window: 65535,
+      mss: 1460,
+      windowScale: 7,
+      sackPermitted: true,
+      tsVal: 1,
+      tsEcr: 0,
+    }),
+  ]);
   await tick();
   const [synack] = env.take();
   const iss = synack.tcp!.seq;
@@ -146,7 +157,9 @@ Deno.test("tcp: out-of-order data triggers an immediate duplicate ACK and is del
   const p1 = new Uint8Array(10).fill(1), p2 = new Uint8Array(10).fill(2), p3 = new Uint8Array(10).fill(3);
   env.stack.input([env.seg({ seq: 1021, ack: snd }, p3)]);
   env.stack.input([env.seg({ seq: 1011, ack: snd }, p2)]);
-  assertEquals(env.take().map((s) => s.tcp!.ack), [1001, 1001]);
+  const dups = env.take();
+  assertEquals(dups.map((s) => s.tcp!.ack), [1001, 1001]);
+  assertEquals(dups.map((s) => s.tcp!.sackBlocks), [[[1021, 1031]], [[1011, 1031]]], "SACK blocks name what arrived");
   env.stack.input([env.seg({ seq: 1001, ack: snd }, p1)]);
   assertEquals(env.take().map((s) => s.tcp!.ack), [1031]);
   const r = conn.readable.getReader();

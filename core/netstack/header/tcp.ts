@@ -22,6 +22,8 @@ export interface TcpOptions {
   sackPermitted?: boolean;
   tsVal?: number;
   tsEcr?: number;
+  /** SACK blocks (RFC 2018) as [left, right) sequence pairs; at most 3 fit beside timestamps. */
+  sackBlocks?: Array<[number, number]>;
 }
 
 /** A parsed TCP header. `payloadOffset` is relative to the start of the segment. */
@@ -67,13 +69,20 @@ export function parseTcp(s: Uint8Array): TcpHeader {
     if (kind === 2 && len === 4) h.mss = (s[i + 2] << 8) | s[i + 3];
     else if (kind === 3 && len === 3) h.windowScale = Math.min(14, s[i + 2]);
     else if (kind === 4 && len === 2) h.sackPermitted = true;
-    else if (kind === 8 && len === 10) {
+    else if (kind === 5 && len >= 10 && (len - 2) % 8 === 0) {
+      h.sackBlocks = [];
+      for (let j = i + 2; j < i + len; j += 8) h.sackBlocks.push([get32(s, j), get32(s, j + 4)]);
+    } else if (kind === 8 && len === 10) {
       h.tsVal = ((s[i + 2] << 24) | (s[i + 3] << 16) | (s[i + 4] << 8) | s[i + 5]) >>> 0;
       h.tsEcr = ((s[i + 6] << 24) | (s[i + 7] << 16) | (s[i + 8] << 8) | s[i + 9]) >>> 0;
     }
     i += len;
   }
   return h;
+}
+
+function get32(b: Uint8Array, i: number): number {
+  return ((b[i] << 24) | (b[i + 1] << 16) | (b[i + 2] << 8) | b[i + 3]) >>> 0;
 }
 
 /** Fields for {@link encodeTcp}. */
@@ -94,6 +103,7 @@ export function tcpOptionsLength(f: TcpOptions): number {
   if (f.windowScale !== undefined) n += 4; // NOP + 3
   if (f.sackPermitted) n += 4; // NOP NOP + 2
   if (f.tsVal !== undefined) n += 12; // NOP NOP + 10
+  if (f.sackBlocks?.length) n += 4 + 8 * f.sackBlocks.length; // NOP NOP + 2 + 8n
   return n;
 }
 
@@ -149,6 +159,17 @@ export function encodeTcp(buf: Uint8Array, f: TcpFields): number {
     put32(buf, i, f.tsVal >>> 0);
     put32(buf, i + 4, (f.tsEcr ?? 0) >>> 0);
     i += 8;
+  }
+  if (f.sackBlocks?.length) {
+    buf[i++] = 1;
+    buf[i++] = 1;
+    buf[i++] = 5;
+    buf[i++] = 2 + 8 * f.sackBlocks.length;
+    for (const [l, r] of f.sackBlocks) {
+      put32(buf, i, l >>> 0);
+      put32(buf, i + 4, r >>> 0);
+      i += 8;
+    }
   }
   return hl;
 }

@@ -46,6 +46,8 @@ export interface TcpTuning {
   maxRtoMs: number;
   /** SYN-ACK / data retransmissions before the connection is given up. */
   maxRetries: number;
+  /** Offer SACK (RFC 2018) so the peer retransmits only the holes in what we received. */
+  sack: boolean;
 }
 
 /** Defaults: 4 MiB buffers, short TIME_WAIT (the peer is on this host). */
@@ -56,6 +58,7 @@ export const DEFAULT_TCP_TUNING: TcpTuning = {
   minRtoMs: 200,
   maxRtoMs: 60_000,
   maxRetries: 12,
+  sack: true,
 };
 
 /** What an endpoint needs from its stack. */
@@ -108,6 +111,8 @@ export class TcpEndpoint implements TcpConn {
   #mss = 536;
   #tsOk = false;
   #tsRecent = 0;
+  #sackOk = false;
+  #lastOooSeq = 0;
 
   #iss: number;
   #irs: number;
@@ -129,6 +134,10 @@ export class TcpEndpoint implements TcpConn {
   #dupAcks = 0;
   #inRecovery = false;
   #recover = 0;
+  /** SACKed ranges above SND.UNA (merged, ascending) and the next hole to retransmit in this recovery. */
+  #sacked: Array<[number, number]> = [];
+  #highRxt = 0;
+  #ptoDeadline = Infinity;
 
   #srtt = -1;
   #rttvar = 0;
@@ -187,6 +196,7 @@ export class TcpEndpoint implements TcpConn {
       this.#sndWscale = syn.windowScale;
       this.#rcvWscale = WSCALE;
     }
+    this.#sackOk = tuning.sack && syn.sackPermitted === true;
     if (syn.tsVal !== undefined) {
       this.#tsOk = true;
       this.#tsRecent = syn.tsVal;
@@ -345,9 +355,10 @@ export class TcpEndpoint implements TcpConn {
     }
     const acked = seqDiff(ack, this.#sndUna);
     const outstanding = seqDiff(this.#sndMax, this.#sndUna);
+    const newSack = this.#sackOk && h.sackBlocks !== undefined && this.#updateScoreboard(h.sackBlocks, ack);
     if (acked === 0) {
       if (outstanding === 0) this.#retries = 0; // a live peer answering window probes
-      if (dataLen === 0 && !fin && newWnd === oldWnd && outstanding > 0) this.#dupAck();
+      if (dataLen === 0 && !fin && (newWnd === oldWnd || newSack) && outstanding > 0) this.#dupAck();
       else this.output();
       return;
     }
@@ -368,6 +379,8 @@ export class TcpEndpoint implements TcpConn {
     this.#sndUna = ack;
     if (seqLt(this.#sndNxt, ack)) this.#sndNxt = ack;
     this.#retries = 0;
+    while (this.#sacked.length > 0 && seqLe(this.#sacked[0][1], ack)) this.#sacked.shift();
+    if (this.#sacked.length > 0 && seqLt(this.#sacked[0][0], ack)) this.#sacked[0][0] = ack;
 
     if (this.#inRecovery) {
       if (seqGe(ack, this.#recover)) {
@@ -375,10 +388,12 @@ export class TcpEndpoint implements TcpConn {
         this.#dupAcks = 0;
         this.#cwnd = Math.max(this.#mss, Math.min(this.#ssthresh, seqDiff(this.#sndMax, ack) + this.#mss));
       } else {
-        // Partial ACK (RFC 6582): retransmit the next hole, deflate.
-        this.#retransmitHead();
+        // Partial ACK (RFC 6582): retransmit the next hole(s), deflate.
+        this.#retransmitHoles();
         this.#cwnd = Math.max(this.#mss, this.#cwnd - acked + this.#mss);
       }
+    } else if (this.#sackSaysLoss()) {
+      this.#enterRecovery();
     } else {
       this.#dupAcks = 0;
       if (this.#cwnd < this.#ssthresh) this.#cwnd += Math.min(acked, 2 * this.#mss);
@@ -392,8 +407,10 @@ export class TcpEndpoint implements TcpConn {
       w.resolve();
     }
 
-    if (seqDiff(this.#sndMax, this.#sndUna) > 0) this.#arm(this.#rto);
-    else this.#disarm();
+    if (seqDiff(this.#sndMax, this.#sndUna) > 0) {
+      this.#arm(this.#rto);
+      this.#armPto();
+    } else this.#disarm();
     if (this.#finAcked) {
       if (this.#state === "fin-wait-1") {
         this.#state = "fin-wait-2";
@@ -406,18 +423,81 @@ export class TcpEndpoint implements TcpConn {
 
   #dupAck(): void {
     this.#dupAcks++;
-    if (!this.#inRecovery && this.#dupAcks === 3) {
-      const flight = seqDiff(this.#sndMax, this.#sndUna);
-      this.#ssthresh = Math.max(Math.floor(flight / 2), 2 * this.#mss);
-      this.#recover = this.#sndMax;
-      this.#inRecovery = true;
-      this.#retransmitHead();
-      this.#cwnd = this.#ssthresh + 3 * this.#mss;
-      this.#arm(this.#rto);
+    if (!this.#inRecovery && (this.#dupAcks === 3 || this.#sackSaysLoss())) {
+      this.#enterRecovery();
     } else if (this.#inRecovery) {
       this.#cwnd += this.#mss;
+      if (this.#sacked.length > 0) this.#retransmitHoles();
       this.output();
     }
+  }
+
+  /** Fast retransmit (RFC 5681 §3.2), NewReno (RFC 6582) or SACK-guided (RFC 6675) hole filling. */
+  #enterRecovery(): void {
+    const flight = seqDiff(this.#sndMax, this.#sndUna);
+    this.#ssthresh = Math.max(Math.floor(flight / 2), 2 * this.#mss);
+    this.#recover = this.#sndMax;
+    this.#inRecovery = true;
+    this.#highRxt = this.#sndUna;
+    this.#ptoDeadline = Infinity;
+    if (this.#sacked.length > 0) this.#retransmitHoles();
+    else this.#retransmitHead();
+    this.#cwnd = this.#ssthresh + 3 * this.#mss;
+    this.#arm(this.#rto);
+  }
+
+  /**
+   * Loss per SACK: 3 segments' worth SACKed above SND.UNA (RFC 6675 §5 DupThresh), or the SACK reaches the tail
+   * of what was sent (a tail-loss probe was answered: the holes below it are lost).
+   */
+  #sackSaysLoss(): boolean {
+    if (this.#sacked.length === 0) return false;
+    let bytes = 0;
+    for (const [l, r] of this.#sacked) bytes += seqDiff(r, l);
+    const tail = seqDiff(this.#sndMax, this.#sacked[this.#sacked.length - 1][1]) <= 1;
+    return bytes >= 3 * this.#mss || tail;
+  }
+
+  /** Merges the peer's SACK blocks into the scoreboard; true when they SACK something new. */
+  #updateScoreboard(blocks: Array<[number, number]>, ack: number): boolean {
+    let changed = false;
+    for (const [l0, r] of blocks) {
+      if (seqLe(r, ack) || seqGt(r, this.#sndMax) || !seqLt(l0, r)) continue; // D-SACK or bogus
+      const l = seqLt(l0, ack) ? ack : l0;
+      const sb = this.#sacked;
+      let i = 0;
+      while (i < sb.length && seqLt(sb[i][1], l)) i++;
+      if (i < sb.length && seqLe(sb[i][0], l) && seqGe(sb[i][1], r)) continue; // nothing new
+      changed = true;
+      let nl = l, nr = r, j = i;
+      while (j < sb.length && seqLe(sb[j][0], nr)) {
+        if (seqLt(sb[j][0], nl)) nl = sb[j][0];
+        if (seqGt(sb[j][1], nr)) nr = sb[j][1];
+        j++;
+      }
+      sb.splice(i, j - i, [nl, nr]);
+    }
+    return changed;
+  }
+
+  /** Retransmits up to two segments from the holes below the highest SACKed byte (or the head). */
+  #retransmitHoles(): void {
+    if (this.#sacked.length === 0) return this.#retransmitHead();
+    let seq = seqGt(this.#highRxt, this.#sndUna) ? this.#highRxt : this.#sndUna;
+    let sent = 0;
+    for (const [l, r] of this.#sacked) {
+      while (sent < 2 && seqLt(seq, l)) {
+        const off = seqDiff(seq, this.#sndUna);
+        const len = Math.min(this.#mss, seqDiff(l, seq), this.#sqBytes - off);
+        if (len <= 0) break;
+        this.#sendData(seq, off, len, false, true);
+        sent++;
+        seq = seqAdd(seq, len);
+      }
+      if (sent >= 2) break;
+      if (seqLt(seq, r)) seq = r;
+    }
+    this.#highRxt = seq;
   }
 
   #rttSample(rtt: number): void {
@@ -465,7 +545,23 @@ export class TcpEndpoint implements TcpConn {
     else this.#ackLater();
   }
 
+  /** Merged out-of-order ranges, the one holding the latest arrival first (RFC 2018 §4), at most 3. */
+  #sackBlocks(): Array<[number, number]> {
+    const ranges: Array<[number, number]> = [];
+    for (const s of this.#ooo) {
+      const end = seqAdd(s.seq, s.data.length + (s.fin ? 1 : 0));
+      const last = ranges.at(-1);
+      if (last && seqLe(s.seq, last[1])) {
+        if (seqGt(end, last[1])) last[1] = end;
+      } else ranges.push([s.seq, end]);
+    }
+    const i = ranges.findIndex(([l, r]) => seqLe(l, this.#lastOooSeq) && seqLt(this.#lastOooSeq, r));
+    if (i > 0) ranges.unshift(...ranges.splice(i, 1));
+    return ranges.slice(0, 3);
+  }
+
   #insertOoo(seq: number, data: Uint8Array, fin: boolean): void {
+    this.#lastOooSeq = seq;
     const seg = { seq, data: data.slice(), fin };
     let i = this.#ooo.length;
     while (i > 0 && seqGt(this.#ooo[i - 1].seq, seq)) i--;
@@ -529,6 +625,7 @@ export class TcpEndpoint implements TcpConn {
       f.tsVal = Math.floor(this.#host.clock.now()) >>> 0;
       f.tsEcr = this.#tsRecent;
     }
+    if (this.#sackOk && this.#ooo.length > 0) f.sackBlocks = this.#sackBlocks();
     this.#ackPending = false;
     return f;
   }
@@ -544,6 +641,7 @@ export class TcpEndpoint implements TcpConn {
       mss: this.#localMss,
     };
     if (this.#rcvWscale) f.windowScale = this.#rcvWscale;
+    if (this.#sackOk) f.sackPermitted = true;
     if (this.#tsOk) {
       f.tsVal = Math.floor(this.#host.clock.now()) >>> 0;
       f.tsEcr = this.#tsRecent;
@@ -614,8 +712,9 @@ export class TcpEndpoint implements TcpConn {
           return;
         }
         const len = Math.min(unsent, this.#mss, room);
-        // Sender SWS avoidance: no runt segments while more data waits, unless half the peer's window is open.
-        if (len < this.#mss && len < unsent && len < this.#maxSndWnd / 2) return;
+        // Sender SWS avoidance: no runt segments while more data waits, unless half the peer's window is open or
+        // nothing is in flight (then no ACK would come to unblock us: RFC 9293's override timeout, at once).
+        if (len < this.#mss && len < unsent && len < this.#maxSndWnd / 2 && off > 0) return;
         const last = len === unsent;
         const fin = last && this.#finQueued;
         this.#sendData(this.#sndNxt, off, len, fin, last);
@@ -640,6 +739,7 @@ export class TcpEndpoint implements TcpConn {
     if (seqGt(end, this.#sndNxt)) this.#sndNxt = end;
     if (seqGt(end, this.#sndMax)) this.#sndMax = end;
     if (this.#deadline === Infinity) this.#arm(this.#rto);
+    if (this.#ptoDeadline === Infinity && !this.#inRecovery) this.#armPto();
   }
 
   #retransmitHead(): void {
@@ -703,31 +803,55 @@ export class TcpEndpoint implements TcpConn {
   // ---- timers ----
 
   #arm(ms: number): void {
-    const now = this.#host.clock.now();
-    this.#deadline = now + ms;
-    if (this.#timer !== undefined && this.#timerAt <= this.#deadline) return;
+    this.#deadline = this.#host.clock.now() + ms;
+    this.#schedule();
+  }
+
+  /** Tail-loss probe (RFC 8985 §7): a lost last segment gets no duplicate ACKs; probe it after 2·SRTT. */
+  #armPto(): void {
+    if (this.#srtt < 0 || this.#inRecovery || !this.#sackOk) return;
+    this.#ptoDeadline = this.#host.clock.now() + Math.max(2 * this.#srtt, 10);
+    this.#schedule();
+  }
+
+  /** One lazily re-armed clock timer serves both deadlines, so ACKs rarely touch the clock. */
+  #schedule(): void {
+    const due = Math.min(this.#deadline, this.#ptoDeadline);
+    if (due === Infinity) return;
+    if (this.#timer !== undefined && this.#timerAt <= due) return;
     if (this.#timer !== undefined) this.#host.clock.clearTimeout(this.#timer);
-    this.#timerAt = this.#deadline;
-    this.#timer = this.#host.clock.setTimeout(() => this.#fire(), ms);
+    this.#timerAt = due;
+    this.#timer = this.#host.clock.setTimeout(() => this.#fire(), Math.max(0, due - this.#host.clock.now()));
   }
 
   #disarm(): void {
     this.#deadline = Infinity;
+    this.#ptoDeadline = Infinity;
   }
 
   #fire(): void {
     this.#timer = undefined;
     this.#timerAt = Infinity;
-    if (this.#deadline === Infinity || this.#state === "closed") return;
-    const left = this.#deadline - this.#host.clock.now();
-    if (left > 1) {
-      const d = this.#deadline;
-      this.#arm(left);
-      this.#deadline = d;
-      return;
+    if (this.#state === "closed") return;
+    const now = this.#host.clock.now() + 1;
+    if (this.#ptoDeadline <= now) {
+      this.#ptoDeadline = Infinity;
+      this.#probe();
     }
-    this.#deadline = Infinity;
-    this.#timeout();
+    if (this.#deadline <= now) {
+      this.#deadline = Infinity;
+      this.#timeout();
+    }
+    if ((this.#state as TcpState) !== "closed") this.#schedule();
+  }
+
+  #probe(): void {
+    const outstanding = seqDiff(this.#sndMax, this.#sndUna);
+    if (outstanding <= 0 || this.#inRecovery) return;
+    const off = Math.max(0, Math.min(outstanding, this.#sqBytes) - this.#mss);
+    const len = Math.min(this.#mss, this.#sqBytes - off);
+    if (len <= 0) return this.#retransmitHead();
+    this.#sendData(seqAdd(this.#sndUna, off), off, len, false, true);
   }
 
   #timeout(): void {
@@ -757,6 +881,7 @@ export class TcpEndpoint implements TcpConn {
       this.#dupAcks = 0;
       this.#recover = this.#sndMax;
       this.#rttSeq = -1;
+      this.#sacked = []; // RFC 6675 §5.1: after an RTO the scoreboard is not trusted
       this.#sndNxt = this.#sndUna; // go back N
       if (this.#sndWnd === 0) {
         this.#retransmitHead(); // zero-window probe (RFC 9293 §3.8.6.1): one segment beyond the window
@@ -781,6 +906,7 @@ export class TcpEndpoint implements TcpConn {
     if (this.#state === "closed") return;
     this.#state = "closed";
     this.#deadline = Infinity;
+    this.#ptoDeadline = Infinity;
     if (this.#timer !== undefined) this.#host.clock.clearTimeout(this.#timer);
     this.#timer = undefined;
     if (err) {
