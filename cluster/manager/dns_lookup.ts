@@ -56,6 +56,10 @@ export function podSearchList(namespace: string, clusterDomain: string): string[
  * (not counting the final one) are tried with each search suffix first.
  */
 export function candidateNames(name: string, clientNamespace: string, resolver: ResolverConfig): string[] {
+  // An absolute name of two or more labels is what the client already expanded with its own search path: query it
+  // as it is. Adding search suffixes here would let a cluster DNS that forwards back to the workstation grow the
+  // name on every round (the client's recursion guard only recognises the name it asked for).
+  if (name.endsWith(".") && countDots(name) >= 2) return [name];
   let fqdn = name.endsWith(".") ? name : `${name}.`;
   if (countDots(fqdn) === 1) fqdn = `${fqdn}${clientNamespace}.`;
   const dots = countDots(fqdn) - 1;

@@ -185,6 +185,17 @@ const quitCommand: Command = {
         return 0;
       }
       await call(h.client, "quit", {}, 30_000);
+      // the daemon answers first, then stops: wait until its socket is gone so the host is clean on return
+      const deadline = Date.now() + 10_000;
+      while (Date.now() < deadline) {
+        try {
+          await Deno.stat(h.socketPath);
+        } catch {
+          // socket removed: the daemon is done
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
       ctx.io.out("tel: disconnected; daemon stopped\n");
       return 0;
     } finally {

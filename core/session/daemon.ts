@@ -40,6 +40,17 @@ export interface DaemonOptions {
   onReady?: () => void;
 }
 
+/** TEL_DNS_LISTEN=ip:port binds tel's DNS server there instead of 127.0.0.1:<free port> (labs, local clusters). */
+export function dnsListenFromEnv(
+  env: (k: string) => string | undefined = (k) => Deno.env.get(k),
+): { hostname: string; port: number } | undefined {
+  const v = env("TEL_DNS_LISTEN");
+  if (!v) return undefined;
+  const m = /^\[(.+)\]:(\d+)$/.exec(v) ?? /^([^:]+):(\d+)$/.exec(v);
+  if (!m) throw new TelError("config", `TEL_DNS_LISTEN="${v}" is not ip:port`, { hint: "e.g. 127.0.0.1:53" });
+  return { hostname: m[1], port: Number(m[2]) };
+}
+
 /** Default socket and state locations (root daemon). */
 export function daemonPaths(env: (k: string) => string | undefined = (k) => Deno.env.get(k)): {
   socketPath: string;
@@ -218,6 +229,7 @@ class Daemon {
           excludeSuffixes: cfg.dns.excludeSuffixes,
         },
         onStep: (l) => steps.push(l),
+        dnsListen: dnsListenFromEnv(),
       });
       await this.#saveState();
       const st = this.#session.status();

@@ -11,6 +11,8 @@ export type TunnelOpener = (id: FlowId, signal: AbortSignal) => Promise<Tunnel>;
 
 /** Live counts for `tel status`. */
 export interface ForwarderStats {
+  /** Tunnels actually dialed (attempts that waited on another's failure share it and are not counted). */
+  dials: number;
   open: number;
   opened: number;
   failed: number;
@@ -26,11 +28,14 @@ export function createForwarder(
   open: TunnelOpener,
   queue: ConnectQueue<Tunnel> = new ConnectQueue<Tunnel>(),
 ): { forwarder: Forwarder; stats: ForwarderStats } {
-  const stats: ForwarderStats = { open: 0, opened: 0, failed: 0 };
+  const stats: ForwarderStats = { dials: 0, open: 0, opened: 0, failed: 0 };
 
   const dial = async (id: FlowId): Promise<Tunnel | Verdict> => {
     try {
-      const t = await queue.run(connectKey(id.proto, id.dst, id.dstPort), (signal) => open(id, signal));
+      const t = await queue.run(connectKey(id.proto, id.dst, id.dstPort), (signal) => {
+        stats.dials++;
+        return open(id, signal);
+      });
       stats.opened++;
       stats.open++;
       t.ended.then(() => stats.open--);

@@ -64,7 +64,8 @@ export class ManagerLookup implements ClusterLookup {
     const res = await unary(
       cur.client.lookupDns as never,
       cur.client,
-      { session: { sessionId: cur.sessionId }, name, qtype: typeNumber(qtype) },
+      // absolute: the engine has already applied the search path
+      { session: { sessionId: cur.sessionId }, name: name.endsWith(".") ? name : `${name}.`, qtype: typeNumber(qtype) },
       new Metadata(),
       this.#timeoutMs,
     ) as { rcode: number; records: Uint8Array[] };

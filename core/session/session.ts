@@ -95,7 +95,7 @@ export class ClientSession {
   #engine?: DnsEngine;
   #dns?: DnsServer;
   #dnsAddr = "";
-  #fwdStats: ForwarderStats = { open: 0, opened: 0, failed: 0 };
+  #fwdStats: ForwarderStats = { dials: 0, open: 0, opened: 0, failed: 0 };
   #closed = false;
   #watchStream?: ClientReadableStream<ClusterInfo>;
   #remainTimer?: unknown;
@@ -384,7 +384,12 @@ export class ClientSession {
       dnsServer: this.#dnsAddr,
       dnsStats: numbers(dns),
       openTunnels: this.#fwdStats.open,
-      netstackCounters: numbers(counters),
+      netstackCounters: {
+        ...numbers(counters),
+        tunnelDials: this.#fwdStats.dials,
+        tunnelsOpened: this.#fwdStats.opened,
+        tunnelDialFailures: this.#fwdStats.failed,
+      },
       lastError: this.#lastError,
     };
   }

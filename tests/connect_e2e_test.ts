@@ -1,0 +1,257 @@
+/** `tel connect` end to end in the netns lab: names, IPs, fallback, UDP, dynamic subnets, reconnect, cleanup. */
+
+import assert from "node:assert/strict";
+import { Lab } from "./lab/cluster.ts";
+import { canUseNetns } from "./lab/netns.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const ready = await canUseNetns();
+
+interface Tel {
+  run(args: string[], env?: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }>;
+  state: string;
+  socket: string;
+}
+
+function telIn(lab: Lab): Tel {
+  const state = `${lab.dir}/tel-state`;
+  const socket = `${state}/daemon.sock`;
+  return {
+    state,
+    socket,
+    run: (args, env = {}) =>
+      lab.ws.run([
+        "env",
+        `TEL_SOCKET=${socket}`,
+        `TEL_STATE_DIR=${state}`,
+        "RUST_BACKTRACE=0",
+        "NO_COLOR=1",
+        ...Object.entries(env).map(([k, v]) => `${k}=${v}`),
+        Deno.execPath(),
+        "run",
+        "-A",
+        "--unstable-net",
+        `${ROOT}main.ts`,
+        ...args,
+      ]),
+  };
+}
+
+async function curl(lab: Lab, url: string, extra: string[] = []): Promise<{ code: number; body: string }> {
+  const r = await lab.ws.run(["curl", "-sS", "--max-time", "5", ...extra, url]);
+  return { code: r.code, body: r.stdout + r.stderr };
+}
+
+/** Polls `fn` until it returns true, at most `ms`; returns whether it did. Bounded, not a speed assertion. */
+async function eventually(fn: () => Promise<boolean>, ms = 20_000, stepMs = 200): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await fn()) return true;
+    await new Promise((r) => setTimeout(r, stepMs));
+  }
+  return false;
+}
+
+async function routes(lab: Lab): Promise<string> {
+  return await lab.ws.exec(["ip", "route", "show"]);
+}
+
+async function assertHostClean(lab: Lab, tel: Tel): Promise<void> {
+  const links = await lab.ws.exec(["ip", "link", "show"]);
+  assert.doesNotMatch(links, /tel0/, "VIF removed");
+  assert.doesNotMatch(await routes(lab), /tel0/, "no route via tel0");
+  assert.doesNotMatch(await lab.ws.exec(["iptables", "-t", "nat", "-S"]), /TEL-DNS/, "no iptables chain");
+  await assert.rejects(Deno.stat(`${tel.state}/state.json`), Deno.errors.NotFound, "state file removed");
+  await assert.rejects(Deno.stat(tel.socket), Deno.errors.NotFound, "socket removed");
+}
+
+async function connect(lab: Lab, tel: Tel, extra: string[] = [], env: Record<string, string> = {}) {
+  const r = await tel.run(["connect", "--kubeconfig", lab.kubeconfigPath, ...extra], env);
+  return r;
+}
+
+function withLab(name: string, fn: (lab: Lab, tel: Tel) => Promise<void>, opts: Parameters<typeof Lab.start>[0] = {}) {
+  Deno.test({
+    name,
+    ignore: !ready,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn() {
+      const lab = await Lab.start(opts);
+      const tel = telIn(lab);
+      try {
+        await fn(lab, tel);
+      } finally {
+        await tel.run(["quit"]).catch(() => {});
+        const left = await lab.close();
+        assert.deepEqual(left, [], `lab left ${left.join(", ")}`);
+      }
+    },
+  });
+}
+
+withLab("connect: cluster names and IPs answer through the TUN only; quit leaves nothing behind", async (lab, tel) => {
+  const pod = lab.pod("echo-0", "default")!;
+  const before = await curl(lab, `http://${pod.ips[0]}:8080/`);
+  assert.notEqual(before.code, 0, "a pod IP is unreachable before connect");
+
+  const c = await connect(lab, tel);
+  assert.equal(c.code, 0, c.stdout + c.stderr);
+  assert.match(c.stdout, /kube API https:\/\/198\.19\.255\.2:6443/);
+  assert.match(c.stdout, /traffic-manager reached via port-forward to tel-system\/traffic-manager-0:8081/);
+  assert.match(c.stdout, /subnets routed through tel0: .*198\.18\.0\.0\/24/);
+  assert.match(c.stdout, /recursion check: no DNS recursion/);
+  assert.match(c.stdout, /Connected to context/);
+
+  for (
+    const url of [
+      "http://echo.default/",
+      "http://echo/",
+      "http://echo.default.svc.cluster.local/",
+      "http://198.19.0.10/",
+      `http://${pod.ips[0]}:8080/`,
+    ]
+  ) {
+    const r = await curl(lab, url);
+    assert.equal(r.code, 0, `${url}: ${r.body}`);
+    assert.match(r.body, /echo/, url);
+  }
+  const rt = await routes(lab);
+  assert.match(rt, /^198\.18\.0\.0\/24 dev tel0/m);
+  assert.match(rt, /^198\.19\.0\.0\/20 dev tel0/m);
+
+  const internet = await curl(lab, "http://www.example.test/");
+  assert.equal(internet.code, 0, `a name outside the cluster resolves through the fallback: ${internet.body}`);
+
+  const udp = await lab.ws.run(["sh", "-c", "echo ping-udp | nc -u -w 2 198.19.0.11 53"]);
+  assert.match(udp.stdout, /ping-udp/, `UDP service echoes: ${udp.stderr}`);
+
+  const big = await lab.ws.run(["sh", "-c", "curl -sS --max-time 30 http://echo.default/bytes/20971520 | sha256sum"]);
+  // the pod sends a repeating 0..255 pattern
+  const pattern = new Uint8Array(20971520).map((_, i) => i & 255);
+  const want = Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", pattern)))
+    .map((b) => b.toString(16).padStart(2, "0")).join("");
+  assert.equal(big.stdout.split(" ")[0], want, "20 MiB arrive byte-exact");
+
+  const st = await tel.run(["status", "-o", "json"]);
+  const status = JSON.parse(st.stdout);
+  assert.equal(status.state, "connected");
+  assert.ok(status.routes.includes("198.18.0.0/24"));
+  assert.match(status.resolver, /resolver-iptables/);
+  assert.ok(status.dnsStats.queries > 0);
+  const text = await tel.run(["status"]);
+  assert.match(text.stdout, /State:\s+connected/);
+
+  const q = await tel.run(["quit"]);
+  assert.equal(q.code, 0, q.stderr);
+  await assertHostClean(lab, tel);
+  assert.notEqual((await curl(lab, `http://${pod.ips[0]}:8080/`)).code, 0, "unreachable again after quit");
+});
+
+withLab("connect: nodes added and removed in the cluster are routed and unrouted while connected", async (lab, tel) => {
+  const c = await connect(lab, tel);
+  assert.equal(c.code, 0, c.stdout + c.stderr);
+  await lab.addNode({ name: "node-c", podCIDRs: ["198.18.2.0/24"] });
+  assert.ok(await eventually(async () => /^198\.18\.2\.0\/24 dev tel0/m.test(await routes(lab))), "new podCIDR routed");
+  await lab.removeNode("node-c");
+  assert.ok(await eventually(async () => !/198\.18\.2\.0\/24/.test(await routes(lab))), "removed podCIDR unrouted");
+});
+
+withLab("connect: also-proxy and never-proxy are honoured", async (lab, tel) => {
+  const echo = lab.pod("echo-0", "default")!;
+  const echoB = lab.pod("echo-b-0", "default")!;
+  const c = await connect(lab, tel, ["--never-proxy", `${echo.ips[0]}/32`, "--also-proxy", "198.18.200.0/24"]);
+  assert.equal(c.code, 0, c.stdout + c.stderr);
+  const rt = await routes(lab);
+  assert.match(rt, /^198\.18\.200\.0\/24 dev tel0/m);
+  assert.doesNotMatch(rt, /^198\.18\.0\.0\/24 dev tel0/m, "the never-proxied pod's subnet is split");
+  assert.notEqual((await curl(lab, `http://${echo.ips[0]}:8080/`)).code, 0, "never-proxied pod unreachable");
+  const b = await curl(lab, `http://${echoB.ips[0]}:8080/`);
+  assert.equal(b.code, 0, b.body);
+  const st = JSON.parse((await tel.run(["status", "-o", "json"])).stdout);
+  assert.ok(st.neverProxy.includes(`${echo.ips[0]}/32`));
+});
+
+withLab("connect: a route conflict is refused naming both routes, and nothing is left", async (lab, tel) => {
+  // like a VPN that already routes the pod range
+  await lab.ws.exec(["ip", "route", "add", "198.18.0.0/16", "via", "198.19.255.2"]);
+  const c = await connect(lab, tel);
+  assert.equal(c.code, 4, c.stdout + c.stderr);
+  assert.match(c.stderr, /cluster subnet 198\.18\.0\.0\/24 overlaps host route 198\.18\.0\.0\/16 on /);
+  assert.match(c.stderr, /hint: /);
+  await tel.run(["quit"]);
+  await assertHostClean(lab, tel);
+});
+
+withLab("connect: the manager killed and restarted is reached again without a new connect", async (lab, tel) => {
+  const c = await connect(lab, tel);
+  assert.equal(c.code, 0, c.stdout + c.stderr);
+  assert.equal((await curl(lab, "http://echo.default/")).code, 0);
+  await lab.killManager("SIGKILL");
+  assert.ok(
+    await eventually(async () => JSON.parse((await tel.run(["status", "-o", "json"])).stdout).state === "reconnecting"),
+    "status says reconnecting",
+  );
+  assert.match(await routes(lab), /tel0/, "routes stay while reconnecting");
+  await lab.startManager();
+  const t0 = performance.now();
+  assert.ok(await eventually(async () => (await curl(lab, "http://198.19.0.10/")).code === 0, 30_000), "back again");
+  console.log(`reachable again ${Math.round(performance.now() - t0)} ms after the manager was started`);
+  assert.equal((await curl(lab, "http://echo.default/")).code, 0, "names resolve again");
+});
+
+withLab("connect: a daemon killed with -9 is cleaned up by the next connect", async (lab, tel) => {
+  const c = await connect(lab, tel);
+  assert.equal(c.code, 0, c.stdout + c.stderr);
+  const state = JSON.parse(await Deno.readTextFile(`${tel.state}/state.json`));
+  const chain = state.plugins["resolver-iptables"].iptablesChains[0];
+  assert.match(await lab.ws.exec(["iptables", "-t", "nat", "-S"]), new RegExp(`-N ${chain}`));
+  Deno.kill(state.pid, "SIGKILL");
+  assert.ok(
+    await eventually(async () => {
+      try {
+        await Deno.stat(`/proc/${state.pid}`);
+        return false;
+      } catch {
+        // gone
+        return true;
+      }
+    }, 10_000),
+  );
+  const again = await connect(lab, tel);
+  assert.equal(again.code, 0, again.stdout + again.stderr);
+  const nat = await lab.ws.exec(["iptables", "-t", "nat", "-S"]);
+  assert.doesNotMatch(nat, new RegExp(`-N ${chain}$`, "m"), "the old chain is gone");
+  assert.equal((nat.match(/-N TEL-DNS-/g) ?? []).length, 1, "only the new chain");
+  assert.equal((await curl(lab, "http://echo.default/")).code, 0, "the new session works");
+});
+
+withLab(
+  "connect: a local cluster whose DNS recurses back gets NXDOMAIN quickly; connects to a refused port do not multiply",
+  async (lab, tel) => {
+    const c = await connect(lab, tel, [], { TEL_DNS_LISTEN: "198.19.255.1:53" });
+    assert.equal(c.code, 0, c.stdout + c.stderr);
+    assert.match(c.stdout, /recursion check: the cluster's DNS recurses back to this machine/);
+    const t0 = performance.now();
+    const r = await lab.ws.run(["dig", "+time=3", "+tries=1", `@${lab.upstreamDns}`, "nothing-here.default"]);
+    const ms = performance.now() - t0;
+    assert.match(r.stdout, /status: NXDOMAIN/, r.stdout);
+    console.log(`unknown name answered NXDOMAIN in ${Math.round(ms)} ms`);
+    const before = JSON.parse((await tel.run(["status", "-o", "json"])).stdout).netstackCounters;
+    // 50 connects at once to a pod port nobody listens on: one dial goes to the cluster, the rest share its outcome
+    const burst = await lab.ws.run([
+      Deno.execPath(),
+      "eval",
+      `const r = await Promise.allSettled(Array.from({ length: 50 }, () => Deno.connect({ hostname: "198.18.0.20", port: 9 })));
+       console.log(JSON.stringify(r.map((x) => x.status === "rejected" ? x.reason.name : "connected")));`,
+    ]);
+    const outcomes = JSON.parse(burst.stdout) as string[];
+    assert.equal(outcomes.length, 50, burst.stderr);
+    assert.ok(outcomes.every((o) => o === "ConnectionRefused"), `all refused: ${outcomes.join(",")}`);
+    const after = JSON.parse((await tel.run(["status", "-o", "json"])).stdout).netstackCounters;
+    const dials = after.tunnelDials - before.tunnelDials;
+    console.log(`50 refused connects -> ${dials} dial(s) to the cluster`);
+    assert.ok(dials >= 1 && dials < 50, `connect serialization shares the first outcome (${dials} dials)`);
+  },
+  { localCluster: "198.19.255.1:53" },
+);
