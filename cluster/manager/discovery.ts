@@ -127,6 +127,8 @@ export interface DiscoveryOptions {
   debounceMs?: number;
   /** First delay before restarting an informer that failed; doubles up to 30 s; default 1000 ms. */
   restartDelayMs?: number;
+  /** A list call that takes longer fails (and is retried); default 60 s. */
+  listTimeoutMs?: number;
   /** Service probe options (retries). */
   probe?: { attempts?: number; retryDelayMs?: number; families?: Array<4 | 6> };
   clock?: Clock;
@@ -246,8 +248,22 @@ export class SubnetDiscovery implements ClusterInfoSource {
     list: () => Promise<{ items: T[]; metadata?: { resourceVersion?: string } }>,
     resource: string,
   ): Inf<T> {
+    // a list stuck on a dead connection must not stall the informer for good (undici under Deno may not notice)
+    const timeoutMs = this.#opts.listTimeoutMs ?? 60_000;
+    const bounded = () =>
+      new Promise<Awaited<ReturnType<typeof list>>>((resolve, reject) => {
+        const t = this.#clock.setTimeout(() => {
+          const server = this.#opts.kc.getCurrentCluster()?.server;
+          reject(
+            new TelError("cluster", `cannot list ${resource}: no answer within ${timeoutMs} ms`, {
+              hint: `check that the API server ${server} is reachable and not overloaded`,
+            }),
+          );
+        }, timeoutMs);
+        list().then(resolve, reject).finally(() => this.#clock.clearTimeout(t));
+      });
     // deno-lint-ignore no-explicit-any
-    const inf: Inf<T> = makeTelInformer<T>(this.#opts.kc, path, list as any);
+    const inf: Inf<T> = makeTelInformer<T>(this.#opts.kc, path, bounded as any);
     const changed = () => this.#schedule();
     inf.on("add", changed);
     inf.on("update", changed);

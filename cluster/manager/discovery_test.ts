@@ -285,3 +285,32 @@ Deno.test("a burst of node changes is coalesced into few full sets, the last one
     await api.close();
   }
 });
+
+Deno.test("a list that never answers times out and is retried", async () => {
+  const { api, kc } = await cluster();
+  api.cluster.addNode({ name: "n1", podCIDRs: ["10.244.0.0/24"] });
+  api.cluster.failNext("list", "nodes", 0); // stall the first list
+  const d = new SubnetDiscovery({
+    kc,
+    namespace: "ambassador",
+    strategy: "nodePodCIDRs",
+    serviceSubnets: ["10.96.0.0/12"],
+    listTimeoutMs: 200,
+    restartDelayMs: 50,
+  });
+  try {
+    await d.start();
+    await until(d, (i) => i.podSubnets.join() === "10.244.0.0/24", 3000);
+    assert.ok(
+      d.warnings.some((w) => w.message === "cannot list nodes: no answer within 200 ms"),
+      d.warnings.join("\n"),
+    );
+    assert.deepEqual(
+      api.cluster.requests.filter((q) => q.verb === "list" && q.resource === "nodes").map((q) => q.code),
+      [0, 200],
+    );
+  } finally {
+    await d.stop();
+    await api.close();
+  }
+});
