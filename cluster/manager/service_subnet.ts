@@ -22,6 +22,8 @@ export interface ServiceSubnetProbeOptions {
   attempts?: number;
   /** Delay before the first retry, doubled after each; default 500 ms. */
   retryDelayMs?: number;
+  /** A create that gets no answer within this fails (and is retried like a 5xx); default 30 s. */
+  requestTimeoutMs?: number;
   clock?: Clock;
 }
 
@@ -50,6 +52,14 @@ export function parseValidRange(message: string): Cidr[] {
   return out;
 }
 
+/** Rejects when `p` has not settled within `ms` (a request on a dead connection may never settle). */
+function withTimeout<T>(p: Promise<T>, ms: number, clock: Clock): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = clock.setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+    p.then(resolve, reject).finally(() => clock.clearTimeout(t));
+  });
+}
+
 function transient(code: number | undefined): boolean {
   return code === undefined || code === 429 || code >= 500;
 }
@@ -74,7 +84,11 @@ async function probeFamily(
       spec: { clusterIP: PROBE_IPS[family], ports: [{ port: 443 }] },
     };
     try {
-      await core.createNamespacedService({ namespace: opts.namespace, body });
+      await withTimeout(
+        core.createNamespacedService({ namespace: opts.namespace, body }),
+        opts.requestTimeoutMs ?? 30_000,
+        clock,
+      );
     } catch (err) {
       const st = apiStatus(err);
       if (st?.code === 422) {

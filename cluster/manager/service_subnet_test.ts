@@ -88,6 +88,16 @@ Deno.test("transient failures are retried with backoff; giving up reports the la
       api.cluster.requests.filter((q) => q.resource === "services").map((q) => q.code),
       [503, 503, 422],
     );
+    // a create that never gets an answer counts as transient too
+    api.cluster.failNext("create", "services", 0);
+    const slow = await probeServiceSubnets({
+      kc,
+      namespace: "ambassador",
+      families: [4],
+      retryDelayMs: 5,
+      requestTimeoutMs: 200,
+    });
+    assert.deepEqual(slow, { subnets: ["10.96.0.0/12"], errors: [] });
     api.cluster.failNext("create", "services", 500, 5);
     const bad = await probeServiceSubnets({ kc, namespace: "ambassador", families: [4], attempts: 2, retryDelayMs: 5 });
     assert.deepEqual(bad.subnets, []);
