@@ -12,6 +12,7 @@ import {
   PortForward,
   Watch,
 } from "@kubernetes/client-node";
+import { type Clock, systemClock } from "../core/clock.ts";
 import { errorMessage, TelError } from "../core/errors.ts";
 import { log } from "../core/log.ts";
 
@@ -242,6 +243,20 @@ function loadInCluster(opts: KubeConfigOptions): KubeContext {
   return { kc, context: "inClusterContext", namespace: namespace || "default", server, source: "in-cluster" };
 }
 
+/**
+ * Rejects with "no answer within N ms" when `p` has not settled in time. API calls go through undici, which under
+ * Deno may never settle a request whose connection died, so every call tel waits on is bounded.
+ */
+export function withTimeout<T>(p: Promise<T>, ms: number, clock: Clock = systemClock): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = clock.setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+    p.then(resolve, reject).finally(() => clock.clearTimeout(t));
+  });
+}
+
+/** How long tel waits for one API call by default, ms. */
+export const API_TIMEOUT_MS = 30_000;
+
 /** The fields of an apiserver `Status` that callers branch on. */
 export interface ApiStatus {
   code: number;
@@ -343,7 +358,7 @@ export async function findManagerPod(
   const core = kc.makeApiClient(CoreV1Api);
   let items;
   try {
-    items = (await core.listNamespacedPod({ namespace, labelSelector })).items;
+    items = (await withTimeout(core.listNamespacedPod({ namespace, labelSelector }), API_TIMEOUT_MS)).items;
   } catch (err) {
     throw kubeError(err, { verb: "list", resource: "pods", namespace }, kc.getCurrentCluster()?.server);
   }
@@ -420,7 +435,7 @@ export async function portForward(
 ): Promise<PortForwardHandle> {
   const server0 = kc.getCurrentCluster()?.server;
   try {
-    await kc.makeApiClient(CoreV1Api).readNamespacedPod({ namespace, name: pod });
+    await withTimeout(kc.makeApiClient(CoreV1Api).readNamespacedPod({ namespace, name: pod }), API_TIMEOUT_MS);
   } catch (err) {
     throw kubeError(err, { verb: "get", resource: "pods", namespace, name: pod }, server0);
   }

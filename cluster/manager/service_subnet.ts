@@ -5,7 +5,7 @@ import { type Clock, sleep, systemClock } from "../../core/clock.ts";
 import { TelError } from "../../core/errors.ts";
 import { log } from "../../core/log.ts";
 import { Cidr, normalize } from "../../core/subnet/mod.ts";
-import { apiStatus, kubeError } from "../kube.ts";
+import { API_TIMEOUT_MS, apiStatus, kubeError, withTimeout } from "../kube.ts";
 
 /** The clusterIP asked for per family; outside any sane service range, so the apiserver refuses it. */
 export const PROBE_IPS: Readonly<Record<4 | 6, string>> = { 4: "1.1.1.1", 6: "1:1::1" };
@@ -52,14 +52,6 @@ export function parseValidRange(message: string): Cidr[] {
   return out;
 }
 
-/** Rejects when `p` has not settled within `ms` (a request on a dead connection may never settle). */
-function withTimeout<T>(p: Promise<T>, ms: number, clock: Clock): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const t = clock.setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
-    p.then(resolve, reject).finally(() => clock.clearTimeout(t));
-  });
-}
-
 function transient(code: number | undefined): boolean {
   return code === undefined || code === 429 || code >= 500;
 }
@@ -86,7 +78,7 @@ async function probeFamily(
     try {
       await withTimeout(
         core.createNamespacedService({ namespace: opts.namespace, body }),
-        opts.requestTimeoutMs ?? 30_000,
+        opts.requestTimeoutMs ?? API_TIMEOUT_MS,
         clock,
       );
     } catch (err) {
