@@ -1,7 +1,9 @@
 /** Tests of the service subnet probe against the fake kube API. */
 
 import assert from "node:assert/strict";
+import fc from "fast-check";
 import { FakeKubeApi } from "../../tests/fixtures/fake_kube_api.ts";
+import { Cidr, IpAddr } from "../../core/subnet/mod.ts";
 import { loadKubeConfig } from "../kube.ts";
 import { parseValidRange, probeServiceSubnets } from "./service_subnet.ts";
 
@@ -20,6 +22,18 @@ Deno.test("parseValidRange reads the CIDRs after the apiserver's phrase", () => 
     ["The range of valid IPs is 10.96.0.0/33", []],
   ];
   for (const [msg, want] of cases) assert.deepEqual(parseValidRange(msg).map(String), want, msg);
+});
+
+Deno.test("parseValidRange: any message is safe, any canonical CIDR after the phrase comes back", () => {
+  fc.assert(fc.property(fc.string(), (msg) => {
+    for (const c of parseValidRange(msg)) assert.ok(c.toString().includes("/"));
+  }));
+  const v4 = fc.tuple(fc.ipV4(), fc.integer({ min: 0, max: 32 })).map(([ip, p]) => Cidr.of(IpAddr.parse(ip), p));
+  const v6 = fc.tuple(fc.ipV6(), fc.integer({ min: 0, max: 128 })).map(([ip, p]) => Cidr.of(IpAddr.parse(ip), p));
+  fc.assert(fc.property(fc.oneof(v4, v6), fc.string(), (cidr, prefix) => {
+    const msg = `${prefix.replaceAll("The range", "")} The range of valid IPs is ${cidr}`;
+    assert.deepEqual(parseValidRange(msg).map(String), [cidr.toString()]);
+  }));
 });
 
 async function setup(serviceCidrs: string[]) {
