@@ -1,6 +1,6 @@
 /** The cluster side of `tel connect`: the kubeconfig the CLI sends, and the way to the traffic-manager. */
 
-import { VersionApi } from "@kubernetes/client-node";
+import { CoreV1Api, VersionApi } from "@kubernetes/client-node";
 import type { ManagerConnection } from "../core/session/session.ts";
 import type { ManagerConnector } from "../core/session/daemon.ts";
 import { TelError } from "../core/errors.ts";
@@ -61,7 +61,11 @@ export const managerConnector: ManagerConnector = {
       };
     }
     if (!kube.namespace) throw new TelError("bug", "no namespace resolved from the kubeconfig");
-    return { connect, context: kube.context, namespace: kube.namespace, server: kube.server };
+    const namespaces = async () => {
+      const list = await kube.kc.makeApiClient(CoreV1Api).listNamespace();
+      return list.items.map((n) => n.metadata?.name ?? "").filter(Boolean);
+    };
+    return { connect, context: kube.context, namespace: kube.namespace, server: kube.server, namespaces };
   },
 };
 

@@ -22,9 +22,14 @@ import { cleanupStale, writeState } from "./state_file.ts";
 /** The cluster side of a connect, provided by cluster/ through main.ts. */
 export interface ManagerConnector {
   /** Loads the kubeconfig the CLI sent and returns how to reach the manager. */
-  prepare(
-    req: ConnectRequest,
-  ): Promise<{ connect: ConnectManager; context: string; namespace: string; server: string }>;
+  prepare(req: ConnectRequest): Promise<{
+    connect: ConnectManager;
+    context: string;
+    namespace: string;
+    server: string;
+    /** Namespaces the user may see, mapped so `name.<namespace>` resolves (kubectl's permissions). */
+    namespaces?: () => Promise<string[]>;
+  }>;
 }
 
 /** Options of {@link runDaemon}. */
@@ -230,6 +235,7 @@ class Daemon {
         },
         onStep: (l) => steps.push(l),
         dnsListen: dnsListenFromEnv(),
+        namespaces: cluster.namespaces,
       });
       await this.#saveState();
       const st = this.#session.status();

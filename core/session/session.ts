@@ -50,6 +50,8 @@ export interface SessionOptions {
   dnsListen?: { hostname: string; port: number };
   /** Resolution through the OS, for the recursion check; default Deno.resolveDns. */
   osResolve?: OsResolve;
+  /** Namespaces to map for DNS (`name.<namespace>`); default just `namespace`. */
+  namespaces?: () => Promise<string[]>;
   /** Called with one line per connect step. */
   onStep?: (line: string) => void;
   clientName?: string;
@@ -101,6 +103,7 @@ export class ClientSession {
   #remainTimer?: unknown;
   #reconnecting?: Promise<void>;
   #resolverStarted = false;
+  #namespaces: string[] = [];
 
   private constructor(o: SessionOptions) {
     this.#o = o;
@@ -126,6 +129,7 @@ export class ClientSession {
 
   async #startAll(): Promise<void> {
     const info = await this.#arrive(true);
+    await this.#loadNamespaces();
     const { forwarder, stats } = createForwarder((id, signal) => {
       const client = this.#client;
       if (!client || this.#state !== "connected") {
@@ -184,6 +188,15 @@ export class ClientSession {
     );
   }
 
+  async #loadNamespaces(): Promise<void> {
+    if (!this.#o.namespaces) return;
+    try {
+      this.#namespaces = await this.#o.namespaces();
+    } catch (e) {
+      log.warn("session", "cannot list namespaces; only the connected one is mapped", { error: errorMessage(e) });
+    }
+  }
+
   #hostBlocks(ips: string[]): Cidr[] {
     const out: Cidr[] = [];
     for (const ip of ips) {
@@ -206,6 +219,7 @@ export class ClientSession {
   #rules(info: ClusterInfo): DnsRules {
     return new DnsRules({
       namespace: this.#o.namespace,
+      namespaces: [...new Set([this.#o.namespace, ...this.#namespaces])],
       clusterDomain: info.clusterDomain || "cluster.local",
       includeSuffixes: [...(this.#o.dns?.includeSuffixes ?? []), ...(info.dns?.includeSuffixes ?? [])],
       excludeSuffixes: this.#o.dns?.excludeSuffixes ?? info.dns?.excludeSuffixes,
@@ -352,6 +366,7 @@ export class ClientSession {
         try {
           const info = await this.#arrive(false);
           log.info("session", "reconnected to the traffic-manager", { session: this.#sessionId });
+          await this.#loadNamespaces();
           this.#onInfo(info);
           break;
         } catch (e) {
