@@ -296,3 +296,38 @@ Deno.test("icmp: echo requests to routed addresses are answered, IPv4 and IPv6",
   assertEquals(out.map((s) => [s.proto, s.payload[0]]), [[1, 0], [58, 129]]);
   equal(env.stack.counters().icmpEchoReplies, 2);
 });
+
+Deno.test("tcp: SACK blocks from the client make the stack resend exactly the holes", async () => {
+  const env = setup();
+  const { snd, conn } = await handshake(env, 65535);
+  env.take();
+  await conn.writable.getWriter().write(new Uint8Array(6 * 1448).fill(7));
+  const sent = env.take();
+  equal(sent.length, 6);
+  const at = (i: number) => (snd + i * 1448) >>> 0;
+  // Segments 1 and 3 (0-based) were lost: the client ACKs segment 0 and SACKs 2 and 4..5.
+  env.stack.input([env.seg({ seq: 1001, ack: at(1), window: 65535, sackBlocks: [[at(2), at(3)], [at(4), at(6)]] })]);
+  const resent = env.take().filter((s) => s.payload.length > 0).map((s) => s.tcp!.seq);
+  assertEquals(resent, [at(1), at(3)]);
+  // Once the holes are filled, everything is acknowledged and nothing more is resent.
+  env.stack.input([env.seg({ seq: 1001, ack: at(6), window: 65535 })]);
+  equal(env.take().filter((s) => s.payload.length > 0).length, 0);
+  equal(env.stack.counters().tcpRetransmits, 2);
+});
+
+Deno.test("tcp: a lost last segment is probed after 2·SRTT (tail-loss probe), long before the RTO", async () => {
+  const env = setup();
+  const { snd, conn } = await handshake(env, 65535);
+  env.take();
+  const w = conn.writable.getWriter();
+  await w.write(new Uint8Array(1448));
+  env.take();
+  env.fake.tick(5);
+  env.stack.input([env.seg({ seq: 1001, ack: (snd + 1448) >>> 0, window: 65535, tsVal: 3, tsEcr: 1_000_000 })]);
+  await w.write(new Uint8Array(2 * 1448));
+  equal(env.take().length, 2);
+  env.fake.tick(50); // RTO is ≥ 200 ms; the probe comes at max(2·SRTT, 10 ms)
+  const probe = env.take();
+  equal(probe.length, 1);
+  equal(probe[0].tcp!.seq, (snd + 2 * 1448) >>> 0, "the last segment is resent");
+});

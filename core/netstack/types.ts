@@ -31,6 +31,8 @@ export interface Counters {
   tcpRefused: number;
   tcpUnreachable: number;
   tcpRetransmits: number;
+  /** Retransmission timeouts (each one a stall of at least the RTO). */
+  tcpTimeouts: number;
   tcpResets: number;
   udpAccepted: number;
   udpRefused: number;
@@ -55,6 +57,7 @@ export function zeroCounters(): Counters {
     tcpRefused: 0,
     tcpUnreachable: 0,
     tcpRetransmits: 0,
+    tcpTimeouts: 0,
     tcpResets: 0,
     udpAccepted: 0,
     udpRefused: 0,

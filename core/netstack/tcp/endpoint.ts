@@ -2,6 +2,7 @@
 
 import type { Clock, TimerHandle } from "../../clock.ts";
 import { TelError } from "../../errors.ts";
+import { log } from "../../log.ts";
 import { ACK, FIN, PSH, RST, SYN, type TcpFields, type TcpHeader } from "../header/tcp.ts";
 import type { Counters, FlowId } from "../types.ts";
 import { seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt } from "./seq.ts";
@@ -138,6 +139,8 @@ export class TcpEndpoint implements TcpConn {
   #sacked: Array<[number, number]> = [];
   #highRxt = 0;
   #ptoDeadline = Infinity;
+  /** A probe is out: no further probe until an ACK arrives (RFC 8985 §7.3). */
+  #probeOut = false;
 
   #srtt = -1;
   #rttvar = 0;
@@ -356,6 +359,7 @@ export class TcpEndpoint implements TcpConn {
     const acked = seqDiff(ack, this.#sndUna);
     const outstanding = seqDiff(this.#sndMax, this.#sndUna);
     const newSack = this.#sackOk && h.sackBlocks !== undefined && this.#updateScoreboard(h.sackBlocks, ack);
+    this.#probeOut = false;
     if (acked === 0) {
       if (outstanding === 0) this.#retries = 0; // a live peer answering window probes
       if (dataLen === 0 && !fin && (newWnd === oldWnd || newSack) && outstanding > 0) this.#dupAck();
@@ -809,7 +813,7 @@ export class TcpEndpoint implements TcpConn {
 
   /** Tail-loss probe (RFC 8985 §7): a lost last segment gets no duplicate ACKs; probe it after 2·SRTT. */
   #armPto(): void {
-    if (this.#srtt < 0 || this.#inRecovery || !this.#sackOk) return;
+    if (this.#srtt < 0 || this.#inRecovery || !this.#sackOk || this.#probeOut) return;
     this.#ptoDeadline = this.#host.clock.now() + Math.max(2 * this.#srtt, 10);
     this.#schedule();
   }
@@ -850,6 +854,7 @@ export class TcpEndpoint implements TcpConn {
     if (outstanding <= 0 || this.#inRecovery) return;
     const off = Math.max(0, Math.min(outstanding, this.#sqBytes) - this.#mss);
     const len = Math.min(this.#mss, this.#sqBytes - off);
+    this.#probeOut = true;
     if (len <= 0) return this.#retransmitHead();
     this.#sendData(seqAdd(this.#sndUna, off), off, len, false, true);
   }
@@ -875,6 +880,19 @@ export class TcpEndpoint implements TcpConn {
     }
     const outstanding = seqDiff(this.#sndMax, this.#sndUna);
     if (outstanding > 0) {
+      this.#host.counters.tcpTimeouts++;
+      if (log.enabled("debug")) {
+        log.debug("netstack", "tcp retransmission timeout", {
+          flow: `${this.id.src}:${this.id.srcPort}`,
+          rto: this.#rto,
+          outstanding,
+          recovery: this.#inRecovery,
+          sacked: JSON.stringify(this.#sacked.map(([l, r]) => [seqDiff(l, this.#sndUna), seqDiff(r, this.#sndUna)])),
+          highRxt: seqDiff(this.#highRxt, this.#sndUna),
+          sndWnd: this.#sndWnd,
+          cwnd: this.#cwnd,
+        });
+      }
       this.#ssthresh = Math.max(Math.floor(outstanding / 2), 2 * this.#mss);
       this.#cwnd = this.#mss;
       this.#inRecovery = false;
