@@ -579,10 +579,13 @@ export class DenoWatch implements WatchLike {
     this.#timeoutMs = opts.inactivityTimeoutMs ?? 30_000;
   }
 
-  /** Whether the current cluster can be watched this way (not with skip-TLS-verify or a proxy). */
+  /**
+   * Whether the current cluster can be watched this way: Deno's fetch has no per-client switch for
+   * insecure-skip-tls-verify, tls-server-name or a proxy URL, so those keep client-node's Watch.
+   */
   static usable(kc: KubeConfig): boolean {
     const c = kc.getCurrentCluster();
-    return !!c && !c.skipTLSVerify && !c.proxyUrl;
+    return !!c && !c.skipTLSVerify && !c.proxyUrl && !c.tlsServerName;
   }
 
   /** Starts a watch; `done` is called once when it ends (null for a clean end), not after an abort by the caller. */

@@ -263,6 +263,21 @@ Deno.test("portForward: byte-exact echo with half-close, EOF when the pod side c
   }
 });
 
+Deno.test("DenoWatch is used unless the cluster needs skip-verify, a server name or a proxy", () => {
+  const kc = (extra: string) =>
+    loadKubeConfig({
+      kubeconfigText: `clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"${extra}}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+`,
+    }).kc;
+  assert.equal(DenoWatch.usable(kc("")), true);
+  assert.equal(DenoWatch.usable(kc(", insecure-skip-tls-verify: true")), false);
+  assert.equal(DenoWatch.usable(kc(", tls-server-name: api.example")), false);
+  assert.equal(DenoWatch.usable(kc(", proxy-url: http://127.0.0.1:3128")), false);
+});
+
 Deno.test("DenoWatch: events, clean end, HTTP errors, inactivity timeout, and a killed apiserver ends the watch", async () => {
   await using api = await FakeKubeApi.start();
   const { kc } = loadKubeConfig({ kubeconfigText: api.kubeconfig() });
