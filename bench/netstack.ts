@@ -8,6 +8,7 @@ import { impairedLink, withTunLab } from "../tests/netstack_lab.ts";
 const RESULTS = new URL("./results/netstack.json", import.meta.url).pathname;
 const SINK = 9;
 const SOURCE = 19;
+const HELLO = 29;
 
 /** One measured row. */
 export interface Row {
@@ -19,6 +20,16 @@ export interface Row {
   /** CPU of this process (the stack) in % of one core, median; undefined for kernel-only paths. */
   stackCpu?: number;
 }
+
+/** Connect + first byte latency, sequential connections. */
+export interface LatencyRow {
+  path: string;
+  connections: number;
+  p50us: number;
+  p99us: number;
+}
+
+const LATENCY_N = 2000;
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
@@ -39,13 +50,27 @@ const downloadClient = (host: string) => `
   let got = 0;
   for (;;) { const n = await c.read(buf); if (n === null) break; got += n; }
   console.log(JSON.stringify({ bytes: got, ms: performance.now() - t0 }));`;
+/** Sequential connect + first byte, `n` times: prints {p50, p99} in µs. */
+const latencyClient = (host: string, n: number) => `
+  const buf = new Uint8Array(16); const t = [];
+  for (let i = 0; i < ${n}; i++) {
+    const t0 = performance.now();
+    const c = await Deno.connect({ hostname: "${host}", port: ${HELLO} });
+    await c.read(buf);
+    t.push((performance.now() - t0) * 1000);
+    c.close();
+  }
+  t.sort((a, b) => a - b);
+  console.log(JSON.stringify({ p50: t[Math.floor(t.length / 2)], p99: t[Math.floor(t.length * 0.99)] }));`;
+
 /** The same endpoints as a kernel-socket server, for the Deno-client-over-veth baseline. */
 const denoServer = (bytes: number) => `
   const chunk = new Uint8Array(1 << 20);
   (async () => { for await (const c of Deno.listen({ port: ${SINK} })) (async () => {
     const b = new Uint8Array(1 << 20); while ((await c.read(b)) !== null); c.close(); })(); })();
   for await (const c of Deno.listen({ port: ${SOURCE} })) (async () => {
-    let s = 0; while (s < ${bytes}) s += await c.write(chunk.subarray(0, Math.min(chunk.length, ${bytes} - s))); c.close(); })();`;
+    let s = 0; while (s < ${bytes}) s += await c.write(chunk.subarray(0, Math.min(chunk.length, ${bytes} - s))); c.close(); })();
+  for await (const c of Deno.listen({ port: ${HELLO} })) c.write(new Uint8Array([104, 105])).finally(() => c.close());`;
 
 async function client(ns: Netns, code: string): Promise<{ bytes: number; ms: number }> {
   const r = await run(ns.wrap([Deno.execPath(), "eval", "--quiet", code]), { env: { NO_COLOR: "1" } });
@@ -59,6 +84,12 @@ function benchForwarder(bytes: number): Forwarder {
     tcp(conn: TcpConn) {
       if (conn.id.dstPort === SINK) {
         conn.readable.pipeTo(new WritableStream()).then(() => conn.close(), () => conn.abort());
+        return Promise.resolve("accept");
+      }
+      if (conn.id.dstPort === HELLO) {
+        const w = conn.writable.getWriter();
+        w.write(new Uint8Array([104, 105])).then(() => w.close()).catch(() => conn.abort());
+        conn.readable.cancel().catch(() => undefined);
         return Promise.resolve("accept");
       }
       if (conn.id.dstPort === SOURCE) {
@@ -132,7 +163,18 @@ export async function measureLossy(sack: boolean, mib: number, runs: number): Pr
   ];
 }
 
-async function measureVeth(mib: number, runs: number): Promise<Row[]> {
+/** Connect + first byte through the TUN and the stack. */
+export async function measureTunLatency(): Promise<LatencyRow> {
+  let row: LatencyRow | undefined;
+  await withTunLab(async ({ ns }) => {
+    await client(ns, latencyClient("198.18.0.10", 50)); // warm-up (JIT)
+    const r = await client(ns, latencyClient("198.18.0.10", LATENCY_N)) as unknown as { p50: number; p99: number };
+    row = { path: "tel TUN → netstack", connections: LATENCY_N, p50us: r.p50, p99us: r.p99 };
+  }, { forwarder: benchForwarder(0) });
+  return row!;
+}
+
+async function measureVeth(mib: number, runs: number, lat: LatencyRow[]): Promise<Row[]> {
   const id = labId();
   const a = await Netns.create("nt", id);
   const b = await Netns.create("lab", id);
@@ -168,6 +210,8 @@ async function measureVeth(mib: number, runs: number): Promise<Row[]> {
       up.push(((r) => r.bytes * 8 / r.ms / 1e6)(await client(a, uploadClient("198.18.9.2", bytes))));
       down.push(((r) => r.bytes * 8 / r.ms / 1e6)(await client(a, downloadClient("198.18.9.2"))));
     }
+    const l = await client(a, latencyClient("198.18.9.2", LATENCY_N)) as unknown as { p50: number; p99: number };
+    lat.push({ path: "veth, same Deno client", connections: LATENCY_N, p50us: l.p50, p99us: l.p99 });
     rows.push({ path: "veth, same Deno clients", direction: "upload", mtu: 1500, gbits: up, median: median(up) });
     rows.push({ path: "veth, same Deno clients", direction: "download", mtu: 1500, gbits: down, median: median(down) });
   } finally {
@@ -186,7 +230,9 @@ async function measureVeth(mib: number, runs: number): Promise<Row[]> {
 export async function benchNetstack(mib = 512, runs = 3, mtus = [65000, 1500]): Promise<Row[]> {
   await must(["ip", "-V"]);
   const rows: Row[] = [];
-  rows.push(...await measureVeth(mib, runs));
+  const lat: LatencyRow[] = [];
+  rows.push(...await measureVeth(mib, runs, lat));
+  lat.push(await measureTunLatency());
   for (const mtu of mtus) rows.push(...await measureTun(mtu, mtu < 9000 ? Math.min(mib, 128) : mib, runs));
   for (const sack of [true, false]) rows.push(...await measureLossy(sack, Math.min(mib, 64), runs));
   const base = (dir: string) => rows.find((r) => r.path === "veth, iperf3" && r.direction === dir)?.median;
@@ -202,11 +248,13 @@ export async function benchNetstack(mib = 512, runs = 3, mtus = [65000, 1500]): 
       } | ${r.stackCpu === undefined ? "—" : r.stackCpu.toFixed(0)} | ${b ? (r.median / b).toFixed(2) : "—"} |`,
     );
   }
+  lines.push("", "| connect + first byte | connections | p50 µs | p99 µs |", "|---|---|---|---|");
+  for (const l of lat) lines.push(`| ${l.path} | ${l.connections} | ${l.p50us.toFixed(0)} | ${l.p99us.toFixed(0)} |`);
   console.log(lines.join("\n"));
   await Deno.mkdir(new URL("./results/", import.meta.url), { recursive: true });
   await Deno.writeTextFile(
     RESULTS,
-    JSON.stringify({ date: new Date().toISOString(), mib, runs, rows }, null, 2) + "\n",
+    JSON.stringify({ date: new Date().toISOString(), mib, runs, rows, latency: lat }, null, 2) + "\n",
   );
   return rows;
 }
