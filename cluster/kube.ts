@@ -243,6 +243,66 @@ function loadInCluster(opts: KubeConfigOptions): KubeContext {
   return { kc, context: "inClusterContext", namespace: namespace || "default", server, source: "in-cluster" };
 }
 
+function fileData(path: string, what: string, source: string): string {
+  try {
+    return btoa(Array.from(Deno.readFileSync(path), (b) => String.fromCharCode(b)).join(""));
+  } catch (err) {
+    throw new TelError("config", `kubeconfig ${source}: cannot read the ${what} ${path}: ${errorMessage(err)}`, {
+      hint: "fix the path in the kubeconfig or embed the data (kubectl config view --flatten)",
+      cause: err,
+    });
+  }
+}
+
+/**
+ * The chosen context as one self-contained kubeconfig (like `kubectl config view --flatten --minify`): files the
+ * cluster and user entries name (CA, client certificate and key, service account token) are read and embedded,
+ * and the namespace in use is written into the context. The CLI sends this to the daemon, which never reads the
+ * user's files itself.
+ *
+ * @example
+ * ```ts
+ * const text = flattenKubeConfig(loadKubeConfig({ context: "kind-dev" }));
+ * const again = loadKubeConfig({ kubeconfigText: text });
+ * ```
+ */
+export function flattenKubeConfig(ctx: KubeContext): string {
+  const cluster = ctx.kc.getCurrentCluster();
+  if (!cluster) throw new TelError("config", `kubeconfig ${ctx.source}: no current cluster`);
+  const user = ctx.kc.getCurrentUser();
+  const c = {
+    ...cluster,
+    caData: cluster.caData ??
+      (cluster.caFile ? fileData(cluster.caFile, "certificate authority", ctx.source) : undefined),
+    caFile: undefined,
+  };
+  // deno-lint-ignore no-explicit-any
+  let u: any = { name: "user" };
+  if (user) {
+    u = {
+      ...user,
+      certData: user.certData ??
+        (user.certFile ? fileData(user.certFile, "client certificate", ctx.source) : undefined),
+      certFile: undefined,
+      keyData: user.keyData ?? (user.keyFile ? fileData(user.keyFile, "client key", ctx.source) : undefined),
+      keyFile: undefined,
+    };
+    const tokenFile = user.authProvider?.name === "tokenFile" ? user.authProvider.config?.tokenFile : undefined;
+    if (tokenFile) {
+      u.token = atob(fileData(tokenFile, "token file", ctx.source)).trim();
+      u.authProvider = undefined;
+    }
+  }
+  const out = new KubeConfig();
+  out.loadFromOptions({
+    clusters: [c],
+    users: [u],
+    contexts: [{ name: ctx.context, cluster: c.name, user: u.name, namespace: ctx.namespace }],
+    currentContext: ctx.context,
+  });
+  return out.exportConfig();
+}
+
 /**
  * Rejects with "no answer within N ms" when `p` has not settled in time. API calls go through undici, which under
  * Deno may never settle a request whose connection died, so every call tel waits on is bounded.

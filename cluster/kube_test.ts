@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { CoreV1Api } from "@kubernetes/client-node";
 import { TelError } from "../core/errors.ts";
 import { ADMIN_USER, FakeKubeApi } from "../tests/fixtures/fake_kube_api.ts";
-import { DenoWatch, findManagerPod, kubeError, loadKubeConfig, portForward } from "./kube.ts";
+import { DenoWatch, findManagerPod, flattenKubeConfig, kubeError, loadKubeConfig, portForward } from "./kube.ts";
 
 function twoContexts(server: string, ca: string, token: string): string {
   return `apiVersion: v1
@@ -102,6 +102,39 @@ Deno.test("kubeconfig errors name the file and the context", async () => {
   }
 });
 
+Deno.test("flattenKubeConfig embeds referenced files and keeps only the chosen context and namespace", async () => {
+  await using api = await FakeKubeApi.start();
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/ca.pem`, api.pki.caPem);
+    await Deno.writeTextFile(
+      `${dir}/config`,
+      `clusters:
+- name: fake
+  cluster: {server: "${api.url}", certificate-authority: ca.pem}
+- name: other
+  cluster: {server: "https://192.0.2.1:6443"}
+users: [{name: admin, user: {token: "${api.cluster.adminToken}"}}]
+contexts:
+- {name: dev, context: {cluster: fake, user: admin, namespace: apps}}
+- {name: prod, context: {cluster: other, user: admin}}
+current-context: prod
+`,
+    );
+    const ctx = loadKubeConfig({ kubeconfig: `${dir}/config`, context: "dev", namespace: "tel", env: {} });
+    const text = flattenKubeConfig(ctx);
+    await Deno.remove(dir, { recursive: true }); // the flattened text must not need the files any more
+    assert.doesNotMatch(text, /ca\.pem|192\.0\.2\.1|prod/);
+    const again = loadKubeConfig({ kubeconfigText: text });
+    assert.deepEqual([again.context, again.namespace, again.server], ["dev", "tel", api.url]);
+    api.cluster.addNode({ name: "n1" });
+    const nodes = await again.kc.makeApiClient(CoreV1Api).listNode();
+    assert.deepEqual(nodes.items.map((n) => n.metadata?.name), ["n1"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => undefined);
+  }
+});
+
 Deno.test("in-cluster config reads the service account files and reaches the API", async () => {
   await using api = await FakeKubeApi.start();
   const dir = await Deno.makeTempDir();
@@ -119,6 +152,10 @@ Deno.test("in-cluster config reads the service account files and reaches the API
     api.cluster.addNode({ name: "n1" });
     const nodes = await ctx.kc.makeApiClient(CoreV1Api).listNode();
     assert.deepEqual(nodes.items.map((n) => n.metadata?.name), ["n1"]);
+    assert.equal(api.cluster.requests.at(-1)?.user, sa);
+    // flattened, the token file's content travels inline
+    const flat = loadKubeConfig({ kubeconfigText: flattenKubeConfig(ctx) });
+    assert.equal((await flat.kc.makeApiClient(CoreV1Api).listNode()).items.length, 1);
     assert.equal(api.cluster.requests.at(-1)?.user, sa);
   } finally {
     await Deno.remove(dir, { recursive: true });
