@@ -123,9 +123,11 @@ export function labForwarder(body: (n: number) => Uint8Array): Forwarder & { err
       }
     },
     udp(flow: UdpFlow) {
-      if (flow.id.dstPort !== PORT.echo) return Promise.resolve("refused");
+      if (flow.id.dstPort !== PORT.echo && flow.id.dstPort !== PORT.sink) return Promise.resolve("refused");
+      // echo answers the datagram itself, sink answers its length
+      const sink = flow.id.dstPort === PORT.sink;
       guard((async () => {
-        for await (const d of flow.readable) flow.send(d);
+        for await (const d of flow.readable) flow.send(sink ? enc.encode(String(d.length)) : d);
       })());
       return Promise.resolve("accept");
     },

@@ -47,6 +47,25 @@ Deno.test(
   },
 );
 
+Deno.test(
+  "udp over TUN: a 65507-byte datagram the kernel fragments arrives whole (IPv4 reassembly)",
+  opts,
+  async () => {
+    await withTunLab(async ({ ns, stack }) => {
+      const code = [
+        "import socket",
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)",
+        `s.sendto(bytes(65507), ("${POD4}", ${PORT.sink}))`,
+        "print(s.recv(100).decode())",
+      ].join("\n");
+      const r = await ns.run(["python3", "-c", code]);
+      equal(r.stdout.trim(), "65507", r.stderr);
+      ok(stack.counters().fragments >= 2);
+      equal(stack.counters().reassemblyDrops, 0);
+    });
+  },
+);
+
 Deno.test("icmp over TUN: ping of a routed address is answered, IPv4 and IPv6", opts, async () => {
   await withTunLab(async ({ sh, stack }) => {
     const r4 = await sh(`ping -c 3 -i 0.2 -W 2 ${POD4}`);

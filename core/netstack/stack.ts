@@ -31,6 +31,7 @@ import {
   type TcpTuning,
 } from "./tcp/endpoint.ts";
 import { type Counters, type FlowId, type Verdict, zeroCounters } from "./types.ts";
+import { Reassembler } from "./reassembly.ts";
 import { UdpEndpoint, type UdpFlow, type UdpHost } from "./udp.ts";
 
 /**
@@ -92,6 +93,7 @@ export class Stack {
   #inInput = false;
   #flushQueued = false;
   #tcpHost: TcpHost;
+  #reassembler: Reassembler;
   #udpHost: UdpHost;
 
   constructor(opts: StackOptions) {
@@ -103,6 +105,7 @@ export class Stack {
     this.#udpQueue = opts.udpQueue ?? 256;
     this.#verdictMs = opts.verdictTimeoutMs ?? 20_000;
     this.#out = new Uint8Array(Math.max(opts.link.mtu, 1280) + 256);
+    this.#reassembler = new Reassembler(this.clock);
     this.#tcpHost = {
       clock: this.clock,
       counters: this.#counters,
@@ -208,16 +211,21 @@ export class Stack {
     return false;
   }
 
-  #packet(p: Uint8Array): void {
+  #packet(input: Uint8Array): void {
+    let p = input;
     this.#counters.packetsIn++;
     const v = p.length > 0 ? p[0] >> 4 : 0;
     let family: 4 | 6;
     let src: Uint8Array, dst: Uint8Array, proto: number, l4: Uint8Array;
     if (v === 4) {
-      const h = parseIpv4(p);
+      let h = parseIpv4(p);
       if (h.moreFragments || h.fragmentOffset !== 0) {
         this.#counters.fragments++;
-        return;
+        const whole = this.#reassembler.add(p, h);
+        this.#counters.reassemblyDrops = this.#reassembler.dropped;
+        if (!whole) return;
+        p = whole;
+        h = parseIpv4(p);
       }
       family = 4;
       src = h.src;

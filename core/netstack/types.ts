@@ -23,8 +23,10 @@ export interface Counters {
   notRouted: number;
   /** Neither TCP, UDP nor ICMP echo. */
   unsupported: number;
-  /** IPv4/IPv6 fragments (not reassembled). */
+  /** IPv4 fragments received (reassembled), plus IPv6 fragments (dropped: not reassembled). */
   fragments: number;
+  /** IPv4 datagrams whose reassembly was given up (timeout, overlap, bounds). */
+  reassemblyDrops: number;
   /** TCP segments for no connection (answered with RST). */
   tcpNoConnection: number;
   tcpAccepted: number;
@@ -52,6 +54,7 @@ export function zeroCounters(): Counters {
     notRouted: 0,
     unsupported: 0,
     fragments: 0,
+    reassemblyDrops: 0,
     tcpNoConnection: 0,
     tcpAccepted: 0,
     tcpRefused: 0,

@@ -1,0 +1,121 @@
+/** IPv4 fragment reassembly (RFC 791 §3.2, RFC 815 hole logic simplified), bounded in datagrams, bytes and time. */
+
+import type { Clock } from "../clock.ts";
+import { checksum } from "./header/checksum.ts";
+import type { Ipv4Header } from "./header/ipv4.ts";
+
+/** Bounds of a {@link Reassembler}. */
+export interface ReassemblyLimits {
+  /** Datagrams being reassembled at once; the oldest is dropped beyond this. */
+  maxDatagrams: number;
+  /** Bytes held across all of them. */
+  maxBytes: number;
+  /** A datagram whose fragments don't all arrive within this is dropped. */
+  timeoutMs: number;
+}
+
+interface Pending {
+  parts: Array<{ off: number; data: Uint8Array }>;
+  /** Payload length, known once the last fragment (MF=0) arrived; -1 before. */
+  total: number;
+  bytes: number;
+  /** Header of the offset-0 fragment (with options), once it arrived. */
+  header?: Uint8Array;
+  deadline: number;
+}
+
+/** Collects IPv4 fragments and hands back whole datagrams; overlapping fragments drop the datagram (RFC 5722 spirit). */
+export class Reassembler {
+  #clock: Clock;
+  #limits: ReassemblyLimits;
+  #pending = new Map<string, Pending>();
+  #bytes = 0;
+  /** Datagrams given up: timed out, overlapping, malformed or evicted by the bounds. */
+  dropped = 0;
+
+  constructor(clock: Clock, limits: Partial<ReassemblyLimits> = {}) {
+    this.#clock = clock;
+    this.#limits = { maxDatagrams: 64, maxBytes: 4 << 20, timeoutMs: 30_000, ...limits };
+  }
+
+  /** Datagrams in progress. */
+  get size(): number {
+    return this.#pending.size;
+  }
+
+  /** Adds one fragment (`p` is the whole packet, `h` its parsed header); returns the complete packet when done. */
+  add(p: Uint8Array, h: Ipv4Header): Uint8Array | undefined {
+    const now = this.#clock.now();
+    this.#expire(now);
+    const data = p.subarray(h.headerLength, h.totalLength);
+    const off = h.fragmentOffset;
+    const end = off + data.length;
+    const key = `${h.src.join(".")}>${h.dst.join(".")}/${h.protocol}#${h.id}`;
+    if ((h.moreFragments && data.length % 8 !== 0) || end + h.headerLength > 65535 || data.length === 0) {
+      this.#drop(key);
+      return undefined;
+    }
+    let e = this.#pending.get(key);
+    if (!e) {
+      while (this.#pending.size >= this.#limits.maxDatagrams) this.#drop(this.#pending.keys().next().value!);
+      e = { parts: [], total: -1, bytes: 0, deadline: now + this.#limits.timeoutMs };
+      this.#pending.set(key, e);
+    }
+    for (const q of e.parts) {
+      if (off < q.off + q.data.length && q.off < end) {
+        this.#drop(key); // overlap: a retransmitted duplicate or an attack; either way start over
+        return undefined;
+      }
+    }
+    if (!h.moreFragments) {
+      if (e.total >= 0 && e.total !== end) {
+        this.#drop(key);
+        return undefined;
+      }
+      e.total = end;
+    }
+    if (off === 0) e.header = p.slice(0, h.headerLength);
+    e.parts.push({ off, data: data.slice() });
+    e.bytes += data.length;
+    this.#bytes += data.length;
+    while (this.#bytes > this.#limits.maxBytes && this.#pending.size > 0) {
+      const oldest = this.#pending.keys().next().value!;
+      this.#drop(oldest);
+      if (oldest === key) return undefined;
+    }
+    if (e.total < 0 || !e.header || e.bytes !== e.total) return undefined;
+    // Complete: no overlaps and the byte count matches, so the parts tile [0, total).
+    this.#pending.delete(key);
+    this.#bytes -= e.bytes;
+    const hl = e.header.length;
+    const out = new Uint8Array(hl + e.total);
+    out.set(e.header);
+    for (const q of e.parts) out.set(q.data, hl + q.off);
+    const len = hl + e.total;
+    out[2] = len >> 8;
+    out[3] = len & 0xff;
+    out[6] &= 0x40; // keep DF, clear MF and the offset
+    out[7] = 0;
+    out[10] = out[11] = 0;
+    const c = checksum(out.subarray(0, hl));
+    out[10] = c >> 8;
+    out[11] = c & 0xff;
+    return out;
+  }
+
+  #expire(now: number): void {
+    // Insertion order is creation order, and every datagram gets the same timeout: stop at the first live one.
+    for (const [key, e] of this.#pending) {
+      if (e.deadline > now) break;
+      this.#drop(key);
+    }
+  }
+
+  #drop(key: string): void {
+    const e = this.#pending.get(key);
+    if (!e) return;
+    this.#pending.delete(key);
+    this.#bytes -= e.bytes;
+    this.dropped++;
+  }
+}
