@@ -2,7 +2,9 @@
 
 import assert from "node:assert/strict";
 import { parse, parseAllDocuments, stringify } from "yaml";
+import { managerCommand } from "../cluster/cli.ts";
 import { POD_CIDR_STRATEGIES } from "../cluster/manager/discovery.ts";
+import { parseFlags } from "../core/cli/flags.ts";
 import { FakeKubeApi } from "../tests/fixtures/fake_kube_api.ts";
 
 const HERE = new URL(".", import.meta.url).pathname;
@@ -217,7 +219,31 @@ Deno.test("chart values reach the Deployment: environment strategy with CIDRs, l
   assert.equal(c.image, "tel:9.9.9");
   assert.ok(c.args.includes("--pod-cidr-strategy=environment"));
   assert.ok(c.args.includes("--pod-cidrs=10.244.0.0/16,fd00:244::/56"));
-  assert.equal(c.env.find((e: Obj) => e.name === "TEL_LOG_LEVEL").value, "debug");
+  assert.ok(c.args.includes("--log-level=debug"));
+});
+
+Deno.test("the Deployment's args are valid `tel manager` flags (kubelet's $(VAR) expansion applied)", async () => {
+  const dep = (await docs(MANIFEST)).find((o) => o.kind === "Deployment");
+  const c = dep.spec.template.spec.containers[0];
+  const env: Record<string, string> = { POD_NAMESPACE: dep.metadata.namespace, POD_IP: "10.244.0.9" };
+  const args: string[] = c.args.map((a: string) => a.replace(/\$\((\w+)\)/g, (_: string, k: string) => env[k]));
+  assert.equal(args[0], managerCommand.spec.name);
+  const { values } = parseFlags(managerCommand.spec, args.slice(1));
+  assert.equal(values.listen, "0.0.0.0:8081");
+  assert.equal(values.namespace, "ambassador");
+  assert.equal(values["pod-ip"], "10.244.0.9");
+  assert.equal(values["pod-cidr-strategy"], "auto");
+  assert.equal(values["log-level"], "info");
+  // the chart's optional lists parse too
+  const values2 = parse(await Deno.readTextFile(`${HERE}chart/values.yaml`));
+  values2.podCIDRStrategy = "environment";
+  values2.podCIDRs = ["10.244.0.0/16", "fd00:244::/56"];
+  values2.serviceCIDRs = ["10.96.0.0/12"];
+  const dep2 = (await renderChart(values2, "ambassador")).find((o) => o.kind === "Deployment");
+  const parsed = parseFlags(managerCommand.spec, dep2.spec.template.spec.containers[0].args.slice(1)).values;
+  assert.deepEqual([parsed["pod-cidrs"], parsed["service-cidrs"]], [["10.244.0.0/16", "fd00:244::/56"], [
+    "10.96.0.0/12",
+  ]]);
 });
 
 Deno.test("kubectl apply --dry-run=client maps every manifest kind against the fake API", async () => {
