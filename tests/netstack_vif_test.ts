@@ -52,18 +52,21 @@ Deno.test(
 );
 
 Deno.test("vif: without iproute2 on PATH, open fails with a TelError that says to install it", opts, async () => {
-  const ns = await Netns.create("nt");
-  const path = Deno.env.get("PATH") ?? "";
-  try {
+  // In a child process with an empty PATH, so no other test running in this process loses `ip`.
+  const mod = new URL("../plugins/vif/mod.ts", import.meta.url).href;
+  const code = `
+    const { vifPlugin } = await import("${mod}");
     const factory = await vifPlugin.create({ stateDir: "/tmp" });
-    Deno.env.set("PATH", "/nonexistent");
-    const err = await factory.open({ name: `tl${labId()}`, netns: ns.name }).then(() => undefined, (e) => e);
-    Deno.env.set("PATH", path);
-    ok(err instanceof TelError, String(err));
+    try { await factory.open({ name: "tl${labId()}" }); console.log("opened"); }
+    catch (e) { console.log(JSON.stringify({ name: e.name, message: e.message, hint: e.hint })); }`;
+  const ns = await Netns.create("nt"); // the short-lived device appears there, not on the host
+  try {
+    const out = await ns.run(["env", "PATH=/nonexistent", "NO_COLOR=1", Deno.execPath(), "eval", "--quiet", code]);
+    const err = JSON.parse(out.stdout);
+    equal(err.name, "TelError", out.stderr);
     match(err.message, /^plugin\/vif: the `ip` command \(iproute2\) was not found/);
-    match(err.hint ?? "", /install iproute2/);
+    match(err.hint, /install iproute2/);
   } finally {
-    Deno.env.set("PATH", path);
     await ns.close();
   }
 });
