@@ -185,6 +185,9 @@ const quitCommand: Command = {
         return 0;
       }
       await call(h.client, "quit", {}, 30_000);
+      // Close our HTTP/2 session before the daemon shuts its server down: a GOAWAY arriving while a stream is still
+      // closing has aborted Deno's nghttp2 (TECH_NOTES), and the client is done anyway.
+      h.close();
       // the daemon answers first, then stops: wait until its socket is gone so the host is clean on return
       const deadline = Date.now() + 10_000;
       while (Date.now() < deadline) {

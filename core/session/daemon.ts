@@ -298,7 +298,8 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     status: unary((_: Empty) => d.status()),
     quit: unary(async (_: Empty) => {
       await d.disconnect();
-      setTimeout(() => stopped.resolve(), 50);
+      // give the CLI time to close its side first (see the CLI's quit)
+      setTimeout(() => stopped.resolve(), 200);
       return {};
     }),
     intercept: unimplemented,
@@ -327,6 +328,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
   o.signal?.addEventListener("abort", () => stopped.resolve());
   await stopped.promise;
   await d.disconnect();
-  await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+  // the socket goes first, so a shutdown that fails still leaves the host clean
   await Deno.remove(o.socketPath).catch(() => {});
+  server.forceShutdown();
 }
