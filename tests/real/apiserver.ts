@@ -102,6 +102,11 @@ export interface RealApiServer {
   kubectl(args: string[], opts?: { token?: string; stdin?: string }): Promise<KubectlResult>;
   /** Writes a kubeconfig for another bearer token (e.g. a ServiceAccount's), returns its path. */
   writeKubeconfig(name: string, token: string, namespace?: string): Promise<string>;
+  /**
+   * Stops kube-apiserver (SIGTERM) and starts it again on the same port and etcd, as an upgrade or crash would;
+   * open watches end. Resolves when /readyz is 200 again, with the time it took in ms.
+   */
+  restartApiServer(): Promise<number>;
   /** Compacts etcd up to its current revision (so old resourceVersions are gone). */
   compactEtcd(): Promise<number>;
   /** Stops both processes and removes the temp dir. Safe to call twice. */
@@ -366,7 +371,7 @@ export async function startRealApiServer(opts: StartOptions = {}): Promise<RealA
     );
 
     const tApi = performance.now();
-    const api = new Proc(binary, [
+    const apiArgs = [
       `--etcd-servers=${etcdUrl}`,
       "--bind-address=127.0.0.1",
       "--advertise-address=127.0.0.1",
@@ -389,7 +394,8 @@ export async function startRealApiServer(opts: StartOptions = {}): Promise<RealA
       "--enable-priority-and-fairness=false",
       "--v=0",
       ...(opts.extraArgs ?? []),
-    ], `${dir}/kube-apiserver.log`);
+    ];
+    let api = new Proc(binary, apiArgs, `${dir}/kube-apiserver.log`);
     procs.push(api);
     await recordOwner(dir, procs);
     const caPem = await Deno.readTextFile(`${dir}/ca.crt`);
@@ -418,19 +424,21 @@ export async function startRealApiServer(opts: StartOptions = {}): Promise<RealA
       return { status: res.status, body: parsed, text };
     };
 
-    await waitFor(
-      async () => {
-        if (api.exited) throw new Error(`kube-apiserver exited:\n${await api.tail()}`);
-        try {
-          return (await request("GET", "/readyz")).status === 200;
-        } catch (_err) {
-          // not listening yet
-          return false;
-        }
-      },
-      opts.readyTimeoutMs ?? 60000,
-      "kube-apiserver /readyz",
-    );
+    const waitReady = (proc: Proc) =>
+      waitFor(
+        async () => {
+          if (proc.exited) throw new Error(`kube-apiserver exited:\n${await proc.tail()}`);
+          try {
+            return (await request("GET", "/readyz")).status === 200;
+          } catch (_err) {
+            // not listening yet
+            return false;
+          }
+        },
+        opts.readyTimeoutMs ?? 60000,
+        "kube-apiserver /readyz",
+      );
+    await waitReady(api);
     const readyMs = performance.now() - tApi;
     if (!version) {
       const v = await new Deno.Command(binary, { args: ["--version"], stdout: "piped" }).output();
@@ -464,7 +472,9 @@ export async function startRealApiServer(opts: StartOptions = {}): Promise<RealA
       dir,
       etcdUrl,
       version,
-      pid: api.child.pid,
+      get pid() {
+        return api.child.pid;
+      },
       figures: { readyMs, totalMs: performance.now() - t0 },
       rssBytes: () => rssOf(api.child.pid),
       request,
@@ -499,6 +509,16 @@ export async function startRealApiServer(opts: StartOptions = {}): Promise<RealA
         if (!c.ok) throw new Error(`etcd compaction failed: ${c.status} ${await c.text()}`);
         await c.body?.cancel();
         return rev;
+      },
+      restartApiServer: async () => {
+        const t = performance.now();
+        await api.stop();
+        procs.splice(procs.indexOf(api), 1);
+        api = new Proc(binary!, apiArgs, `${dir}/kube-apiserver.${procs.length}-${Date.now()}.log`);
+        procs.push(api);
+        await recordOwner(dir, procs);
+        await waitReady(api);
+        return performance.now() - t;
       },
       stop: async () => {
         if (stopped) return;
@@ -629,7 +649,8 @@ export function watchStreamOf(res: Response, ac: AbortController): WatchStream {
       const left = deadline - Date.now();
       if (left <= 0) return undefined;
       let timer: ReturnType<typeof setTimeout> | undefined;
-      pending ??= reader.read();
+      // a connection the server drops mid-stream (restart, shutdown) ends the watch like a clean close
+      pending ??= reader.read().catch(() => ({ done: true, value: undefined }));
       const r = await Promise.race([
         pending,
         new Promise<"timeout">((ok) => timer = setTimeout(() => ok("timeout"), left)),

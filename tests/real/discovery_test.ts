@@ -110,3 +110,38 @@ realTest("subnet discovery as the manager's ServiceAccount", async (api, t) => {
     await d.stop();
   }
 }, { pending: (await exists(MANIFESTS)) ? undefined : `${MANIFESTS} does not exist yet` });
+
+// client-node's informer must notice that its watch connection is gone (apiserver restart, crash, a proxy dropping
+// it) and list+watch again; client-node's own 30 s inactivity timeout is the latest it may take
+realTest("subnet discovery recovers after the apiserver restarts (watch connections lost)", async (api) => {
+  const objs = await manifestObjects(MANIFESTS);
+  const { namespace: ns, name: sa } = managerServiceAccount(objs);
+  assert.equal((await applyManifests(api, objs)).code, 0);
+  await ensureNamespace(api, APP_NS);
+  const ctx = await inClusterKubeConfig(api, await tokenFor(api, ns, sa), ns);
+  await addNode(api, "r1", "10.244.1.0/24");
+  const d = new SubnetDiscovery({ kc: ctx.kc, namespace: ns, strategy: "auto", debounceMs: 20, restartDelayMs: 200 });
+  try {
+    await d.start();
+    await waitForPods(d, ["10.244.1.0/24"]);
+    // an event through the open watch first: a stream that has delivered data is the case that matters
+    await addNode(api, "r3", "10.244.3.0/24");
+    await waitForPods(d, ["10.244.1.0/24", "10.244.3.0/24"]);
+    // move the global revision past the informers' versions and forget history, so resuming needs a relist (410)
+    for (let i = 0; i < 3; i++) {
+      await api.request("POST", `/api/v1/namespaces/${APP_NS}/configmaps`, {
+        apiVersion: "v1",
+        kind: "ConfigMap",
+        metadata: { name: `bump-${i}` },
+      });
+    }
+    await api.compactEtcd();
+    const ms = await api.restartApiServer();
+    console.error(`kube-apiserver restarted in ${ms.toFixed(0)} ms`);
+    await addNode(api, "r2", "10.244.2.0/24");
+    await waitForPods(d, ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"], 45000);
+    for (const w of d.warnings) console.error(`discovery warning: ${w.message}`);
+  } finally {
+    await d.stop();
+  }
+}, { pending: (await exists(MANIFESTS)) ? undefined : `${MANIFESTS} does not exist yet` });

@@ -139,6 +139,36 @@ realTest("tel manager process with the chart's ServiceAccount token", async (api
       const text = await mgr.log();
       assert.doesNotMatch(text, /forbidden|403/i, text);
     });
+
+    await t.step("after an apiserver restart, a new node still reaches WatchClusterInfo (within 60 s)", async () => {
+      const s = await unary<ClientInfo, SessionInfo>(client.arriveAsClient.bind(client), {
+        name: "real-tier-2",
+        namespace: "default",
+        installId: "",
+        version: "",
+      });
+      const ms = await api.restartApiServer();
+      console.error(`kube-apiserver restarted in ${ms.toFixed(0)} ms`);
+      await addNode(api, "m3", "10.244.3.0/24");
+      const call = client.watchClusterInfo({ sessionId: s.sessionId });
+      call.on("error", () => {/* cancelled below */});
+      const t0 = Date.now();
+      const timer = setTimeout(() => call.cancel(), 60000);
+      let last: WireClusterInfo | undefined;
+      try {
+        for await (const msg of call) {
+          last = msg as WireClusterInfo;
+          if (last.podSubnets.includes("10.244.3.0/24")) break;
+        }
+      } catch (_err) {
+        // cancelled by the timer: judged below
+      } finally {
+        clearTimeout(timer);
+        call.cancel();
+      }
+      console.error(`manager saw the new node after ${Date.now() - t0} ms`);
+      assert.deepEqual(last?.podSubnets, ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"], await mgr.log());
+    });
   } finally {
     client.close();
     const st = await mgr.stop();
