@@ -18,7 +18,18 @@
  * stack.setRoutes(["198.18.0.0/15", "fd00:7e1::/48"]);   // call again whenever the subnets change
  * const done = stack.run();
  * stack.counters();                                      // drops by reason, for `tel status`
+ * stack.close();                                         // resets every connection; then close the Vif
  * ```
+ *
+ * What it does: IPv4 (bounded fragment reassembly) and IPv6 (extension headers skipped, fragments counted and
+ * dropped); ICMP/ICMPv6 echo for routed addresses; ICMP unreachable when the forwarder says "unreachable" (or UDP
+ * "refused"); TCP per RFC 9293 with MSS from the link MTU, window scaling + timestamps (RFC 7323), SACK (RFC 2018;
+ * RFC 6675-style hole filling), RTO (RFC 6298), NewReno fast recovery (RFC 5681/6582), a tail-loss probe, zero-window
+ * probes, RST/SYN challenge ACKs (RFC 5961), bounded TIME_WAIT; the receive window follows the reader (memory per
+ * connection ≤ rcvBuf + out-of-order ≤ rcvBuf, plus sndBuf). Not done: IPv6 reassembly, urgent data, keepalive.
+ *
+ * `Link` is what a Vif provides (`readPackets`/`writePacket`/`mtu`); `ChannelLink` is the in-memory one for tests.
+ * TcpConn.writable does not copy chunks: don't mutate a buffer after writing it.
  */
 
 export { type Forwarder, Stack, type StackOptions } from "./stack.ts";
