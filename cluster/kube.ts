@@ -12,7 +12,7 @@ import {
   PortForward,
   Watch,
 } from "@kubernetes/client-node";
-import { type Clock, systemClock } from "../core/clock.ts";
+import { type Clock, sleep, systemClock } from "../core/clock.ts";
 import { errorMessage, TelError } from "../core/errors.ts";
 import { log } from "../core/log.ts";
 
@@ -746,14 +746,19 @@ export class DenoWatch implements WatchLike {
 /**
  * An informer (client-node ListWatch: list, then watch from the list's resourceVersion, resume on reconnect,
  * re-list on 410 Gone) whose watch is a {@link DenoWatch} when the cluster allows it, else client-node's Watch.
+ * ListWatch doubles its pause before each re-watch after a quiet close (1 s, 2 s, … 30 s), which leaves a quiet
+ * resource unwatched for up to 30 s after the apiserver ended a few watches; the pause is capped here
+ * (`maxReconnectDelayMs`, default 250 ms) since a re-watch from a known resourceVersion is cheap.
  * Not started: call `start()`.
  */
 export function makeTelInformer<T extends KubernetesObject>(
   kc: KubeConfig,
   path: string,
   list: ListPromise<T>,
-  opts: { inactivityTimeoutMs?: number } = {},
+  opts: { inactivityTimeoutMs?: number; maxReconnectDelayMs?: number; clock?: Clock } = {},
 ): ListWatch<T> {
   const watch = DenoWatch.usable(kc) ? new DenoWatch(kc, opts) : new Watch(kc);
-  return new ListWatch<T>(path, watch as unknown as Watch, list, false);
+  const cap = opts.maxReconnectDelayMs ?? 250;
+  const delayFn = (ms: number) => sleep(Math.min(ms, cap), opts.clock ?? systemClock);
+  return new ListWatch<T>(path, watch as unknown as Watch, list, false, undefined, undefined, { delayFn });
 }

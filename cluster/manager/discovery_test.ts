@@ -314,3 +314,33 @@ Deno.test("a list that never answers times out and is retried", async () => {
     await api.close();
   }
 });
+
+Deno.test("watches the apiserver ends again and again are resumed quickly (no growing pause)", async () => {
+  const { api, kc } = await cluster();
+  api.cluster.addNode({ name: "n1", podCIDRs: ["10.244.0.0/24"] });
+  const d = new SubnetDiscovery({
+    kc,
+    namespace: "ambassador",
+    strategy: "nodePodCIDRs",
+    serviceSubnets: ["10.96.0.0/12"],
+  });
+  try {
+    await d.start();
+    await waitFor(() => api.cluster.store.watcherCount === 1);
+    const t0 = performance.now();
+    for (let i = 0; i < 4; i++) {
+      api.dropWatches(); // a clean end, as at the apiserver's request timeout
+      await waitFor(() => api.cluster.store.watcherCount === 0);
+      await waitFor(() => api.cluster.store.watcherCount === 1, 5000);
+    }
+    const ms = performance.now() - t0;
+    assert.ok(ms < 1500, `4 re-watches took ${ms.toFixed(0)} ms`);
+    const lists = api.cluster.requests.filter((q) => q.verb === "list" && q.resource === "nodes").length;
+    assert.equal(lists, 1, "resumed from the resourceVersion, no re-list");
+    api.cluster.addNode({ name: "n2", podCIDRs: ["10.244.1.0/24"] });
+    assert.ok((await until(d, (i) => i.podSubnets.length === 2)) < 1000);
+  } finally {
+    await d.stop();
+    await api.close();
+  }
+});
