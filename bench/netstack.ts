@@ -68,8 +68,8 @@ const denoServer = (bytes: number) => `
   const chunk = new Uint8Array(1 << 20);
   (async () => { for await (const c of Deno.listen({ port: ${SINK} })) (async () => {
     const b = new Uint8Array(1 << 20); while ((await c.read(b)) !== null); c.close(); })(); })();
-  for await (const c of Deno.listen({ port: ${SOURCE} })) (async () => {
-    let s = 0; while (s < ${bytes}) s += await c.write(chunk.subarray(0, Math.min(chunk.length, ${bytes} - s))); c.close(); })();
+  (async () => { for await (const c of Deno.listen({ port: ${SOURCE} })) (async () => {
+    let s = 0; while (s < ${bytes}) s += await c.write(chunk.subarray(0, Math.min(chunk.length, ${bytes} - s))); c.close(); })(); })();
   for await (const c of Deno.listen({ port: ${HELLO} })) c.write(new Uint8Array([104, 105])).finally(() => c.close());`;
 
 async function client(ns: Netns, code: string): Promise<{ bytes: number; ms: number }> {
