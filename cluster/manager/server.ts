@@ -167,9 +167,12 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
       );
     },
     tunnel: (call: grpc.ServerDuplexStream<Frame, Frame>) => {
+      const started = clock.now();
+      let sessionId = "";
       serveTunnel(call, {
         checkSession: (sid) => sessions.check(sid),
         track: (flow) => {
+          sessionId = flow.sessionId;
           const unregister = sessions.onEnd(flow.sessionId, (reason) => flow.abort(reason));
           const end = () => flow.abort("manager shutting down");
           openStreams.add(end);
@@ -182,7 +185,14 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
         udpIdleMs: opts.udpIdleMs,
         clock,
       }).then(
-        (end) => log.debug("manager", "tunnel ended", { ...end }),
+        // one line per flow saying why it ended: a clean close, the opener's disconnect reason, a dial or
+        // protocol failure, or the transport error (a cancelled call, a connection that went away)
+        (end) =>
+          log.info("manager", end.clean ? "tunnel ended" : "tunnel ended early", {
+            ...end,
+            session: sessionId || undefined,
+            ms: Math.round(clock.now() - started),
+          }),
         // serveTunnel handles its own failures; anything reaching here is a bug, but must not kill the server
         (err) => log.error("manager", "tunnel handler failed", { err: errorMessage(err) }),
       );

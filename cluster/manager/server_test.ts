@@ -9,6 +9,7 @@ import {
   encodeFrame,
   type Frame,
   frames,
+  MANAGER_SERVICE,
   type ManagerClient,
   openTunnel,
   TUNNEL_METHOD,
@@ -294,4 +295,73 @@ Deno.test("LookupDNS queries the cluster DNS with the client namespace and retur
     sock.close();
     await serving;
   }
+});
+
+Deno.test({
+  name: "clients that finish their calls and close the connection (GOAWAY, no stream left) do not abort the manager",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    // Deno's node:http2 used to tear the session down inside nghttp2's GOAWAY callback and abort the process
+    // (about every other time): run the manager in its own process so that shows as an exit status, not a dead test.
+    const fixture = new URL("./stability_fixture.ts", import.meta.url).pathname;
+    const manager = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", fixture, "manager"],
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    let exit: Deno.CommandStatus | undefined;
+    const exited = manager.status.then((s) => exit = s);
+    const reader = manager.stdout.getReader();
+    let text = "";
+    while (!/port \d+\n/.test(text)) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += new TextDecoder().decode(value);
+    }
+    reader.releaseLock();
+    const port = Number(/port (\d+)/.exec(text)?.[1]);
+    const Ctor = grpc.makeGenericClientConstructor(MANAGER_SERVICE, "tel.v1.Manager");
+    const echo = tcpEcho();
+    try {
+      for (let i = 0; i < 30 && !exit; i++) {
+        // a connection of its own each time (no shared subchannel), closed once its only call is done
+        const client = new Ctor(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
+          "grpc.use_local_subchannel_pool": 1,
+        }) as unknown as ManagerClient;
+        try {
+          const s = await unary<ClientInfo, SessionInfo>(client.arriveAsClient.bind(client), {
+            name: `c${i}`,
+            namespace: "default",
+            installId: "",
+            version: "",
+          });
+          // one flow that ends cleanly both ways, so no stream is left when the GOAWAY comes
+          const t = await openTunnel(client, {
+            sessionId: s.sessionId,
+            connId: connId("tcp", { ip: "127.0.0.1", port: 1 }, { ip: "127.0.0.1", port: echo.port }),
+          });
+          const w = t.writable.getWriter();
+          for (let k = 0; k < 128; k++) await w.write(new Uint8Array(64 * 1024));
+          await w.close();
+          for await (const _ of t.readable) { /* the echo, then its close-send */ }
+          assert.equal((await t.ended).clean, true);
+        } catch (err) {
+          if (!exit) throw err;
+          // the manager died: reported below with its exit status
+        }
+        client.close();
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await new Promise((r) => setTimeout(r, 200));
+      const stderr = exit ? new TextDecoder().decode((await manager.stderr.getReader().read()).value) : "";
+      assert.equal(exit, undefined, `manager exited: ${JSON.stringify(exit)} ${stderr.slice(-300)}`);
+    } finally {
+      if (!exit) manager.kill("SIGTERM");
+      await exited;
+      await manager.stdout.cancel().catch(() => {/* already closed */});
+      await manager.stderr.cancel().catch(() => {/* already read or closed */});
+      echo.close();
+    }
+  },
 });

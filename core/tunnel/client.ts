@@ -14,6 +14,12 @@ export interface TunnelEnd {
   clean: boolean;
   /** Why it did not end cleanly (a disconnect reason, a protocol violation, a transport error). */
   reason?: string;
+  /** Dialing side only: the flow, as text (when the open frame named one). */
+  conn?: string;
+  /** Dialing side only: bytes written to the target. */
+  bytesToTarget?: number;
+  /** Dialing side only: bytes read from the target and sent to the opener. */
+  bytesFromTarget?: number;
 }
 
 /** An open flow. For UDP each chunk is one datagram. */
@@ -128,13 +134,24 @@ class OpenTunnel implements Tunnel {
       cancel: (reason) => this.abort(`reader cancelled${reason ? `: ${reason}` : ""}`),
     }, { highWaterMark: 8 });
     this.writable = new WritableStream<Uint8Array>({
-      write: async (chunk) => {
-        for (let off = 0; off < chunk.byteLength; off += MAX_DATA_FRAME) {
-          const end = Math.min(off + MAX_DATA_FRAME, chunk.byteLength);
-          if (!await this.#fs.send(frames.data(chunk.subarray(off, end)))) {
-            throw new TelError("cluster", `tunnel ${formatConnId(id)}: closed: ${this.#endReason ?? "stream gone"}`);
-          }
+      write: (chunk) => {
+        const gone = () =>
+          new TelError("cluster", `tunnel ${formatConnId(id)}: closed: ${this.#endReason ?? "stream gone"}`);
+        if (chunk.byteLength <= MAX_DATA_FRAME) {
+          // the common case: one frame, and no promise when the call is under its high-water mark
+          const sent = this.#fs.write(frames.data(chunk));
+          if (sent === true) return;
+          if (sent === false) throw gone();
+          return sent.then((ok) => {
+            if (!ok) throw gone();
+          });
         }
+        return (async () => {
+          for (let off = 0; off < chunk.byteLength; off += MAX_DATA_FRAME) {
+            const end = Math.min(off + MAX_DATA_FRAME, chunk.byteLength);
+            if (!await this.#fs.send(frames.data(chunk.subarray(off, end)))) throw gone();
+          }
+        })();
       },
       close: async () => {
         await this.#fs.send(frames.closeSend());
@@ -148,7 +165,7 @@ class OpenTunnel implements Tunnel {
 
   async #readLoop(): Promise<void> {
     for (;;) {
-      const f = await this.#fs.next();
+      const f = this.#fs.tryNext() ?? await this.#fs.next();
       if (f === undefined) {
         const clean = this.#readDone && this.#writeDone && !this.#fs.error;
         this.#finish(clean ? undefined : this.#fs.error?.message ?? "stream ended before both sides closed");

@@ -4,7 +4,7 @@ import { type Clock, systemClock } from "../clock.ts";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
 import { bytesToIp, type ConnId, connIdFromWire, formatConnId, ipToBytes } from "./conn_id.ts";
-import { type Frame, FrameOrder, frames, MAX_DATA_FRAME } from "./frame.ts";
+import { allocDataBuffer, type Frame, FrameOrder, frames } from "./frame.ts";
 import { type FrameDuplex, FrameStream } from "./frame_stream.ts";
 import type { TunnelEnd } from "./client.ts";
 
@@ -70,15 +70,16 @@ export async function serveTunnel(call: FrameDuplex, opts: ServeTunnelOptions): 
   const flow = id.protocol === "tcp"
     ? new TcpFlow(fs, order, id, clock)
     : new UdpFlow(fs, order, id, clock, opts.udpIdleMs ?? DEFAULT_UDP_IDLE_MS);
+  const conn = formatConnId(id);
   const dialError = await flow.dial(timeoutMs);
   if (dialError) {
-    log.debug("tunnel", "dial rejected", { conn: formatConnId(id), reason: dialError });
-    return await refuse(frames.dialReject(dialError), dialError);
+    log.debug("tunnel", "dial rejected", { conn, reason: dialError });
+    return { ...await refuse(frames.dialReject(dialError), dialError), conn };
   }
   const untrack = opts.track?.({ sessionId, connId: id, abort: (r) => flow.fail(r) }) ?? (() => {});
   try {
     if (!await fs.send(frames.dialOk())) flow.fail("stream gone before dial-ok");
-    return await flow.pump();
+    return { ...await flow.pump(), conn };
   } finally {
     untrack();
   }
@@ -94,6 +95,10 @@ abstract class Flow {
   protected order: FrameOrder;
   protected id: ConnId;
   protected clock: Clock;
+  /** Bytes written to the target. */
+  bytesToTarget = 0;
+  /** Bytes read from the target and sent to the opener. */
+  bytesFromTarget = 0;
   #failure: string | undefined;
 
   constructor(fs: FrameStream, order: FrameOrder, id: ConnId, clock: Clock) {
@@ -121,7 +126,10 @@ abstract class Flow {
   }
 
   protected result(): TunnelEnd {
-    return this.#failure === undefined ? { clean: true } : { clean: false, reason: this.#failure };
+    const counts = { bytesToTarget: this.bytesToTarget, bytesFromTarget: this.bytesFromTarget };
+    return this.#failure === undefined
+      ? { clean: true, ...counts }
+      : { clean: false, reason: this.#failure, ...counts };
   }
 
   /** Races a dial against the timeout; a late connection is closed when it arrives. */
@@ -175,7 +183,8 @@ class TcpFlow extends Flow {
     const conn = this.#conn!;
     const up = async (): Promise<void> => {
       for (;;) {
-        const buf = new Uint8Array(MAX_DATA_FRAME);
+        // read straight into a frame's payload slot: encoding it then needs no copy
+        const buf = allocDataBuffer();
         let n: number | null;
         try {
           n = await conn.read(buf);
@@ -187,20 +196,43 @@ class TcpFlow extends Flow {
           if (!await this.fs.send(frames.closeSend())) this.fail("stream gone");
           return;
         }
-        if (!await this.fs.send(frames.data(buf.subarray(0, n)))) return this.fail("stream gone");
+        this.bytesFromTarget += n;
+        const sent = this.fs.write(frames.data(buf.subarray(0, n)));
+        if (sent !== true && !await sent) return this.fail("stream gone");
       }
     };
     const down = async (): Promise<void> => {
+      let ahead: Frame | undefined;
       for (;;) {
-        const f = await this.fs.next();
+        const f = ahead ?? this.fs.tryNext() ?? await this.fs.next();
+        ahead = undefined;
         if (this.failed) return;
         if (!f) return this.fail(`stream ended before close-send${this.fs.error ? `: ${this.fs.error.message}` : ""}`);
         if (f.$case === "disconnect") return this.fail(`opener disconnected: ${f.value.reason}`);
         const bad = this.order.accept(f);
         if (bad) return this.fail(bad);
         if (f.$case === "data") {
+          // Small frames already here go to the target in one write rather than one syscall each.
+          let data = f.value;
+          if (data.byteLength < COALESCE_BELOW) {
+            const parts = [data];
+            let total = data.byteLength;
+            while (total < COALESCE_BELOW) {
+              const g = this.fs.tryNext();
+              if (!g) break;
+              if (g.$case !== "data") {
+                ahead = g;
+                break;
+              }
+              this.order.accept(g); // data before any close-send: always in order
+              parts.push(g.value);
+              total += g.value.byteLength;
+            }
+            if (parts.length > 1) data = concat(parts, total);
+          }
+          this.bytesToTarget += data.byteLength;
           try {
-            await writeAll(conn, f.value);
+            await writeAll(conn, data);
           } catch (err) {
             return this.fail(`write to target: ${errorMessage(err)}`);
           }
@@ -221,6 +253,19 @@ class TcpFlow extends Flow {
     }
     return this.result();
   }
+}
+
+/** Data frames smaller than this that are already buffered are joined into one write to the target. */
+const COALESCE_BELOW = 32 * 1024;
+
+function concat(parts: Uint8Array[], total: number): Uint8Array {
+  const out = new Uint8Array(total);
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.byteLength;
+  }
+  return out;
 }
 
 async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
@@ -285,6 +330,7 @@ class UdpFlow extends Flow {
         const from = got[1] as Deno.NetAddr;
         if (from.port !== dst.port || !sameIp(from.hostname, dst.ip)) continue;
         this.#touch();
+        this.bytesFromTarget += got[0].byteLength;
         if (!await this.fs.send(frames.data(got[0]))) return this.fail("stream gone");
       }
     };
@@ -298,6 +344,7 @@ class UdpFlow extends Flow {
         if (bad) return this.fail(bad);
         if (f.$case === "data") {
           this.#touch();
+          this.bytesToTarget += f.value.byteLength;
           try {
             await sock.send(f.value, this.#target);
           } catch (err) {

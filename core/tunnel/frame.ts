@@ -21,30 +21,85 @@ function varintLength(n: number): number {
   return len;
 }
 
-/** Encodes one frame; a data frame takes a single allocation and one copy of its payload. */
+/** Tag byte of the `data` field (field 2, wire type 2: length-delimited). */
+const DATA_TAG = 0x12;
+
+/** Bytes in front of the payload that {@link allocDataBuffer} reserves: the tag and a varint length up to 2^28. */
+export const DATA_HEADROOM = 5;
+
+// The ArrayBuffers handed out by allocDataBuffer: only their [DATA_HEADROOM..] view may get its header in place.
+const withHeadroom = new WeakSet<ArrayBufferLike>();
+
+/**
+ * A buffer to read one data payload into: read into the returned view (`size` bytes, at byte offset
+ * {@link DATA_HEADROOM} of its own ArrayBuffer), then pass `view.subarray(0, n)` to `frames.data`. Encoding that
+ * frame writes the protobuf header into the reserved bytes instead of copying the payload, so the caller gives the
+ * buffer up once it is sent.
+ */
+export function allocDataBuffer(size = MAX_DATA_FRAME): Uint8Array {
+  const ab = new ArrayBuffer(DATA_HEADROOM + size);
+  withHeadroom.add(ab);
+  return new Uint8Array(ab, DATA_HEADROOM, size);
+}
+
+function writeDataHeader(buf: Uint8Array, pos: number, n: number): number {
+  buf[pos++] = DATA_TAG;
+  let v = n;
+  while (v >= 0x80) {
+    buf[pos++] = (v & 0x7f) | 0x80;
+    v >>>= 7;
+  }
+  buf[pos++] = v;
+  return pos;
+}
+
+/**
+ * Encodes one data frame by hand: a TunnelMessage whose only field is `data` (tag, varint length, payload). A
+ * payload from {@link allocDataBuffer} is framed in place (no copy); any other takes one allocation and one copy.
+ */
+export function encodeDataFrame(data: Uint8Array): Buffer {
+  const n = data.byteLength;
+  const hlen = 1 + varintLength(n);
+  if (data.byteOffset === DATA_HEADROOM && withHeadroom.has(data.buffer)) {
+    const start = DATA_HEADROOM - hlen;
+    writeDataHeader(new Uint8Array(data.buffer, start, hlen), 0, n);
+    return Buffer.from(data.buffer, start, hlen + n);
+  }
+  const buf = Buffer.allocUnsafe(hlen + n);
+  buf.set(data, writeDataHeader(buf, 0, n));
+  return buf;
+}
+
+/** Encodes one frame; data frames by hand ({@link encodeDataFrame}), the rest with the generated encoder. */
 export function encodeFrame(frame: Frame): Buffer {
   if (frame.$case === "malformed") throw new TypeError("cannot encode a malformed frame");
-  if (frame.$case === "data") {
-    const data = frame.value;
-    const n = data.byteLength;
-    const buf = Buffer.allocUnsafe(1 + varintLength(n) + n);
-    buf[0] = 0x12; // field 2, length-delimited
-    let pos = 1;
-    let v = n;
-    while (v >= 0x80) {
-      buf[pos++] = (v & 0x7f) | 0x80;
-      v >>>= 7;
-    }
-    buf[pos++] = v;
-    buf.set(data, pos);
-    return buf;
-  }
+  if (frame.$case === "data") return encodeDataFrame(frame.value);
   const bytes = TunnelMessage.encode({ frame }).finish();
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
+/**
+ * The payload of a message that is exactly one `data` field, as a view (no copy); undefined when the bytes are
+ * anything else (other fields, several fields, a bad length), which the generated decoder then handles.
+ */
+export function decodeDataFrame(bytes: Uint8Array): Uint8Array | undefined {
+  const len = bytes.byteLength;
+  if (len < 2 || bytes[0] !== DATA_TAG) return undefined;
+  let n = 0;
+  let pos = 1;
+  for (let shift = 0; shift < 28; shift += 7) {
+    if (pos >= len) return undefined;
+    const b = bytes[pos++];
+    n |= (b & 0x7f) << shift;
+    if (b < 0x80) return pos + n === len ? bytes.subarray(pos) : undefined;
+  }
+  return undefined;
+}
+
 /** Decodes one frame; never throws: undecodable or empty messages come back as `malformed` with the reason. */
 export function decodeFrame(bytes: Uint8Array): Frame {
+  const data = decodeDataFrame(bytes);
+  if (data !== undefined) return { $case: "data", value: data };
   try {
     const msg = TunnelMessage.decode(bytes);
     if (!msg.frame) return { $case: "malformed", value: { reason: "empty tunnel frame" } };

@@ -1,4 +1,4 @@
-/** A grpc-js bidi stream of tunnel frames, as awaitable send/next with backpressure. */
+/** A grpc-js bidi stream of tunnel frames, as send/next with backpressure and a synchronous read of buffered frames. */
 
 import type { ClientDuplexStream, ServerDuplexStream } from "@grpc/grpc-js";
 import type { Duplex } from "node:stream";
@@ -9,24 +9,48 @@ export type FrameDuplex = ClientDuplexStream<Frame, Frame> | ServerDuplexStream<
 
 /**
  * One tunnel stream: `send()` resolves when the frame is queued and the stream is not over its high-water mark;
- * `next()` gives the next received frame, or undefined once the stream ended or failed (see `error`).
+ * `tryNext()` gives a frame already received without waiting; `next()` waits for one, or gives undefined once the
+ * stream ended or failed (see `error`). Reading with `read()` instead of an async iterator costs no promise per frame
+ * while frames are buffered.
  */
 export class FrameStream {
   #call: Duplex & { cancel?: () => void };
-  #iter: AsyncIterator<Frame>;
   #error: Error | undefined;
   #closed = false;
+  #ended = false;
+  #wake: (() => void) | undefined;
+  #drained: (() => void) | undefined;
 
   constructor(call: FrameDuplex) {
-    this.#call = call as unknown as Duplex & { cancel?: () => void };
+    const c = call as unknown as Duplex & { cancel?: () => void };
+    this.#call = c;
+    const wake = () => {
+      const w = this.#wake;
+      this.#wake = undefined;
+      w?.();
+    };
+    const drained = () => {
+      const d = this.#drained;
+      this.#drained = undefined;
+      d?.();
+    };
     // Without a listener an 'error' event (the peer cancelled, the status was not OK) would throw.
-    this.#call.on("error", (err: Error) => {
+    c.on("error", (err: Error) => {
       this.#error ??= err;
+      wake();
+      drained();
     });
-    this.#call.on("close", () => {
+    c.on("close", () => {
       this.#closed = true;
+      wake();
+      drained();
     });
-    this.#iter = (this.#call as AsyncIterable<Frame>)[Symbol.asyncIterator]();
+    c.on("end", () => {
+      this.#ended = true;
+      wake();
+    });
+    c.on("readable", wake);
+    c.on("drain", drained);
   }
 
   /** The error the stream failed with, if it did. */
@@ -39,33 +63,46 @@ export class FrameStream {
     return this.#closed || this.#call.destroyed;
   }
 
-  /** Sends one frame, waiting for 'drain' when the stream is over its high-water mark; false when it is gone. */
-  async send(frame: Frame): Promise<boolean> {
+  /** Sends one frame; when the stream is over its high-water mark, resolves at 'drain'; false when it is gone. */
+  send(frame: Frame): Promise<boolean> {
+    const r = this.write(frame);
+    return typeof r === "boolean" ? Promise.resolve(r) : r;
+  }
+
+  /** Like {@link send}, without a promise when the frame went out at once (the hot path of the pumps). */
+  write(frame: Frame): boolean | Promise<boolean> {
     const call = this.#call;
     if (call.destroyed || call.writableEnded) return false;
     if (call.write(frame)) return true;
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        call.off("drain", done);
-        call.off("close", done);
-        call.off("error", done);
-        resolve();
+    return new Promise<boolean>((resolve) => {
+      const prev = this.#drained;
+      this.#drained = () => {
+        prev?.();
+        resolve(!call.destroyed);
       };
-      call.on("drain", done);
-      call.on("close", done);
-      call.on("error", done);
     });
-    return !call.destroyed;
+  }
+
+  /** A frame that already arrived, null when none is buffered yet, undefined once the stream is over. */
+  tryNext(): Frame | null | undefined {
+    const f = this.#call.read() as Frame | null;
+    if (f !== null) return f;
+    if (this.#ended || this.#closed || this.#error || this.#call.destroyed) return undefined;
+    return null;
   }
 
   /** The next received frame; undefined at the end of the stream or after an error. */
   async next(): Promise<Frame | undefined> {
-    try {
-      const r = await this.#iter.next();
-      return r.done ? undefined : r.value;
-    } catch (err) {
-      this.#error ??= err instanceof Error ? err : new Error(String(err));
-      return undefined;
+    for (;;) {
+      const f = this.tryNext();
+      if (f !== null) return f;
+      await new Promise<void>((resolve) => {
+        const prev = this.#wake;
+        this.#wake = () => {
+          prev?.();
+          resolve();
+        };
+      });
     }
   }
 

@@ -1,6 +1,18 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { decodeFrame, encodeFrame, type Frame, FrameOrder, frames } from "./frame.ts";
+import { Buffer } from "node:buffer";
+import { TunnelMessage } from "../../proto/gen/tel.ts";
+import {
+  allocDataBuffer,
+  DATA_HEADROOM,
+  decodeDataFrame,
+  decodeFrame,
+  encodeDataFrame,
+  encodeFrame,
+  type Frame,
+  FrameOrder,
+  frames,
+} from "./frame.ts";
 import { bytesToIp, connId, connIdFromWire, connIdToWire, ipToBytes } from "./conn_id.ts";
 
 Deno.test("decode(encode(frame)) == frame for data and control frames", () => {
@@ -20,6 +32,81 @@ Deno.test("decode(encode(frame)) == frame for data and control frames", () => {
     }),
     { numRuns: 200 },
   );
+});
+
+Deno.test("hand-encoded data frames are what the generated encoder makes, and decode with it", () => {
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 70_000 }), (payload) => {
+      const hand = encodeDataFrame(payload);
+      const generated = TunnelMessage.encode({ frame: { $case: "data", value: payload } }).finish();
+      assert.deepEqual(new Uint8Array(hand), generated);
+      const back = TunnelMessage.decode(hand).frame;
+      assert.equal(back?.$case, "data");
+      assert.deepEqual(new Uint8Array(back!.value as Uint8Array), payload);
+    }),
+    { numRuns: 200 },
+  );
+});
+
+Deno.test("the hand decoder reads what the generated encoder makes, without a copy", () => {
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 70_000 }), (payload) => {
+      const wire = TunnelMessage.encode({ frame: { $case: "data", value: payload } }).finish();
+      const data = decodeDataFrame(wire);
+      assert.ok(data, "a lone data field takes the fast path");
+      assert.deepEqual(new Uint8Array(data), payload);
+      assert.equal(data.buffer, wire.buffer, "a view of the received bytes");
+    }),
+    { numRuns: 200 },
+  );
+});
+
+Deno.test("the hand decoder leaves every other message to the generated decoder, which agrees", () => {
+  const controls = [frames.closeSend(), frames.dialOk(), frames.keepalive(), frames.disconnect("x")];
+  for (const f of controls) assert.equal(decodeDataFrame(encodeFrame(f)), undefined);
+  // a data field followed by another field (last one wins in a oneof): not the fast path, decoded by the generator
+  const two = Buffer.concat([encodeDataFrame(new Uint8Array([1, 2])), encodeFrame(frames.keepalive())]);
+  assert.equal(decodeDataFrame(two), undefined);
+  assert.equal(decodeFrame(two).$case, "keepalive");
+  // a length that overruns or underruns the message
+  assert.equal(decodeDataFrame(new Uint8Array([0x12, 5, 1, 2])), undefined);
+  assert.equal(decodeFrame(new Uint8Array([0x12, 5, 1, 2])).$case, "malformed");
+  assert.equal(decodeDataFrame(new Uint8Array([0x12, 1, 1, 2])), undefined);
+  // a non-minimal varint length is still protobuf
+  assert.deepEqual([...decodeDataFrame(new Uint8Array([0x12, 0x81, 0x00, 7]))!], [7]);
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 40 }), (b) => {
+      const fast = decodeDataFrame(b);
+      if (fast === undefined) return;
+      const slow = TunnelMessage.decode(b).frame;
+      assert.equal(slow?.$case, "data");
+      assert.deepEqual([...(slow!.value as Uint8Array)], [...fast]);
+    }),
+    { numRuns: 2000 },
+  );
+});
+
+Deno.test("a payload read into allocDataBuffer is framed in place, not copied", () => {
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 70_000 }), (payload) => {
+      const buf = allocDataBuffer(70_000);
+      assert.equal(buf.byteOffset, DATA_HEADROOM);
+      buf.set(payload);
+      const view = buf.subarray(0, payload.byteLength);
+      const wire = encodeFrame(frames.data(view));
+      assert.equal(wire.buffer, buf.buffer, "the header went into the reserved bytes");
+      assert.deepEqual(new Uint8Array(wire), new Uint8Array(encodeDataFrame(new Uint8Array(payload))));
+      assert.deepEqual(new Uint8Array(view), payload, "the payload is untouched");
+    }),
+    { numRuns: 100 },
+  );
+  // a view that does not start at the reserved offset is copied: bytes before it may be someone's payload
+  const buf = allocDataBuffer(100);
+  buf.fill(9);
+  const tail = buf.subarray(10, 20);
+  const wire = encodeFrame(frames.data(tail));
+  assert.notEqual(wire.buffer, buf.buffer);
+  assert.deepEqual([...buf], new Array(100).fill(9));
 });
 
 Deno.test("random bytes decode to a frame or to malformed, never throw", () => {
