@@ -129,8 +129,11 @@ export interface DiscoveryOptions {
   restartDelayMs?: number;
   /** A list call that takes longer fails (and is retried); default 60 s. */
   listTimeoutMs?: number;
-  /** Service probe options (retries). */
-  probe?: { attempts?: number; retryDelayMs?: number; families?: Array<4 | 6> };
+  /**
+   * Service probe options: attempts and delays within one probe, and when a probe that found nothing is repeated
+   * (`reprobeDelayMs`, default 60 s, doubling up to 10 min).
+   */
+  probe?: { attempts?: number; retryDelayMs?: number; families?: Array<4 | 6>; reprobeDelayMs?: number };
   clock?: Clock;
 }
 
@@ -159,10 +162,12 @@ export class SubnetDiscovery implements ClusterInfoSource {
   #timer?: TimerHandle;
   #restartTimers = new Set<TimerHandle>();
   #stopped = false;
+  #probeDelay: number;
 
   constructor(opts: DiscoveryOptions) {
     this.#opts = opts;
     this.#clock = opts.clock ?? systemClock;
+    this.#probeDelay = opts.probe?.reprobeDelayMs ?? 60_000;
     if (opts.strategy === "environment") {
       if (!opts.podCIDRs?.length) {
         throw new TelError("config", "podCIDRStrategy environment needs podCIDRs", {
@@ -233,8 +238,21 @@ export class SubnetDiscovery implements ClusterInfoSource {
       ...this.#opts.probe,
     });
     for (const e of r.errors) this.#warn(e);
-    this.#serviceSubnets = r.subnets;
-    this.#schedule();
+    if (r.subnets.length > 0 || r.errors.length === 0) {
+      this.#serviceSubnets = r.subnets;
+      this.#schedule();
+      return;
+    }
+    // nothing learned (API down, or no permission yet): ask again later, less and less often
+    const delay = this.#probeDelay;
+    this.#probeDelay = Math.min(delay * 2, 600_000);
+    const t = this.#clock.setTimeout(() => {
+      this.#restartTimers.delete(t);
+      if (!this.#stopped) {
+        this.#probe().catch((e: unknown) => log.debug("discovery", "service probe failed", { e }));
+      }
+    }, delay);
+    this.#restartTimers.add(t);
   }
 
   #warn(e: TelError): void {

@@ -344,3 +344,29 @@ Deno.test("watches the apiserver ends again and again are resumed quickly (no gr
     await api.close();
   }
 });
+
+Deno.test("a service probe that found nothing is repeated until it does", async () => {
+  const { api, kc } = await cluster(["10.43.0.0/16"]);
+  api.cluster.forbid(SA, "create", "services", "ambassador");
+  const d = new SubnetDiscovery({
+    kc,
+    namespace: "ambassador",
+    strategy: "environment",
+    podCIDRs: ["10.42.0.0/16"],
+    probe: { families: [4], retryDelayMs: 1, reprobeDelayMs: 50 },
+  });
+  try {
+    await d.start();
+    assert.deepEqual(d.current().serviceSubnets, []);
+    api.cluster.allow(SA, "create", "services", "ambassador"); // RBAC fixed while the manager runs
+    await until(d, (i) => i.serviceSubnets.join() === "10.43.0.0/16");
+    const probes = api.cluster.requests.filter((q) => q.resource === "services").map((q) => q.code);
+    assert.equal(probes.at(-1), 422);
+    assert.ok(probes.length >= 2);
+    await new Promise((r) => setTimeout(r, 150));
+    assert.equal(api.cluster.requests.filter((q) => q.resource === "services").length, probes.length, "no more probes");
+  } finally {
+    await d.stop();
+    await api.close();
+  }
+});
