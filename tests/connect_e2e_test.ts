@@ -255,3 +255,22 @@ withLab(
   },
   { localCluster: "198.19.255.1:53" },
 );
+
+withLab("connect: IPv6 pods and services answer by address and by AAAA name", async (lab, tel) => {
+  const c = await connect(lab, tel);
+  assert.equal(c.code, 0, c.stdout + c.stderr);
+  assert.match(c.stdout, /fd00:7e1:/, "IPv6 subnets routed");
+  const echo = lab.pod("echo-0", "default")!;
+  const v6 = echo.ips.find((ip) => ip.includes(":"))!;
+  const pod = await curl(lab, `http://[${v6}]:8080/`);
+  assert.equal(pod.code, 0, pod.body);
+  assert.match(pod.body, /echo-0/);
+  const svc = await curl(lab, "http://[fd00:7e1:0:ff::10]/");
+  assert.equal(svc.code, 0, svc.body);
+  const aaaa = await lab.ws.run(["dig", "+short", "AAAA", `@${lab.upstreamDns}`, "echo.default"]);
+  assert.equal(aaaa.stdout.trim(), "fd00:7e1:0:ff::10");
+  const byName = await curl(lab, "http://echo.default/", ["-6"]);
+  assert.equal(byName.code, 0, byName.body);
+  const udp = await lab.ws.run(["sh", "-c", "echo ping6 | nc -6 -u -w 2 fd00:7e1:0:ff::11 53"]);
+  assert.match(udp.stdout, /ping6/, udp.stderr);
+}, { ipv6: true });
