@@ -1,0 +1,576 @@
+/** The benches of `deno task bench`: each measures tel and its same-run baselines in the bench lab. */
+
+import { BENCH_NET, type BenchEnv, type ConnectMode } from "./lab_env.ts";
+import { Collector, type Goal, summarizeUsage } from "./result.ts";
+import type { BenchResult } from "./result.ts";
+import { ProcSampler, type Usage } from "./procstat.ts";
+import { LabProcess } from "../../tests/lab/proc.ts";
+import type { Netns } from "../../tests/lab/netns.ts";
+import { LAB_NET } from "../../tests/lab/topology.ts";
+
+/** What a bench gets. */
+export interface BenchContext {
+  env: BenchEnv;
+  quick: boolean;
+  runs: number;
+  say: (line: string) => void;
+}
+
+/** What a bench fills in (the runner adds name, title, timing, usage). */
+export interface BenchBody {
+  c: Collector;
+  goals: Goal[];
+  checks: Record<string, unknown>;
+  notes: string[];
+  /** False when a completeness check failed. */
+  ok: boolean;
+  /** Runs `fn` as a tel measurement: the daemon's and manager's CPU/RSS are sampled around it. */
+  tel<T>(fn: () => Promise<T>): Promise<T>;
+}
+
+/** A bench: its name, title, the connect mode it needs, and its body. */
+export interface Bench {
+  name: string;
+  title: string;
+  mode: ConnectMode;
+  run(ctx: BenchContext, out: BenchBody): Promise<void>;
+}
+
+const MiB = 1024 * 1024;
+
+// --- tools ---------------------------------------------------------------------------------------------------------
+
+interface IperfResult {
+  gbits: number;
+  sentBytes: number;
+  receivedBytes: number;
+}
+
+async function iperf(
+  ns: Netns,
+  ip: string,
+  o: { flows: number; reverse: boolean; seconds?: number; bytes?: number; port?: number },
+): Promise<IperfResult> {
+  const limit = (o.seconds ?? 10) + 20;
+  const cmd = [
+    "timeout",
+    String(limit),
+    "iperf3",
+    "-c",
+    ip,
+    "-p",
+    String(o.port ?? BENCH_NET.iperfPort),
+    "-J",
+    "--connect-timeout",
+    "5000",
+    ...(o.bytes ? ["-n", String(o.bytes)] : ["-t", String(o.seconds ?? 3)]),
+    "-P",
+    String(o.flows),
+    ...(o.reverse ? ["-R"] : []),
+  ];
+  let last = "";
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const r = await ns.run(cmd);
+    let j: {
+      error?: string;
+      end?: { sum_sent?: { bytes: number }; sum_received?: { bytes: number; bits_per_second: number } };
+    };
+    try {
+      j = JSON.parse(r.stdout);
+    } catch {
+      last = `iperf3 to ${ip} (${r.code}): ${r.stdout.slice(-300)}${r.stderr.slice(-300)}`;
+      await sleep(500);
+      continue;
+    }
+    if (j.error || !j.end?.sum_received) {
+      // "the server is busy running a test" right after a previous one: try again
+      last = `iperf3 to ${ip}: ${j.error ?? "no summary"}`;
+      await sleep(500);
+      continue;
+    }
+    return {
+      gbits: j.end.sum_received.bits_per_second / 1e9,
+      sentBytes: j.end.sum_sent?.bytes ?? 0,
+      receivedBytes: j.end.sum_received.bytes,
+    };
+  }
+  throw new Error(last);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+interface Path {
+  name: string;
+  ns: () => Promise<Netns>;
+  ip: string;
+}
+
+/** tel, the veth ceiling, and (full runs) slirp4netns and sshuttle. */
+function paths(ctx: BenchContext, withUserspace: boolean): Path[] {
+  const { env } = ctx;
+  const ws = () => Promise.resolve(env.lab.ws);
+  const list: Path[] = [
+    { name: "tel", ns: ws, ip: BENCH_NET.telIp },
+    { name: "direct veth", ns: ws, ip: BENCH_NET.vethIp },
+  ];
+  if (withUserspace) {
+    list.push(
+      { name: "slirp4netns", ns: () => env.slirp(), ip: BENCH_NET.vethIp },
+      {
+        name: "sshuttle",
+        ns: async () => {
+          await env.sshuttle();
+          return env.lab.ws;
+        },
+        ip: BENCH_NET.sshIp,
+      },
+    );
+  }
+  return list;
+}
+
+/** Runs `fn` for one path and records a failure as a note instead of aborting the whole bench. */
+async function guarded(out: BenchBody, what: string, fn: () => Promise<void>): Promise<void> {
+  try {
+    await fn();
+  } catch (e) {
+    out.notes.push(`${what}: ${e instanceof Error ? e.message.split("\n")[0] : e}`);
+    if (what.startsWith("tel")) out.ok = false;
+  }
+}
+
+/**
+ * iperf3 counts received bytes until its end-of-test message, which travels on its own connection (its own tunnel),
+ * so its byte totals are not an exactness check: byte-exact transfers are checked by scale and large-transfer.
+ */
+function iperfChecks(out: BenchBody, telBytes: number): void {
+  out.checks.telBytesReceived = telBytes;
+  if (!(telBytes > 0)) out.ok = false;
+}
+
+// --- benches -------------------------------------------------------------------------------------------------------
+
+const tcpThroughput: Bench = {
+  name: "tcp-throughput",
+  title: "TCP throughput (iperf3), manager reached directly",
+  mode: "direct",
+  async run(ctx, out) {
+    const cases = [
+      { name: "1 flow ws→pod", flows: 1, reverse: false },
+      { name: "1 flow pod→ws", flows: 1, reverse: true },
+      { name: "4 flows ws→pod", flows: 4, reverse: false },
+      { name: "4 flows pod→ws", flows: 4, reverse: true },
+    ].slice(0, ctx.quick ? 2 : 4);
+    const seconds = ctx.quick ? 1 : 3;
+    let telBytes = 0;
+    for (let run = 0; run < ctx.runs; run++) {
+      for (const k of cases) {
+        for (const p of paths(ctx, !ctx.quick)) {
+          await guarded(out, `${p.name} ${k.name}`, async () => {
+            const ns = await p.ns();
+            const measure = () => iperf(ns, p.ip, { ...k, seconds });
+            const r = p.name === "tel" ? await out.tel(measure) : await measure();
+            out.c.add(k.name, p.name, "Gbit/s", "higher", r.gbits);
+            if (p.name === "tel") telBytes += r.receivedBytes;
+          });
+        }
+      }
+      ctx.say(`tcp-throughput run ${run + 1}/${ctx.runs}`);
+    }
+    iperfChecks(out, telBytes);
+    const tel1 = out.c.median("1 flow ws→pod", "tel", "Gbit/s");
+    const slirp = out.c.median("1 flow ws→pod", "slirp4netns", "Gbit/s");
+    const ssh = out.c.median("1 flow ws→pod", "sshuttle", "Gbit/s");
+    out.goals.push(
+      { text: "single flow ≥ 2 Gbit/s", met: tel1 >= 2, value: `${tel1} Gbit/s` },
+      { text: "single flow above slirp4netns", met: ctx.quick ? undefined : tel1 > slirp, value: `${slirp} Gbit/s` },
+      {
+        text: "single flow ≥ 9× sshuttle",
+        met: ctx.quick ? undefined : tel1 >= 9 * ssh,
+        value: `${(tel1 / ssh).toFixed(2)}×`,
+      },
+    );
+  },
+};
+
+const tcpPortforward: Bench = {
+  name: "tcp-portforward",
+  title: "TCP throughput (iperf3), manager reached through the kube API port-forward",
+  mode: "portforward",
+  async run(ctx, out) {
+    const { env } = ctx;
+    let port = 0;
+    const pf = await LabProcess.start(env.lab.ws, "bench-port-forward", [
+      Deno.execPath(),
+      "run",
+      "-A",
+      new URL("../clients/port_forward.ts", import.meta.url).pathname,
+      env.lab.kubeconfigPath,
+      "default",
+      "bench-veth",
+      String(BENCH_NET.iperfPort),
+    ], {
+      ready: /^READY \d+/,
+      env: { NO_COLOR: "1", RUST_BACKTRACE: "0" },
+      onLine: (l) => {
+        const m = /^READY (\d+)/.exec(l);
+        if (m) port = Number(m[1]);
+      },
+    });
+    try {
+      const cases = [
+        { name: "1 flow ws→pod", flows: 1, reverse: false },
+        { name: "1 flow pod→ws", flows: 1, reverse: true },
+      ];
+      const seconds = ctx.quick ? 1 : 3;
+      let telBytes = 0;
+      for (let run = 0; run < ctx.runs; run++) {
+        for (const k of cases) {
+          await guarded(out, `tel ${k.name}`, async () => {
+            const r = await out.tel(() => iperf(env.lab.ws, BENCH_NET.telIp, { ...k, seconds }));
+            out.c.add(k.name, "tel via port-forward", "Gbit/s", "higher", r.gbits);
+            telBytes += r.receivedBytes;
+          });
+          await guarded(out, `bare port-forward ${k.name}`, async () => {
+            const r = await iperf(env.lab.ws, "127.0.0.1", { ...k, seconds, port });
+            out.c.add(k.name, "bare port-forward", "Gbit/s", "higher", r.gbits);
+          });
+        }
+        ctx.say(`tcp-portforward run ${run + 1}/${ctx.runs}`);
+      }
+      iperfChecks(out, telBytes);
+      for (const k of cases) {
+        const t = out.c.median(k.name, "tel via port-forward", "Gbit/s");
+        const b = out.c.median(k.name, "bare port-forward", "Gbit/s");
+        const overhead = (1 - t / b) * 100;
+        out.goals.push({ text: `${k.name}: tel adds < 10 %`, met: overhead < 10, value: `${overhead.toFixed(1)} %` });
+      }
+    } finally {
+      await pf.stop(1000);
+    }
+  },
+};
+
+const connect: Bench = {
+  name: "connect",
+  title: "TCP connect + first byte (C timer, sequential connections)",
+  mode: "direct",
+  async run(ctx, out) {
+    const n = ctx.quick ? 100 : 2000;
+    let ok = 0;
+    let errors = 0;
+    for (let run = 0; run < ctx.runs; run++) {
+      for (const p of paths(ctx, !ctx.quick)) {
+        await guarded(out, `${p.name} connect`, async () => {
+          const ns = await p.ns();
+          const measure = async () => {
+            const r = await ns.run([ctx.env.tcpbench, "connect", p.ip, String(BENCH_NET.helloPort), String(n), "60"]);
+            return JSON.parse(r.stdout) as { ok: number; errors: number; p50us: number; p99us: number };
+          };
+          const r = p.name === "tel" ? await out.tel(measure) : await measure();
+          out.c.add("p50", p.name, "µs", "lower", r.p50us);
+          out.c.add("p99", p.name, "µs", "lower", r.p99us);
+          if (p.name === "tel") [ok, errors] = [ok + r.ok, errors + r.errors];
+        });
+      }
+      ctx.say(`connect run ${run + 1}/${ctx.runs}`);
+    }
+    out.checks.telConnections = ok;
+    out.checks.telErrors = errors;
+    if (errors > 0 || ok !== n * ctx.runs) out.ok = false;
+    const p50 = out.c.median("p50", "tel", "µs");
+    const p99 = out.c.median("p99", "tel", "µs");
+    const ssh = out.c.median("p50", "sshuttle", "µs");
+    out.goals.push(
+      { text: "p50 ≤ ½ of sshuttle's", met: ctx.quick ? undefined : p50 <= ssh / 2, value: `${p50} vs ${ssh} µs` },
+      { text: "p99 ≤ 1 ms", met: p99 <= 1000, value: `${p99} µs` },
+    );
+  },
+};
+
+/** The lab's Service names (FQDN) and their IPv4 ClusterIPs. */
+function serviceRecords(env: BenchEnv): [string, string][] {
+  return env.lab.services.flatMap((s) =>
+    s.clusterIPs.filter((ip) => !ip.includes(":")).map((ip) =>
+      [`${s.name}.${s.namespace}.svc.${LAB_NET.clusterDomain}`, ip] as [string, string]
+    )
+  );
+}
+
+async function dnsperf(ns: Netns, server: string, dataFile: string, seconds: number) {
+  const r = await ns.run([
+    "timeout",
+    String(seconds + 20),
+    "dnsperf",
+    "-s",
+    server,
+    "-p",
+    "53",
+    "-d",
+    dataFile,
+    "-l",
+    String(seconds),
+    "-q",
+    "100",
+    "-c",
+    "1",
+  ]);
+  const num = (re: RegExp) => Number(re.exec(r.stdout)?.[1] ?? NaN);
+  const qps = num(/Queries per second:\s+([\d.]+)/);
+  if (!Number.isFinite(qps)) throw new Error(`dnsperf against ${server}: ${r.stdout.slice(-300)}${r.stderr}`);
+  return {
+    qps,
+    latencyUs: num(/Average Latency \(s\):\s+([\d.]+)/) * 1e6,
+    completed: num(/Queries completed:\s+(\d+)/),
+    lost: num(/Queries lost:\s+(\d+)/),
+  };
+}
+
+const dnsCached: Bench = {
+  name: "dns-cached",
+  title: "DNS, cached names (dnsperf, 100 in flight) through the workstation's resolver",
+  mode: "direct",
+  async run(ctx, out) {
+    const { env } = ctx;
+    const records = serviceRecords(env);
+    const data = `${env.lab.dir}/dnsperf-names.txt`;
+    await Deno.writeTextFile(data, records.map(([n]) => `${n} A\n`).join(""));
+    const dnsmasq = await env.dnsmasq(records);
+    // the workstation's resolv.conf nameserver: tel's iptables resolver DNATs it to tel's DNS server
+    const tel = LAB_NET.upstreamDns;
+    let mismatches = 0;
+    for (const [name, ip] of records) {
+      for (const server of [tel, dnsmasq]) {
+        const r = await env.lab.ws.run(["dig", "+short", "+time=2", "+tries=1", `@${server}`, name, "A"]);
+        if (r.stdout.trim() !== ip) mismatches++;
+      }
+    }
+    out.checks.names = records.length;
+    out.checks.answerMismatches = mismatches;
+    if (mismatches) out.ok = false;
+    const seconds = ctx.quick ? 1 : 5;
+    let lost = 0;
+    for (let run = 0; run < ctx.runs; run++) {
+      await guarded(out, "tel dnsperf", async () => {
+        const r = await out.tel(() => dnsperf(env.lab.ws, tel, data, seconds));
+        out.c.add("queries/s", "tel", "q/s", "higher", r.qps);
+        out.c.add("avg latency", "tel", "µs", "lower", r.latencyUs);
+        lost += r.lost;
+      });
+      await guarded(out, "dnsmasq dnsperf", async () => {
+        const r = await dnsperf(env.lab.ws, dnsmasq, data, seconds);
+        out.c.add("queries/s", "dnsmasq", "q/s", "higher", r.qps);
+        out.c.add("avg latency", "dnsmasq", "µs", "lower", r.latencyUs);
+      });
+      ctx.say(`dns-cached run ${run + 1}/${ctx.runs}`);
+    }
+    out.checks.telQueriesLost = lost;
+    const t = out.c.median("queries/s", "tel", "q/s");
+    const d = out.c.median("queries/s", "dnsmasq", "q/s");
+    out.goals.push({ text: "≥ 1.0× dnsmasq queries/s", met: t >= d, value: `${(t / d).toFixed(2)}×` });
+  },
+};
+
+const dnsUncached: Bench = {
+  name: "dns-uncached",
+  title: "DNS, distinct uncached names (sequential, NXDOMAIN from the cluster DNS)",
+  mode: "direct",
+  async run(ctx, out) {
+    const { env } = ctx;
+    const n = ctx.quick ? 20 : 500;
+    const suffix = `default.svc.${LAB_NET.clusterDomain}`;
+    let answered = 0;
+    let asked = 0;
+    const tag = crypto.randomUUID().slice(0, 6);
+    for (let run = 0; run < ctx.runs; run++) {
+      type R = { answered: number; timeouts: number; p50us: number; p99us: number; rcodes: Record<string, number> };
+      await guarded(out, "tel lookups", async () => {
+        const r = await out.tel(() =>
+          env.client<R>(env.lab.ws, "dns_latency.ts", [LAB_NET.upstreamDns, 53, n, `t${tag}r${run}n`, suffix, 60])
+        );
+        out.c.add("p50", "tel", "µs", "lower", r.p50us);
+        out.c.add("p99", "tel", "µs", "lower", r.p99us);
+        answered += r.answered;
+        asked += n;
+        out.checks.telRcodes = r.rcodes;
+      });
+      await guarded(out, "cluster DNS lookups", async () => {
+        const r = await env.client<R>(env.lab.cl, "dns_latency.ts", [
+          LAB_NET.clusterDns,
+          53,
+          n,
+          `d${tag}r${run}n`,
+          suffix,
+          60,
+        ]);
+        out.c.add("p50", "cluster DNS direct (in cluster ns)", "µs", "lower", r.p50us);
+        out.c.add("p99", "cluster DNS direct (in cluster ns)", "µs", "lower", r.p99us);
+      });
+      ctx.say(`dns-uncached run ${run + 1}/${ctx.runs}`);
+    }
+    out.checks.telAsked = asked;
+    out.checks.telAnswered = answered;
+    if (answered !== asked) out.ok = false;
+    const p50 = out.c.median("p50", "tel", "µs");
+    out.goals.push({ text: "p50 < 1 ms", met: p50 < 1000, value: `${p50} µs` });
+  },
+};
+
+interface ScaleOut {
+  conns: number;
+  opened: number;
+  sent: number;
+  received: number;
+  mismatches: number;
+  failed: number;
+  openMs: number;
+  ms: number;
+  timedOut?: boolean;
+}
+
+const scale: Bench = {
+  name: "scale",
+  title: "Scale: concurrent long-lived connections, 100 MiB each way across them (echo pod)",
+  mode: "direct",
+  async run(ctx, out) {
+    const { env } = ctx;
+    const conns = ctx.quick ? 50 : 1000;
+    const per = ctx.quick ? 64 * 1024 : Math.ceil(100 * MiB / conns);
+    const runs = Math.min(ctx.runs, 3);
+    let exact = 0;
+    for (let run = 0; run < runs; run++) {
+      for (const p of [{ name: "tel", ip: BENCH_NET.telIp }, { name: "direct veth", ip: BENCH_NET.vethIp }]) {
+        await guarded(out, `${p.name} scale`, async () => {
+          const measure = () =>
+            env.client<ScaleOut>(env.lab.ws, "scale.ts", [
+              p.ip,
+              BENCH_NET.echoPort,
+              conns,
+              per,
+              ctx.quick ? 200 : 2000,
+              180,
+            ]);
+          const r = p.name === "tel" ? await out.tel(measure) : await measure();
+          out.c.add(`${conns} conns, transfer`, p.name, "s", "lower", r.ms / 1000);
+          out.c.add(`${conns} conns, open all`, p.name, "s", "lower", r.openMs / 1000);
+          if (p.name === "tel") {
+            const good = r.opened === conns && r.failed === 0 && r.mismatches === 0 && r.received === conns * per;
+            if (good) exact++;
+            else out.ok = false;
+            out.checks[`run${run + 1}`] = r;
+          }
+        });
+      }
+      ctx.say(`scale run ${run + 1}/${runs}`);
+    }
+    out.checks.bytesEachWay = conns * per;
+    out.checks.byteExactRuns = `${exact}/${runs}`;
+    out.goals.push({
+      text: `${conns} connections all complete byte-exact`,
+      met: exact === runs,
+      value: `${exact}/${runs}`,
+    });
+  },
+};
+
+interface LargeOut {
+  requests: number;
+  bytesEach: number;
+  complete: number;
+  received: number;
+  errors: string[];
+  ms: number;
+  slowestMs: number;
+}
+
+const largeTransfer: Bench = {
+  name: "large-transfer",
+  title: "13 parallel HTTP PUTs to a pod",
+  mode: "direct",
+  async run(ctx, out) {
+    const { env } = ctx;
+    const size = ctx.quick ? 1 * MiB : 20 * MiB;
+    let complete = 0;
+    let expected = 0;
+    let received = 0;
+    for (let run = 0; run < ctx.runs; run++) {
+      for (const p of [{ name: "tel", ip: BENCH_NET.telIp }, { name: "direct veth", ip: BENCH_NET.vethIp }]) {
+        await guarded(out, `${p.name} large-transfer`, async () => {
+          const url = `http://${p.ip}:${BENCH_NET.httpPort}`;
+          const measure = () => env.client<LargeOut>(env.lab.ws, "large_transfer.ts", [url, 13, size, 120]);
+          const r = p.name === "tel" ? await out.tel(measure) : await measure();
+          out.c.add("aggregate", p.name, "MB/s", "higher", (13 * size) / (r.ms / 1000) / 1e6);
+          out.c.add("slowest request", p.name, "s", "lower", r.slowestMs / 1000);
+          if (p.name === "tel") {
+            complete += r.complete;
+            expected += 13 * size;
+            received += r.received;
+            if (r.errors.length) out.notes.push(`tel: ${r.errors[0]}`);
+          }
+        });
+      }
+      ctx.say(`large-transfer run ${run + 1}/${ctx.runs}`);
+    }
+    out.checks.telComplete = `${complete}/${13 * ctx.runs}`;
+    out.checks.bytesExpected = expected;
+    out.checks.bytesReceived = received;
+    if (complete !== 13 * ctx.runs || expected !== received) out.ok = false;
+    out.goals.push({
+      text: "all complete, none stalls",
+      met: complete === 13 * ctx.runs,
+      value: `${complete}/${13 * ctx.runs}`,
+    });
+  },
+};
+
+/** Every bench in the issue's order. */
+export const BENCHES: Bench[] = [tcpThroughput, tcpPortforward, dnsCached, dnsUncached, connect, scale, largeTransfer];
+
+/** Runs one bench, sampling the daemon and manager around its tel measurements; never throws. */
+export async function runBench(b: Bench, ctx: BenchContext): Promise<BenchResult> {
+  const t0 = performance.now();
+  const daemon: Usage[] = [];
+  const manager: Usage[] = [];
+  const body: BenchBody = {
+    c: new Collector(),
+    goals: [],
+    checks: {},
+    notes: [],
+    ok: true,
+    async tel(fn) {
+      const dpid = await ctx.env.daemonPid();
+      const mpid = ctx.env.lab.managerPid;
+      const d = ProcSampler.start(dpid);
+      const m = mpid ? ProcSampler.start(mpid) : undefined;
+      try {
+        return await fn();
+      } finally {
+        daemon.push(await d.stop());
+        if (m) manager.push(await m.stop());
+      }
+    },
+  };
+  let error: string | undefined;
+  try {
+    await ctx.env.connect(b.mode);
+    await b.run(ctx, body);
+  } catch (e) {
+    error = e instanceof Error ? e.message : String(e);
+    body.ok = false;
+  }
+  return {
+    name: b.name,
+    title: b.title,
+    ok: body.ok && !error,
+    seconds: Math.round((performance.now() - t0) / 100) / 10,
+    rows: body.c.rows(),
+    goals: body.goals,
+    checks: body.checks,
+    notes: body.notes,
+    daemon: summarizeUsage(daemon),
+    manager: summarizeUsage(manager),
+    error,
+  };
+}

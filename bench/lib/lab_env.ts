@@ -1,0 +1,325 @@
+/**
+ * The bench lab: the netns lab (tests/lab/cluster.ts) plus bench pods, servers and baselines — a direct veth route,
+ * slirp4netns and sshuttle — and `tel connect` in the workstation. Everything it starts it stops, everything it
+ * creates it removes (close()), also after a failure.
+ */
+
+import { Lab } from "../../tests/lab/cluster.ts";
+import { LAB_NET, type LabPod } from "../../tests/lab/topology.ts";
+import { type Netns, run } from "../../tests/lab/netns.ts";
+import { Netns as NetnsClass } from "../../tests/lab/netns.ts";
+import { LabProcess } from "../../tests/lab/proc.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+/** Fixed addresses and ports of the bench targets (all on the cluster namespace's lo). */
+export const BENCH_NET = {
+  /** Reached through tel. */
+  telIp: "198.18.0.30",
+  /** Reached through a /32 route over the API veth (the kernel ceiling), and from the slirp4netns namespace. */
+  vethIp: "198.18.0.31",
+  /** Reached through sshuttle. */
+  sshIp: "198.18.0.32",
+  iperfPort: 5201,
+  helloPort: 9101,
+  httpPort: 8080,
+  echoPort: 7007,
+  sshPort: 2222,
+  /** dnsmasq, the DNS baseline, on the workstation's lo. */
+  dnsmasqIp: "127.0.88.1",
+} as const;
+
+/** How the daemon reaches the manager. */
+export type ConnectMode = "direct" | "portforward";
+
+function benchPod(name: string, ip: string): LabPod {
+  return {
+    namespace: "default",
+    name,
+    ips: [ip],
+    node: "node-a",
+    labels: { app: name },
+    servers: [{ kind: "http", port: BENCH_NET.httpPort }, { kind: "tcp-echo", port: BENCH_NET.echoPort }],
+  };
+}
+
+/** Result of a command. */
+export interface Ran {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** The lab, tel and the baselines for one bench run. */
+export class BenchEnv {
+  readonly lab: Lab;
+  /** The compiled connect timer / hello server. */
+  readonly tcpbench: string;
+  #mode?: ConnectMode;
+  #procs: LabProcess[] = [];
+  #slirp?: { ns: Netns; proc: LabProcess };
+  #sshuttle?: LabProcess;
+  #sshd?: LabProcess;
+  #madeRunSshd = false;
+  #dnsmasq?: LabProcess;
+  #vethRoute = false;
+  #say: (line: string) => void;
+
+  private constructor(lab: Lab, say: (line: string) => void) {
+    this.lab = lab;
+    this.tcpbench = `${lab.dir}/tcpbench`;
+    this.#say = say;
+  }
+
+  /** Builds the lab, the bench pods and their servers (iperf3, hello), and compiles the timer. */
+  static async start(say: (line: string) => void = () => {}): Promise<BenchEnv> {
+    const lab = await Lab.start({ progress: (l) => say(`lab: ${l}`) });
+    const env = new BenchEnv(lab, say);
+    try {
+      await env.#setup();
+    } catch (e) {
+      await env.close();
+      throw e;
+    }
+    return env;
+  }
+
+  async #setup(): Promise<void> {
+    const cc = await run(["cc", "-O2", "-o", this.tcpbench, `${ROOT}bench/tcpbench.c`]);
+    if (cc.code !== 0) throw new Error(`cc bench/tcpbench.c: ${cc.stderr}`);
+    for (
+      const [name, ip] of [["bench-tel", BENCH_NET.telIp], ["bench-veth", BENCH_NET.vethIp], [
+        "bench-ssh",
+        BENCH_NET.sshIp,
+      ]]
+    ) {
+      await this.lab.addPod(benchPod(name, ip));
+      // iperf3 for pods/portforward too (the fake API forwards only mapped ports)
+      await this.lab.fake("mapPort", "default", name, BENCH_NET.iperfPort, { hostname: ip, port: BENCH_NET.iperfPort });
+    }
+    this.#procs.push(
+      await LabProcess.start(
+        this.lab.cl,
+        "iperf3",
+        ["iperf3", "-s", "--forceflush", "-p", String(BENCH_NET.iperfPort)],
+        {
+          ready: /Server listening/,
+          stdin: false,
+        },
+      ),
+      await LabProcess.start(this.lab.cl, "hello", [this.tcpbench, "hello", String(BENCH_NET.helloPort)], {
+        ready: /^READY/,
+      }),
+    );
+    this.#say("bench pods, iperf3 and hello servers up");
+  }
+
+  /** The workstation's tel state directory. */
+  get stateDir(): string {
+    return `${this.lab.dir}/tel-state`;
+  }
+
+  /** Runs `tel <args>` in the workstation. */
+  tel(args: string[]): Promise<Ran> {
+    return this.lab.ws.run([
+      "env",
+      `TEL_SOCKET=${this.stateDir}/daemon.sock`,
+      `TEL_STATE_DIR=${this.stateDir}`,
+      "RUST_BACKTRACE=0",
+      "NO_COLOR=1",
+      Deno.execPath(),
+      "run",
+      "-A",
+      "--unstable-net",
+      `${ROOT}main.ts`,
+      ...args,
+    ]);
+  }
+
+  /** Connects tel in `mode` (reconnecting when it was connected otherwise), then adds the direct veth route. */
+  async connect(mode: ConnectMode): Promise<void> {
+    if (this.#mode === mode) return;
+    if (this.#mode) await this.quit();
+    const extra = mode === "direct" ? ["--manager-address", this.lab.managerAddress] : [];
+    const r = await this.tel(["connect", "--kubeconfig", this.lab.kubeconfigPath, ...extra]);
+    if (r.code !== 0) throw new Error(`tel connect (${mode}) failed (${r.code}):\n${r.stdout}${r.stderr}`);
+    this.#mode = mode;
+    // a host route inside a cluster subnet is refused at connect time, so the veth baseline route comes after it
+    await this.lab.ws.exec(["ip", "route", "add", `${BENCH_NET.vethIp}/32`, "via", LAB_NET.apiCl, "dev", "api0"]);
+    this.#vethRoute = true;
+    this.#say(`tel connected (${mode === "direct" ? "--manager-address" : "port-forward"})`);
+  }
+
+  /** `tel quit`, after removing the veth route. */
+  async quit(): Promise<void> {
+    if (this.#vethRoute) {
+      await this.lab.ws.run(["ip", "route", "del", `${BENCH_NET.vethIp}/32`]);
+      this.#vethRoute = false;
+    }
+    if (!this.#mode) return;
+    this.#mode = undefined;
+    const r = await this.tel(["quit"]);
+    if (r.code !== 0) throw new Error(`tel quit failed: ${r.stderr}`);
+  }
+
+  /** The daemon's pid from its state file. */
+  async daemonPid(): Promise<number> {
+    const st = JSON.parse(await Deno.readTextFile(`${this.stateDir}/state.json`));
+    return Number(st.pid);
+  }
+
+  /** `tel status -o json`. */
+  async status(): Promise<Record<string, unknown>> {
+    const r = await this.tel(["status", "-o", "json"]);
+    return JSON.parse(r.stdout);
+  }
+
+  /** Runs a Deno script of bench/clients in a namespace; returns its last stdout line parsed. */
+  async client<T>(ns: Netns, script: string, args: (string | number)[]): Promise<T> {
+    const r = await ns.run([Deno.execPath(), "run", "-A", `${ROOT}bench/clients/${script}`, ...args.map(String)]);
+    const line = r.stdout.trim().split("\n").pop() ?? "";
+    try {
+      return JSON.parse(line) as T;
+    } catch {
+      throw new Error(`${script} (${r.code}) printed no result: ${r.stdout.slice(-300)} ${r.stderr.slice(-600)}`);
+    }
+  }
+
+  /** A namespace behind slirp4netns (MTU 65520) run from the cluster namespace: its traffic leaves from there. */
+  async slirp(): Promise<Netns> {
+    if (this.#slirp) return this.#slirp.ns;
+    const ns = await NetnsClass.create("lab", this.lab.id);
+    try {
+      const proc = await LabProcess.start(this.lab.cl, "slirp4netns", [
+        "slirp4netns",
+        "--configure",
+        "--mtu=65520",
+        "--disable-host-loopback",
+        "--netns-type=path",
+        `/run/netns/${ns.name}`,
+        "tap0",
+      ], { stdin: false });
+      this.#slirp = { ns, proc };
+      for (let i = 0; i < 100; i++) {
+        if ((await ns.run(["ip", "-4", "addr", "show", "tap0"])).stdout.includes("10.0.2.100")) return ns;
+        if (!proc.running) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      throw new Error(`slirp4netns did not configure tap0:\n${proc.tail()}`);
+    } catch (e) {
+      await this.#stopSlirp();
+      throw e;
+    }
+  }
+
+  async #stopSlirp(): Promise<void> {
+    const s = this.#slirp;
+    this.#slirp = undefined;
+    await s?.proc.stop(1000);
+    await s?.ns.close();
+  }
+
+  /** sshd in the cluster namespace on the API veth address and sshuttle in the workstation for the ssh bench IP. */
+  async sshuttle(): Promise<void> {
+    if (this.#sshuttle?.running) return;
+    const dir = `${this.lab.dir}/ssh`;
+    await Deno.mkdir(dir, { recursive: true });
+    for (const key of ["host", "client"]) {
+      const r = await run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", `${dir}/${key}`]);
+      if (r.code !== 0) throw new Error(`ssh-keygen: ${r.stderr}`);
+    }
+    await Deno.copyFile(`${dir}/client.pub`, `${dir}/authorized_keys`);
+    await Deno.writeTextFile(
+      `${dir}/sshd_config`,
+      [
+        `Port ${BENCH_NET.sshPort}`,
+        `ListenAddress ${LAB_NET.apiCl}`,
+        `HostKey ${dir}/host`,
+        `AuthorizedKeysFile ${dir}/authorized_keys`,
+        `PidFile ${dir}/sshd.pid`,
+        "PermitRootLogin prohibit-password",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "UsePAM no",
+        "StrictModes no",
+        "",
+      ].join("\n"),
+    );
+    try {
+      await Deno.stat("/run/sshd");
+    } catch {
+      // sshd's privilege separation directory; ours to remove at close
+      await Deno.mkdir("/run/sshd", { mode: 0o755 });
+      this.#madeRunSshd = true;
+    }
+    this.#sshd = await LabProcess.start(
+      this.lab.cl,
+      "sshd",
+      ["/usr/sbin/sshd", "-D", "-e", "-f", `${dir}/sshd_config`],
+      {
+        ready: /Server listening/,
+        stdin: false,
+      },
+    );
+    const ssh = `ssh -i ${dir}/client -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes`;
+    this.#sshuttle = await LabProcess.start(this.lab.ws, "sshuttle", [
+      "sshuttle",
+      "-r",
+      `root@${LAB_NET.apiCl}:${BENCH_NET.sshPort}`,
+      "--ssh-cmd",
+      ssh,
+      `${BENCH_NET.sshIp}/32`,
+    ], { ready: /Connected to server/, readyTimeoutMs: 30_000, stdin: false });
+    this.#say("sshuttle connected over ssh to the cluster namespace");
+  }
+
+  async #stopSshuttle(): Promise<void> {
+    await this.#sshuttle?.stop(3000);
+    this.#sshuttle = undefined;
+    await this.#sshd?.stop(1000);
+    this.#sshd = undefined;
+  }
+
+  /** dnsmasq in the workstation answering the given name → IP records from a hosts file. */
+  async dnsmasq(records: [string, string][]): Promise<string> {
+    if (this.#dnsmasq?.running) return BENCH_NET.dnsmasqIp;
+    await this.lab.ws.exec(["ip", "addr", "add", `${BENCH_NET.dnsmasqIp}/32`, "dev", "lo"]);
+    const hosts = `${this.lab.dir}/dnsmasq.hosts`;
+    await Deno.writeTextFile(hosts, records.map(([n, ip]) => `${ip} ${n}\n`).join(""));
+    this.#dnsmasq = await LabProcess.start(this.lab.ws, "dnsmasq", [
+      "dnsmasq",
+      "--keep-in-foreground",
+      "--log-facility=-",
+      "--no-resolv",
+      "--no-hosts",
+      `--addn-hosts=${hosts}`,
+      `--listen-address=${BENCH_NET.dnsmasqIp}`,
+      "--bind-interfaces",
+      "--port=53",
+      "--cache-size=10000",
+      "--pid-file=",
+      "--user=root",
+    ], { ready: /started, version/, stdin: false });
+    return BENCH_NET.dnsmasqIp;
+  }
+
+  /** Stops everything started here, quits tel, removes the lab. Never throws; returns what could not be removed. */
+  async close(): Promise<string[]> {
+    const problems: string[] = [];
+    const attempt = async (what: string, f: () => Promise<unknown>) => {
+      try {
+        await f();
+      } catch (e) {
+        problems.push(`${what}: ${e instanceof Error ? e.message : e}`);
+      }
+    };
+    await attempt("sshuttle", () => this.#stopSshuttle());
+    await attempt("slirp4netns", () => this.#stopSlirp());
+    await attempt("dnsmasq", async () => await this.#dnsmasq?.stop(1000));
+    await attempt("tel quit", () => this.quit());
+    for (const p of this.#procs) await attempt(p.name, () => p.stop(1000));
+    if (this.#madeRunSshd) await attempt("/run/sshd", () => Deno.remove("/run/sshd", { recursive: true }));
+    problems.push(...await this.lab.close());
+    return problems;
+  }
+}

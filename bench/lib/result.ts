@@ -1,0 +1,121 @@
+/** The shapes bench/run.ts writes to bench/results/<date>.json, and the collector that builds them. */
+
+import { sig, summarize } from "./stats.ts";
+import type { Usage } from "./procstat.ts";
+
+/** One measured figure of one path in one case: median and spread over the runs, ratios to the case's baselines. */
+export interface Row {
+  case: string;
+  path: string;
+  unit: string;
+  better: "higher" | "lower";
+  median: number;
+  min: number;
+  max: number;
+  runs: number[];
+  /** tel's median divided by the named baseline's median (only on tel's rows). */
+  vs?: Record<string, number>;
+}
+
+/** A goal of the issue and whether this run met it (undefined: not measured). */
+export interface Goal {
+  text: string;
+  met?: boolean;
+  value?: string;
+}
+
+/** Daemon/manager usage over the tel measurements of one bench. */
+export interface UsageSummary {
+  /** Median CPU% (of one core) over the tel runs. */
+  cpuPct: number;
+  /** Max CPU% of one run. */
+  cpuPctMax: number;
+  rssMb: number;
+  rssPeakMb: number;
+  /** Busiest threads of the busiest run, % of one core. */
+  threads: Record<string, number>;
+}
+
+/** One bench's output. */
+export interface BenchResult {
+  name: string;
+  title: string;
+  ok: boolean;
+  seconds: number;
+  rows: Row[];
+  goals: Goal[];
+  /** Byte counts and completion checks. */
+  checks: Record<string, unknown>;
+  notes: string[];
+  daemon?: UsageSummary;
+  manager?: UsageSummary;
+  error?: string;
+}
+
+/** The whole file. */
+export interface RunResult {
+  date: string;
+  quick: boolean;
+  runs: number;
+  host: { cpus: number; kernel: string; deno: string };
+  benches: BenchResult[];
+}
+
+/** Collects run values per (case, path) and turns them into rows with ratios against baselines. */
+export class Collector {
+  #values = new Map<string, { case: string; path: string; unit: string; better: "higher" | "lower"; v: number[] }>();
+
+  /** Records one run's value. */
+  add(kase: string, path: string, unit: string, better: "higher" | "lower", value: number): void {
+    const key = `${kase}\u0000${path}\u0000${unit}`;
+    const e = this.#values.get(key) ?? { case: kase, path, unit, better, v: [] };
+    e.v.push(value);
+    this.#values.set(key, e);
+  }
+
+  /** Rows in insertion order; tel's rows (paths starting with `telPrefix`) get ratios to the other paths. */
+  rows(telPrefix = "tel"): Row[] {
+    const rows: Row[] = [...this.#values.values()].map((e) => {
+      const s = summarize(e.v);
+      return {
+        case: e.case,
+        path: e.path,
+        unit: e.unit,
+        better: e.better,
+        median: sig(s.median, 4),
+        min: sig(s.min, 4),
+        max: sig(s.max, 4),
+        runs: s.runs.map((x) => sig(x, 4)),
+      };
+    });
+    for (const r of rows) {
+      if (!r.path.startsWith(telPrefix)) continue;
+      for (const b of rows) {
+        if (b === r || b.case !== r.case || b.unit !== r.unit || b.path.startsWith(telPrefix)) continue;
+        if (b.median > 0) (r.vs ??= {})[b.path] = sig(r.median / b.median, 3);
+      }
+    }
+    return rows;
+  }
+
+  /** The median of one (case, path, unit), NaN when not measured. */
+  median(kase: string, path: string, unit: string): number {
+    const r = this.rows().find((x) => x.case === kase && x.path === path && x.unit === unit);
+    return r ? r.median : NaN;
+  }
+}
+
+/** Summarizes per-run usages (NaN-free). */
+export function summarizeUsage(us: Usage[]): UsageSummary | undefined {
+  if (!us.length) return undefined;
+  const cpu = summarize(us.map((u) => u.cpuPct));
+  const busiest = us.reduce((a, b) => (b.cpuPct > a.cpuPct ? b : a));
+  const rss = us.map((u) => u.rssMb).filter(Number.isFinite);
+  return {
+    cpuPct: sig(cpu.median, 3),
+    cpuPctMax: sig(cpu.max, 3),
+    rssMb: sig(rss.length ? Math.max(...rss) : NaN, 3),
+    rssPeakMb: sig(Math.max(...us.map((u) => u.rssPeakMb).filter(Number.isFinite)), 3),
+    threads: busiest.threads,
+  };
+}

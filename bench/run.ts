@@ -1,0 +1,105 @@
+/**
+ * `deno task bench [name…] [--quick] [--runs N] [--out DIR]`: runs the benches in the netns lab (root) and writes
+ * <out>/<date>.json and <out>/<date>.md (default out: bench/results). Every figure is a median over runs with its
+ * spread, and a ratio to a baseline measured in the same run.
+ */
+
+import { parseArgs } from "node:util";
+import { ensureTools } from "../tests/prepare.ts";
+import { canUseNetns } from "../tests/lab/netns.ts";
+import { BenchEnv } from "./lib/lab_env.ts";
+import { BENCHES, runBench } from "./lib/benches.ts";
+import type { BenchResult, RunResult } from "./lib/result.ts";
+import { markdown } from "./lib/report.ts";
+
+/** Command → Debian package the benches need. */
+export const BENCH_TOOLS: Record<string, string> = {
+  ip: "iproute2",
+  iptables: "iptables",
+  dig: "dnsutils",
+  cc: "gcc",
+  iperf3: "iperf3",
+  dnsperf: "dnsperf",
+  dnsmasq: "dnsmasq-base",
+  slirp4netns: "slirp4netns",
+  sshuttle: "sshuttle",
+  sshd: "openssh-server",
+  "ssh-keygen": "openssh-client",
+  timeout: "coreutils",
+};
+
+const say = (line: string) => console.error(`[bench] ${line}`);
+
+async function main(): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: Deno.args,
+    allowPositionals: true,
+    options: {
+      quick: { type: "boolean", default: false },
+      runs: { type: "string" },
+      out: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(`usage: deno task bench [${BENCHES.map((b) => b.name).join("|")} …] [--quick] [--runs N] [--out DIR]`);
+    return 0;
+  }
+  const unknown = positionals.filter((p) => !BENCHES.some((b) => b.name === p));
+  if (unknown.length) {
+    console.error(`unknown bench ${unknown.join(", ")}; known: ${BENCHES.map((b) => b.name).join(", ")}`);
+    return 2;
+  }
+  if (!(await canUseNetns())) {
+    console.error("the benches need root and iproute2 (they run in network namespaces)");
+    return 2;
+  }
+  const why = await ensureTools(BENCH_TOOLS);
+  if (why) say(`warning: ${why}; the baselines that need them will fail`);
+  const quick = values.quick;
+  const runs = values.runs ? Number(values.runs) : quick ? 1 : 5;
+  // benches that need the port-forward connection go last, so tel reconnects at most once
+  const chosen = BENCHES.filter((b) => !positionals.length || positionals.includes(b.name))
+    .sort((a, b) => (a.mode === b.mode ? 0 : a.mode === "direct" ? -1 : 1));
+
+  const t0 = performance.now();
+  const env = await BenchEnv.start(say);
+  const results: BenchResult[] = [];
+  const stop = () => say("interrupted: cleaning up");
+  Deno.addSignalListener("SIGINT", stop);
+  try {
+    for (const b of chosen) {
+      say(`${b.name}: ${b.title}`);
+      const r = await runBench(b, { env, quick, runs, say });
+      results.push(r);
+      say(`${b.name}: ${r.ok ? "ok" : "FAILED"} in ${r.seconds} s${r.error ? `: ${r.error.split("\n")[0]}` : ""}`);
+    }
+  } finally {
+    Deno.removeSignalListener("SIGINT", stop);
+    const problems = await env.close();
+    if (problems.length) say(`cleanup problems: ${problems.join("; ")}`);
+  }
+  const date = new Date().toISOString().slice(0, 10);
+  const out: RunResult = {
+    date: new Date().toISOString(),
+    quick,
+    runs,
+    host: {
+      cpus: navigator.hardwareConcurrency,
+      kernel: Deno.osRelease(),
+      deno: Deno.version.deno,
+    },
+    benches: results,
+  };
+  const dir = values.out ?? new URL("./results", import.meta.url).pathname;
+  await Deno.mkdir(dir, { recursive: true });
+  const base = `${dir}/${quick ? "quick-" : ""}${date}`;
+  await Deno.writeTextFile(`${base}.json`, JSON.stringify(out, null, 2) + "\n");
+  const md = markdown(out);
+  await Deno.writeTextFile(`${base}.md`, md + "\n");
+  console.log(md);
+  say(`wrote ${base}.json and ${base}.md (${Math.round((performance.now() - t0) / 1000)} s)`);
+  return results.every((r) => r.ok) ? 0 : 1;
+}
+
+if (import.meta.main) Deno.exit(await main());

@@ -1,0 +1,61 @@
+/** `deno task bench --quick` runs every bench in the lab and produces results whose byte counts match (root only). */
+
+import assert from "node:assert/strict";
+import { canUseNetns } from "./lab/netns.ts";
+import type { RunResult } from "../bench/lib/result.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const ready = await canUseNetns();
+
+Deno.test({
+  name: "bench --quick: every bench produces results; transfers are byte-exact",
+  ignore: !ready,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const out = await Deno.makeTempDir({ prefix: "tel-bench-quick-" });
+    try {
+      const r = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", `${ROOT}bench/run.ts`, "--quick", "--out", out],
+        cwd: ROOT,
+        env: { NO_COLOR: "1", RUST_BACKTRACE: "0" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const log = new TextDecoder().decode(r.stderr).slice(-3000);
+      const files = [...Deno.readDirSync(out)].map((e) => e.name).sort();
+      const json = files.find((f) => f.endsWith(".json"));
+      assert.ok(json, `a .json result was written (exit ${r.code}):\n${log}`);
+      assert.ok(files.some((f) => f.endsWith(".md")), "a .md table was written");
+      const res = JSON.parse(await Deno.readTextFile(`${out}/${json}`)) as RunResult;
+      assert.equal(res.quick, true);
+      const names = res.benches.map((b) => b.name).sort();
+      assert.deepEqual(names, [
+        "connect",
+        "dns-cached",
+        "dns-uncached",
+        "large-transfer",
+        "scale",
+        "tcp-portforward",
+        "tcp-throughput",
+      ]);
+      for (const b of res.benches) {
+        assert.equal(b.error, undefined, `${b.name}: ${b.error}`);
+        const tel = b.rows.filter((x) => x.path.startsWith("tel"));
+        assert.ok(tel.length > 0 && tel.every((x) => Number.isFinite(x.median)), `${b.name} has tel figures`);
+        assert.ok(b.rows.some((x) => !x.path.startsWith("tel")), `${b.name} has a same-run baseline`);
+        assert.ok(b.daemon && b.daemon.rssPeakMb > 0, `${b.name} recorded the daemon's RSS`);
+      }
+      const by = Object.fromEntries(res.benches.map((b) => [b.name, b]));
+      const large = by["large-transfer"].checks;
+      assert.equal(large.bytesReceived, large.bytesExpected, "large-transfer bytes");
+      assert.equal(by["scale"].checks.byteExactRuns, "1/1", "scale is byte-exact");
+      assert.equal(by["dns-cached"].checks.answerMismatches, 0, "tel and dnsmasq answer the same");
+      assert.equal(by["dns-uncached"].checks.telAnswered, by["dns-uncached"].checks.telAsked, "every lookup answered");
+      assert.equal(by["connect"].checks.telErrors, 0, "every connect got its byte");
+      assert.ok(Number(by["tcp-throughput"].checks.telBytesReceived) > 0, "iperf3 moved bytes through tel");
+    } finally {
+      await Deno.remove(out, { recursive: true });
+    }
+  },
+});
