@@ -131,7 +131,7 @@ current-context: prod
     const nodes = await again.kc.makeApiClient(CoreV1Api).listNode();
     assert.deepEqual(nodes.items.map((n) => n.metadata?.name), ["n1"]);
   } finally {
-    await Deno.remove(dir, { recursive: true }).catch(() => undefined);
+    await Deno.remove(dir, { recursive: true }).catch(() => undefined); // removed inside the test already
   }
 });
 
@@ -238,9 +238,9 @@ Deno.test("portForward: byte-exact echo with half-close, EOF when the pod side c
         }
         await conn.write(first);
         await conn.readable.pipeTo(conn.writable);
-      })().catch(() => undefined);
+      })().catch(() => undefined); // the listener was closed: accepting ends // a reset by the client ends this echo
     }
-  })().catch(() => undefined);
+  })().catch(() => undefined); // the listener was closed: accepting ends
   await using api = await FakeKubeApi.start();
   api.cluster.addPod({
     namespace: "ambassador",
@@ -389,7 +389,7 @@ await new Promise(() => {});
     } catch {
       // already killed above
     }
-    await child.stdout.cancel().catch(() => undefined);
+    await child.stdout.cancel().catch(() => undefined); // already consumed or closed
     await child.status;
     await Deno.remove(dir, { recursive: true });
   }
