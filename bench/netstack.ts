@@ -110,7 +110,7 @@ function benchForwarder(bytes: number): Forwarder {
 }
 
 /** Measures upload and download through the TUN and the stack at one MTU. */
-export async function measureTun(mtu: number, mib: number, runs: number): Promise<Row[]> {
+export async function measureTun(mtu: number, mib: number, runs: number, offload = false): Promise<Row[]> {
   const bytes = mib << 20;
   const up: number[] = [], down: number[] = [], upCpu: number[] = [], downCpu: number[] = [];
   await withTunLab(async ({ ns }) => {
@@ -125,11 +125,12 @@ export async function measureTun(mtu: number, mib: number, runs: number): Promis
         cp.push((c1.user + c1.system) / 10 / r.ms);
       }
     }
-  }, { mtu, forwarder: benchForwarder(bytes) });
+  }, { mtu, offload, forwarder: benchForwarder(bytes) });
+  const path = offload ? "tel TUN + offloads (vnet hdr, TSO)" : "tel TUN → netstack";
   return [
-    { path: "tel TUN → netstack", direction: "upload", mtu, gbits: up, median: median(up), stackCpu: median(upCpu) },
+    { path, direction: "upload", mtu, gbits: up, median: median(up), stackCpu: median(upCpu) },
     {
-      path: "tel TUN → netstack",
+      path,
       direction: "download",
       mtu,
       gbits: down,
@@ -234,6 +235,7 @@ export async function benchNetstack(mib = 512, runs = 3, mtus = [65000, 1500]): 
   rows.push(...await measureVeth(mib, runs, lat));
   lat.push(await measureTunLatency());
   for (const mtu of mtus) rows.push(...await measureTun(mtu, mtu < 9000 ? Math.min(mib, 128) : mib, runs));
+  for (const mtu of mtus) rows.push(...await measureTun(mtu, mib, runs, true));
   for (const sack of [true, false]) rows.push(...await measureLossy(sack, Math.min(mib, 64), runs));
   const base = (dir: string) => rows.find((r) => r.path === "veth, iperf3" && r.direction === dir)?.median;
   const lines = [

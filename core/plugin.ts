@@ -83,8 +83,13 @@ export interface Vif {
    * (the device reads into one reused buffer): copy what you keep. A Vif is a netstack `Link`.
    */
   readPackets(): Promise<Uint8Array[]>;
-  /** Writes one whole IP packet synchronously; the buffer may be reused right after. */
-  writePacket(packet: Uint8Array): void;
+  /**
+   * Writes one whole IP packet synchronously; the buffer may be reused right after. With `gso` (only when
+   * `offload.tsoMaxPacket` > 0) the packet is a TCP super-segment the kernel cuts into `segmentSize` pieces.
+   */
+  writePacket(packet: Uint8Array, gso?: { segmentSize: number; headerLength: number }): void;
+  /** Offloads in effect (absent: none). */
+  readonly offload?: { rxChecksum: boolean; tsoMaxPacket: number };
   addAddress(cidr: string): Promise<void>;
   addRoute(cidr: string): Promise<void>;
   removeRoute(cidr: string): Promise<void>;
@@ -101,6 +106,11 @@ export interface VifOptions {
   mtu?: number;
   /** Linux: move the device into this named network namespace (lab tests); `ip` commands then run there. */
   netns?: string;
+  /**
+   * Linux: IFF_VNET_HDR offloads (partial checksums, TSO): the kernel hands over and takes ~64 KiB TCP super-packets
+   * whatever the MTU. The Vif then reports them in its `offload` field (a netstack `LinkOffload`).
+   */
+  offload?: boolean;
 }
 
 /** The VIF plugin's factory. */

@@ -146,7 +146,13 @@ export interface TunLab {
 /** Creates namespace + TUN (addresses, routes) + stack, runs `fn`, and tears everything down even on failure. */
 export async function withTunLab(
   fn: (lab: TunLab) => Promise<void>,
-  opts: { mtu?: number; forwarder?: Forwarder; stack?: Partial<StackOptions>; wrap?: (link: Link) => Link } = {},
+  opts: {
+    mtu?: number;
+    offload?: boolean;
+    forwarder?: Forwarder;
+    stack?: Partial<StackOptions>;
+    wrap?: (link: Link) => Link;
+  } = {},
 ): Promise<void> {
   const ns = await Netns.create("nt");
   let vif: Vif | undefined;
@@ -154,7 +160,7 @@ export async function withTunLab(
   let running: Promise<void> | undefined;
   try {
     const factory = await vifPlugin.create({ stateDir: "/tmp" });
-    vif = await factory.open({ name: `tl${labId()}`, mtu: opts.mtu ?? 65000, netns: ns.name });
+    vif = await factory.open({ name: `tl${labId()}`, mtu: opts.mtu ?? 65000, netns: ns.name, offload: opts.offload });
     await vif.addAddress("198.19.254.1/32");
     await vif.addAddress("fd00:7e1:ffff::1/128");
     for (const r of ROUTES) await vif.addRoute(r);

@@ -2,6 +2,22 @@
 
 import { TelError } from "../errors.ts";
 
+/** A large TCP segment the link cuts into `segmentSize`-byte segments (TSO); its TCP checksum field is partial. */
+export interface Gso {
+  /** TCP payload bytes per resulting segment (the peer's MSS). */
+  segmentSize: number;
+  /** IP + TCP header bytes at the start of the packet. */
+  headerLength: number;
+}
+
+/** What a link does for the stack (TUN offloads); absent means nothing. */
+export interface LinkOffload {
+  /** Inbound TCP/UDP checksums were validated (or are partial, from the local kernel): don't verify them. */
+  rxChecksum: boolean;
+  /** Largest packet `writePacket` takes with a {@link Gso} (0: no segmentation offload). */
+  tsoMaxPacket: number;
+}
+
 /** Something that carries whole IP packets: the TUN device, or a channel in tests. */
 export interface Link {
   /** Largest IP packet the link carries; the stack derives its TCP MSS from it. */
@@ -12,7 +28,9 @@ export interface Link {
    */
   readPackets(): Promise<Uint8Array[]>;
   /** Sends one whole IP packet; the link does not keep `packet` after returning. */
-  writePacket(packet: Uint8Array): void;
+  writePacket(packet: Uint8Array, gso?: Gso): void;
+  /** Offloads, when the link has them (inbound packets may then be larger than `mtu`). */
+  readonly offload?: LinkOffload;
 }
 
 /**

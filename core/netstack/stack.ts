@@ -90,6 +90,8 @@ export class Stack {
   #verdictMs: number;
   #out: Uint8Array;
   #closed = false;
+  #rxCsumOk: boolean;
+  #tsoMax: number;
   #inInput = false;
   #flushQueued = false;
   #tcpHost: TcpHost;
@@ -104,7 +106,9 @@ export class Stack {
     this.#udpIdleMs = opts.udpIdleMs ?? 60_000;
     this.#udpQueue = opts.udpQueue ?? 256;
     this.#verdictMs = opts.verdictTimeoutMs ?? 20_000;
-    this.#out = new Uint8Array(Math.max(opts.link.mtu, 1280) + 256);
+    this.#rxCsumOk = opts.link.offload?.rxChecksum ?? false;
+    this.#tsoMax = opts.link.offload?.tsoMaxPacket ?? 0;
+    this.#out = new Uint8Array(Math.max(opts.link.mtu, 1280, this.#tsoMax) + 256);
     this.#reassembler = new Reassembler(this.clock);
     this.#tcpHost = {
       clock: this.clock,
@@ -265,7 +269,10 @@ export class Stack {
   // ---- TCP ----
 
   #tcpIn(p: Uint8Array, family: 4 | 6, src: Uint8Array, dst: Uint8Array, seg: Uint8Array): void {
-    if (seg.length < 20 || sum(seg, this.#pseudo(family, src, dst, PROTO_TCP, seg.length)) !== 0xffff) {
+    if (
+      seg.length < 20 ||
+      (!this.#rxCsumOk && sum(seg, this.#pseudo(family, src, dst, PROTO_TCP, seg.length)) !== 0xffff)
+    ) {
       this.#counters.invalid++;
       return;
     }
@@ -296,7 +303,7 @@ export class Stack {
       dstPort: h.dstPort,
     };
     const localMss = this.#link.mtu - (family === 4 ? 40 : 60);
-    const conn = new TcpEndpoint(this.#tcpHost, id, key, route, localMss, h, this.#tune);
+    const conn = new TcpEndpoint(this.#tcpHost, id, key, route, localMss, h, this.#tune, this.#tsoMax);
     this.#tcp.set(key, conn);
     const synCopy = p.slice(0, Math.min(p.length, 576));
     const irs = h.seq;
@@ -339,7 +346,22 @@ export class Stack {
     const hl = encodeTcp(out.subarray(ipLen), f);
     const segLen = hl + len;
     if (len > 0) ep!.copyPayload(out.subarray(ipLen + hl, ipLen + segLen), off, len);
+    if (ep && len > ep.mss) {
+      // A super-segment for the link to cut (TSO): the checksum field holds only the pseudo-header sum.
+      const c = this.#pseudo(r.family, r.local, r.remote, PROTO_TCP, segLen);
+      out[ipLen + 16] = c >>> 8;
+      out[ipLen + 17] = c & 0xff;
+      this.#ipHeader(r.family, r.local, r.remote, PROTO_TCP, ipLen, segLen);
+      this.#counters.packetsOut++;
+      this.#link.writePacket(out.subarray(0, ipLen + segLen), { segmentSize: ep.mss, headerLength: ipLen + hl });
+      return;
+    }
     this.#finish(r.family, r.local, r.remote, PROTO_TCP, ipLen, segLen, 16);
+  }
+
+  #ipHeader(family: 4 | 6, src: Uint8Array, dst: Uint8Array, proto: number, ipLen: number, l4Len: number): void {
+    if (family === 4) encodeIpv4(this.#out, { totalLength: ipLen + l4Len, protocol: proto, src, dst });
+    else encodeIpv6(this.#out, { payloadLength: l4Len, protocol: proto, src, dst });
   }
 
   /** Writes the IP header and the L4 checksum (at `csumAt` inside the L4 header) and sends the packet. */
@@ -361,8 +383,7 @@ export class Stack {
     if (proto === PROTO_UDP && c === 0) c = 0xffff;
     l4[csumAt] = c >>> 8;
     l4[csumAt + 1] = c & 0xff;
-    if (family === 4) encodeIpv4(out, { totalLength: ipLen + l4Len, protocol: proto, src, dst });
-    else encodeIpv6(out, { payloadLength: l4Len, protocol: proto, src, dst });
+    this.#ipHeader(family, src, dst, proto, ipLen, l4Len);
     this.#counters.packetsOut++;
     this.#link.writePacket(out.subarray(0, ipLen + l4Len));
   }
@@ -373,7 +394,7 @@ export class Stack {
     const h = parseUdp(seg);
     const dgram = seg.subarray(0, h.length);
     if (
-      (family === 6 || h.checksum !== 0) &&
+      !this.#rxCsumOk && (family === 6 || h.checksum !== 0) &&
       sum(dgram, this.#pseudo(family, src, dst, PROTO_UDP, h.length)) !== 0xffff
     ) {
       this.#counters.invalid++;

@@ -5,6 +5,9 @@ export const LIBC_SYMBOLS = {
   open: { parameters: ["buffer", "i32"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
   ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
+  /** ioctl with an integer argument (TUNSETOFFLOAD). */
+  ioctlInt: { name: "ioctl", parameters: ["i32", "u64", "u64"], result: "i32" },
+  writev: { parameters: ["i32", "buffer", "i32"], result: "isize" },
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
@@ -42,6 +45,24 @@ export const TUNSETIFF = 0x400454ca;
 export const IFF_TUN = 0x0001;
 /** ifr_flags: no packet-information prefix. */
 export const IFF_NO_PI = 0x1000;
+/** ifr_flags: every packet carries a struct virtio_net_hdr (offloads). */
+export const IFF_VNET_HDR = 0x4000;
+/** ioctl: which offloads the reader handles. */
+export const TUNSETOFFLOAD = 0x400454d0;
+/** TUNSETOFFLOAD bits: partial checksums, TCP segmentation offload for IPv4 and IPv6. */
+export const TUN_F_CSUM = 0x01;
+/** TSO IPv4. */
+export const TUN_F_TSO4 = 0x02;
+/** TSO IPv6. */
+export const TUN_F_TSO6 = 0x04;
+/** sizeof(struct virtio_net_hdr): flags u8, gso_type u8, hdr_len, gso_size, csum_start, csum_offset (u16 LE). */
+export const VNET_HDR_LEN = 10;
+/** virtio_net_hdr flags: the checksum at csum_start+csum_offset must be completed. */
+export const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
+/** gso_type values. */
+export const VIRTIO_NET_HDR_GSO_TCPV4 = 1;
+/** TCP over IPv6. */
+export const VIRTIO_NET_HDR_GSO_TCPV6 = 4;
 /** poll(2) events. */
 export const POLLIN = 0x1;
 /** errno values. */

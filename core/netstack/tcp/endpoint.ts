@@ -110,6 +110,7 @@ export class TcpEndpoint implements TcpConn {
   #state: TcpState = "syn-pending";
   #localMss: number;
   #mss = 536;
+  #segMax = 536;
   #tsOk = false;
   #tsRecent = 0;
   #sackOk = false;
@@ -176,6 +177,7 @@ export class TcpEndpoint implements TcpConn {
     localMss: number,
     syn: TcpHeader,
     tuning: TcpTuning,
+    tsoMaxPacket = 0,
   ) {
     this.#host = host;
     this.id = id;
@@ -206,6 +208,9 @@ export class TcpEndpoint implements TcpConn {
     }
     this.#mss = Math.max(64, Math.min(syn.mss ?? (id.family === 4 ? 536 : 1220), localMss) - (this.#tsOk ? 12 : 0));
     this.#cwnd = 10 * this.#mss;
+    // With segmentation offload, one write carries as many whole MSS-sized segments as fit the link's limit.
+    const hdrs = (id.family === 4 ? 20 : 40) + 20 + (this.#tsOk ? 12 : 0);
+    this.#segMax = Math.max(this.#mss, Math.floor((tsoMaxPacket - hdrs) / this.#mss) * this.#mss);
     this.closed = new Promise((r) => this.#resolveClosed = r);
     this.readable = new ReadableStream<Uint8Array>({
       start: (c) => {
@@ -400,7 +405,7 @@ export class TcpEndpoint implements TcpConn {
       this.#enterRecovery();
     } else {
       this.#dupAcks = 0;
-      if (this.#cwnd < this.#ssthresh) this.#cwnd += Math.min(acked, 2 * this.#mss);
+      if (this.#cwnd < this.#ssthresh) this.#cwnd += Math.min(acked, 2 * this.#segMax); // ABC (RFC 3465)
       else this.#cwnd += Math.max(1, Math.floor(this.#mss * Math.min(acked, this.#cwnd) / this.#cwnd));
       if (this.#cwnd > MAX_CWND) this.#cwnd = MAX_CWND;
     }
@@ -715,7 +720,7 @@ export class TcpEndpoint implements TcpConn {
           if (this.#sndWnd === 0 && seqDiff(this.#sndMax, this.#sndUna) === 0) this.#arm(this.#rto); // persist
           return;
         }
-        const len = Math.min(unsent, this.#mss, room);
+        const len = Math.min(unsent, this.#segMax, room);
         // Sender SWS avoidance: no runt segments while more data waits, unless half the peer's window is open or
         // nothing is in flight (then no ACK would come to unblock us: RFC 9293's override timeout, at once).
         if (len < this.#mss && len < unsent && len < this.#maxSndWnd / 2 && off > 0) return;
