@@ -4,13 +4,16 @@ import { Buffer } from "node:buffer";
 import dnsPacket from "dns-packet";
 import {
   connId,
+  connIdToWire,
   createManagerClient,
   decodeFrame,
   encodeFrame,
   type Frame,
   frames,
+  LARGE_DATA_FRAME,
   MANAGER_SERVICE,
   type ManagerClient,
+  MAX_DATA_FRAME,
   openTunnel,
   TUNNEL_METHOD,
 } from "../../core/tunnel/mod.ts";
@@ -223,6 +226,61 @@ Deno.test("malformed and out-of-order frames close only that stream, with a reas
     });
   } finally {
     echo.close();
+  }
+});
+
+/** A target that sends `bytes` in large writes as soon as a connection arrives, then closes. */
+function tcpSource(bytes: number): { port: number; close(): void } {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  (async () => {
+    for await (const conn of l) {
+      (async () => {
+        const buf = new Uint8Array(1024 * 1024);
+        for (let sent = 0; sent < bytes;) sent += await conn.write(buf.subarray(0, Math.min(buf.length, bytes - sent)));
+        await conn.closeWrite();
+        await conn.read(buf);
+      })().catch(() => {/* the peer reset: test asserts on the client side */}).finally(() => conn.close());
+    }
+  })().catch(() => {/* listener closed */});
+  return { port: (l.addr as Deno.NetAddr).port, close: () => l.close() };
+}
+
+Deno.test("data frames exceed 64 KiB only for an opener that announced it takes them", async () => {
+  const bytes = 16 * 1024 * 1024;
+  const source = tcpSource(bytes);
+  try {
+    await withManager(async ({ client, sessionId }) => {
+      const id = connId("tcp", { ip: "127.0.0.1", port: 1 }, { ip: "127.0.0.1", port: source.port });
+      // openTunnel announces LARGE_DATA_FRAME
+      const t = await openTunnel(client, { sessionId, connId: id });
+      let largest = 0, got = 0;
+      for await (const c of t.readable) {
+        largest = Math.max(largest, c.byteLength);
+        got += c.byteLength;
+      }
+      assert.equal(got, bytes);
+      assert.ok(largest > MAX_DATA_FRAME && largest <= LARGE_DATA_FRAME, `largest frame ${largest}`);
+      await t.writable.close();
+
+      // a call without the header (an older client) never gets more than MAX_DATA_FRAME
+      const call = client.tunnel();
+      call.write({ $case: "open", value: { session: { sessionId }, connId: connIdToWire(id), dialTimeoutMs: 0 } });
+      largest = 0;
+      got = 0;
+      for await (const f of call as AsyncIterable<Frame>) {
+        if (f.$case === "data") {
+          largest = Math.max(largest, f.value.byteLength);
+          got += f.value.byteLength;
+        } else if (f.$case === "closeSend") {
+          call.write(frames.closeSend());
+          call.end();
+        }
+      }
+      assert.equal(got, bytes);
+      assert.ok(largest <= MAX_DATA_FRAME, `largest frame ${largest}`);
+    });
+  } finally {
+    source.close();
   }
 });
 

@@ -6,7 +6,8 @@ import { log } from "../log.ts";
 import { type ConnId, connIdToWire, formatConnId } from "./conn_id.ts";
 import { type Frame, FrameOrder, frames, MAX_DATA_FRAME } from "./frame.ts";
 import { FrameStream } from "./frame_stream.ts";
-import type { ManagerClient } from "./grpc.ts";
+import * as grpc from "@grpc/grpc-js";
+import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, type ManagerClient } from "./grpc.ts";
 
 /** How a tunnel ended. */
 export interface TunnelEnd {
@@ -61,7 +62,9 @@ export interface OpenTunnelOptions {
  */
 export async function openTunnel(client: ManagerClient, opts: OpenTunnelOptions): Promise<Tunnel> {
   const clock = opts.clock ?? systemClock;
-  const fs = new FrameStream(client.tunnel());
+  const md = new grpc.Metadata();
+  md.set(FRAME_LIMIT_HEADER, String(LARGE_DATA_FRAME));
+  const fs = new FrameStream(client.tunnel(md));
   const order = new FrameOrder("opener");
   const what = formatConnId(opts.connId);
   await fs.send({

@@ -1,10 +1,12 @@
 /** The dialing side of a Tunnel stream (manager or agent): check the open frame, dial the target, pump both ways. */
 
+import * as grpc from "@grpc/grpc-js";
 import { type Clock, systemClock } from "../clock.ts";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
 import { bytesToIp, type ConnId, connIdFromWire, formatConnId, ipToBytes } from "./conn_id.ts";
-import { allocDataBuffer, type Frame, FrameOrder, frames } from "./frame.ts";
+import { allocDataBuffer, type Frame, FrameOrder, frames, MAX_DATA_FRAME } from "./frame.ts";
+import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME } from "./grpc.ts";
 import { type FrameDuplex, FrameStream } from "./frame_stream.ts";
 import type { TunnelEnd } from "./client.ts";
 
@@ -68,7 +70,7 @@ export async function serveTunnel(call: FrameDuplex, opts: ServeTunnelOptions): 
   }
   const timeoutMs = open.dialTimeoutMs || opts.defaultDialTimeoutMs || DEFAULT_DIAL_TIMEOUT_MS;
   const flow = id.protocol === "tcp"
-    ? new TcpFlow(fs, order, id, clock)
+    ? new TcpFlow(fs, order, id, clock, frameLimit(call))
     : new UdpFlow(fs, order, id, clock, opts.udpIdleMs ?? DEFAULT_UDP_IDLE_MS);
   const conn = formatConnId(id);
   const dialError = await flow.dial(timeoutMs);
@@ -83,6 +85,13 @@ export async function serveTunnel(call: FrameDuplex, opts: ServeTunnelOptions): 
   } finally {
     untrack();
   }
+}
+
+/** The largest data frame the opener accepts: what it announced in the call metadata, else {@link MAX_DATA_FRAME}. */
+function frameLimit(call: FrameDuplex): number {
+  const md = (call as { metadata?: unknown }).metadata;
+  const announced = md instanceof grpc.Metadata ? Number(md.get(FRAME_LIMIT_HEADER)[0]) : NaN;
+  return announced >= MAX_DATA_FRAME ? Math.min(announced, LARGE_DATA_FRAME) : MAX_DATA_FRAME;
 }
 
 function dialFailure(id: ConnId, err: unknown): string {
@@ -154,6 +163,12 @@ abstract class Flow {
 class TcpFlow extends Flow {
   #conn: Deno.TcpConn | undefined;
   #closed = false;
+  #maxRead: number;
+
+  constructor(fs: FrameStream, order: FrameOrder, id: ConnId, clock: Clock, maxRead: number) {
+    super(fs, order, id, clock);
+    this.#maxRead = maxRead;
+  }
 
   async dial(timeoutMs: number): Promise<string | undefined> {
     try {
@@ -181,10 +196,11 @@ class TcpFlow extends Flow {
 
   async pump(): Promise<TunnelEnd> {
     const conn = this.#conn!;
+    let readSize = MAX_DATA_FRAME;
     const up = async (): Promise<void> => {
       for (;;) {
         // read straight into a frame's payload slot: encoding it then needs no copy
-        const buf = allocDataBuffer();
+        const buf = allocDataBuffer(readSize);
         let n: number | null;
         try {
           n = await conn.read(buf);
@@ -197,6 +213,9 @@ class TcpFlow extends Flow {
           return;
         }
         this.bytesFromTarget += n;
+        // a bulk sender fills the buffer: read more at once (up to what the opener takes); small reads shrink it
+        if (n === readSize) readSize = Math.min(readSize * 2, this.#maxRead);
+        else if (n < readSize / 4) readSize = Math.max(MAX_DATA_FRAME, readSize / 2);
         const sent = this.fs.write(frames.data(buf.subarray(0, n)));
         if (sent !== true && !await sent) return this.fail("stream gone");
       }

@@ -12,8 +12,17 @@ import { decodeFrame, encodeFrame, type Frame, MAX_DATA_FRAME } from "./frame.ts
 /** HTTP/2 flow-control window for both ends (stream and connection); the default 64 KiB caps one stream's rate. */
 export const FLOW_CONTROL_WINDOW = 8 * 1024 * 1024;
 
-/** Largest gRPC message either side accepts: a full data frame plus framing slack. */
-export const MAX_MESSAGE_BYTES = MAX_DATA_FRAME + 4096;
+/**
+ * Largest data frame a dialer sends to an opener that announced it accepts them ({@link FRAME_LIMIT_HEADER}):
+ * fewer, larger messages cost less per byte in grpc-js and node:http2 (+10-80% one stream target→client, measured).
+ */
+export const LARGE_DATA_FRAME = 256 * 1024;
+
+/** Call metadata by which an opener announces the largest data frame it accepts. */
+export const FRAME_LIMIT_HEADER = "tel-max-data-frame";
+
+/** Largest gRPC message either side accepts: a large data frame plus framing slack. */
+export const MAX_MESSAGE_BYTES = LARGE_DATA_FRAME + 4096;
 
 /** The Tunnel method, carrying {@link Frame}s with the fast codec instead of the generated one. */
 export const TUNNEL_METHOD = {
@@ -29,7 +38,7 @@ export const MANAGER_SERVICE = { ...ManagerService, tunnel: TUNNEL_METHOD };
 
 /** A Manager client whose `tunnel()` streams carry {@link Frame}s. */
 export interface ManagerClient extends Omit<GeneratedManagerClient, "tunnel"> {
-  tunnel(options?: Partial<grpc.CallOptions>): grpc.ClientDuplexStream<Frame, Frame>;
+  tunnel(metadata?: grpc.Metadata, options?: Partial<grpc.CallOptions>): grpc.ClientDuplexStream<Frame, Frame>;
 }
 
 const ManagerClientCtor = grpc.makeGenericClientConstructor(MANAGER_SERVICE, "tel.v1.Manager");

@@ -11,13 +11,28 @@ export {
   ipToBytes,
   type L4Protocol,
 } from "./conn_id.ts";
-export { decodeFrame, encodeFrame, type Frame, FrameOrder, frames, MAX_DATA_FRAME, type Role } from "./frame.ts";
+export {
+  allocDataBuffer,
+  DATA_HEADROOM,
+  decodeDataFrame,
+  decodeFrame,
+  encodeDataFrame,
+  encodeFrame,
+  type Frame,
+  FrameOrder,
+  frames,
+  MAX_DATA_FRAME,
+  type Role,
+} from "./frame.ts";
 export { type FrameDuplex, FrameStream } from "./frame_stream.ts";
 export {
   channelOptions,
+  coalesceWrites,
   createManagerClient,
   createTunedServer,
   FLOW_CONTROL_WINDOW,
+  FRAME_LIMIT_HEADER,
+  LARGE_DATA_FRAME,
   MANAGER_SERVICE,
   type ManagerClient,
   MAX_MESSAGE_BYTES,
