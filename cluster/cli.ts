@@ -3,8 +3,7 @@
 import type { Command } from "../core/cli/mod.ts";
 import { TelError } from "../core/errors.ts";
 import { log } from "../core/log.ts";
-import { loadKubeConfig } from "./kube.ts";
-import { POD_CIDR_STRATEGIES, type PodCidrStrategy, SubnetDiscovery } from "./manager/discovery.ts";
+import { POD_CIDR_STRATEGIES, type PodCidrStrategy, startDiscovery } from "./manager/discovery.ts";
 import { type ClusterInfoSource, type ManagerFlags, runManager, StaticClusterInfo } from "./manager/mod.ts";
 
 /** Builds the ClusterInfo source for the flags: discovery through the kube API, or the given lists. */
@@ -21,17 +20,7 @@ export async function clusterInfoFromFlags(flags: ManagerFlags): Promise<Cluster
       dns: { includeSuffixes: [], excludeSuffixes: [] },
     });
   }
-  const kube = loadKubeConfig({ kubeconfig: flags.kubeconfig, namespace: flags.namespace });
-  const discovery = new SubnetDiscovery({
-    kc: kube.kc,
-    namespace: flags.namespace ?? kube.namespace,
-    strategy,
-    podCIDRs: flags.podCidrs,
-    serviceSubnets: flags.serviceCidrs?.length ? flags.serviceCidrs : undefined,
-    clusterDomain: flags.clusterDomain,
-    managerPodIp: flags.podIp,
-  });
-  await discovery.start();
+  const discovery = await startDiscovery(flags);
   for (const w of discovery.warnings) log.warn("manager", w.message, { hint: w.hint });
   return discovery;
 }

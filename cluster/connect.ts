@@ -5,7 +5,7 @@ import type { ManagerConnection } from "../core/session/session.ts";
 import type { ManagerConnector } from "../core/session/daemon.ts";
 import { TelError } from "../core/errors.ts";
 import type { ConnectRequest } from "../proto/gen/tel.ts";
-import { findManagerPod, kubeError, loadKubeConfig, portForward } from "./kube.ts";
+import { findManagerPod, flattenKubeConfig, kubeError, loadKubeConfig, portForward } from "./kube.ts";
 
 /** The manager's gRPC port in its pod. */
 export const MANAGER_PORT = 8081;
@@ -77,33 +77,8 @@ export interface FlatKubeconfig {
   server: string;
 }
 
-function inline(path: string | undefined, what: string): string | undefined {
-  if (!path) return undefined;
-  try {
-    return btoa(String.fromCharCode(...Deno.readFileSync(path)));
-  } catch (e) {
-    throw new TelError("config", `kubeconfig ${what} ${path}: ${e instanceof Error ? e.message : e}`, {
-      hint: "fix the path in the kubeconfig",
-    });
-  }
-}
-
 /** Loads the kubeconfig like kubectl and inlines every file it references, so the root daemon reads no home dir. */
 export function flattenKubeconfig(opts: { kubeconfig?: string; context?: string; namespace?: string }): FlatKubeconfig {
   const kube = loadKubeConfig(opts);
-  const kc = kube.kc;
-  const clusters = kc.clusters.map((c) => {
-    const caData = c.caData ?? inline(c.caFile, "certificate-authority");
-    return { ...c, caFile: undefined, caData };
-  });
-  const users = kc.users.map((u) => ({
-    ...u,
-    certFile: undefined,
-    keyFile: undefined,
-    certData: u.certData ?? inline(u.certFile, "client-certificate"),
-    keyData: u.keyData ?? inline(u.keyFile, "client-key"),
-  }));
-  const contexts = kc.contexts.map((c) => c.name === kube.context ? { ...c, namespace: kube.namespace } : c);
-  kc.loadFromOptions({ clusters, users, contexts, currentContext: kube.context });
-  return { text: kc.exportConfig(), context: kube.context, namespace: kube.namespace, server: kube.server };
+  return { text: flattenKubeConfig(kube), context: kube.context, namespace: kube.namespace, server: kube.server };
 }

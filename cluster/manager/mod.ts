@@ -18,8 +18,8 @@ export {
   type ResolverConfig,
 } from "./dns_lookup.ts";
 
-/** The pod-CIDR strategies (discovery implements all but `environment`, which is the given list). */
-export type PodCidrStrategy = "auto" | "nodePodCIDRs" | "coverPodIPs" | "environment";
+import type { PodCidrStrategy } from "./discovery.ts";
+export type { PodCidrStrategy } from "./discovery.ts";
 
 /** `tel manager` flags, as the CLI parsed them. */
 export interface ManagerFlags {
