@@ -64,167 +64,169 @@ interface Flow {
   srvNxt: number;
 }
 
-Deno.test("fuzz: 100k random, mutated and in-flow packets → no escaping exception, no leak, no hang", async () => {
-  const fake = FakeTimers.createClock(0);
-  const clock: Clock = {
-    now: () => fake.now,
-    setTimeout: (fn, ms) => fake.setTimeout(fn, ms),
-    clearTimeout: (id) => fake.clearTimeout(id as FakeTimers.TimerId),
-  };
-  const link = new ChannelLink(9000);
-  const flows = new Map<number, Flow>();
-  let sent = 0;
-  link.onWrite = (p) => {
-    sent++;
-    const v = p[0] >> 4;
-    const hl = v === 4 ? 20 : 40;
-    if (p[v === 4 ? 9 : 6] !== 6) return;
-    const t = parseTcp(p.subarray(hl));
-    const f = flows.get(t.dstPort);
-    if (f) f.srvNxt = (t.seq + p.length - hl - t.headerLength + (t.flags & (SYN | FIN) ? 1 : 0)) >>> 0;
-  };
-  const conns: TcpConn[] = [];
-  const junk = new Uint8Array(3000).fill(0x5a);
-  const stack = new Stack({
-    link,
-    clock,
-    tcp: { rcvBuf: 64 << 10, sndBuf: 64 << 10, timeWaitMs: 1000 },
-    udpIdleMs: 5000,
-    verdictTimeoutMs: 3000,
-    forwarder: {
-      tcp(conn) {
-        conns.push(conn);
-        const port = conn.id.srcPort;
-        if (port % 5 === 0) return Promise.resolve("refused");
-        if (port % 7 === 0) return Promise.resolve("unreachable");
-        if (port % 11 === 0) return Promise.reject(new Error("forwarder bug"));
-        (async () => {
-          const w = conn.writable.getWriter();
-          await w.write(junk.subarray(0, port % 3000));
-          for await (const _ of conn.readable) if (port % 2 === 0) break;
-          conn.close();
-        })().catch(() => conn.abort()); // resets are expected: the fuzzer sends RSTs
-        return Promise.resolve("accept");
+for (const offload of [false, true]) {
+  Deno.test(`fuzz${offload ? " (checksum/TSO offload link)" : ""}: 100k random, mutated and in-flow packets → no escaping exception, no leak, no hang`, async () => {
+    const fake = FakeTimers.createClock(0);
+    const clock: Clock = {
+      now: () => fake.now,
+      setTimeout: (fn, ms) => fake.setTimeout(fn, ms),
+      clearTimeout: (id) => fake.clearTimeout(id as FakeTimers.TimerId),
+    };
+    const link = new ChannelLink(9000, offload ? { rxChecksum: true, tsoMaxPacket: 65000 } : undefined);
+    const flows = new Map<number, Flow>();
+    let sent = 0;
+    link.onWrite = (p) => {
+      sent++;
+      const v = p[0] >> 4;
+      const hl = v === 4 ? 20 : 40;
+      if (p[v === 4 ? 9 : 6] !== 6) return;
+      const t = parseTcp(p.subarray(hl));
+      const f = flows.get(t.dstPort);
+      if (f) f.srvNxt = (t.seq + p.length - hl - t.headerLength + (t.flags & (SYN | FIN) ? 1 : 0)) >>> 0;
+    };
+    const conns: TcpConn[] = [];
+    const junk = new Uint8Array(3000).fill(0x5a);
+    const stack = new Stack({
+      link,
+      clock,
+      tcp: { rcvBuf: 64 << 10, sndBuf: 64 << 10, timeWaitMs: 1000 },
+      udpIdleMs: 5000,
+      verdictTimeoutMs: 3000,
+      forwarder: {
+        tcp(conn) {
+          conns.push(conn);
+          const port = conn.id.srcPort;
+          if (port % 5 === 0) return Promise.resolve("refused");
+          if (port % 7 === 0) return Promise.resolve("unreachable");
+          if (port % 11 === 0) return Promise.reject(new Error("forwarder bug"));
+          (async () => {
+            const w = conn.writable.getWriter();
+            await w.write(junk.subarray(0, port % 3000));
+            for await (const _ of conn.readable) if (port % 2 === 0) break;
+            conn.close();
+          })().catch(() => conn.abort()); // resets are expected: the fuzzer sends RSTs
+          return Promise.resolve("accept");
+        },
+        udp(flow) {
+          if (flow.id.srcPort % 3 === 0) return Promise.resolve("refused");
+          (async () => {
+            for await (const d of flow.readable) flow.send(d);
+          })();
+          return Promise.resolve("accept");
+        },
       },
-      udp(flow) {
-        if (flow.id.srcPort % 3 === 0) return Promise.resolve("refused");
-        (async () => {
-          for await (const d of flow.readable) flow.send(d);
-        })();
-        return Promise.resolve("accept");
-      },
-    },
-  });
-  stack.setRoutes(["198.18.0.0/16", "fd00:7e1::/48"]);
-  const base = seeds();
+    });
+    stack.setRoutes(["198.18.0.0/16", "fd00:7e1::/48"]);
+    const base = seeds();
 
-  const mutated = fc.record({
-    seed: fc.nat(base.length - 1),
-    edits: fc.array(fc.tuple(fc.nat(), fc.nat(255)), { maxLength: 4 }),
-    cut: fc.option(fc.nat(), { nil: undefined }),
-    fix: fc.boolean(),
-  }).map(({ seed, edits, cut, fix }) => {
-    let p = base[seed].slice();
-    for (const [at, val] of edits) p[at % p.length] = val;
-    if (cut !== undefined) p = p.subarray(0, cut % (p.length + 1));
-    if (fix) fixChecksums(p);
-    return p;
-  });
-  const inFlow = fc.record({
-    flow: fc.nat(40),
-    fam: fc.constantFrom(4, 6),
-    kind: fc.constantFrom("syn", "ack", "data", "fin", "rst", "oldack", "future"),
-    delta: fc.integer({ min: -3000, max: 3000 }),
-    len: fc.nat(2000),
-    window: fc.nat(0xffff),
-  }).map(({ flow, fam, kind, delta, len, window }) => ({
-    flow: 40000 + flow,
-    fam: fam as 4 | 6,
-    kind,
-    delta,
-    len,
-    window,
-  }));
-  const packet = fc.oneof(
-    { weight: 2, arbitrary: fc.uint8Array({ maxLength: 120 }).map((b) => ({ raw: b })) },
-    { weight: 3, arbitrary: mutated.map((b) => ({ raw: b })) },
-    { weight: 5, arbitrary: inFlow },
-  );
+    const mutated = fc.record({
+      seed: fc.nat(base.length - 1),
+      edits: fc.array(fc.tuple(fc.nat(), fc.nat(255)), { maxLength: 4 }),
+      cut: fc.option(fc.nat(), { nil: undefined }),
+      fix: fc.boolean(),
+    }).map(({ seed, edits, cut, fix }) => {
+      let p = base[seed].slice();
+      for (const [at, val] of edits) p[at % p.length] = val;
+      if (cut !== undefined) p = p.subarray(0, cut % (p.length + 1));
+      if (fix) fixChecksums(p);
+      return p;
+    });
+    const inFlow = fc.record({
+      flow: fc.nat(40),
+      fam: fc.constantFrom(4, 6),
+      kind: fc.constantFrom("syn", "ack", "data", "fin", "rst", "oldack", "future"),
+      delta: fc.integer({ min: -3000, max: 3000 }),
+      len: fc.nat(2000),
+      window: fc.nat(0xffff),
+    }).map(({ flow, fam, kind, delta, len, window }) => ({
+      flow: 40000 + flow,
+      fam: fam as 4 | 6,
+      kind,
+      delta,
+      len,
+      window,
+    }));
+    const packet = fc.oneof(
+      { weight: 2, arbitrary: fc.uint8Array({ maxLength: 120 }).map((b) => ({ raw: b })) },
+      { weight: 3, arbitrary: mutated.map((b) => ({ raw: b })) },
+      { weight: 5, arbitrary: inFlow },
+    );
 
-  let total = 0;
-  await fc.assert(
-    fc.asyncProperty(fc.array(packet, { minLength: 100, maxLength: 100 }), fc.nat(3000), async (batch, advance) => {
-      const pkts: Uint8Array[] = [];
-      for (const item of batch) {
-        if ("raw" in item) {
-          pkts.push(item.raw);
-          continue;
+    let total = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.array(packet, { minLength: 100, maxLength: 100 }), fc.nat(3000), async (batch, advance) => {
+        const pkts: Uint8Array[] = [];
+        for (const item of batch) {
+          if ("raw" in item) {
+            pkts.push(item.raw);
+            continue;
+          }
+          const [c, p] = item.fam === 4 ? [C4, P4] : [C6, P6];
+          let f = flows.get(item.flow);
+          if (!f || item.kind === "syn") {
+            f = { family: item.fam, port: item.flow, cliNxt: 1000 + item.delta * 7, srvNxt: 0 };
+            flows.set(item.flow, f);
+            pkts.push(tcpPacket(c, p, {
+              srcPort: item.flow,
+              dstPort: 80,
+              seq: f.cliNxt >>> 0,
+              ack: 0,
+              flags: SYN,
+              window: item.window,
+              mss: 536 + item.len,
+              windowScale: item.len % 15,
+              tsVal: item.len,
+            }));
+            f.cliNxt = (f.cliNxt + 1) >>> 0;
+            continue;
+          }
+          const data = item.kind === "data" || item.kind === "future" ? new Uint8Array(item.len) : new Uint8Array(0);
+          const seq = item.kind === "future" ? f.cliNxt + Math.abs(item.delta) + 1 : f.cliNxt;
+          const ack = item.kind === "oldack" ? f.srvNxt + item.delta : f.srvNxt;
+          const flags = item.kind === "fin" ? FIN | ACK : item.kind === "rst" ? RST : ACK;
+          pkts.push(
+            tcpPacket(c, p, {
+              srcPort: item.flow,
+              dstPort: 80,
+              seq: seq >>> 0,
+              ack: ack >>> 0,
+              flags,
+              window: item.window,
+            }, data),
+          );
+          if (item.kind === "data") f.cliNxt = (f.cliNxt + data.length) >>> 0;
+          if (item.kind === "fin") f.cliNxt = (f.cliNxt + 1) >>> 0;
         }
-        const [c, p] = item.fam === 4 ? [C4, P4] : [C6, P6];
-        let f = flows.get(item.flow);
-        if (!f || item.kind === "syn") {
-          f = { family: item.fam, port: item.flow, cliNxt: 1000 + item.delta * 7, srvNxt: 0 };
-          flows.set(item.flow, f);
-          pkts.push(tcpPacket(c, p, {
-            srcPort: item.flow,
-            dstPort: 80,
-            seq: f.cliNxt >>> 0,
-            ack: 0,
-            flags: SYN,
-            window: item.window,
-            mss: 536 + item.len,
-            windowScale: item.len % 15,
-            tsVal: item.len,
-          }));
-          f.cliNxt = (f.cliNxt + 1) >>> 0;
-          continue;
-        }
-        const data = item.kind === "data" || item.kind === "future" ? new Uint8Array(item.len) : new Uint8Array(0);
-        const seq = item.kind === "future" ? f.cliNxt + Math.abs(item.delta) + 1 : f.cliNxt;
-        const ack = item.kind === "oldack" ? f.srvNxt + item.delta : f.srvNxt;
-        const flags = item.kind === "fin" ? FIN | ACK : item.kind === "rst" ? RST : ACK;
-        pkts.push(
-          tcpPacket(c, p, {
-            srcPort: item.flow,
-            dstPort: 80,
-            seq: seq >>> 0,
-            ack: ack >>> 0,
-            flags,
-            window: item.window,
-          }, data),
-        );
-        if (item.kind === "data") f.cliNxt = (f.cliNxt + data.length) >>> 0;
-        if (item.kind === "fin") f.cliNxt = (f.cliNxt + 1) >>> 0;
+        stack.input(pkts); // must not throw
+        total += pkts.length;
+        await Promise.resolve(); // verdicts resolve: in-flow segments meet established connections
+        await Promise.resolve();
+        fake.tick(advance);
+      }),
+      { numRuns: 1000, seed: offload ? 4242 : 20261125 },
+    );
+    for (let i = 0; i < 20; i++) await new Promise((r) => setTimeout(r, 0)); // let verdicts and readers settle
+    ok(total >= 100_000, `${total} packets`);
+    const c = stack.counters();
+    equal(c.internalErrors, 0, "every failure was a counted, typed drop");
+    ok(c.invalid > 0 && c.tcpAccepted > 100 && c.tcpRefused > 0 && c.udpAccepted > 0, JSON.stringify(c));
+    ok(c.tcpRetransmits > 0 && c.tcpResets > 0, JSON.stringify(c));
+    ok(sent > 0);
+    // Every timer-driven state ends: after an hour of fake time only idle connections (no timer by design, as
+    // without keepalive) are left; once the application closes those, they end too.
+    const idle = async () => {
+      for (let i = 0; i < 120; i++) {
+        fake.tick(30_000);
+        await new Promise((r) => setTimeout(r, 0));
       }
-      stack.input(pkts); // must not throw
-      total += pkts.length;
-      await Promise.resolve(); // verdicts resolve: in-flow segments meet established connections
-      await Promise.resolve();
-      fake.tick(advance);
-    }),
-    { numRuns: 1000, seed: 20261125 },
-  );
-  for (let i = 0; i < 20; i++) await new Promise((r) => setTimeout(r, 0)); // let verdicts and readers settle
-  ok(total >= 100_000, `${total} packets`);
-  const c = stack.counters();
-  equal(c.internalErrors, 0, "every failure was a counted, typed drop");
-  ok(c.invalid > 0 && c.tcpAccepted > 100 && c.tcpRefused > 0 && c.udpAccepted > 0, JSON.stringify(c));
-  ok(c.tcpRetransmits > 0 && c.tcpResets > 0, JSON.stringify(c));
-  ok(sent > 0);
-  // Every timer-driven state ends: after an hour of fake time only idle connections (no timer by design, as
-  // without keepalive) are left; once the application closes those, they end too.
-  const idle = async () => {
-    for (let i = 0; i < 120; i++) {
-      fake.tick(30_000);
-      await new Promise((r) => setTimeout(r, 0));
-    }
-  };
-  await idle();
-  const left = conns.filter((x) => x.state !== "closed").map((x) => x.state);
-  ok(left.every((st) => st === "established" || st === "close-wait"), left.join(","));
-  for (const x of conns) x.close();
-  await idle();
-  const end = stack.counters();
-  equal(end.tcpConnections, 0, "no TCP state left");
-  equal(end.udpFlows, 0, "no UDP state left");
-});
+    };
+    await idle();
+    const left = conns.filter((x) => x.state !== "closed").map((x) => x.state);
+    ok(left.every((st) => st === "established" || st === "close-wait"), left.join(","));
+    for (const x of conns) x.close();
+    await idle();
+    const end = stack.counters();
+    equal(end.tcpConnections, 0, "no TCP state left");
+    equal(end.udpFlows, 0, "no UDP state left");
+  });
+}

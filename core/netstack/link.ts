@@ -45,14 +45,18 @@ export interface Link {
  */
 export class ChannelLink implements Link {
   readonly mtu: number;
-  /** Called with a copy of every packet the stack writes. */
-  onWrite: (packet: Uint8Array) => void = () => {};
+  /** Called with a copy of every packet the stack writes (and its segmentation request, if any). */
+  onWrite: (packet: Uint8Array, gso?: Gso) => void = () => {};
   #queue: Uint8Array[] = [];
   #waiter: (() => void) | undefined;
   #closed = false;
 
-  constructor(mtu = 1500) {
+  readonly offload?: LinkOffload;
+
+  /** `offload` makes the stack trust inbound checksums and send TSO super-segments (to test those paths). */
+  constructor(mtu = 1500, offload?: LinkOffload) {
     this.mtu = mtu;
+    this.offload = offload;
   }
 
   /** Queues inbound packets (copied). */
@@ -72,9 +76,9 @@ export class ChannelLink implements Link {
     return batch;
   }
 
-  writePacket(packet: Uint8Array): void {
+  writePacket(packet: Uint8Array, gso?: Gso): void {
     if (this.#closed) return;
-    this.onWrite(packet.slice());
+    this.onWrite(packet.slice(), gso);
   }
 
   /** Makes pending and later reads reject. */

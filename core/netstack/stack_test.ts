@@ -331,3 +331,26 @@ Deno.test("tcp: a lost last segment is probed after 2·SRTT (tail-loss probe), l
   equal(probe.length, 1);
   equal(probe[0].tcp!.seq, (snd + 2 * 1448) >>> 0, "the last segment is resent");
 });
+
+Deno.test("tcp on an offload link: one super-segment per write, cut by the link at the MSS", async () => {
+  const link = new ChannelLink(1500, { rxChecksum: true, tsoMaxPacket: 65000 });
+  const out: Array<{ p: Uint8Array; gso?: { segmentSize: number; headerLength: number } }> = [];
+  link.onWrite = (p, gso) => out.push({ p, gso });
+  const conns: TcpConn[] = [];
+  const stack = new Stack({
+    link,
+    forwarder: { tcp: (c) => (conns.push(c), Promise.resolve("accept")), udp: () => Promise.resolve("refused") },
+  });
+  stack.setRoutes(["198.18.0.0/16"]);
+  const seg = (f: Partial<TcpFields>, payload?: Uint8Array) =>
+    tcpPacket(CLIENT, POD, { srcPort: 40000, dstPort: 80, seq: 0, ack: 0, flags: ACK, window: 512, ...f }, payload);
+  stack.input([seg({ seq: 1000, flags: SYN, window: 65535, mss: 1460, windowScale: 7 })]);
+  await tick();
+  const synack = parse(out.shift()!.p).tcp!;
+  stack.input([seg({ seq: 1001, ack: synack.seq + 1, window: 65535 })]);
+  await conns[0].writable.getWriter().write(new Uint8Array(10 * 1460).fill(1));
+  equal(out.length, 1, "ten segments' worth in one write");
+  assertEquals(out[0].gso, { segmentSize: 1460, headerLength: 40 });
+  equal(parse(out[0].p).payload.length, 10 * 1460);
+  stack.close();
+});
