@@ -87,6 +87,38 @@ function tcpEcho(): { port: number; close(): void } {
   return { port: (l.addr as Deno.NetAddr).port, close: () => l.close() };
 }
 
+Deno.test("writes of any size, tiny to larger than a frame, arrive byte-exact and in order", async () => {
+  const echo = tcpEcho();
+  try {
+    await withManager(async ({ client, sessionId }) => {
+      // sizes straddle the batching edges: 1 byte, frame limits, several frames in one write
+      const sizes = [1, 3, 1000, 65535, 65536, 65537, 1, 262143, 262144, 262145, 700_000, 17, 5, 300_000, 2];
+      let seed = 7;
+      const sent = sizes.map((n) => {
+        const c = new Uint8Array(n);
+        for (let j = 0; j < n; j++) c[j] = (seed = (seed * 1103515245 + 12345) >>> 0) >>> 24;
+        return c;
+      });
+      const t = await openTunnel(client, {
+        sessionId,
+        connId: connId("tcp", { ip: "127.0.0.1", port: 40001 }, { ip: "127.0.0.1", port: echo.port }),
+      });
+      const writing = (async () => {
+        const w = t.writable.getWriter();
+        for (const c of sent) await w.write(c);
+        await w.close();
+      })();
+      const got: Uint8Array[] = [];
+      for await (const c of t.readable) got.push(c.slice());
+      await writing;
+      assert.equal(await sha256(got), await sha256(sent));
+      assert.equal((await t.ended).clean, true);
+    });
+  } finally {
+    echo.close();
+  }
+});
+
 Deno.test("tcp tunnel to a loopback echo server is byte-exact (20 MiB) and half-closes", async () => {
   const echo = tcpEcho();
   try {

@@ -4,7 +4,7 @@ import { type Clock, systemClock } from "../clock.ts";
 import { TelError } from "../errors.ts";
 import { log } from "../log.ts";
 import { type ConnId, connIdToWire, formatConnId } from "./conn_id.ts";
-import { type Frame, FrameOrder, frames, MAX_DATA_FRAME } from "./frame.ts";
+import { allocDataBuffer, type Frame, FrameOrder, frames, MAX_DATA_FRAME } from "./frame.ts";
 import { FrameStream } from "./frame_stream.ts";
 import * as grpc from "@grpc/grpc-js";
 import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, type ManagerClient } from "./grpc.ts";
@@ -64,7 +64,14 @@ export async function openTunnel(client: ManagerClient, opts: OpenTunnelOptions)
   const clock = opts.clock ?? systemClock;
   const md = new grpc.Metadata();
   md.set(FRAME_LIMIT_HEADER, String(LARGE_DATA_FRAME));
-  const fs = new FrameStream(client.tunnel(md));
+  const call = client.tunnel(md);
+  // A dialer that takes large data frames says so in its response headers, which arrive before the dial answer.
+  let sendLimit = MAX_DATA_FRAME;
+  call.once("metadata", (m: grpc.Metadata) => {
+    const announced = Number(m.get(FRAME_LIMIT_HEADER)[0]);
+    if (announced >= MAX_DATA_FRAME) sendLimit = Math.min(announced, LARGE_DATA_FRAME);
+  });
+  const fs = new FrameStream(call);
   const order = new FrameOrder("opener");
   const what = formatConnId(opts.connId);
   await fs.send({
@@ -103,7 +110,7 @@ export async function openTunnel(client: ManagerClient, opts: OpenTunnelOptions)
     fs.end();
     fail(`dial rejected: ${first.value.reason}`);
   }
-  return new OpenTunnel(opts.connId, fs, order);
+  return new OpenTunnel(opts.connId, fs, order, sendLimit);
 }
 
 class OpenTunnel implements Tunnel {
@@ -120,7 +127,7 @@ class OpenTunnel implements Tunnel {
   #endReason: string | undefined;
   #resolveEnded!: (e: TunnelEnd) => void;
 
-  constructor(id: ConnId, fs: FrameStream, order: FrameOrder) {
+  constructor(id: ConnId, fs: FrameStream, order: FrameOrder, sendLimit: number) {
     this.connId = id;
     this.#fs = fs;
     this.#order = order;
@@ -136,27 +143,22 @@ class OpenTunnel implements Tunnel {
       },
       cancel: (reason) => this.abort(`reader cancelled${reason ? `: ${reason}` : ""}`),
     }, { highWaterMark: 8 });
+    const gone = () =>
+      new TelError("cluster", `tunnel ${formatConnId(id)}: closed: ${this.#endReason ?? "stream gone"}`);
+    const batch = id.protocol === "tcp" ? new FrameBatcher(fs, sendLimit, gone) : undefined;
     this.writable = new WritableStream<Uint8Array>({
       write: (chunk) => {
-        const gone = () =>
-          new TelError("cluster", `tunnel ${formatConnId(id)}: closed: ${this.#endReason ?? "stream gone"}`);
-        if (chunk.byteLength <= MAX_DATA_FRAME) {
-          // the common case: one frame, and no promise when the call is under its high-water mark
-          const sent = this.#fs.write(frames.data(chunk));
-          if (sent === true) return;
-          if (sent === false) throw gone();
-          return sent.then((ok) => {
-            if (!ok) throw gone();
-          });
-        }
-        return (async () => {
-          for (let off = 0; off < chunk.byteLength; off += MAX_DATA_FRAME) {
-            const end = Math.min(off + MAX_DATA_FRAME, chunk.byteLength);
-            if (!await this.#fs.send(frames.data(chunk.subarray(off, end)))) throw gone();
-          }
-        })();
+        if (batch) return batch.write(chunk);
+        // UDP: one datagram, one frame
+        const sent = this.#fs.write(frames.data(chunk));
+        if (sent === true) return;
+        if (sent === false) throw gone();
+        return sent.then((ok) => {
+          if (!ok) throw gone();
+        });
       },
       close: async () => {
+        await batch?.flush();
         await this.#fs.send(frames.closeSend());
         this.#writeDone = true;
         this.#fs.end();
@@ -217,5 +219,81 @@ class OpenTunnel implements Tunnel {
     if (this.#endReason !== undefined) return;
     void this.#fs.send(frames.disconnect(reason)).then(() => this.#fs.abort());
     this.#finish(reason);
+  }
+}
+
+/**
+ * Gathers the bytes written to a TCP flow into data frames of up to `limit` bytes: a full frame goes at once, a
+ * partial one when the event loop next turns (setImmediate), so a bulk writer sends few large messages (each costs
+ * grpc-js and node:http2 about as much as its bytes) and a trickle is not held back. The one copy per byte into the
+ * frame buffer replaces the copy encoding would make: the buffer has room for the header.
+ */
+class FrameBatcher {
+  #fs: FrameStream;
+  #limit: number;
+  #gone: () => Error;
+  #buf: Uint8Array | undefined;
+  #len = 0;
+  #timer = false;
+  #backlog: Promise<boolean> | undefined;
+
+  constructor(fs: FrameStream, limit: number, gone: () => Error) {
+    this.#fs = fs;
+    this.#limit = limit;
+    this.#gone = gone;
+  }
+
+  /** Takes a chunk; returns a promise only when the stream is over its high-water mark (backpressure). */
+  write(chunk: Uint8Array): void | Promise<void> {
+    if (this.#backlog) return this.#waitThenWrite(chunk);
+    let off = 0;
+    while (off < chunk.byteLength) {
+      this.#buf ??= allocDataBuffer(this.#limit);
+      const n = Math.min(this.#limit - this.#len, chunk.byteLength - off);
+      this.#buf.set(chunk.subarray(off, off + n), this.#len);
+      this.#len += n;
+      off += n;
+      if (this.#len === this.#limit) {
+        this.#send();
+        if (this.#backlog && off < chunk.byteLength) return this.#waitThenWrite(chunk.subarray(off));
+      }
+    }
+    if (this.#len > 0 && !this.#timer) {
+      this.#timer = true;
+      setImmediate(() => {
+        this.#timer = false;
+        this.#send();
+      });
+    }
+    if (this.#backlog) return this.#wait();
+  }
+
+  /** Sends what is gathered and waits until the stream takes more. */
+  async flush(): Promise<void> {
+    this.#send();
+    await this.#wait();
+  }
+
+  async #waitThenWrite(chunk: Uint8Array): Promise<void> {
+    await this.#wait();
+    await this.write(chunk);
+  }
+
+  async #wait(): Promise<void> {
+    const b = this.#backlog;
+    if (!b) return;
+    const ok = await b;
+    if (this.#backlog === b) this.#backlog = undefined;
+    if (!ok) throw this.#gone();
+  }
+
+  #send(): void {
+    if (this.#len === 0 || !this.#buf) return;
+    const data = this.#buf.subarray(0, this.#len);
+    this.#buf = undefined;
+    this.#len = 0;
+    const sent = this.#fs.write(frames.data(data));
+    if (sent === false) this.#backlog = Promise.resolve(false);
+    else if (sent !== true) this.#backlog = sent;
   }
 }

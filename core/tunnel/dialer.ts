@@ -79,6 +79,13 @@ export async function serveTunnel(call: FrameDuplex, opts: ServeTunnelOptions): 
     return { ...await refuse(frames.dialReject(dialError), dialError), conn };
   }
   const untrack = opts.track?.({ sessionId, connId: id, abort: (r) => flow.fail(r) }) ?? (() => {});
+  // Tell an opener that announced large frames that we take them too (response headers, before dial-ok).
+  const server = call as { sendMetadata?: (md: grpc.Metadata) => void };
+  if (frameLimit(call) > MAX_DATA_FRAME && typeof server.sendMetadata === "function") {
+    const md = new grpc.Metadata();
+    md.set(FRAME_LIMIT_HEADER, String(LARGE_DATA_FRAME));
+    server.sendMetadata(md);
+  }
   try {
     if (!await fs.send(frames.dialOk())) flow.fail("stream gone before dial-ok");
     return { ...await flow.pump(), conn };
