@@ -11,9 +11,11 @@
  * ```
  */
 
-import { realTierAvailability } from "./apiserver.ts";
+import { realTierAvailability, sweepStale } from "./apiserver.ts";
 
 const HERE = new URL(".", import.meta.url).pathname;
+/** Upper bound for the whole tier; a hung test must not hold CI. TEL_REAL_TIMEOUT_S overrides. */
+const TIMEOUT_S = Number(Deno.env.get("TEL_REAL_TIMEOUT_S") ?? "900");
 
 /** Outcome of one run of the tier. */
 export type TierOutcome =
@@ -49,6 +51,16 @@ export async function runRealTier(files: string[] = []): Promise<TierOutcome> {
     stderr: "inherit",
     env: { RUST_BACKTRACE: "0", TEL_REAL_TIER: "1" },
   }).spawn();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    console.log(`real apiserver tier: timed out after ${TIMEOUT_S} s, stopping the tests`);
+    try {
+      child.kill("SIGKILL");
+    } catch (_err) {
+      // exited meanwhile
+    }
+  }, TIMEOUT_S * 1000);
   let tail = "";
   const dec = new TextDecoder();
   for await (const chunk of child.stdout) {
@@ -56,11 +68,14 @@ export async function runRealTier(files: string[] = []): Promise<TierOutcome> {
     tail = (tail + dec.decode(chunk, { stream: true })).slice(-4096);
   }
   const st = await child.status;
+  clearTimeout(timer);
+  // servers of a killed test process are orphans now: stop them
+  if (timedOut) await sweepStale();
   // deno-lint-ignore no-control-regex
   const clean = tail.replace(/\x1b\[[0-9;]*m/g, "");
   const m = [...clean.matchAll(/(?:ok|FAILED) \| (\d+) passed[^|]*\| (\d+) failed/g)].at(-1);
   const passed = m ? Number(m[1]) : 0;
-  const failed = m ? Number(m[2]) : (st.code === 0 ? 0 : 1);
+  const failed = m && !timedOut ? Number(m[2]) : (st.code === 0 && !timedOut ? 0 : Math.max(1, m ? Number(m[2]) : 1));
   return { ran: true, passed, failed, code: st.code };
 }
 
