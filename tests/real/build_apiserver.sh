@@ -76,6 +76,14 @@ if [ "${1:-}" = "--path" ]; then
   exit 0
 fi
 
+# One build at a time per work root (CI and developers may start it together); the second waits, then finds the cache.
+mkdir -p "$WORK_ROOT"
+exec 9>"$WORK_ROOT/.lock"
+if ! flock -n 9; then
+  log "another build is running; waiting for it"
+  flock 9
+fi
+
 # --- build dependencies (binary packages, host apt as-is) -------------------------------------------------------------
 missing=()
 for p in "${BUILD_DEPS[@]}"; do
@@ -141,7 +149,8 @@ fi
 
 # --- gap 2: pkg/generated/openapi/zz_generated.openapi.go ---------------------------------------------------------------
 OPENAPI_OUT="$SRC/pkg/generated/openapi/zz_generated.openapi.go"
-if [ ! -s "$OPENAPI_OUT" ]; then
+if [ ! -f "$SRC/.tel-openapi-done" ] || [ ! -s "$OPENAPI_OUT" ]; then
+  rm -f "$OPENAPI_OUT"
   log "building openapi-gen"
   (cd "$SRC" && "${NICE[@]}" "$GO" build "${PAR[@]}" -o "$WORK/bin/openapi-gen" ./vendor/k8s.io/kube-openapi/cmd/openapi-gen)
   # The input list is KUBE_OPENAPI_TAG_FILES of build/root/Makefile.generated_files: every directory of the tree
@@ -164,6 +173,7 @@ if [ ! -s "$OPENAPI_OUT" ]; then
     -o "$GOPATH_DIR/src" \
     --report-filename "$WORK/openapi-violations.report" >&2)
   [ -s "$OPENAPI_OUT" ] || { log "openapi-gen did not write $OPENAPI_OUT"; exit 2; }
+  touch "$SRC/.tel-openapi-done"
 fi
 
 # --- build ------------------------------------------------------------------------------------------------------------
