@@ -348,6 +348,27 @@ const CASES: Case[] = [
     },
   },
   {
+    name: "the IPv6 dummy-service on a single-stack IPv4 cluster",
+    run: async (s) => {
+      const r = await s.request("POST", "/api/v1/namespaces/default/services", {
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name: "fidelity-dummy6" },
+        spec: { clusterIP: "1:1::1", ports: [{ port: 443 }] },
+      });
+      return { ...statusShape(r), range: r.body.message.match(/The range of valid IPs is (\S+)$/)?.[1] };
+    },
+    knownDrift: {
+      note: "1.20 (IPv6DualStack off) answers the IPv6 probe with the IPv4 range (spec.clusterIPs); the fake, like " +
+        "newer servers, says spec.ipFamilies[0] IPv6 is not configured and names no range",
+      fake: (real) => ({
+        ...real,
+        details: { ...real.details, causes: [{ reason: "FieldValueInvalid", field: "spec.ipFamilies[0]" }] },
+        range: undefined,
+      }),
+    },
+  },
+  {
     name: "service create allocates from the range; delete returns the object",
     run: async (s) => {
       const c = await s.request("POST", "/api/v1/namespaces/default/services", {
