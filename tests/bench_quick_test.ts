@@ -53,7 +53,10 @@ Deno.test({
       assert.equal(by["dns-cached"].checks.answerMismatches, 0, "tel and dnsmasq answer the same");
       assert.equal(by["dns-uncached"].checks.telAnswered, by["dns-uncached"].checks.telAsked, "every lookup answered");
       assert.equal(by["connect"].checks.telErrors, 0, "every connect got its byte");
-      assert.ok(Number(by["tcp-throughput"].checks.telBytesReceived) > 0, "iperf3 moved bytes through tel");
+      for (const name of ["tcp-throughput", "tcp-portforward"]) {
+        assert.ok(Number(by[name].checks.telBytes) > 0, `${name} moved bytes through tel`);
+        assert.equal(by[name].checks.unconfirmedTransfers, 0, `${name}: every transfer confirmed byte for byte`);
+      }
     } finally {
       await Deno.remove(out, { recursive: true });
     }

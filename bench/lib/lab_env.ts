@@ -21,6 +21,8 @@ export const BENCH_NET = {
   /** Reached through sshuttle. */
   sshIp: "198.18.0.32",
   iperfPort: 5201,
+  /** tcpbench's throughput server. */
+  sinkPort: 5202,
   helloPort: 9101,
   httpPort: 8080,
   echoPort: 7007,
@@ -64,6 +66,8 @@ export class BenchEnv {
   #dnsmasq?: LabProcess;
   #vethRoute = false;
   #say: (line: string) => void;
+  /** Downloads the throughput server confirmed (the client's count equals what it sent) or not. */
+  readonly downloads = { exact: 0, mismatched: 0 };
 
   private constructor(lab: Lab, say: (line: string) => void) {
     this.lab = lab;
@@ -85,7 +89,7 @@ export class BenchEnv {
   }
 
   async #setup(): Promise<void> {
-    const cc = await run(["cc", "-O2", "-o", this.tcpbench, `${ROOT}bench/tcpbench.c`]);
+    const cc = await run(["cc", "-O2", "-pthread", "-o", this.tcpbench, `${ROOT}bench/tcpbench.c`]);
     if (cc.code !== 0) throw new Error(`cc bench/tcpbench.c: ${cc.stderr}`);
     for (
       const [name, ip] of [["bench-tel", BENCH_NET.telIp], ["bench-veth", BENCH_NET.vethIp], [
@@ -95,7 +99,9 @@ export class BenchEnv {
     ) {
       await this.lab.addPod(benchPod(name, ip));
       // iperf3 for pods/portforward too (the fake API forwards only mapped ports)
-      await this.lab.fake("mapPort", "default", name, BENCH_NET.iperfPort, { hostname: ip, port: BENCH_NET.iperfPort });
+      for (const port of [BENCH_NET.iperfPort, BENCH_NET.sinkPort]) {
+        await this.lab.fake("mapPort", "default", name, port, { hostname: ip, port });
+      }
     }
     this.#procs.push(
       await LabProcess.start(
@@ -109,6 +115,13 @@ export class BenchEnv {
       ),
       await LabProcess.start(this.lab.cl, "hello", [this.tcpbench, "hello", String(BENCH_NET.helloPort)], {
         ready: /^READY/,
+      }),
+      await LabProcess.start(this.lab.cl, "sink", [this.tcpbench, "sink", String(BENCH_NET.sinkPort)], {
+        ready: /^READY/,
+        onLine: (line) => {
+          const m = /^DOWN (\d+) (\d+)/.exec(line);
+          if (m) this.downloads[m[1] === m[2] ? "exact" : "mismatched"]++;
+        },
       }),
     );
     this.#say("bench pods, iperf3 and hello servers up");
