@@ -211,7 +211,13 @@ function watchSession(session: ServerHttp2Session): void {
       peer,
       ourStreamWindow: local.initialWindowSize,
       ourConnectionWindow: session.state.effectiveLocalWindowSize,
+      // what we may still send on the connection: the client's connection window less what is in flight
+      peerConnectionWindow: session.state.remoteWindowSize,
     });
+  });
+  session.once("stream", () => {
+    // by the first call the client has widened its connection window (grpc-js does it on our SETTINGS)
+    log.debug("h2", "first stream", { peer, peerConnectionWindow: session.state.remoteWindowSize });
   });
   session.on("goaway", (code: number, lastStreamId: number) => {
     goaway = { code, lastStreamId };
