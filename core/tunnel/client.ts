@@ -236,6 +236,8 @@ class FrameBatcher {
   #len = 0;
   #timer = false;
   #backlog: Promise<boolean> | undefined;
+  // frame buffers grpc-js is done with (it copies each message when it frames it): no allocation per frame
+  #free: Uint8Array[] = [];
 
   constructor(fs: FrameStream, limit: number, gone: () => Error) {
     this.#fs = fs;
@@ -248,7 +250,7 @@ class FrameBatcher {
     if (this.#backlog) return this.#waitThenWrite(chunk);
     let off = 0;
     while (off < chunk.byteLength) {
-      this.#buf ??= allocDataBuffer(this.#limit);
+      this.#buf ??= this.#free.pop() ?? allocDataBuffer(this.#limit);
       const n = Math.min(this.#limit - this.#len, chunk.byteLength - off);
       this.#buf.set(chunk.subarray(off, off + n), this.#len);
       this.#len += n;
@@ -289,10 +291,13 @@ class FrameBatcher {
 
   #send(): void {
     if (this.#len === 0 || !this.#buf) return;
-    const data = this.#buf.subarray(0, this.#len);
+    const buf = this.#buf;
+    const data = buf.subarray(0, this.#len);
     this.#buf = undefined;
     this.#len = 0;
-    const sent = this.#fs.write(frames.data(data));
+    const sent = this.#fs.write(frames.data(data), () => {
+      if (this.#free.length < 4) this.#free.push(buf);
+    });
     if (sent === false) this.#backlog = Promise.resolve(false);
     else if (sent !== true) this.#backlog = sent;
   }

@@ -204,10 +204,12 @@ class TcpFlow extends Flow {
   async pump(): Promise<TunnelEnd> {
     const conn = this.#conn!;
     let readSize = MAX_DATA_FRAME;
+    // read buffers grpc-js is done with (it copies each message when it frames it), all of size readSize
+    const free: Uint8Array[] = [];
     const up = async (): Promise<void> => {
       for (;;) {
         // read straight into a frame's payload slot: encoding it then needs no copy
-        const buf = allocDataBuffer(readSize);
+        const buf = free.pop() ?? allocDataBuffer(readSize);
         let n: number | null;
         try {
           n = await conn.read(buf);
@@ -221,9 +223,18 @@ class TcpFlow extends Flow {
         }
         this.bytesFromTarget += n;
         // a bulk sender fills the buffer: read more at once (up to what the opener takes); small reads shrink it
-        if (n === readSize) readSize = Math.min(readSize * 2, this.#maxRead);
-        else if (n < readSize / 4) readSize = Math.max(MAX_DATA_FRAME, readSize / 2);
-        const sent = this.fs.write(frames.data(buf.subarray(0, n)));
+        const size = n === readSize
+          ? Math.min(readSize * 2, this.#maxRead)
+          : n < readSize / 4
+          ? Math.max(MAX_DATA_FRAME, readSize / 2)
+          : readSize;
+        if (size !== readSize) {
+          readSize = size;
+          free.length = 0;
+        }
+        const sent = this.fs.write(frames.data(buf.subarray(0, n)), () => {
+          if (buf.byteLength === readSize && free.length < 4) free.push(buf);
+        });
         if (sent !== true && !await sent) return this.fail("stream gone");
       }
     };

@@ -69,11 +69,14 @@ export class FrameStream {
     return typeof r === "boolean" ? Promise.resolve(r) : r;
   }
 
-  /** Like {@link send}, without a promise when the frame went out at once (the hot path of the pumps). */
-  write(frame: Frame): boolean | Promise<boolean> {
+  /**
+   * Like {@link send}, without a promise when the frame went out at once (the hot path of the pumps). `written` runs
+   * once grpc-js has serialized the frame into its own buffer (so a data payload's buffer may be reused).
+   */
+  write(frame: Frame, written?: () => void): boolean | Promise<boolean> {
     const call = this.#call;
     if (call.destroyed || call.writableEnded) return false;
-    if (call.write(frame)) return true;
+    if (written ? call.write(frame, written) : call.write(frame)) return true;
     return new Promise<boolean>((resolve) => {
       const prev = this.#drained;
       this.#drained = () => {
