@@ -21,19 +21,21 @@
  * stack.close();                                         // resets every connection; then close the Vif
  * ```
  *
- * What it does: IPv4 (bounded fragment reassembly) and IPv6 (extension headers skipped, fragments counted and
- * dropped); ICMP/ICMPv6 echo for routed addresses; ICMP unreachable when the forwarder says "unreachable" (or UDP
- * "refused"); TCP per RFC 9293 with MSS from the link MTU, window scaling + timestamps (RFC 7323), SACK (RFC 2018;
+ * What it does: IPv4 and IPv6 (extension headers skipped) with bounded fragment reassembly inbound and
+ * fragmentation of bigger-than-MTU UDP/ICMP replies outbound; ICMP/ICMPv6 echo for routed addresses; ICMP
+ * unreachable when the forwarder says "unreachable" (or UDP "refused"); TCP per RFC 9293 with MSS from the link MTU, window scaling + timestamps (RFC 7323), SACK (RFC 2018;
  * RFC 6675-style hole filling), RTO (RFC 6298), NewReno fast recovery (RFC 5681/6582), a tail-loss probe, zero-window
  * probes, RST/SYN challenge ACKs (RFC 5961), bounded TIME_WAIT; the receive window follows the reader (memory per
- * connection ≤ rcvBuf + out-of-order ≤ rcvBuf, plus sndBuf). Not done: IPv6 reassembly, urgent data, keepalive.
+ * connection ≤ rcvBuf + out-of-order ≤ rcvBuf, plus sndBuf). On a link with offloads (Vif `offload: true`) inbound
+ * checksums are trusted and TCP sends ~64 KiB super-segments the kernel cuts (TSO). Not done: urgent data, keepalive,
+ * IPv6 reassembly when other extension headers precede the fragment header (counted as reassemblyDrops).
  *
  * `Link` is what a Vif provides (`readPackets`/`writePacket`/`mtu`); `ChannelLink` is the in-memory one for tests.
  * TcpConn.writable does not copy chunks: don't mutate a buffer after writing it.
  */
 
 export { type Forwarder, Stack, type StackOptions } from "./stack.ts";
-export { ChannelLink, type Link } from "./link.ts";
+export { ChannelLink, type Gso, type Link, type LinkOffload } from "./link.ts";
 export { DEFAULT_TCP_TUNING, type TcpConn, type TcpState, type TcpTuning } from "./tcp/endpoint.ts";
 export type { UdpFlow } from "./udp.ts";
 export { type Counters, type FlowId, type Verdict } from "./types.ts";

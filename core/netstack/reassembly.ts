@@ -1,8 +1,9 @@
-/** IPv4 fragment reassembly (RFC 791 §3.2, RFC 815 hole logic simplified), bounded in datagrams, bytes and time. */
+/** IPv4 and IPv6 fragment reassembly (RFC 791 §3.2, RFC 8200 §4.5), bounded in datagrams, bytes and time. */
 
 import type { Clock } from "../clock.ts";
 import { checksum } from "./header/checksum.ts";
 import type { Ipv4Header } from "./header/ipv4.ts";
+import type { Ipv6Header } from "./header/ipv6.ts";
 
 /** Bounds of a {@link Reassembler}. */
 export interface ReassemblyLimits {
@@ -43,16 +44,69 @@ export class Reassembler {
     return this.#pending.size;
   }
 
-  /** Adds one fragment (`p` is the whole packet, `h` its parsed header); returns the complete packet when done. */
+  /** Adds one IPv4 fragment (`p` is the whole packet, `h` its parsed header); returns the whole packet when done. */
   add(p: Uint8Array, h: Ipv4Header): Uint8Array | undefined {
+    const key = `${h.src.join(".")}>${h.dst.join(".")}/${h.protocol}#${h.id}`;
+    const r = this.#add(
+      key,
+      p.subarray(h.headerLength, h.totalLength),
+      h.fragmentOffset,
+      h.moreFragments,
+      () => p.slice(0, h.headerLength),
+      65535 - h.headerLength,
+    );
+    if (!r) return undefined;
+    const [head, out] = r;
+    const hl = head.length;
+    const len = out.length;
+    out[2] = len >> 8;
+    out[3] = len & 0xff;
+    out[6] &= 0x40; // keep DF, clear MF and the offset
+    out[7] = 0;
+    out[10] = out[11] = 0;
+    const c = checksum(out.subarray(0, hl));
+    out[10] = c >> 8;
+    out[11] = c & 0xff;
+    return out;
+  }
+
+  /**
+   * Adds one IPv6 fragment. Only a fragment header right after the fixed header is handled (what hosts send);
+   * others are dropped and counted. The result is the packet without the fragment header.
+   */
+  add6(p: Uint8Array, h: Ipv6Header): Uint8Array | undefined {
+    const key = `${h.src.join(",")}>${h.dst.join(",")}#${h.fragmentId}`;
+    if (h.fragmentHeaderAt !== 40) {
+      this.dropped++;
+      return undefined;
+    }
+    const r = this.#add(key, p.subarray(48, 40 + h.payloadLength), h.fragmentOffset!, h.moreFragments!, () => {
+      const head = p.slice(0, 40);
+      head[6] = p[40]; // the fragment header goes: its next header becomes the fixed header's
+      return head;
+    }, 65535);
+    if (!r) return undefined;
+    const out = r[1];
+    const len = out.length - 40;
+    out[4] = len >> 8;
+    out[5] = len & 0xff;
+    return out;
+  }
+
+  #add(
+    key: string,
+    data: Uint8Array,
+    off: number,
+    more: boolean,
+    header: () => Uint8Array,
+    maxEnd: number,
+  ): [Uint8Array, Uint8Array] | undefined {
     const now = this.#clock.now();
     this.#expire(now);
-    const data = p.subarray(h.headerLength, h.totalLength);
-    const off = h.fragmentOffset;
     const end = off + data.length;
-    const key = `${h.src.join(".")}>${h.dst.join(".")}/${h.protocol}#${h.id}`;
-    if ((h.moreFragments && data.length % 8 !== 0) || end + h.headerLength > 65535 || data.length === 0) {
-      this.#drop(key);
+    if ((more && data.length % 8 !== 0) || end > maxEnd || data.length === 0) {
+      if (this.#pending.has(key)) this.#drop(key);
+      else this.dropped++;
       return undefined;
     }
     let e = this.#pending.get(key);
@@ -67,14 +121,14 @@ export class Reassembler {
         return undefined;
       }
     }
-    if (!h.moreFragments) {
+    if (!more) {
       if (e.total >= 0 && e.total !== end) {
         this.#drop(key);
         return undefined;
       }
       e.total = end;
     }
-    if (off === 0) e.header = p.slice(0, h.headerLength);
+    if (off === 0) e.header = header();
     e.parts.push({ off, data: data.slice() });
     e.bytes += data.length;
     this.#bytes += data.length;
@@ -91,16 +145,7 @@ export class Reassembler {
     const out = new Uint8Array(hl + e.total);
     out.set(e.header);
     for (const q of e.parts) out.set(q.data, hl + q.off);
-    const len = hl + e.total;
-    out[2] = len >> 8;
-    out[3] = len & 0xff;
-    out[6] &= 0x40; // keep DF, clear MF and the offset
-    out[7] = 0;
-    out[10] = out[11] = 0;
-    const c = checksum(out.subarray(0, hl));
-    out[10] = c >> 8;
-    out[11] = c & 0xff;
-    return out;
+    return [e.header, out];
   }
 
   #expire(now: number): void {

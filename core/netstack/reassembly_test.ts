@@ -2,6 +2,7 @@ import { deepStrictEqual, equal } from "node:assert/strict";
 import { udpPacket } from "./_build.ts";
 import { checksum } from "./header/checksum.ts";
 import { parseIpv4 } from "./header/ipv4.ts";
+import { parseIpv6 } from "./header/ipv6.ts";
 import { Reassembler } from "./reassembly.ts";
 import { ChannelLink } from "./link.ts";
 import { Stack } from "./stack.ts";
@@ -99,4 +100,36 @@ Deno.test("stack: a fragmented UDP datagram reaches its flow whole", async () =>
   deepStrictEqual(got, [2992]);
   equal(stack.counters().fragments, 3);
   stack.close();
+});
+
+Deno.test("stack: a UDP reply larger than the MTU leaves as fragments that reassemble to it, IPv4 and IPv6", async () => {
+  for (const [client, pod] of [["198.19.254.1", "198.18.0.10"], ["fd00:7e1:ffff::1", "fd00:7e1::10"]]) {
+    const link = new ChannelLink(1500);
+    const sent: Uint8Array[] = [];
+    link.onWrite = (p) => sent.push(p);
+    const reply = new Uint8Array(4000).map((_, i) => (i * 13) & 0xff);
+    const stack = new Stack({
+      link,
+      forwarder: {
+        tcp: () => Promise.resolve("refused"),
+        udp: (flow) => {
+          flow.send(reply);
+          return Promise.resolve("accept");
+        },
+      },
+    });
+    stack.setRoutes(["198.18.0.0/16", "fd00:7e1::/48"]);
+    stack.input([udpPacket(client, 4000, pod, 53, new Uint8Array([1]))]);
+    await new Promise((r) => setTimeout(r, 0));
+    equal(sent.length, 3);
+    for (const p of sent) equal(p.length <= 1500, true);
+    const r = new Reassembler(manualClock());
+    let whole: Uint8Array | undefined;
+    for (const p of sent) {
+      whole = p[0] >> 4 === 4 ? r.add(p, parseIpv4(p)) : r.add6(p, parseIpv6(p));
+    }
+    const hl = whole![0] >> 4 === 4 ? 20 : 40;
+    deepStrictEqual(whole!.subarray(hl + 8), reply);
+    stack.close();
+  }
 });

@@ -91,6 +91,8 @@ export class Stack {
   #out: Uint8Array;
   #closed = false;
   #rxCsumOk: boolean;
+  #frag: Uint8Array;
+  #fragId = 1;
   #tsoMax: number;
   #inInput = false;
   #flushQueued = false;
@@ -108,7 +110,9 @@ export class Stack {
     this.#verdictMs = opts.verdictTimeoutMs ?? 20_000;
     this.#rxCsumOk = opts.link.offload?.rxChecksum ?? false;
     this.#tsoMax = opts.link.offload?.tsoMaxPacket ?? 0;
-    this.#out = new Uint8Array(Math.max(opts.link.mtu, 1280, this.#tsoMax) + 256);
+    // Room for the largest datagram (65535 + headers): bigger-than-MTU UDP/ICMP replies are fragmented on the way out.
+    this.#out = new Uint8Array(Math.max(opts.link.mtu, 65536, this.#tsoMax) + 256);
+    this.#frag = new Uint8Array(Math.max(opts.link.mtu, 1280));
     this.#reassembler = new Reassembler(this.clock);
     this.#tcpHost = {
       clock: this.clock,
@@ -134,7 +138,7 @@ export class Stack {
         const r = flow.route;
         const ipLen = r.family === 4 ? 20 : 40;
         const len = 8 + payload.length;
-        if (ipLen + len > this.#out.length) {
+        if (len > 65535 - (r.family === 4 ? 20 : 0)) {
           this.#counters.udpDropped++;
           return;
         }
@@ -237,10 +241,14 @@ export class Stack {
       proto = h.protocol;
       l4 = p.subarray(h.headerLength, h.totalLength);
     } else if (v === 6) {
-      const h = parseIpv6(p);
+      let h = parseIpv6(p);
       if (h.fragment) {
         this.#counters.fragments++;
-        return;
+        const whole = this.#reassembler.add6(p, h);
+        this.#counters.reassemblyDrops = this.#reassembler.dropped;
+        if (!whole) return;
+        p = whole;
+        h = parseIpv6(p);
       }
       family = 6;
       src = h.src;
@@ -383,9 +391,46 @@ export class Stack {
     if (proto === PROTO_UDP && c === 0) c = 0xffff;
     l4[csumAt] = c >>> 8;
     l4[csumAt + 1] = c & 0xff;
+    if (ipLen + l4Len > this.#link.mtu) return this.#fragmentOut(family, src, dst, proto, ipLen, l4Len);
     this.#ipHeader(family, src, dst, proto, ipLen, l4Len);
     this.#counters.packetsOut++;
     this.#link.writePacket(out.subarray(0, ipLen + l4Len));
+  }
+
+  /** Sends the L4 message in `#out` as IPv4 fragments (RFC 791) or IPv6 fragments (RFC 8200 §4.5). */
+  #fragmentOut(family: 4 | 6, src: Uint8Array, dst: Uint8Array, proto: number, ipLen: number, l4Len: number): void {
+    const f = this.#frag;
+    const mtu = Math.min(this.#link.mtu, f.length);
+    const hdr = family === 4 ? 20 : 48; // IPv6: fixed header + fragment header
+    const step = Math.floor((mtu - hdr) / 8) * 8;
+    const id = this.#fragId = (this.#fragId + 1) >>> 0;
+    for (let off = 0; off < l4Len; off += step) {
+      const n = Math.min(step, l4Len - off);
+      const more = off + n < l4Len;
+      f.set(this.#out.subarray(ipLen + off, ipLen + off + n), hdr);
+      if (family === 4) {
+        encodeIpv4(f, { totalLength: hdr + n, protocol: proto, src, dst, id: id & 0xffff, dontFragment: false });
+        f[6] |= (more ? 0x20 : 0) | (off / 8) >> 8;
+        f[7] = (off / 8) & 0xff;
+        f[10] = f[11] = 0;
+        const c = checksum(f.subarray(0, 20));
+        f[10] = c >> 8;
+        f[11] = c & 0xff;
+      } else {
+        encodeIpv6(f, { payloadLength: 8 + n, protocol: 44, src, dst });
+        f[40] = proto;
+        f[41] = 0;
+        const fo = off | (more ? 1 : 0);
+        f[42] = fo >> 8;
+        f[43] = fo & 0xff;
+        f[44] = id >>> 24;
+        f[45] = (id >>> 16) & 0xff;
+        f[46] = (id >>> 8) & 0xff;
+        f[47] = id & 0xff;
+      }
+      this.#counters.packetsOut++;
+      this.#link.writePacket(f.subarray(0, hdr + n));
+    }
   }
 
   // ---- UDP ----

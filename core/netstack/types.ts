@@ -23,9 +23,9 @@ export interface Counters {
   notRouted: number;
   /** Neither TCP, UDP nor ICMP echo. */
   unsupported: number;
-  /** IPv4 fragments received (reassembled), plus IPv6 fragments (dropped: not reassembled). */
+  /** IPv4 and IPv6 fragments received (and reassembled). */
   fragments: number;
-  /** IPv4 datagrams whose reassembly was given up (timeout, overlap, bounds). */
+  /** Datagrams whose reassembly was given up (timeout, overlap, bounds, unsupported IPv6 header chain). */
   reassemblyDrops: number;
   /** TCP segments for no connection (answered with RST). */
   tcpNoConnection: number;

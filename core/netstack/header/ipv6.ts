@@ -16,6 +16,11 @@ export interface Ipv6Header {
   headerLength: number;
   /** True when a fragment header was seen. */
   fragment: boolean;
+  /** Fragment header details (when `fragment`): where it starts, offset in bytes, M flag, identification. */
+  fragmentHeaderAt?: number;
+  fragmentOffset?: number;
+  moreFragments?: boolean;
+  fragmentId?: number;
 }
 
 const HOP_BY_HOP = 0;
@@ -33,6 +38,7 @@ export function parseIpv6(p: Uint8Array): Ipv6Header {
   let next = p[6];
   let off = 40;
   let fragment = false;
+  let fragAt = -1;
   const end = 40 + payloadLength;
   for (let hops = 0; hops < 16; hops++) {
     if (next === HOP_BY_HOP || next === ROUTING || next === DEST_OPTS) {
@@ -43,6 +49,7 @@ export function parseIpv6(p: Uint8Array): Ipv6Header {
     } else if (next === FRAGMENT) {
       if (off + 8 > end) malformed("ipv6: truncated fragment header");
       fragment = true;
+      fragAt = off;
       next = p[off];
       off += 8;
     } else if (next === AUTH) {
@@ -65,6 +72,12 @@ export function parseIpv6(p: Uint8Array): Ipv6Header {
     dst: p.subarray(24, 40),
     headerLength: off,
     fragment,
+    ...(fragAt < 0 ? {} : {
+      fragmentHeaderAt: fragAt,
+      fragmentOffset: ((p[fragAt + 2] << 8) | p[fragAt + 3]) & 0xfff8,
+      moreFragments: (p[fragAt + 3] & 1) === 1,
+      fragmentId: ((p[fragAt + 4] << 24) | (p[fragAt + 5] << 16) | (p[fragAt + 6] << 8) | p[fragAt + 7]) >>> 0,
+    }),
   };
 }
 
