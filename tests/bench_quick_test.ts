@@ -35,6 +35,7 @@ Deno.test({
         "dns-cached",
         "dns-uncached",
         "large-transfer",
+        "profile",
         "scale",
         "tcp-portforward",
         "tcp-throughput",
@@ -43,7 +44,9 @@ Deno.test({
         assert.equal(b.error, undefined, `${b.name}: ${b.error}`);
         const tel = b.rows.filter((x) => x.path.startsWith("tel"));
         assert.ok(tel.length > 0 && tel.every((x) => Number.isFinite(x.median)), `${b.name} has tel figures`);
-        assert.ok(b.rows.some((x) => !x.path.startsWith("tel")), `${b.name} has a same-run baseline`);
+        if (b.name !== "profile") {
+          assert.ok(b.rows.some((x) => !x.path.startsWith("tel")), `${b.name} has a same-run baseline`);
+        }
         assert.ok(b.daemon && b.daemon.rssPeakMb > 0, `${b.name} recorded the daemon's RSS`);
       }
       const by = Object.fromEntries(res.benches.map((b) => [b.name, b]));
@@ -53,6 +56,7 @@ Deno.test({
       assert.equal(by["dns-cached"].checks.answerMismatches, 0, "tel and dnsmasq answer the same");
       assert.equal(by["dns-uncached"].checks.telAnswered, by["dns-uncached"].checks.telAsked, "every lookup answered");
       assert.equal(by["connect"].checks.telErrors, 0, "every connect got its byte");
+      assert.ok(Number(by["profile"].checks.daemonSamples) > 0, "the daemon was profiled");
       for (const name of ["tcp-throughput", "tcp-portforward"]) {
         assert.ok(Number(by[name].checks.telBytes) > 0, `${name} moved bytes through tel`);
         assert.equal(by[name].checks.unconfirmedTransfers, 0, `${name}: every transfer confirmed byte for byte`);

@@ -24,6 +24,8 @@ export interface BenchBody {
   notes: string[];
   /** False when a completeness check failed. */
   ok: boolean;
+  /** CPU profile summaries by process. */
+  profiles: Record<string, unknown>;
   /** Runs `fn` as a tel measurement: the daemon's and manager's CPU/RSS are sampled around it. */
   tel<T>(fn: () => Promise<T>): Promise<T>;
 }
@@ -581,8 +583,71 @@ const largeTransfer: Bench = {
   },
 };
 
-/** Every bench in the issue's order. */
-export const BENCHES: Bench[] = [tcpThroughput, tcpPortforward, dnsCached, dnsUncached, connect, scale, largeTransfer];
+/** JavaScript self time of a profile summary (cpu_profile.ts). */
+interface ProfileSummary {
+  samples: number;
+  functions: { name: string; pct: number }[];
+  modules: { name: string; pct: number }[];
+}
+
+const profile: Bench = {
+  name: "profile",
+  title: "Where the daemon and the manager spend CPU on the slowest path (1 flow ws→pod through tel)",
+  mode: "direct",
+  async run(ctx, out) {
+    const { env } = ctx;
+    const seconds = ctx.quick ? 1 : 4;
+    // SIGUSR1 opens a Deno process's inspector on 127.0.0.1:9229 of its namespace (the daemon's is replaced by the
+    // next connect; the manager's stays open until the lab goes)
+    Deno.kill(await env.daemonPid(), "SIGUSR1");
+    const mpid = env.lab.managerPid;
+    if (mpid) Deno.kill(mpid, "SIGUSR1");
+    // the profilers start first and print PROFILING; the transfer then fills their window
+    const profiler = async (ns: Netns, name: string) => {
+      let result: ProfileSummary | undefined;
+      const p = await LabProcess.start(ns, name, [
+        Deno.execPath(),
+        "run",
+        "-A",
+        new URL("../clients/cpu_profile.ts", import.meta.url).pathname,
+        String(seconds),
+      ], {
+        ready: /^PROFILING/,
+        env: { NO_COLOR: "1", RUST_BACKTRACE: "0" },
+        onLine: (l, stream) => {
+          if (stream === "stdout" && l.startsWith("{")) result = JSON.parse(l);
+        },
+      });
+      return async () => {
+        await p.exited;
+        await p.stop(0);
+        if (!result) throw new Error(`${name}: no profile\n${p.tail()}`);
+        return result;
+      };
+    };
+    const daemon = await profiler(env.lab.ws, "profile-daemon");
+    const manager = mpid ? await profiler(env.lab.cl, "profile-manager") : undefined;
+    const r = await out.tel(() => tput(env, env.lab.ws, BENCH_NET.telIp, { flows: 1, reverse: false, seconds }));
+    out.c.add("1 flow ws→pod (profiled)", "tel", "Gbit/s", "higher", r.gbits);
+    const d = await daemon();
+    out.profiles.daemon = d;
+    if (manager) out.profiles.manager = await manager();
+    out.checks.telBytes = r.bytes;
+    out.checks.daemonSamples = d.samples;
+  },
+};
+
+/** Every bench in the issue's order, then the profile. */
+export const BENCHES: Bench[] = [
+  tcpThroughput,
+  tcpPortforward,
+  dnsCached,
+  dnsUncached,
+  connect,
+  scale,
+  largeTransfer,
+  profile,
+];
 
 /** Runs one bench, sampling the daemon and manager around its tel measurements; never throws. */
 export async function runBench(b: Bench, ctx: BenchContext): Promise<BenchResult> {
@@ -595,6 +660,7 @@ export async function runBench(b: Bench, ctx: BenchContext): Promise<BenchResult
     checks: {},
     notes: [],
     ok: true,
+    profiles: {},
     async tel(fn) {
       const dpid = await ctx.env.daemonPid();
       const mpid = ctx.env.lab.managerPid;
@@ -625,6 +691,7 @@ export async function runBench(b: Bench, ctx: BenchContext): Promise<BenchResult
     goals: body.goals,
     checks: body.checks,
     notes: body.notes,
+    profiles: Object.keys(body.profiles).length ? body.profiles : undefined,
     daemon: summarizeUsage(daemon),
     manager: summarizeUsage(manager),
     error,

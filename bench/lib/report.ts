@@ -32,6 +32,24 @@ function bench(b: BenchResult): string[] {
   const m = usage("manager", b.manager);
   if (d) lines.push(`- ${d}`);
   if (m) lines.push(`- ${m}`);
+  for (const [who, p] of Object.entries(b.profiles ?? {})) {
+    const prof = p as {
+      samples: number;
+      functions: { name: string; pct: number }[];
+      modules: { name: string; pct: number }[];
+    };
+    lines.push(
+      "",
+      `${who} JavaScript profile (${prof.samples} samples, self time):`,
+      "",
+      "| function | self % |",
+      "|---|---|",
+      ...prof.functions.slice(0, 15).map((f) => `| \`${f.name}\` | ${f.pct} |`),
+      "",
+      `by module: ${prof.modules.slice(0, 8).map((m) => `${m.name} ${m.pct}%`).join(", ")}`,
+      "",
+    );
+  }
   lines.push(`- checks (${b.ok ? "ok" : "FAILED"}): \`${JSON.stringify(b.checks)}\``);
   for (const n of b.notes) lines.push(`- note: ${n}`);
   lines.push(`- took ${b.seconds} s`, "");

@@ -49,6 +49,8 @@ export interface BenchResult {
   notes: string[];
   daemon?: UsageSummary;
   manager?: UsageSummary;
+  /** JavaScript CPU profiles (self time, busiest first) by process. */
+  profiles?: Record<string, unknown>;
   error?: string;
 }
 
