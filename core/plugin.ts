@@ -108,7 +108,8 @@ export interface VifOptions {
   netns?: string;
   /**
    * Linux: IFF_VNET_HDR offloads (partial checksums, TSO): the kernel hands over and takes ~64 KiB TCP super-packets
-   * whatever the MTU. The Vif then reports them in its `offload` field (a netstack `LinkOffload`).
+   * whatever the MTU. On by default (falls back when the kernel refuses); `false` turns them off, `true` insists.
+   * The Vif reports what is in effect in its `offload` field (a netstack `LinkOffload`).
    */
   offload?: boolean;
 }

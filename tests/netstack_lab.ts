@@ -143,7 +143,10 @@ export interface TunLab {
   sh(cmd: string): Promise<RunResult>;
 }
 
-/** Creates namespace + TUN (addresses, routes) + stack, runs `fn`, and tears everything down even on failure. */
+/**
+ * Creates namespace + TUN (addresses, routes) + stack, runs `fn`, and tears everything down even on failure.
+ * Offloads are off unless asked for, so the plain path stays covered (the Vif's own default is on).
+ */
 export async function withTunLab(
   fn: (lab: TunLab) => Promise<void>,
   opts: {
@@ -160,7 +163,12 @@ export async function withTunLab(
   let running: Promise<void> | undefined;
   try {
     const factory = await vifPlugin.create({ stateDir: "/tmp" });
-    vif = await factory.open({ name: `tl${labId()}`, mtu: opts.mtu ?? 65000, netns: ns.name, offload: opts.offload });
+    vif = await factory.open({
+      name: `tl${labId()}`,
+      mtu: opts.mtu ?? 65000,
+      netns: ns.name,
+      offload: opts.offload ?? false,
+    });
     await vif.addAddress("198.19.254.1/32");
     await vif.addAddress("fd00:7e1:ffff::1/128");
     for (const r of ROUTES) await vif.addRoute(r);

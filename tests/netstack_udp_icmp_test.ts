@@ -67,24 +67,27 @@ Deno.test(
 );
 
 Deno.test(
-  "udp over TUN at MTU 1500: 3000-byte datagrams echo whole both ways (fragments in and out), IPv4 and IPv6",
+  "udp over TUN at MTU 1500: 3000-byte datagrams echo whole both ways (fragments in and out), IPv4 and IPv6, " +
+    "with and without offloads",
   opts,
   async () => {
-    await withTunLab(async ({ ns, stack }) => {
-      for (const [fam, host] of [["AF_INET", POD4], ["AF_INET6", POD6]]) {
-        const code = [
-          "import socket",
-          `s = socket.socket(socket.${fam}, socket.SOCK_DGRAM); s.settimeout(3)`,
-          "msg = bytes(i * 7 % 256 for i in range(3000))",
-          `s.sendto(msg, ("${host}", ${PORT.echo}))`,
-          "print('same' if s.recv(5000) == msg else 'different')",
-        ].join("\n");
-        const r = await ns.run(["python3", "-c", code]);
-        equal(r.stdout.trim(), "same", r.stderr);
-      }
-      ok(stack.counters().fragments >= 6);
-      equal(stack.counters().reassemblyDrops, 0);
-    }, { mtu: 1500 });
+    for (const offload of [false, true]) {
+      await withTunLab(async ({ ns, stack }) => {
+        for (const [fam, host] of [["AF_INET", POD4], ["AF_INET6", POD6]]) {
+          const code = [
+            "import socket",
+            `s = socket.socket(socket.${fam}, socket.SOCK_DGRAM); s.settimeout(3)`,
+            "msg = bytes(i * 7 % 256 for i in range(3000))",
+            `s.sendto(msg, ("${host}", ${PORT.echo}))`,
+            "print('same' if s.recv(5000) == msg else 'different')",
+          ].join("\n");
+          const r = await ns.run(["python3", "-c", code]);
+          equal(r.stdout.trim(), "same", r.stderr);
+        }
+        ok(stack.counters().fragments >= 6);
+        equal(stack.counters().reassemblyDrops, 0);
+      }, { mtu: 1500, offload });
+    }
   },
 );
 

@@ -19,6 +19,7 @@ Deno.test(
       const vif = await factory.open({ name, mtu: 65000, netns: ns.name });
       try {
         equal(vif.name, name);
+        equal(vif.offload?.tsoMaxPacket !== undefined, true, "offloads are on by default");
         const link = JSON.parse(await ns.exec(["ip", "-j", "link", "show", name]))[0];
         equal(link.mtu, 65000);
         ok(link.flags.includes("UP"));

@@ -196,12 +196,9 @@ class TunLinux implements Vif {
   }
 }
 
-/** Opens a TUN device; with `netns`, moves it into that named namespace (the lab's tests use this). */
-export async function openTun(options: VifOptions): Promise<Vif> {
+/** Opens /dev/net/tun and attaches it to an interface; undefined when offloads were wanted but refused. */
+function attach(name: string, offload: boolean): { fd: number; actual: string } | undefined {
   const c = lib().symbols;
-  const mtu = options.mtu ?? DEFAULT_MTU;
-  const name = options.name ?? "tel%d";
-  if (name.length >= IFNAMSIZ) fail(`interface name "${name}" is too long`, "use at most 15 characters");
   const fd = c.open(new TextEncoder().encode("/dev/net/tun\0"), O_RDWR | O_CLOEXEC);
   if (fd < 0) {
     fail(`cannot open /dev/net/tun (errno ${errno(lib())})`, "run as root; load the tun module (modprobe tun)");
@@ -209,25 +206,50 @@ export async function openTun(options: VifOptions): Promise<Vif> {
   try {
     const ifr = new Uint8Array(IFREQ_SIZE);
     ifr.set(new TextEncoder().encode(name));
-    new DataView(ifr.buffer).setUint16(IFNAMSIZ, IFF_TUN | IFF_NO_PI | (options.offload ? IFF_VNET_HDR : 0), true);
+    new DataView(ifr.buffer).setUint16(IFNAMSIZ, IFF_TUN | IFF_NO_PI | (offload ? IFF_VNET_HDR : 0), true);
     if (c.ioctl(fd, BigInt(TUNSETIFF), ifr) < 0) {
       fail(`TUNSETIFF ${name} failed (errno ${errno(lib())})`, "run as root (CAP_NET_ADMIN); pick an unused name");
     }
-    if (options.offload && c.ioctlInt(fd, BigInt(TUNSETOFFLOAD), BigInt(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)) < 0) {
-      fail(`TUNSETOFFLOAD failed (errno ${errno(lib())})`, "run without offloads (this kernel lacks them)");
+    if (offload && c.ioctlInt(fd, BigInt(TUNSETOFFLOAD), BigInt(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)) < 0) {
+      log.debug("vif", "TUNSETOFFLOAD refused", { errno: errno(lib()) });
+      c.close(fd);
+      return undefined;
     }
     const flags = c.fcntl(fd, F_GETFL, 0);
     if (flags < 0 || c.fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
       fail(`fcntl O_NONBLOCK failed (errno ${errno(lib())})`, "unexpected: report this");
     }
     const end = ifr.indexOf(0);
-    const actual = new TextDecoder().decode(ifr.subarray(0, end < 0 ? IFNAMSIZ : end));
-    if (options.netns) await ip(undefined, ["link", "set", "dev", actual, "netns", options.netns]);
-    await ip(options.netns, ["link", "set", "dev", actual, "mtu", String(mtu), "up"]);
-    log.debug("vif", "tun opened", { name: actual, mtu, netns: options.netns });
-    return new TunLinux(fd, actual, mtu, options.netns, options.offload ?? false);
+    return { fd, actual: new TextDecoder().decode(ifr.subarray(0, end < 0 ? IFNAMSIZ : end)) };
   } catch (e) {
     c.close(fd);
+    throw e;
+  }
+}
+
+/**
+ * Opens a TUN device; with `netns`, moves it into that named namespace (the lab's tests use this). Offloads are on
+ * unless `offload: false`; when the kernel refuses them the device opens without (or fails if they were asked for).
+ */
+export async function openTun(options: VifOptions): Promise<Vif> {
+  const mtu = options.mtu ?? DEFAULT_MTU;
+  const name = options.name ?? "tel%d";
+  if (name.length >= IFNAMSIZ) fail(`interface name "${name}" is too long`, "use at most 15 characters");
+  let offload = options.offload ?? true;
+  let got = attach(name, offload);
+  if (!got) {
+    if (options.offload) fail("TUNSETOFFLOAD failed", "open the VIF with offload: false (this kernel lacks them)");
+    offload = false;
+    got = attach(name, false)!;
+  }
+  const { fd, actual } = got;
+  try {
+    if (options.netns) await ip(undefined, ["link", "set", "dev", actual, "netns", options.netns]);
+    await ip(options.netns, ["link", "set", "dev", actual, "mtu", String(mtu), "up"]);
+    log.debug("vif", "tun opened", { name: actual, mtu, netns: options.netns, offload });
+    return new TunLinux(fd, actual, mtu, options.netns, offload);
+  } catch (e) {
+    lib().symbols.close(fd);
     throw e;
   }
 }
