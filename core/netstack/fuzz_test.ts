@@ -21,6 +21,36 @@ function seeds(): Uint8Array[] {
     out.push(t(ACK), t(ACK | PSH, {}, new Uint8Array(200).fill(3)), t(FIN | ACK), t(RST), t(SYN | ACK));
     out.push(udpPacket(c, 5000, p, 7, new Uint8Array(30)), udpPacket(c, 5000, p, 53, new Uint8Array(0)));
     out.push(echoRequest(c, p, 1, 1, new Uint8Array(16)));
+    out.push(...fragments(udpPacket(c, 5001, p, 7, new Uint8Array(2000).fill(9))));
+  }
+  return out;
+}
+
+/** The fragments of a packet (1000 payload bytes each), IPv4 or IPv6 (fragment header right after the fixed one). */
+function fragments(whole: Uint8Array): Uint8Array[] {
+  const v4 = whole[0] >> 4 === 4;
+  const hl = v4 ? 20 : 40;
+  const body = whole.subarray(hl);
+  const out: Uint8Array[] = [];
+  for (let off = 0; off < body.length; off += 1000) {
+    const part = body.subarray(off, off + 1000);
+    const more = off + 1000 < body.length;
+    const f = new Uint8Array(hl + (v4 ? 0 : 8) + part.length);
+    f.set(whole.subarray(0, hl));
+    f.set(part, f.length - part.length);
+    if (v4) {
+      f[2] = f.length >> 8;
+      f[3] = f.length & 0xff;
+      f[6] = (more ? 0x20 : 0) | ((off / 8) >> 8);
+      f[7] = (off / 8) & 0xff;
+    } else {
+      f[4] = (f.length - 40) >> 8;
+      f[5] = (f.length - 40) & 0xff;
+      f[6] = 44;
+      f.set([17, 0, (off | (more ? 1 : 0)) >> 8, (off | (more ? 1 : 0)) & 0xff, 0, 0, 0, 5], 40);
+    }
+    fixChecksums(f);
+    out.push(f);
   }
   return out;
 }

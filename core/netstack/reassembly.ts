@@ -122,11 +122,14 @@ export class Reassembler {
       }
     }
     if (!more) {
-      if (e.total >= 0 && e.total !== end) {
-        this.#drop(key);
+      if ((e.total >= 0 && e.total !== end) || e.parts.some((q) => q.off + q.data.length > end)) {
+        this.#drop(key); // two different ends, or data past the end
         return undefined;
       }
       e.total = end;
+    } else if (e.total >= 0 && end >= e.total) {
+      this.#drop(key);
+      return undefined;
     }
     if (off === 0) e.header = header();
     e.parts.push({ off, data: data.slice() });

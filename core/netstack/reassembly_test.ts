@@ -133,3 +133,20 @@ Deno.test("stack: a UDP reply larger than the MTU leaves as fragments that reass
     stack.close();
   }
 });
+
+Deno.test("reassembly: a fragment past the datagram's end drops it (it must not complete with a gap)", () => {
+  const r = new Reassembler(manualClock());
+  const [a, b, c] = fragment(whole, 1000);
+  // Move the middle fragment's data to offset 3000: bytes would add up to the total, but leave a hole.
+  const moved = b.slice();
+  moved[6] = 0x20 | ((3000 / 8) >> 8);
+  moved[7] = (3000 / 8) & 0xff;
+  moved[10] = moved[11] = 0;
+  const sumc = checksum(moved.subarray(0, 20));
+  moved[10] = sumc >> 8;
+  moved[11] = sumc & 0xff;
+  r.add(a, parseIpv4(a));
+  r.add(moved, parseIpv4(moved));
+  equal(r.add(c, parseIpv4(c)), undefined);
+  equal(r.dropped, 1);
+});
