@@ -17,6 +17,7 @@ import {
   openTunnel,
   TUNNEL_METHOD,
 } from "../../core/tunnel/mod.ts";
+import { configureLog, logLevel } from "../../core/log.ts";
 import { emptyClusterInfo, StaticClusterInfo } from "./cluster_info.ts";
 import { startManager } from "./server.ts";
 import type {
@@ -454,4 +455,46 @@ Deno.test({
       echo.close();
     }
   },
+});
+
+Deno.test("the manager logs why each flow ended: the opener's abort reason, or a clean close", async () => {
+  const echo = tcpEcho();
+  const before = logLevel();
+  const lines: string[] = [];
+  let seen: (() => void) | undefined;
+  configureLog({
+    level: "info",
+    sink: (line) => {
+      lines.push(line);
+      if (/tunnel ended/.test(line)) seen?.();
+    },
+  });
+  const ended = (n: number) =>
+    new Promise<void>((resolve) => {
+      seen = () => {
+        if (lines.filter((l) => /tunnel ended/.test(l)).length >= n) resolve();
+      };
+      seen();
+    });
+  try {
+    await withManager(async ({ client, sessionId }) => {
+      const id = connId("tcp", { ip: "127.0.0.1", port: 1 }, { ip: "127.0.0.1", port: echo.port });
+      const t = await openTunnel(client, { sessionId, connId: id });
+      await t.writable.getWriter().write(new Uint8Array(10));
+      t.abort("user pressed ctrl-c");
+      await ended(1);
+      const clean = await openTunnel(client, { sessionId, connId: id });
+      await clean.writable.close();
+      for await (const _ of clean.readable) { /* to the echo's close-send */ }
+      await ended(2);
+    });
+    const flows = lines.filter((l) => /tunnel ended/.test(l));
+    assert.match(flows[0], /tunnel ended early .*reason="opener disconnected: user pressed ctrl-c"/);
+    assert.match(flows[0], /conn="tcp 127\.0\.0\.1:1 -> 127\.0\.0\.1:\d+"/);
+    assert.match(flows[1], /tunnel ended clean=true/);
+  } finally {
+    const enc = new TextEncoder();
+    configureLog({ level: before, sink: (line) => Deno.stderr.writeSync(enc.encode(line + "\n")) });
+    echo.close();
+  }
 });

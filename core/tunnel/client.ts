@@ -110,8 +110,11 @@ export async function openTunnel(client: ManagerClient, opts: OpenTunnelOptions)
     fs.end();
     fail(`dial rejected: ${first.value.reason}`);
   }
-  return new OpenTunnel(opts.connId, fs, order, sendLimit);
+  return new OpenTunnel(opts.connId, fs, order, sendLimit, clock);
 }
+
+/** How long an abort waits for its disconnect frame to be sent before it cancels the call anyway. */
+const ABORT_GRACE_MS = 1_000;
 
 class OpenTunnel implements Tunnel {
   readonly connId: ConnId;
@@ -120,6 +123,8 @@ class OpenTunnel implements Tunnel {
   readonly ended: Promise<TunnelEnd>;
   #fs: FrameStream;
   #order: FrameOrder;
+  #clock: Clock;
+  #abortTimer: unknown;
   #readCtl!: ReadableStreamDefaultController<Uint8Array>;
   #pulled: (() => void) | undefined;
   #readDone = false;
@@ -127,8 +132,9 @@ class OpenTunnel implements Tunnel {
   #endReason: string | undefined;
   #resolveEnded!: (e: TunnelEnd) => void;
 
-  constructor(id: ConnId, fs: FrameStream, order: FrameOrder, sendLimit: number) {
+  constructor(id: ConnId, fs: FrameStream, order: FrameOrder, sendLimit: number, clock: Clock) {
     this.connId = id;
+    this.#clock = clock;
     this.#fs = fs;
     this.#order = order;
     this.ended = new Promise((resolve) => this.#resolveEnded = resolve);
@@ -172,6 +178,7 @@ class OpenTunnel implements Tunnel {
     for (;;) {
       const f = this.#fs.tryNext() ?? await this.#fs.next();
       if (f === undefined) {
+        this.#clock.clearTimeout(this.#abortTimer);
         const clean = this.#readDone && this.#writeDone && !this.#fs.error;
         this.#finish(clean ? undefined : this.#fs.error?.message ?? "stream ended before both sides closed");
         return;
@@ -217,7 +224,12 @@ class OpenTunnel implements Tunnel {
 
   abort(reason: string): void {
     if (this.#endReason !== undefined) return;
-    void this.#fs.send(frames.disconnect(reason)).then(() => this.#fs.abort());
+    // Say why and half-close rather than cancel at once: a cancel (RST_STREAM) can overtake the disconnect frame,
+    // and the far side then logs a bare reset. The far side ends the call when it reads the disconnect; cancel
+    // only if it has not after ABORT_GRACE_MS.
+    this.#fs.write(frames.disconnect(reason));
+    this.#fs.end();
+    this.#abortTimer = this.#clock.setTimeout(() => this.#fs.abort(), ABORT_GRACE_MS);
     this.#finish(reason);
   }
 }

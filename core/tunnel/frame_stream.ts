@@ -49,6 +49,12 @@ export class FrameStream {
       this.#ended = true;
       wake();
     });
+    // server side: the client cancelled the call (RST_STREAM), which otherwise shows only as a bare 'close'
+    c.on("cancelled", () => {
+      this.#error ??= new Error("cancelled by the peer");
+      wake();
+      drained();
+    });
     c.on("readable", wake);
     c.on("drain", drained);
   }
