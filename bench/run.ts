@@ -72,7 +72,7 @@ async function main(): Promise<number> {
       say(`${b.name}: ${b.title}`);
       const r = await runBench(b, { env, quick, runs, say });
       results.push(r);
-      say(`${b.name}: ${r.ok ? "ok" : "FAILED"} in ${r.seconds} s${r.error ? `: ${r.error.split("\n")[0]}` : ""}`);
+      say(`${b.name}: ${r.ok ? "ok" : "FAILED"} in ${r.seconds} s${r.error ? `: ${r.error}` : ""}`);
     }
   } finally {
     Deno.removeSignalListener("SIGINT", stop);

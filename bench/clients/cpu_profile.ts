@@ -36,9 +36,11 @@ export function summarizeProfile(p: Profile, top = 20): {
     const f = byId.get(id);
     if (!f) continue;
     const file = f.url ? f.url.replace(/^.*\/node_modules\/\.deno\//, "npm:").replace(/^file:\/\/.*?\/main\//, "") : "";
-    const name = f.url ? `${f.functionName || "(anonymous)"} ${file}:${f.lineNumber + 1}` : `${f.functionName}`;
+    const name = f.url
+      ? `${f.functionName || "(anonymous)"} ${file}:${f.lineNumber + 1}`
+      : f.functionName || "(native, unnamed)";
     fn.set(name, (fn.get(name) ?? 0) + 1);
-    const m = f.url ? file.replace(/^(npm:[^/]+).*$/, "$1") : f.functionName;
+    const m = f.url ? file.replace(/^(npm:[^/]+).*$/, "$1") : f.functionName || "(native, unnamed)";
     mod.set(m, (mod.get(m) ?? 0) + 1);
   }
   const n = p.samples.length || 1;

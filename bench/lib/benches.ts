@@ -1,7 +1,7 @@
 /** The benches of `deno task bench`: each measures tel and its same-run baselines in the bench lab. */
 
 import { BENCH_NET, type BenchEnv, type ConnectMode } from "./lab_env.ts";
-import { Collector, type Goal, summarizeUsage } from "./result.ts";
+import { Collector, type Goal, summarizeUsage, type UsageSummary } from "./result.ts";
 import type { BenchResult } from "./result.ts";
 import { ProcSampler, type Usage } from "./procstat.ts";
 import { LabProcess } from "../../tests/lab/proc.ts";
@@ -36,6 +36,8 @@ export interface Bench {
   title: string;
   mode: ConnectMode;
   run(ctx: BenchContext, out: BenchBody): Promise<void>;
+  /** Goals judged on the daemon's usage over the bench. */
+  goalsAfter?(daemon: UsageSummary | undefined): Goal[];
 }
 
 const MiB = 1024 * 1024;
@@ -596,18 +598,30 @@ interface ProfileSummary {
   modules: { name: string; pct: number }[];
 }
 
+/** Sends SIGUSR1 until the process's inspector listens on 127.0.0.1:9229 of its namespace (bounded). */
+async function openInspector(ns: Netns, pid: number): Promise<void> {
+  for (let i = 0; i < 30; i++) {
+    if (i % 10 === 0) Deno.kill(pid, "SIGUSR1");
+    const ss = await ns.run(["ss", "-Hltnp", "sport", "= :9229"]);
+    if (ss.stdout.includes(`pid=${pid},`)) return;
+    await sleep(100);
+  }
+  const ss = await ns.run(["ss", "-Hltnp"]);
+  throw new Error(`pid ${pid} opened no inspector on :9229 in ${ns.name}; listening: ${ss.stdout}`);
+}
+
 const profile: Bench = {
   name: "profile",
-  title: "Where the daemon and the manager spend CPU on the slowest path (1 flow ws→pod through tel)",
+  title: "Where the daemon and the manager spend CPU: a 1-flow upload and sequential connects through tel",
   mode: "direct",
   async run(ctx, out) {
     const { env } = ctx;
     const seconds = ctx.quick ? 1 : 4;
     // SIGUSR1 opens a Deno process's inspector on 127.0.0.1:9229 of its namespace (the daemon's is replaced by the
     // next connect; the manager's stays open until the lab goes)
-    Deno.kill(await env.daemonPid(), "SIGUSR1");
     const mpid = env.lab.managerPid;
-    if (mpid) Deno.kill(mpid, "SIGUSR1");
+    await openInspector(env.lab.ws, await env.daemonPid());
+    if (mpid) await openInspector(env.lab.cl, mpid);
     // the profilers start first and print PROFILING; the transfer then fills their window
     const profiler = async (ns: Netns, name: string) => {
       let result: ProfileSummary | undefined;
@@ -631,15 +645,35 @@ const profile: Bench = {
         return result;
       };
     };
-    const daemon = await profiler(env.lab.ws, "profile-daemon");
-    const manager = mpid ? await profiler(env.lab.cl, "profile-manager") : undefined;
-    const r = await out.tel(() => tput(env, env.lab.ws, BENCH_NET.telIp, { flows: 1, reverse: false, seconds }));
-    out.c.add("1 flow ws→pod (profiled)", "tel", "Gbit/s", "higher", r.gbits);
-    const d = await daemon();
-    out.profiles.daemon = d;
-    if (manager) out.profiles.manager = await manager();
-    out.checks.telBytes = r.bytes;
-    out.checks.daemonSamples = d.samples;
+    const segment = async (label: string, work: () => Promise<void>) => {
+      const daemon = await profiler(env.lab.ws, `profile-daemon-${label}`);
+      const manager = mpid ? await profiler(env.lab.cl, `profile-manager-${label}`) : undefined;
+      await out.tel(work);
+      const d = await daemon();
+      out.profiles[`daemon, ${label}`] = d;
+      if (manager) out.profiles[`manager, ${label}`] = await manager();
+      out.checks[`daemonSamples ${label}`] = d.samples;
+    };
+    await segment("1 flow ws→pod", async () => {
+      const r = await tput(env, env.lab.ws, BENCH_NET.telIp, { flows: 1, reverse: false, seconds });
+      out.c.add("1 flow ws→pod (profiled)", "tel", "Gbit/s", "higher", r.gbits);
+      out.checks.telBytes = r.bytes;
+    });
+    await segment("connect + first byte", async () => {
+      // as many sequential connects as fit in the window
+      const r = await env.lab.ws.run([
+        env.tcpbench,
+        "connect",
+        BENCH_NET.telIp,
+        String(BENCH_NET.helloPort),
+        "100000",
+        String(seconds),
+      ]);
+      const j = JSON.parse(r.stdout) as { ok: number; errors: number; p50us: number };
+      out.c.add("connect p50 (profiled)", "tel", "µs", "lower", j.p50us);
+      out.checks.connects = j.ok;
+      if (j.errors) out.ok = false;
+    });
   },
 };
 
@@ -688,6 +722,8 @@ export async function runBench(b: Bench, ctx: BenchContext): Promise<BenchResult
     error = e instanceof Error ? e.message : String(e);
     body.ok = false;
   }
+  const daemonUsage = summarizeUsage(daemon);
+  body.goals.push(...(b.goalsAfter?.(daemonUsage) ?? []));
   return {
     name: b.name,
     title: b.title,
@@ -698,7 +734,7 @@ export async function runBench(b: Bench, ctx: BenchContext): Promise<BenchResult
     checks: body.checks,
     notes: body.notes,
     profiles: Object.keys(body.profiles).length ? body.profiles : undefined,
-    daemon: summarizeUsage(daemon),
+    daemon: daemonUsage,
     manager: summarizeUsage(manager),
     error,
   };
