@@ -305,10 +305,13 @@ class FrameBatcher {
     if (this.#len === 0 || !this.#buf) return;
     const buf = this.#buf;
     const data = buf.subarray(0, this.#len);
+    // a partial frame means the writer paused: drop the spares so an idle flow holds no buffer
+    const full = this.#len === this.#limit;
+    if (!full) this.#free.length = 0;
     this.#buf = undefined;
     this.#len = 0;
     const sent = this.#fs.write(frames.data(data), () => {
-      if (this.#free.length < 4) this.#free.push(buf);
+      if (full && this.#free.length < 4) this.#free.push(buf);
     });
     if (sent === false) this.#backlog = Promise.resolve(false);
     else if (sent !== true) this.#backlog = sent;

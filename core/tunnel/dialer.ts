@@ -204,7 +204,8 @@ class TcpFlow extends Flow {
   async pump(): Promise<TunnelEnd> {
     const conn = this.#conn!;
     let readSize = MAX_DATA_FRAME;
-    // read buffers grpc-js is done with (it copies each message when it frames it), all of size readSize
+    // read buffers grpc-js is done with (it copies each message when it frames it), all of size readSize;
+    // with the read in progress at most 3 * LARGE_DATA_FRAME per flow
     const free: Uint8Array[] = [];
     const up = async (): Promise<void> => {
       for (;;) {
@@ -228,12 +229,12 @@ class TcpFlow extends Flow {
           : n < readSize / 4
           ? Math.max(MAX_DATA_FRAME, readSize / 2)
           : readSize;
-        if (size !== readSize) {
-          readSize = size;
-          free.length = 0;
-        }
+        // keep spare buffers only while the target streams in bulk, so an idle flow holds just its pending read
+        const bulk = n === buf.byteLength;
+        if (size !== readSize || !bulk) free.length = 0;
+        readSize = size;
         const sent = this.fs.write(frames.data(buf.subarray(0, n)), () => {
-          if (buf.byteLength === readSize && free.length < 4) free.push(buf);
+          if (bulk && buf.byteLength === readSize && free.length < 2) free.push(buf);
         });
         if (sent !== true && !await sent) return this.fail("stream gone");
       }
