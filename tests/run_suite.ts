@@ -1,17 +1,42 @@
-/** Runs the whole test suite and ends with the plain line `N passed, N failed` that CI reads. */
+/**
+ * Runs the whole test suite and ends with the plain line `N passed, N failed` that CI reads. The real-apiserver tier
+ * (tests/real) joins the run when its cached kube-apiserver exists, or is built first with
+ * TEL_BUILD_REAL_APISERVER=1; otherwise one line says why it is skipped.
+ */
 
 import { ensureTools } from "./prepare.ts";
+import { realTierAvailability } from "./real/apiserver.ts";
 
 const missing = await ensureTools();
 if (missing) console.error(`warning: ${missing}; tests that need them are skipped`);
 
+const env: Record<string, string> = { RUST_BACKTRACE: "0" };
+let real = await realTierAvailability();
+if ("reason" in real && Deno.env.get("TEL_BUILD_REAL_APISERVER") === "1") {
+  console.error(
+    "real apiserver tier: building kube-apiserver from Debian's source package (tests/real/build_apiserver.sh)",
+  );
+  const built = await new Deno.Command("bash", {
+    args: [new URL("./real/build_apiserver.sh", import.meta.url).pathname],
+    stdout: "inherit",
+    stderr: "inherit",
+  }).output();
+  if (!built.success) console.error(`real apiserver tier: build failed (exit code ${built.code})`);
+  real = await realTierAvailability();
+}
+if ("reason" in real) {
+  console.error(`real apiserver tier skipped: ${real.reason}`);
+} else {
+  console.error(`real apiserver tier: runs with ${real.version} (${real.path})`);
+  env.TEL_REAL_TIER = "1";
+}
+
 const args = Deno.args.length > 0 ? Deno.args : ["."];
-const deno = Deno.execPath();
-const child = new Deno.Command(deno, {
+const child = new Deno.Command(Deno.execPath(), {
   args: ["test", "-A", "--no-check=remote", ...args],
   stdout: "piped",
   stderr: "inherit",
-  env: { RUST_BACKTRACE: "0" },
+  env,
 }).spawn();
 
 let passed = 0;
