@@ -1,0 +1,76 @@
+import assert from "node:assert/strict";
+import { median, percentile, sig, summarize } from "./stats.ts";
+import { Collector } from "./result.ts";
+import { parseStat, parseStatusMem } from "./procstat.ts";
+import { markdown } from "./report.ts";
+
+Deno.test("median of odd and even counts; empty is NaN", () => {
+  assert.equal(median([3, 1, 2]), 2);
+  assert.equal(median([4, 1, 3, 2]), 2.5);
+  assert.ok(Number.isNaN(median([])));
+});
+
+Deno.test("percentile is nearest rank", () => {
+  const xs = Array.from({ length: 100 }, (_, i) => i + 1);
+  assert.equal(percentile(xs, 50), 50);
+  assert.equal(percentile(xs, 99), 99);
+  assert.equal(percentile([7], 99), 7);
+});
+
+Deno.test("summarize keeps the runs and drops non-finite values from the spread", () => {
+  assert.deepEqual(summarize([2, NaN, 1, 3]), { median: 2, min: 1, max: 3, runs: [2, NaN, 1, 3] });
+});
+
+Deno.test("sig rounds to significant digits", () => {
+  assert.equal(sig(1.23456, 3), 1.23);
+  assert.equal(sig(123456, 3), 123456);
+  assert.equal(sig(0.000123456, 2), 0.00012);
+});
+
+Deno.test("tel's rows get ratios to every baseline of the same case and unit", () => {
+  const c = new Collector();
+  for (const v of [2, 4, 3]) c.add("1 flow", "tel", "Gbit/s", "higher", v);
+  for (const v of [10, 10, 10]) c.add("1 flow", "direct veth", "Gbit/s", "higher", v);
+  c.add("other", "sshuttle", "Gbit/s", "higher", 1);
+  const rows = c.rows();
+  const tel = rows.find((r) => r.path === "tel")!;
+  assert.equal(tel.median, 3);
+  assert.equal(tel.min, 2);
+  assert.equal(tel.max, 4);
+  assert.deepEqual(tel.vs, { "direct veth": 0.3 });
+  assert.equal(rows.find((r) => r.path === "direct veth")!.vs, undefined);
+});
+
+Deno.test("/proc stat: a name with spaces and parentheses; utime + stime", () => {
+  const line = "1234 (V8 Default (x)) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0 8 0 100 0 0";
+  assert.deepEqual(parseStat(line), { cpu: 175, comm: "V8 Default (x)" });
+});
+
+Deno.test("/proc status: VmRSS and VmHWM in MiB", () => {
+  const text = "Name:\tdeno\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n";
+  assert.deepEqual(parseStatusMem(text), { rssMb: 100, hwmMb: 200 });
+});
+
+Deno.test("markdown: goals table and a row with its spread and ratio", () => {
+  const c = new Collector();
+  for (const v of [1, 2, 3]) c.add("p50", "tel", "µs", "lower", v);
+  for (const v of [1, 1, 1]) c.add("p50", "direct veth", "µs", "lower", v);
+  const md = markdown({
+    date: "2026-01-01T00:00:00Z",
+    quick: false,
+    runs: 3,
+    host: { cpus: 2, kernel: "6", deno: "2" },
+    benches: [{
+      name: "connect",
+      title: "t",
+      ok: true,
+      seconds: 1,
+      rows: c.rows(),
+      goals: [{ text: "p50 small", met: false, value: "2 µs" }],
+      checks: {},
+      notes: [],
+    }],
+  });
+  assert.match(md, /\| connect \| p50 small \| 2 µs \| no \|/);
+  assert.match(md, /\| p50 \| tel \| 2 µs \| 1–3 \| 2× direct veth \|/);
+});
