@@ -28,7 +28,7 @@ export const BENCH_TOOLS: Record<string, string> = {
   timeout: "coreutils",
 };
 
-const say = (line: string) => console.error(`[bench] ${line}`);
+const say = (line: string) => console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${line}`);
 
 async function main(): Promise<number> {
   const { values, positionals } = parseArgs({

@@ -9,6 +9,7 @@ import { LAB_NET, type LabPod } from "../../tests/lab/topology.ts";
 import { type Netns, run } from "../../tests/lab/netns.ts";
 import { Netns as NetnsClass } from "../../tests/lab/netns.ts";
 import { LabProcess } from "../../tests/lab/proc.ts";
+import { parseStatusMem } from "./procstat.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
@@ -150,8 +151,8 @@ export class BenchEnv {
   }
 
   /** Connects tel in `mode` (reconnecting when it was connected otherwise), then adds the direct veth route. */
-  async connect(mode: ConnectMode): Promise<void> {
-    if (this.#mode === mode) return;
+  async connect(mode: ConnectMode, fresh = false): Promise<void> {
+    if (this.#mode === mode && !fresh) return;
     if (this.#mode) await this.quit();
     const extra = mode === "direct" ? ["--manager-address", this.lab.managerAddress] : [];
     const r = await this.tel(["connect", "--kubeconfig", this.lab.kubeconfigPath, ...extra]);
@@ -179,6 +180,12 @@ export class BenchEnv {
   async daemonPid(): Promise<number> {
     const st = JSON.parse(await Deno.readTextFile(`${this.stateDir}/state.json`));
     return Number(st.pid);
+  }
+
+  /** The daemon's current RSS, MiB. */
+  async daemonRssMb(): Promise<number> {
+    const text = await Deno.readTextFile(`/proc/${await this.daemonPid()}/status`);
+    return Math.round(parseStatusMem(text).rssMb);
   }
 
   /** `tel status -o json`. */

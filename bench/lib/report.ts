@@ -28,7 +28,8 @@ function bench(b: BenchResult): string[] {
     lines.push("| case | path | median | spread (min–max) | tel vs baseline |", "|---|---|---|---|---|");
     lines.push(...b.rows.map(row), "");
   }
-  const d = usage("daemon", b.daemon);
+  const d = usage("daemon", b.daemon) +
+    (b.daemon && b.daemonRssAtStartMb !== undefined ? `; RSS at the bench's start ${b.daemonRssAtStartMb} MiB` : "");
   const m = usage("manager", b.manager);
   if (d) lines.push(`- ${d}`);
   if (m) lines.push(`- ${m}`);

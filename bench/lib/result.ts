@@ -48,6 +48,8 @@ export interface BenchResult {
   checks: Record<string, unknown>;
   notes: string[];
   daemon?: UsageSummary;
+  /** The daemon's RSS when the bench began (after connect), MiB. */
+  daemonRssAtStartMb?: number;
   manager?: UsageSummary;
   /** JavaScript CPU profiles (self time, busiest first) by process. */
   profiles?: Record<string, unknown>;
