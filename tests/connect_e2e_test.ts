@@ -3,39 +3,12 @@
 import assert from "node:assert/strict";
 import { Lab } from "./lab/cluster.ts";
 import { canUseNetns } from "./lab/netns.ts";
+import { type LabTel, labTel } from "./lab/tel.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
 const ready = await canUseNetns();
 
-interface Tel {
-  run(args: string[], env?: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }>;
-  state: string;
-  socket: string;
-}
-
-function telIn(lab: Lab): Tel {
-  const state = `${lab.dir}/tel-state`;
-  const socket = `${state}/daemon.sock`;
-  return {
-    state,
-    socket,
-    run: (args, env = {}) =>
-      lab.ws.run([
-        "env",
-        `TEL_SOCKET=${socket}`,
-        `TEL_STATE_DIR=${state}`,
-        "RUST_BACKTRACE=0",
-        "NO_COLOR=1",
-        ...Object.entries(env).map(([k, v]) => `${k}=${v}`),
-        Deno.execPath(),
-        "run",
-        "-A",
-        "--unstable-net",
-        `${ROOT}main.ts`,
-        ...args,
-      ]),
-  };
-}
+type Tel = LabTel;
+const telIn = labTel;
 
 async function curl(lab: Lab, url: string, extra: string[] = []): Promise<{ code: number; body: string }> {
   const r = await lab.ws.run(["curl", "-sS", "--max-time", "5", ...extra, url]);

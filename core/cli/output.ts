@@ -19,3 +19,12 @@ export function renderTable(header: string[], rows: string[][]): string {
     cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]))).join("  ").trimEnd();
   return [line(header), ...rows.map(line)].join("\n") + "\n";
 }
+
+/** The `--output/-o` flag every command with structured output takes. */
+export const OUTPUT_FLAG = {
+  type: "string" as const,
+  short: "o",
+  valueName: "FORMAT",
+  description: "output format",
+  choices: OUTPUT_FORMATS,
+};

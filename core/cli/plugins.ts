@@ -2,7 +2,7 @@
 
 import { listPlugins } from "../plugin_host.ts";
 import type { Command } from "./command.ts";
-import { OUTPUT_FORMATS, renderData, renderTable } from "./output.ts";
+import { OUTPUT_FLAG, renderData, renderTable } from "./output.ts";
 import { parseDuration } from "../config.ts";
 import { TelError } from "../errors.ts";
 
@@ -12,13 +12,7 @@ const listCommand: Command = {
     summary: "List built-in and external plugins, probe each on this machine, and mark the resolver tel would use.",
     usage: "tel plugins list [flags]",
     flags: {
-      output: {
-        type: "string",
-        short: "o",
-        valueName: "FORMAT",
-        description: "output format",
-        choices: OUTPUT_FORMATS,
-      },
+      output: OUTPUT_FLAG,
       "probe-timeout": {
         type: "string",
         valueName: "DURATION",

@@ -7,15 +7,7 @@ import { daemonPaths, runDaemon } from "../session/daemon.ts";
 import type { ConnectResponse, StatusResponse } from "../../proto/gen/tel.ts";
 import type { Command, CommandContext } from "./command.ts";
 import { call, daemonClient, daemonRunning, startDaemon } from "./daemon_client.ts";
-import { OUTPUT_FORMATS, renderData } from "./output.ts";
-
-const OUTPUT_FLAG = {
-  type: "string" as const,
-  short: "o",
-  valueName: "FORMAT",
-  description: "output format",
-  choices: OUTPUT_FORMATS,
-};
+import { OUTPUT_FLAG, renderData } from "./output.ts";
 
 function clusterDeps(ctx: CommandContext) {
   if (!ctx.deps.cluster) throw new TelError("bug", "this build of tel has no cluster support");

@@ -2,7 +2,7 @@
 
 import { TEL_VERSION } from "../version.ts";
 import type { Command } from "./command.ts";
-import { OUTPUT_FORMATS, renderData } from "./output.ts";
+import { OUTPUT_FLAG, renderData } from "./output.ts";
 
 /** The facts `tel version` prints. */
 export function versionInfo(): Record<string, string> {
@@ -23,13 +23,7 @@ export const versionCommand: Command = {
     summary: "Show tel's version, the Deno runtime it runs on, and the OS/architecture.",
     usage: "tel version [flags]",
     flags: {
-      output: {
-        type: "string",
-        short: "o",
-        valueName: "FORMAT",
-        description: "output format",
-        choices: OUTPUT_FORMATS,
-      },
+      output: OUTPUT_FLAG,
     },
   },
   run(ctx) {

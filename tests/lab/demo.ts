@@ -7,8 +7,8 @@
 import { ensureTools } from "../prepare.ts";
 import { describe, Lab } from "./cluster.ts";
 import { canUseNetns } from "./netns.ts";
+import { labTel } from "./tel.ts";
 
-const ROOT = new URL("../..", import.meta.url).pathname;
 const bold = (s: string) => (Deno.stdout.isTerminal() ? `\x1b[1m${s}\x1b[0m` : s);
 
 function say(line: string): void {
@@ -44,20 +44,7 @@ async function main(): Promise<number> {
 
   say("building the lab: a workstation namespace and a cluster namespace joined only by the API server's veth");
   const lab = await Lab.start({ progress: (l) => console.log(`  ${l}`) });
-  const state = `${lab.dir}/tel-state`;
-  const tel = (args: string[]) =>
-    lab.ws.run([
-      "env",
-      `TEL_SOCKET=${state}/daemon.sock`,
-      `TEL_STATE_DIR=${state}`,
-      "RUST_BACKTRACE=0",
-      Deno.execPath(),
-      "run",
-      "-A",
-      "--unstable-net",
-      `${ROOT}main.ts`,
-      ...args,
-    ]);
+  const tel = labTel(lab).run;
   const show = (r: { stdout: string; stderr: string }) => {
     const text = (r.stdout + r.stderr).trimEnd();
     if (text) console.log(text.split("\n").map((l) => `  ${l}`).join("\n"));
