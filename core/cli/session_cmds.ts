@@ -4,9 +4,9 @@ import { configPath } from "../config.ts";
 import { TelError } from "../errors.ts";
 import { configureLog } from "../log.ts";
 import { daemonPaths, runDaemon } from "../session/daemon.ts";
-import type { ConnectResponse, StatusResponse } from "../../proto/gen/tel.ts";
+import type { ConnectProgress, ConnectRequest, ConnectResponse, StatusResponse } from "../../proto/gen/tel.ts";
 import type { Command, CommandContext } from "./command.ts";
-import { call, daemonClient, daemonRunning, startDaemon } from "./daemon_client.ts";
+import { call, daemonClient, type DaemonHandle, daemonRunning, startDaemon } from "./daemon_client.ts";
 import { OUTPUT_FLAG, renderData } from "./output.ts";
 
 function clusterDeps(ctx: CommandContext) {
@@ -22,6 +22,36 @@ async function readConfigText(flag: string | undefined): Promise<{ text: string;
     if (e instanceof Deno.errors.NotFound && !explicit) return { text: "", path };
     throw e;
   }
+}
+
+/** Runs the daemon's streaming Connect: each step as it completes, then the final response. */
+function connectStream(
+  h: DaemonHandle,
+  req: Partial<ConnectRequest>,
+  onStep: (line: string) => void,
+  timeoutMs = 90_000,
+): Promise<ConnectResponse> {
+  return new Promise<ConnectResponse>((resolve, reject) => {
+    const stream = h.client.connect(req as ConnectRequest, { deadline: Date.now() + timeoutMs });
+    let done: ConnectResponse | undefined;
+    stream.on("data", (p: ConnectProgress) => {
+      if (p.event?.$case === "step") onStep(p.event.value);
+      else if (p.event?.$case === "done") done = p.event.value;
+    });
+    stream.on(
+      "error",
+      (e: Error) =>
+        reject(
+          new TelError("platform", `the tel daemon failed during connect: ${e.message}`, {
+            hint: "see the daemon's log (TEL_STATE_DIR, default /run/tel/daemon.log)",
+          }),
+        ),
+    );
+    stream.on("end", () => {
+      if (done) resolve(done);
+      else reject(new TelError("bug", "the tel daemon ended connect without an answer"));
+    });
+  });
 }
 
 const connectCommand: Command = {
@@ -77,7 +107,9 @@ const connectCommand: Command = {
     const h = daemonClient();
     try {
       if (!(await daemonRunning(h))) await startDaemon(h);
-      const res = await call<unknown, ConnectResponse>(h.client, "connect", {
+      const format = v.output as string | undefined;
+      const text = format !== "json" && format !== "yaml";
+      const res = await connectStream(h, {
         kubeconfig: flat.text,
         context: flat.context,
         namespace: flat.namespace,
@@ -88,14 +120,9 @@ const connectCommand: Command = {
         dns: (v.dns as string | undefined) ?? "",
         config: cfg.text,
         configPath: cfg.path,
-      }, 60_000);
-      const format = v.output as string | undefined;
-      if (format === "json" || format === "yaml") {
-        ctx.io.out(renderData(res, format));
-      } else {
-        for (const s of res.steps) ctx.io.out(`  ✓ ${s}\n`);
-        if (res.ok) ctx.io.out(`Connected to context ${flat.context}, namespace ${flat.namespace}.\n`);
-      }
+      }, (line) => text && ctx.io.out(`  ✓ ${line}\n`));
+      if (!text) ctx.io.out(renderData(res, format as "json" | "yaml"));
+      else if (res.ok) ctx.io.out(`Connected to context ${flat.context}, namespace ${flat.namespace}.\n`);
       if (!res.ok) {
         const e = res.error!;
         const cat = (["user", "config", "platform", "cluster", "bug"].includes(e.category) ? e.category : "bug") as

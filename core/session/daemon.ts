@@ -10,6 +10,7 @@ import { Cidr } from "../subnet/mod.ts";
 import { TEL_VERSION } from "../version.ts";
 import { ExternalResolver } from "../external_plugin.ts";
 import {
+  type ConnectProgress,
   type ConnectRequest,
   type ConnectResponse,
   DaemonService,
@@ -184,8 +185,13 @@ class Daemon {
     this.#vif = await factory.open({ name: this.#o.vifName ?? "tel0" });
   }
 
-  async connect(req: ConnectRequest): Promise<ConnectResponse> {
+  /** Connects; `onStep` sees each step as it completes (the same lines end up in the response's `steps`). */
+  async connect(req: ConnectRequest, onStep: (line: string) => void = () => {}): Promise<ConnectResponse> {
     const steps: string[] = [];
+    const step = (line: string) => {
+      steps.push(line);
+      onStep(line);
+    };
     const fail = (e: unknown): ConnectResponse => {
       const err = asTelError(e);
       return {
@@ -211,12 +217,12 @@ class Daemon {
       const neverProxy = parseCidrs([...cfg.routing.neverProxy, ...req.neverProxy], "--never-proxy");
       const allow = parseCidrs(cfg.routing.allowConflictingSubnets, "routing.allowConflictingSubnets");
       const cluster = await this.#o.connector.prepare(req);
-      steps.push(`kube API ${cluster.server} (context ${cluster.context}, namespace ${cluster.namespace})`);
+      step(`kube API ${cluster.server} (context ${cluster.context}, namespace ${cluster.namespace})`);
       await this.#pickResolver(cfg, req.dns || cfg.dns.localIP);
       await this.#saveState();
       await this.#openVif();
       await this.#saveState();
-      steps.push(`VIF ${this.#vif!.name} up (mtu ${this.#vif!.mtu})`);
+      step(`VIF ${this.#vif!.name} up (mtu ${this.#vif!.mtu})`);
       this.#session = await ClientSession.start({
         connectManager: cluster.connect,
         vif: this.#vif!,
@@ -233,7 +239,7 @@ class Daemon {
           includeSuffixes: cfg.dns.includeSuffixes,
           excludeSuffixes: cfg.dns.excludeSuffixes,
         },
-        onStep: (l) => steps.push(l),
+        onStep: step,
         dnsListen: dnsListenFromEnv(),
         namespaces: cluster.namespaces,
       });
@@ -294,7 +300,17 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
   const unimplemented = (_call: unknown, cb: grpc.sendUnaryData<unknown>) =>
     cb({ code: grpc.status.UNIMPLEMENTED, details: "not built yet" } as grpc.ServiceError, null);
   server.addService(DaemonService, {
-    connect: unary((req: ConnectRequest) => d.connect(req)),
+    connect: (call: grpc.ServerWritableStream<ConnectRequest, ConnectProgress>) => {
+      const send = (p: ConnectProgress) => {
+        if (!call.cancelled && !call.writableEnded) call.write(p);
+      };
+      d.connect(call.request, (line) => send({ event: { $case: "step", value: line } }))
+        .then((done) => send({ event: { $case: "done", value: done } }))
+        .catch((e) => log.error("daemon", "connect failed unexpectedly", { error: errorMessage(e) }))
+        .finally(() => {
+          if (!call.writableEnded) call.end();
+        });
+    },
     status: unary((_: Empty) => d.status()),
     quit: unary(async (_: Empty) => {
       await d.disconnect();

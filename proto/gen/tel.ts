@@ -264,6 +264,11 @@ export interface ConnectResponse {
   steps: string[];
 }
 
+/** One line of connect progress as it happens, then the final response. */
+export interface ConnectProgress {
+  event?: { $case: "step"; value: string } | { $case: "done"; value: ConnectResponse } | undefined;
+}
+
 export interface StatusResponse {
   connected: boolean;
   context: string;
@@ -2766,6 +2771,87 @@ export const ConnectResponse: MessageFns<ConnectResponse> = {
   },
 };
 
+function createBaseConnectProgress(): ConnectProgress {
+  return { event: undefined };
+}
+
+export const ConnectProgress: MessageFns<ConnectProgress> = {
+  encode(message: ConnectProgress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.event?.$case) {
+      case "step":
+        writer.uint32(10).string(message.event.value);
+        break;
+      case "done":
+        ConnectResponse.encode(message.event.value, writer.uint32(18).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConnectProgress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConnectProgress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.event = { $case: "step", value: reader.string() };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.event = { $case: "done", value: ConnectResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<ConnectProgress>, I>>(base?: I): ConnectProgress {
+    return ConnectProgress.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ConnectProgress>, I>>(object: I): ConnectProgress {
+    const message = createBaseConnectProgress();
+    switch (object.event?.$case) {
+      case "step": {
+        if (object.event?.value !== undefined && object.event?.value !== null) {
+          message.event = { $case: "step", value: object.event.value };
+        }
+        break;
+      }
+      case "done": {
+        if (object.event?.value !== undefined && object.event?.value !== null) {
+          message.event = { $case: "done", value: ConnectResponse.fromPartial(object.event.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
 function createBaseStatusResponse(): StatusResponse {
   return {
     connected: false,
@@ -4158,14 +4244,15 @@ export const ManagerClient = makeGenericClientConstructor(ManagerService, "tel.v
 
 export type DaemonService = typeof DaemonService;
 export const DaemonService = {
+  /** Streams each step as it completes, then the final response. */
   connect: {
     path: "/tel.v1.Daemon/Connect" as const,
     requestStream: false as const,
-    responseStream: false as const,
+    responseStream: true as const,
     requestSerialize: (value: ConnectRequest): Buffer => asBuffer(ConnectRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ConnectRequest => ConnectRequest.decode(value),
-    responseSerialize: (value: ConnectResponse): Buffer => asBuffer(ConnectResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): ConnectResponse => ConnectResponse.decode(value),
+    responseSerialize: (value: ConnectProgress): Buffer => asBuffer(ConnectProgress.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ConnectProgress => ConnectProgress.decode(value),
   },
   status: {
     path: "/tel.v1.Daemon/Status" as const,
@@ -4233,7 +4320,8 @@ export const DaemonService = {
 } as const;
 
 export interface DaemonServer extends UntypedServiceImplementation {
-  connect: handleUnaryCall<ConnectRequest, ConnectResponse>;
+  /** Streams each step as it completes, then the final response. */
+  connect: handleServerStreamingCall<ConnectRequest, ConnectProgress>;
   status: handleUnaryCall<Empty, StatusResponse>;
   quit: handleUnaryCall<Empty, Empty>;
   intercept: handleUnaryCall<InterceptRequest, InterceptResult>;
@@ -4244,21 +4332,13 @@ export interface DaemonServer extends UntypedServiceImplementation {
 }
 
 export interface DaemonClient extends Client {
+  /** Streams each step as it completes, then the final response. */
+  connect(request: ConnectRequest, options?: Partial<CallOptions>): ClientReadableStream<ConnectProgress>;
   connect(
     request: ConnectRequest,
-    callback: (error: ServiceError | null, response: ConnectResponse) => void,
-  ): ClientUnaryCall;
-  connect(
-    request: ConnectRequest,
-    metadata: Metadata,
-    callback: (error: ServiceError | null, response: ConnectResponse) => void,
-  ): ClientUnaryCall;
-  connect(
-    request: ConnectRequest,
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: ConnectResponse) => void,
-  ): ClientUnaryCall;
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ConnectProgress>;
   status(request: Empty, callback: (error: ServiceError | null, response: StatusResponse) => void): ClientUnaryCall;
   status(
     request: Empty,
