@@ -1,6 +1,7 @@
 /** ConnID: the protocol, source and destination that name one L4 flow, and its wire form. */
 
 import { TelError } from "../errors.ts";
+import { IpAddr } from "../subnet/mod.ts";
 import { type ConnId as WireConnId, Protocol } from "../../proto/gen/tel.ts";
 
 /** The transport of a flow. */
@@ -19,92 +20,23 @@ export interface ConnId {
   readonly dst: Endpoint;
 }
 
-/** Parses an IPv4 or IPv6 address text into its 4 or 16 bytes; throws a TelError when it is not one. */
+/** Parses an IPv4 or IPv6 address text (brackets allowed) into its 4 or 16 bytes; throws a TelError if it is not one. */
 export function ipToBytes(ip: string): Uint8Array {
-  const v4 = parseV4(ip);
-  if (v4) return v4;
-  const v6 = parseV6(ip);
-  if (v6) return v6;
-  throw new TelError("user", `not an IP address: ${JSON.stringify(ip)}`);
-}
-
-function parseV4(ip: string): Uint8Array | undefined {
-  const parts = ip.split(".");
-  if (parts.length !== 4) return undefined;
-  const out = new Uint8Array(4);
-  for (let i = 0; i < 4; i++) {
-    if (!/^(0|[1-9][0-9]{0,2})$/.test(parts[i])) return undefined;
-    const n = Number(parts[i]);
-    if (n > 255) return undefined;
-    out[i] = n;
+  const text = ip.startsWith("[") && ip.endsWith("]") ? ip.slice(1, -1) : ip;
+  try {
+    return IpAddr.parse(text).toBytes();
+  } catch {
+    // IpAddr's message names the text too; keep this module's wording for the wire
+    throw new TelError("user", `not an IP address: ${JSON.stringify(ip)}`);
   }
-  return out;
-}
-
-function parseV6(ip: string): Uint8Array | undefined {
-  let text = ip;
-  if (text.startsWith("[") && text.endsWith("]")) text = text.slice(1, -1);
-  if (!text.includes(":")) return undefined;
-  const groups: number[] = [];
-  const tail = text.lastIndexOf(":");
-  const last = text.slice(tail + 1);
-  let v4tail: Uint8Array | undefined;
-  if (last.includes(".")) {
-    v4tail = parseV4(last);
-    if (!v4tail) return undefined;
-    text = text.slice(0, tail + 1) + "0:0";
-  }
-  const halves = text.split("::");
-  if (halves.length > 2) return undefined;
-  const parse = (s: string): number[] | undefined => {
-    if (s === "") return [];
-    const out: number[] = [];
-    for (const g of s.split(":")) {
-      if (!/^[0-9a-fA-F]{1,4}$/.test(g)) return undefined;
-      out.push(parseInt(g, 16));
-    }
-    return out;
-  };
-  const head = parse(halves[0]);
-  const rest = halves.length === 2 ? parse(halves[1]) : [];
-  if (!head || !rest) return undefined;
-  if (halves.length === 2) {
-    if (head.length + rest.length > 7) return undefined;
-    groups.push(...head, ...new Array(8 - head.length - rest.length).fill(0), ...rest);
-  } else {
-    if (head.length !== 8) return undefined;
-    groups.push(...head);
-  }
-  const out = new Uint8Array(16);
-  groups.forEach((g, i) => {
-    out[i * 2] = g >> 8;
-    out[i * 2 + 1] = g & 0xff;
-  });
-  if (v4tail) out.set(v4tail, 12);
-  return out;
 }
 
 /** Formats 4 or 16 address bytes as canonical text (RFC 5952 for IPv6); throws a TelError for other lengths. */
 export function bytesToIp(bytes: Uint8Array): string {
-  if (bytes.length === 4) return bytes.join(".");
-  if (bytes.length !== 16) throw new TelError("user", `an IP address has 4 or 16 bytes, not ${bytes.length}`);
-  const groups: number[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push((bytes[i] << 8) | bytes[i + 1]);
-  // The longest run (of at least two) of zero groups becomes "::".
-  let bestStart = -1, bestLen = 0;
-  for (let i = 0; i < 8;) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen && j - i >= 2) [bestStart, bestLen] = [i, j - i];
-    i = j;
+  if (bytes.length !== 4 && bytes.length !== 16) {
+    throw new TelError("user", `an IP address has 4 or 16 bytes, not ${bytes.length}`);
   }
-  const hex = groups.map((g) => g.toString(16));
-  if (bestStart < 0) return hex.join(":");
-  return hex.slice(0, bestStart).join(":") + "::" + hex.slice(bestStart + bestLen).join(":");
+  return IpAddr.fromBytes(bytes).toString();
 }
 
 function checkPort(port: number, what: string): number {

@@ -141,7 +141,8 @@ Deno.test("conn ids round-trip through the wire form; IPv6 text is canonical", (
   const id = connId("udp", { ip: "fd00:7e1:0:0:0:0:0:a", port: 53 }, { ip: "fd00:7e1::10", port: 5353 });
   assert.equal(id.src.ip, "fd00:7e1::a");
   assert.deepEqual(connIdFromWire(connIdToWire(id)), id);
-  assert.equal(bytesToIp(ipToBytes("::ffff:1.2.3.4")), "::ffff:102:304");
+  // RFC 5952 §5: IPv4-mapped addresses keep the dotted tail
+  assert.equal(bytesToIp(ipToBytes("::ffff:1.2.3.4")), "::ffff:1.2.3.4");
   assert.throws(() => ipToBytes("1.2.3.256"), /not an IP address/);
   fc.assert(
     fc.property(fc.ipV4(), fc.ipV6(), (v4, v6) => {
