@@ -626,6 +626,8 @@ const profile: Bench = {
   name: "profile",
   title: "Where the daemon and the manager spend CPU: a 1-flow upload and sequential connects through tel",
   mode: "direct",
+  // a new daemon, so the profile is not skewed by a heap the earlier benches grew
+  fresh: true,
   async run(ctx, out) {
     const { env } = ctx;
     const seconds = ctx.quick ? 1 : 4;

@@ -154,7 +154,13 @@ export class BenchEnv {
   async connect(mode: ConnectMode, fresh = false): Promise<void> {
     if (this.#mode === mode && !fresh) return;
     if (this.#mode) await this.quit();
-    const extra = mode === "direct" ? ["--manager-address", this.lab.managerAddress] : [];
+    // the sshuttle target is kept off tel's routes, so only sshuttle's redirect can carry it (a leak would show as
+    // tel's figures in sshuttle's row)
+    const extra = [
+      "--never-proxy",
+      `${BENCH_NET.sshIp}/32`,
+      ...(mode === "direct" ? ["--manager-address", this.lab.managerAddress] : []),
+    ];
     const r = await this.tel(["connect", "--kubeconfig", this.lab.kubeconfigPath, ...extra]);
     if (r.code !== 0) throw new Error(`tel connect (${mode}) failed (${r.code}):\n${r.stdout}${r.stderr}`);
     this.#mode = mode;
@@ -290,6 +296,11 @@ export class BenchEnv {
       ssh,
       `${BENCH_NET.sshIp}/32`,
     ], { ready: /Connected to server/, readyTimeoutMs: 30_000, stdin: false });
+    // "Connected" can come before the redirect rules are in place
+    for (let i = 0; i < 50; i++) {
+      if ((await this.lab.ws.run(["iptables", "-t", "nat", "-S"])).stdout.includes(`${BENCH_NET.sshIp}/32`)) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
     this.#say("sshuttle connected over ssh to the cluster namespace");
   }
 
