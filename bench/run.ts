@@ -65,10 +65,15 @@ async function main(): Promise<number> {
   const t0 = performance.now();
   const env = await BenchEnv.start(say);
   const results: BenchResult[] = [];
-  const stop = () => say("interrupted: cleaning up");
+  let interrupted = false;
+  const stop = () => {
+    interrupted = true;
+    say("interrupted: stopping after this bench, then cleaning up");
+  };
   Deno.addSignalListener("SIGINT", stop);
   try {
     for (const b of chosen) {
+      if (interrupted) break;
       say(`${b.name}: ${b.title}`);
       const r = await runBench(b, { env, quick, runs, say });
       results.push(r);

@@ -69,6 +69,8 @@ export class BenchEnv {
   #say: (line: string) => void;
   /** Downloads the throughput server confirmed (the client's count equals what it sent) or not. */
   readonly downloads = { exact: 0, mismatched: 0 };
+  /** Set when a daemon's inspector was opened (the profile); the next bench reconnects. */
+  inspected = false;
 
   private constructor(lab: Lab, say: (line: string) => void) {
     this.lab = lab;
@@ -153,6 +155,7 @@ export class BenchEnv {
   /** Connects tel in `mode` (reconnecting when it was connected otherwise), then adds the direct veth route. */
   async connect(mode: ConnectMode, fresh = false): Promise<void> {
     if (this.#mode === mode && !fresh) return;
+    const before = this.#mode ? await this.daemonPid().catch(() => 0) : 0;
     if (this.#mode) await this.quit();
     // the sshuttle target is kept off tel's routes, so only sshuttle's redirect can carry it (a leak would show as
     // tel's figures in sshuttle's row)
@@ -164,6 +167,13 @@ export class BenchEnv {
     const r = await this.tel(["connect", "--kubeconfig", this.lab.kubeconfigPath, ...extra]);
     if (r.code !== 0) throw new Error(`tel connect (${mode}) failed (${r.code}):\n${r.stdout}${r.stderr}`);
     this.#mode = mode;
+    this.inspected = false;
+    // the new daemon's state file can trail the connect reply by a moment
+    for (let i = 0; i < 50; i++) {
+      const pid = await this.daemonPid().catch(() => 0);
+      if (pid && pid !== before && (await Deno.stat(`/proc/${pid}`).then(() => true, () => false))) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
     // a host route inside a cluster subnet is refused at connect time, so the veth baseline route comes after it
     await this.lab.ws.exec(["ip", "route", "add", `${BENCH_NET.vethIp}/32`, "via", LAB_NET.apiCl, "dev", "api0"]);
     this.#vethRoute = true;
