@@ -8,7 +8,7 @@ import { parseArgs } from "node:util";
 import { ensureTools } from "../tests/prepare.ts";
 import { canUseNetns } from "../tests/lab/netns.ts";
 import { BenchEnv } from "./lib/lab_env.ts";
-import { BENCHES, runBench } from "./lib/benches.ts";
+import { type Bench, BENCHES, runBench } from "./lib/benches.ts";
 import type { BenchResult, RunResult } from "./lib/result.ts";
 import { markdown } from "./lib/report.ts";
 
@@ -58,9 +58,11 @@ async function main(): Promise<number> {
   if (why) say(`warning: ${why}; the baselines that need them will fail`);
   const quick = values.quick;
   const runs = values.runs ? Number(values.runs) : quick ? 1 : 5;
-  // benches that need the port-forward connection go last, so tel reconnects at most once
+  // direct benches, then the port-forward ones (tel reconnects once), then the profile (it may leave the manager's
+  // inspector open)
+  const order = (b: Bench) => (b.name === "profile" ? 2 : b.mode === "direct" ? 0 : 1);
   const chosen = BENCHES.filter((b) => !positionals.length || positionals.includes(b.name))
-    .sort((a, b) => (a.mode === b.mode ? 0 : a.mode === "direct" ? -1 : 1));
+    .sort((a, b) => order(a) - order(b));
 
   const t0 = performance.now();
   const env = await BenchEnv.start(say);

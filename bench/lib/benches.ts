@@ -37,6 +37,8 @@ export interface Bench {
   mode: ConnectMode;
   /** Start with a new daemon, so its RSS is this bench's alone. */
   fresh?: boolean;
+  /** Start with a new daemon whose inspector listens (for the profile). */
+  inspect?: boolean;
   run(ctx: BenchContext, out: BenchBody): Promise<void>;
   /** Goals judged on the daemon's usage over the bench. */
   goalsAfter?(daemon: UsageSummary | undefined): Goal[];
@@ -630,15 +632,15 @@ const profile: Bench = {
   name: "profile",
   title: "Where the daemon and the manager spend CPU: a 1-flow upload and sequential connects through tel",
   mode: "direct",
-  // runs first, on the daemon of the first connect: SIGUSR1 killed a daemon started by a reconnect in about half of
-  // the tries (found here; the benches after this one get a new daemon)
+  // its own daemon, started with --inspect (SIGUSR1 killed daemons); the manager's inspector is opened with SIGUSR1,
+  // so this bench runs last
+  inspect: true,
   async run(ctx, out) {
     const { env } = ctx;
     const seconds = ctx.quick ? 1 : 4;
     // SIGUSR1 opens a Deno process's inspector on 127.0.0.1:9229 of its namespace (the daemon's is replaced by the
     // next connect; the manager's stays open until the lab goes)
     const mpid = env.lab.managerPid;
-    await openInspector(env, env.lab.ws, await env.daemonPid());
     if (mpid) await openInspector(env, env.lab.cl, mpid);
     // the profilers start first and print PROFILING; the transfer then fills their window
     const profiler = async (ns: Netns, name: string) => {
@@ -696,9 +698,8 @@ const profile: Bench = {
   },
 };
 
-/** Every bench: the profile first (see there), then the order. */
+/** Every bench in the order, then the profile (it runs last, see there). */
 export const BENCHES: Bench[] = [
-  profile,
   tcpThroughput,
   tcpPortforward,
   dnsCached,
@@ -706,6 +707,7 @@ export const BENCHES: Bench[] = [
   connect,
   scale,
   largeTransfer,
+  profile,
 ];
 
 /** Runs one bench, sampling the daemon and manager around its tel measurements; never throws. */
@@ -737,7 +739,7 @@ export async function runBench(b: Bench, ctx: BenchContext): Promise<BenchResult
   let rssAtStartMb: number | undefined;
   try {
     // a daemon whose inspector was opened is replaced, so no bench measures it
-    await ctx.env.connect(b.mode, b.fresh || ctx.env.inspected);
+    await ctx.env.connect(b.mode, b.fresh || ctx.env.inspected, b.inspect);
     rssAtStartMb = await ctx.env.daemonRssMb();
     await b.run(ctx, body);
   } catch (e) {

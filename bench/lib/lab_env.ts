@@ -66,6 +66,7 @@ export class BenchEnv {
   #madeRunSshd = false;
   #dnsmasq?: LabProcess;
   #vethRoute = false;
+  #inspectDaemon?: LabProcess;
   #say: (line: string) => void;
   /** Downloads the throughput server confirmed (the client's count equals what it sent) or not. */
   readonly downloads = { exact: 0, mismatched: 0 };
@@ -153,10 +154,11 @@ export class BenchEnv {
   }
 
   /** Connects tel in `mode` (reconnecting when it was connected otherwise), then adds the direct veth route. */
-  async connect(mode: ConnectMode, fresh = false): Promise<void> {
-    if (this.#mode === mode && !fresh) return;
+  async connect(mode: ConnectMode, fresh = false, inspect = false): Promise<void> {
+    if (this.#mode === mode && !fresh && !inspect) return;
     const before = this.#mode ? await this.daemonPid().catch(() => 0) : 0;
     if (this.#mode) await this.quit();
+    if (inspect) await this.#startInspectableDaemon();
     // the sshuttle target is kept off tel's routes, so only sshuttle's redirect can carry it (a leak would show as
     // tel's figures in sshuttle's row)
     const extra = [
@@ -180,6 +182,35 @@ export class BenchEnv {
     this.#say(`tel connected (${mode === "direct" ? "--manager-address" : "port-forward"})`);
   }
 
+  /**
+   * Starts `tel daemon` ourselves with the inspector on 127.0.0.1:9229 of the workstation (the next `tel connect`
+   * uses it): opening it later with SIGUSR1 killed the daemon in about half of the tries.
+   */
+  async #startInspectableDaemon(): Promise<void> {
+    await Deno.mkdir(this.stateDir, { recursive: true, mode: 0o700 });
+    this.#inspectDaemon = await LabProcess.start(this.lab.ws, "tel-daemon-inspect", [
+      "env",
+      `TEL_SOCKET=${this.stateDir}/daemon.sock`,
+      `TEL_STATE_DIR=${this.stateDir}`,
+      "RUST_BACKTRACE=0",
+      "NO_COLOR=1",
+      Deno.execPath(),
+      "run",
+      "-A",
+      "--unstable-net",
+      "--inspect=127.0.0.1:9229",
+      `${ROOT}main.ts`,
+      "daemon",
+      "--log-file",
+      `${this.stateDir}/daemon.log`,
+    ], { ready: /Debugger listening/, stdin: false });
+    for (let i = 0; i < 150; i++) {
+      if ((await this.tel(["status", "-o", "json"])).code === 0) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`the inspectable daemon did not answer:\n${this.#inspectDaemon.tail()}`);
+  }
+
   /** `tel quit`, after removing the veth route. */
   async quit(): Promise<void> {
     if (this.#vethRoute) {
@@ -189,6 +220,8 @@ export class BenchEnv {
     if (!this.#mode) return;
     this.#mode = undefined;
     const r = await this.tel(["quit"]);
+    await this.#inspectDaemon?.stop(3000);
+    this.#inspectDaemon = undefined;
     if (r.code !== 0) throw new Error(`tel quit failed: ${r.stderr}`);
   }
 
