@@ -28,6 +28,19 @@ export const BENCH_TOOLS: Record<string, string> = {
   timeout: "coreutils",
 };
 
+/** The commit measured and the files that differed from it (others may be editing the same checkout). */
+async function sourceState(): Promise<{ commit: string; modified: string[] }> {
+  const git = async (args: string[]) => {
+    const r = await new Deno.Command("git", { args, cwd: new URL("..", import.meta.url).pathname, stdout: "piped" })
+      .output().catch(() => undefined);
+    return r?.success ? new TextDecoder().decode(r.stdout) : "";
+  };
+  const commit = (await git(["rev-parse", "--short", "HEAD"])).trim();
+  const modified = (await git(["status", "--short", "--untracked-files=no"])).split("\n").map((l) => l.slice(3))
+    .filter((f) => f && !f.startsWith("bench/"));
+  return { commit, modified };
+}
+
 const say = (line: string) => console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${line}`);
 
 async function main(): Promise<number> {
@@ -91,6 +104,7 @@ async function main(): Promise<number> {
     date: new Date().toISOString(),
     quick,
     runs,
+    source: await sourceState(),
     host: {
       cpus: navigator.hardwareConcurrency,
       kernel: Deno.osRelease(),

@@ -66,7 +66,12 @@ export function markdown(r: RunResult): string {
       r.quick ? "Quick mode (tiny sizes, not figures to quote)" : `Median of ${r.runs} runs`
     }; every ratio is against ` +
     `a baseline measured in the same run. Host: ${r.host.cpus} CPUs, Linux ${r.host.kernel}, Deno ${r.host.deno}. ` +
-    "Produced by `deno task bench` (bench/run.ts); raw runs in the .json beside this file.",
+    "Produced by `deno task bench` (bench/run.ts); raw runs in the .json beside this file." +
+    (r.source
+      ? ` Source: commit ${r.source.commit}${
+        r.source.modified.length ? ` plus uncommitted changes to ${r.source.modified.join(", ")}` : ""
+      }.`
+      : ""),
     "",
     "| bench | goal | value | met |",
     "|---|---|---|---|",

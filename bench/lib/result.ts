@@ -61,6 +61,8 @@ export interface RunResult {
   date: string;
   quick: boolean;
   runs: number;
+  /** The commit measured and the (non-bench) files that differed from it at the start. */
+  source?: { commit: string; modified: string[] };
   host: { cpus: number; kernel: string; deno: string };
   benches: BenchResult[];
 }
