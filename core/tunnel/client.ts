@@ -110,7 +110,7 @@ export async function openTunnel(client: ManagerClient, opts: OpenTunnelOptions)
     fs.end();
     fail(`dial rejected: ${first.value.reason}`);
   }
-  return new OpenTunnel(opts.connId, fs, order, sendLimit, clock);
+  return new OpenTunnel(opts.connId, fs, order, sendLimit, poolOf(client), clock);
 }
 
 /** How long an abort waits for its disconnect frame to be sent before it cancels the call anyway. */
@@ -132,7 +132,7 @@ class OpenTunnel implements Tunnel {
   #endReason: string | undefined;
   #resolveEnded!: (e: TunnelEnd) => void;
 
-  constructor(id: ConnId, fs: FrameStream, order: FrameOrder, sendLimit: number, clock: Clock) {
+  constructor(id: ConnId, fs: FrameStream, order: FrameOrder, sendLimit: number, pool: FramePool, clock: Clock) {
     this.connId = id;
     this.#clock = clock;
     this.#fs = fs;
@@ -151,7 +151,7 @@ class OpenTunnel implements Tunnel {
     }, { highWaterMark: 8 });
     const gone = () =>
       new TelError("cluster", `tunnel ${formatConnId(id)}: closed: ${this.#endReason ?? "stream gone"}`);
-    const batch = id.protocol === "tcp" ? new FrameBatcher(fs, sendLimit, gone) : undefined;
+    const batch = id.protocol === "tcp" ? new FrameBatcher(fs, pool, sendLimit, gone) : undefined;
     this.writable = new WritableStream<Uint8Array>({
       write: (chunk) => {
         if (batch) return batch.write(chunk);
@@ -234,11 +234,54 @@ class OpenTunnel implements Tunnel {
   }
 }
 
+/** Smallest frame buffer a flow starts with; it doubles per full frame up to the flow's limit. */
+const MIN_FRAME_BUFFER = 16 * 1024;
+
+/** Most bytes of idle frame buffers kept for reuse, across all flows of one client. */
+const POOL_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Frame buffers grpc-js is done with (it copies each message when it frames it), shared by the flows of one client
+ * and bounded in total: a busy flow reuses instead of allocating per frame, an idle flow holds none. Fresh buffers
+ * per frame were garbage V8 collected late (the daemon's external memory reached ~0.5 GiB over 1000 flows).
+ */
+class FramePool {
+  #free = new Map<number, Uint8Array[]>();
+  #bytes = 0;
+
+  take(size: number): Uint8Array {
+    const b = this.#free.get(size)?.pop();
+    if (!b) return allocDataBuffer(size);
+    this.#bytes -= size;
+    return b;
+  }
+
+  give(buf: Uint8Array): void {
+    if (this.#bytes + buf.byteLength > POOL_BYTES) return;
+    let list = this.#free.get(buf.byteLength);
+    if (!list) this.#free.set(buf.byteLength, list = []);
+    list.push(buf);
+    this.#bytes += buf.byteLength;
+  }
+}
+
+const pools = new WeakMap<ManagerClient, FramePool>();
+
+function poolOf(client: ManagerClient): FramePool {
+  let p = pools.get(client);
+  if (!p) pools.set(client, p = new FramePool());
+  return p;
+}
+
 /**
  * Gathers the bytes written to a TCP flow into data frames of up to `limit` bytes: a full frame goes at once, a
  * partial one when the event loop next turns (setImmediate), so a bulk writer sends few large messages (each costs
  * grpc-js and node:http2 about as much as its bytes) and a trickle is not held back. The one copy per byte into the
  * frame buffer replaces the copy encoding would make: the buffer has room for the header.
+ *
+ * The buffer is sized to the flow, not to the limit: it starts small, doubles each time one fills, and after a
+ * partial frame shrinks to what that burst needed. A sent frame keeps its whole buffer alive until grpc-js is done
+ * with it, so a limit-sized buffer per small write cost 1000 slow flows ~0.5 GiB of short-lived external memory.
  */
 class FrameBatcher {
   #fs: FrameStream;
@@ -246,13 +289,15 @@ class FrameBatcher {
   #gone: () => Error;
   #buf: Uint8Array | undefined;
   #len = 0;
+  // capacity of the next buffer: grows with full frames, follows the last burst after a partial one
+  #size = MIN_FRAME_BUFFER;
   #timer = false;
   #backlog: Promise<boolean> | undefined;
-  // frame buffers grpc-js is done with (it copies each message when it frames it): no allocation per frame
-  #free: Uint8Array[] = [];
+  #pool: FramePool;
 
-  constructor(fs: FrameStream, limit: number, gone: () => Error) {
+  constructor(fs: FrameStream, pool: FramePool, limit: number, gone: () => Error) {
     this.#fs = fs;
+    this.#pool = pool;
     this.#limit = limit;
     this.#gone = gone;
   }
@@ -262,12 +307,12 @@ class FrameBatcher {
     if (this.#backlog) return this.#waitThenWrite(chunk);
     let off = 0;
     while (off < chunk.byteLength) {
-      this.#buf ??= this.#free.pop() ?? allocDataBuffer(this.#limit);
-      const n = Math.min(this.#limit - this.#len, chunk.byteLength - off);
+      this.#buf ??= this.#pool.take(this.#size);
+      const n = Math.min(this.#buf.byteLength - this.#len, chunk.byteLength - off);
       this.#buf.set(chunk.subarray(off, off + n), this.#len);
       this.#len += n;
       off += n;
-      if (this.#len === this.#limit) {
+      if (this.#len === this.#buf.byteLength) {
         this.#send();
         if (this.#backlog && off < chunk.byteLength) return this.#waitThenWrite(chunk.subarray(off));
       }
@@ -305,14 +350,11 @@ class FrameBatcher {
     if (this.#len === 0 || !this.#buf) return;
     const buf = this.#buf;
     const data = buf.subarray(0, this.#len);
-    // a partial frame means the writer paused: drop the spares so an idle flow holds no buffer
-    const full = this.#len === this.#limit;
-    if (!full) this.#free.length = 0;
+    if (this.#len === buf.byteLength) this.#size = Math.min(this.#limit, buf.byteLength * 2);
+    else this.#size = Math.max(MIN_FRAME_BUFFER, Math.min(this.#limit, 2 ** Math.ceil(Math.log2(this.#len))));
     this.#buf = undefined;
     this.#len = 0;
-    const sent = this.#fs.write(frames.data(data), () => {
-      if (full && this.#free.length < 4) this.#free.push(buf);
-    });
+    const sent = this.#fs.write(frames.data(data), () => this.#pool.give(buf));
     if (sent === false) this.#backlog = Promise.resolve(false);
     else if (sent !== true) this.#backlog = sent;
   }
