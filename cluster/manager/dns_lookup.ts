@@ -5,6 +5,7 @@ import dnsPacket from "dns-packet";
 import { type Clock, systemClock } from "../../core/clock.ts";
 import { errorMessage, TelError } from "../../core/errors.ts";
 import { log } from "../../core/log.ts";
+import { parseResolvConf as parseResolvText } from "../../core/dns/resolv_conf.ts";
 
 /** DNS rcodes used here. */
 export const RCODE = { NOERROR: 0, SERVFAIL: 2, NXDOMAIN: 3 } as const;
@@ -27,22 +28,10 @@ export interface LookupResult {
 
 /** Parses resolv.conf text: the first nameserver, the search list and ndots (default 1 as in glibc). */
 export function parseResolvConf(text: string): ResolverConfig {
-  let server = "";
-  let search: string[] = [];
-  let ndots = 1;
-  for (const raw of text.split("\n")) {
-    const line = raw.replace(/[#;].*$/, "").trim();
-    const [key, ...rest] = line.split(/\s+/);
-    if (key === "nameserver" && !server && rest[0]) {
-      server = rest[0].includes(":") ? `[${rest[0]}]:53` : `${rest[0]}:53`;
-    } else if (key === "search" || key === "domain") {
-      search = rest.map((s) => s.replace(/^\.+|\.+$/g, "")).filter((s) => s !== "");
-    } else if (key === "options") {
-      for (const o of rest) if (o.startsWith("ndots:")) ndots = Number(o.slice(6)) || 0;
-    }
-  }
-  if (!server) throw new TelError("config", "resolv.conf names no nameserver", { hint: "pass --cluster-dns ip:port" });
-  return { server, search, ndots };
+  const rc = parseResolvText(text);
+  const ns = rc.nameservers[0];
+  if (!ns) throw new TelError("config", "resolv.conf names no nameserver", { hint: "pass --cluster-dns ip:port" });
+  return { server: ns.includes(":") ? `[${ns}]:53` : `${ns}:53`, search: rc.search, ndots: rc.ndots };
 }
 
 /** The search list a manager pod in `namespace` gets from the kubelet for `clusterDomain`. */

@@ -12,6 +12,7 @@ export {
 } from "./engine.ts";
 export { type Upstream, UpstreamFallback } from "./fallback.ts";
 export { type OsResolve, recursionCheck, type RecursionResult } from "./recursion.ts";
+export { parseResolvConf, type ResolvConf } from "./resolv_conf.ts";
 export {
   DEFAULT_EXCLUDE_SUFFIXES,
   DnsRules,

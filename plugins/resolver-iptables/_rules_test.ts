@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import { chainName, removeArgs, restoreScript, telChains } from "./_rules.ts";
-import { parseResolvConf } from "./resolv_conf.ts";
 
 Deno.test("the chain exempts tel's own sockets, then DNATs the fallback's port 53 to tel", () => {
   const text = restoreScript({
@@ -56,12 +55,4 @@ Deno.test("removal unhooks, flushes and deletes", () => {
 Deno.test("tel's chains are found in a listing, others are not", () => {
   const listing = "-P OUTPUT ACCEPT\n-N DOCKER\n-N TEL-DNS-a1\n-A OUTPUT -j TEL-DNS-a1\n-N TEL-DNS-b2\n";
   assert.deepEqual(telChains(listing), ["TEL-DNS-a1", "TEL-DNS-b2"]);
-});
-
-Deno.test("resolv.conf: nameservers, search, ndots, comments", () => {
-  const rc = parseResolvConf(
-    "# generated\nnameserver 10.0.0.53\nnameserver fe80::1%eth0 ; zone\nsearch a.example b.example\noptions ndots:5 edns0\n",
-  );
-  assert.deepEqual(rc, { nameservers: ["10.0.0.53", "fe80::1"], search: ["a.example", "b.example"], ndots: 5 });
-  assert.deepEqual(parseResolvConf(""), { nameservers: [], search: [], ndots: 1 });
 });

@@ -6,7 +6,7 @@ import { log } from "../../core/log.ts";
 import type { Resolver, ResolverConfig } from "../../core/plugin.ts";
 import { chainName, isIpv6, removeArgs, restoreScript, telChains } from "./_rules.ts";
 import { PooledFallback } from "./fallback_pool.ts";
-import { parseResolvConf } from "./resolv_conf.ts";
+import { parseResolvConf } from "../../core/dns/resolv_conf.ts";
 
 /** Settings the daemon passes (PluginContext.settings). */
 export interface IptablesSettings {

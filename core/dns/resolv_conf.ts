@@ -15,8 +15,9 @@ export function parseResolvConf(text: string): ResolvConf {
     if (!line) continue;
     const [key, ...rest] = line.split(/\s+/);
     if (key === "nameserver" && rest[0]) out.nameservers.push(rest[0].replace(/%.*$/, ""));
-    else if (key === "search" || key === "domain") out.search = rest;
-    else if (key === "options") {
+    else if (key === "search" || key === "domain") {
+      out.search = rest.map((d) => d.replace(/^\.+|\.+$/g, "")).filter((d) => d !== "");
+    } else if (key === "options") {
       for (const o of rest) {
         const m = /^ndots:(\d+)$/.exec(o);
         if (m) out.ndots = Math.min(15, Number(m[1]));
