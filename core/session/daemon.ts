@@ -18,7 +18,7 @@ import {
   type StatusResponse,
 } from "../../proto/gen/tel.ts";
 import { ClientSession, type ConnectManager } from "./session.ts";
-import { cleanupStale, writeState } from "./state_file.ts";
+import { cleanupStale, removeState, writeState } from "./state_file.ts";
 
 /** The cluster side of a connect, provided by cluster/ through main.ts. */
 export interface ManagerConnector {
@@ -274,7 +274,7 @@ class Daemon {
       await this.#vif.close().catch((e) => log.warn("daemon", "VIF close failed", { error: errorMessage(e) }));
       this.#vif = undefined;
     }
-    await cleanupStale(this.#statePath, []);
+    await removeState(this.#statePath);
   }
 }
 
