@@ -162,9 +162,50 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
       const session = sessions.get(id);
       if (!session) return cb(status(grpc.status.NOT_FOUND, sessions.check(id) ?? "unknown session"));
       dns.lookup(call.request.name, call.request.qtype, session.namespace).then(
-        (r) => cb(null, { rcode: r.rcode, records: r.records }),
+        (r) => cb(null, { id: 0, rcode: r.rcode, records: r.records, error: "" }),
         (err) => cb(status(grpc.status.INTERNAL, `LookupDNS ${call.request.name}: ${errorMessage(err)}`)),
       );
+    },
+    lookupDnsStream: (call: grpc.ServerDuplexStream<DNSRequest, DNSResponse>) => {
+      let done = false;
+      let unregister: (() => void) | undefined;
+      const stop = () => {
+        if (done) return;
+        done = true;
+        unregister?.();
+        openStreams.delete(endStream);
+      };
+      const endStream = () => {
+        stop();
+        call.end();
+      };
+      const fail = (code: grpc.status, reason: string) => {
+        if (done) return;
+        stop();
+        call.emit("error", status(code, reason));
+      };
+      openStreams.add(endStream);
+      call.on("cancelled", stop);
+      call.on("close", stop);
+      call.on("error", stop);
+      call.on("end", endStream);
+      call.on("data", (req: DNSRequest) => {
+        if (done) return;
+        const sid = req.session?.sessionId ?? "";
+        const session = sessions.get(sid);
+        if (!session) return fail(grpc.status.NOT_FOUND, sessions.check(sid) ?? "unknown session");
+        unregister ??= sessions.onEnd(sid, (reason) => fail(grpc.status.NOT_FOUND, reason));
+        dns.lookup(req.name, req.qtype, session.namespace).then(
+          (r) => {
+            if (!done) call.write({ id: req.id, rcode: r.rcode, records: r.records, error: "" });
+          },
+          (err) => {
+            if (!done) {
+              call.write({ id: req.id, rcode: 2, records: [], error: `LookupDNS ${req.name}: ${errorMessage(err)}` });
+            }
+          },
+        );
+      });
     },
     tunnel: (call: grpc.ServerDuplexStream<Frame, Frame>) => {
       const started = clock.now();

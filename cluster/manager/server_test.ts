@@ -25,8 +25,10 @@ import type {
   ClusterInfo as WireClusterInfo,
   DNSRequest,
   DNSResponse,
+  Empty,
   SessionInfo,
 } from "../../proto/gen/tel.ts";
+import { ManagerLookup } from "../../core/session/manager_lookup.ts";
 
 function unary<Req, Res>(
   // deno-lint-ignore no-explicit-any
@@ -335,7 +337,8 @@ Deno.test("WatchClusterInfo sends the full set first and again on every change",
   });
 });
 
-Deno.test("LookupDNS queries the cluster DNS with the client namespace and returns wire records", async () => {
+/** A cluster DNS on loopback that knows echo.ns1.svc.cluster.local and answers NXDOMAIN otherwise. */
+function fakeClusterDns(): { port: number; asked: string[]; close(): Promise<void> } {
   const sock = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
   const asked: string[] = [];
   const serving = (async () => {
@@ -361,12 +364,26 @@ Deno.test("LookupDNS queries the cluster DNS with the client namespace and retur
       await sock.send(reply, got[1]);
     }
   })();
+  return {
+    port: (sock.addr as Deno.NetAddr).port,
+    asked,
+    close: async () => {
+      sock.close();
+      await serving;
+    },
+  };
+}
+
+Deno.test("LookupDNS queries the cluster DNS with the client namespace and returns wire records", async () => {
+  const dns = fakeClusterDns();
+  const asked = dns.asked;
   try {
     await withManager(async ({ client, sessionId }) => {
       const r = await unary<DNSRequest, DNSResponse>(client.lookupDns.bind(client), {
         session: { sessionId },
         name: "echo.",
         qtype: 1,
+        id: 0,
       });
       assert.equal(r.rcode, 0);
       assert.equal(r.records.length, 1);
@@ -378,13 +395,77 @@ Deno.test("LookupDNS queries the cluster DNS with the client namespace and retur
         session: { sessionId },
         name: "nothere.",
         qtype: 1,
+        id: 0,
       });
       assert.equal(miss.rcode, 3);
       assert.deepEqual(miss.records, []);
-    }, `127.0.0.1:${(sock.addr as Deno.NetAddr).port}`);
+    }, `127.0.0.1:${dns.port}`);
   } finally {
-    sock.close();
-    await serving;
+    await dns.close();
+  }
+});
+
+Deno.test("ManagerLookup answers concurrent lookups over one LookupDNSStream and fails them when the session ends", async () => {
+  const dns = fakeClusterDns();
+  try {
+    await withManager(async ({ client, sessionId }) => {
+      let streams = 0;
+      const spy = Object.create(client) as ManagerClient;
+      spy.lookupDns = (() => {
+        throw new Error("unary LookupDNS used");
+      }) as never;
+      spy.lookupDnsStream = ((...args: unknown[]) => {
+        streams++;
+        return (client.lookupDnsStream as (...a: unknown[]) => unknown).apply(client, args);
+      }) as never;
+      const lookup = new ManagerLookup(() => ({ client: spy, sessionId }), 2000);
+      const names = Array.from({ length: 30 }, (_, i) => (i % 3 === 0 ? "echo" : `missing${i}`));
+      const results = await Promise.all(names.map((n) => lookup.lookup(n, "A")));
+      results.forEach((r, i) => {
+        if (names[i] === "echo") {
+          assert.equal(r.rcode, "NOERROR");
+          assert.deepEqual(r.answers.map((a) => (a as { data: unknown }).data), ["10.96.0.7"]);
+        } else {
+          assert.equal(r.rcode, "NXDOMAIN", names[i]);
+          assert.deepEqual(r.answers, []);
+        }
+      });
+      assert.equal(streams, 1);
+      assert.ok(dns.asked.includes("missing29.ns1.svc.cluster.local"), dns.asked.join(","));
+
+      await unary<SessionInfo, Empty>(client.depart.bind(client), { sessionId });
+      await assert.rejects(lookup.lookup("echo", "A"), (e: Error) => /session/i.test(e.message));
+      lookup.close();
+      await assert.rejects(lookup.lookup("echo", "A"), /session/i);
+    }, `127.0.0.1:${dns.port}`);
+  } finally {
+    await dns.close();
+  }
+});
+
+Deno.test("ManagerLookup falls back to unary LookupDNS when the manager has no LookupDNSStream", async () => {
+  const server = new grpc.Server();
+  let unaryCalls = 0;
+  server.addService(MANAGER_SERVICE, {
+    lookupDns: (call: grpc.ServerUnaryCall<DNSRequest, DNSResponse>, cb: grpc.sendUnaryData<DNSResponse>) => {
+      unaryCalls++;
+      cb(null, { id: 0, rcode: call.request.name === "old." ? 0 : 3, records: [], error: "" });
+    },
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => e ? reject(e) : resolve(p))
+  );
+  const client = createManagerClient(`127.0.0.1:${port}`);
+  try {
+    const lookup = new ManagerLookup(() => ({ client, sessionId: "s" }), 2000);
+    const [a, b] = await Promise.all([lookup.lookup("old", "A"), lookup.lookup("other", "A")]);
+    assert.deepEqual([a.rcode, b.rcode], ["NOERROR", "NXDOMAIN"]);
+    assert.equal((await lookup.lookup("old", "A")).rcode, "NOERROR");
+    assert.equal(unaryCalls, 3);
+    lookup.close();
+  } finally {
+    client.close();
+    server.forceShutdown();
   }
 });
 

@@ -1,11 +1,12 @@
 /** The manager's LookupDNS as a cluster provider for the DNS engine. */
 
 import { Buffer } from "node:buffer";
-import { Metadata } from "@grpc/grpc-js";
+import { type ClientDuplexStream, Metadata, type ServiceError, status as grpcStatus } from "@grpc/grpc-js";
 import dnsPacket from "dns-packet";
 import type { ClusterLookup, LookupResult } from "../dns/mod.ts";
 import { TelError } from "../errors.ts";
 import type { ManagerClient } from "../tunnel/mod.ts";
+import type { DNSRequest, DNSResponse } from "../../proto/gen/tel.ts";
 import { unary } from "./grpc_util.ts";
 
 const TYPES: Record<string, number> = {
@@ -47,10 +48,33 @@ export function decodeRecords(records: Uint8Array[]): dnsPacket.Answer[] {
   return out;
 }
 
-/** Asks the manager of the current session. */
+interface Pending {
+  req: DNSRequest;
+  resolve(r: LookupResult): void;
+  reject(e: unknown): void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+interface DnsStream {
+  client: ManagerClient;
+  sessionId: string;
+  call: ClientDuplexStream<DNSRequest, DNSResponse>;
+  pending: Map<number, Pending>;
+  closed: boolean;
+}
+
+/**
+ * Asks the manager of the current session. Lookups ride one long-lived LookupDNSStream per session (a message on an
+ * open stream is about a quarter of the cost of a new call); a manager without that method, or a stream that
+ * fails, falls back to unary LookupDNS.
+ */
 export class ManagerLookup implements ClusterLookup {
   #current: () => { client: ManagerClient; sessionId: string } | undefined;
   #timeoutMs: number;
+  #stream: DnsStream | undefined;
+  #nextId = 1;
+  /** Set when the manager answered UNIMPLEMENTED: unary from then on, for that client. */
+  #unaryOnly: ManagerClient | undefined;
 
   constructor(current: () => { client: ManagerClient; sessionId: string } | undefined, timeoutMs = 1000) {
     this.#current = current;
@@ -58,17 +82,95 @@ export class ManagerLookup implements ClusterLookup {
   }
 
   /** One lookup; rejects when no session is up or the manager fails. */
-  async lookup(name: string, qtype: string): Promise<LookupResult> {
+  lookup(name: string, qtype: string): Promise<LookupResult> {
     const cur = this.#current();
-    if (!cur) throw new TelError("cluster", "no session with the traffic-manager (reconnecting)");
-    const res = await unary(
-      cur.client.lookupDns as never,
-      cur.client,
-      // absolute: the engine has already applied the search path
-      { session: { sessionId: cur.sessionId }, name: name.endsWith(".") ? name : `${name}.`, qtype: typeNumber(qtype) },
-      new Metadata(),
-      this.#timeoutMs,
-    ) as { rcode: number; records: Uint8Array[] };
-    return { rcode: RCODES[res.rcode] ?? `RCODE${res.rcode}`, answers: decodeRecords(res.records) };
+    if (!cur) return Promise.reject(new TelError("cluster", "no session with the traffic-manager (reconnecting)"));
+    // absolute: the engine has already applied the search path
+    const req: DNSRequest = {
+      session: { sessionId: cur.sessionId },
+      name: name.endsWith(".") ? name : `${name}.`,
+      qtype: typeNumber(qtype),
+      id: 0,
+    };
+    if (this.#unaryOnly === cur.client) return this.#unary(cur.client, req);
+    const stream = this.#streamFor(cur.client, cur.sessionId);
+    req.id = this.#nextId;
+    this.#nextId = this.#nextId >= 0xffff_fff0 ? 1 : this.#nextId + 1;
+    return new Promise<LookupResult>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        stream.pending.delete(req.id);
+        reject(new TelError("cluster", `the traffic-manager did not answer ${req.name} in ${this.#timeoutMs} ms`));
+      }, this.#timeoutMs);
+      stream.pending.set(req.id, { req, resolve, reject, timer });
+      stream.call.write(req);
+    });
+  }
+
+  /** Ends the stream; pending lookups fail. */
+  close(): void {
+    if (this.#stream) this.#end(this.#stream, new TelError("cluster", "DNS lookups closed"));
+    this.#stream = undefined;
+  }
+
+  #unary(client: ManagerClient, req: DNSRequest): Promise<LookupResult> {
+    return unary(client.lookupDns as never, client, req, new Metadata(), this.#timeoutMs).then((res) => {
+      const r = res as DNSResponse;
+      return { rcode: RCODES[r.rcode] ?? `RCODE${r.rcode}`, answers: decodeRecords(r.records) };
+    });
+  }
+
+  #streamFor(client: ManagerClient, sessionId: string): DnsStream {
+    const cur = this.#stream;
+    if (cur && !cur.closed && cur.client === client && cur.sessionId === sessionId) return cur;
+    if (cur) this.#end(cur, new TelError("cluster", "the session with the traffic-manager changed"));
+    const call = client.lookupDnsStream() as ClientDuplexStream<DNSRequest, DNSResponse>;
+    const s: DnsStream = { client, sessionId, call, pending: new Map(), closed: false };
+    call.on("data", (res: DNSResponse) => {
+      const p = s.pending.get(res.id);
+      if (!p) return; // timed out already
+      s.pending.delete(res.id);
+      clearTimeout(p.timer);
+      if (res.error) p.reject(new TelError("cluster", res.error));
+      else p.resolve({ rcode: RCODES[res.rcode] ?? `RCODE${res.rcode}`, answers: decodeRecords(res.records) });
+    });
+    call.on("error", (err: ServiceError) => {
+      if (err.code === grpcStatus.UNIMPLEMENTED) {
+        // an older manager: retry what was waiting with unary calls, and use those from now on
+        this.#unaryOnly = client;
+        const waiting = [...s.pending.values()];
+        s.pending.clear();
+        s.closed = true;
+        if (this.#stream === s) this.#stream = undefined;
+        for (const p of waiting) {
+          clearTimeout(p.timer);
+          this.#unary(client, p.req).then(p.resolve, p.reject);
+        }
+        return;
+      }
+      this.#end(
+        s,
+        new TelError("cluster", `DNS lookup stream to the traffic-manager failed: ${err.details ?? err.message}`),
+      );
+    });
+    call.on("end", () => this.#end(s, new TelError("cluster", "the traffic-manager ended the DNS lookup stream")));
+    this.#stream = s;
+    return s;
+  }
+
+  #end(s: DnsStream, why: Error): void {
+    if (s.closed) return;
+    s.closed = true;
+    if (this.#stream === s) this.#stream = undefined;
+    for (const p of s.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(why);
+    }
+    s.pending.clear();
+    try {
+      s.call.end();
+      s.call.cancel();
+    } catch {
+      // already finished
+    }
   }
 }

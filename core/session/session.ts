@@ -95,6 +95,7 @@ export class ClientSession {
   #stack?: Stack;
   #router?: Router;
   #engine?: DnsEngine;
+  #lookup?: ManagerLookup;
   #dns?: DnsServer;
   #dnsAddr = "";
   #fwdStats: ForwarderStats = { dials: 0, open: 0, opened: 0, failed: 0 };
@@ -161,9 +162,11 @@ export class ClientSession {
         (this.#router.neverProxy.length ? `; never-proxied: ${this.#router.neverProxy.join(", ")}` : ""),
     );
 
+    const lookup = new ManagerLookup(() => this.#current(), this.#o.dns?.lookupTimeoutMs ?? 1000);
+    this.#lookup = lookup;
     this.#engine = new DnsEngine({
       rules: this.#rules(info),
-      providers: () => [new ManagerLookup(() => this.#current(), this.#o.dns?.lookupTimeoutMs ?? 1000)],
+      providers: () => [lookup],
       fallback: this.#o.resolver.fallback,
       answerTtl: this.#o.dns?.ttlSeconds ?? 4,
       lookupTimeout: this.#o.dns?.lookupTimeoutMs ?? 1000,
@@ -357,6 +360,7 @@ export class ClientSession {
     const old = this.#client;
     this.#client = undefined;
     this.#watchStream?.cancel();
+    this.#lookup?.close();
     old?.close();
     const oldConn = this.#conn;
     this.#reconnecting = (async () => {
@@ -429,6 +433,7 @@ export class ClientSession {
         }
       }],
       ["watch", () => this.#watchStream?.cancel()],
+      ["dns lookups", () => this.#lookup?.close()],
       ["client", () => this.#client?.close()],
       ["manager connection", async () => await this.#conn?.close()],
     ];

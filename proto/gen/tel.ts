@@ -126,6 +126,8 @@ export interface DNSRequest {
   name: string;
   /** The query type as its DNS number (1 = A, 28 = AAAA, ...). */
   qtype: number;
+  /** LookupDNSStream only: the caller's id for this request, echoed in its response. */
+  id: number;
 }
 
 export interface DNSResponse {
@@ -133,6 +135,10 @@ export interface DNSResponse {
   rcode: number;
   /** Answer records, each one resource record in DNS wire form (uncompressed). */
   records: Uint8Array[];
+  /** LookupDNSStream only: the id of the request this answers. */
+  id: number;
+  /** LookupDNSStream only: set when the lookup failed (the unary call fails with a status instead). */
+  error: string;
 }
 
 /** A lookup the manager asks an intercepting agent to make from its pod. */
@@ -1150,7 +1156,7 @@ export const ClusterInfo: MessageFns<ClusterInfo> = {
 };
 
 function createBaseDNSRequest(): DNSRequest {
-  return { session: undefined, name: "", qtype: 0 };
+  return { session: undefined, name: "", qtype: 0, id: 0 };
 }
 
 export const DNSRequest: MessageFns<DNSRequest> = {
@@ -1163,6 +1169,9 @@ export const DNSRequest: MessageFns<DNSRequest> = {
     }
     if (message.qtype !== 0) {
       writer.uint32(24).uint32(message.qtype);
+    }
+    if (message.id !== 0) {
+      writer.uint32(32).uint32(message.id);
     }
     return writer;
   },
@@ -1204,6 +1213,14 @@ export const DNSRequest: MessageFns<DNSRequest> = {
             message.qtype = reader.uint32();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.id = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1226,12 +1243,13 @@ export const DNSRequest: MessageFns<DNSRequest> = {
       : undefined;
     message.name = object.name ?? "";
     message.qtype = object.qtype ?? 0;
+    message.id = object.id ?? 0;
     return message;
   },
 };
 
 function createBaseDNSResponse(): DNSResponse {
-  return { rcode: 0, records: [] };
+  return { rcode: 0, records: [], id: 0, error: "" };
 }
 
 export const DNSResponse: MessageFns<DNSResponse> = {
@@ -1241,6 +1259,12 @@ export const DNSResponse: MessageFns<DNSResponse> = {
     }
     for (const v of message.records) {
       writer.uint32(18).bytes(v!);
+    }
+    if (message.id !== 0) {
+      writer.uint32(24).uint32(message.id);
+    }
+    if (message.error !== "") {
+      writer.uint32(34).string(message.error);
     }
     return writer;
   },
@@ -1274,6 +1298,22 @@ export const DNSResponse: MessageFns<DNSResponse> = {
             message.records.push(reader.bytes());
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.id = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1293,6 +1333,8 @@ export const DNSResponse: MessageFns<DNSResponse> = {
     const message = createBaseDNSResponse();
     message.rcode = object.rcode ?? 0;
     message.records = object.records?.map((e) => e) || [];
+    message.id = object.id ?? 0;
+    message.error = object.error ?? "";
     return message;
   },
 };
@@ -4006,6 +4048,20 @@ export const ManagerService = {
     responseSerialize: (value: DNSResponse): Buffer => asBuffer(DNSResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DNSResponse => DNSResponse.decode(value),
   },
+  /**
+   * Many lookups on one long-lived stream, answered in any order by id: a message on an open stream costs
+   * about a quarter of a new call (bench: 118 vs 418 µs round trip under Deno). Every request names its session;
+   * an unknown or ended session ends the stream with NOT_FOUND.
+   */
+  lookupDnsStream: {
+    path: "/tel.v1.Manager/LookupDNSStream" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: DNSRequest): Buffer => asBuffer(DNSRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DNSRequest => DNSRequest.decode(value),
+    responseSerialize: (value: DNSResponse): Buffer => asBuffer(DNSResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DNSResponse => DNSResponse.decode(value),
+  },
   tunnel: {
     path: "/tel.v1.Manager/Tunnel" as const,
     requestStream: true as const,
@@ -4081,6 +4137,12 @@ export interface ManagerServer extends UntypedServiceImplementation {
   depart: handleUnaryCall<SessionInfo, Empty>;
   watchClusterInfo: handleServerStreamingCall<SessionInfo, ClusterInfo>;
   lookupDns: handleUnaryCall<DNSRequest, DNSResponse>;
+  /**
+   * Many lookups on one long-lived stream, answered in any order by id: a message on an open stream costs
+   * about a quarter of a new call (bench: 118 vs 418 µs round trip under Deno). Every request names its session;
+   * an unknown or ended session ends the stream with NOT_FOUND.
+   */
+  lookupDnsStream: handleBidiStreamingCall<DNSRequest, DNSResponse>;
   tunnel: handleBidiStreamingCall<TunnelMessage, TunnelMessage>;
   /** Agent side, reserved for intercepts. */
   watchDial: handleServerStreamingCall<SessionInfo, DialRequest>;
@@ -4167,6 +4229,14 @@ export interface ManagerClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DNSResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Many lookups on one long-lived stream, answered in any order by id: a message on an open stream costs
+   * about a quarter of a new call (bench: 118 vs 418 µs round trip under Deno). Every request names its session;
+   * an unknown or ended session ends the stream with NOT_FOUND.
+   */
+  lookupDnsStream(): ClientDuplexStream<DNSRequest, DNSResponse>;
+  lookupDnsStream(options: Partial<CallOptions>): ClientDuplexStream<DNSRequest, DNSResponse>;
+  lookupDnsStream(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<DNSRequest, DNSResponse>;
   tunnel(): ClientDuplexStream<TunnelMessage, TunnelMessage>;
   tunnel(options: Partial<CallOptions>): ClientDuplexStream<TunnelMessage, TunnelMessage>;
   tunnel(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<TunnelMessage, TunnelMessage>;

@@ -58,6 +58,7 @@ async function main(): Promise<number> {
         session: { sessionId: s.sessionId },
         name,
         qtype: 1,
+        id: 0,
       });
       say("DNS", { name, rcode: r.rcode, answers: answerData(r.records) });
     }
