@@ -62,16 +62,7 @@ export interface OpenTunnelOptions {
  */
 export async function openTunnel(client: ManagerClient, opts: OpenTunnelOptions): Promise<Tunnel> {
   const clock = opts.clock ?? systemClock;
-  const md = new grpc.Metadata();
-  md.set(FRAME_LIMIT_HEADER, String(LARGE_DATA_FRAME));
-  const call = client.tunnel(md);
-  // A dialer that takes large data frames says so in its response headers, which arrive before the dial answer.
-  let sendLimit = MAX_DATA_FRAME;
-  call.once("metadata", (m: grpc.Metadata) => {
-    const announced = Number(m.get(FRAME_LIMIT_HEADER)[0]);
-    if (announced >= MAX_DATA_FRAME) sendLimit = Math.min(announced, LARGE_DATA_FRAME);
-  });
-  const fs = new FrameStream(call);
+  const { fs, limit } = takePrepared(client);
   const order = new FrameOrder("opener");
   const what = formatConnId(opts.connId);
   await fs.send({
@@ -110,7 +101,67 @@ export async function openTunnel(client: ManagerClient, opts: OpenTunnelOptions)
     fs.end();
     fail(`dial rejected: ${first.value.reason}`);
   }
-  return new OpenTunnel(opts.connId, fs, order, sendLimit, poolOf(client), clock);
+  return new OpenTunnel(opts.connId, fs, order, limit(), poolOf(client), clock);
+}
+
+/** A Tunnel call made ahead of time: its HEADERS are on the wire and the manager's handler waits for the open frame. */
+interface Prepared {
+  fs: FrameStream;
+  /** The data frame limit the dialer announced in its response headers (known once they arrived). */
+  limit(): number;
+}
+
+/**
+ * How many Tunnel calls each client keeps made ahead of time. A new call costs both processes about 0.3 ms of
+ * grpc-js and HTTP/2 work (measured: 390 µs for a new stream and one round trip vs 118 µs for a message on an open
+ * one); a flow that takes a prepared call skips that on its connect path. A handful covers sequential connects and
+ * small bursts; a bigger burst makes the rest on demand, as before.
+ */
+export const PREPARED_CALLS = 4;
+
+const prepared = new WeakMap<ManagerClient, { calls: Prepared[]; refilling: boolean; closed: boolean }>();
+
+function prepareCall(client: ManagerClient): Prepared {
+  const md = new grpc.Metadata();
+  md.set(FRAME_LIMIT_HEADER, String(LARGE_DATA_FRAME));
+  const call = client.tunnel(md);
+  // A dialer that takes large data frames says so in its response headers, which arrive before the dial answer.
+  let sendLimit = MAX_DATA_FRAME;
+  call.once("metadata", (m: grpc.Metadata) => {
+    const announced = Number(m.get(FRAME_LIMIT_HEADER)[0]);
+    if (announced >= MAX_DATA_FRAME) sendLimit = Math.min(announced, LARGE_DATA_FRAME);
+  });
+  return { fs: new FrameStream(call), limit: () => sendLimit };
+}
+
+/** A prepared call for a new flow (made now if none is ready), and the pool topped up after this turn. */
+function takePrepared(client: ManagerClient): Prepared {
+  let pool = prepared.get(client);
+  if (!pool) prepared.set(client, pool = { calls: [], refilling: false, closed: false });
+  let p: Prepared | undefined;
+  while ((p = pool.calls.shift()) && p.fs.over) p.fs.abort();
+  if (!pool.closed && !pool.refilling) {
+    pool.refilling = true;
+    const q = pool;
+    setTimeout(() => {
+      q.refilling = false;
+      if (q.closed) return;
+      q.calls = q.calls.filter((c) => !c.fs.over || (c.fs.abort(), false));
+      while (q.calls.length < PREPARED_CALLS) q.calls.push(prepareCall(client));
+    }, 0);
+  }
+  return p ?? prepareCall(client);
+}
+
+/** Cancels the calls made ahead of time for `client` and makes no more; call before closing the client. */
+export function closePreparedCalls(client: ManagerClient): void {
+  const pool = prepared.get(client);
+  if (pool) {
+    pool.closed = true;
+    for (const c of pool.calls.splice(0)) c.fs.abort();
+  } else {
+    prepared.set(client, { calls: [], refilling: false, closed: true });
+  }
 }
 
 /** How long an abort waits for its disconnect frame to be sent before it cancels the call anyway. */

@@ -64,6 +64,11 @@ export class FrameStream {
     return this.#error;
   }
 
+  /** Whether the stream can no longer carry frames both ways (ended, failed, closed or half-closed by us). */
+  get over(): boolean {
+    return this.#ended || this.#closed || !!this.#error || this.#call.destroyed || this.#call.writableEnded;
+  }
+
   /** Whether the underlying call is fully closed. */
   get closed(): boolean {
     return this.#closed || this.#call.destroyed;

@@ -38,7 +38,14 @@ export {
   MAX_MESSAGE_BYTES,
   TUNNEL_METHOD,
 } from "./grpc.ts";
-export { openTunnel, type OpenTunnelOptions, type Tunnel, type TunnelEnd } from "./client.ts";
+export {
+  closePreparedCalls,
+  openTunnel,
+  type OpenTunnelOptions,
+  PREPARED_CALLS,
+  type Tunnel,
+  type TunnelEnd,
+} from "./client.ts";
 export {
   DEFAULT_DIAL_TIMEOUT_MS,
   DEFAULT_UDP_IDLE_MS,
