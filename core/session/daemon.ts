@@ -1,5 +1,6 @@
 /** `tel daemon`: owns the VIF, routes and resolver; serves the Daemon gRPC service on a unix socket. */
 
+import { startMemoryGovernor } from "../memory.ts";
 import * as grpc from "@grpc/grpc-js";
 import { type Config, defaultConfig, parseConfig } from "../config.ts";
 import { asTelError, errorMessage, TelError } from "../errors.ts";
@@ -339,10 +340,12 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
   const sudoUid = Number(Deno.env.get("SUDO_UID") ?? NaN);
   const sudoGid = Number(Deno.env.get("SUDO_GID") ?? NaN);
   if (Number.isInteger(sudoUid) && Number.isInteger(sudoGid)) await Deno.chown(o.socketPath, sudoUid, sudoGid);
-  log.info("daemon", "listening", { socket: o.socketPath, pid: Deno.pid });
+  const memory = startMemoryGovernor();
+  log.info("daemon", "listening", { socket: o.socketPath, pid: Deno.pid, gc: memory.stats.canCollect });
   o.onReady?.();
   o.signal?.addEventListener("abort", () => stopped.resolve());
   await stopped.promise;
+  memory.stop();
   await d.disconnect();
   // the socket goes first, so a shutdown that fails still leaves the host clean
   await Deno.remove(o.socketPath).catch(() => {});
