@@ -70,7 +70,7 @@ export function coalesceWrites(socket: Writable): void {
     if (!corked && !socket.destroyed) {
       corked = true;
       socket.cork();
-      queueMicrotask(uncork);
+      setImmediate(uncork);
     }
     return write.apply(socket, args);
   } as Writable["write"];
