@@ -210,9 +210,13 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
     tunnel: (call: grpc.ServerDuplexStream<Frame, Frame>) => {
       const started = clock.now();
       let sessionId = "";
+      // a call made ahead of time waits here for its open frame; the manager's close ends it too
+      const endIdle = () => call.end();
+      openStreams.add(endIdle);
       serveTunnel(call, {
         checkSession: (sid) => sessions.check(sid),
         track: (flow) => {
+          openStreams.delete(endIdle);
           sessionId = flow.sessionId;
           const unregister = sessions.onEnd(flow.sessionId, (reason) => flow.abort(reason));
           const end = () => flow.abort("manager shutting down");
@@ -228,12 +232,16 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
       }).then(
         // one line per flow saying why it ended: a clean close, the opener's disconnect reason, a dial or
         // protocol failure, or the transport error (a cancelled call, a connection that went away)
-        (end) =>
-          log.info("manager", end.clean ? "tunnel ended" : "tunnel ended early", {
+        (end) => {
+          openStreams.delete(endIdle);
+          // a call made ahead of time and never used (the client went away or closed it) is not news
+          const unused = !end.conn && !sessionId && /before open/.test(end.reason ?? "");
+          (unused ? log.debug : log.info)("manager", end.clean ? "tunnel ended" : "tunnel ended early", {
             ...end,
             session: sessionId || undefined,
             ms: Math.round(clock.now() - started),
-          }),
+          });
+        },
         // serveTunnel handles its own failures; anything reaching here is a bug, but must not kill the server
         (err) => log.error("manager", "tunnel handler failed", { err: errorMessage(err) }),
       );

@@ -161,7 +161,12 @@ function refillSoon(client: ManagerClient): void {
     pool.refilling = false;
     if (pool.closed) return;
     pool.calls = pool.calls.filter((c) => !c.fs.over || (c.fs.abort(), false));
-    while (pool.calls.length < PREPARED_CALLS) pool.calls.push(prepareCall(client));
+    try {
+      while (pool.calls.length < PREPARED_CALLS) pool.calls.push(prepareCall(client));
+    } catch {
+      // the client was closed meanwhile ("Channel has been shut down"): make no more
+      closePreparedCalls(client);
+    }
   }, 0);
 }
 
