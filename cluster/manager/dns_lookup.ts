@@ -80,6 +80,7 @@ export class ClusterDns {
   #resolver: ResolverConfig;
   #clock: Clock;
   #timeoutMs: number;
+  #exchange: UdpExchange | undefined;
 
   constructor(resolver: ResolverConfig, opts: { clock?: Clock; timeoutMs?: number } = {}) {
     this.#resolver = resolver;
@@ -121,7 +122,7 @@ export class ClusterDns {
 
   /** One query for an absolute name over UDP, retried over TCP when the answer is truncated. */
   async query(fqdn: string, qtype: number): Promise<dnsPacket.Packet> {
-    const id = Math.floor(Math.random() * 0x10000);
+    const id = this.#exchange?.freeId() ?? Math.floor(Math.random() * 0x10000);
     const wire = dnsPacket.encode({
       type: "query",
       id,
@@ -150,28 +151,27 @@ export class ClusterDns {
     }
   }
 
+  /**
+   * Sends over one long-lived socket and matches replies by id and question (a socket per query cost a bind, a
+   * registration and a close each time). Ids in flight are unique; a reply from another address, with an unknown
+   * id or for another name is dropped.
+   */
   async #udp(wire: Uint8Array, id: number): Promise<dnsPacket.Packet> {
     const { hostname, port } = splitHostPort(this.#resolver.server);
-    const sock = Deno.listenDatagram({
-      transport: "udp",
-      hostname: hostname.includes(":") ? "::" : "0.0.0.0",
-      port: 0,
-    });
+    const ex = this.#exchange ??= new UdpExchange(hostname, port);
+    const waiting = ex.expect(id, wire);
     try {
-      await sock.send(wire, { transport: "udp", hostname, port });
-      return await this.#withTimeout(
-        (async () => {
-          for (;;) {
-            const [data] = await sock.receive();
-            const p = decode(data);
-            if (p && p.id === id) return p;
-          }
-        })(),
-        () => sock.close(),
-      );
+      await ex.send(wire);
+      return await this.#withTimeout(waiting, () => {});
     } finally {
-      closeQuietly(sock);
+      ex.forget(id);
     }
+  }
+
+  /** Closes the shared socket (in-flight queries fail). */
+  close(): void {
+    this.#exchange?.close();
+    this.#exchange = undefined;
   }
 
   async #tcp(wire: Uint8Array, id: number): Promise<dnsPacket.Packet> {
@@ -196,6 +196,98 @@ export class ClusterDns {
       closeQuietly(conn);
     }
   }
+}
+
+/** One UDP socket to the cluster DNS, replies dispatched to the query waiting for their id. */
+class UdpExchange {
+  #sock: Deno.DatagramConn;
+  #to: Deno.NetAddr;
+  #pending = new Map<number, { question: Uint8Array; resolve(p: dnsPacket.Packet): void; reject(e: Error): void }>();
+  #closed = false;
+
+  constructor(hostname: string, port: number) {
+    this.#to = { transport: "udp", hostname, port };
+    this.#sock = Deno.listenDatagram({
+      transport: "udp",
+      hostname: hostname.includes(":") ? "::" : "0.0.0.0",
+      port: 0,
+    });
+    this.#receive();
+  }
+
+  /** A random id no query in flight uses. */
+  freeId(): number {
+    for (;;) {
+      const id = Math.floor(Math.random() * 0x10000);
+      if (!this.#pending.has(id)) return id;
+    }
+  }
+
+  /** The reply to the query `wire` with this id. */
+  expect(id: number, wire: Uint8Array): Promise<dnsPacket.Packet> {
+    return new Promise((resolve, reject) => {
+      if (this.#closed) return reject(new TelError("cluster", "DNS lookups are closed"));
+      this.#pending.set(id, { question: wire.subarray(12), resolve, reject });
+    });
+  }
+
+  forget(id: number): void {
+    this.#pending.delete(id);
+  }
+
+  async send(wire: Uint8Array): Promise<void> {
+    await this.#sock.send(wire, this.#to);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    closeQuietly(this.#sock);
+    for (const p of this.#pending.values()) p.reject(new TelError("cluster", "DNS lookups are closed"));
+    this.#pending.clear();
+  }
+
+  async #receive(): Promise<void> {
+    for (;;) {
+      let data: Uint8Array;
+      let from: Deno.Addr;
+      try {
+        [data, from] = await this.#sock.receive();
+      } catch (err) {
+        if (!this.#closed) log.warn("manager", "DNS socket failed; the next query opens another", { err });
+        this.close();
+        return;
+      }
+      const a = from as Deno.NetAddr;
+      if (a.port !== this.#to.port || !sameAddress(a.hostname, this.#to.hostname)) continue;
+      if (data.length < 12) continue;
+      const p = this.#pending.get((data[0] << 8) | data[1]);
+      // the question section must be the one we sent (compare the bytes after the header up to its length)
+      if (!p || !startsWithQuestion(data.subarray(12), p.question)) continue;
+      const reply = decode(data);
+      if (!reply) continue;
+      this.#pending.delete(reply.id!);
+      p.resolve(reply);
+    }
+  }
+}
+
+function startsWithQuestion(body: Uint8Array, question: Uint8Array): boolean {
+  if (body.length < question.length) return false;
+  for (let i = 0; i < question.length; i++) {
+    // names compare case-insensitively (DNS 0x20 randomization by some servers flips letter case)
+    if (lower(body[i]) !== lower(question[i])) return false;
+  }
+  return true;
+}
+
+function lower(c: number): number {
+  return c >= 0x41 && c <= 0x5a ? c | 0x20 : c;
+}
+
+function sameAddress(a: string, b: string): boolean {
+  const norm = (h: string) => h.replace(/^\[|\]$/g, "").replace(/^::ffff:/i, "").toLowerCase();
+  return norm(a) === norm(b);
 }
 
 function decode(data: Uint8Array): dnsPacket.Packet | undefined {

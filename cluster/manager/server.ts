@@ -272,6 +272,7 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
     close: async () => {
       for (const end of [...openStreams]) end();
       sessions.closeAll("manager shutting down");
+      dns.close();
       await new Promise<void>((resolve) => {
         const timer = clock.setTimeout(() => {
           server.forceShutdown();
