@@ -1,19 +1,22 @@
 /**
- * Keeps a long-running process (the daemon) from holding memory it no longer uses.
+ * Keeps a long-running process (the daemon, the manager) from holding memory it no longer uses.
  *
  * Measured in the scale bench (1000 connections, 100 MiB each way): after the transfer the daemon's live data was
  * ~45 MiB of heap and ~11 MiB of ArrayBuffers, yet RSS stayed at 600+ MiB for good. Two things held the rest:
  * - garbage ArrayBuffers (grpc-js, node:http2 and stream chunks: one per message and per copy) promoted to V8's old
- *   generation, where only a major GC frees them; V8 let their external memory reach 300+ MiB before it ran one;
+ *   generation, where only a major GC frees them; V8 let them reach 300+ MiB, and an idle process never collects;
  * - glibc malloc keeps what those buffers freed in its arenas instead of returning it to the system (a full GC plus
  *   `malloc_trim(0)` took RSS from 613 to 163 MiB).
  *
- * So this looks at V8's external memory every `intervalMs` (a heap-statistics call, no /proc read): when it grew by
- * `externalStepBytes` since the last collection, it runs a full GC, at most once per `minGapMs` (with 1000 flows
- * open one took 60–230 ms; a 32 MiB step without the gap halved single-flow throughput). Every `trimEveryMs` it
- * returns malloc's free memory to the system (glibc only) when RSS exceeds V8's heap and buffers by more than
- * `trimSlackBytes` beyond what it did at the start. The GC is exposed through V8's --expose-gc flag at runtime, the
- * trim through FFI; a runtime that refuses either leaves that part out.
+ * A forced full GC is not free: with 1000 flows open one took 60–230 ms, and one per second cost a single download
+ * ~15 % of its throughput. So the governor forces one only
+ * - under pressure: external memory grew by `externalStepBytes` since the last collection while RSS is above
+ *   `rssBudgetBytes` (at most one per `minGapMs`), or
+ * - when the process went quiet with garbage left: external memory is `idleGarbageBytes` above what the last
+ *   collection left and has not moved for `idleMs`;
+ * and every `trimEveryMs` it returns malloc's free memory (glibc only) when RSS exceeds V8's heap and buffers by more
+ * than `trimSlackBytes` beyond what it did at the start or after the last trim. The GC is exposed through V8's
+ * --expose-gc flag at runtime, the trim through FFI; a runtime that refuses either leaves that part out.
  */
 
 import v8 from "node:v8";
@@ -25,13 +28,22 @@ import { log } from "./log.ts";
 export interface MemoryGovernorOptions {
   /** How often to look at external memory (default 100 ms). */
   intervalMs?: number;
-  /** External (ArrayBuffer) growth since the last collection that triggers one (default 96 MiB). */
+  /** External (ArrayBuffer) growth since the last collection that triggers one under pressure (default 64 MiB). */
   externalStepBytes?: number;
-  /** At most one forced collection per this many ms (default 1000). */
+  /** RSS above which growth counts as pressure (default: 60 % of the cgroup's memory limit, else 512 MiB). */
+  rssBudgetBytes?: number;
+  /** At most one pressure collection per this many ms (default 1000). */
   minGapMs?: number;
-  /** How often to consider trimming malloc (default 2000 ms). */
+  /** Garbage left when the process went quiet that is worth a collection (default 32 MiB). */
+  idleGarbageBytes?: number;
+  /** How long external memory must stay put to count as quiet (default 1000 ms). */
+  idleMs?: number;
+  /** How often to consider trimming malloc (default 5000 ms). */
   trimEveryMs?: number;
-  /** Trim when RSS − heap − buffers exceeds its value at the start by more than this (default 48 MiB). */
+  /**
+   * Trim when RSS − heap − buffers exceeds its value at the start (or after the last trim, if higher) by more than
+   * this (default 48 MiB).
+   */
   trimSlackBytes?: number;
 }
 
@@ -79,13 +91,38 @@ export function mallocTrim(): (() => void) | undefined {
   }
 }
 
+/** The memory limit of this process's cgroup (v2 memory.max, v1 limit_in_bytes); undefined when there is none. */
+export function cgroupMemoryLimit(read: (path: string) => string | undefined = readQuietly): number | undefined {
+  for (const path of ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]) {
+    const text = read(path)?.trim();
+    if (!text || text === "max") continue;
+    const n = Number(text);
+    // cgroup v1 says "no limit" with a number near 2^63
+    if (Number.isFinite(n) && n > 0 && n < 2 ** 50) return n;
+  }
+  return undefined;
+}
+
+function readQuietly(path: string): string | undefined {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch {
+    // not Linux, no cgroup fs, or no read permission
+    return undefined;
+  }
+}
+
 /** Starts watching; the timer does not keep the process alive. */
 export function startMemoryGovernor(opts: MemoryGovernorOptions = {}): MemoryGovernor {
   const gc = exposeGc();
   const trim = mallocTrim();
-  const step = opts.externalStepBytes ?? 96 * MiB;
+  const step = opts.externalStepBytes ?? 64 * MiB;
+  const limit = opts.rssBudgetBytes === undefined ? cgroupMemoryLimit() : undefined;
+  const budget = opts.rssBudgetBytes ?? (limit ? Math.floor(limit * 0.6) : 512 * MiB);
   const minGap = opts.minGapMs ?? 1000;
-  const trimEvery = opts.trimEveryMs ?? 2000;
+  const idleGarbage = opts.idleGarbageBytes ?? 32 * MiB;
+  const idleMs = opts.idleMs ?? 1000;
+  const trimEvery = opts.trimEveryMs ?? 5000;
   const slack = opts.trimSlackBytes ?? 48 * MiB;
   const stats: MemoryGovernorStats = { collections: 0, trims: 0, canCollect: !!gc, canTrim: !!trim };
   const overhead = () => {
@@ -93,28 +130,48 @@ export function startMemoryGovernor(opts: MemoryGovernorOptions = {}): MemoryGov
     return m.rss - m.heapTotal - m.external;
   };
   // what the process holds beyond V8's heap and buffers at the start (binary, code, stacks, runtime)
-  const overhead0 = overhead();
+  let floor = overhead();
   let base = v8.getHeapStatistics().external_memory;
   let lastGc = -Infinity;
   let lastTrim = performance.now();
+  // external memory when it last moved by more than 1 MiB, and when
+  let still = base;
+  let stillSince = performance.now();
+
+  const collect = (now: number, why: string, external: number) => {
+    gc!();
+    lastGc = now;
+    stats.collections++;
+    base = still = v8.getHeapStatistics().external_memory;
+    stillSince = now;
+    log.debug("memory", "collected", {
+      why,
+      externalMiB: Math.round(external / MiB),
+      afterMiB: Math.round(base / MiB),
+    });
+  };
 
   const check = (now = performance.now()) => {
     if (gc) {
       const external = v8.getHeapStatistics().external_memory;
       if (external < base) base = external; // V8 collected on its own
-      if (external - base >= step && now - lastGc >= minGap) {
-        gc();
-        lastGc = now;
-        stats.collections++;
-        base = v8.getHeapStatistics().external_memory;
-        log.debug("memory", "collected", { externalMiB: Math.round(external / MiB), afterMiB: Math.round(base / MiB) });
+      if (Math.abs(external - still) > MiB) {
+        still = external;
+        stillSince = now;
+      }
+      if (external - base >= step && now - lastGc >= minGap && Deno.memoryUsage().rss > budget) {
+        collect(now, "pressure", external);
+      } else if (external - base >= idleGarbage && now - stillSince >= idleMs) {
+        collect(now, "idle", external);
       }
     }
     if (trim && now - lastTrim >= trimEvery) {
       lastTrim = now;
-      if (overhead() - overhead0 > slack) {
+      if (overhead() - floor > slack) {
         trim();
         stats.trims++;
+        // what a trim cannot return (memory in use outside V8) raises the floor, so it is not tried again and again
+        floor = Math.max(floor, overhead());
       }
     }
   };

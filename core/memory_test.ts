@@ -1,34 +1,75 @@
 import assert from "node:assert/strict";
 import v8 from "node:v8";
-import { startMemoryGovernor } from "./memory.ts";
+import { cgroupMemoryLimit, startMemoryGovernor } from "./memory.ts";
 
 const MiB = 1024 * 1024;
 
-Deno.test("the memory governor collects garbage buffers once they pass the step, and not more often than the gap", () => {
-  const g = startMemoryGovernor({ externalStepBytes: 16 * MiB, minGapMs: 1000, trimEveryMs: 1e9 });
+/** Makes `mib` MiB of garbage buffers (each filled, so the memory is really used) and drops them. */
+function garbage(mib: number): void {
+  let junk: Uint8Array[] | undefined = Array.from({ length: mib }, () => new Uint8Array(MiB).fill(1));
+  assert.equal(junk.length, mib);
+  junk = undefined;
+}
+
+Deno.test("under pressure the governor collects garbage buffers once they pass the step, at most once per gap", () => {
+  // a budget of 1 byte: RSS is always over it
+  const g = startMemoryGovernor({ externalStepBytes: 16 * MiB, rssBudgetBytes: 1, minGapMs: 1000, trimEveryMs: 1e9 });
   try {
     assert.ok(g.stats.canCollect, "--expose-gc at runtime works on this Deno");
     const before = v8.getHeapStatistics().external_memory;
-    // garbage: 48 MiB of buffers nobody holds (kept alive only by this array until it is dropped)
-    let junk: Uint8Array[] | undefined = Array.from({ length: 48 }, () => new Uint8Array(MiB).fill(1));
-    assert.equal(junk.length, 48);
-    junk = undefined;
+    garbage(48);
     assert.ok(v8.getHeapStatistics().external_memory - before >= 40 * MiB);
     g.check(10_000);
     assert.equal(g.stats.collections, 1);
     assert.ok(v8.getHeapStatistics().external_memory - before < 8 * MiB, "the garbage buffers were freed");
-
-    // more garbage right away: the gap holds the next collection back
-    let more: Uint8Array[] | undefined = Array.from({ length: 24 }, () => new Uint8Array(MiB).fill(2));
-    assert.equal(more.length, 24);
-    more = undefined;
-    g.check(10_500);
+    garbage(24);
+    g.check(10_500); // within the gap: held back
     assert.equal(g.stats.collections, 1);
     g.check(11_000);
     assert.equal(g.stats.collections, 2);
   } finally {
     g.stop();
   }
+});
+
+Deno.test("below the RSS budget garbage is left to V8 while it keeps growing, and collected once it stays put", () => {
+  const g = startMemoryGovernor({
+    externalStepBytes: 16 * MiB,
+    rssBudgetBytes: 1024 ** 4,
+    idleGarbageBytes: 16 * MiB,
+    idleMs: 1000,
+    trimEveryMs: 1e9,
+  });
+  try {
+    garbage(24);
+    g.check(20_000); // it moved: busy
+    garbage(24);
+    g.check(20_500); // moved again
+    assert.equal(g.stats.collections, 0, "no pressure, not quiet: no forced collection");
+    g.check(21_000); // unchanged for 500 ms
+    assert.equal(g.stats.collections, 0);
+    g.check(21_600); // unchanged for 1100 ms: quiet, with garbage left
+    assert.equal(g.stats.collections, 1);
+    g.check(23_000); // nothing new: nothing to do
+    assert.equal(g.stats.collections, 1);
+  } finally {
+    g.stop();
+  }
+});
+
+Deno.test("cgroupMemoryLimit reads cgroup v2 and v1 limits and treats 'max' and v1's huge number as none", () => {
+  const files = (m: Record<string, string>) => (p: string) => m[p];
+  assert.equal(cgroupMemoryLimit(files({ "/sys/fs/cgroup/memory.max": "536870912\n" })), 512 * MiB);
+  assert.equal(cgroupMemoryLimit(files({ "/sys/fs/cgroup/memory.max": "max\n" })), undefined);
+  assert.equal(
+    cgroupMemoryLimit(files({ "/sys/fs/cgroup/memory/memory.limit_in_bytes": "201326592\n" })),
+    192 * MiB,
+  );
+  assert.equal(
+    cgroupMemoryLimit(files({ "/sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n" })),
+    undefined,
+  );
+  assert.equal(cgroupMemoryLimit(files({})), undefined);
 });
 
 Deno.test({

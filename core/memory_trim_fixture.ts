@@ -3,7 +3,13 @@
 import { startMemoryGovernor } from "./memory.ts";
 
 const MiB = 1024 * 1024;
-const g = startMemoryGovernor({ externalStepBytes: 1, minGapMs: 0, trimEveryMs: 0, trimSlackBytes: 16 * MiB });
+const g = startMemoryGovernor({
+  externalStepBytes: 1,
+  rssBudgetBytes: 1,
+  minGapMs: 0,
+  trimEveryMs: 0,
+  trimSlackBytes: 16 * MiB,
+});
 // 64 KiB buffers come from malloc's arenas (below its mmap threshold), so freeing them alone keeps RSS up
 let junk: Uint8Array[] | undefined = Array.from({ length: 2048 }, () => new Uint8Array(64 * 1024).fill(3));
 const held = junk.length;
