@@ -150,8 +150,9 @@ function takePrepared(client: ManagerClient): Prepared {
 }
 
 /**
- * Tops the pool up once the event loop is free. Called after a flow's dial answer, not when it takes its call: a
- * new call costs the manager ~0.1–0.2 ms of grpc-js work, which then delayed the dial it had just been asked for.
+ * Tops the pool up once the event loop is free. Called after a flow's dial answer, not when it takes its call, so
+ * the manager's work on the new calls (~0.1–0.2 ms of grpc-js each) does not compete with the dial it was just asked
+ * for.
  */
 function refillSoon(client: ManagerClient): void {
   const pool = poolFor(client);
