@@ -65,8 +65,8 @@ interface DnsStream {
 
 /**
  * Asks the manager of the current session. Lookups ride one long-lived LookupDNSStream per session (a message on an
- * open stream is about a quarter of the cost of a new call); a manager without that method, or a stream that
- * fails, falls back to unary LookupDNS.
+ * open stream is about a quarter of the cost of a new call). A manager without that method gets unary LookupDNS
+ * calls instead; a stream that fails fails the lookups waiting on it, and the next lookup opens a new one.
  */
 export class ManagerLookup implements ClusterLookup {
   #current: () => { client: ManagerClient; sessionId: string } | undefined;
