@@ -27,14 +27,18 @@ export async function which(name: string, path = Deno.env.get("PATH") ?? ""): Pr
   return undefined;
 }
 
-/** Runs a command to completion, killing it after `timeoutMs`; a start failure rejects. */
+/**
+ * Runs a command to completion, killing it after `timeoutMs` (default 10 s; `Infinity`: never); a start failure
+ * rejects.
+ */
 export async function execCommand(
   cmd: string,
   args: string[],
   opts: { timeoutMs?: number; stdin?: string; env?: Record<string, string> } = {},
 ): Promise<ExecResult> {
   const ac = new AbortController();
-  const timer = setTimeout(() => ac.abort(), opts.timeoutMs ?? 10_000);
+  // setTimeout would fire at once for Infinity
+  const timer = opts.timeoutMs === Infinity ? undefined : setTimeout(() => ac.abort(), opts.timeoutMs ?? 10_000);
   try {
     const child = new Deno.Command(cmd, {
       args,

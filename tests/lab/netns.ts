@@ -1,33 +1,13 @@
 /** Throwaway network namespaces for tests that need the real kernel (see ../shared/LAB.md). */
 
+import { execCommand, type ExecResult } from "../../core/exec.ts";
+
 /** Result of a command run to completion. */
-export interface RunResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+export type RunResult = ExecResult;
 
-const decoder = new TextDecoder();
-
-/** Runs a command and returns its output; never throws for a non-zero exit. */
-export async function run(
-  cmd: string[],
-  opts: { stdin?: string; env?: Record<string, string> } = {},
-): Promise<RunResult> {
-  const child = new Deno.Command(cmd[0], {
-    args: cmd.slice(1),
-    stdin: opts.stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-    env: opts.env,
-  }).spawn();
-  if (opts.stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(opts.stdin));
-    await w.close();
-  }
-  const out = await child.output();
-  return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
+/** Runs a command and returns its output, without a time limit; never throws for a non-zero exit. */
+export function run(cmd: string[], opts: { stdin?: string; env?: Record<string, string> } = {}): Promise<RunResult> {
+  return execCommand(cmd[0], cmd.slice(1), { ...opts, timeoutMs: Infinity });
 }
 
 /** Runs a command and throws with its stderr when it fails. */

@@ -17,6 +17,7 @@
  */
 
 import { stringify as toYaml } from "yaml";
+import { execCommand } from "../../core/exec.ts";
 
 /** The service CIDR the real server is started with (the dummy-service 422 names it). */
 export const REAL_SERVICE_CIDR = "198.19.0.0/20";
@@ -481,21 +482,11 @@ export async function startRealApiServer(opts: StartOptions = {}): Promise<RealA
       watch: (path, wo = {}) => openWatch(url, client, path, wo.token ?? adminToken),
       kubectl: async (args, ko = {}) => {
         const cfg = ko.token ? await writeKubeconfig(`t${crypto.randomUUID().slice(0, 8)}`, ko.token) : kubeconfigPath;
-        const child = new Deno.Command("kubectl", {
-          args: [`--kubeconfig=${cfg}`, ...args],
-          stdin: ko.stdin === undefined ? "null" : "piped",
-          stdout: "piped",
-          stderr: "piped",
+        return await execCommand("kubectl", [`--kubeconfig=${cfg}`, ...args], {
+          stdin: ko.stdin,
           env: { KUBECACHEDIR: `${dir}/kubecache`, HOME: dir },
-        }).spawn();
-        if (ko.stdin !== undefined) {
-          const w = child.stdin.getWriter();
-          await w.write(new TextEncoder().encode(ko.stdin));
-          await w.close();
-        }
-        const out = await child.output();
-        const dec = new TextDecoder();
-        return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+          timeoutMs: Infinity,
+        });
       },
       writeKubeconfig,
       compactEtcd: async () => {
