@@ -18,6 +18,7 @@
 
 import { stringify as toYaml } from "yaml";
 import { execCommand } from "../../core/exec.ts";
+import { issueServingCert, openssl } from "../fixtures/fake_kube_pki.ts";
 
 /** The service CIDR the real server is started with (the dummy-service 422 names it). */
 export const REAL_SERVICE_CIDR = "198.19.0.0/20";
@@ -181,67 +182,15 @@ function freePort(): number {
   return port;
 }
 
-async function openssl(args: string[], cwd: string): Promise<void> {
-  const out = await new Deno.Command("openssl", { args, cwd, stdout: "null", stderr: "piped" }).output();
-  if (!out.success) throw new Error(`openssl ${args.join(" ")}: ${new TextDecoder().decode(out.stderr).trim()}`);
-}
-
 /** CA, serving cert for 127.0.0.1/localhost/kubernetes.default, and the ServiceAccount signing key pair. */
 async function makePki(dir: string): Promise<void> {
-  await openssl([
-    "req",
-    "-x509",
-    "-newkey",
-    "rsa:2048",
-    "-nodes",
-    "-keyout",
-    "ca.key",
-    "-out",
-    "ca.crt",
-    "-days",
-    "2",
-    "-subj",
-    "/CN=tel-real-ca",
-    "-addext",
-    "basicConstraints=critical,CA:TRUE",
-    "-addext",
-    "keyUsage=critical,keyCertSign,cRLSign",
-  ], dir);
-  await openssl([
-    "req",
-    "-newkey",
-    "rsa:2048",
-    "-nodes",
-    "-keyout",
-    "srv.key",
-    "-out",
-    "srv.csr",
-    "-subj",
-    "/CN=kube-apiserver",
-  ], dir);
-  await Deno.writeTextFile(
-    `${dir}/srv.ext`,
-    "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,IP:198.19.0.1\n" +
-      "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n" +
-      "extendedKeyUsage=serverAuth\n",
-  );
-  await openssl([
-    "x509",
-    "-req",
-    "-in",
-    "srv.csr",
-    "-CA",
-    "ca.crt",
-    "-CAkey",
-    "ca.key",
-    "-CAcreateserial",
-    "-out",
-    "srv.crt",
-    "-days",
-    "2",
-    "-extfile",
-    "srv.ext",
-  ], dir);
+  await issueServingCert(dir, {
+    key: ["-newkey", "rsa:2048", "-nodes"],
+    caName: "tel-real-ca",
+    serverName: "kube-apiserver",
+    sans: ["IP:127.0.0.1", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default", "IP:198.19.0.1"],
+    keyUsage: "digitalSignature,keyEncipherment",
+  });
   await openssl(["genrsa", "-out", "sa.key", "2048"], dir);
   await openssl(["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"], dir);
 }
