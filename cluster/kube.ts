@@ -15,6 +15,7 @@ import {
 import { type Clock, sleep, systemClock } from "../core/clock.ts";
 import { errorMessage, TelError } from "../core/errors.ts";
 import { log } from "../core/log.ts";
+import { writeAll } from "../core/io.ts";
 
 /**
  * A KubeConfig whose HTTP client speaks HTTP/1.1 only. undici (under client-node) offers h2 by ALPN and apiservers
@@ -466,11 +467,6 @@ interface WsLike {
   protocol: string;
   close(): void;
   once(ev: "close", cb: () => void): void;
-}
-
-async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < data.length) off += await conn.write(data.subarray(off));
 }
 
 /**

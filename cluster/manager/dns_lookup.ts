@@ -6,6 +6,7 @@ import { type Clock, systemClock } from "../../core/clock.ts";
 import { errorMessage, TelError } from "../../core/errors.ts";
 import { log } from "../../core/log.ts";
 import { parseResolvConf as parseResolvText } from "../../core/dns/resolv_conf.ts";
+import { readTcpMessage, writeTcpMessage } from "../../core/dns/tcp.ts";
 
 /** DNS rcodes used here. */
 export const RCODE = { NOERROR: 0, SERVFAIL: 2, NXDOMAIN: 3 } as const;
@@ -178,15 +179,16 @@ export class ClusterDns {
     const { hostname, port } = splitHostPort(this.#resolver.server);
     const conn = await this.#withTimeout(Deno.connect({ hostname, port }), () => {});
     try {
-      const framed = new Uint8Array(2 + wire.length);
-      new DataView(framed.buffer).setUint16(0, wire.length);
-      framed.set(wire, 2);
-      let off = 0;
-      while (off < framed.length) off += await conn.write(framed.subarray(off));
+      await writeTcpMessage(conn, wire);
       return await this.#withTimeout(
         (async () => {
-          const len = new DataView((await readExactly(conn, 2)).buffer).getUint16(0);
-          const p = decode(await readExactly(conn, len));
+          let data: Uint8Array;
+          try {
+            data = await readTcpMessage(conn);
+          } catch (err) {
+            throw new TelError("cluster", `DNS server ${this.#resolver.server} over TCP: ${errorMessage(err)}`);
+          }
+          const p = decode(data);
           if (!p || p.id !== id) throw new TelError("cluster", "DNS server sent a bad TCP answer");
           return p;
         })(),
@@ -298,17 +300,6 @@ function decode(data: Uint8Array): dnsPacket.Packet | undefined {
     log.debug("manager", "undecodable DNS reply", { err: errorMessage(err) });
     return undefined;
   }
-}
-
-async function readExactly(conn: Deno.Conn, n: number): Promise<Uint8Array> {
-  const buf = new Uint8Array(n);
-  let off = 0;
-  while (off < n) {
-    const r = await conn.read(buf.subarray(off));
-    if (r === null) throw new TelError("cluster", "DNS server closed the TCP connection early");
-    off += r;
-  }
-  return buf;
 }
 
 function closeQuietly(c: { close(): void }): void {

@@ -2,6 +2,7 @@
 
 import { TelError } from "../errors.ts";
 import type { Fallback } from "./engine.ts";
+import { readTcpMessage, writeTcpMessage } from "./tcp.ts";
 
 /** Where the upstream listens. */
 export interface Upstream {
@@ -73,13 +74,8 @@ export class UpstreamFallback implements Fallback {
     const onAbort = () => conn.close();
     signal?.addEventListener("abort", onAbort);
     try {
-      const msg = new Uint8Array(query.length + 2);
-      msg[0] = query.length >> 8;
-      msg[1] = query.length & 255;
-      msg.set(query, 2);
-      await writeAll(conn, msg);
-      const len = await readExactly(conn, 2);
-      return await readExactly(conn, (len[0] << 8) | len[1]);
+      await writeTcpMessage(conn, query);
+      return await readTcpMessage(conn);
     } catch (err) {
       throw new TelError("platform", `dns fallback tcp ${this.#host}:${this.#port}: ${(err as Error).message}`, {
         cause: err,
@@ -93,22 +89,4 @@ export class UpstreamFallback implements Fallback {
       }
     }
   }
-}
-
-/** Writes the whole buffer. */
-export async function writeAll(conn: Deno.Conn, buf: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < buf.length) off += await conn.write(buf.subarray(off));
-}
-
-/** Reads exactly n bytes; rejects when the peer closes first. */
-export async function readExactly(conn: Deno.Conn, n: number): Promise<Uint8Array> {
-  const out = new Uint8Array(n);
-  let off = 0;
-  while (off < n) {
-    const got = await conn.read(out.subarray(off));
-    if (got === null) throw new Error(`connection closed after ${off} of ${n} bytes`);
-    off += got;
-  }
-  return out;
 }

@@ -3,7 +3,7 @@
 import { errorMessage, TelError } from "../errors.ts";
 import { log } from "../log.ts";
 import type { DnsEngine, EngineStats } from "./engine.ts";
-import { readExactly, writeAll } from "./fallback.ts";
+import { readTcpMessage, writeTcpMessage } from "./tcp.ts";
 import { fastUdpAvailable, FastUdpResponder } from "./udp_fast_linux.ts";
 
 /** Options of {@link DnsServer}. */
@@ -199,19 +199,11 @@ export class DnsServer {
     let timer = setTimeout(() => conn.close(), this.#idle);
     try {
       while (!this.#closed) {
-        const len = await readExactly(conn, 2);
-        const n = (len[0] << 8) | len[1];
-        const msg = await readExactly(conn, n);
+        const msg = await readTcpMessage(conn);
         clearTimeout(timer);
         this.#tcpQueries++;
         const reply = await this.#engine.handle(msg, "tcp");
-        if (reply) {
-          const out = new Uint8Array(reply.length + 2);
-          out[0] = reply.length >> 8;
-          out[1] = reply.length & 255;
-          out.set(reply, 2);
-          await writeAll(conn, out);
-        }
+        if (reply) await writeTcpMessage(conn, reply);
         timer = setTimeout(() => conn.close(), this.#idle);
       }
     } catch (err) {

@@ -3,7 +3,8 @@
 import assert from "node:assert/strict";
 import dnsPacket from "dns-packet";
 import { type ClusterLookup, DnsEngine, type LookupResult } from "./engine.ts";
-import { readExactly, UpstreamFallback, writeAll } from "./fallback.ts";
+import { UpstreamFallback } from "./fallback.ts";
+import { readExactly, writeAll } from "../io.ts";
 import { DnsRules } from "./rules.ts";
 import { DnsServer } from "./server.ts";
 import { decodeMessage } from "./wire.ts";

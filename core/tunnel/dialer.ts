@@ -4,6 +4,7 @@ import * as grpc from "@grpc/grpc-js";
 import { type Clock, systemClock } from "../clock.ts";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
+import { writeAll } from "../io.ts";
 import { bytesToIp, type ConnId, connIdFromWire, formatConnId, ipToBytes } from "./conn_id.ts";
 import { allocDataBuffer, type Frame, FrameOrder, frames, MAX_DATA_FRAME } from "./frame.ts";
 import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME } from "./grpc.ts";
@@ -304,11 +305,6 @@ function concat(parts: Uint8Array[], total: number): Uint8Array {
     off += p.byteLength;
   }
   return out;
-}
-
-async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < data.byteLength) off += await conn.write(data.subarray(off));
 }
 
 class UdpFlow extends Flow {
