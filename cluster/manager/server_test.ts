@@ -20,6 +20,7 @@ import {
 import { configureLog, logLevel } from "../../core/log.ts";
 import { emptyClusterInfo, StaticClusterInfo } from "./cluster_info.ts";
 import { startManager } from "./server.ts";
+import { tcpEchoServer as tcpEcho } from "../../tests/fixtures/tcp_echo.ts";
 import type {
   ClientInfo,
   ClusterInfo as WireClusterInfo,
@@ -69,25 +70,6 @@ async function sha256(chunks: Uint8Array[]): Promise<string> {
   }
   return Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", all)), (b) => b.toString(16).padStart(2, "0"))
     .join("");
-}
-
-function tcpEcho(): { port: number; close(): void } {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  (async () => {
-    for await (const conn of l) {
-      (async () => {
-        const buf = new Uint8Array(64 * 1024);
-        for (;;) {
-          const n = await conn.read(buf);
-          if (n === null) break;
-          let off = 0;
-          while (off < n) off += await conn.write(buf.subarray(off, n));
-        }
-        await conn.closeWrite();
-      })().catch(() => {/* the peer reset: test asserts on the client side */}).finally(() => conn.close());
-    }
-  })().catch(() => {/* listener closed */});
-  return { port: (l.addr as Deno.NetAddr).port, close: () => l.close() };
 }
 
 Deno.test("writes of any size, tiny to larger than a frame, arrive byte-exact and in order", async () => {

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { connId, createManagerClient, openTunnel } from "../../core/tunnel/mod.ts";
 import type { SessionInfo } from "../../proto/gen/tel.ts";
+import { tcpEchoServer as echoServer } from "../../tests/fixtures/tcp_echo.ts";
 
 const FIXTURE = new URL("./stability_fixture.ts", import.meta.url).pathname;
 const CLIENTS = 200;
@@ -22,30 +23,6 @@ async function readLine(stream: ReadableStream<Uint8Array>, want: RegExp): Promi
   } finally {
     reader.releaseLock();
   }
-}
-
-function echoServer(): { port: number; close(): void } {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  (async () => {
-    for await (const conn of l) {
-      (async () => {
-        const buf = new Uint8Array(64 * 1024);
-        for (;;) {
-          const n = await conn.read(buf);
-          if (n === null) break;
-          let off = 0;
-          while (off < n) off += await conn.write(buf.subarray(off, n));
-        }
-      })().catch(() => {/* killed clients reset their flows: expected here */}).finally(() => {
-        try {
-          conn.close();
-        } catch {
-          // already closed by the reset
-        }
-      });
-    }
-  })().catch(() => {/* listener closed at the end */});
-  return { port: (l.addr as Deno.NetAddr).port, close: () => l.close() };
 }
 
 Deno.test({

@@ -12,6 +12,7 @@
 
 import { parseArgs } from "node:util";
 import { splitHostPort } from "./dns_server.ts";
+import { echoTcp } from "../fixtures/tcp_echo.ts";
 
 /** One listener: which pod it belongs to and where it listens. */
 export interface ListenSpec {
@@ -86,27 +87,6 @@ export function httpHandler(pod: string): (req: Request) => Promise<Response> {
     }
     return line({ host: req.headers.get("host") ?? "" });
   };
-}
-
-async function echoTcp(conn: Deno.TcpConn): Promise<void> {
-  const buf = new Uint8Array(64 * 1024);
-  try {
-    for (;;) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      let off = 0;
-      while (off < n) off += await conn.write(buf.subarray(off, n));
-    }
-    await conn.closeWrite();
-  } catch {
-    // the peer reset the connection: nothing left to echo
-  } finally {
-    try {
-      conn.close();
-    } catch {
-      // already closed
-    }
-  }
 }
 
 /** Starts every listener; returns a closer. */
