@@ -82,6 +82,7 @@ export class ClusterDns {
   #clock: Clock;
   #timeoutMs: number;
   #exchange: UdpExchange | undefined;
+  #closed = false;
 
   constructor(resolver: ResolverConfig, opts: { clock?: Clock; timeoutMs?: number } = {}) {
     this.#resolver = resolver;
@@ -123,7 +124,8 @@ export class ClusterDns {
 
   /** One query for an absolute name over UDP, retried over TCP when the answer is truncated. */
   async query(fqdn: string, qtype: number): Promise<dnsPacket.Packet> {
-    const id = this.#exchange?.freeId() ?? Math.floor(Math.random() * 0x10000);
+    const ex = this.#udpExchange();
+    const id = ex.freeId();
     const wire = dnsPacket.encode({
       type: "query",
       id,
@@ -132,7 +134,7 @@ export class ClusterDns {
     });
     // dns-packet names types by string; patch the numeric qtype in so any type can be asked.
     wire.writeUInt16BE(qtype, wire.length - 4);
-    const reply = await this.#udp(wire, id);
+    const reply = await this.#udp(ex, wire, id);
     if ((reply.flags ?? 0) & dnsPacket.TRUNCATED_RESPONSE) return await this.#tcp(wire, id);
     return reply;
   }
@@ -157,9 +159,7 @@ export class ClusterDns {
    * registration and a close each time). Ids in flight are unique; a reply from another address, with an unknown
    * id or for another name is dropped.
    */
-  async #udp(wire: Uint8Array, id: number): Promise<dnsPacket.Packet> {
-    const { hostname, port } = splitHostPort(this.#resolver.server);
-    const ex = this.#exchange ??= new UdpExchange(hostname, port);
+  async #udp(ex: UdpExchange, wire: Uint8Array, id: number): Promise<dnsPacket.Packet> {
     const waiting = ex.expect(id, wire);
     try {
       await ex.send(wire);
@@ -169,10 +169,18 @@ export class ClusterDns {
     }
   }
 
-  /** Closes the shared socket (in-flight queries fail). */
+  /** The shared socket; a new one when the last failed (not after close()). */
+  #udpExchange(): UdpExchange {
+    if (this.#closed) throw new TelError("cluster", "DNS lookups are closed");
+    if (this.#exchange && !this.#exchange.closed) return this.#exchange;
+    const { hostname, port } = splitHostPort(this.#resolver.server);
+    return this.#exchange = new UdpExchange(hostname, port);
+  }
+
+  /** Closes the shared socket: queries in flight and later ones fail. */
   close(): void {
+    this.#closed = true;
     this.#exchange?.close();
-    this.#exchange = undefined;
   }
 
   async #tcp(wire: Uint8Array, id: number): Promise<dnsPacket.Packet> {
@@ -206,6 +214,11 @@ class UdpExchange {
   #to: Deno.NetAddr;
   #pending = new Map<number, { question: Uint8Array; resolve(p: dnsPacket.Packet): void; reject(e: Error): void }>();
   #closed = false;
+
+  /** Whether the socket is gone (closed, or failed). */
+  get closed(): boolean {
+    return this.#closed;
+  }
 
   constructor(hostname: string, port: number) {
     this.#to = { transport: "udp", hostname, port };
