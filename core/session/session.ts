@@ -13,7 +13,7 @@ import { log } from "../log.ts";
 import { Stack } from "../netstack/mod.ts";
 import type { Resolver, Vif } from "../plugin.ts";
 import { Cidr } from "../subnet/mod.ts";
-import { closePreparedCalls, connId, createManagerClient, type ManagerClient, openTunnel } from "../tunnel/mod.ts";
+import { connId, createManagerClient, type ManagerClient, openTunnel } from "../tunnel/mod.ts";
 import { TEL_VERSION } from "../version.ts";
 import type { ClusterInfo } from "../../proto/gen/tel.ts";
 import { createForwarder, type ForwarderStats } from "./forwarder.ts";
@@ -361,7 +361,6 @@ export class ClientSession {
     this.#client = undefined;
     this.#watchStream?.cancel();
     this.#lookup?.close();
-    if (old) closePreparedCalls(old);
     old?.close();
     const oldConn = this.#conn;
     this.#reconnecting = (async () => {
@@ -435,10 +434,7 @@ export class ClientSession {
       }],
       ["watch", () => this.#watchStream?.cancel()],
       ["dns lookups", () => this.#lookup?.close()],
-      ["client", () => {
-        if (this.#client) closePreparedCalls(this.#client);
-        this.#client?.close();
-      }],
+      ["client", () => this.#client?.close()],
       ["manager connection", async () => await this.#conn?.close()],
     ];
     for (const [what, fn] of steps) {

@@ -137,7 +137,15 @@ function prepareCall(client: ManagerClient): Prepared {
 
 function poolFor(client: ManagerClient) {
   let pool = prepared.get(client);
-  if (!pool) prepared.set(client, pool = { calls: [], refilling: false, closed: false });
+  if (!pool) {
+    prepared.set(client, pool = { calls: [], refilling: false, closed: false });
+    // closing the client cancels its prepared calls (grpc-js lets calls outlive a closed channel)
+    const close = client.close.bind(client);
+    client.close = () => {
+      closePreparedCalls(client);
+      close();
+    };
+  }
   return pool;
 }
 
@@ -171,7 +179,7 @@ function refillSoon(client: ManagerClient): void {
   }, 0);
 }
 
-/** Cancels the calls made ahead of time for `client` and makes no more; call before closing the client. */
+/** Cancels the calls made ahead of time for `client` and makes no more (closing the client does this too). */
 export function closePreparedCalls(client: ManagerClient): void {
   const pool = poolFor(client);
   pool.closed = true;

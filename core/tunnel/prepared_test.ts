@@ -96,3 +96,29 @@ Deno.test("a new flow rides a Tunnel call made ahead of time; closePreparedCalls
     await serving.catch(() => {});
   }
 });
+
+Deno.test("closing the client cancels its calls made ahead of time", async () => {
+  const echo = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const serving = (async () => {
+    for await (const c of echo) c.readable.pipeTo(c.writable).catch(() => {});
+  })();
+  const { calls, port, server } = await numberingServer();
+  const client = createManagerClient(`127.0.0.1:${port}`);
+  const dst = { ip: "127.0.0.1", port: (echo.addr as Deno.NetAddr).port };
+  try {
+    const t = await openTunnel(client, { sessionId: "s", connId: connId("tcp", { ip: "10.0.0.1", port: 40101 }, dst) });
+    await roundTrip(t, 7);
+    await until(`${1 + PREPARED_CALLS} calls reach the server`, () => calls.length === 1 + PREPARED_CALLS);
+    client.close();
+    await until(
+      "every idle call ended without a flow",
+      () => calls.filter((c) => c.flowPort === undefined && c.end !== undefined).length === PREPARED_CALLS,
+    );
+    assert.ok(calls.filter((c) => c.flowPort === undefined).every((c) => /before open/.test(c.end?.reason ?? "")));
+  } finally {
+    client.close();
+    server.forceShutdown();
+    echo.close();
+    await serving.catch(() => {});
+  }
+});
