@@ -1,20 +1,9 @@
 /** Fake-time tests for ConnectQueue. */
 
 import assert from "node:assert/strict";
-import FakeTimers from "@sinonjs/fake-timers";
-import type { Clock } from "./clock.ts";
+import { fakeClock } from "../tests/fixtures/fake_clock.ts";
 import { connectKey, ConnectQueue } from "./connect_queue.ts";
 import { TelError } from "./errors.ts";
-
-function fakeClock() {
-  const fake = FakeTimers.createClock(0);
-  const clock: Clock = {
-    now: () => fake.now,
-    setTimeout: (fn, ms) => fake.setTimeout(fn, ms),
-    clearTimeout: (id) => fake.clearTimeout(id as FakeTimers.TimerId),
-  };
-  return { fake, clock };
-}
 
 function deferred<T>() {
   let resolve!: (v: T) => void;

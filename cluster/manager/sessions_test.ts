@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import FakeTimers from "@sinonjs/fake-timers";
+import { fakeClock as sharedFakeClock } from "../../tests/fixtures/fake_clock.ts";
 import * as grpc from "@grpc/grpc-js";
 import type { Clock } from "../../core/clock.ts";
 import { connId, createManagerClient, openTunnel } from "../../core/tunnel/mod.ts";
@@ -9,15 +9,8 @@ import { SessionRegistry } from "./sessions.ts";
 import type { Empty, SessionInfo } from "../../proto/gen/tel.ts";
 
 function fakeClock(): { clock: Clock; tick(ms: number): void } {
-  const fake = FakeTimers.createClock(0);
-  return {
-    clock: {
-      now: () => fake.now,
-      setTimeout: (fn, ms) => fake.setTimeout(fn, ms),
-      clearTimeout: (id) => fake.clearTimeout(id as FakeTimers.TimerId),
-    },
-    tick: (ms) => fake.tick(ms),
-  };
+  const { fake, clock } = sharedFakeClock();
+  return { clock, tick: (ms) => fake.tick(ms) };
 }
 
 Deno.test("a silent session expires after the ttl; remain keeps it alive", () => {

@@ -3,23 +3,13 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import dnsPacket from "dns-packet";
-import FakeTimers from "@sinonjs/fake-timers";
+import { fakeClock } from "../../tests/fixtures/fake_clock.ts";
 import type { Clock } from "../clock.ts";
 import { Cidr } from "../subnet/mod.ts";
 import { type ClusterLookup, DnsEngine, type DnsEngineOptions, type Fallback, type LookupResult } from "./engine.ts";
 import { recursionCheck } from "./recursion.ts";
 import { DnsRules } from "./rules.ts";
 import { decodeMessage } from "./wire.ts";
-
-function fakeClock() {
-  const fake = FakeTimers.createClock(0);
-  const clock: Clock = {
-    now: () => fake.now,
-    setTimeout: (fn, ms) => fake.setTimeout(fn, ms),
-    clearTimeout: (id) => fake.clearTimeout(id as FakeTimers.TimerId),
-  };
-  return { fake, clock };
-}
 
 let nextId = 1;
 function q(name: string, type: dnsPacket.RecordType = "A", opts: { edns?: number; id?: number } = {}): Uint8Array {

@@ -1,7 +1,6 @@
 import { equal, ok } from "node:assert/strict";
 import fc from "fast-check";
-import FakeTimers from "@sinonjs/fake-timers";
-import type { Clock } from "../clock.ts";
+import { fakeClock } from "../../tests/fixtures/fake_clock.ts";
 import { echoRequest, tcpPacket, udpPacket } from "./_build.ts";
 import { checksum, pseudoSum4, pseudoSum6 } from "./header/checksum.ts";
 import { ACK, FIN, parseTcp, PSH, RST, SYN } from "./header/tcp.ts";
@@ -96,12 +95,7 @@ interface Flow {
 
 for (const offload of [false, true]) {
   Deno.test(`fuzz${offload ? " (checksum/TSO offload link)" : ""}: 100k random, mutated and in-flow packets → no escaping exception, no leak, no hang`, async () => {
-    const fake = FakeTimers.createClock(0);
-    const clock: Clock = {
-      now: () => fake.now,
-      setTimeout: (fn, ms) => fake.setTimeout(fn, ms),
-      clearTimeout: (id) => fake.clearTimeout(id as FakeTimers.TimerId),
-    };
+    const { fake, clock } = fakeClock();
     const link = new ChannelLink(9000, offload ? { rxChecksum: true, tsoMaxPacket: 65000 } : undefined);
     const flows = new Map<number, Flow>();
     let sent = 0;

@@ -1,6 +1,5 @@
 import { deepStrictEqual as assertEquals, equal, ok, rejects } from "node:assert/strict";
-import FakeTimers from "@sinonjs/fake-timers";
-import type { Clock } from "../clock.ts";
+import { fakeClock } from "../../tests/fixtures/fake_clock.ts";
 import { echoRequest, tcpPacket, udpPacket } from "./_build.ts";
 import { parseIpv4 } from "./header/ipv4.ts";
 import { parseIpv6 } from "./header/ipv6.ts";
@@ -33,12 +32,7 @@ function parse(p: Uint8Array): Seen {
 const tick = () => new Promise((r) => setTimeout(r, 0));
 
 function setup(o: { verdict?: (c: TcpConn) => Promise<Verdict>; tcp?: Partial<TcpTuning>; mtu?: number } = {}) {
-  const fake = FakeTimers.createClock(1_000_000);
-  const clock: Clock = {
-    now: () => fake.now,
-    setTimeout: (fn, ms) => fake.setTimeout(fn, ms),
-    clearTimeout: (id) => fake.clearTimeout(id as FakeTimers.TimerId),
-  };
+  const { fake, clock } = fakeClock(1_000_000);
   const link = new ChannelLink(o.mtu ?? 1500);
   const out: Uint8Array[] = [];
   link.onWrite = (p) => out.push(p);
