@@ -4,6 +4,7 @@
  * TEL_BUILD_REAL_APISERVER=1; otherwise one line says why it is skipped.
  */
 
+import { runDenoTest } from "./deno_test.ts";
 import { ensureTools } from "./prepare.ts";
 import { realTierAvailability } from "./real/apiserver.ts";
 
@@ -31,32 +32,8 @@ if ("reason" in real) {
   env.TEL_REAL_TIER = "1";
 }
 
-const args = Deno.args.length > 0 ? Deno.args : ["."];
-const child = new Deno.Command(Deno.execPath(), {
-  args: ["test", "-A", "--no-check=remote", ...args],
-  stdout: "piped",
-  stderr: "inherit",
-  env,
-}).spawn();
-
-let passed = 0;
-let failed = 0;
-let tail = "";
-const decoder = new TextDecoder();
-for await (const chunk of child.stdout) {
-  await Deno.stdout.write(chunk);
-  tail = (tail + decoder.decode(chunk, { stream: true })).slice(-4096);
-}
-const status = await child.status;
-// deno test closes with e.g. "ok | 12 passed (3 steps) | 0 failed (1s)"
-// deno-lint-ignore no-control-regex
-const clean = tail.replace(/\x1b\[[0-9;]*m/g, "");
-const m = [...clean.matchAll(/(?:ok|FAILED) \| (\d+) passed[^|]*\| (\d+) failed/g)].at(-1);
-if (m) {
-  passed = Number(m[1]);
-  failed = Number(m[2]);
-} else if (status.code !== 0) {
-  failed = 1;
-}
+const run = await runDenoTest(Deno.args.length > 0 ? Deno.args : ["."], env);
+const passed = run.summary?.passed ?? 0;
+const failed = run.summary?.failed ?? (run.code !== 0 ? 1 : 0);
 console.log(`${passed} passed, ${failed} failed`);
-Deno.exit(status.code === 0 && failed === 0 ? 0 : 1);
+Deno.exit(run.code === 0 && failed === 0 ? 0 : 1);

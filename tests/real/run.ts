@@ -11,6 +11,7 @@
  * ```
  */
 
+import { runDenoTest } from "../deno_test.ts";
 import { realTierAvailability, sweepStale } from "./apiserver.ts";
 
 const HERE = new URL(".", import.meta.url).pathname;
@@ -45,38 +46,17 @@ export async function runRealTier(files: string[] = []): Promise<TierOutcome> {
   console.log(`real apiserver tier: ${found.version} at ${found.path}`);
 
   const targets = files.length ? files.map((f) => (f.startsWith("/") ? f : `${HERE}${f}`)) : [HERE];
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["test", "-A", "--no-check=remote", ...targets],
-    stdout: "piped",
-    stderr: "inherit",
-    env: { RUST_BACKTRACE: "0", TEL_REAL_TIER: "1" },
-  }).spawn();
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    console.log(`real apiserver tier: timed out after ${TIMEOUT_S} s, stopping the tests`);
-    try {
-      child.kill("SIGKILL");
-    } catch (_err) {
-      // exited meanwhile
-    }
-  }, TIMEOUT_S * 1000);
-  let tail = "";
-  const dec = new TextDecoder();
-  for await (const chunk of child.stdout) {
-    await Deno.stdout.write(chunk);
-    tail = (tail + dec.decode(chunk, { stream: true })).slice(-4096);
-  }
-  const st = await child.status;
-  clearTimeout(timer);
+  const run = await runDenoTest(targets, { RUST_BACKTRACE: "0", TEL_REAL_TIER: "1" }, {
+    timeoutMs: TIMEOUT_S * 1000,
+    onTimeout: () => console.log(`real apiserver tier: timed out after ${TIMEOUT_S} s, stopping the tests`),
+  });
+  const timedOut = run.timedOut;
   // servers of a killed test process are orphans now: stop them
   if (timedOut) await sweepStale();
-  // deno-lint-ignore no-control-regex
-  const clean = tail.replace(/\x1b\[[0-9;]*m/g, "");
-  const m = [...clean.matchAll(/(?:ok|FAILED) \| (\d+) passed[^|]*\| (\d+) failed/g)].at(-1);
-  const passed = m ? Number(m[1]) : 0;
-  const failed = m && !timedOut ? Number(m[2]) : (st.code === 0 && !timedOut ? 0 : Math.max(1, m ? Number(m[2]) : 1));
-  return { ran: true, passed, failed, code: st.code };
+  const m = run.summary;
+  const passed = m ? m.passed : 0;
+  const failed = m && !timedOut ? m.failed : (run.code === 0 && !timedOut ? 0 : Math.max(1, m ? m.failed : 1));
+  return { ran: true, passed, failed, code: run.code };
 }
 
 if (import.meta.main) {
