@@ -9,6 +9,7 @@ import { LAB_NET, type LabPod } from "../../tests/lab/topology.ts";
 import { type Netns, run } from "../../tests/lab/netns.ts";
 import { Netns as NetnsClass } from "../../tests/lab/netns.ts";
 import { LabProcess } from "../../tests/lab/proc.ts";
+import { labTel } from "../../tests/lab/tel.ts";
 import { parseStatusMem } from "./procstat.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -133,24 +134,12 @@ export class BenchEnv {
 
   /** The workstation's tel state directory. */
   get stateDir(): string {
-    return `${this.lab.dir}/tel-state`;
+    return labTel(this.lab).state;
   }
 
   /** Runs `tel <args>` in the workstation. */
   tel(args: string[]): Promise<Ran> {
-    return this.lab.ws.run([
-      "env",
-      `TEL_SOCKET=${this.stateDir}/daemon.sock`,
-      `TEL_STATE_DIR=${this.stateDir}`,
-      "RUST_BACKTRACE=0",
-      "NO_COLOR=1",
-      Deno.execPath(),
-      "run",
-      "-A",
-      "--unstable-net",
-      `${ROOT}main.ts`,
-      ...args,
-    ]);
+    return labTel(this.lab).run(args);
   }
 
   /** Connects tel in `mode` (reconnecting when it was connected otherwise), then adds the direct veth route. */
@@ -188,22 +177,14 @@ export class BenchEnv {
    */
   async #startInspectableDaemon(): Promise<void> {
     await Deno.mkdir(this.stateDir, { recursive: true, mode: 0o700 });
-    this.#inspectDaemon = await LabProcess.start(this.lab.ws, "tel-daemon-inspect", [
-      "env",
-      `TEL_SOCKET=${this.stateDir}/daemon.sock`,
-      `TEL_STATE_DIR=${this.stateDir}`,
-      "RUST_BACKTRACE=0",
-      "NO_COLOR=1",
-      Deno.execPath(),
-      "run",
-      "-A",
-      "--unstable-net",
-      "--inspect=127.0.0.1:9229",
-      `${ROOT}main.ts`,
-      "daemon",
-      "--log-file",
-      `${this.stateDir}/daemon.log`,
-    ], { ready: /Debugger listening/, stdin: false });
+    this.#inspectDaemon = await LabProcess.start(
+      this.lab.ws,
+      "tel-daemon-inspect",
+      labTel(this.lab).argv(["daemon", "--log-file", `${this.stateDir}/daemon.log`], {}, [
+        "--inspect=127.0.0.1:9229",
+      ]),
+      { ready: /Debugger listening/, stdin: false },
+    );
     for (let i = 0; i < 150; i++) {
       if ((await this.tel(["status", "-o", "json"])).code === 0) return;
       await new Promise((r) => setTimeout(r, 100));

@@ -9,6 +9,8 @@ const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 export interface LabTel {
   /** Runs `tel <args>` in the workstation namespace, with extra environment. */
   run(args: string[], env?: Record<string, string>): Promise<RunResult>;
+  /** The command line of `tel <args>` as run() runs it; `denoFlags` go before the script (e.g. --inspect). */
+  argv(args: string[], env?: Record<string, string>, denoFlags?: string[]): string[];
   /** The daemon's state directory (state.json, daemon.log). */
   state: string;
   /** The daemon's unix socket. */
@@ -19,23 +21,20 @@ export interface LabTel {
 export function labTel(lab: Lab): LabTel {
   const state = `${lab.dir}/tel-state`;
   const socket = `${state}/daemon.sock`;
-  return {
-    state,
-    socket,
-    run: (args, env = {}) =>
-      lab.ws.run([
-        "env",
-        `TEL_SOCKET=${socket}`,
-        `TEL_STATE_DIR=${state}`,
-        "RUST_BACKTRACE=0",
-        "NO_COLOR=1",
-        ...Object.entries(env).map(([k, v]) => `${k}=${v}`),
-        Deno.execPath(),
-        "run",
-        "-A",
-        "--unstable-net",
-        MAIN,
-        ...args,
-      ]),
-  };
+  const argv = (args: string[], env: Record<string, string> = {}, denoFlags: string[] = []) => [
+    "env",
+    `TEL_SOCKET=${socket}`,
+    `TEL_STATE_DIR=${state}`,
+    "RUST_BACKTRACE=0",
+    "NO_COLOR=1",
+    ...Object.entries(env).map(([k, v]) => `${k}=${v}`),
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--unstable-net",
+    ...denoFlags,
+    MAIN,
+    ...args,
+  ];
+  return { state, socket, argv, run: (args, env = {}) => lab.ws.run(argv(args, env)) };
 }
