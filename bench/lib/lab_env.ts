@@ -6,8 +6,7 @@
 
 import { Lab } from "../../tests/lab/cluster.ts";
 import { LAB_NET, type LabPod } from "../../tests/lab/topology.ts";
-import { type Netns, run } from "../../tests/lab/netns.ts";
-import { Netns as NetnsClass } from "../../tests/lab/netns.ts";
+import { Netns, run } from "../../tests/lab/netns.ts";
 import { LabProcess } from "../../tests/lab/proc.ts";
 import { labTel } from "../../tests/lab/tel.ts";
 import { parseStatusMem } from "./procstat.ts";
@@ -238,7 +237,7 @@ export class BenchEnv {
   /** A namespace behind slirp4netns (MTU 65520) run from the cluster namespace: its traffic leaves from there. */
   async slirp(): Promise<Netns> {
     if (this.#slirp) return this.#slirp.ns;
-    const ns = await NetnsClass.create("lab", this.lab.id);
+    const ns = await Netns.create("lab", this.lab.id);
     try {
       const proc = await LabProcess.start(this.lab.cl, "slirp4netns", [
         "slirp4netns",
