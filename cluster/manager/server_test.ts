@@ -425,6 +425,25 @@ Deno.test("ManagerLookup answers concurrent lookups over one LookupDNSStream and
   }
 });
 
+Deno.test("ManagerLookup ends a lookup when the engine's signal aborts it, without waiting for the manager", async () => {
+  const silent = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  try {
+    await withManager(async ({ client, sessionId }) => {
+      const lookup = new ManagerLookup(() => ({ client, sessionId }), 60_000);
+      const ac = new AbortController();
+      const pending = lookup.lookup("slow", "A", ac.signal);
+      setTimeout(() => ac.abort(), 30);
+      await assert.rejects(pending, /lookup of slow\. was cancelled/);
+      const already = new AbortController();
+      already.abort();
+      await assert.rejects(lookup.lookup("slow", "A", already.signal), /cancelled/);
+      lookup.close();
+    }, `127.0.0.1:${(silent.addr as Deno.NetAddr).port}`);
+  } finally {
+    silent.close();
+  }
+});
+
 Deno.test("ManagerLookup falls back to unary LookupDNS when the manager has no LookupDNSStream", async () => {
   const server = new grpc.Server();
   let unaryCalls = 0;

@@ -52,7 +52,8 @@ interface Pending {
   req: DNSRequest;
   resolve(r: LookupResult): void;
   reject(e: unknown): void;
-  timer: ReturnType<typeof setTimeout>;
+  /** Stops the lookup's timeout (or its abort listener). */
+  settle(): void;
 }
 
 interface DnsStream {
@@ -81,8 +82,11 @@ export class ManagerLookup implements ClusterLookup {
     this.#timeoutMs = timeoutMs;
   }
 
-  /** One lookup; rejects when no session is up or the manager fails. */
-  lookup(name: string, qtype: string): Promise<LookupResult> {
+  /**
+   * One lookup; rejects when no session is up or the manager fails. With `signal` (the engine gives one, with its
+   * own timeout) an abort ends the lookup; without one, it times out after `timeoutMs`.
+   */
+  lookup(name: string, qtype: string, signal?: AbortSignal): Promise<LookupResult> {
     const cur = this.#current();
     if (!cur) return Promise.reject(new TelError("cluster", "no session with the traffic-manager (reconnecting)"));
     // absolute: the engine has already applied the search path
@@ -97,11 +101,23 @@ export class ManagerLookup implements ClusterLookup {
     req.id = this.#nextId;
     this.#nextId = this.#nextId >= 0xffff_fff0 ? 1 : this.#nextId + 1;
     return new Promise<LookupResult>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        stream.pending.delete(req.id);
-        reject(new TelError("cluster", `the traffic-manager did not answer ${req.name} in ${this.#timeoutMs} ms`));
-      }, this.#timeoutMs);
-      stream.pending.set(req.id, { req, resolve, reject, timer });
+      if (signal?.aborted) return reject(new TelError("cluster", `the lookup of ${req.name} was cancelled`));
+      const giveUp = (why: string) => {
+        if (stream.pending.delete(req.id)) reject(new TelError("cluster", why));
+      };
+      let settle: () => void;
+      if (signal) {
+        const onAbort = () => giveUp(`the lookup of ${req.name} was cancelled`);
+        signal.addEventListener("abort", onAbort, { once: true });
+        settle = () => signal.removeEventListener("abort", onAbort);
+      } else {
+        const timer = setTimeout(
+          () => giveUp(`the traffic-manager did not answer ${req.name} in ${this.#timeoutMs} ms`),
+          this.#timeoutMs,
+        );
+        settle = () => clearTimeout(timer);
+      }
+      stream.pending.set(req.id, { req, resolve, reject, settle });
       stream.call.write(req);
     });
   }
@@ -129,7 +145,7 @@ export class ManagerLookup implements ClusterLookup {
       const p = s.pending.get(res.id);
       if (!p) return; // timed out already
       s.pending.delete(res.id);
-      clearTimeout(p.timer);
+      p.settle();
       if (res.error) p.reject(new TelError("cluster", res.error));
       else p.resolve({ rcode: RCODES[res.rcode] ?? `RCODE${res.rcode}`, answers: decodeRecords(res.records) });
     });
@@ -142,7 +158,7 @@ export class ManagerLookup implements ClusterLookup {
         s.closed = true;
         if (this.#stream === s) this.#stream = undefined;
         for (const p of waiting) {
-          clearTimeout(p.timer);
+          p.settle();
           this.#unary(client, p.req).then(p.resolve, p.reject);
         }
         return;
@@ -162,7 +178,7 @@ export class ManagerLookup implements ClusterLookup {
     s.closed = true;
     if (this.#stream === s) this.#stream = undefined;
     for (const p of s.pending.values()) {
-      clearTimeout(p.timer);
+      p.settle();
       p.reject(why);
     }
     s.pending.clear();
