@@ -389,6 +389,15 @@ export async function startRealApiServer(opts: StartOptions = {}): Promise<RealA
         "kube-apiserver /readyz",
       );
     await waitReady(api);
+    // /readyz does not wait for the bootstrap controller's namespaces (default, kube-system): a test that reads one
+    // right away saw 404 now and then
+    for (const ns of ["default", "kube-system"]) {
+      await waitFor(
+        async () => (await request("GET", `/api/v1/namespaces/${ns}`)).status === 200,
+        opts.readyTimeoutMs ?? 60000,
+        `namespace ${ns} on kube-apiserver`,
+      );
+    }
     const readyMs = performance.now() - tApi;
     if (!version) {
       const v = await new Deno.Command(binary, { args: ["--version"], stdout: "piped" }).output();
