@@ -4,8 +4,8 @@ import * as grpc from "@grpc/grpc-js";
 import { runCli } from "./core/cli/mod.ts";
 import { log } from "./core/log.ts";
 import { BUILTIN_PLUGINS } from "./plugins/registry.ts";
-import { managerCommand } from "./cluster/cli.ts";
-import { flattenKubeconfig, managerConnector } from "./cluster/connect.ts";
+import { kubeHelperCommand, managerCommand } from "./cluster/cli.ts";
+import { kubeHelperConnector } from "./cluster/kube_helper_client.ts";
 
 if (import.meta.main) {
   // grpc-js prints its own diagnostics to stderr; route them into tel's logger instead.
@@ -17,8 +17,12 @@ if (import.meta.main) {
   Deno.exit(
     await runCli(Deno.args, {
       plugins: BUILTIN_PLUGINS,
-      commands: [managerCommand],
-      cluster: { flattenKubeconfig, connector: managerConnector },
+      commands: [managerCommand, kubeHelperCommand],
+      cluster: {
+        // the kube client is loaded only where it is used (the CLI, the kube helper, the manager), never by the daemon
+        flattenKubeconfig: async (opts) => (await import("./cluster/connect.ts")).flattenKubeconfig(opts),
+        connector: kubeHelperConnector(),
+      },
     }),
   );
 }

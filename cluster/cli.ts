@@ -3,7 +3,8 @@
 import type { Command } from "../core/cli/mod.ts";
 import { TelError } from "../core/errors.ts";
 import { log } from "../core/log.ts";
-import { POD_CIDR_STRATEGIES, type PodCidrStrategy, startDiscovery } from "./manager/discovery.ts";
+import { writeAll } from "../core/io.ts";
+import { POD_CIDR_STRATEGIES, type PodCidrStrategy } from "./manager/pod_cidr_strategy.ts";
 import { type ClusterInfoSource, type ManagerFlags, runManager, StaticClusterInfo } from "./manager/mod.ts";
 
 /** Builds the ClusterInfo source for the flags: discovery through the kube API, or the given lists. */
@@ -20,6 +21,8 @@ export async function clusterInfoFromFlags(flags: ManagerFlags): Promise<Cluster
       dns: { includeSuffixes: [], excludeSuffixes: [] },
     });
   }
+  // loaded here, not at the top: the kube client is large, and only the manager's discovery needs it
+  const { startDiscovery } = await import("./manager/discovery.ts");
   const discovery = await startDiscovery(flags);
   for (const w of discovery.warnings) log.warn("manager", w.message, { hint: w.hint });
   return discovery;
@@ -97,6 +100,26 @@ export const managerCommand: Command = {
       }
       throw e;
     }
+    return 0;
+  },
+};
+
+/** `tel kube-helper` (hidden): the daemon's kube client process; see kube_helper_client.ts. */
+export const kubeHelperCommand: Command = {
+  hidden: true,
+  spec: {
+    name: "kube-helper",
+    summary: "Hold the kube client and port-forwards for the daemon (started by 'tel daemon').",
+    usage: "tel kube-helper",
+    flags: {},
+  },
+  async run() {
+    const { serveKubeHelper } = await import("./kube_helper.ts");
+    const { startMemoryGovernor } = await import("../core/memory.ts");
+    const memory = startMemoryGovernor();
+    const out = new TextEncoder();
+    await serveKubeHelper(Deno.stdin.readable, (line) => writeAll(Deno.stdout, out.encode(line + "\n")));
+    memory.stop();
     return 0;
   },
 };

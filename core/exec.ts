@@ -28,6 +28,17 @@ export async function which(name: string, path = Deno.env.get("PATH") ?? ""): Pr
 }
 
 /**
+ * The argv that runs `tel <args>` with this same program: the compiled binary, or deno running the main module
+ * (main.ts, or the bundle) with the permissions tel needs.
+ */
+export function selfArgv(args: string[], mainModule = Deno.mainModule): string[] {
+  if (Deno.build.standalone) return [Deno.execPath(), ...args];
+  const main = new URL(mainModule);
+  const script = main.protocol === "file:" ? decodeURIComponent(main.pathname) : mainModule;
+  return [Deno.execPath(), "run", "-A", "--unstable-net", script, ...args];
+}
+
+/**
  * Runs a command to completion, killing it after `timeoutMs` (default 10 s; `Infinity`: never); a start failure
  * rejects.
  */

@@ -1,7 +1,7 @@
 /** Whole-buffer reads and writes on a Deno.Conn. */
 
 /** Writes the whole buffer. */
-export async function writeAll(conn: Deno.Conn, buf: Uint8Array): Promise<void> {
+export async function writeAll(conn: { write(p: Uint8Array): Promise<number> }, buf: Uint8Array): Promise<void> {
   let off = 0;
   while (off < buf.length) off += await conn.write(buf.subarray(off));
 }

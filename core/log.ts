@@ -69,6 +69,11 @@ function emit(level: Exclude<Level, "off">, component: string, msg: string, fiel
   sink(line);
 }
 
+/** Passes a line another tel process already formatted (and filtered by level) to this process's sink. */
+export function logLine(line: string): void {
+  if (threshold !== "off") sink(line);
+}
+
 /**
  * The logger.
  *

@@ -17,22 +17,8 @@ import { kubeError, loadKubeConfig, makeTelInformer } from "../kube.ts";
 import type { ClusterInfo, ClusterInfoSource } from "./cluster_info.ts";
 import { probeServiceSubnets, type ServiceSubnetResult } from "./service_subnet.ts";
 
-/** How pod subnets are found (the chart's `podCIDRStrategy`). */
-export type PodCidrStrategy = "auto" | "nodePodCIDRs" | "coverPodIPs" | "environment";
-
-/** The strategies, for flag and config validation. */
-export const POD_CIDR_STRATEGIES: readonly PodCidrStrategy[] = ["auto", "nodePodCIDRs", "coverPodIPs", "environment"];
-
-/** Parses a strategy name (case-insensitive); throws a config TelError listing the valid ones. */
-export function parseStrategy(text: string): PodCidrStrategy {
-  const s = POD_CIDR_STRATEGIES.find((x) => x.toLowerCase() === text.trim().toLowerCase());
-  if (!s) {
-    throw new TelError("config", `podCIDRStrategy: unknown strategy ${JSON.stringify(text)}`, {
-      hint: `use one of ${POD_CIDR_STRATEGIES.join(", ")}`,
-    });
-  }
-  return s;
-}
+export { parseStrategy, POD_CIDR_STRATEGIES, type PodCidrStrategy } from "./pod_cidr_strategy.ts";
+import type { PodCidrStrategy } from "./pod_cidr_strategy.ts";
 
 /** The node facts the strategies use. */
 export interface NodeFacts {

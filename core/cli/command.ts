@@ -17,12 +17,12 @@ export interface CliDeps {
 /** What connect needs from cluster/. */
 export interface ClusterDeps {
   /** Loads the kubeconfig like kubectl and inlines its files. */
-  flattenKubeconfig(opts: { kubeconfig?: string; context?: string; namespace?: string }): {
+  flattenKubeconfig(opts: { kubeconfig?: string; context?: string; namespace?: string }): Promise<{
     text: string;
     context: string;
     namespace: string;
     server: string;
-  };
+  }>;
   /** Used by the daemon to reach the manager. */
   connector: ManagerConnector;
 }

@@ -2,6 +2,7 @@
 
 import * as grpc from "@grpc/grpc-js";
 import { errorMessage, TelError } from "../errors.ts";
+import { selfArgv } from "../exec.ts";
 import { daemonPaths } from "../session/daemon.ts";
 import { DaemonClient } from "../../proto/gen/tel.ts";
 
@@ -48,10 +49,7 @@ export async function daemonRunning(h: DaemonHandle): Promise<boolean> {
 
 /** The argv that starts `tel daemon` with the same program (compiled binary, or deno running main.ts). */
 export function daemonArgv(): string[] {
-  if (Deno.build.standalone) return [Deno.execPath(), "daemon"];
-  const main = new URL(Deno.mainModule);
-  const script = main.protocol === "file:" ? decodeURIComponent(main.pathname) : Deno.mainModule;
-  return [Deno.execPath(), "run", "-A", "--unstable-net", script, "daemon"];
+  return selfArgv(["daemon"]);
 }
 
 /** Starts the daemon in its own session (so the terminal's Ctrl-C does not reach it) and waits for its socket. */

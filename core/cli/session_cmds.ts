@@ -98,7 +98,7 @@ const connectCommand: Command = {
     const cluster = clusterDeps(ctx);
     const v = ctx.values;
     await ctx.config(); // validate the config here, with file and line, before the daemon sees it
-    const flat = cluster.flattenKubeconfig({
+    const flat = await cluster.flattenKubeconfig({
       kubeconfig: v.kubeconfig as string | undefined,
       context: v.context as string | undefined,
       namespace: v.namespace as string | undefined,

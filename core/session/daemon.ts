@@ -31,6 +31,8 @@ export interface ManagerConnector {
     server: string;
     /** Namespaces the user may see, mapped so `name.<namespace>` resolves (kubectl's permissions). */
     namespaces?: () => Promise<string[]>;
+    /** Releases what prepare() started (a helper process); called when the session ends or the connect fails. */
+    close?: () => Promise<void>;
   }>;
 }
 
@@ -126,6 +128,7 @@ function parseCidrs(list: string[], what: string): Cidr[] {
 class Daemon {
   #o: DaemonOptions;
   #session?: ClientSession;
+  #closeCluster?: () => Promise<void>;
   #vif?: Vif;
   #resolver?: Resolver;
   #resolverName = "";
@@ -218,6 +221,7 @@ class Daemon {
       const neverProxy = parseCidrs([...cfg.routing.neverProxy, ...req.neverProxy], "--never-proxy");
       const allow = parseCidrs(cfg.routing.allowConflictingSubnets, "routing.allowConflictingSubnets");
       const cluster = await this.#o.connector.prepare(req);
+      this.#closeCluster = cluster.close;
       step(`kube API ${cluster.server} (context ${cluster.context}, namespace ${cluster.namespace})`);
       await this.#pickResolver(cfg, req.dns || cfg.dns.localIP);
       await this.#saveState();
@@ -266,6 +270,9 @@ class Daemon {
     const session = this.#session;
     this.#session = undefined;
     await session?.close();
+    const closeCluster = this.#closeCluster;
+    this.#closeCluster = undefined;
+    await closeCluster?.().catch((e) => log.warn("daemon", "cluster access close failed", { error: errorMessage(e) }));
     if (!session && this.#resolver) {
       // connect failed before the session took ownership of the resolver
       await this.#resolver.stop().catch((e) => log.warn("daemon", "resolver stop failed", { error: errorMessage(e) }));

@@ -1,0 +1,278 @@
+/**
+ * The daemon's side of the kube helper: `tel kube-helper`, a child process that holds the kube client
+ * (@kubernetes/client-node) and the port-forward to the manager, so the root daemon never loads the client (~65 MiB
+ * of its RSS) and the port-forward's TLS and websocket work runs on another core. Requests and answers are JSON
+ * lines on the child's stdin and stdout; its log lines (stderr) go into the daemon's log; it exits when its stdin
+ * closes, so it never outlives the daemon.
+ *
+ * This module must not import the kube client, directly or not: the daemon loads it.
+ */
+
+import type { ManagerConnector } from "../core/session/daemon.ts";
+import type { ManagerConnection } from "../core/session/session.ts";
+import { type ErrorCategory, errorMessage, TelError } from "../core/errors.ts";
+import { selfArgv } from "../core/exec.ts";
+import { log, logLevel, logLine } from "../core/log.ts";
+import type { ConnectRequest } from "../proto/gen/tel.ts";
+
+/** The part of the connect request the helper needs (the kubeconfig travels on the pipe, never in argv or env). */
+export interface HelperPrepare {
+  kubeconfig: string;
+  context: string;
+  namespace: string;
+  managerNamespace: string;
+  managerAddress: string;
+}
+
+/** A request line. */
+export type HelperRequest =
+  | { id: number; op: "prepare"; req: HelperPrepare }
+  | { id: number; op: "connect" }
+  | { id: number; op: "disconnect"; conn: number }
+  | { id: number; op: "namespaces" };
+
+/** An answer line: `result` or `error`. */
+export interface HelperResponse {
+  id: number;
+  result?: unknown;
+  error?: { category: ErrorCategory; message: string; hint?: string };
+}
+
+/** What prepare answers. */
+export interface HelperPrepared {
+  context: string;
+  namespace: string;
+  server: string;
+}
+
+/** What connect answers: a ManagerConnection without close, and the number to close it by. */
+export interface HelperConnection {
+  conn: number;
+  address: string;
+  via: string;
+  mustNotRoute: string[];
+}
+
+/** Options of {@link kubeHelperConnector}. */
+export interface KubeHelperOptions {
+  /** The helper's command line; default: this program with `kube-helper`. */
+  argv?: string[];
+  /** How long one request may take before the helper is considered stuck (default 90 s: kube calls time out at 30). */
+  callTimeoutMs?: number;
+}
+
+const CATEGORIES: readonly ErrorCategory[] = ["user", "config", "platform", "cluster", "bug"];
+
+/** One running helper process. */
+export class KubeHelper {
+  #child: Deno.ChildProcess;
+  #writer: WritableStreamDefaultWriter<Uint8Array>;
+  #pending = new Map<number, PromiseWithResolvers<unknown>>();
+  #nextId = 1;
+  #exit?: Deno.CommandStatus;
+  #exited: Promise<Deno.CommandStatus>;
+  #timeoutMs: number;
+  #pumps: Promise<void>[];
+
+  private constructor(child: Deno.ChildProcess, timeoutMs: number) {
+    this.#child = child;
+    this.#timeoutMs = timeoutMs;
+    this.#writer = child.stdin.getWriter();
+    this.#pumps = [
+      readLines(child.stdout, (line) => this.#answer(line)),
+      readLines(child.stderr, (line) => logLine(line)),
+    ];
+    this.#exited = child.status.then(async (st) => {
+      this.#exit = st;
+      await Promise.allSettled(this.#pumps);
+      const err = new TelError("platform", `the kube helper process (pid ${child.pid}) exited (${statusText(st)})`, {
+        hint: "its last lines are in the daemon's log; the next connect starts a new one",
+      });
+      for (const p of this.#pending.values()) p.reject(err);
+      this.#pending.clear();
+      return st;
+    });
+  }
+
+  /** Starts the helper; it waits for requests on its stdin. */
+  static start(argv: string[], timeoutMs = 90_000): KubeHelper {
+    let child: Deno.ChildProcess;
+    try {
+      child = new Deno.Command(argv[0], {
+        args: argv.slice(1),
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+        env: { TEL_LOG: logLevel(), RUST_BACKTRACE: "0", NO_COLOR: "1" },
+      }).spawn();
+    } catch (e) {
+      throw new TelError("platform", `cannot start the kube helper (${argv.join(" ")}): ${errorMessage(e)}`, {
+        hint: "the tel program must be able to run itself",
+      });
+    }
+    log.debug("kube-helper", "started", { pid: child.pid });
+    return new KubeHelper(child, timeoutMs);
+  }
+
+  /** The helper's pid. */
+  get pid(): number {
+    return this.#child.pid;
+  }
+
+  /** Whether the process has exited. */
+  get exited(): boolean {
+    return this.#exit !== undefined;
+  }
+
+  /** Sends one request and waits for its answer; a helper error comes back as the same TelError. */
+  async call<T>(op: HelperRequest["op"], args: Record<string, unknown> = {}): Promise<T> {
+    if (this.#exit) {
+      throw new TelError("platform", `the kube helper process exited (${statusText(this.#exit)})`, {
+        hint: "the next connect starts a new one",
+      });
+    }
+    const id = this.#nextId++;
+    const p = Promise.withResolvers<unknown>();
+    this.#pending.set(id, p);
+    const timer = setTimeout(() => {
+      p.reject(
+        new TelError("platform", `the kube helper did not answer ${op} within ${this.#timeoutMs / 1000} s`, {
+          hint: "it was stopped; see the daemon's log",
+        }),
+      );
+      this.#kill();
+    }, this.#timeoutMs);
+    try {
+      await this.#writer.write(new TextEncoder().encode(JSON.stringify({ id, op, ...args }) + "\n"));
+      return await p.promise as T;
+    } catch (e) {
+      if (e instanceof TelError) throw e;
+      throw new TelError("platform", `cannot talk to the kube helper: ${errorMessage(e)}`, { cause: e });
+    } finally {
+      clearTimeout(timer);
+      this.#pending.delete(id);
+    }
+  }
+
+  /** Closes its stdin (it ends its port-forwards and exits); kills it if it has not exited within `graceMs`. */
+  async stop(graceMs = 3000): Promise<void> {
+    await this.#writer.close().catch(() => undefined); // already closed, or the process is gone
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<"late">((r) => timer = setTimeout(() => r("late"), graceMs));
+    const r = await Promise.race([this.#exited, late]);
+    clearTimeout(timer);
+    if (r === "late") {
+      log.warn("kube-helper", "did not exit after its stdin closed; killing it", { pid: this.#child.pid });
+      this.#kill();
+      await this.#exited;
+    }
+  }
+
+  #kill(): void {
+    try {
+      this.#child.kill("SIGKILL");
+    } catch {
+      // exited already
+    }
+  }
+
+  #answer(line: string): void {
+    let msg: HelperResponse;
+    try {
+      msg = JSON.parse(line);
+    } catch {
+      // not an answer (a runtime message on stdout): keep it for the log
+      logLine(line);
+      return;
+    }
+    const p = this.#pending.get(msg.id);
+    if (!p) return;
+    if (msg.error) {
+      const cat = CATEGORIES.includes(msg.error.category) ? msg.error.category : "bug";
+      p.reject(new TelError(cat, msg.error.message, { hint: msg.error.hint || undefined }));
+    } else p.resolve(msg.result);
+  }
+}
+
+function statusText(st: Deno.CommandStatus): string {
+  return st.signal ? `signal ${st.signal}` : `exit code ${st.code}`;
+}
+
+async function readLines(stream: ReadableStream<Uint8Array>, onLine: (line: string) => void): Promise<void> {
+  let rest = "";
+  try {
+    for await (const text of stream.pipeThrough(new TextDecoderStream())) {
+      const lines = (rest + text).split("\n");
+      rest = lines.pop()!;
+      for (const l of lines) if (l) onLine(l);
+    }
+  } catch (e) {
+    log.debug("kube-helper", "output ended", { error: errorMessage(e) });
+  }
+  if (rest) onLine(rest);
+}
+
+/** The request fields the helper gets. */
+function prepareArgs(req: ConnectRequest): HelperPrepare {
+  return {
+    kubeconfig: req.kubeconfig,
+    context: req.context,
+    namespace: req.namespace,
+    managerNamespace: req.managerNamespace,
+    managerAddress: req.managerAddress,
+  };
+}
+
+/**
+ * The daemon's ManagerConnector: prepare() starts a helper and has it load the kubeconfig; connect() asks it for a
+ * way to the manager (a port-forward it serves on 127.0.0.1, or the direct address). A helper that died is replaced
+ * on the next request (prepared again with the same request).
+ */
+export function kubeHelperConnector(opts: KubeHelperOptions = {}): ManagerConnector {
+  const argv = () => opts.argv ?? selfArgv(["kube-helper"]);
+  return {
+    async prepare(req) {
+      const args = { req: prepareArgs(req) };
+      const startPrepared = async () => {
+        const h = KubeHelper.start(argv(), opts.callTimeoutMs);
+        try {
+          return { helper: h, prepared: await h.call<HelperPrepared>("prepare", args) };
+        } catch (e) {
+          await h.stop();
+          throw e;
+        }
+      };
+      let { helper, prepared } = await startPrepared();
+      let closed = false;
+      const live = async () => {
+        if (closed) throw new TelError("bug", "the kube helper was used after its session ended");
+        if (helper.exited) {
+          log.warn("kube-helper", "the kube helper had exited; starting a new one");
+          helper = (await startPrepared()).helper;
+        }
+        return helper;
+      };
+      const connect = async (): Promise<ManagerConnection> => {
+        const h = await live();
+        const c = await h.call<HelperConnection>("connect");
+        return {
+          address: c.address,
+          via: c.via,
+          mustNotRoute: c.mustNotRoute,
+          close: async () => {
+            if (!h.exited) await h.call("disconnect", { conn: c.conn }).catch(() => undefined); // it is going away
+          },
+        };
+      };
+      return {
+        ...prepared,
+        connect,
+        namespaces: async () => (await live()).call<string[]>("namespaces"),
+        close: async () => {
+          closed = true;
+          await helper.stop();
+        },
+      };
+    },
+  };
+}

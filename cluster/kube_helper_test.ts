@@ -1,0 +1,129 @@
+/** The kube helper process (`tel kube-helper`) as the daemon uses it: real child process, fake kube API. */
+
+import assert from "node:assert/strict";
+import { TelError } from "../core/errors.ts";
+import { selfArgv } from "../core/exec.ts";
+import { ConnectRequest } from "../proto/gen/tel.ts";
+import { FakeKubeApi } from "../tests/fixtures/fake_kube_api.ts";
+import { tcpEchoServer } from "../tests/fixtures/tcp_echo.ts";
+import { kubeHelperConnector } from "./kube_helper_client.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).href;
+const argv = selfArgv(["kube-helper"], MAIN);
+
+function alive(pid: number): boolean {
+  try {
+    return !Deno.readTextFileSync(`/proc/${pid}/status`).includes("State:\tZ");
+  } catch {
+    // no such process
+    return false;
+  }
+}
+
+/** The helper processes (children of this test) running now. */
+async function helperPids(): Promise<number[]> {
+  const out = await new Deno.Command("pgrep", { args: ["-P", String(Deno.pid), "-f", "kube-helper"], stdout: "piped" })
+    .output();
+  return new TextDecoder().decode(out.stdout).split("\n").filter(Boolean).map(Number).filter(alive);
+}
+
+async function echoThrough(port: number, text: string): Promise<string> {
+  const c = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await c.write(new TextEncoder().encode(text));
+    await c.closeWrite();
+    const chunks: Uint8Array[] = [];
+    for await (const chunk of c.readable) chunks.push(chunk);
+    return new TextDecoder().decode(new Uint8Array(chunks.flatMap((x) => [...x])));
+  } finally {
+    try {
+      c.close();
+    } catch {
+      // the readable closed it
+    }
+  }
+}
+
+async function waitFor(cond: () => Promise<boolean> | boolean, what: string): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if (await cond()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+Deno.test({
+  name: "kube helper: prepares, port-forwards to the manager, lists namespaces, survives a crash, exits on close",
+  sanitizeResources: false, // pgrep's output streams are read to their end by output()
+  async fn() {
+    const echo = tcpEchoServer();
+    await using api = await FakeKubeApi.start();
+    api.cluster.addPod({
+      namespace: "tel-system",
+      name: "traffic-manager-0",
+      ips: ["10.0.0.4"],
+      labels: { app: "traffic-manager" },
+      ports: { 8081: { hostname: "127.0.0.1", port: echo.port } },
+    });
+    try {
+      const cluster = await kubeHelperConnector({ argv }).prepare(
+        ConnectRequest.fromPartial({ kubeconfig: api.kubeconfig(), namespace: "apps" }),
+      );
+      const [pid] = await helperPids();
+      assert.ok(pid, "a helper process runs");
+      assert.equal(cluster.namespace, "apps");
+      assert.equal(cluster.server, api.url);
+      assert.ok((await cluster.namespaces!()).includes("tel-system"));
+
+      const conn = await cluster.connect();
+      assert.match(conn.via, /^port-forward to tel-system\/traffic-manager-0:8081 through https:\/\/127\.0\.0\.1:/);
+      assert.deepEqual(conn.mustNotRoute, ["127.0.0.1"]);
+      const port = Number(conn.address.replace(/^127\.0\.0\.1:/, ""));
+      assert.equal(await echoThrough(port, "through the helper"), "through the helper");
+      await conn.close();
+      await assert.rejects(Deno.connect({ hostname: "127.0.0.1", port }), /refused/i, "the forward was closed");
+
+      // the helper dies: the next connect starts and prepares another
+      Deno.kill(pid, "SIGKILL");
+      await waitFor(() => !alive(pid), "the helper to die");
+      const again = await cluster.connect();
+      const [pid2] = await helperPids();
+      assert.ok(pid2 && pid2 !== pid, "a new helper runs");
+      const port2 = Number(again.address.replace(/^127\.0\.0\.1:/, ""));
+      assert.equal(await echoThrough(port2, "again"), "again");
+
+      // closing the session ends the helper (its stdin closes) and its port-forward
+      await cluster.close!();
+      await waitFor(async () => (await helperPids()).length === 0, "the helper to exit");
+      await assert.rejects(Deno.connect({ hostname: "127.0.0.1", port: port2 }), /refused/i);
+      await assert.rejects(cluster.connect(), (e) => e instanceof TelError && e.category === "bug");
+    } finally {
+      echo.close();
+    }
+  },
+});
+
+Deno.test("kube helper: the helper's errors arrive whole (category, message, hint) and leave no process", async () => {
+  await using api = await FakeKubeApi.start();
+  const connector = kubeHelperConnector({ argv });
+  // a context the kubeconfig does not have: a config error from the kubeconfig loader, inside the helper
+  await assert.rejects(
+    connector.prepare(ConnectRequest.fromPartial({ kubeconfig: api.kubeconfig(), context: "prod" })),
+    (e) => e instanceof TelError && e.category === "config" && /context "prod" not found/.test(e.message),
+  );
+  assert.deepEqual(await helperPids(), []);
+  // no manager pod: the cluster error and its install hint come through on connect
+  const cluster = await connector.prepare(ConnectRequest.fromPartial({ kubeconfig: api.kubeconfig() }));
+  try {
+    await assert.rejects(cluster.connect(), (e) => {
+      assert.ok(e instanceof TelError);
+      assert.equal(e.category, "cluster");
+      assert.match(e.message, /no ready traffic-manager pod in namespace "tel-system"/);
+      assert.match(e.hint ?? "", /deploy\/chart/);
+      return true;
+    });
+  } finally {
+    await cluster.close!();
+  }
+  assert.deepEqual(await helperPids(), []);
+});
