@@ -715,6 +715,7 @@ export async function runBench(b: Bench, ctx: BenchContext): Promise<BenchResult
   const t0 = performance.now();
   const daemon: Usage[] = [];
   const manager: Usage[] = [];
+  const helper: Usage[] = [];
   const body: BenchBody = {
     c: new Collector(),
     goals: [],
@@ -725,13 +726,16 @@ export async function runBench(b: Bench, ctx: BenchContext): Promise<BenchResult
     async tel(fn) {
       const dpid = await ctx.env.daemonPid();
       const mpid = ctx.env.lab.managerPid;
+      const hpid = await ctx.env.kubeHelperPid();
       const d = ProcSampler.start(dpid);
       const m = mpid ? ProcSampler.start(mpid) : undefined;
+      const h = hpid ? ProcSampler.start(hpid) : undefined;
       try {
         return await fn();
       } finally {
         daemon.push(await d.stop());
         if (m) manager.push(await m.stop());
+        if (h) helper.push(await h.stop());
       }
     },
   };
@@ -763,6 +767,7 @@ export async function runBench(b: Bench, ctx: BenchContext): Promise<BenchResult
     daemon: daemonUsage,
     daemonRssAtStartMb: rssAtStartMb,
     manager: summarizeUsage(manager),
+    kubeHelper: summarizeUsage(helper),
     error,
   };
 }

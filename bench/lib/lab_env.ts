@@ -211,6 +211,14 @@ export class BenchEnv {
     return Number(st.pid);
   }
 
+  /** The pid of the daemon's kube helper child (`tel kube-helper`), 0 when none runs. */
+  async kubeHelperPid(): Promise<number> {
+    const daemon = await this.daemonPid();
+    const r = await new Deno.Command("pgrep", { args: ["-P", String(daemon), "-f", "kube-helper"], stdout: "piped" })
+      .output();
+    return Number(new TextDecoder().decode(r.stdout).trim().split("\n")[0]) || 0;
+  }
+
   /** The daemon's current RSS, MiB. */
   async daemonRssMb(): Promise<number> {
     const text = await Deno.readTextFile(`/proc/${await this.daemonPid()}/status`);

@@ -31,7 +31,9 @@ function bench(b: BenchResult): string[] {
   const d = usage("daemon", b.daemon) +
     (b.daemon && b.daemonRssAtStartMb !== undefined ? `; RSS at the bench's start ${b.daemonRssAtStartMb} MiB` : "");
   const m = usage("manager", b.manager);
+  const k = usage("kube helper (the daemon's child: kube client, port-forward)", b.kubeHelper);
   if (d) lines.push(`- ${d}`);
+  if (k) lines.push(`- ${k}`);
   if (m) lines.push(`- ${m}`);
   for (const [who, p] of Object.entries(b.profiles ?? {})) {
     const prof = p as {

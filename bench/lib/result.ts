@@ -51,6 +51,8 @@ export interface BenchResult {
   /** The daemon's RSS when the bench began (after connect), MiB. */
   daemonRssAtStartMb?: number;
   manager?: UsageSummary;
+  /** The daemon's `tel kube-helper` child (kube client, port-forward). */
+  kubeHelper?: UsageSummary;
   /** JavaScript CPU profiles (self time, busiest first) by process. */
   profiles?: Record<string, unknown>;
   error?: string;
