@@ -179,18 +179,20 @@ withLab("connect: a daemon killed with -9 is cleaned up by the next connect", as
   const state = JSON.parse(await Deno.readTextFile(`${tel.state}/state.json`));
   const chain = state.plugins["resolver-iptables"].iptablesChains[0];
   assert.match(await lab.ws.exec(["iptables", "-t", "nat", "-S"]), new RegExp(`-N ${chain}`));
+  const helpers = (await lab.ws.run(["pgrep", "-P", String(state.pid), "-f", "kube-helper"])).stdout.trim().split("\n");
+  assert.equal(helpers.length, 1, "the daemon runs one kube helper");
+  const gone = (pid: number) => async () => {
+    try {
+      await Deno.stat(`/proc/${pid}`);
+      return false;
+    } catch {
+      // gone (reaped: a zombie still counts as running for the next daemon's stale-state check)
+      return true;
+    }
+  };
   Deno.kill(state.pid, "SIGKILL");
-  assert.ok(
-    await eventually(async () => {
-      try {
-        await Deno.stat(`/proc/${state.pid}`);
-        return false;
-      } catch {
-        // gone
-        return true;
-      }
-    }, 10_000),
-  );
+  assert.ok(await eventually(gone(state.pid), 10_000));
+  assert.ok(await eventually(gone(Number(helpers[0])), 10_000), "the helper exits when its daemon dies");
   const again = await connect(lab, tel);
   assert.equal(again.code, 0, again.stdout + again.stderr);
   const nat = await lab.ws.exec(["iptables", "-t", "nat", "-S"]);
