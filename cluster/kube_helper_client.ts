@@ -124,6 +124,18 @@ export class KubeHelper {
     return this.#exit !== undefined;
   }
 
+  /** Whether the process exits within `ms` (or has already). */
+  async exitsWithin(ms: number): Promise<boolean> {
+    if (this.#exit) return true;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const r = await Promise.race([
+      this.#exited.then(() => true),
+      new Promise<false>((res) => timer = setTimeout(() => res(false), ms)),
+    ]);
+    clearTimeout(timer);
+    return r;
+  }
+
   /** Sends one request and waits for its answer; a helper error comes back as the same TelError. */
   async call<T>(op: HelperRequest["op"], args: Record<string, unknown> = {}): Promise<T> {
     if (this.#exit) {
@@ -252,9 +264,22 @@ export function kubeHelperConnector(opts: KubeHelperOptions = {}): ManagerConnec
         }
         return helper;
       };
-      const connect = async (): Promise<ManagerConnection> => {
+      // a request sent as the helper died (its exit not yet seen) is sent again to a new one
+      const withHelper = async <T>(fn: (h: KubeHelper) => Promise<T>): Promise<[KubeHelper, T]> => {
         const h = await live();
-        const c = await h.call<HelperConnection>("connect");
+        try {
+          return [h, await fn(h)];
+        } catch (e) {
+          if (closed || !(await h.exitsWithin(1000))) throw e;
+          log.warn("kube-helper", "the kube helper died during a request; asking a new one", {
+            error: errorMessage(e),
+          });
+          const h2 = await live();
+          return [h2, await fn(h2)];
+        }
+      };
+      const connect = async (): Promise<ManagerConnection> => {
+        const [h, c] = await withHelper((h) => h.call<HelperConnection>("connect"));
         return {
           address: c.address,
           via: c.via,
@@ -267,7 +292,7 @@ export function kubeHelperConnector(opts: KubeHelperOptions = {}): ManagerConnec
       return {
         ...prepared,
         connect,
-        namespaces: async () => (await live()).call<string[]>("namespaces"),
+        namespaces: async () => (await withHelper((h) => h.call<string[]>("namespaces")))[1],
         close: async () => {
           closed = true;
           await helper.stop();
