@@ -138,7 +138,10 @@ export class BenchEnv {
 
   /** Runs `tel <args>` in the workstation. */
   tel(args: string[]): Promise<Ran> {
-    return labTel(this.lab).run(args);
+    return labTel(this.lab).run(
+      args,
+      Deno.env.get("TEL_TUNNEL_CALLS") ? { TEL_TUNNEL_CALLS: Deno.env.get("TEL_TUNNEL_CALLS")! } : {},
+    );
   }
 
   /** Connects tel in `mode` (reconnecting when it was connected otherwise), then adds the direct veth route. */

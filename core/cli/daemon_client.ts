@@ -52,6 +52,18 @@ export function daemonArgv(): string[] {
   return selfArgv(["daemon"]);
 }
 
+/** Settings the daemon reads from its environment, passed on when the CLI that starts it has them. */
+const PASSED_ENV = ["TEL_TUNNEL_CALLS"];
+
+function passedEnv(): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const k of PASSED_ENV) {
+    const v = Deno.env.get(k);
+    if (v !== undefined) out[k] = v;
+  }
+  return out;
+}
+
 /** Starts the daemon in its own session (so the terminal's Ctrl-C does not reach it) and waits for its socket. */
 export async function startDaemon(
   h: DaemonHandle,
@@ -74,7 +86,7 @@ export async function startDaemon(
       stdin: "null",
       stdout: "null",
       stderr: "null",
-      env: { TEL_SOCKET: h.socketPath, TEL_STATE_DIR: stateDir, RUST_BACKTRACE: "0", NO_COLOR: "1" },
+      env: { TEL_SOCKET: h.socketPath, TEL_STATE_DIR: stateDir, RUST_BACKTRACE: "0", NO_COLOR: "1", ...passedEnv() },
     }).spawn();
   } catch (e) {
     throw new TelError("platform", `cannot start the tel daemon: ${errorMessage(e)}`);

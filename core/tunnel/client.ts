@@ -5,9 +5,10 @@ import { TelError } from "../errors.ts";
 import { log } from "../log.ts";
 import { type ConnId, connIdToWire, formatConnId } from "./conn_id.ts";
 import { allocDataBuffer, type Frame, FrameOrder, frames, MAX_DATA_FRAME } from "./frame.ts";
-import { FrameStream } from "./frame_stream.ts";
+import { type FrameChannel, FrameStream } from "./frame_stream.ts";
 import * as grpc from "@grpc/grpc-js";
-import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, type ManagerClient } from "./grpc.ts";
+import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, type ManagerClient, plaintextAddressOf } from "./grpc.ts";
+import { H2Tunnels } from "./h2_calls.ts";
 
 /** How a tunnel ended. */
 export interface TunnelEnd {
@@ -107,7 +108,7 @@ export async function openTunnel(client: ManagerClient, opts: OpenTunnelOptions)
 
 /** A Tunnel call made ahead of time: its HEADERS are on the wire and the manager's handler waits for the open frame. */
 interface Prepared {
-  fs: FrameStream;
+  fs: FrameChannel;
   /** The data frame limit the dialer announced in its response headers (known once they arrived). */
   limit(): number;
 }
@@ -122,7 +123,39 @@ export const PREPARED_CALLS = 4;
 
 const prepared = new WeakMap<ManagerClient, { calls: Prepared[]; refilling: boolean; closed: boolean }>();
 
+/** How Tunnel calls are made: on a bare HTTP/2 session (h2_calls.ts), or as grpc-js calls. */
+export type TunnelTransport = "h2" | "grpc-js";
+
+let transport: TunnelTransport | undefined;
+
+/** The transport: {@link useTunnelTransport}'s, else env TEL_TUNNEL_CALLS ("grpc-js" to go back), else "h2". */
+export function tunnelTransport(): TunnelTransport {
+  if (!transport) {
+    let env: string | undefined;
+    try {
+      env = Deno.env.get("TEL_TUNNEL_CALLS");
+    } catch {
+      // no env permission: the default
+    }
+    transport = env === "grpc-js" ? "grpc-js" : "h2";
+  }
+  return transport;
+}
+
+/** Picks the transport for Tunnel calls made from now on (tests, A/B measurements); undefined: the default again. */
+export function useTunnelTransport(t: TunnelTransport | undefined): void {
+  transport = t;
+}
+
+const h2Sessions = new WeakMap<ManagerClient, H2Tunnels>();
+
 function prepareCall(client: ManagerClient): Prepared {
+  const address = tunnelTransport() === "h2" ? plaintextAddressOf(client) : undefined;
+  if (address) {
+    let t = h2Sessions.get(client);
+    if (!t) h2Sessions.set(client, t = new H2Tunnels(address));
+    return t.open();
+  }
   const md = new grpc.Metadata();
   md.set(FRAME_LIMIT_HEADER, String(LARGE_DATA_FRAME));
   const call = client.tunnel(md);
@@ -143,6 +176,7 @@ function poolFor(client: ManagerClient) {
     const close = client.close.bind(client);
     client.close = () => {
       closePreparedCalls(client);
+      h2Sessions.get(client)?.close();
       close();
     };
   }
@@ -194,7 +228,7 @@ class OpenTunnel implements Tunnel {
   readonly readable: ReadableStream<Uint8Array>;
   readonly writable: WritableStream<Uint8Array>;
   readonly ended: Promise<TunnelEnd>;
-  #fs: FrameStream;
+  #fs: FrameChannel;
   #order: FrameOrder;
   #clock: Clock;
   #abortTimer: unknown;
@@ -205,7 +239,7 @@ class OpenTunnel implements Tunnel {
   #endReason: string | undefined;
   #resolveEnded!: (e: TunnelEnd) => void;
 
-  constructor(id: ConnId, fs: FrameStream, order: FrameOrder, sendLimit: number, pool: FramePool, clock: Clock) {
+  constructor(id: ConnId, fs: FrameChannel, order: FrameOrder, sendLimit: number, pool: FramePool, clock: Clock) {
     this.connId = id;
     this.#clock = clock;
     this.#fs = fs;
@@ -357,7 +391,7 @@ function poolOf(client: ManagerClient): FramePool {
  * with it, so a limit-sized buffer per small write cost 1000 slow flows ~0.5 GiB of short-lived external memory.
  */
 class FrameBatcher {
-  #fs: FrameStream;
+  #fs: FrameChannel;
   #limit: number;
   #gone: () => Error;
   #buf: Uint8Array | undefined;
@@ -368,7 +402,7 @@ class FrameBatcher {
   #backlog: Promise<boolean> | undefined;
   #pool: FramePool;
 
-  constructor(fs: FrameStream, pool: FramePool, limit: number, gone: () => Error) {
+  constructor(fs: FrameChannel, pool: FramePool, limit: number, gone: () => Error) {
     this.#fs = fs;
     this.#pool = pool;
     this.#limit = limit;

@@ -24,8 +24,14 @@ function varintLength(n: number): number {
 /** Tag byte of the `data` field (field 2, wire type 2: length-delimited). */
 const DATA_TAG = 0x12;
 
-/** Bytes in front of the payload that {@link allocDataBuffer} reserves: the tag and a varint length up to 2^28. */
-export const DATA_HEADROOM = 5;
+/**
+ * Bytes in front of the payload that {@link allocDataBuffer} reserves: the gRPC message prefix (5) and the tag and a
+ * varint length up to 2^28 (5).
+ */
+export const DATA_HEADROOM = 10;
+
+/** The gRPC length prefix in front of each message on an HTTP/2 stream: a compressed flag and a 32-bit length. */
+export const GRPC_PREFIX = 5;
 
 // The ArrayBuffers handed out by allocDataBuffer: only their [DATA_HEADROOM..] view may get its header in place.
 const withHeadroom = new WeakSet<ArrayBufferLike>();
@@ -68,6 +74,30 @@ export function encodeDataFrame(data: Uint8Array): Buffer {
   const buf = Buffer.allocUnsafe(hlen + n);
   buf.set(data, writeDataHeader(buf, 0, n));
   return buf;
+}
+
+/**
+ * Encodes one frame as a whole gRPC message (prefix, then the frame), for writing straight to an HTTP/2 stream. A data
+ * payload from {@link allocDataBuffer} gets both headers in place (no copy); anything else is copied once.
+ */
+export function encodeGrpcMessage(frame: Frame): Buffer {
+  if (frame.$case === "data") {
+    const data = frame.value;
+    if (data.byteOffset === DATA_HEADROOM && withHeadroom.has(data.buffer)) {
+      const body = encodeDataFrame(data); // in place, starting at most 5 bytes before the payload
+      const start = body.byteOffset - GRPC_PREFIX;
+      const msg = Buffer.from(data.buffer, start, GRPC_PREFIX + body.byteLength);
+      msg[0] = 0;
+      msg.writeUInt32BE(body.byteLength, 1);
+      return msg;
+    }
+  }
+  const body = encodeFrame(frame);
+  const msg = Buffer.allocUnsafe(GRPC_PREFIX + body.byteLength);
+  msg[0] = 0;
+  msg.writeUInt32BE(body.byteLength, 1);
+  msg.set(body, GRPC_PREFIX);
+  return msg;
 }
 
 /** Encodes one frame; data frames by hand ({@link encodeDataFrame}), the rest with the generated encoder. */

@@ -7,13 +7,35 @@ import type { Frame } from "./frame.ts";
 /** The grpc-js duplex calls (client and server side) this wraps. */
 export type FrameDuplex = ClientDuplexStream<Frame, Frame> | ServerDuplexStream<Frame, Frame>;
 
+/** One tunnel stream as the flow code uses it, whatever carries it (a grpc-js call, or a plain HTTP/2 stream). */
+export interface FrameChannel {
+  /** The error the stream failed with, if it did. */
+  readonly error: Error | undefined;
+  /** Whether the stream can no longer carry frames both ways. */
+  readonly over: boolean;
+  /** Whether the stream is fully closed. */
+  readonly closed: boolean;
+  /** Sends one frame; resolves once the stream takes more; false when it is gone. */
+  send(frame: Frame): Promise<boolean>;
+  /** Like send, without a promise when the frame went out at once; `written` runs once its buffer may be reused. */
+  write(frame: Frame, written?: () => void): boolean | Promise<boolean>;
+  /** A frame that already arrived, null when none is buffered yet, undefined once the stream is over. */
+  tryNext(): Frame | null | undefined;
+  /** The next received frame; undefined at the end of the stream or after an error. */
+  next(): Promise<Frame | undefined>;
+  /** Ends our sending side. */
+  end(): void;
+  /** Tears the stream down at once. */
+  abort(): void;
+}
+
 /**
  * One tunnel stream: `send()` resolves when the frame is queued and the stream is not over its high-water mark;
  * `tryNext()` gives a frame already received without waiting; `next()` waits for one, or gives undefined once the
  * stream ended or failed (see `error`). Reading with `read()` instead of an async iterator costs no promise per frame
  * while frames are buffered.
  */
-export class FrameStream {
+export class FrameStream implements FrameChannel {
   #call: Duplex & { cancel?: () => void };
   #error: Error | undefined;
   #closed = false;

@@ -128,7 +128,16 @@ export function createManagerClient(
   opts: { windowBytes?: number; credentials?: grpc.ChannelCredentials } = {},
 ): ManagerClient {
   const creds = new CoalescingCredentials(opts.credentials ?? grpc.credentials.createInsecure());
-  return new ManagerClientCtor(address, creds, channelOptions(opts.windowBytes)) as unknown as ManagerClient;
+  const client = new ManagerClientCtor(address, creds, channelOptions(opts.windowBytes)) as unknown as ManagerClient;
+  if (!opts.credentials) plaintextAddresses.set(client, address);
+  return client;
+}
+
+const plaintextAddresses = new WeakMap<ManagerClient, string>();
+
+/** The "host:port" a client made by {@link createManagerClient} talks plaintext HTTP/2 to (undefined otherwise). */
+export function plaintextAddressOf(client: ManagerClient): string | undefined {
+  return plaintextAddresses.get(client);
 }
 
 /**

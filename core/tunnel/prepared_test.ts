@@ -13,6 +13,7 @@ import {
   type Tunnel,
   type TunnelEnd,
 } from "./mod.ts";
+import { type TunnelTransport, useTunnelTransport } from "./client.ts";
 
 /** A Tunnel server that numbers its calls in arrival order and notes which flow each one carried. */
 async function numberingServer() {
@@ -53,72 +54,81 @@ async function until(what: string, cond: () => boolean): Promise<void> {
   assert.ok(cond(), what);
 }
 
-Deno.test("a new flow rides a Tunnel call made ahead of time; closePreparedCalls cancels the idle ones and stops refills", async () => {
-  const echo = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const serving = (async () => {
-    for await (const c of echo) c.readable.pipeTo(c.writable).catch(() => {});
-  })();
-  const { calls, port, server } = await numberingServer();
-  const client = createManagerClient(`127.0.0.1:${port}`);
-  const dst = { ip: "127.0.0.1", port: (echo.addr as Deno.NetAddr).port };
-  const open = (srcPort: number) =>
-    openTunnel(client, { sessionId: "s", connId: connId("tcp", { ip: "10.0.0.1", port: srcPort }, dst) });
-  try {
-    // the first flow makes its call on the spot; after its dial answer the pool is filled
-    await roundTrip(await open(40001), 1);
-    await until(`${1 + PREPARED_CALLS} calls reach the server`, () => calls.length === 1 + PREPARED_CALLS);
-    assert.equal(calls[0].flowPort, 40001);
+for (const transport of ["h2", "grpc-js"] as TunnelTransport[]) {
+  Deno.test(`${transport}: a new flow rides a Tunnel call made ahead of time; closePreparedCalls cancels the idle ones and stops refills`, async () => {
+    useTunnelTransport(transport);
+    const echo = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const serving = (async () => {
+      for await (const c of echo) c.readable.pipeTo(c.writable).catch(() => {});
+    })();
+    const { calls, port, server } = await numberingServer();
+    const client = createManagerClient(`127.0.0.1:${port}`);
+    const dst = { ip: "127.0.0.1", port: (echo.addr as Deno.NetAddr).port };
+    const open = (srcPort: number) =>
+      openTunnel(client, { sessionId: "s", connId: connId("tcp", { ip: "10.0.0.1", port: srcPort }, dst) });
+    try {
+      // the first flow makes its call on the spot; after its dial answer the pool is filled
+      await roundTrip(await open(40001), 1);
+      await until(`${1 + PREPARED_CALLS} calls reach the server`, () => calls.length === 1 + PREPARED_CALLS);
+      assert.equal(calls[0].flowPort, 40001);
 
-    const before = calls.length;
-    await roundTrip(await open(40002), 2);
-    const carried = calls.findIndex((c) => c.flowPort === 40002);
-    assert.ok(carried >= 1 && carried < before, `flow 2 rode call #${carried}, made before it was opened`);
+      const before = calls.length;
+      await roundTrip(await open(40002), 2);
+      const carried = calls.findIndex((c) => c.flowPort === 40002);
+      assert.ok(carried >= 1 && carried < before, `flow 2 rode call #${carried}, made before it was opened`);
 
-    // closing: the idle calls are cancelled, and flows from then on make their own calls without refills
-    await until("the refill after flow 2 arrived", () => calls.length === before + 1);
-    closePreparedCalls(client);
-    await until(
-      "every idle call ended without a flow",
-      () => calls.filter((c) => c.flowPort === undefined && c.end !== undefined).length === PREPARED_CALLS,
-    );
-    const idle = calls.filter((c) => c.flowPort === undefined);
-    assert.ok(idle.every((c) => /before open/.test(c.end?.reason ?? "")), JSON.stringify(idle));
+      // closing: the idle calls are cancelled, and flows from then on make their own calls without refills
+      await until("the refill after flow 2 arrived", () => calls.length === before + 1);
+      closePreparedCalls(client);
+      await until(
+        "every idle call ended without a flow",
+        () => calls.filter((c) => c.flowPort === undefined && c.end !== undefined).length === PREPARED_CALLS,
+      );
+      const idle = calls.filter((c) => c.flowPort === undefined);
+      assert.ok(idle.every((c) => /before open/.test(c.end?.reason ?? "")), JSON.stringify(idle));
 
-    const atClose = calls.length;
-    await roundTrip(await open(40003), 3);
-    await roundTrip(await open(40004), 4);
-    assert.equal(calls.length, atClose + 2, "one call per flow, no refills");
-    assert.deepEqual(calls.slice(atClose).map((c) => c.flowPort), [40003, 40004]);
-  } finally {
-    client.close();
-    server.forceShutdown();
-    echo.close();
-    await serving.catch(() => {});
-  }
-});
+      const atClose = calls.length;
+      await roundTrip(await open(40003), 3);
+      await roundTrip(await open(40004), 4);
+      assert.equal(calls.length, atClose + 2, "one call per flow, no refills");
+      assert.deepEqual(calls.slice(atClose).map((c) => c.flowPort), [40003, 40004]);
+    } finally {
+      useTunnelTransport(undefined);
+      client.close();
+      server.forceShutdown();
+      echo.close();
+      await serving.catch(() => {});
+    }
+  });
 
-Deno.test("closing the client cancels its calls made ahead of time", async () => {
-  const echo = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const serving = (async () => {
-    for await (const c of echo) c.readable.pipeTo(c.writable).catch(() => {});
-  })();
-  const { calls, port, server } = await numberingServer();
-  const client = createManagerClient(`127.0.0.1:${port}`);
-  const dst = { ip: "127.0.0.1", port: (echo.addr as Deno.NetAddr).port };
-  try {
-    const t = await openTunnel(client, { sessionId: "s", connId: connId("tcp", { ip: "10.0.0.1", port: 40101 }, dst) });
-    await roundTrip(t, 7);
-    await until(`${1 + PREPARED_CALLS} calls reach the server`, () => calls.length === 1 + PREPARED_CALLS);
-    client.close();
-    await until(
-      "every idle call ended without a flow",
-      () => calls.filter((c) => c.flowPort === undefined && c.end !== undefined).length === PREPARED_CALLS,
-    );
-    assert.ok(calls.filter((c) => c.flowPort === undefined).every((c) => /before open/.test(c.end?.reason ?? "")));
-  } finally {
-    client.close();
-    server.forceShutdown();
-    echo.close();
-    await serving.catch(() => {});
-  }
-});
+  Deno.test(`${transport}: closing the client cancels its calls made ahead of time`, async () => {
+    useTunnelTransport(transport);
+    const echo = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const serving = (async () => {
+      for await (const c of echo) c.readable.pipeTo(c.writable).catch(() => {});
+    })();
+    const { calls, port, server } = await numberingServer();
+    const client = createManagerClient(`127.0.0.1:${port}`);
+    const dst = { ip: "127.0.0.1", port: (echo.addr as Deno.NetAddr).port };
+    try {
+      const t = await openTunnel(client, {
+        sessionId: "s",
+        connId: connId("tcp", { ip: "10.0.0.1", port: 40101 }, dst),
+      });
+      await roundTrip(t, 7);
+      await until(`${1 + PREPARED_CALLS} calls reach the server`, () => calls.length === 1 + PREPARED_CALLS);
+      client.close();
+      await until(
+        "every idle call ended without a flow",
+        () => calls.filter((c) => c.flowPort === undefined && c.end !== undefined).length === PREPARED_CALLS,
+      );
+      assert.ok(calls.filter((c) => c.flowPort === undefined).every((c) => /before open/.test(c.end?.reason ?? "")));
+    } finally {
+      useTunnelTransport(undefined);
+      client.close();
+      server.forceShutdown();
+      echo.close();
+      await serving.catch(() => {});
+    }
+  });
+}

@@ -1,0 +1,189 @@
+/** Tunnel calls on a bare HTTP/2 session: gRPC message framing and status handling against a scripted server. */
+
+import assert from "node:assert/strict";
+import http2 from "node:http2";
+import { Buffer } from "node:buffer";
+import fc from "fast-check";
+import {
+  allocDataBuffer,
+  encodeDataFrame,
+  encodeFrame,
+  encodeGrpcMessage,
+  type Frame,
+  frames,
+  GRPC_PREFIX,
+  MAX_DATA_FRAME,
+} from "./frame.ts";
+import { H2Tunnels, splitAddress } from "./h2_calls.ts";
+import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, MAX_MESSAGE_BYTES } from "./grpc.ts";
+
+function grpcMessage(body: Uint8Array, flag = 0, len = body.byteLength): Uint8Array {
+  const m = new Uint8Array(GRPC_PREFIX + body.byteLength);
+  m[0] = flag;
+  new DataView(m.buffer).setUint32(1, len);
+  m.set(body, GRPC_PREFIX);
+  return m;
+}
+
+interface Script {
+  /** Response headers beyond :status and content-type; omit to answer trailers-only with `trailers`. */
+  headers?: Record<string, string>;
+  /** Chunks written one by one (each its own DATA frame). */
+  chunks?: Uint8Array[];
+  trailers: Record<string, string>;
+  /** Keep the stream open after the chunks (only the client can then end it). */
+  hold?: boolean;
+}
+
+/** An HTTP/2 server that answers every request with `script`, and records what the client sent and how it ended. */
+async function scriptedServer(script: Script) {
+  const got: { path?: string; limit?: string; bytes: number[]; rstCode?: number }[] = [];
+  const server = http2.createServer();
+  server.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => {
+    const rec = { path: String(headers[":path"]), limit: String(headers[FRAME_LIMIT_HEADER]), bytes: [] as number[] };
+    got.push(rec);
+    stream.on("data", (d: Uint8Array) => rec.bytes.push(...d));
+    stream.on("close", () => (rec as { rstCode?: number }).rstCode = stream.rstCode);
+    stream.on("error", () => {}); // a client reset is what some tests expect
+    if (!script.headers) {
+      stream.respond({ ":status": 200, "content-type": "application/grpc", ...script.trailers }, { endStream: true });
+      return;
+    }
+    stream.respond({ ":status": 200, "content-type": "application/grpc", ...script.headers }, {
+      waitForTrailers: true,
+    });
+    stream.on("wantTrailers", () => stream.sendTrailers(script.trailers));
+    (async () => {
+      for (const c of script.chunks ?? []) {
+        stream.write(c);
+        await new Promise((r) => setTimeout(r, 1));
+      }
+      if (!script.hold) stream.end();
+    })();
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  const port = (server.address() as { port: number }).port;
+  return {
+    got,
+    tunnels: new H2Tunnels(`127.0.0.1:${port}`),
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
+
+async function drain(fs: { next(): Promise<Frame | undefined> }): Promise<Frame[]> {
+  const out: Frame[] = [];
+  for (let f = await fs.next(); f !== undefined; f = await fs.next()) out.push(f);
+  return out;
+}
+
+Deno.test("h2 tunnel call: messages whole, split byte by byte and packed together all arrive; status 0 is clean", async () => {
+  const payload = new Uint8Array(40_000).map((_, i) => (i * 31) & 0xff);
+  const big = grpcMessage(encodeDataFrame(payload));
+  const ok = grpcMessage(encodeFrame(frames.dialOk()));
+  const close = grpcMessage(encodeFrame(frames.closeSend()));
+  const chunks = [
+    ok,
+    ...[...big.subarray(0, 7)].map((b) => new Uint8Array([b])), // the prefix and a little, a byte at a time
+    big.subarray(7, 30_000),
+    new Uint8Array([...big.subarray(30_000), ...close]), // the rest and a whole message in one chunk
+  ];
+  const srv = await scriptedServer({
+    headers: { [FRAME_LIMIT_HEADER]: String(LARGE_DATA_FRAME) },
+    chunks,
+    trailers: { "grpc-status": "0" },
+  });
+  try {
+    const { fs, limit } = srv.tunnels.open();
+    assert.equal(await fs.send({ $case: "keepalive", value: {} }), true);
+    fs.end();
+    const got = await drain(fs);
+    assert.deepEqual(got.map((f) => f.$case), ["dialOk", "data", "closeSend"]);
+    assert.deepEqual(new Uint8Array((got[1] as { value: Uint8Array }).value), payload);
+    assert.equal(fs.error, undefined);
+    assert.equal(limit(), LARGE_DATA_FRAME, "the limit the dialer announced");
+    assert.equal(srv.got[0].path, "/tel.v1.Manager/Tunnel");
+    assert.equal(srv.got[0].limit, String(LARGE_DATA_FRAME), "we announce the large frame limit");
+    assert.deepEqual(srv.got[0].bytes, [...grpcMessage(encodeFrame({ $case: "keepalive", value: {} }))]);
+  } finally {
+    srv.tunnels.close();
+    await srv.close();
+  }
+});
+
+Deno.test("h2 tunnel call: a compressed or oversized message fails the call and resets it; errors name the status", async () => {
+  const cases: Array<{ script: Script; error: RegExp; reset: boolean }> = [
+    {
+      script: {
+        headers: {},
+        chunks: [grpcMessage(encodeFrame(frames.dialOk()), 1)],
+        trailers: { "grpc-status": "0" },
+        hold: true,
+      },
+      error: /compressed message \(flag 1\)/,
+      reset: true,
+    },
+    {
+      script: {
+        headers: {},
+        chunks: [grpcMessage(new Uint8Array(8), 0, MAX_MESSAGE_BYTES + 1)],
+        trailers: { "grpc-status": "0" },
+      },
+      error: new RegExp(`message of ${MAX_MESSAGE_BYTES + 1} bytes, more than ${MAX_MESSAGE_BYTES}`),
+      reset: true,
+    },
+    {
+      script: { trailers: { "grpc-status": "12", "grpc-message": "no%20such%20method" } },
+      error: /^12 UNIMPLEMENTED: no such method$/,
+      reset: false,
+    },
+    {
+      script: { headers: {}, chunks: [], trailers: { "grpc-status": "14", "grpc-message": "draining" } },
+      error: /^14 UNAVAILABLE: draining$/,
+      reset: false,
+    },
+  ];
+  for (const c of cases) {
+    const srv = await scriptedServer(c.script);
+    try {
+      const { fs, limit } = srv.tunnels.open();
+      const got = await drain(fs);
+      assert.deepEqual(got, [], "no frame is delivered");
+      assert.match(fs.error?.message ?? "", c.error);
+      assert.equal(fs.over, true);
+      assert.equal(limit(), MAX_DATA_FRAME, "no announcement: the default limit");
+      if (c.reset) {
+        for (let i = 0; i < 100 && srv.got[0]?.rstCode === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+        assert.equal(srv.got[0].rstCode, http2.constants.NGHTTP2_CANCEL, "the client reset the stream");
+      }
+    } finally {
+      srv.tunnels.close();
+      await srv.close();
+    }
+  }
+});
+
+Deno.test("a data payload in a frame buffer becomes a whole gRPC message in place", () => {
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 70_000 }), (payload) => {
+      const buf = allocDataBuffer(70_000);
+      buf.set(payload);
+      const msg = encodeGrpcMessage(frames.data(buf.subarray(0, payload.byteLength)));
+      assert.equal(msg.buffer, buf.buffer, "prefix and header went into the reserved bytes");
+      assert.deepEqual(new Uint8Array(msg), grpcMessage(encodeDataFrame(new Uint8Array(payload))));
+      // a payload without headroom is copied into a fresh message with the same bytes
+      const copied = encodeGrpcMessage(frames.data(new Uint8Array(payload)));
+      assert.notEqual(copied.buffer, buf.buffer);
+      assert.deepEqual(new Uint8Array(copied), new Uint8Array(msg));
+    }),
+    { numRuns: 300 },
+  );
+  assert.ok(Buffer.isBuffer(encodeGrpcMessage(frames.closeSend())));
+});
+
+Deno.test("splitAddress reads host:port and [v6]:port, and refuses the rest", () => {
+  assert.deepEqual(splitAddress("127.0.0.1:8081"), { host: "127.0.0.1", port: 8081 });
+  assert.deepEqual(splitAddress("[::1]:8081"), { host: "::1", port: 8081 });
+  assert.deepEqual(splitAddress("traffic-manager.tel-system:8081"), { host: "traffic-manager.tel-system", port: 8081 });
+  assert.throws(() => splitAddress("127.0.0.1"), /not host:port/);
+  assert.throws(() => splitAddress("::1:8081"), /not host:port/);
+});
