@@ -24,6 +24,10 @@ import {
 
 const TUNNEL_PATH = "/tel.v1.Manager/Tunnel";
 
+/** Ping interval and answer timeout of a tunnel session (grpc-js's keepalive for the main channel is the same). */
+const KEEPALIVE_MS = 30_000;
+const KEEPALIVE_TIMEOUT_MS = 10_000;
+
 /** Frames buffered per stream before its reads pause (HTTP/2 flow control then holds the sender). */
 const READ_HIGH_WATER = 16;
 
@@ -61,10 +65,17 @@ export class H2Tunnels {
   #window: number;
   #session: http2.ClientHttp2Session | undefined;
   #closed = false;
+  #keepaliveMs: number;
+  #keepaliveTimeoutMs: number;
 
-  constructor(address: string, windowBytes = FLOW_CONTROL_WINDOW) {
+  constructor(
+    address: string,
+    opts: { windowBytes?: number; keepaliveMs?: number; keepaliveTimeoutMs?: number } = {},
+  ) {
     this.#address = address;
-    this.#window = windowBytes;
+    this.#window = opts.windowBytes ?? FLOW_CONTROL_WINDOW;
+    this.#keepaliveMs = opts.keepaliveMs ?? KEEPALIVE_MS;
+    this.#keepaliveTimeoutMs = opts.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS;
   }
 
   #sessionNow(): http2.ClientHttp2Session {
@@ -88,6 +99,23 @@ export class H2Tunnels {
         log.debug("tunnel", "cannot widen the tunnel session's window", { error: errorMessage(e) });
       }
     });
+    // like grpc-js's keepalive (channelOptions): a manager that stops answering pings takes its calls down with it
+    const keepalive = setInterval(() => {
+      if (session.closed || session.destroyed) return clearInterval(keepalive);
+      const late = setTimeout(() => {
+        log.debug("tunnel", "tunnel HTTP/2 session: no ping answer; closing it", { manager: this.#address });
+        session.destroy(new Error(`the manager did not answer a ping within ${this.#keepaliveTimeoutMs} ms`));
+      }, this.#keepaliveTimeoutMs);
+      try {
+        session.ping(() => clearTimeout(late));
+      } catch {
+        // closing meanwhile: nothing to check
+        clearTimeout(late);
+      }
+      Deno.unrefTimer(late);
+    }, this.#keepaliveMs);
+    Deno.unrefTimer(keepalive);
+    session.on("close", () => clearInterval(keepalive));
     // failures reach each stream ('error'/'close'); the session only logs and is replaced on the next call
     session.on("error", (e) => log.debug("tunnel", "tunnel HTTP/2 session failed", { error: errorMessage(e) }));
     session.on("goaway", (code) => log.debug("tunnel", "tunnel HTTP/2 session got GOAWAY", { code }));

@@ -187,3 +187,34 @@ Deno.test("splitAddress reads host:port and [v6]:port, and refuses the rest", ()
   assert.throws(() => splitAddress("127.0.0.1"), /not host:port/);
   assert.throws(() => splitAddress("::1:8081"), /not host:port/);
 });
+
+Deno.test("h2 tunnel call: a manager that stops answering pings takes its calls down", async () => {
+  // accepts TCP and reads, but never speaks HTTP/2: like a manager whose host froze
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const c of l) {
+      held.push(c);
+      c.readable.pipeTo(new WritableStream()).catch(() => {});
+    }
+  })().catch(() => {});
+  const tunnels = new H2Tunnels(`127.0.0.1:${(l.addr as Deno.NetAddr).port}`, {
+    keepaliveMs: 50,
+    keepaliveTimeoutMs: 100,
+  });
+  try {
+    const { fs } = tunnels.open();
+    let guard: ReturnType<typeof setTimeout> | undefined;
+    const never = new Promise<"hung">((r) => guard = setTimeout(() => r("hung"), 20_000));
+    const got = await Promise.race([fs.next(), never]);
+    clearTimeout(guard);
+    assert.notEqual(got, "hung", "without keepalive the call would wait forever");
+    assert.equal(got, undefined);
+    assert.match(fs.error?.message ?? "", /ping|reset|closed|destroyed/i);
+  } finally {
+    tunnels.close();
+    l.close();
+    for (const c of held) c.close();
+    await accepting;
+  }
+});
