@@ -51,6 +51,8 @@ export function channelOptions(windowBytes = FLOW_CONTROL_WINDOW): grpc.ChannelO
     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
     "grpc.keepalive_time_ms": 30_000,
     "grpc.keepalive_timeout_ms": 10_000,
+    // channelz (gRPC's introspection service, which tel does not serve) counts and timestamps every call
+    "grpc.enable_channelz": 0,
   };
 }
 
@@ -150,6 +152,7 @@ export function createTunedServer(windowBytes = FLOW_CONTROL_WINDOW): grpc.Serve
   const server = new grpc.Server({
     "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+    "grpc.enable_channelz": 0, // see channelOptions
   });
   // createHttp2Server is private in grpc-js's types but is the one place every listening http2 server is made.
   const internals = server as unknown as { createHttp2Server(creds: unknown): Http2Server };
