@@ -30,32 +30,81 @@ export interface FrameChannel {
 }
 
 /**
+ * What both kinds of channel share: readers parked until a frame or the end arrives, writers until the transport
+ * drains, and `send()`/`next()` built on the transport's `write()`/`tryNext()`.
+ */
+export abstract class WaitingChannel {
+  #wake: (() => void) | undefined;
+  #drained: (() => void) | undefined;
+
+  abstract tryNext(): Frame | null | undefined;
+  abstract write(frame: Frame, written?: () => void): boolean | Promise<boolean>;
+
+  /** Wakes a reader parked in next() (a frame, the end or an error arrived). */
+  protected wakeReader(): void {
+    const w = this.#wake;
+    this.#wake = undefined;
+    w?.();
+  }
+
+  /** Wakes writers waiting for the transport to drain (or to go away). */
+  protected wakeWriter(): void {
+    const d = this.#drained;
+    this.#drained = undefined;
+    d?.();
+  }
+
+  /** For write() over the high-water mark: resolves at the next wakeWriter() with whether the stream is still there. */
+  protected drain(gone: () => boolean): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      const prev = this.#drained;
+      this.#drained = () => {
+        prev?.();
+        resolve(!gone());
+      };
+    });
+  }
+
+  /** Sends one frame; when the stream is over its high-water mark, resolves once it drained; false when it is gone. */
+  send(frame: Frame): Promise<boolean> {
+    const r = this.write(frame);
+    return typeof r === "boolean" ? Promise.resolve(r) : r;
+  }
+
+  /** The next received frame; undefined at the end of the stream or after an error. */
+  async next(): Promise<Frame | undefined> {
+    for (;;) {
+      const f = this.tryNext();
+      if (f !== null) return f;
+      await new Promise<void>((resolve) => {
+        const prev = this.#wake;
+        this.#wake = () => {
+          prev?.();
+          resolve();
+        };
+      });
+    }
+  }
+}
+
+/**
  * One tunnel stream: `send()` resolves when the frame is queued and the stream is not over its high-water mark;
  * `tryNext()` gives a frame already received without waiting; `next()` waits for one, or gives undefined once the
  * stream ended or failed (see `error`). Reading with `read()` instead of an async iterator costs no promise per frame
  * while frames are buffered.
  */
-export class FrameStream implements FrameChannel {
+export class FrameStream extends WaitingChannel implements FrameChannel {
   #call: Duplex & { cancel?: () => void };
   #error: Error | undefined;
   #closed = false;
   #ended = false;
-  #wake: (() => void) | undefined;
-  #drained: (() => void) | undefined;
 
   constructor(call: FrameDuplex) {
+    super();
     const c = call as unknown as Duplex & { cancel?: () => void };
     this.#call = c;
-    const wake = () => {
-      const w = this.#wake;
-      this.#wake = undefined;
-      w?.();
-    };
-    const drained = () => {
-      const d = this.#drained;
-      this.#drained = undefined;
-      d?.();
-    };
+    const wake = () => this.wakeReader();
+    const drained = () => this.wakeWriter();
     // Without a listener an 'error' event (the peer cancelled, the status was not OK) would throw.
     c.on("error", (err: Error) => {
       this.#error ??= err;
@@ -96,12 +145,6 @@ export class FrameStream implements FrameChannel {
     return this.#closed || this.#call.destroyed;
   }
 
-  /** Sends one frame; when the stream is over its high-water mark, resolves at 'drain'; false when it is gone. */
-  send(frame: Frame): Promise<boolean> {
-    const r = this.write(frame);
-    return typeof r === "boolean" ? Promise.resolve(r) : r;
-  }
-
   /**
    * Like {@link send}, without a promise when the frame went out at once (the hot path of the pumps). `written` runs
    * once grpc-js has serialized the frame into its own buffer (so a data payload's buffer may be reused).
@@ -110,13 +153,7 @@ export class FrameStream implements FrameChannel {
     const call = this.#call;
     if (call.destroyed || call.writableEnded) return false;
     if (written ? call.write(frame, written) : call.write(frame)) return true;
-    return new Promise<boolean>((resolve) => {
-      const prev = this.#drained;
-      this.#drained = () => {
-        prev?.();
-        resolve(!call.destroyed);
-      };
-    });
+    return this.drain(() => call.destroyed);
   }
 
   /** A frame that already arrived, null when none is buffered yet, undefined once the stream is over. */
@@ -125,21 +162,6 @@ export class FrameStream implements FrameChannel {
     if (f !== null) return f;
     if (this.#ended || this.#closed || this.#error || this.#call.destroyed) return undefined;
     return null;
-  }
-
-  /** The next received frame; undefined at the end of the stream or after an error. */
-  async next(): Promise<Frame | undefined> {
-    for (;;) {
-      const f = this.tryNext();
-      if (f !== null) return f;
-      await new Promise<void>((resolve) => {
-        const prev = this.#wake;
-        this.#wake = () => {
-          prev?.();
-          resolve();
-        };
-      });
-    }
   }
 
   /** Ends our sending side (client: half-close; server: finish the call with status OK). */

@@ -13,7 +13,7 @@ import type { Buffer } from "node:buffer";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
 import { decodeFrame, encodeGrpcMessage, type Frame, GRPC_PREFIX, MAX_DATA_FRAME } from "./frame.ts";
-import type { FrameChannel } from "./frame_stream.ts";
+import { type FrameChannel, WaitingChannel } from "./frame_stream.ts";
 import {
   coalesceWrites,
   FLOW_CONTROL_WINDOW,
@@ -147,7 +147,7 @@ export class H2Tunnels {
 }
 
 /** One Tunnel call on a bare HTTP/2 stream: gRPC message framing, trailers, and both ways of backpressure. */
-export class H2FrameChannel implements FrameChannel {
+export class H2FrameChannel extends WaitingChannel implements FrameChannel {
   #st: http2.ClientHttp2Stream;
   #queue: Frame[] = [];
   #head = 0;
@@ -155,8 +155,6 @@ export class H2FrameChannel implements FrameChannel {
   #ended = false;
   #closed = false;
   #paused = false;
-  #wake: (() => void) | undefined;
-  #drained: (() => void) | undefined;
   // a message split across DATA chunks: its prefix so far, then its body being filled
   #prefix = new Uint8Array(GRPC_PREFIX);
   #prefixLen = 0;
@@ -166,6 +164,7 @@ export class H2FrameChannel implements FrameChannel {
   limit = MAX_DATA_FRAME;
 
   constructor(st: http2.ClientHttp2Stream) {
+    super();
     this.#st = st;
     st.on("response", (headers) => {
       const announced = Number(headers[FRAME_LIMIT_HEADER]);
@@ -177,7 +176,7 @@ export class H2FrameChannel implements FrameChannel {
     });
     st.on("data", (chunk: Buffer) => {
       this.#onData(chunk);
-      this.#wakeReader();
+      this.wakeReader();
     });
     st.on("trailers", (trailers) => {
       const status = String(trailers["grpc-status"] ?? "2");
@@ -185,7 +184,7 @@ export class H2FrameChannel implements FrameChannel {
     });
     st.on("end", () => {
       this.#ended = true;
-      this.#wakeReader();
+      this.wakeReader();
       // the server finished the call (its status came, all its data was read): a sending side still open is over
       // too, and closing it frees the stream (otherwise it stays half-open until we end it)
       if (!st.destroyed && !st.writableEnded) st.close();
@@ -193,11 +192,11 @@ export class H2FrameChannel implements FrameChannel {
     st.on("close", () => {
       this.#closed = true;
       if (!this.#ended && !this.#error) this.#error = new Error(`stream reset (HTTP/2 code ${st.rstCode})`);
-      this.#wakeReader();
-      this.#wakeWriter();
+      this.wakeReader();
+      this.wakeWriter();
     });
     st.on("error", (e: Error) => this.#fail(e));
-    st.on("drain", () => this.#wakeWriter());
+    st.on("drain", () => this.wakeWriter());
   }
 
   get error(): Error | undefined {
@@ -212,11 +211,6 @@ export class H2FrameChannel implements FrameChannel {
     return this.#closed || this.#st.destroyed;
   }
 
-  send(frame: Frame): Promise<boolean> {
-    const r = this.write(frame);
-    return typeof r === "boolean" ? Promise.resolve(r) : r;
-  }
-
   write(frame: Frame, written?: () => void): boolean | Promise<boolean> {
     const st = this.#st;
     if (st.destroyed || st.writableEnded) return false;
@@ -224,13 +218,7 @@ export class H2FrameChannel implements FrameChannel {
     // the buffer (maybe a pooled frame buffer) is in use until node:http2 is done with it
     const ok = written ? st.write(msg, () => written()) : st.write(msg);
     if (ok) return true;
-    return new Promise<boolean>((resolve) => {
-      const prev = this.#drained;
-      this.#drained = () => {
-        prev?.();
-        resolve(!st.destroyed);
-      };
-    });
+    return this.drain(() => st.destroyed);
   }
 
   tryNext(): Frame | null | undefined {
@@ -251,20 +239,6 @@ export class H2FrameChannel implements FrameChannel {
     return null;
   }
 
-  async next(): Promise<Frame | undefined> {
-    for (;;) {
-      const f = this.tryNext();
-      if (f !== null) return f;
-      await new Promise<void>((resolve) => {
-        const prev = this.#wake;
-        this.#wake = () => {
-          prev?.();
-          resolve();
-        };
-      });
-    }
-  }
-
   end(): void {
     if (!this.#st.destroyed && !this.#st.writableEnded) this.#st.end();
   }
@@ -275,20 +249,8 @@ export class H2FrameChannel implements FrameChannel {
 
   #fail(e: Error): void {
     this.#error ??= e;
-    this.#wakeReader();
-    this.#wakeWriter();
-  }
-
-  #wakeReader(): void {
-    const w = this.#wake;
-    this.#wake = undefined;
-    w?.();
-  }
-
-  #wakeWriter(): void {
-    const d = this.#drained;
-    this.#drained = undefined;
-    d?.();
+    this.wakeReader();
+    this.wakeWriter();
   }
 
   #push(body: Uint8Array): void {

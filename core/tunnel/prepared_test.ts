@@ -54,16 +54,29 @@ async function until(what: string, cond: () => boolean): Promise<void> {
   assert.ok(cond(), what);
 }
 
+/** An echo target, a numbering server and a client whose tunnel calls use `transport`; done() undoes all of it. */
+async function setUp(transport: TunnelTransport) {
+  useTunnelTransport(transport);
+  const echo = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const serving = (async () => {
+    for await (const c of echo) c.readable.pipeTo(c.writable).catch(() => {});
+  })();
+  const { calls, port, server } = await numberingServer();
+  const client = createManagerClient(`127.0.0.1:${port}`);
+  const dst = { ip: "127.0.0.1", port: (echo.addr as Deno.NetAddr).port };
+  const done = async () => {
+    useTunnelTransport(undefined);
+    client.close();
+    server.forceShutdown();
+    echo.close();
+    await serving.catch(() => {});
+  };
+  return { calls, client, dst, done };
+}
+
 for (const transport of ["h2", "grpc-js"] as TunnelTransport[]) {
   Deno.test(`${transport}: a new flow rides a Tunnel call made ahead of time; closePreparedCalls cancels the idle ones and stops refills`, async () => {
-    useTunnelTransport(transport);
-    const echo = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const serving = (async () => {
-      for await (const c of echo) c.readable.pipeTo(c.writable).catch(() => {});
-    })();
-    const { calls, port, server } = await numberingServer();
-    const client = createManagerClient(`127.0.0.1:${port}`);
-    const dst = { ip: "127.0.0.1", port: (echo.addr as Deno.NetAddr).port };
+    const { calls, client, dst, done } = await setUp(transport);
     const open = (srcPort: number) =>
       openTunnel(client, { sessionId: "s", connId: connId("tcp", { ip: "10.0.0.1", port: srcPort }, dst) });
     try {
@@ -93,23 +106,12 @@ for (const transport of ["h2", "grpc-js"] as TunnelTransport[]) {
       assert.equal(calls.length, atClose + 2, "one call per flow, no refills");
       assert.deepEqual(calls.slice(atClose).map((c) => c.flowPort), [40003, 40004]);
     } finally {
-      useTunnelTransport(undefined);
-      client.close();
-      server.forceShutdown();
-      echo.close();
-      await serving.catch(() => {});
+      await done();
     }
   });
 
   Deno.test(`${transport}: closing the client cancels its calls made ahead of time`, async () => {
-    useTunnelTransport(transport);
-    const echo = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const serving = (async () => {
-      for await (const c of echo) c.readable.pipeTo(c.writable).catch(() => {});
-    })();
-    const { calls, port, server } = await numberingServer();
-    const client = createManagerClient(`127.0.0.1:${port}`);
-    const dst = { ip: "127.0.0.1", port: (echo.addr as Deno.NetAddr).port };
+    const { calls, client, dst, done } = await setUp(transport);
     try {
       const t = await openTunnel(client, {
         sessionId: "s",
@@ -124,11 +126,7 @@ for (const transport of ["h2", "grpc-js"] as TunnelTransport[]) {
       );
       assert.ok(calls.filter((c) => c.flowPort === undefined).every((c) => /before open/.test(c.end?.reason ?? "")));
     } finally {
-      useTunnelTransport(undefined);
-      client.close();
-      server.forceShutdown();
-      echo.close();
-      await serving.catch(() => {});
+      await done();
     }
   });
 }
