@@ -80,6 +80,7 @@ export class H2Tunnels {
 
   #sessionNow(): http2.ClientHttp2Session {
     const s = this.#session;
+    // after the manager's GOAWAY the session counts as closed: the next call opens a new one
     if (s && !s.closed && !s.destroyed) return s;
     const { host, port } = splitAddress(this.#address);
     const window = this.#window;
@@ -137,7 +138,7 @@ export class H2Tunnels {
     return { fs: ch, limit: () => ch.limit };
   }
 
-  /** Ends the session and every call on it. */
+  /** Starts no more calls; the session closes once the calls open on it have ended (or its peer went away). */
   close(): void {
     this.#closed = true;
     const s = this.#session;

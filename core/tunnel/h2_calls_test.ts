@@ -218,3 +218,27 @@ Deno.test("h2 tunnel call: a manager that stops answering pings takes its calls 
     await accepting;
   }
 });
+
+Deno.test("h2 tunnel call: after the manager's GOAWAY, new calls go on a new session", async () => {
+  let sessions = 0;
+  const server = http2.createServer();
+  server.on("session", () => sessions++);
+  server.on("stream", (stream: http2.ServerHttp2Stream) => {
+    stream.on("error", () => {});
+    stream.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": "0" }, { endStream: true });
+    stream.session?.close(); // GOAWAY: this session takes no new streams
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  const tunnels = new H2Tunnels(`127.0.0.1:${(server.address() as { port: number }).port}`);
+  try {
+    for (let i = 0; i < 3; i++) {
+      const { fs } = tunnels.open();
+      assert.deepEqual(await drain(fs), []);
+      assert.equal(fs.error, undefined, `call ${i + 1} ended with status 0`);
+    }
+    assert.equal(sessions, 3, "each call after a GOAWAY opened a new session");
+  } finally {
+    tunnels.close();
+    await new Promise<void>((r) => server.close(() => r()));
+  }
+});
