@@ -110,15 +110,28 @@ export const kubeHelperCommand: Command = {
   spec: {
     name: "kube-helper",
     summary: "Hold the kube client and port-forwards for the daemon (started by 'tel daemon').",
-    usage: "tel kube-helper",
-    flags: {},
+    usage: "tel kube-helper [--idle-exit SECONDS]",
+    flags: {
+      "idle-exit": {
+        type: "string",
+        valueName: "SECONDS",
+        description: "exit after this long with no request and no port-forward to hold (default: never)",
+      },
+    },
   },
-  async run() {
+  async run(ctx) {
+    const idleText = ctx.values["idle-exit"] as string | undefined;
+    const idleSeconds = idleText === undefined ? undefined : Number(idleText);
+    if (idleSeconds !== undefined && !(idleSeconds > 0)) {
+      throw new TelError("user", `--idle-exit ${idleText}: expected a number of seconds above 0`, { hint: "e.g. 60" });
+    }
     const { serveKubeHelper } = await import("./kube_helper.ts");
     const { startMemoryGovernor } = await import("../core/memory.ts");
     const memory = startMemoryGovernor();
     const out = new TextEncoder();
-    await serveKubeHelper(Deno.stdin.readable, (line) => writeAll(Deno.stdout, out.encode(line + "\n")));
+    await serveKubeHelper(Deno.stdin.readable, (line) => writeAll(Deno.stdout, out.encode(line + "\n")), undefined, {
+      idleExitMs: idleSeconds === undefined ? undefined : idleSeconds * 1000,
+    });
     memory.stop();
     return 0;
   },

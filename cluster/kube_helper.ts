@@ -22,8 +22,12 @@ export async function serveKubeHelper(
   input: ReadableStream<Uint8Array>,
   output: (line: string) => Promise<void>,
   connector: ManagerConnector = managerConnector,
+  opts: { idleExitMs?: number } = {},
 ): Promise<void> {
   let prepared: Prepared | undefined;
+  // a direct manager address needs nothing from us between requests; a port-forward does
+  let direct = false;
+  let lastActivity = performance.now();
   const conns = new Map<number, ManagerConnection>();
   let nextConn = 1;
   let writes = Promise.resolve();
@@ -42,6 +46,7 @@ export async function serveKubeHelper(
       case "prepare": {
         if (prepared) throw new TelError("bug", "kube helper: prepared twice");
         prepared = await connector.prepare(ConnectRequest.fromPartial(msg.req));
+        direct = !!msg.req.managerAddress;
         const r: HelperPrepared = { context: prepared.context, namespace: prepared.namespace, server: prepared.server };
         return r;
       }
@@ -70,6 +75,7 @@ export async function serveKubeHelper(
   const inflight = new Set<Promise<void>>();
   let rest = "";
   const onLine = (line: string) => {
+    lastActivity = performance.now();
     let msg: HelperRequest;
     try {
       msg = JSON.parse(line);
@@ -85,16 +91,35 @@ export async function serveKubeHelper(
       },
     );
     inflight.add(p);
-    p.finally(() => inflight.delete(p));
+    p.finally(() => {
+      inflight.delete(p);
+      lastActivity = performance.now();
+    });
   };
+  const reader = input.pipeThrough(new TextDecoderStream()).getReader();
+  // With nothing to hold (no port-forward) and nothing asked for idleExitMs, exit: the daemon starts another helper
+  // when it needs one, so a direct connection does not keep a kube client resident.
+  const idle = opts.idleExitMs
+    ? setInterval(() => {
+      const pinned = !direct && conns.size > 0;
+      if (!pinned && inflight.size === 0 && performance.now() - lastActivity >= opts.idleExitMs!) {
+        log.debug("kube-helper", "idle: exiting until needed again", { idleMs: opts.idleExitMs });
+        reader.cancel().catch(() => {});
+      }
+    }, Math.max(10, Math.min(1000, opts.idleExitMs / 4)))
+    : undefined;
   try {
-    for await (const text of input.pipeThrough(new TextDecoderStream())) {
-      const lines = (rest + text).split("\n");
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      const lines = (rest + value).split("\n");
       rest = lines.pop()!;
       for (const l of lines) if (l.trim()) onLine(l);
     }
   } catch (e) {
     log.debug("kube-helper", "input ended", { error: errorMessage(e) });
+  } finally {
+    clearInterval(idle);
   }
   if (rest.trim()) onLine(rest);
   await Promise.allSettled([...inflight]);

@@ -59,6 +59,11 @@ export interface KubeHelperOptions {
   argv?: string[];
   /** How long one request may take before the helper is considered stuck (default 90 s: kube calls time out at 30). */
   callTimeoutMs?: number;
+  /**
+   * A helper with nothing to hold (a direct manager address) exits after this long without requests and is started
+   * again when needed (default 60 s); one holding a port-forward stays. Ignored when `argv` is given.
+   */
+  idleExitSeconds?: number;
 }
 
 const CATEGORIES: readonly ErrorCategory[] = ["user", "config", "platform", "cluster", "bug"];
@@ -73,6 +78,7 @@ export class KubeHelper {
   #exited: Promise<Deno.CommandStatus>;
   #timeoutMs: number;
   #pumps: Promise<void>[];
+  #stopping = false;
 
   private constructor(child: Deno.ChildProcess, timeoutMs: number) {
     this.#child = child;
@@ -85,6 +91,7 @@ export class KubeHelper {
     this.#exited = child.status.then(async (st) => {
       this.#exit = st;
       await Promise.allSettled(this.#pumps);
+      if (st.code === 0 && !this.#stopping) log.debug("kube-helper", "exited while idle", { pid: child.pid });
       const err = new TelError("platform", `the kube helper process (pid ${child.pid}) exited (${statusText(st)})`, {
         hint: "its last lines are in the daemon's log; the next connect starts a new one",
       });
@@ -122,6 +129,11 @@ export class KubeHelper {
   /** Whether the process has exited. */
   get exited(): boolean {
     return this.#exit !== undefined;
+  }
+
+  /** Whether it exited cleanly on its own (idle, nothing to hold), not killed, crashed or stopped. */
+  get exitedIdle(): boolean {
+    return this.#exit?.code === 0 && !this.#stopping;
   }
 
   /** Whether the process exits within `ms` (or has already). */
@@ -168,6 +180,7 @@ export class KubeHelper {
 
   /** Closes its stdin (it ends its port-forwards and exits); kills it if it has not exited within `graceMs`. */
   async stop(graceMs = 3000): Promise<void> {
+    this.#stopping = true;
     await this.#writer.close().catch(() => undefined); // already closed, or the process is gone
     let timer: ReturnType<typeof setTimeout> | undefined;
     const late = new Promise<"late">((r) => timer = setTimeout(() => r("late"), graceMs));
@@ -241,7 +254,7 @@ function prepareArgs(req: ConnectRequest): HelperPrepare {
  * on the next request (prepared again with the same request).
  */
 export function kubeHelperConnector(opts: KubeHelperOptions = {}): ManagerConnector {
-  const argv = () => opts.argv ?? selfArgv(["kube-helper"]);
+  const argv = () => opts.argv ?? selfArgv(["kube-helper", "--idle-exit", String(opts.idleExitSeconds ?? 60)]);
   return {
     async prepare(req) {
       const args = { req: prepareArgs(req) };
@@ -259,7 +272,8 @@ export function kubeHelperConnector(opts: KubeHelperOptions = {}): ManagerConnec
       const live = async () => {
         if (closed) throw new TelError("bug", "the kube helper was used after its session ended");
         if (helper.exited) {
-          log.warn("kube-helper", "the kube helper had exited; starting a new one");
+          if (helper.exitedIdle) log.debug("kube-helper", "starting the kube helper again");
+          else log.warn("kube-helper", "the kube helper had exited; starting a new one");
           helper = (await startPrepared()).helper;
         }
         return helper;

@@ -127,3 +127,53 @@ Deno.test("kube helper: the helper's errors arrive whole (category, message, hin
   }
   assert.deepEqual(await helperPids(), []);
 });
+
+Deno.test({
+  name: "kube helper: idle with a direct manager address it exits and comes back when needed; a port-forward keeps it",
+  sanitizeResources: false, // pgrep's output streams are read to their end by output()
+  async fn() {
+    const echo = tcpEchoServer();
+    await using api = await FakeKubeApi.start();
+    api.cluster.addPod({
+      namespace: "tel-system",
+      name: "traffic-manager-0",
+      ips: ["10.0.0.4"],
+      labels: { app: "traffic-manager" },
+      ports: { 8081: { hostname: "127.0.0.1", port: echo.port } },
+    });
+    const idleArgv = selfArgv(["kube-helper", "--idle-exit", "0.3"], MAIN);
+    try {
+      // direct: nothing to hold, so the helper goes once idle and a later request brings one back
+      const direct = await kubeHelperConnector({ argv: idleArgv }).prepare(
+        ConnectRequest.fromPartial({ kubeconfig: api.kubeconfig(), managerAddress: "198.18.0.9:8081" }),
+      );
+      const conn = await direct.connect();
+      assert.equal(conn.address, "198.18.0.9:8081");
+      const [first] = await helperPids();
+      assert.ok(first);
+      await waitFor(async () => (await helperPids()).length === 0, "the idle helper to exit");
+      assert.ok((await direct.namespaces!()).includes("tel-system"), "a new helper answers");
+      const [second] = await helperPids();
+      assert.ok(second && second !== first);
+      await conn.close();
+      await direct.close!();
+      await waitFor(async () => (await helperPids()).length === 0, "the helper to exit on close");
+
+      // a port-forward in use pins the helper; once closed, it idles out too
+      const pf = await kubeHelperConnector({ argv: idleArgv }).prepare(
+        ConnectRequest.fromPartial({ kubeconfig: api.kubeconfig() }),
+      );
+      const fwd = await pf.connect();
+      const [holder] = await helperPids();
+      await new Promise((r) => setTimeout(r, 1200)); // four idle periods
+      assert.deepEqual(await helperPids(), [holder], "still there while the port-forward is open");
+      const port = Number(fwd.address.replace(/^127\.0\.0\.1:/, ""));
+      assert.equal(await echoThrough(port, "still forwarding"), "still forwarding");
+      await fwd.close();
+      await waitFor(async () => (await helperPids()).length === 0, "the helper to exit once idle");
+      await pf.close!();
+    } finally {
+      echo.close();
+    }
+  },
+});
