@@ -52,19 +52,24 @@ async function waitFor(cond: () => Promise<boolean> | boolean, what: string): Pr
   throw new Error(`timed out waiting for ${what}`);
 }
 
+/** A ready traffic-manager pod in tel-system whose gRPC port forwards to `port` on 127.0.0.1. */
+function addManagerPod(api: FakeKubeApi, port: number): void {
+  api.cluster.addPod({
+    namespace: "tel-system",
+    name: "traffic-manager-0",
+    ips: ["10.0.0.4"],
+    labels: { app: "traffic-manager" },
+    ports: { 8081: { hostname: "127.0.0.1", port } },
+  });
+}
+
 Deno.test({
   name: "kube helper: prepares, port-forwards to the manager, lists namespaces, survives a crash, exits on close",
   sanitizeResources: false, // pgrep's output streams are read to their end by output()
   async fn() {
     const echo = tcpEchoServer();
     await using api = await FakeKubeApi.start();
-    api.cluster.addPod({
-      namespace: "tel-system",
-      name: "traffic-manager-0",
-      ips: ["10.0.0.4"],
-      labels: { app: "traffic-manager" },
-      ports: { 8081: { hostname: "127.0.0.1", port: echo.port } },
-    });
+    addManagerPod(api, echo.port);
     try {
       const cluster = await kubeHelperConnector({ argv }).prepare(
         ConnectRequest.fromPartial({ kubeconfig: api.kubeconfig(), namespace: "apps" }),
@@ -134,13 +139,7 @@ Deno.test({
   async fn() {
     const echo = tcpEchoServer();
     await using api = await FakeKubeApi.start();
-    api.cluster.addPod({
-      namespace: "tel-system",
-      name: "traffic-manager-0",
-      ips: ["10.0.0.4"],
-      labels: { app: "traffic-manager" },
-      ports: { 8081: { hostname: "127.0.0.1", port: echo.port } },
-    });
+    addManagerPod(api, echo.port);
     const idleArgv = selfArgv(["kube-helper", "--idle-exit", "0.3"], MAIN);
     try {
       // direct: nothing to hold, so the helper goes once idle and a later request brings one back
