@@ -8,6 +8,7 @@ import type { ManagerConnector } from "../core/session/daemon.ts";
 import type { ManagerConnection } from "../core/session/session.ts";
 import { asTelError, errorMessage, TelError } from "../core/errors.ts";
 import { log } from "../core/log.ts";
+import { forEachLine } from "../core/io.ts";
 import { managerConnector } from "./connect.ts";
 import { ConnectRequest } from "../proto/gen/tel.ts";
 import type { HelperConnection, HelperPrepared, HelperRequest, HelperResponse } from "./kube_helper_client.ts";
@@ -73,7 +74,6 @@ export async function serveKubeHelper(
   };
 
   const inflight = new Set<Promise<void>>();
-  let rest = "";
   const onLine = (line: string) => {
     lastActivity = performance.now();
     let msg: HelperRequest;
@@ -96,32 +96,26 @@ export async function serveKubeHelper(
       lastActivity = performance.now();
     });
   };
-  const reader = input.pipeThrough(new TextDecoderStream()).getReader();
   // With nothing to hold (no port-forward) and nothing asked for idleExitMs, exit: the daemon starts another helper
   // when it needs one, so a direct connection does not keep a kube client resident.
+  const stopReading = new AbortController();
   const idle = opts.idleExitMs
     ? setInterval(() => {
       const pinned = !direct && conns.size > 0;
       if (!pinned && inflight.size === 0 && performance.now() - lastActivity >= opts.idleExitMs!) {
         log.debug("kube-helper", "idle: exiting until needed again", { idleMs: opts.idleExitMs });
-        reader.cancel().catch(() => {});
+        stopReading.abort();
       }
     }, Math.max(10, Math.min(1000, opts.idleExitMs / 4)))
     : undefined;
   try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      const lines = (rest + value).split("\n");
-      rest = lines.pop()!;
-      for (const l of lines) if (l.trim()) onLine(l);
-    }
+    const rest = await forEachLine(input, onLine, { signal: stopReading.signal });
+    if (rest.trim()) onLine(rest);
   } catch (e) {
     log.debug("kube-helper", "input ended", { error: errorMessage(e) });
   } finally {
     clearInterval(idle);
   }
-  if (rest.trim()) onLine(rest);
   await Promise.allSettled([...inflight]);
   for (const c of conns.values()) {
     await c.close().catch((e) => log.debug("kube-helper", "close failed", { error: errorMessage(e) }));

@@ -12,6 +12,7 @@ import type { ManagerConnector } from "../core/session/daemon.ts";
 import type { ManagerConnection } from "../core/session/session.ts";
 import { type ErrorCategory, errorMessage, TelError } from "../core/errors.ts";
 import { selfArgv } from "../core/exec.ts";
+import { forEachLine } from "../core/io.ts";
 import { log, logLevel, logLine } from "../core/log.ts";
 import type { ConnectRequest } from "../proto/gen/tel.ts";
 
@@ -224,17 +225,12 @@ function statusText(st: Deno.CommandStatus): string {
 }
 
 async function readLines(stream: ReadableStream<Uint8Array>, onLine: (line: string) => void): Promise<void> {
-  let rest = "";
   try {
-    for await (const text of stream.pipeThrough(new TextDecoderStream())) {
-      const lines = (rest + text).split("\n");
-      rest = lines.pop()!;
-      for (const l of lines) if (l) onLine(l);
-    }
+    const rest = await forEachLine(stream, onLine);
+    if (rest.trim()) onLine(rest);
   } catch (e) {
     log.debug("kube-helper", "output ended", { error: errorMessage(e) });
   }
-  if (rest) onLine(rest);
 }
 
 /** The request fields the helper gets. */

@@ -1,6 +1,7 @@
 /** Third-party resolver plugins: executables `tel-resolver-<name>` speaking newline-delimited JSON over stdio. */
 
 import { errorMessage, TelError } from "./errors.ts";
+import { forEachLine, LineTooLong } from "./io.ts";
 import { log } from "./log.ts";
 import type { Manifest, Probe, Resolver, ResolverConfig } from "./plugin.ts";
 
@@ -47,21 +48,11 @@ export class ExternalPlugin {
   }
 
   async #readLoop(): Promise<void> {
-    let buf = "";
-    const decoder = new TextDecoder();
     try {
-      for await (const chunk of this.#child.stdout) {
-        buf += decoder.decode(chunk, { stream: true });
-        let nl;
-        while ((nl = buf.indexOf("\n")) >= 0) {
-          const line = buf.slice(0, nl).trim();
-          buf = buf.slice(nl + 1);
-          if (line) this.#onLine(line);
-        }
-        if (buf.length > 1 << 20) this.#fail("printed a line longer than 1 MiB");
-      }
+      // an unterminated last line is not an answer
+      await forEachLine(this.#child.stdout, (line) => this.#onLine(line.trim()), { maxLine: 1 << 20 });
     } catch (e) {
-      this.#fail(`stdout failed: ${errorMessage(e)}`);
+      this.#fail(e instanceof LineTooLong ? "printed a line longer than 1 MiB" : `stdout failed: ${errorMessage(e)}`);
     }
   }
 
