@@ -81,23 +81,26 @@ export function encodeDataFrame(data: Uint8Array): Buffer {
  * payload from {@link allocDataBuffer} gets both headers in place (no copy); anything else is copied once.
  */
 export function encodeGrpcMessage(frame: Frame): Buffer {
+  const prefixed = (msg: Buffer): Buffer => {
+    msg[0] = 0; // not compressed
+    msg.writeUInt32BE(msg.byteLength - GRPC_PREFIX, 1);
+    return msg;
+  };
   if (frame.$case === "data") {
     const data = frame.value;
     if (data.byteOffset === DATA_HEADROOM && withHeadroom.has(data.buffer)) {
       const body = encodeDataFrame(data); // in place, starting at most 5 bytes before the payload
-      const start = body.byteOffset - GRPC_PREFIX;
-      const msg = Buffer.from(data.buffer, start, GRPC_PREFIX + body.byteLength);
-      msg[0] = 0;
-      msg.writeUInt32BE(body.byteLength, 1);
-      return msg;
+      return prefixed(Buffer.from(data.buffer, body.byteOffset - GRPC_PREFIX, GRPC_PREFIX + body.byteLength));
     }
+    const n = data.byteLength;
+    const msg = Buffer.allocUnsafe(GRPC_PREFIX + 1 + varintLength(n) + n);
+    msg.set(data, writeDataHeader(msg, GRPC_PREFIX, n));
+    return prefixed(msg);
   }
   const body = encodeFrame(frame);
   const msg = Buffer.allocUnsafe(GRPC_PREFIX + body.byteLength);
-  msg[0] = 0;
-  msg.writeUInt32BE(body.byteLength, 1);
   msg.set(body, GRPC_PREFIX);
-  return msg;
+  return prefixed(msg);
 }
 
 /** Encodes one frame; data frames by hand ({@link encodeDataFrame}), the rest with the generated encoder. */
