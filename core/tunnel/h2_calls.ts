@@ -7,6 +7,7 @@
  * 0.16 ms of client CPU each). Data frames read into buffers with headroom go out without a copy.
  */
 
+import * as grpc from "@grpc/grpc-js";
 import http2 from "node:http2";
 import net from "node:net";
 import type { Buffer } from "node:buffer";
@@ -31,17 +32,6 @@ const KEEPALIVE_TIMEOUT_MS = 10_000;
 /** Frames buffered per stream before its reads pause (HTTP/2 flow control then holds the sender). */
 const READ_HIGH_WATER = 16;
 
-/** gRPC status names for messages (the codes that can reach a tunnel). */
-const STATUS_NAMES: Record<string, string> = {
-  "1": "CANCELLED",
-  "2": "UNKNOWN",
-  "4": "DEADLINE_EXCEEDED",
-  "8": "RESOURCE_EXHAUSTED",
-  "12": "UNIMPLEMENTED",
-  "13": "INTERNAL",
-  "14": "UNAVAILABLE",
-};
-
 function statusError(code: string, message: string | undefined): Error {
   let text = message ?? "";
   try {
@@ -49,7 +39,7 @@ function statusError(code: string, message: string | undefined): Error {
   } catch {
     // not percent-encoded after all: keep it as sent
   }
-  return new Error(`${code} ${STATUS_NAMES[code] ?? "STATUS"}: ${text || "no message"}`);
+  return new Error(`${code} ${grpc.status[Number(code)] ?? "STATUS"}: ${text || "no message"}`);
 }
 
 /** host and port of "host:port" or "[v6]:port". */
