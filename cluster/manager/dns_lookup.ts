@@ -7,6 +7,7 @@ import { errorMessage, TelError } from "../../core/errors.ts";
 import { log } from "../../core/log.ts";
 import { parseResolvConf as parseResolvText } from "../../core/dns/resolv_conf.ts";
 import { readTcpMessage, writeTcpMessage } from "../../core/dns/tcp.ts";
+import { parseHostPort } from "../../core/subnet/mod.ts";
 
 /** DNS rcodes used here. */
 export const RCODE = { NOERROR: 0, SERVFAIL: 2, NXDOMAIN: 3 } as const;
@@ -64,9 +65,9 @@ function countDots(s: string): number {
 }
 
 function splitHostPort(server: string): { hostname: string; port: number } {
-  const m = /^\[([^\]]+)\]:(\d+)$/.exec(server) ?? /^([^:]+):(\d+)$/.exec(server);
-  if (!m) throw new TelError("config", `DNS server ${JSON.stringify(server)} is not ip:port`);
-  return { hostname: m[1], port: Number(m[2]) };
+  const addr = parseHostPort(server);
+  if (!addr) throw new TelError("config", `DNS server ${JSON.stringify(server)} is not ip:port`);
+  return { hostname: addr.host, port: addr.port };
 }
 
 interface DnsAnswer {

@@ -288,3 +288,9 @@ function allOnes(bits: number): bigint {
 function maskOf(bits: number, prefix: number): bigint {
   return allOnes(bits) ^ allOnes(bits - prefix);
 }
+
+/** Host and port of "host:port" or "[v6]:port" (the host is not checked further); undefined for anything else. */
+export function parseHostPort(text: string): { host: string; port: number } | undefined {
+  const m = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:]+):(\d+)$/.exec(text);
+  return m ? { host: m[1], port: Number(m[2]) } : undefined;
+}

@@ -11,6 +11,7 @@ import {
   findConflicts,
   IpAddr,
   normalize,
+  parseHostPort,
   routedSubnets,
   subtract,
 } from "./mod.ts";
@@ -276,4 +277,15 @@ Deno.test("property: diffSubnets applied to old yields next", () => {
     }),
     { seed: 9, numRuns: 500 },
   );
+});
+
+Deno.test("parseHostPort reads host:port and [v6]:port, and refuses the rest", () => {
+  assert.deepEqual(parseHostPort("127.0.0.1:8081"), { host: "127.0.0.1", port: 8081 });
+  assert.deepEqual(parseHostPort("[::1]:8081"), { host: "::1", port: 8081 });
+  assert.deepEqual(parseHostPort("traffic-manager.tel-system:8081"), {
+    host: "traffic-manager.tel-system",
+    port: 8081,
+  });
+  assert.equal(parseHostPort("127.0.0.1"), undefined);
+  assert.equal(parseHostPort("::1:8081"), undefined);
 });

@@ -13,6 +13,7 @@ import net from "node:net";
 import type { Buffer } from "node:buffer";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
+import { parseHostPort } from "../subnet/mod.ts";
 import { decodeFrame, encodeGrpcMessage, type Frame, GRPC_PREFIX, MAX_DATA_FRAME } from "./frame.ts";
 import { type FrameChannel, WaitingChannel } from "./frame_stream.ts";
 import {
@@ -42,13 +43,6 @@ function statusError(code: string, message: string | undefined): Error {
   return new Error(`${code} ${grpc.status[Number(code)] ?? "STATUS"}: ${text || "no message"}`);
 }
 
-/** host and port of "host:port" or "[v6]:port". */
-export function splitAddress(address: string): { host: string; port: number } {
-  const m = /^\[([^\]]+)\]:(\d+)$/.exec(address) ?? /^([^:]+):(\d+)$/.exec(address);
-  if (!m) throw new TypeError(`not host:port: ${address}`);
-  return { host: m[1], port: Number(m[2]) };
-}
-
 /** The HTTP/2 session to one manager that carries tunnel calls; reconnects on the next call after it ended. */
 export class H2Tunnels {
   #address: string;
@@ -72,7 +66,9 @@ export class H2Tunnels {
     const s = this.#session;
     // after the manager's GOAWAY the session counts as closed: the next call opens a new one
     if (s && !s.closed && !s.destroyed) return s;
-    const { host, port } = splitAddress(this.#address);
+    const addr = parseHostPort(this.#address);
+    if (!addr) throw new TypeError(`not host:port: ${this.#address}`);
+    const { host, port } = addr;
     const window = this.#window;
     const session = http2.connect(`http://${host.includes(":") ? `[${host}]` : host}:${port}`, {
       settings: { initialWindowSize: window },

@@ -14,7 +14,7 @@ import {
   GRPC_PREFIX,
   MAX_DATA_FRAME,
 } from "./frame.ts";
-import { H2Tunnels, splitAddress } from "./h2_calls.ts";
+import { H2Tunnels } from "./h2_calls.ts";
 import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, MAX_MESSAGE_BYTES } from "./grpc.ts";
 
 function grpcMessage(body: Uint8Array, flag = 0, len = body.byteLength): Uint8Array {
@@ -178,14 +178,6 @@ Deno.test("a data payload in a frame buffer becomes a whole gRPC message in plac
     { numRuns: 300 },
   );
   assert.ok(Buffer.isBuffer(encodeGrpcMessage(frames.closeSend())));
-});
-
-Deno.test("splitAddress reads host:port and [v6]:port, and refuses the rest", () => {
-  assert.deepEqual(splitAddress("127.0.0.1:8081"), { host: "127.0.0.1", port: 8081 });
-  assert.deepEqual(splitAddress("[::1]:8081"), { host: "::1", port: 8081 });
-  assert.deepEqual(splitAddress("traffic-manager.tel-system:8081"), { host: "traffic-manager.tel-system", port: 8081 });
-  assert.throws(() => splitAddress("127.0.0.1"), /not host:port/);
-  assert.throws(() => splitAddress("::1:8081"), /not host:port/);
 });
 
 Deno.test("h2 tunnel call: a manager that stops answering pings takes its calls down", async () => {
