@@ -180,6 +180,11 @@ Deno.test("a data payload in a frame buffer becomes a whole gRPC message in plac
   assert.ok(Buffer.isBuffer(encodeGrpcMessage(frames.closeSend())));
 });
 
+Deno.test("h2 tunnel session: an address that is not host:port is refused by name", () => {
+  assert.throws(() => new H2Tunnels("127.0.0.1").open(), /not host:port: 127\.0\.0\.1/);
+  assert.throws(() => new H2Tunnels("::1:8081").open(), /not host:port/);
+});
+
 Deno.test("h2 tunnel call: a manager that stops answering pings takes its calls down", async () => {
   // accepts TCP and reads, but never speaks HTTP/2: like a manager whose host froze
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
