@@ -183,11 +183,7 @@ export class KubeHelper {
   async stop(graceMs = 3000): Promise<void> {
     this.#stopping = true;
     await this.#writer.close().catch(() => undefined); // already closed, or the process is gone
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const late = new Promise<"late">((r) => timer = setTimeout(() => r("late"), graceMs));
-    const r = await Promise.race([this.#exited, late]);
-    clearTimeout(timer);
-    if (r === "late") {
+    if (!(await this.exitsWithin(graceMs))) {
       log.warn("kube-helper", "did not exit after its stdin closed; killing it", { pid: this.#child.pid });
       this.#kill();
       await this.#exited;
