@@ -348,3 +348,31 @@ Deno.test("tcp on an offload link: one super-segment per write, cut by the link 
   equal(parse(out[0].p).payload.length, 10 * 1460);
   stack.close();
 });
+
+Deno.test("a link that always has packets does not starve timers and I/O (the read loop yields to the event loop)", async () => {
+  // Every read resolves at once with a batch of unrouted packets: without a turn of the event loop between batches, the
+  // timer below could not fire until the flood ends.
+  const batch = Array.from({ length: 16 }, () => udpPacket(CLIENT, 5000, "198.19.1.9", 53, new Uint8Array(64)));
+  const MAX_BATCHES = 200_000;
+  let served = 0;
+  let fired = -1;
+  const link = {
+    mtu: 1500,
+    readPackets: () => {
+      if (fired >= 0 || served >= MAX_BATCHES) return Promise.reject(new Error("flood over"));
+      served++;
+      return Promise.resolve(batch);
+    },
+    writePacket: () => {},
+  };
+  const stack = new Stack({
+    link,
+    forwarder: { tcp: () => Promise.resolve("accept"), udp: () => Promise.resolve("accept") },
+  });
+  stack.setRoutes(["198.18.0.0/16"]);
+  const timer = setTimeout(() => fired = served, 0);
+  await rejects(stack.run(), /link read failed/);
+  clearTimeout(timer);
+  ok(fired > 0 && fired < MAX_BATCHES, `the timer fired after ${fired} of at most ${MAX_BATCHES} batches`);
+  equal(stack.counters().notRouted, served * batch.length);
+});
