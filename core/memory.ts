@@ -91,16 +91,36 @@ export function mallocTrim(): (() => void) | undefined {
   }
 }
 
-/** The memory limit of this process's cgroup (v2 memory.max, v1 limit_in_bytes); undefined when there is none. */
+/**
+ * The memory limit that applies to this process: the lowest of its cgroup's and its ancestors' limits (v2
+ * memory.max, v1 memory.limit_in_bytes), found through /proc/self/cgroup — in a container (cgroup namespace) that path
+ * is "/" and the mount's root files are the pod's; on a host (a systemd slice, a cgroup made for a test) they are the
+ * files under the path. Undefined when nothing limits it.
+ */
 export function cgroupMemoryLimit(read: (path: string) => string | undefined = readQuietly): number | undefined {
-  for (const path of ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]) {
+  const files = new Set<string>();
+  const along = (root: string, path: string, file: string) => {
+    const parts = path.split("/").filter((p) => p && p !== "." && p !== "..");
+    for (let i = parts.length; i >= 0; i--) files.add(`${[root, ...parts.slice(0, i)].join("/")}/${file}`);
+  };
+  for (const line of (read("/proc/self/cgroup") ?? "").split("\n")) {
+    const m = /^(\d+):([^:]*):(.*)$/.exec(line.trim());
+    if (!m) continue;
+    if (m[1] === "0" && m[2] === "") along("/sys/fs/cgroup", m[3], "memory.max");
+    else if (m[2].split(",").includes("memory")) along("/sys/fs/cgroup/memory", m[3], "memory.limit_in_bytes");
+  }
+  // without /proc (or a runtime that hides it): the mount roots, as a container sees its own cgroup
+  files.add("/sys/fs/cgroup/memory.max");
+  files.add("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+  let limit: number | undefined;
+  for (const path of files) {
     const text = read(path)?.trim();
     if (!text || text === "max") continue;
     const n = Number(text);
     // cgroup v1 says "no limit" with a number near 2^63
-    if (Number.isFinite(n) && n > 0 && n < 2 ** 50) return n;
+    if (Number.isFinite(n) && n > 0 && n < 2 ** 50) limit = Math.min(limit ?? n, n);
   }
-  return undefined;
+  return limit;
 }
 
 function readQuietly(path: string): string | undefined {

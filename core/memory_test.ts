@@ -72,6 +72,46 @@ Deno.test("cgroupMemoryLimit reads cgroup v2 and v1 limits and treats 'max' and 
   assert.equal(cgroupMemoryLimit(files({})), undefined);
 });
 
+Deno.test("cgroupMemoryLimit finds the process's own cgroup through /proc/self/cgroup and takes the lowest limit on its path", () => {
+  const files = (m: Record<string, string>) => (p: string) => m[p];
+  // cgroup v2 on a host: a slice with a limit above a scope with a tighter one
+  const v2 = "0::/tel.slice/manager.scope\n";
+  assert.equal(
+    cgroupMemoryLimit(files({
+      "/proc/self/cgroup": v2,
+      "/sys/fs/cgroup/tel.slice/memory.max": "1073741824\n",
+      "/sys/fs/cgroup/tel.slice/manager.scope/memory.max": "536870912\n",
+    })),
+    512 * MiB,
+  );
+  // the parent's limit binds when the process's own cgroup has none
+  assert.equal(
+    cgroupMemoryLimit(files({
+      "/proc/self/cgroup": v2,
+      "/sys/fs/cgroup/tel.slice/memory.max": "268435456\n",
+      "/sys/fs/cgroup/tel.slice/manager.scope/memory.max": "max\n",
+    })),
+    256 * MiB,
+  );
+  // cgroup v1: the memory hierarchy's line (it may share its line with other controllers)
+  assert.equal(
+    cgroupMemoryLimit(files({
+      "/proc/self/cgroup": "9:name=systemd:/\n4:memory,hugetlb:/tel-lab-x\n2:pids:/\n",
+      "/sys/fs/cgroup/memory/tel-lab-x/memory.limit_in_bytes": "536870912\n",
+      "/sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n",
+    })),
+    512 * MiB,
+  );
+  // another hierarchy's path is not read as memory's
+  assert.equal(
+    cgroupMemoryLimit(files({
+      "/proc/self/cgroup": "8:pids:/elsewhere\n4:memory:/\n",
+      "/sys/fs/cgroup/memory/elsewhere/memory.limit_in_bytes": "536870912\n",
+    })),
+    undefined,
+  );
+});
+
 Deno.test({
   name: "the memory governor returns freed malloc memory to the system (glibc)",
   ignore: Deno.build.os !== "linux",
