@@ -515,6 +515,8 @@ const scale: Bench = {
     const per = ctx.quick ? 64 * 1024 : Math.ceil(100 * MiB / conns);
     const runs = Math.min(ctx.runs, 3);
     let exact = 0;
+    const oomBefore = env.lab.managerMemory()?.oomKills ?? 0;
+    env.lab.resetManagerMemoryPeak();
     for (let run = 0; run < runs; run++) {
       for (const p of [{ name: "tel", ip: BENCH_NET.telIp }, { name: "direct veth", ip: BENCH_NET.vethIp }]) {
         await guarded(out, `${p.name} scale`, async () => {
@@ -542,6 +544,19 @@ const scale: Bench = {
     }
     out.checks.bytesEachWay = conns * per;
     out.checks.byteExactRuns = `${exact}/${runs}`;
+    const mem = env.lab.managerMemory();
+    if (mem) {
+      // the kernel's own accounting of the manager's cgroup (its Deployment's limit), not an RSS sample
+      const mib = (b: number | undefined) => b === undefined ? undefined : Math.round(b / 2 ** 20);
+      const oomKills = mem.oomKills - oomBefore;
+      out.checks.managerCgroup = { limitMiB: mib(mem.limitBytes), peakMiB: mib(mem.peakBytes), oomKills };
+      if (oomKills > 0) out.ok = false;
+      out.goals.push({
+        text: `manager stays inside its Deployment memory limit (${mib(mem.limitBytes)} MiB), no OOM kill`,
+        met: oomKills === 0,
+        value: `cgroup peak ${mib(mem.peakBytes) ?? "?"} MiB, OOM kills ${oomKills}`,
+      });
+    }
     out.goals.push({
       text: `${conns} connections all complete byte-exact`,
       met: exact === runs,

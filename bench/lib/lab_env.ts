@@ -4,6 +4,8 @@
  * creates it removes (close()), also after a failure.
  */
 
+import { parseAllDocuments } from "yaml";
+import { MemoryCgroup } from "../../tests/lab/cgroup.ts";
 import { Lab } from "../../tests/lab/cluster.ts";
 import { LAB_NET, type LabPod } from "../../tests/lab/topology.ts";
 import { Netns, run } from "../../tests/lab/netns.ts";
@@ -54,6 +56,33 @@ export interface Ran {
 }
 
 /** The lab, tel and the baselines for one bench run. */
+const MANIFEST = new URL("../../deploy/manifests/traffic-manager.yaml", import.meta.url);
+
+/** A Kubernetes memory quantity in bytes ("512Mi", "1G", "134217728"). */
+export function memoryQuantity(q: string): number {
+  const m = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$/.exec(q.trim());
+  if (!m) throw new Error(`not a memory quantity: ${q}`);
+  const unit = { Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, k: 1e3, M: 1e6, G: 1e9, T: 1e12 }[m[2] ?? ""] ?? 1;
+  return Math.round(Number(m[1]) * unit);
+}
+
+/** The traffic-manager container's `resources.limits.memory` in deploy/manifests, in bytes. */
+export async function deploymentMemoryLimit(): Promise<number> {
+  for (const doc of parseAllDocuments(await Deno.readTextFile(MANIFEST))) {
+    const o = doc.toJS() as {
+      kind?: string;
+      spec?: {
+        template?: { spec?: { containers?: { name: string; resources?: { limits?: { memory?: string } } }[] } };
+      };
+    } | null;
+    if (o?.kind !== "Deployment") continue;
+    const c = o.spec?.template?.spec?.containers?.find((c) => c.name === "traffic-manager");
+    const q = c?.resources?.limits?.memory;
+    if (q) return memoryQuantity(q);
+  }
+  throw new Error(`${MANIFEST.pathname}: no memory limit on the traffic-manager container`);
+}
+
 export class BenchEnv {
   readonly lab: Lab;
   /** The compiled connect timer / hello server. */
@@ -81,7 +110,9 @@ export class BenchEnv {
 
   /** Builds the lab, the bench pods and their servers (iperf3, hello), and compiles the timer. */
   static async start(say: (line: string) => void = () => {}): Promise<BenchEnv> {
-    const lab = await Lab.start({ progress: (l) => say(`lab: ${l}`) });
+    // the manager runs under its Deployment's memory limit, as in a cluster (where the kernel can enforce it here)
+    const managerMemoryLimit = MemoryCgroup.available() ? await deploymentMemoryLimit() : undefined;
+    const lab = await Lab.start({ progress: (l) => say(`lab: ${l}`), managerMemoryLimit });
     const env = new BenchEnv(lab, say);
     try {
       await env.#setup();

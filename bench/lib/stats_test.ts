@@ -3,6 +3,7 @@ import { median, percentile, sig, summarize } from "./stats.ts";
 import { Collector } from "./result.ts";
 import { parseStat, parseStatusMem } from "./procstat.ts";
 import { markdown } from "./report.ts";
+import { deploymentMemoryLimit, memoryQuantity } from "./lab_env.ts";
 
 Deno.test("median of odd and even counts; empty is NaN", () => {
   assert.equal(median([3, 1, 2]), 2);
@@ -73,4 +74,14 @@ Deno.test("markdown: goals table and a row with its spread and ratio", () => {
   });
   assert.match(md, /\| connect \| p50 small \| 2 µs \| no \|/);
   assert.match(md, /\| p50 \| tel \| 2 µs \| 1–3 \| 2× direct veth \|/);
+});
+
+Deno.test("memory quantities as Kubernetes writes them, and the manager Deployment's limit the bench runs it under", async () => {
+  assert.equal(memoryQuantity("512Mi"), 512 * 2 ** 20);
+  assert.equal(memoryQuantity("1.5Gi"), 1.5 * 2 ** 30);
+  assert.equal(memoryQuantity("1G"), 1e9);
+  assert.equal(memoryQuantity("134217728"), 134217728);
+  assert.throws(() => memoryQuantity("512 MB"), /not a memory quantity: 512 MB/);
+  const limit = await deploymentMemoryLimit();
+  assert.ok(limit >= 128 * 2 ** 20 && limit <= 8 * 2 ** 30, `a plausible limit: ${limit}`);
 });

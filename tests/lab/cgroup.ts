@@ -63,6 +63,31 @@ export class MemoryCgroup {
     return exists(`${V1_ROOT}/memory.limit_in_bytes`);
   }
 
+  /** Removes `tel-lab-*` cgroups older than `olderThanMs` that no process is in (left by a lab that was killed). */
+  static sweep(olderThanMs: number): void {
+    if (!MemoryCgroup.available()) return;
+    for (const root of [V2_ROOT, V1_ROOT]) {
+      let entries: Deno.DirEntry[];
+      try {
+        entries = [...Deno.readDirSync(root)];
+      } catch {
+        continue; // not this hierarchy
+      }
+      for (const e of entries) {
+        if (!e.isDirectory || !e.name.startsWith("tel-lab-")) continue;
+        const dir = `${root}/${e.name}`;
+        try {
+          const born = Deno.statSync(dir).mtime?.getTime() ?? Date.now();
+          if (Date.now() - born < olderThanMs) continue;
+          if (Deno.readTextFileSync(`${dir}/cgroup.procs`).trim() !== "") continue;
+          Deno.removeSync(dir);
+        } catch {
+          // in use or gone meanwhile: the next sweep sees it again
+        }
+      }
+    }
+  }
+
   /** Makes `tel-lab-<name>` with a memory limit (and no swap beyond it, where the kernel accounts swap). */
   static create(name: string, limitBytes: number): MemoryCgroup {
     if (!MemoryCgroup.available()) {
@@ -92,9 +117,36 @@ export class MemoryCgroup {
     return cg;
   }
 
-  /** `cmd` started so that it enters this cgroup before it execs (its memory is charged here from the start). */
+  /**
+   * `cmd` started so that it waits until {@link adopt} moved it into this cgroup, then execs (its memory is charged
+   * here from the start). Inside `ip netns exec`, whose fresh /sys has no cgroup file systems, it first mounts this
+   * hierarchy at /sys/fs/cgroup (in that private mount namespace only; nothing is mounted where one already is), so
+   * the process sees its limit as it would in a pod.
+   */
   wrap(cmd: string[]): string[] {
-    return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', `${this.dir}/cgroup.procs`, ...cmd];
+    const name = this.dir.slice(this.dir.lastIndexOf("/") + 1);
+    const mine = this.version === 2 ? `^0::/${name}$` : `^[0-9]+:([^:]*,)?memory(,[^:]*)?:/${name}$`;
+    const mount = this.version === 2
+      ? "mount -t cgroup2 none /sys/fs/cgroup"
+      : "mount -t tmpfs -o size=64k tel-lab-cgroup /sys/fs/cgroup && mkdir /sys/fs/cgroup/memory && " +
+        "mount -t cgroup -o memory cgroup /sys/fs/cgroup/memory";
+    const script = [
+      "i=0",
+      `while ! grep -qE '${mine}' /proc/self/cgroup; do`,
+      '  i=$((i + 1)); if [ "$i" -gt 1000 ]; then echo "lab: never moved into its cgroup" >&2; exit 125; fi',
+      "  sleep 0.01",
+      "done",
+      "if [ ! -e /sys/fs/cgroup/cgroup.procs ] && [ ! -e /sys/fs/cgroup/memory/cgroup.procs ]; then",
+      `  ${mount} || exit 125`,
+      "fi",
+      'exec "$@"',
+    ].join("\n");
+    return ["sh", "-c", script, "sh", ...cmd];
+  }
+
+  /** Moves a process (started with {@link wrap}) into this cgroup. */
+  adopt(pid: number): void {
+    Deno.writeTextFileSync(`${this.dir}/cgroup.procs`, String(pid));
   }
 
   stats(): MemoryCgroupStats {
@@ -107,6 +159,15 @@ export class MemoryCgroup {
     }
     const peak = readNumber(`${this.dir}/${this.version === 2 ? "memory.peak" : "memory.max_usage_in_bytes"}`);
     return { limitBytes: this.limitBytes, peakBytes: peak, oomKills };
+  }
+
+  /** Starts the peak over from what is charged now (v1; v2 kernels ≥ 6.12 take a write to memory.peak). */
+  resetPeak(): void {
+    try {
+      Deno.writeTextFileSync(`${this.dir}/${this.version === 2 ? "memory.peak" : "memory.max_usage_in_bytes"}`, "0");
+    } catch {
+      // an older v2 kernel: the peak stays the cgroup's lifetime high
+    }
   }
 
   /** Deletes the cgroup; the kernel refuses while a process is still in it, so this retries briefly. */

@@ -7,6 +7,7 @@
 
 import { parseArgs } from "node:util";
 import { Netns, type Netns as NetnsType, run, sweepStaleNamespaces, vethPair } from "./netns.ts";
+import { MemoryCgroup, type MemoryCgroupStats } from "./cgroup.ts";
 import { LabProcess } from "./proc.ts";
 import { formatListenSpec } from "./pod_servers.ts";
 import {
@@ -42,6 +43,11 @@ export interface LabOptions {
   manager?: boolean;
   /** Extra `tel manager` flags (e.g. `--pod-cidr-strategy environment --pod-cidrs …`). */
   managerArgs?: string[];
+  /**
+   * Run the manager in a memory cgroup with this limit (bytes), as its pod's `resources.limits.memory` would; see
+   * {@link Lab.managerMemory}. Needs {@link MemoryCgroup.available}.
+   */
+  managerMemoryLimit?: number;
   /**
    * A "local cluster" (Minikube/k3s on the host): the cluster DNS forwards names it does not know to the
    * workstation's resolver. `true` forwards to the workstation's upstream (198.51.100.53:53); a string names another
@@ -179,6 +185,7 @@ export class Lab {
   #kubeconfig = "";
   #clusterKubeconfig = "";
   #managerArgs: string[] = [];
+  #managerCgroup: MemoryCgroup | undefined;
 
   private constructor(id: string, opts: LabOptions) {
     this.id = id;
@@ -194,6 +201,7 @@ export class Lab {
     if (age > 0) {
       await sweepStaleNamespaces(age);
       await sweepStaleLabFiles();
+      MemoryCgroup.sweep(age);
     }
     const id = opts.id ?? crypto.randomUUID().replaceAll("-", "").slice(0, 6);
     const lab = new Lab(id, opts);
@@ -305,10 +313,18 @@ export class Lab {
     name: string,
     script: string,
     args: string[],
-    opts: { ready?: RegExp; readyTimeoutMs?: number; onLine?: (line: string, s: "stdout" | "stderr") => void } = {},
+    opts: {
+      ready?: RegExp;
+      readyTimeoutMs?: number;
+      onLine?: (line: string, s: "stdout" | "stderr") => void;
+      /** Changes the command line (e.g. to start it in a cgroup). */
+      wrap?: (cmd: string[]) => string[];
+      onSpawn?: (pid: number) => void;
+    } = {},
   ): Promise<LabProcess> {
     if (this.#procs.get(name)?.running) throw new Error(`lab process ${name} already runs`);
-    const p = await LabProcess.start(ns, name, denoCmd(script, args), { cwd: ROOT, env: procEnv, ...opts });
+    const cmd = denoCmd(script, args);
+    const p = await LabProcess.start(ns, name, opts.wrap ? opts.wrap(cmd) : cmd, { cwd: ROOT, env: procEnv, ...opts });
     this.#procs.set(name, p);
     return p;
   }
@@ -406,8 +422,23 @@ export class Lab {
       "--pod-ip",
       LAB_NET.managerPodIp,
       ...this.#managerArgs,
-    ], { ready: /traffic-manager listening/, readyTimeoutMs: 30_000 });
+    ], {
+      ready: /traffic-manager listening/,
+      readyTimeoutMs: 30_000,
+      wrap: this.#managerCgroup ? (cmd) => this.#managerCgroup!.wrap(cmd) : undefined,
+      onSpawn: this.#managerCgroup ? (pid) => this.#managerCgroup!.adopt(pid) : undefined,
+    });
     this.timings.manager = Math.round(performance.now() - t);
+  }
+
+  /** The kernel's count for the manager's memory cgroup (undefined without `managerMemoryLimit`). */
+  managerMemory(): MemoryCgroupStats | undefined {
+    return this.#managerCgroup?.stats();
+  }
+
+  /** Starts the manager cgroup's peak over (per measurement). */
+  resetManagerMemoryPeak(): void {
+    this.#managerCgroup?.resetPeak();
   }
 
   /** Stops the manager gracefully (SIGTERM, then SIGKILL after `graceMs`). */
@@ -456,6 +487,11 @@ export class Lab {
       if (!ns) continue;
       await ns.close().catch((e) => problems.push(`${ns.name}: ${e}`));
     }
+    try {
+      this.#managerCgroup?.remove();
+    } catch (e) {
+      problems.push(`manager cgroup: ${e}`);
+    }
     for (const name of [`ws-${this.id}`, `cl-${this.id}`]) {
       await removeIfThere(`/etc/netns/${name}`).catch((e) => problems.push(`/etc/netns/${name}: ${e}`));
     }
@@ -476,6 +512,9 @@ export class Lab {
   async #setup(): Promise<void> {
     const t0 = performance.now();
     this.#managerArgs = this.#opts.managerArgs ?? [];
+    if (this.#opts.managerMemoryLimit) {
+      this.#managerCgroup = MemoryCgroup.create(`manager-${this.id}`, this.#opts.managerMemoryLimit);
+    }
     await Deno.mkdir(this.#dir, { recursive: true });
     this.#ws = await Netns.create("ws", this.id);
     this.#cl = await Netns.create("cl", this.id);

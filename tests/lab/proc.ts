@@ -14,6 +14,8 @@ export interface LabProcessOptions {
   env?: Record<string, string>;
   /** Sees every output line. */
   onLine?: (line: string, stream: "stdout" | "stderr") => void;
+  /** Runs right after the spawn, before waiting for `ready` (e.g. to move the pid into a cgroup). */
+  onSpawn?: (pid: number) => void;
 }
 
 const TAIL_LINES = 200;
@@ -58,6 +60,12 @@ export class LabProcess {
       env: opts.env,
     });
     const p = new LabProcess(name, child, opts);
+    try {
+      opts.onSpawn?.(child.pid);
+    } catch (e) {
+      await p.stop(0);
+      throw e;
+    }
     if (!opts.ready) return p;
     try {
       await p.waitFor(opts.ready, opts.readyTimeoutMs ?? 20_000);
