@@ -12,7 +12,7 @@ import type { ManagerConnector } from "../core/session/daemon.ts";
 import type { ManagerConnection } from "../core/session/session.ts";
 import { type ErrorCategory, errorMessage, TelError } from "../core/errors.ts";
 import { selfArgv } from "../core/exec.ts";
-import { forEachLine } from "../core/io.ts";
+import { exitText, LineRpc } from "../core/line_rpc.ts";
 import { log, logLevel, logLine } from "../core/log.ts";
 import type { ConnectRequest } from "../proto/gen/tel.ts";
 
@@ -71,34 +71,24 @@ const CATEGORIES: readonly ErrorCategory[] = ["user", "config", "platform", "clu
 
 /** One running helper process. */
 export class KubeHelper {
-  #child: Deno.ChildProcess;
-  #writer: WritableStreamDefaultWriter<Uint8Array>;
-  #pending = new Map<number, PromiseWithResolvers<unknown>>();
-  #nextId = 1;
-  #exit?: Deno.CommandStatus;
-  #exited: Promise<Deno.CommandStatus>;
+  #rpc: LineRpc;
   #timeoutMs: number;
-  #pumps: Promise<void>[];
   #stopping = false;
 
   private constructor(child: Deno.ChildProcess, timeoutMs: number) {
-    this.#child = child;
     this.#timeoutMs = timeoutMs;
-    this.#writer = child.stdin.getWriter();
-    this.#pumps = [
-      readLines(child.stdout, (line) => this.#answer(line)),
-      readLines(child.stderr, (line) => logLine(line)),
-    ];
-    this.#exited = child.status.then(async (st) => {
-      this.#exit = st;
-      await Promise.allSettled(this.#pumps);
-      if (st.code === 0 && !this.#stopping) log.debug("kube-helper", "exited while idle", { pid: child.pid });
-      const err = new TelError("platform", `the kube helper process (pid ${child.pid}) exited (${statusText(st)})`, {
-        hint: "its last lines are in the daemon's log; the next connect starts a new one",
-      });
-      for (const p of this.#pending.values()) p.reject(err);
-      this.#pending.clear();
-      return st;
+    this.#rpc = new LineRpc(child, {
+      // not an answer (a runtime message on stdout): keep it for the log; answers to requests that timed out: drop
+      onStray: (line, stray) => stray.kind === "not-json" && logLine(line),
+      onStderr: logLine,
+      exitError: (st) => {
+        if (st.code === 0 && !this.#stopping) log.debug("kube-helper", "exited while idle", { pid: child.pid });
+        return new TelError("platform", `the kube helper process (pid ${child.pid}) exited (${exitText(st)})`, {
+          hint: "its last lines are in the daemon's log; the next connect starts a new one",
+        });
+      },
+      onReadError: (e) => log.debug("kube-helper", "output ended", { error: errorMessage(e) }),
+      readLastLine: true,
     });
   }
 
@@ -124,108 +114,59 @@ export class KubeHelper {
 
   /** The helper's pid. */
   get pid(): number {
-    return this.#child.pid;
+    return this.#rpc.child.pid;
   }
 
   /** Whether the process has exited. */
   get exited(): boolean {
-    return this.#exit !== undefined;
+    return this.#rpc.exit !== undefined;
   }
 
   /** Whether it exited cleanly on its own (idle, nothing to hold), not killed, crashed or stopped. */
   get exitedIdle(): boolean {
-    return this.#exit?.code === 0 && !this.#stopping;
+    return this.#rpc.exit?.code === 0 && !this.#stopping;
   }
 
   /** Whether the process exits within `ms` (or has already). */
-  async exitsWithin(ms: number): Promise<boolean> {
-    if (this.#exit) return true;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const r = await Promise.race([
-      this.#exited.then(() => true),
-      new Promise<false>((res) => timer = setTimeout(() => res(false), ms)),
-    ]);
-    clearTimeout(timer);
-    return r;
+  exitsWithin(ms: number): Promise<boolean> {
+    return this.#rpc.exitsWithin(ms);
   }
 
   /** Sends one request and waits for its answer; a helper error comes back as the same TelError. */
   async call<T>(op: HelperRequest["op"], args: Record<string, unknown> = {}): Promise<T> {
-    if (this.#exit) {
-      throw new TelError("platform", `the kube helper process exited (${statusText(this.#exit)})`, {
+    const exit = this.#rpc.exit;
+    if (exit) {
+      throw new TelError("platform", `the kube helper process exited (${exitText(exit)})`, {
         hint: "the next connect starts a new one",
       });
     }
-    const id = this.#nextId++;
-    const p = Promise.withResolvers<unknown>();
-    this.#pending.set(id, p);
-    const timer = setTimeout(() => {
-      p.reject(
-        new TelError("platform", `the kube helper did not answer ${op} within ${this.#timeoutMs / 1000} s`, {
-          hint: "it was stopped; see the daemon's log",
-        }),
-      );
-      this.#kill();
-    }, this.#timeoutMs);
+    let answer;
     try {
-      await this.#writer.write(new TextEncoder().encode(JSON.stringify({ id, op, ...args }) + "\n"));
-      return await p.promise as T;
+      answer = await this.#rpc.request({ op, ...args }, this.#timeoutMs, () => {
+        this.#rpc.kill();
+        return new TelError("platform", `the kube helper did not answer ${op} within ${this.#timeoutMs / 1000} s`, {
+          hint: "it was stopped; see the daemon's log",
+        });
+      });
     } catch (e) {
       if (e instanceof TelError) throw e;
       throw new TelError("platform", `cannot talk to the kube helper: ${errorMessage(e)}`, { cause: e });
-    } finally {
-      clearTimeout(timer);
-      this.#pending.delete(id);
     }
+    const err = answer.error as HelperResponse["error"];
+    if (!err) return answer.result as T;
+    const cat = CATEGORIES.includes(err.category) ? err.category : "bug";
+    throw new TelError(cat, err.message, { hint: err.hint || undefined });
   }
 
   /** Closes its stdin (it ends its port-forwards and exits); kills it if it has not exited within `graceMs`. */
   async stop(graceMs = 3000): Promise<void> {
     this.#stopping = true;
-    await this.#writer.close().catch(() => undefined); // already closed, or the process is gone
+    await this.#rpc.closeInput();
     if (!(await this.exitsWithin(graceMs))) {
-      log.warn("kube-helper", "did not exit after its stdin closed; killing it", { pid: this.#child.pid });
-      this.#kill();
-      await this.#exited;
+      log.warn("kube-helper", "did not exit after its stdin closed; killing it", { pid: this.pid });
+      this.#rpc.kill();
+      await this.#rpc.exited;
     }
-  }
-
-  #kill(): void {
-    try {
-      this.#child.kill("SIGKILL");
-    } catch {
-      // exited already
-    }
-  }
-
-  #answer(line: string): void {
-    let msg: HelperResponse;
-    try {
-      msg = JSON.parse(line);
-    } catch {
-      // not an answer (a runtime message on stdout): keep it for the log
-      logLine(line);
-      return;
-    }
-    const p = this.#pending.get(msg.id);
-    if (!p) return;
-    if (msg.error) {
-      const cat = CATEGORIES.includes(msg.error.category) ? msg.error.category : "bug";
-      p.reject(new TelError(cat, msg.error.message, { hint: msg.error.hint || undefined }));
-    } else p.resolve(msg.result);
-  }
-}
-
-function statusText(st: Deno.CommandStatus): string {
-  return st.signal ? `signal ${st.signal}` : `exit code ${st.code}`;
-}
-
-async function readLines(stream: ReadableStream<Uint8Array>, onLine: (line: string) => void): Promise<void> {
-  try {
-    const rest = await forEachLine(stream, onLine);
-    if (rest.trim()) onLine(rest);
-  } catch (e) {
-    log.debug("kube-helper", "output ended", { error: errorMessage(e) });
   }
 }
 

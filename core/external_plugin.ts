@@ -1,7 +1,8 @@
 /** Third-party resolver plugins: executables `tel-resolver-<name>` speaking newline-delimited JSON over stdio. */
 
 import { errorMessage, TelError } from "./errors.ts";
-import { forEachLine, LineTooLong } from "./io.ts";
+import { LineTooLong } from "./io.ts";
+import { LineRpc, type LineRpcAnswer } from "./line_rpc.ts";
 import { log } from "./log.ts";
 import type { Manifest, Probe, Resolver, ResolverConfig } from "./plugin.ts";
 
@@ -11,27 +12,33 @@ export const EXTERNAL_PREFIX = "tel-resolver-";
 /** Methods of the protocol (docs/plugins.md). */
 export type Method = "manifest" | "probe" | "start" | "update" | "stop";
 
-const encoder = new TextEncoder();
-
 /** A running plugin process and its request/response channel. */
 export class ExternalPlugin {
   readonly path: string;
-  #child: Deno.ChildProcess;
-  #writer: WritableStreamDefaultWriter<Uint8Array>;
-  #nextId = 1;
-  #pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; method: string }>();
+  #rpc: LineRpc;
   #dead?: string;
-  #exited: Promise<void>;
 
   private constructor(path: string, child: Deno.ChildProcess) {
     this.path = path;
-    this.#child = child;
-    this.#writer = child.stdin.getWriter();
-    this.#readLoop();
-    this.#exited = child.status.then((s) => {
-      this.#fail(`exited with code ${s.code}${s.signal ? ` (${s.signal})` : ""} before answering`);
+    this.#rpc = new LineRpc(child, {
+      // the protocol is strict: anything but an answer to a pending request is a broken plugin
+      onStray: (line, stray) =>
+        this.#fail(
+          stray.kind === "not-json"
+            ? `printed something that is not JSON: ${JSON.stringify(line.slice(0, 60))}`
+            : stray.kind === "no-id"
+            ? `printed a message without a numeric "id": ${JSON.stringify(line.slice(0, 60))}`
+            : `answered unknown request id ${stray.id}`,
+        ),
+      onStderr: (line) => log.debug("plugin", line, { path: this.path }),
+      exitError: (st) => {
+        this.#fail(`exited with code ${st.code}${st.signal ? ` (${st.signal})` : ""} before answering`);
+        return new Error(this.#dead);
+      },
+      onReadError: (e) =>
+        this.#fail(e instanceof LineTooLong ? "printed a line longer than 1 MiB" : `stdout failed: ${errorMessage(e)}`),
+      maxLine: 1 << 20,
     });
-    this.#drainStderr();
   }
 
   /** Starts the plugin executable. */
@@ -47,104 +54,43 @@ export class ExternalPlugin {
     return new ExternalPlugin(path, child);
   }
 
-  async #readLoop(): Promise<void> {
-    try {
-      // an unterminated last line is not an answer
-      await forEachLine(this.#child.stdout, (line) => this.#onLine(line.trim()), { maxLine: 1 << 20 });
-    } catch (e) {
-      this.#fail(e instanceof LineTooLong ? "printed a line longer than 1 MiB" : `stdout failed: ${errorMessage(e)}`);
-    }
-  }
-
-  async #drainStderr(): Promise<void> {
-    const decoder = new TextDecoder();
-    try {
-      for await (const chunk of this.#child.stderr) {
-        log.debug("plugin", decoder.decode(chunk).trimEnd(), { path: this.path });
-      }
-    } catch (e) {
-      log.debug("plugin", "stderr closed", { path: this.path, error: errorMessage(e) });
-    }
-  }
-
-  #onLine(line: string): void {
-    let msg: { id?: unknown; result?: unknown; error?: { message?: unknown; hint?: unknown } };
-    try {
-      msg = JSON.parse(line);
-    } catch {
-      // not JSON at all: the plugin broke the protocol
-      this.#fail(`printed something that is not JSON: ${JSON.stringify(line.slice(0, 60))}`);
-      return;
-    }
-    if (typeof msg !== "object" || msg === null || typeof msg.id !== "number") {
-      this.#fail(`printed a message without a numeric "id": ${JSON.stringify(line.slice(0, 60))}`);
-      return;
-    }
-    const p = this.#pending.get(msg.id);
-    if (!p) {
-      this.#fail(`answered unknown request id ${msg.id}`);
-      return;
-    }
-    this.#pending.delete(msg.id);
-    if (msg.error !== undefined) {
-      const text = typeof msg.error?.message === "string" ? msg.error.message : JSON.stringify(msg.error);
-      p.reject(new Error(`${p.method} failed: ${text}`));
-    } else {
-      p.resolve(msg.result);
-    }
-  }
-
   #fail(reason: string): void {
     if (this.#dead) return;
     this.#dead = reason;
-    for (const p of this.#pending.values()) p.reject(new Error(reason));
-    this.#pending.clear();
-    this.kill();
+    this.#rpc.failAll(new Error(reason));
+    this.#rpc.kill();
   }
 
   /** Sends one request and waits for its answer, at most `timeoutMs`. */
   async request(method: Method, params: unknown, timeoutMs: number): Promise<unknown> {
     if (this.#dead) throw new Error(this.#dead);
-    const id = this.#nextId++;
-    const answer = new Promise<unknown>((resolve, reject) => this.#pending.set(id, { resolve, reject, method }));
-    // the answer may fail while the request is still being written; it is awaited below
-    answer.catch(() => {});
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        this.#fail(`no answer to "${method}" within ${timeoutMs} ms`);
-        reject(new Error(`no answer to "${method}" within ${timeoutMs} ms`));
-      }, timeoutMs);
-    });
+    let answer: LineRpcAnswer;
     try {
-      await this.#writer.write(encoder.encode(JSON.stringify({ id, method, params }) + "\n"));
-      return await Promise.race([answer, timeout]);
+      answer = await this.#rpc.request({ method, params }, timeoutMs, () => {
+        const why = `no answer to "${method}" within ${timeoutMs} ms`;
+        this.#fail(why);
+        return new Error(why);
+      });
     } catch (e) {
       throw new Error(this.#dead ?? errorMessage(e));
-    } finally {
-      clearTimeout(timer);
     }
+    if (answer.error === undefined) return answer.result;
+    const err = answer.error as { message?: unknown } | null;
+    const text = typeof err?.message === "string" ? err.message : JSON.stringify(answer.error);
+    throw new Error(`${method} failed: ${text}`);
   }
 
   /** Ends the process. */
   kill(): void {
-    try {
-      this.#child.kill("SIGKILL");
-    } catch {
-      // already exited
-    }
+    this.#rpc.kill();
   }
 
   /** Closes stdin and waits for the process to exit. */
   async close(): Promise<void> {
     this.#dead ??= "closed";
-    try {
-      await this.#writer.close();
-    } catch {
-      // stdin already closed by the plugin exiting
-    }
-    this.kill();
-    await this.#exited;
+    await this.#rpc.closeInput();
+    this.#rpc.kill();
+    await this.#rpc.exited;
   }
 }
 
