@@ -3,6 +3,7 @@
 import { startMemoryGovernor } from "../../core/memory.ts";
 import { TelError } from "../../core/errors.ts";
 import { log } from "../../core/log.ts";
+import { parseHostPort } from "../../core/subnet/mod.ts";
 import { type ClusterInfoSource, emptyClusterInfo, StaticClusterInfo } from "./cluster_info.ts";
 import { type ManagerHandle, startManager } from "./server.ts";
 
@@ -59,12 +60,11 @@ export interface RunManagerDeps {
 
 /** Splits "host:port" / "[v6]:port" / ":port". */
 export function parseListen(listen: string): { address: string; port: number } {
-  const m = /^\[([^\]]+)\]:(\d+)$/.exec(listen) ?? /^([^:]*):(\d+)$/.exec(listen);
-  const port = m ? Number(m[2]) : NaN;
-  if (!m || port > 65535) {
+  const hp = parseHostPort(listen, { emptyHost: true });
+  if (!hp) {
     throw new TelError("user", `--listen ${JSON.stringify(listen)} is not host:port`, { hint: "e.g. 0.0.0.0:8081" });
   }
-  return { address: m[1] || "0.0.0.0", port };
+  return { address: hp.host || "0.0.0.0", port: hp.port };
 }
 
 async function clusterInfoFor(flags: ManagerFlags, deps: RunManagerDeps): Promise<ClusterInfoSource> {

@@ -7,7 +7,7 @@ import { asTelError, errorMessage, TelError } from "../errors.ts";
 import { log } from "../log.ts";
 import type { PluginModule, Resolver, Vif, VifFactory } from "../plugin.ts";
 import { listPlugins } from "../plugin_host.ts";
-import { Cidr } from "../subnet/mod.ts";
+import { Cidr, parseHostPort } from "../subnet/mod.ts";
 import { TEL_VERSION } from "../version.ts";
 import { ExternalResolver } from "../external_plugin.ts";
 import {
@@ -55,9 +55,9 @@ export function dnsListenFromEnv(
 ): { hostname: string; port: number } | undefined {
   const v = env("TEL_DNS_LISTEN");
   if (!v) return undefined;
-  const m = /^\[(.+)\]:(\d+)$/.exec(v) ?? /^([^:]+):(\d+)$/.exec(v);
-  if (!m) throw new TelError("config", `TEL_DNS_LISTEN="${v}" is not ip:port`, { hint: "e.g. 127.0.0.1:53" });
-  return { hostname: m[1], port: Number(m[2]) };
+  const hp = parseHostPort(v);
+  if (!hp) throw new TelError("config", `TEL_DNS_LISTEN="${v}" is not ip:port`, { hint: "e.g. 127.0.0.1:53" });
+  return { hostname: hp.host, port: hp.port };
 }
 
 /** Default socket and state locations (root daemon). */

@@ -98,6 +98,7 @@ export class ClientSession {
   #lookup?: ManagerLookup;
   #dns?: DnsServer;
   #dnsAddr = "";
+  #dnsHost = { hostname: "", port: 0 };
   #fwdStats: ForwarderStats = { dials: 0, open: 0, opened: 0, failed: 0 };
   #closed = false;
   #watchStream?: ClientReadableStream<ClusterInfo>;
@@ -174,6 +175,7 @@ export class ClientSession {
     const listen = this.#o.dnsListen ?? { hostname: "127.0.0.1", port: 0 };
     this.#dns = new DnsServer({ engine: this.#engine, hostname: listen.hostname, port: listen.port });
     const addr = await this.#dns.start();
+    this.#dnsHost = { hostname: addr.hostname, port: addr.port };
     this.#dnsAddr = addr.hostname.includes(":") ? `[${addr.hostname}]:${addr.port}` : `${addr.hostname}:${addr.port}`;
     this.#step(`DNS server listening on ${this.#dnsAddr}`);
 
@@ -232,10 +234,9 @@ export class ClientSession {
 
   #resolverConfig(info: ClusterInfo) {
     const domain = info.clusterDomain || "cluster.local";
-    const [hostname, port] = splitAddr(this.#dnsAddr);
     return {
-      serverIp: hostname,
-      serverPort: port,
+      serverIp: this.#dnsHost.hostname,
+      serverPort: this.#dnsHost.port,
       domains: [domain, this.#o.namespace, "svc"],
       search: [`${this.#o.namespace}.svc.${domain}`, `svc.${domain}`, domain],
       vifName: this.#o.vif.name,
@@ -455,9 +456,4 @@ function numbers(o: object): Record<string, number> {
   const out: Record<string, number> = {};
   for (const [k, v] of Object.entries(o)) if (typeof v === "number") out[k] = v;
   return out;
-}
-
-function splitAddr(a: string): [string, number] {
-  const m = /^\[(.+)\]:(\d+)$/.exec(a) ?? /^(.+):(\d+)$/.exec(a);
-  return m ? [m[1], Number(m[2])] : [a, 53];
 }

@@ -289,8 +289,16 @@ function maskOf(bits: number, prefix: number): bigint {
   return allOnes(bits) ^ allOnes(bits - prefix);
 }
 
-/** Host and port of "host:port" or "[v6]:port" (the host is not checked further); undefined for anything else. */
-export function parseHostPort(text: string): { host: string; port: number } | undefined {
-  const m = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:]+):(\d+)$/.exec(text);
-  return m ? { host: m[1], port: Number(m[2]) } : undefined;
+/**
+ * Host and port of "host:port" or "[v6]:port" (the host is not checked further; with `emptyHost`, ":port" gives an
+ * empty host); undefined for anything else, including a port above 65535.
+ */
+export function parseHostPort(
+  text: string,
+  opts: { emptyHost?: boolean } = {},
+): { host: string; port: number } | undefined {
+  const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(text) ??
+    (opts.emptyHost ? /^([^:]*):(\d{1,5})$/ : /^([^:]+):(\d{1,5})$/).exec(text);
+  const port = m ? Number(m[2]) : NaN;
+  return m && port <= 65535 ? { host: m[1], port } : undefined;
 }

@@ -288,4 +288,8 @@ Deno.test("parseHostPort reads host:port and [v6]:port, and refuses the rest", (
   });
   assert.equal(parseHostPort("127.0.0.1"), undefined);
   assert.equal(parseHostPort("::1:8081"), undefined);
+  assert.equal(parseHostPort("127.0.0.1:65536"), undefined);
+  assert.equal(parseHostPort(":8081"), undefined);
+  assert.deepEqual(parseHostPort(":8081", { emptyHost: true }), { host: "", port: 8081 });
+  assert.deepEqual(parseHostPort("[::]:0", { emptyHost: true }), { host: "::", port: 0 });
 });
