@@ -75,7 +75,7 @@ export class LineRpc {
 
   /**
    * Sends `{id, ...body}` and waits for its answer. After `timeoutMs` it rejects with `onTimeout()`'s error (which may
-   * also act, e.g. kill the process). Writing to a process that is gone rejects with the write's error.
+   * also act, e.g. kill the process). Writing to a process that has exited rejects with `exitError`.
    */
   async request(body: Record<string, unknown>, timeoutMs: number, onTimeout: () => Error): Promise<LineRpcAnswer> {
     const id = this.#nextId++;
@@ -89,7 +89,13 @@ export class LineRpc {
       p.reject(onTimeout());
     }, timeoutMs);
     try {
-      await this.#writer.write(encoder.encode(JSON.stringify({ id, ...body }) + "\n"));
+      try {
+        await this.#writer.write(encoder.encode(JSON.stringify({ id, ...body }) + "\n"));
+      } catch (e) {
+        // a broken pipe says less than the exit behind it
+        if (await this.exitsWithin(1000)) throw this.#opts.exitError(this.#exit!);
+        throw e;
+      }
       return await p.promise;
     } finally {
       clearTimeout(timer);

@@ -104,3 +104,19 @@ Deno.test("LineRpc: at the exit, an answer written just before it still arrives;
   assert.deepEqual(errLines, ["line one", "unterminated"], "stderr lines, the unterminated last one too");
   await assert.rejects(rpc.request({ op: "echo", v: 1 }, 1000, timedOut));
 });
+
+Deno.test("LineRpc: a request to a process that has exited fails with the exit error, not a broken pipe", async () => {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", "Deno.exit(4)"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const rpc = new LineRpc(child, {
+    onStray: () => {},
+    onStderr: () => {},
+    exitError: (st) => new Error(`gone (${exitText(st)})`),
+  });
+  await child.status;
+  await assert.rejects(rpc.request({ op: "echo" }, 10_000, timedOut), /gone \(exit code 4\)/);
+});
