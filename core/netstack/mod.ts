@@ -10,6 +10,7 @@
  *     if (!ok) return "refused";   // client sees ECONNREFUSED ("unreachable": EHOSTUNREACH)
  *     pipe(conn.readable, tunnel.writable);   // backpressure: the TCP window follows the reader
  *     pipe(tunnel.readable, conn.writable);   // closing conn.writable sends FIN (half-close)
+ *     // or without streams: conn.attach({ data, end, error }) + conn.resume(), conn.send(), conn.shutdownWrite()
  *     return "accept";
  *   },
  *   async udp(flow) { flow.readable ...; flow.send(reply); return "accept"; },
@@ -36,7 +37,7 @@
 
 export { type Forwarder, Stack, type StackOptions } from "./stack.ts";
 export { ChannelLink, type Gso, type Link, type LinkOffload } from "./link.ts";
-export { DEFAULT_TCP_TUNING, type TcpConn, type TcpState, type TcpTuning } from "./tcp/endpoint.ts";
+export { type ConnSink, DEFAULT_TCP_TUNING, type TcpConn, type TcpState, type TcpTuning } from "./tcp/endpoint.ts";
 export type { UdpFlow } from "./udp.ts";
 export { type Counters, type FlowId, type Verdict } from "./types.ts";
 export { type Cidr, cidrContains, formatCidr, formatIp, parseCidr, parseIp } from "./addr.ts";

@@ -1,4 +1,4 @@
-import { deepStrictEqual as assertEquals, equal, ok, rejects } from "node:assert/strict";
+import { deepStrictEqual as assertEquals, equal, ok, rejects, throws } from "node:assert/strict";
 import { fakeClock } from "../../tests/fixtures/fake_clock.ts";
 import { echoRequest, tcpPacket, udpPacket } from "./_build.ts";
 import { parseIpv4 } from "./header/ipv4.ts";
@@ -375,4 +375,90 @@ Deno.test("a link that always has packets does not starve timers and I/O (the re
   clearTimeout(timer);
   ok(fired > 0 && fired < MAX_BATCHES, `the timer fired after ${fired} of at most ${MAX_BATCHES} batches`);
   equal(stack.counters().notRouted, served * batch.length);
+});
+
+/** A sink that records what it gets and takes at most `room` more chunks before asking to stop. */
+function recordingSink(room = Infinity) {
+  const got: number[] = [];
+  const events: string[] = [];
+  let left = room;
+  return {
+    got,
+    events,
+    setRoom(n: number) {
+      left = n;
+    },
+    sink: {
+      data: (d: Uint8Array) => {
+        got.push(...d); // copied now: the stack may reuse the buffer after the call
+        return --left > 0;
+      },
+      end: () => events.push("end"),
+      error: (e: Error) => events.push(`error: ${e.message}`),
+    },
+  };
+}
+
+Deno.test("tcp with an attached sink: bytes go to it in order, the window stays open while it takes them", async () => {
+  const env = setup({ tcp: { rcvBuf: 8192 } });
+  const { snd, conn } = await handshake(env);
+  const rec = recordingSink();
+  conn.attach(rec.sink);
+  env.take();
+  const a = new Uint8Array(3000).fill(1), b = new Uint8Array(3000).fill(2), c = new Uint8Array(3000).fill(3);
+  env.stack.input([env.seg({ seq: 1001, ack: snd }, a), env.seg({ seq: 4001, ack: snd }, b)]);
+  env.stack.input([env.seg({ seq: 7001, ack: snd }, c)]);
+  assertEquals(rec.got, [...a, ...b, ...c], "9000 bytes through an 8 KiB receive buffer: nothing is held");
+  const last = env.take().at(-1)!.tcp!;
+  equal(last.ack, 10001);
+  equal(last.window * 128, 8192, "the whole buffer is offered again");
+  env.stack.input([env.seg({ seq: 10001, ack: snd, flags: FIN | ACK })]);
+  assertEquals(rec.events, ["end"]);
+  throws(() => conn.readable, /attached sink/);
+  throws(() => conn.attach(rec.sink), /one reader/);
+});
+
+Deno.test("tcp with an attached sink: while it takes no more, bytes are held, the window closes over them, resume() drains them; a FIN waits behind them", async () => {
+  const env = setup({ tcp: { rcvBuf: 8192 } });
+  const { snd, conn } = await handshake(env);
+  const rec = recordingSink(1); // the first chunk fills it
+  conn.attach(rec.sink);
+  env.take();
+  const chunk = (v: number) => new Uint8Array(2000).fill(v);
+  let seq = 1001;
+  for (let v = 1; v <= 6; v++, seq += 2000) env.stack.input([env.seg({ seq, ack: snd }, chunk(v))]);
+  equal(rec.got.length, 2000, "only the first chunk reached the sink");
+  const full = env.take().at(-1)!.tcp!;
+  equal(full.ack, 1001 + 2000 + 8192, "2000 taken + 8192 held; the rest of the offer was beyond the window");
+  equal(full.window, 0, "held bytes fill the window");
+  // the sink takes two more chunks, then stops again
+  rec.setRoom(2);
+  conn.resume();
+  equal(rec.got.length, 6000);
+  await tick();
+  const upd = env.take().at(-1)!.tcp!;
+  equal(upd.window, Math.floor((8192 - 4192) / 128), "the window reopens by what left the hold (4192 still held)");
+  // the client sends the rest of its last chunk with its FIN; all of it waits until the sink is ready
+  env.stack.input([env.seg({ seq: 1001 + 10192, ack: snd, flags: FIN | ACK }, chunk(6).subarray(192))]);
+  assertEquals(rec.events, [], "no end while bytes are held");
+  rec.setRoom(Infinity);
+  conn.resume();
+  equal(rec.got.length, 12000);
+  assertEquals(rec.got.slice(10000), [...chunk(6)]);
+  assertEquals(rec.events, ["end"]);
+});
+
+Deno.test("tcp with an attached sink: a reset reaches it as an error and drops what was held", async () => {
+  const env = setup();
+  const { snd, conn } = await handshake(env);
+  const rec = recordingSink(1);
+  conn.attach(rec.sink);
+  env.take();
+  env.stack.input([env.seg({ seq: 1001, ack: snd }, new Uint8Array(100))]);
+  env.stack.input([env.seg({ seq: 1101, ack: snd }, new Uint8Array(100))]);
+  env.stack.input([env.seg({ seq: 1201, flags: RST })]);
+  equal(conn.state, "closed");
+  assertEquals(rec.events, ["error: netstack: connection reset by peer"]);
+  conn.resume();
+  equal(rec.got.length, 100, "the held bytes were dropped");
 });

@@ -20,13 +20,39 @@ export type TcpState =
   | "time-wait"
   | "closed";
 
+/**
+ * Where a connection's bytes from the client go when they are not read from {@link TcpConn.readable}: the forwarder
+ * hands them to a tunnel without a stream, a promise and a copy per segment in between.
+ */
+export interface ConnSink {
+  /** Bytes from the client, in order, valid only during the call (copy what you keep). False: no more until resume(). */
+  data(chunk: Uint8Array): boolean;
+  /** The client's FIN: no more bytes. */
+  end(): void;
+  /** The connection was reset or aborted. */
+  error(err: Error): void;
+  /** Bytes the sink holds that count against the receive window (default 0). */
+  buffered?(): number;
+}
+
 /** An accepted TCP connection as the session sees it: a duplex byte stream with backpressure. */
 export interface TcpConn {
   readonly id: FlowId;
-  /** Bytes from the client, in order; closes at the client's FIN, errors on reset. */
+  /** Bytes from the client, in order; closes at the client's FIN, errors on reset. Not with {@link attach}. */
   readonly readable: ReadableStream<Uint8Array>;
   /** Bytes to the client; closing it sends FIN (half-close). Chunks are not copied: don't reuse them. */
   readonly writable: WritableStream<Uint8Array>;
+  /**
+   * Sends the client's bytes to `sink` instead of `readable`; once, before reading. While the sink takes no more,
+   * arriving bytes are kept (copied) and the receive window closes over them, as it does over a stalled reader.
+   */
+  attach(sink: ConnSink): void;
+  /** The sink takes bytes again (after its data() said false). */
+  resume(): void;
+  /** Bytes to the client, not copied (don't reuse the chunk); a promise while the send buffer is full. */
+  send(chunk: Uint8Array): void | Promise<void>;
+  /** Half-close toward the client: FIN once what is queued has gone. */
+  shutdownWrite(): void;
   /** Resolves when the connection is fully gone (closed, reset or aborted). */
   readonly closed: Promise<void>;
   readonly state: TcpState;
@@ -97,8 +123,6 @@ interface OooSegment {
 /** The endpoint: owns all per-connection state. Created by the stack for a SYN. */
 export class TcpEndpoint implements TcpConn {
   readonly id: FlowId;
-  readonly readable: ReadableStream<Uint8Array>;
-  readonly writable: WritableStream<Uint8Array>;
   readonly closed: Promise<void>;
   /** Demux key in the stack's table. */
   readonly key: string;
@@ -159,10 +183,20 @@ export class TcpEndpoint implements TcpConn {
 
   #ooo: OooSegment[] = [];
   #oooBytes = 0;
-  #rc!: ReadableStreamDefaultController<Uint8Array>;
+  // where received bytes go: an attached sink, or the readable's (made on first use)
+  #sink: ConnSink | undefined;
+  #readable: ReadableStream<Uint8Array> | undefined;
+  #sinkPaused = false;
+  // bytes that arrived while the sink took no more (copies), and a FIN behind them
+  #held: Uint8Array[] = [];
+  #heldBytes = 0;
+  #finHeld = false;
+  /** Nothing more goes to the sink (FIN or error delivered, or the reader went away). */
   #rcDone = false;
   #rcvClosed = false;
-  #wc!: WritableStreamDefaultController;
+  #writable: WritableStream<Uint8Array> | undefined;
+  #wc: WritableStreamDefaultController | undefined;
+  #failure: TelError | undefined;
 
   #timer: TimerHandle | undefined;
   #timerAt = Infinity;
@@ -212,24 +246,76 @@ export class TcpEndpoint implements TcpConn {
     const hdrs = (id.family === 4 ? 20 : 40) + 20 + (this.#tsOk ? 12 : 0);
     this.#segMax = Math.max(this.#mss, Math.floor((tsoMaxPacket - hdrs) / this.#mss) * this.#mss);
     this.closed = new Promise((r) => this.#resolveClosed = r);
-    this.readable = new ReadableStream<Uint8Array>({
+  }
+
+  get readable(): ReadableStream<Uint8Array> {
+    if (this.#readable) return this.#readable;
+    if (this.#sink) throw new TypeError("netstack: this connection's bytes go to an attached sink");
+    const rcvBuf = this.#tune.rcvBuf;
+    this.#readable = new ReadableStream<Uint8Array>({
       start: (c) => {
-        this.#rc = c;
+        this.#sink = {
+          data: (d) => {
+            c.enqueue(d.slice());
+            return true;
+          },
+          end: () => c.close(),
+          error: (e) => c.error(e),
+          buffered: () => rcvBuf - (c.desiredSize ?? 0),
+        };
       },
       pull: () => this.#onRead(),
       cancel: () => {
         this.#rcvClosed = true;
+        this.#dropHeld();
         this.#rcDone = true;
       },
-    }, { highWaterMark: tuning.rcvBuf, size: (c) => c.byteLength });
-    this.writable = new WritableStream<Uint8Array>({
+    }, { highWaterMark: rcvBuf, size: (c) => c.byteLength });
+    return this.#readable;
+  }
+
+  get writable(): WritableStream<Uint8Array> {
+    this.#writable ??= new WritableStream<Uint8Array>({
       start: (c) => {
         this.#wc = c;
+        if (this.#failure) c.error(this.#failure);
       },
-      write: (chunk) => this.#appWrite(chunk),
-      close: () => this.#shutdownWrite(),
+      write: (chunk) => this.send(chunk),
+      close: () => this.shutdownWrite(),
       abort: () => this.abort(),
     });
+    return this.#writable;
+  }
+
+  attach(sink: ConnSink): void {
+    if (this.#sink) throw new TypeError("netstack: a connection takes one reader (a sink or its readable)");
+    this.#sink = sink;
+  }
+
+  resume(): void {
+    this.#sinkPaused = false;
+    while (this.#held.length > 0 && !this.#sinkPaused && !this.#rcDone) {
+      const d = this.#held.shift()!;
+      this.#heldBytes -= d.length;
+      if (!this.#sink!.data(d)) this.#sinkPaused = true;
+    }
+    if (this.#held.length === 0 && this.#finHeld) {
+      this.#finHeld = false;
+      this.#closeReadable();
+    }
+    this.#onRead();
+  }
+
+  /** The sink, the readable's when none was attached (bytes or an end that arrive first are kept for a reader). */
+  #sinkNow(): ConnSink {
+    if (!this.#sink) void this.readable;
+    return this.#sink!;
+  }
+
+  #dropHeld(): void {
+    this.#held = [];
+    this.#heldBytes = 0;
+    this.#finHeld = false;
   }
 
   get state(): TcpState {
@@ -582,7 +668,12 @@ export class TcpEndpoint implements TcpConn {
   #deliver(data: Uint8Array, fin: boolean): void {
     if (data.length > 0) {
       this.#rcvNxt = seqAdd(this.#rcvNxt, data.length);
-      if (!this.#rcvClosed && !this.#rcDone) this.#rc.enqueue(data.slice());
+      if (!this.#rcvClosed && !this.#rcDone) {
+        if (this.#sinkPaused || this.#held.length > 0) {
+          this.#held.push(data.slice());
+          this.#heldBytes += data.length;
+        } else if (!this.#sinkNow().data(data)) this.#sinkPaused = true;
+      }
     }
     if (!fin) return;
     this.#rcvNxt = seqAdd(this.#rcvNxt, 1);
@@ -596,8 +687,13 @@ export class TcpEndpoint implements TcpConn {
 
   #closeReadable(): void {
     if (this.#rcDone) return;
+    if (this.#held.length > 0 && !this.#rcvClosed) {
+      this.#finHeld = true; // after the held bytes
+      return;
+    }
+    this.#dropHeld();
     this.#rcDone = true;
-    this.#rc.close();
+    this.#sinkNow().end();
   }
 
   // ---- output ----
@@ -609,7 +705,8 @@ export class TcpEndpoint implements TcpConn {
   #rcvWindow(): number {
     const max = 65535 * 2 ** this.#rcvWscale;
     if (this.#rcvClosed || this.#rcDone) return Math.min(max, this.#tune.rcvBuf);
-    return Math.min(max, Math.max(0, this.#rc.desiredSize ?? 0));
+    const used = this.#heldBytes + (this.#sink?.buffered?.() ?? 0);
+    return Math.min(max, Math.max(0, this.#tune.rcvBuf - used));
   }
 
   #windowField(): number {
@@ -770,7 +867,7 @@ export class TcpEndpoint implements TcpConn {
     if (w - cur >= threshold) this.#ackLater(); // window update, coalesced with other reads of this tick
   }
 
-  #appWrite(chunk: Uint8Array): Promise<void> | void {
+  send(chunk: Uint8Array): Promise<void> | void {
     if (this.#finQueued || this.#state === "closed") throw connError("write after close");
     if (chunk.length === 0) return;
     this.#sq.push(chunk);
@@ -781,7 +878,7 @@ export class TcpEndpoint implements TcpConn {
     }
   }
 
-  #shutdownWrite(): void {
+  shutdownWrite(): void {
     if (this.#finQueued) return;
     this.#finQueued = true;
     if (this.#state === "established") this.#state = "fin-wait-1";
@@ -793,7 +890,7 @@ export class TcpEndpoint implements TcpConn {
     this.#rcvClosed = true;
     this.#closeReadable();
     if (this.#state === "syn-pending") return this.reject("closed before the handshake");
-    this.#shutdownWrite();
+    this.shutdownWrite();
   }
 
   abort(): void {
@@ -933,11 +1030,13 @@ export class TcpEndpoint implements TcpConn {
     if (this.#timer !== undefined) this.#host.clock.clearTimeout(this.#timer);
     this.#timer = undefined;
     if (err) {
+      this.#failure = err;
       if (!this.#rcDone) {
         this.#rcDone = true;
-        this.#rc.error(err);
+        this.#dropHeld();
+        this.#sinkNow().error(err);
       }
-      this.#wc.error(err);
+      this.#wc?.error(err);
       this.#writeWaiter?.reject(err);
     } else {
       this.#closeReadable();
