@@ -1,7 +1,7 @@
 /** The opening side of one L4 flow over a Tunnel stream: dial, then byte (or datagram) streams with half-close. */
 
 import { type Clock, systemClock } from "../clock.ts";
-import { TelError } from "../errors.ts";
+import { errorMessage, TelError } from "../errors.ts";
 import { log } from "../log.ts";
 import { type ConnId, connIdToWire, formatConnId } from "./conn_id.ts";
 import { allocDataBuffer, type Frame, FrameOrder, frames, MAX_DATA_FRAME } from "./frame.ts";
@@ -27,14 +27,35 @@ export interface TunnelEnd {
 /** An open flow. For UDP each chunk is one datagram. */
 export interface Tunnel {
   readonly connId: ConnId;
-  /** Bytes from the target; ends when the far side half-closes; errors on disconnect. */
+  /** Bytes from the target; ends when the far side half-closes; errors on disconnect. Not with {@link attach}. */
   readonly readable: ReadableStream<Uint8Array>;
   /** Bytes to the target; `close()` half-closes (the far side sees EOF). */
   readonly writable: WritableStream<Uint8Array>;
+  /**
+   * Sends the target's bytes to `target` instead of `readable` (once; bytes that came first wait for it). Its data()
+   * may return a promise: no more is read until it settles (backpressure).
+   */
+  attach(target: TunnelTarget): void;
+  /** TCP: takes all of `chunk` (copied); false when the tunnel is over its high-water mark: wait for {@link drained}. */
+  push(chunk: Uint8Array): boolean;
+  /** Resolves once the tunnel takes more after push() said false; rejects when it is gone. */
+  drained(): Promise<void>;
+  /** Half-closes toward the target once what was pushed has gone (the far side sees EOF). */
+  finish(): Promise<void>;
   /** Resolves once the flow is over, either way. */
   readonly ended: Promise<TunnelEnd>;
   /** Ends the flow at once, telling the far side why. */
   abort(reason: string): void;
+}
+
+/** Where a tunnel's bytes from the target go without a stream (see {@link Tunnel.attach}). */
+export interface TunnelTarget {
+  /** Bytes from the target; the tunnel reads no more until a returned promise settles. */
+  data(chunk: Uint8Array): void | Promise<void>;
+  /** The far side half-closed. */
+  end(): void;
+  /** The flow ended badly (disconnect, stream error, abort). */
+  error(err: Error): void;
 }
 
 /** Options of {@link openTunnel}. */
@@ -225,15 +246,17 @@ const ABORT_GRACE_MS = 1_000;
 
 class OpenTunnel implements Tunnel {
   readonly connId: ConnId;
-  readonly readable: ReadableStream<Uint8Array>;
-  readonly writable: WritableStream<Uint8Array>;
   readonly ended: Promise<TunnelEnd>;
   #fs: FrameChannel;
   #order: FrameOrder;
   #clock: Clock;
   #abortTimer: unknown;
-  #readCtl!: ReadableStreamDefaultController<Uint8Array>;
-  #pulled: (() => void) | undefined;
+  #target: TunnelTarget | undefined;
+  #attached = Promise.withResolvers<TunnelTarget>();
+  #readable: ReadableStream<Uint8Array> | undefined;
+  #writable: WritableStream<Uint8Array> | undefined;
+  #batch: FrameBatcher | undefined;
+  #gone: () => TelError;
   #readDone = false;
   #writeDone = false;
   #endReason: string | undefined;
@@ -245,40 +268,79 @@ class OpenTunnel implements Tunnel {
     this.#fs = fs;
     this.#order = order;
     this.ended = new Promise((resolve) => this.#resolveEnded = resolve);
-    this.readable = new ReadableStream<Uint8Array>({
-      start: (c) => {
-        this.#readCtl = c;
-      },
+    this.#gone = () =>
+      new TelError("cluster", `tunnel ${formatConnId(id)}: closed: ${this.#endReason ?? "stream gone"}`);
+    if (id.protocol === "tcp") this.#batch = new FrameBatcher(fs, pool, sendLimit, this.#gone);
+    this.#readLoop();
+  }
+
+  get readable(): ReadableStream<Uint8Array> {
+    if (this.#readable) return this.#readable;
+    if (this.#target) throw new TypeError("tunnel: this flow's bytes go to an attached target");
+    let pulled: (() => void) | undefined;
+    this.#readable = new ReadableStream<Uint8Array>({
+      start: (c) =>
+        this.attach({
+          data: (chunk) => {
+            c.enqueue(chunk);
+            if ((c.desiredSize ?? 1) <= 0) return new Promise<void>((resolve) => pulled = resolve);
+          },
+          end: () => c.close(),
+          error: (e) => {
+            c.error(e);
+            const p = pulled;
+            pulled = undefined;
+            p?.();
+          },
+        }),
       pull: () => {
-        const p = this.#pulled;
-        this.#pulled = undefined;
+        const p = pulled;
+        pulled = undefined;
         p?.();
       },
       cancel: (reason) => this.abort(`reader cancelled${reason ? `: ${reason}` : ""}`),
     }, { highWaterMark: 8 });
-    const gone = () =>
-      new TelError("cluster", `tunnel ${formatConnId(id)}: closed: ${this.#endReason ?? "stream gone"}`);
-    const batch = id.protocol === "tcp" ? new FrameBatcher(fs, pool, sendLimit, gone) : undefined;
-    this.writable = new WritableStream<Uint8Array>({
+    return this.#readable;
+  }
+
+  get writable(): WritableStream<Uint8Array> {
+    this.#writable ??= new WritableStream<Uint8Array>({
       write: (chunk) => {
-        if (batch) return batch.write(chunk);
+        if (this.#batch) return this.push(chunk) ? undefined : this.drained();
         // UDP: one datagram, one frame
         const sent = this.#fs.write(frames.data(chunk));
         if (sent === true) return;
-        if (sent === false) throw gone();
+        if (sent === false) throw this.#gone();
         return sent.then((ok) => {
-          if (!ok) throw gone();
+          if (!ok) throw this.#gone();
         });
       },
-      close: async () => {
-        await batch?.flush();
-        await this.#fs.send(frames.closeSend());
-        this.#writeDone = true;
-        this.#fs.end();
-      },
+      close: () => this.finish(),
       abort: (reason) => this.abort(`writer aborted${reason ? `: ${reason}` : ""}`),
     }, { highWaterMark: 1 });
-    this.#readLoop();
+    return this.#writable;
+  }
+
+  attach(target: TunnelTarget): void {
+    if (this.#target) throw new TypeError("tunnel: a flow takes one reader (a target or its readable)");
+    this.#target = target;
+    this.#attached.resolve(target);
+  }
+
+  push(chunk: Uint8Array): boolean {
+    if (!this.#batch) throw new TypeError("tunnel: push() is for TCP flows");
+    return this.#batch.take(chunk);
+  }
+
+  drained(): Promise<void> {
+    return this.#batch ? this.#batch.wait() : Promise.resolve();
+  }
+
+  async finish(): Promise<void> {
+    await this.#batch?.flush();
+    await this.#fs.send(frames.closeSend());
+    this.#writeDone = true;
+    this.#fs.end();
   }
 
   async #readLoop(): Promise<void> {
@@ -305,13 +367,20 @@ class OpenTunnel implements Tunnel {
       }
       if (f.$case === "data") {
         if (this.#readDone) continue;
-        this.#readCtl.enqueue(f.value);
-        if ((this.#readCtl.desiredSize ?? 1) <= 0) {
-          await new Promise<void>((resolve) => this.#pulled = resolve);
+        // bytes wait for their reader (attach or readable), and hold the frames behind them, as a full stream would
+        const target = this.#target ?? await this.#attached.promise;
+        try {
+          const r = target.data(f.value);
+          if (r) await r;
+        } catch (e) {
+          // the target cannot take bytes any more (its connection closed): the flow is over
+          this.abort(`client side: ${errorMessage(e)}`);
+          return;
         }
       } else if (f.$case === "closeSend" && !this.#readDone) {
+        const target = this.#target ?? await this.#attached.promise;
         this.#readDone = true;
-        this.#readCtl.close();
+        target.end();
       }
     }
   }
@@ -321,11 +390,8 @@ class OpenTunnel implements Tunnel {
     this.#endReason = reason ?? "";
     if (!this.#readDone) {
       this.#readDone = true;
-      this.#readCtl.error(new TelError("cluster", `tunnel ${formatConnId(this.connId)}: ${reason ?? "ended"}`));
+      this.#target?.error(new TelError("cluster", `tunnel ${formatConnId(this.connId)}: ${reason ?? "ended"}`));
     }
-    const p = this.#pulled;
-    this.#pulled = undefined;
-    p?.();
     this.#resolveEnded(reason === undefined ? { clean: true } : { clean: false, reason });
   }
 
@@ -409,9 +475,8 @@ class FrameBatcher {
     this.#gone = gone;
   }
 
-  /** Takes a chunk; returns a promise only when the stream is over its high-water mark (backpressure). */
-  write(chunk: Uint8Array): void | Promise<void> {
-    if (this.#backlog) return this.#waitThenWrite(chunk);
+  /** Copies all of `chunk` into frames (full ones go at once); false when the stream is over its high-water mark. */
+  take(chunk: Uint8Array): boolean {
     let off = 0;
     while (off < chunk.byteLength) {
       this.#buf ??= this.#pool.take(this.#size);
@@ -419,10 +484,7 @@ class FrameBatcher {
       this.#buf.set(chunk.subarray(off, off + n), this.#len);
       this.#len += n;
       off += n;
-      if (this.#len === this.#buf.byteLength) {
-        this.#send();
-        if (this.#backlog && off < chunk.byteLength) return this.#waitThenWrite(chunk.subarray(off));
-      }
+      if (this.#len === this.#buf.byteLength) this.#send();
     }
     if (this.#len > 0 && !this.#timer) {
       this.#timer = true;
@@ -431,26 +493,22 @@ class FrameBatcher {
         this.#send();
       });
     }
-    if (this.#backlog) return this.#wait();
+    return !this.#backlog;
   }
 
   /** Sends what is gathered and waits until the stream takes more. */
   async flush(): Promise<void> {
     this.#send();
-    await this.#wait();
+    await this.wait();
   }
 
-  async #waitThenWrite(chunk: Uint8Array): Promise<void> {
-    await this.#wait();
-    await this.write(chunk);
-  }
-
-  async #wait(): Promise<void> {
-    const b = this.#backlog;
-    if (!b) return;
-    const ok = await b;
-    if (this.#backlog === b) this.#backlog = undefined;
-    if (!ok) throw this.#gone();
+  /** Resolves once the stream is under its high-water mark again; throws when it is gone. */
+  async wait(): Promise<void> {
+    for (let b = this.#backlog; b; b = this.#backlog) {
+      const ok = await b;
+      if (this.#backlog === b) this.#backlog = undefined;
+      if (!ok) throw this.#gone();
+    }
   }
 
   #send(): void {

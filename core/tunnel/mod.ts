@@ -45,6 +45,7 @@ export {
   PREPARED_CALLS,
   type Tunnel,
   type TunnelEnd,
+  type TunnelTarget,
 } from "./client.ts";
 export {
   DEFAULT_DIAL_TIMEOUT_MS,
