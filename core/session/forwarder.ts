@@ -23,6 +23,33 @@ export function verdictFor(err: unknown): Verdict {
   return /refused|ECONNREFUSED/i.test(errorMessage(err)) ? "refused" : "unreachable";
 }
 
+/**
+ * Joins a client connection and its tunnel both ways without streams in between: the client's segments are copied
+ * straight into the tunnel's frames, the target's bytes go straight into the connection's send queue, and each side's
+ * backpressure holds the other (the receive window closes while the tunnel is over its high-water mark; the tunnel
+ * reads no more while the send buffer is full). The FIN of either side half-closes the other; a reset or a failed
+ * tunnel ends both.
+ */
+export function splice(conn: TcpConn, t: Tunnel): void {
+  const clientGone = (e: unknown) => t.abort(`client side: ${errorMessage(e)}`);
+  conn.attach({
+    data(chunk) {
+      if (t.push(chunk)) return true;
+      t.drained().then(() => conn.resume(), () => conn.abort());
+      return false;
+    },
+    end() {
+      t.finish().catch(clientGone);
+    },
+    error: clientGone,
+  });
+  t.attach({
+    data: (chunk) => conn.send(chunk),
+    end: () => conn.shutdownWrite(),
+    error: () => conn.abort(),
+  });
+}
+
 /** Builds the netstack forwarder. */
 export function createForwarder(
   open: TunnelOpener,
@@ -51,14 +78,7 @@ export function createForwarder(
     async tcp(conn: TcpConn): Promise<Verdict> {
       const t = await dial(conn.id);
       if (typeof t === "string") return t;
-      // Client → target; closing the tunnel's writable half-closes toward the target.
-      conn.readable.pipeTo(t.writable).catch((e) => {
-        t.abort(`client side: ${errorMessage(e)}`);
-      });
-      // Target → client; the end of the tunnel's readable sends FIN to the client.
-      t.readable.pipeTo(conn.writable).catch(() => {
-        conn.abort();
-      });
+      splice(conn, t);
       return "accept";
     },
     async udp(flow: UdpFlow): Promise<Verdict> {
