@@ -4,7 +4,15 @@ import * as grpc from "@grpc/grpc-js";
 import { type Clock, systemClock } from "../../core/clock.ts";
 import { errorMessage } from "../../core/errors.ts";
 import { log } from "../../core/log.ts";
-import { createTunedServer, type Frame, MANAGER_SERVICE, serveTunnel } from "../../core/tunnel/mod.ts";
+import {
+  createTunedServer,
+  type Frame,
+  h2ServedCall,
+  MANAGER_SERVICE,
+  type ServedCall,
+  serveTunnel,
+  TUNNEL_PATH,
+} from "../../core/tunnel/mod.ts";
 import type {
   ClusterInfo as WireClusterInfo,
   DNSRequest,
@@ -38,6 +46,8 @@ export interface ManagerOptions {
   /** A UDP flow with no traffic for this long ends. */
   udpIdleMs?: number;
   /** HTTP/2 flow-control window for the server's sessions. */
+  /** How Tunnel calls are served: on the bare HTTP/2 stream (default) or by grpc-js (TEL_TUNNEL_SERVER sets it too). */
+  tunnelServer?: "h2" | "grpc-js";
   windowBytes?: number;
   clock?: Clock;
 }
@@ -96,7 +106,19 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
   const sessions = new SessionRegistry({ ttlMs: opts.sessionTtlMs ?? DEFAULT_SESSION_TTL_MS, clock });
   const resolver = await resolverFor(opts);
   const dns = new ClusterDns(resolver, { clock, timeoutMs: opts.dnsTimeoutMs });
-  const server = createTunedServer(opts.windowBytes);
+  // Tunnel calls (one per flow) are served on the bare HTTP/2 stream, without grpc-js's server call (same wire);
+  // TEL_TUNNEL_SERVER=grpc-js hands them to grpc-js like every other method (for A/B)
+  const bareTunnels = (opts.tunnelServer ?? Deno.env.get("TEL_TUNNEL_SERVER") ?? "h2") !== "grpc-js";
+  const server = createTunedServer(opts.windowBytes, {
+    onStream: bareTunnels
+      ? (stream, headers) => {
+        if (headers[":path"] !== TUNNEL_PATH) return false;
+        const call = h2ServedCall(stream, headers);
+        tunnelCall(call, () => call.fs.end());
+        return true;
+      }
+      : undefined,
+  });
   const openStreams = new Set<() => void>();
 
   const unimplementedUnary = (name: string) => (_call: unknown, cb: grpc.sendUnaryData<unknown>) =>
@@ -207,45 +229,7 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
         );
       });
     },
-    tunnel: (call: grpc.ServerDuplexStream<Frame, Frame>) => {
-      const started = clock.now();
-      let sessionId = "";
-      // a call made ahead of time waits here for its open frame; the manager's close ends it too
-      const endIdle = () => call.end();
-      openStreams.add(endIdle);
-      serveTunnel(call, {
-        checkSession: (sid) => sessions.check(sid),
-        track: (flow) => {
-          openStreams.delete(endIdle);
-          sessionId = flow.sessionId;
-          const unregister = sessions.onEnd(flow.sessionId, (reason) => flow.abort(reason));
-          const end = () => flow.abort("manager shutting down");
-          openStreams.add(end);
-          return () => {
-            unregister();
-            openStreams.delete(end);
-          };
-        },
-        defaultDialTimeoutMs: opts.dialTimeoutMs,
-        udpIdleMs: opts.udpIdleMs,
-        clock,
-      }).then(
-        // one line per flow saying why it ended: a clean close, the opener's disconnect reason, a dial or
-        // protocol failure, or the transport error (a cancelled call, a connection that went away)
-        (end) => {
-          openStreams.delete(endIdle);
-          // a call made ahead of time and never used (the client went away or closed it) is not news
-          const unused = !end.conn && !sessionId && /before open/.test(end.reason ?? "");
-          (unused ? log.debug : log.info)("manager", end.clean ? "tunnel ended" : "tunnel ended early", {
-            ...end,
-            session: sessionId || undefined,
-            ms: Math.round(clock.now() - started),
-          });
-        },
-        // serveTunnel handles its own failures; anything reaching here is a bug, but must not kill the server
-        (err) => log.error("manager", "tunnel handler failed", { err: errorMessage(err) }),
-      );
-    },
+    tunnel: (call: grpc.ServerDuplexStream<Frame, Frame>) => tunnelCall(call, () => call.end()),
     watchDial: unimplementedStream("WatchDial"),
     watchLookupDns: unimplementedStream("WatchLookupDNS"),
     agentLookupDnsResponse: unimplementedUnary("AgentLookupDNSResponse"),
@@ -253,6 +237,46 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
     removeIntercept: unimplementedUnary("RemoveIntercept"),
     watchIntercepts: unimplementedStream("WatchIntercepts"),
   };
+  /** Serves one Tunnel call to its end; `endIdle` ends it while it still waits for its open frame. */
+  function tunnelCall(call: grpc.ServerDuplexStream<Frame, Frame> | ServedCall, endIdle: () => void): void {
+    const started = clock.now();
+    let sessionId = "";
+    // a call made ahead of time waits here for its open frame; the manager's close ends it too
+    openStreams.add(endIdle);
+    serveTunnel(call, {
+      checkSession: (sid) => sessions.check(sid),
+      track: (flow) => {
+        openStreams.delete(endIdle);
+        sessionId = flow.sessionId;
+        const unregister = sessions.onEnd(flow.sessionId, (reason) => flow.abort(reason));
+        const end = () => flow.abort("manager shutting down");
+        openStreams.add(end);
+        return () => {
+          unregister();
+          openStreams.delete(end);
+        };
+      },
+      defaultDialTimeoutMs: opts.dialTimeoutMs,
+      udpIdleMs: opts.udpIdleMs,
+      clock,
+    }).then(
+      // one line per flow saying why it ended: a clean close, the opener's disconnect reason, a dial or
+      // protocol failure, or the transport error (a cancelled call, a connection that went away)
+      (end) => {
+        openStreams.delete(endIdle);
+        // a call made ahead of time and never used (the client went away or closed it) is not news
+        const unused = !end.conn && !sessionId && /before open/.test(end.reason ?? "");
+        (unused ? log.debug : log.info)("manager", end.clean ? "tunnel ended" : "tunnel ended early", {
+          ...end,
+          session: sessionId || undefined,
+          ms: Math.round(clock.now() - started),
+        });
+      },
+      // serveTunnel handles its own failures; anything reaching here is a bug, but must not kill the server
+      (err) => log.error("manager", "tunnel handler failed", { err: errorMessage(err) }),
+    );
+  }
+
   server.addService(MANAGER_SERVICE, impl);
 
   const host = opts.address ?? "0.0.0.0";

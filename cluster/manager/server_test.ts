@@ -39,12 +39,23 @@ function unary<Req, Res>(
   return new Promise<Res>((resolve, reject) => fn(req, (err, res) => err ? reject(err) : resolve(res)));
 }
 
+/** How the manager serves Tunnel calls: both are tested where the tunnel's wire matters. */
+type TunnelServer = "h2" | "grpc-js";
+const TUNNEL_SERVERS: TunnelServer[] = ["h2", "grpc-js"];
+
 async function withManager(
   fn: (ctx: { client: ManagerClient; sessionId: string; info: StaticClusterInfo; port: number }) => Promise<void>,
   dnsServer = "127.0.0.1:9",
+  tunnelServer: TunnelServer = "h2",
 ): Promise<void> {
   const info = new StaticClusterInfo({ ...emptyClusterInfo(), podSubnets: ["10.244.0.0/16"] });
-  const mgr = await startManager({ address: "127.0.0.1", clusterInfo: info, dnsServer, dnsTimeoutMs: 1000 });
+  const mgr = await startManager({
+    address: "127.0.0.1",
+    clusterInfo: info,
+    dnsServer,
+    dnsTimeoutMs: 1000,
+    tunnelServer,
+  });
   const client = createManagerClient(`127.0.0.1:${mgr.port}`);
   try {
     const s = await unary<ClientInfo, SessionInfo>(client.arriveAsClient.bind(client), {
@@ -104,93 +115,120 @@ Deno.test("writes of any size, tiny to larger than a frame, arrive byte-exact an
   }
 });
 
-Deno.test("tcp tunnel to a loopback echo server is byte-exact (20 MiB) and half-closes", async () => {
-  const echo = tcpEcho();
-  try {
-    await withManager(async ({ client, sessionId }) => {
-      const t = await openTunnel(client, {
-        sessionId,
-        connId: connId("tcp", { ip: "127.0.0.1", port: 40000 }, { ip: "127.0.0.1", port: echo.port }),
-      });
-      const sent: Uint8Array[] = [];
-      let seed = 1;
-      for (let i = 0; i < 20 * 16; i++) {
-        const c = new Uint8Array(64 * 1024);
-        for (let j = 0; j < c.length; j += 4) c[j] = (seed = (seed * 1103515245 + 12345) >>> 0) & 0xff;
-        sent.push(c);
-      }
-      const writing = (async () => {
-        const w = t.writable.getWriter();
-        for (const c of sent) await w.write(c);
-        await w.close();
-      })();
-      const got: Uint8Array[] = [];
-      for await (const c of t.readable) got.push(c.slice());
-      await writing;
-      assert.equal(got.reduce((n, c) => n + c.byteLength, 0), 20 * 1024 * 1024);
-      assert.equal(await sha256(got), await sha256(sent));
-      assert.deepEqual(await t.ended, { clean: true });
-    });
-  } finally {
-    echo.close();
-  }
-});
-
-Deno.test("udp tunnel carries datagrams both ways", async () => {
-  const sock = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
-  const serving = (async () => {
-    for (let i = 0; i < 3; i++) {
-      const [data, from] = await sock.receive();
-      await sock.send(new Uint8Array([...data].reverse()), from);
+for (const server of TUNNEL_SERVERS) {
+  Deno.test(`${server} tunnel server: tcp tunnel to a loopback echo server is byte-exact (20 MiB) and half-closes`, async () => {
+    const echo = tcpEcho();
+    try {
+      await withManager(
+        async ({ client, sessionId }) => {
+          const t = await openTunnel(client, {
+            sessionId,
+            connId: connId("tcp", { ip: "127.0.0.1", port: 40000 }, { ip: "127.0.0.1", port: echo.port }),
+          });
+          const sent: Uint8Array[] = [];
+          let seed = 1;
+          for (let i = 0; i < 20 * 16; i++) {
+            const c = new Uint8Array(64 * 1024);
+            for (let j = 0; j < c.length; j += 4) c[j] = (seed = (seed * 1103515245 + 12345) >>> 0) & 0xff;
+            sent.push(c);
+          }
+          const writing = (async () => {
+            const w = t.writable.getWriter();
+            for (const c of sent) await w.write(c);
+            await w.close();
+          })();
+          const got: Uint8Array[] = [];
+          for await (const c of t.readable) got.push(c.slice());
+          await writing;
+          assert.equal(got.reduce((n, c) => n + c.byteLength, 0), 20 * 1024 * 1024);
+          assert.equal(await sha256(got), await sha256(sent));
+          assert.deepEqual(await t.ended, { clean: true });
+        },
+        undefined,
+        server,
+      );
+    } finally {
+      echo.close();
     }
-  })();
-  try {
-    await withManager(async ({ client, sessionId }) => {
-      const port = (sock.addr as Deno.NetAddr).port;
-      const t = await openTunnel(client, {
-        sessionId,
-        connId: connId("udp", { ip: "127.0.0.1", port: 5353 }, { ip: "127.0.0.1", port }),
-      });
-      const w = t.writable.getWriter();
-      const r = t.readable.getReader();
-      for (const msg of [[1, 2, 3], [4, 5], [6, 7, 8, 9]]) {
-        await w.write(new Uint8Array(msg));
-        const { value } = await r.read();
-        assert.deepEqual([...value!], [...msg].reverse());
+  });
+}
+
+for (const server of TUNNEL_SERVERS) {
+  Deno.test(`${server} tunnel server: udp tunnel carries datagrams both ways`, async () => {
+    const sock = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+    const serving = (async () => {
+      for (let i = 0; i < 3; i++) {
+        const [data, from] = await sock.receive();
+        await sock.send(new Uint8Array([...data].reverse()), from);
       }
-      await w.close();
-      assert.equal((await r.read()).done, true);
-      assert.deepEqual(await t.ended, { clean: true });
-    });
-    await serving;
-  } finally {
-    sock.close();
-  }
-});
+    })();
+    try {
+      await withManager(
+        async ({ client, sessionId }) => {
+          const port = (sock.addr as Deno.NetAddr).port;
+          const t = await openTunnel(client, {
+            sessionId,
+            connId: connId("udp", { ip: "127.0.0.1", port: 5353 }, { ip: "127.0.0.1", port }),
+          });
+          const w = t.writable.getWriter();
+          const r = t.readable.getReader();
+          for (const msg of [[1, 2, 3], [4, 5], [6, 7, 8, 9]]) {
+            await w.write(new Uint8Array(msg));
+            const { value } = await r.read();
+            assert.deepEqual([...value!], [...msg].reverse());
+          }
+          await w.close();
+          assert.equal((await r.read()).done, true);
+          assert.deepEqual(await t.ended, { clean: true });
+        },
+        undefined,
+        server,
+      );
+      await serving;
+    } finally {
+      sock.close();
+    }
+  });
+}
 
-Deno.test("dial to a refused port is rejected with the reason", async () => {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  await withManager(async ({ client, sessionId }) => {
-    await assert.rejects(
-      openTunnel(client, { sessionId, connId: connId("tcp", { ip: "127.0.0.1", port: 1 }, { ip: "127.0.0.1", port }) }),
-      (err: Error) => /dial rejected: dial tcp .*refused/i.test(err.message),
+for (const server of TUNNEL_SERVERS) {
+  Deno.test(`${server} tunnel server: dial to a refused port is rejected with the reason`, async () => {
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (l.addr as Deno.NetAddr).port;
+    l.close();
+    await withManager(
+      async ({ client, sessionId }) => {
+        await assert.rejects(
+          openTunnel(client, {
+            sessionId,
+            connId: connId("tcp", { ip: "127.0.0.1", port: 1 }, { ip: "127.0.0.1", port }),
+          }),
+          (err: Error) => /dial rejected: dial tcp .*refused/i.test(err.message),
+        );
+      },
+      undefined,
+      server,
     );
   });
-});
+}
 
-Deno.test("a tunnel with an unknown session is rejected", async () => {
-  await withManager(async ({ client }) => {
-    await assert.rejects(
-      openTunnel(client, {
-        sessionId: "nope",
-        connId: connId("tcp", { ip: "127.0.0.1", port: 1 }, { ip: "127.0.0.1", port: 2 }),
-      }),
-      /dial rejected: session nope is unknown/,
+for (const server of TUNNEL_SERVERS) {
+  Deno.test(`${server} tunnel server: a tunnel with an unknown session is rejected`, async () => {
+    await withManager(
+      async ({ client }) => {
+        await assert.rejects(
+          openTunnel(client, {
+            sessionId: "nope",
+            connId: connId("tcp", { ip: "127.0.0.1", port: 1 }, { ip: "127.0.0.1", port: 2 }),
+          }),
+          /dial rejected: session nope is unknown/,
+        );
+      },
+      undefined,
+      server,
     );
   });
-});
+}
 
 /** A raw Tunnel call whose requests are raw bytes, to send what a well-behaved client never would. */
 function rawTunnel(port: number): grpc.ClientDuplexStream<Uint8Array, Frame> {
@@ -214,37 +252,43 @@ async function firstReply(call: grpc.ClientDuplexStream<Uint8Array, Frame>): Pro
   return undefined;
 }
 
-Deno.test("malformed and out-of-order frames close only that stream, with a reason", async () => {
-  const echo = tcpEcho();
-  try {
-    await withManager(async ({ client, sessionId, port }) => {
-      const garbage = rawTunnel(port);
-      garbage.write(new Uint8Array([0x12, 0xff, 0xff, 0x01]));
-      const g = await firstReply(garbage);
-      assert.equal(g?.$case, "disconnect");
-      assert.match((g as { value: { reason: string } }).value.reason, /undecodable tunnel frame/);
+for (const server of TUNNEL_SERVERS) {
+  Deno.test(`${server} tunnel server: malformed and out-of-order frames close only that stream, with a reason`, async () => {
+    const echo = tcpEcho();
+    try {
+      await withManager(
+        async ({ client, sessionId, port }) => {
+          const garbage = rawTunnel(port);
+          garbage.write(new Uint8Array([0x12, 0xff, 0xff, 0x01]));
+          const g = await firstReply(garbage);
+          assert.equal(g?.$case, "disconnect");
+          assert.match((g as { value: { reason: string } }).value.reason, /undecodable tunnel frame/);
 
-      const early = rawTunnel(port);
-      early.write(encodeFrame(frames.data(new Uint8Array([1]))));
-      const e = await firstReply(early);
-      assert.deepEqual(e, frames.disconnect("out-of-order frame data: expected open first"));
+          const early = rawTunnel(port);
+          early.write(encodeFrame(frames.data(new Uint8Array([1]))));
+          const e = await firstReply(early);
+          assert.deepEqual(e, frames.disconnect("out-of-order frame data: expected open first"));
 
-      // The server still serves: a proper tunnel works after both.
-      const t = await openTunnel(client, {
-        sessionId,
-        connId: connId("tcp", { ip: "127.0.0.1", port: 1 }, { ip: "127.0.0.1", port: echo.port }),
-      });
-      const w = t.writable.getWriter();
-      await w.write(new Uint8Array([42]));
-      await w.close();
-      const got: number[] = [];
-      for await (const c of t.readable) got.push(...c);
-      assert.deepEqual(got, [42]);
-    });
-  } finally {
-    echo.close();
-  }
-});
+          // The server still serves: a proper tunnel works after both.
+          const t = await openTunnel(client, {
+            sessionId,
+            connId: connId("tcp", { ip: "127.0.0.1", port: 1 }, { ip: "127.0.0.1", port: echo.port }),
+          });
+          const w = t.writable.getWriter();
+          await w.write(new Uint8Array([42]));
+          await w.close();
+          const got: number[] = [];
+          for await (const c of t.readable) got.push(...c);
+          assert.deepEqual(got, [42]);
+        },
+        undefined,
+        server,
+      );
+    } finally {
+      echo.close();
+    }
+  });
+}
 
 /** A target that sends `bytes` in large writes as soon as a connection arrives, then closes. */
 function tcpSource(bytes: number): { port: number; close(): void } {
@@ -262,44 +306,50 @@ function tcpSource(bytes: number): { port: number; close(): void } {
   return { port: (l.addr as Deno.NetAddr).port, close: () => l.close() };
 }
 
-Deno.test("data frames exceed 64 KiB only for an opener that announced it takes them", async () => {
-  const bytes = 16 * 1024 * 1024;
-  const source = tcpSource(bytes);
-  try {
-    await withManager(async ({ client, sessionId }) => {
-      const id = connId("tcp", { ip: "127.0.0.1", port: 1 }, { ip: "127.0.0.1", port: source.port });
-      // openTunnel announces LARGE_DATA_FRAME
-      const t = await openTunnel(client, { sessionId, connId: id });
-      let largest = 0, got = 0;
-      for await (const c of t.readable) {
-        largest = Math.max(largest, c.byteLength);
-        got += c.byteLength;
-      }
-      assert.equal(got, bytes);
-      assert.ok(largest > MAX_DATA_FRAME && largest <= LARGE_DATA_FRAME, `largest frame ${largest}`);
-      await t.writable.close();
+for (const server of TUNNEL_SERVERS) {
+  Deno.test(`${server} tunnel server: data frames exceed 64 KiB only for an opener that announced it takes them`, async () => {
+    const bytes = 16 * 1024 * 1024;
+    const source = tcpSource(bytes);
+    try {
+      await withManager(
+        async ({ client, sessionId }) => {
+          const id = connId("tcp", { ip: "127.0.0.1", port: 1 }, { ip: "127.0.0.1", port: source.port });
+          // openTunnel announces LARGE_DATA_FRAME
+          const t = await openTunnel(client, { sessionId, connId: id });
+          let largest = 0, got = 0;
+          for await (const c of t.readable) {
+            largest = Math.max(largest, c.byteLength);
+            got += c.byteLength;
+          }
+          assert.equal(got, bytes);
+          assert.ok(largest > MAX_DATA_FRAME && largest <= LARGE_DATA_FRAME, `largest frame ${largest}`);
+          await t.writable.close();
 
-      // a call without the header (an older client) never gets more than MAX_DATA_FRAME
-      const call = client.tunnel();
-      call.write({ $case: "open", value: { session: { sessionId }, connId: connIdToWire(id), dialTimeoutMs: 0 } });
-      largest = 0;
-      got = 0;
-      for await (const f of call as AsyncIterable<Frame>) {
-        if (f.$case === "data") {
-          largest = Math.max(largest, f.value.byteLength);
-          got += f.value.byteLength;
-        } else if (f.$case === "closeSend") {
-          call.write(frames.closeSend());
-          call.end();
-        }
-      }
-      assert.equal(got, bytes);
-      assert.ok(largest <= MAX_DATA_FRAME, `largest frame ${largest}`);
-    });
-  } finally {
-    source.close();
-  }
-});
+          // a call without the header (an older client) never gets more than MAX_DATA_FRAME
+          const call = client.tunnel();
+          call.write({ $case: "open", value: { session: { sessionId }, connId: connIdToWire(id), dialTimeoutMs: 0 } });
+          largest = 0;
+          got = 0;
+          for await (const f of call as AsyncIterable<Frame>) {
+            if (f.$case === "data") {
+              largest = Math.max(largest, f.value.byteLength);
+              got += f.value.byteLength;
+            } else if (f.$case === "closeSend") {
+              call.write(frames.closeSend());
+              call.end();
+            }
+          }
+          assert.equal(got, bytes);
+          assert.ok(largest <= MAX_DATA_FRAME, `largest frame ${largest}`);
+        },
+        undefined,
+        server,
+      );
+    } finally {
+      source.close();
+    }
+  });
+}
 
 Deno.test("WatchClusterInfo sends the full set first and again on every change", async () => {
   await withManager(async ({ client, sessionId, info }) => {

@@ -8,7 +8,7 @@ import { writeAll } from "../io.ts";
 import { bytesToIp, type ConnId, connIdFromWire, formatConnId, ipToBytes } from "./conn_id.ts";
 import { allocDataBuffer, type Frame, FrameOrder, frames, MAX_DATA_FRAME } from "./frame.ts";
 import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME } from "./grpc.ts";
-import { type FrameDuplex, FrameStream } from "./frame_stream.ts";
+import { type FrameChannel, type FrameDuplex, FrameStream } from "./frame_stream.ts";
 import type { TunnelEnd } from "./client.ts";
 
 /** A flow being served, as seen by whoever tracks flows per session. */
@@ -32,6 +32,37 @@ export interface ServeTunnelOptions {
   clock?: Clock;
 }
 
+/** A Tunnel call being served, whatever carries it (a grpc-js server call, or a bare HTTP/2 stream). */
+export interface ServedCall {
+  readonly fs: FrameChannel;
+  /** The largest data frame the opener announced it accepts (its request headers), else {@link MAX_DATA_FRAME}. */
+  readonly frameLimit: number;
+  /** Sends the response headers, announcing that we take frames up to `limit` too. */
+  announceFrameLimit(limit: number): void;
+}
+
+/** A grpc-js server call as a {@link ServedCall}. */
+export function grpcServedCall(call: FrameDuplex): ServedCall {
+  const md = (call as { metadata?: unknown }).metadata;
+  const announced = md instanceof grpc.Metadata ? Number(md.get(FRAME_LIMIT_HEADER)[0]) : NaN;
+  const server = call as { sendMetadata?: (md: grpc.Metadata) => void };
+  return {
+    fs: new FrameStream(call),
+    frameLimit: limitFrom(announced),
+    announceFrameLimit(limit) {
+      if (typeof server.sendMetadata !== "function") return;
+      const out = new grpc.Metadata();
+      out.set(FRAME_LIMIT_HEADER, String(limit));
+      server.sendMetadata(out);
+    },
+  };
+}
+
+/** The frame limit an opener's announcement allows: at least {@link MAX_DATA_FRAME}, at most LARGE_DATA_FRAME. */
+export function limitFrom(announced: number): number {
+  return announced >= MAX_DATA_FRAME ? Math.min(announced, LARGE_DATA_FRAME) : MAX_DATA_FRAME;
+}
+
 /** Default dial timeout. */
 export const DEFAULT_DIAL_TIMEOUT_MS = 5_000;
 /** Default UDP idle timeout. */
@@ -41,9 +72,10 @@ export const DEFAULT_UDP_IDLE_MS = 60_000;
  * Serves one Tunnel call to the end: open → dial (TCP with Deno.connect, UDP with Deno.listenDatagram) → dial-ok or
  * dial-reject(reason) → pump. Protocol violations end only this stream, with a disconnect frame naming them.
  */
-export async function serveTunnel(call: FrameDuplex, opts: ServeTunnelOptions): Promise<TunnelEnd> {
+export async function serveTunnel(call: FrameDuplex | ServedCall, opts: ServeTunnelOptions): Promise<TunnelEnd> {
+  const served = "announceFrameLimit" in call ? call : grpcServedCall(call);
   const clock = opts.clock ?? systemClock;
-  const fs = new FrameStream(call);
+  const fs = served.fs;
   const order = new FrameOrder("dialer");
   const refuse = async (frame: Frame, reason: string): Promise<TunnelEnd> => {
     await fs.send(frame);
@@ -71,7 +103,7 @@ export async function serveTunnel(call: FrameDuplex, opts: ServeTunnelOptions): 
   }
   const timeoutMs = open.dialTimeoutMs || opts.defaultDialTimeoutMs || DEFAULT_DIAL_TIMEOUT_MS;
   const flow = id.protocol === "tcp"
-    ? new TcpFlow(fs, order, id, clock, frameLimit(call))
+    ? new TcpFlow(fs, order, id, clock, served.frameLimit)
     : new UdpFlow(fs, order, id, clock, opts.udpIdleMs ?? DEFAULT_UDP_IDLE_MS);
   const conn = formatConnId(id);
   const dialError = await flow.dial(timeoutMs);
@@ -81,12 +113,7 @@ export async function serveTunnel(call: FrameDuplex, opts: ServeTunnelOptions): 
   }
   const untrack = opts.track?.({ sessionId, connId: id, abort: (r) => flow.fail(r) }) ?? (() => {});
   // Tell an opener that announced large frames that we take them too (response headers, before dial-ok).
-  const server = call as { sendMetadata?: (md: grpc.Metadata) => void };
-  if (frameLimit(call) > MAX_DATA_FRAME && typeof server.sendMetadata === "function") {
-    const md = new grpc.Metadata();
-    md.set(FRAME_LIMIT_HEADER, String(LARGE_DATA_FRAME));
-    server.sendMetadata(md);
-  }
+  if (served.frameLimit > MAX_DATA_FRAME) served.announceFrameLimit(LARGE_DATA_FRAME);
   try {
     if (!await fs.send(frames.dialOk())) flow.fail("stream gone before dial-ok");
     return { ...await flow.pump(), conn };
@@ -95,20 +122,13 @@ export async function serveTunnel(call: FrameDuplex, opts: ServeTunnelOptions): 
   }
 }
 
-/** The largest data frame the opener accepts: what it announced in the call metadata, else {@link MAX_DATA_FRAME}. */
-function frameLimit(call: FrameDuplex): number {
-  const md = (call as { metadata?: unknown }).metadata;
-  const announced = md instanceof grpc.Metadata ? Number(md.get(FRAME_LIMIT_HEADER)[0]) : NaN;
-  return announced >= MAX_DATA_FRAME ? Math.min(announced, LARGE_DATA_FRAME) : MAX_DATA_FRAME;
-}
-
 function dialFailure(id: ConnId, err: unknown): string {
   return `dial ${formatConnId(id)}: ${errorMessage(err)}`;
 }
 
 /** Shared failure handling: the first failure wins, tells the opener, and closes everything. */
 abstract class Flow {
-  protected fs: FrameStream;
+  protected fs: FrameChannel;
   protected order: FrameOrder;
   protected id: ConnId;
   protected clock: Clock;
@@ -118,7 +138,7 @@ abstract class Flow {
   bytesFromTarget = 0;
   #failure: string | undefined;
 
-  constructor(fs: FrameStream, order: FrameOrder, id: ConnId, clock: Clock) {
+  constructor(fs: FrameChannel, order: FrameOrder, id: ConnId, clock: Clock) {
     this.fs = fs;
     this.order = order;
     this.id = id;
@@ -173,7 +193,7 @@ class TcpFlow extends Flow {
   #closed = false;
   #maxRead: number;
 
-  constructor(fs: FrameStream, order: FrameOrder, id: ConnId, clock: Clock, maxRead: number) {
+  constructor(fs: FrameChannel, order: FrameOrder, id: ConnId, clock: Clock, maxRead: number) {
     super(fs, order, id, clock);
     this.#maxRead = maxRead;
   }
@@ -314,7 +334,7 @@ class UdpFlow extends Flow {
   #idleTimer: unknown;
   #target: Deno.NetAddr;
 
-  constructor(fs: FrameStream, order: FrameOrder, id: ConnId, clock: Clock, idleMs: number) {
+  constructor(fs: FrameChannel, order: FrameOrder, id: ConnId, clock: Clock, idleMs: number) {
     super(fs, order, id, clock);
     this.#idleMs = idleMs;
     this.#target = { transport: "udp", hostname: id.dst.ip, port: id.dst.port };

@@ -2,7 +2,7 @@
 
 import * as grpc from "@grpc/grpc-js";
 import type { Buffer } from "node:buffer";
-import type { Http2Server, ServerHttp2Session } from "node:http2";
+import type { Http2Server, IncomingHttpHeaders, ServerHttp2Session, ServerHttp2Stream } from "node:http2";
 import type { Socket } from "node:net";
 import type { Writable } from "node:stream";
 import { type ManagerClient as GeneratedManagerClient, ManagerService } from "../../proto/gen/tel.ts";
@@ -148,7 +148,13 @@ export function plaintextAddressOf(client: ManagerClient): string | undefined {
  * connection window. Its connections coalesce their writes ({@link coalesceWrites}), and each HTTP/2 session logs
  * (component "h2") the window settings both sides announced and why it ended.
  */
-export function createTunedServer(windowBytes = FLOW_CONTROL_WINDOW): grpc.Server {
+export function createTunedServer(
+  windowBytes = FLOW_CONTROL_WINDOW,
+  opts: {
+    /** Sees each new HTTP/2 stream first; true when it took the stream (grpc-js then never sees it). */
+    onStream?: (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boolean;
+  } = {},
+): grpc.Server {
   const server = new grpc.Server({
     "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
@@ -159,6 +165,16 @@ export function createTunedServer(windowBytes = FLOW_CONTROL_WINDOW): grpc.Serve
   const original = internals.createHttp2Server.bind(server);
   internals.createHttp2Server = (creds: unknown) => {
     const h2 = original(creds);
+    const onStream = opts.onStream;
+    if (onStream) {
+      // grpc-js registered its stream handler while making the server: it now runs only for streams we leave
+      const theirs = h2.listeners("stream") as Array<(...a: unknown[]) => void>;
+      h2.removeAllListeners("stream");
+      h2.on("stream", (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, ...rest: unknown[]) => {
+        if (onStream(stream, headers)) return;
+        for (const l of theirs) l.call(h2, stream, headers, ...rest);
+      });
+    }
     const withSettings = h2 as Http2Server & { updateSettings?: (s: { initialWindowSize: number }) => void };
     withSettings.updateSettings?.({ initialWindowSize: windowBytes });
     h2.on("connection", (socket: Socket) => coalesceWrites(socket));

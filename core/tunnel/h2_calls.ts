@@ -16,6 +16,7 @@ import { log } from "../log.ts";
 import { parseHostPort } from "../subnet/mod.ts";
 import { decodeFrame, encodeGrpcMessage, type Frame, GRPC_PREFIX, MAX_DATA_FRAME } from "./frame.ts";
 import { type FrameChannel, WaitingChannel } from "./frame_stream.ts";
+import { limitFrom, type ServedCall } from "./dialer.ts";
 import {
   coalesceWrites,
   FLOW_CONTROL_WINDOW,
@@ -24,7 +25,8 @@ import {
   MAX_MESSAGE_BYTES,
 } from "./grpc.ts";
 
-const TUNNEL_PATH = "/tel.v1.Manager/Tunnel";
+/** The Tunnel method's HTTP/2 path. */
+export const TUNNEL_PATH = "/tel.v1.Manager/Tunnel";
 
 /** Ping interval and answer timeout of a tunnel session (grpc-js's keepalive for the main channel is the same). */
 const KEEPALIVE_MS = 30_000;
@@ -133,9 +135,16 @@ export class H2Tunnels {
   }
 }
 
-/** One Tunnel call on a bare HTTP/2 stream: gRPC message framing, trailers, and both ways of backpressure. */
+/**
+ * One Tunnel call on a bare HTTP/2 stream: gRPC message framing, trailers, and both ways of backpressure. The client
+ * side (the daemon opening flows) reads the response headers and the status trailers; the server side (the manager
+ * serving flows) sends them: its response headers go out before its first message (or as a trailers-only answer when
+ * it ends without one), `grpc-status: 0` as trailers when it ends.
+ */
 export class H2FrameChannel extends WaitingChannel implements FrameChannel {
-  #st: http2.ClientHttp2Stream;
+  #st: http2.Http2Stream;
+  #server: boolean;
+  #responded = false;
   #queue: Frame[] = [];
   #head = 0;
   #error: Error | undefined;
@@ -150,22 +159,25 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
   /** The largest data frame the dialer accepts (announced in its response headers). */
   limit = MAX_DATA_FRAME;
 
-  constructor(st: http2.ClientHttp2Stream) {
+  constructor(st: http2.Http2Stream, opts: { server?: boolean } = {}) {
     super();
     this.#st = st;
-    st.on("response", (headers) => {
-      const announced = Number(headers[FRAME_LIMIT_HEADER]);
-      if (announced >= MAX_DATA_FRAME) this.limit = Math.min(announced, LARGE_DATA_FRAME);
-      const status = headers["grpc-status"]; // a trailers-only answer: the call failed before any message
-      if (status !== undefined && String(status) !== "0") {
-        this.#fail(statusError(String(status), headers["grpc-message"] as string | undefined));
-      }
-    });
+    this.#server = !!opts.server;
+    if (!this.#server) {
+      st.on("response", (headers: http2.IncomingHttpHeaders) => {
+        const announced = Number(headers[FRAME_LIMIT_HEADER]);
+        if (announced >= MAX_DATA_FRAME) this.limit = Math.min(announced, LARGE_DATA_FRAME);
+        const status = headers["grpc-status"]; // a trailers-only answer: the call failed before any message
+        if (status !== undefined && String(status) !== "0") {
+          this.#fail(statusError(String(status), headers["grpc-message"] as string | undefined));
+        }
+      });
+    }
     st.on("data", (chunk: Buffer) => {
       this.#onData(chunk);
       this.wakeReader();
     });
-    st.on("trailers", (trailers) => {
+    st.on("trailers", (trailers: http2.IncomingHttpHeaders) => {
       const status = String(trailers["grpc-status"] ?? "2");
       if (status !== "0") this.#fail(statusError(status, trailers["grpc-message"] as string | undefined));
     });
@@ -173,8 +185,9 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
       this.#ended = true;
       this.wakeReader();
       // the server finished the call (its status came, all its data was read): a sending side still open is over
-      // too, and closing it frees the stream (otherwise it stays half-open until we end it)
-      if (!st.destroyed && !st.writableEnded) st.close();
+      // too, and closing it frees the stream (otherwise it stays half-open until we end it). On the server side
+      // this is only the opener's half-close: our side goes on.
+      if (!this.#server && !st.destroyed && !st.writableEnded) st.close();
     });
     st.on("close", () => {
       this.#closed = true;
@@ -191,16 +204,27 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
   }
 
   get over(): boolean {
-    return this.#ended || this.#closed || !!this.#error || this.#st.destroyed || this.#st.writableEnded;
+    return (this.#ended && !this.#server) || this.#closed || !!this.#error || this.#st.destroyed ||
+      this.#st.writableEnded;
   }
 
   get closed(): boolean {
     return this.#closed || this.#st.destroyed;
   }
 
+  /** Server side: sends the response headers now (with `headers` added); later calls do nothing. */
+  respond(headers: http2.OutgoingHttpHeaders = {}): void {
+    if (!this.#server || this.#responded || this.#st.destroyed) return;
+    this.#responded = true;
+    const st = this.#st as http2.ServerHttp2Stream;
+    st.on("wantTrailers", () => st.sendTrailers({ "grpc-status": "0" }));
+    st.respond({ ":status": 200, "content-type": "application/grpc", ...headers }, { waitForTrailers: true });
+  }
+
   write(frame: Frame, written?: () => void): boolean | Promise<boolean> {
     const st = this.#st;
     if (st.destroyed || st.writableEnded) return false;
+    if (this.#server && !this.#responded) this.respond();
     const msg = encodeGrpcMessage(frame);
     // the buffer (maybe a pooled frame buffer) is in use until node:http2 is done with it
     const ok = written ? st.write(msg, () => written()) : st.write(msg);
@@ -227,7 +251,18 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
   }
 
   end(): void {
-    if (!this.#st.destroyed && !this.#st.writableEnded) this.#st.end();
+    const st = this.#st;
+    if (st.destroyed || st.writableEnded) return;
+    if (this.#server && !this.#responded) {
+      // nothing was sent: a trailers-only answer
+      this.#responded = true;
+      (st as http2.ServerHttp2Stream).respond(
+        { ":status": 200, "content-type": "application/grpc", "grpc-status": "0" },
+        { endStream: true },
+      );
+      return;
+    }
+    st.end();
   }
 
   abort(): void {
@@ -298,4 +333,17 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
     this.#fail(new Error(`tunnel stream: ${reason}`));
     this.abort();
   }
+}
+
+/**
+ * A Tunnel call that reached the manager's HTTP/2 server, served on the bare stream instead of a grpc-js server call
+ * (the same wire; see {@link serveTunnel}).
+ */
+export function h2ServedCall(st: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): ServedCall {
+  const ch = new H2FrameChannel(st, { server: true });
+  return {
+    fs: ch,
+    frameLimit: limitFrom(Number(headers[FRAME_LIMIT_HEADER])),
+    announceFrameLimit: (limit) => ch.respond({ [FRAME_LIMIT_HEADER]: String(limit) }),
+  };
 }

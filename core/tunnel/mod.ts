@@ -50,7 +50,9 @@ export {
 export {
   DEFAULT_DIAL_TIMEOUT_MS,
   DEFAULT_UDP_IDLE_MS,
+  type ServedCall,
   type ServedFlow,
   serveTunnel,
   type ServeTunnelOptions,
 } from "./dialer.ts";
+export { h2ServedCall, TUNNEL_PATH } from "./h2_calls.ts";
