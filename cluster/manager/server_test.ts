@@ -15,6 +15,7 @@ import {
   type ManagerClient,
   MAX_DATA_FRAME,
   openTunnel,
+  type Tunnel,
   TUNNEL_METHOD,
 } from "../../core/tunnel/mod.ts";
 import { configureLog, logLevel } from "../../core/log.ts";
@@ -71,6 +72,19 @@ async function withManager(
   }
 }
 
+/** Writes `sent` into the tunnel and half-closes it while reading back everything until the far side's close. */
+async function echoed(t: Tunnel, sent: Uint8Array[]): Promise<Uint8Array[]> {
+  const writing = (async () => {
+    const w = t.writable.getWriter();
+    for (const c of sent) await w.write(c);
+    await w.close();
+  })();
+  const got: Uint8Array[] = [];
+  for await (const c of t.readable) got.push(c.slice());
+  await writing;
+  return got;
+}
+
 async function sha256(chunks: Uint8Array[]): Promise<string> {
   const total = chunks.reduce((n, c) => n + c.byteLength, 0);
   const all = new Uint8Array(total);
@@ -99,14 +113,7 @@ Deno.test("writes of any size, tiny to larger than a frame, arrive byte-exact an
         sessionId,
         connId: connId("tcp", { ip: "127.0.0.1", port: 40001 }, { ip: "127.0.0.1", port: echo.port }),
       });
-      const writing = (async () => {
-        const w = t.writable.getWriter();
-        for (const c of sent) await w.write(c);
-        await w.close();
-      })();
-      const got: Uint8Array[] = [];
-      for await (const c of t.readable) got.push(c.slice());
-      await writing;
+      const got = await echoed(t, sent);
       assert.equal(await sha256(got), await sha256(sent));
       assert.equal((await t.ended).clean, true);
     });
@@ -132,14 +139,7 @@ for (const server of TUNNEL_SERVERS) {
             for (let j = 0; j < c.length; j += 4) c[j] = (seed = (seed * 1103515245 + 12345) >>> 0) & 0xff;
             sent.push(c);
           }
-          const writing = (async () => {
-            const w = t.writable.getWriter();
-            for (const c of sent) await w.write(c);
-            await w.close();
-          })();
-          const got: Uint8Array[] = [];
-          for await (const c of t.readable) got.push(c.slice());
-          await writing;
+          const got = await echoed(t, sent);
           assert.equal(got.reduce((n, c) => n + c.byteLength, 0), 20 * 1024 * 1024);
           assert.equal(await sha256(got), await sha256(sent));
           assert.deepEqual(await t.ended, { clean: true });

@@ -7,8 +7,8 @@ import { log } from "../log.ts";
 import { writeAll } from "../io.ts";
 import { bytesToIp, type ConnId, connIdFromWire, formatConnId, ipToBytes } from "./conn_id.ts";
 import { allocDataBuffer, type Frame, FrameOrder, frames, MAX_DATA_FRAME } from "./frame.ts";
-import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME } from "./grpc.ts";
-import { type FrameChannel, type FrameDuplex, FrameStream } from "./frame_stream.ts";
+import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, limitFrom } from "./grpc.ts";
+import { type FrameChannel, type FrameDuplex, FrameStream, type ServedCall } from "./frame_stream.ts";
 import type { TunnelEnd } from "./client.ts";
 
 /** A flow being served, as seen by whoever tracks flows per session. */
@@ -32,15 +32,6 @@ export interface ServeTunnelOptions {
   clock?: Clock;
 }
 
-/** A Tunnel call being served, whatever carries it (a grpc-js server call, or a bare HTTP/2 stream). */
-export interface ServedCall {
-  readonly fs: FrameChannel;
-  /** The largest data frame the opener announced it accepts (its request headers), else {@link MAX_DATA_FRAME}. */
-  readonly frameLimit: number;
-  /** Sends the response headers, announcing that we take frames up to `limit` too. */
-  announceFrameLimit(limit: number): void;
-}
-
 /** A grpc-js server call as a {@link ServedCall}. */
 export function grpcServedCall(call: FrameDuplex): ServedCall {
   const md = (call as { metadata?: unknown }).metadata;
@@ -56,11 +47,6 @@ export function grpcServedCall(call: FrameDuplex): ServedCall {
       server.sendMetadata(out);
     },
   };
-}
-
-/** The frame limit an opener's announcement allows: at least {@link MAX_DATA_FRAME}, at most LARGE_DATA_FRAME. */
-export function limitFrom(announced: number): number {
-  return announced >= MAX_DATA_FRAME ? Math.min(announced, LARGE_DATA_FRAME) : MAX_DATA_FRAME;
 }
 
 /** Default dial timeout. */

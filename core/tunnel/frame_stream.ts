@@ -29,6 +29,15 @@ export interface FrameChannel {
   abort(): void;
 }
 
+/** A Tunnel call being served, whatever carries it (a grpc-js server call, or a bare HTTP/2 stream). */
+export interface ServedCall {
+  readonly fs: FrameChannel;
+  /** The largest data frame the opener announced it accepts (its request headers), else MAX_DATA_FRAME. */
+  readonly frameLimit: number;
+  /** Sends the response headers, announcing that we take frames up to `limit` too. */
+  announceFrameLimit(limit: number): void;
+}
+
 /**
  * What both kinds of channel share: readers parked until a frame or the end arrives, writers until the transport
  * drains, and `send()`/`next()` built on the transport's `write()`/`tryNext()`.

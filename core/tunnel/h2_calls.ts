@@ -15,13 +15,13 @@ import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
 import { parseHostPort } from "../subnet/mod.ts";
 import { decodeFrame, encodeGrpcMessage, type Frame, GRPC_PREFIX, MAX_DATA_FRAME } from "./frame.ts";
-import { type FrameChannel, WaitingChannel } from "./frame_stream.ts";
-import { limitFrom, type ServedCall } from "./dialer.ts";
+import { type FrameChannel, type ServedCall, WaitingChannel } from "./frame_stream.ts";
 import {
   coalesceWrites,
   FLOW_CONTROL_WINDOW,
   FRAME_LIMIT_HEADER,
   LARGE_DATA_FRAME,
+  limitFrom,
   MAX_MESSAGE_BYTES,
 } from "./grpc.ts";
 

@@ -24,7 +24,7 @@ export {
   MAX_DATA_FRAME,
   type Role,
 } from "./frame.ts";
-export { type FrameDuplex, FrameStream } from "./frame_stream.ts";
+export { type FrameDuplex, FrameStream, type ServedCall } from "./frame_stream.ts";
 export {
   channelOptions,
   coalesceWrites,
@@ -50,7 +50,6 @@ export {
 export {
   DEFAULT_DIAL_TIMEOUT_MS,
   DEFAULT_UDP_IDLE_MS,
-  type ServedCall,
   type ServedFlow,
   serveTunnel,
   type ServeTunnelOptions,
