@@ -55,7 +55,6 @@ export interface Ran {
   stderr: string;
 }
 
-/** The lab, tel and the baselines for one bench run. */
 const MANIFEST = new URL("../../deploy/manifests/traffic-manager.yaml", import.meta.url);
 
 /** A Kubernetes memory quantity in bytes ("512Mi", "1G", "134217728"). */
@@ -83,6 +82,7 @@ export async function deploymentMemoryLimit(): Promise<number> {
   throw new Error(`${MANIFEST.pathname}: no memory limit on the traffic-manager container`);
 }
 
+/** The lab, tel and the baselines for one bench run. */
 export class BenchEnv {
   readonly lab: Lab;
   /** The compiled connect timer / hello server. */

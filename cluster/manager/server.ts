@@ -45,9 +45,9 @@ export interface ManagerOptions {
   dialTimeoutMs?: number;
   /** A UDP flow with no traffic for this long ends. */
   udpIdleMs?: number;
-  /** HTTP/2 flow-control window for the server's sessions. */
   /** How Tunnel calls are served: on the bare HTTP/2 stream (default) or by grpc-js (TEL_TUNNEL_SERVER sets it too). */
   tunnelServer?: "h2" | "grpc-js";
+  /** HTTP/2 flow-control window for the server's sessions. */
   windowBytes?: number;
   clock?: Clock;
 }

@@ -7,7 +7,7 @@ import { type ConnId, connIdToWire, formatConnId } from "./conn_id.ts";
 import { allocDataBuffer, type Frame, FrameOrder, frames, MAX_DATA_FRAME } from "./frame.ts";
 import { type FrameChannel, FrameStream } from "./frame_stream.ts";
 import * as grpc from "@grpc/grpc-js";
-import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, type ManagerClient, plaintextAddressOf } from "./grpc.ts";
+import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, limitFrom, type ManagerClient, plaintextAddressOf } from "./grpc.ts";
 import { H2Tunnels } from "./h2_calls.ts";
 
 /** How a tunnel ended. */
@@ -183,8 +183,7 @@ function prepareCall(client: ManagerClient): Prepared {
   // A dialer that takes large data frames says so in its response headers, which arrive before the dial answer.
   let sendLimit = MAX_DATA_FRAME;
   call.once("metadata", (m: grpc.Metadata) => {
-    const announced = Number(m.get(FRAME_LIMIT_HEADER)[0]);
-    if (announced >= MAX_DATA_FRAME) sendLimit = Math.min(announced, LARGE_DATA_FRAME);
+    sendLimit = limitFrom(Number(m.get(FRAME_LIMIT_HEADER)[0]));
   });
   return { fs: new FrameStream(call), limit: () => sendLimit };
 }

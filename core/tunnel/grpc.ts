@@ -9,12 +9,12 @@ import { type ManagerClient as GeneratedManagerClient, ManagerService } from "..
 import { log } from "../log.ts";
 import { decodeFrame, encodeFrame, type Frame, MAX_DATA_FRAME } from "./frame.ts";
 
-/** HTTP/2 flow-control window for both ends (stream and connection); the default 64 KiB caps one stream's rate. */
 /** The frame limit an opener's announcement allows: at least MAX_DATA_FRAME, at most {@link LARGE_DATA_FRAME}. */
 export function limitFrom(announced: number): number {
   return announced >= MAX_DATA_FRAME ? Math.min(announced, LARGE_DATA_FRAME) : MAX_DATA_FRAME;
 }
 
+/** HTTP/2 flow-control window for both ends (stream and connection); the default 64 KiB caps one stream's rate. */
 export const FLOW_CONTROL_WINDOW = 8 * 1024 * 1024;
 
 /**

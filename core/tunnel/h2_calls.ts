@@ -165,8 +165,7 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
     this.#server = !!opts.server;
     if (!this.#server) {
       st.on("response", (headers: http2.IncomingHttpHeaders) => {
-        const announced = Number(headers[FRAME_LIMIT_HEADER]);
-        if (announced >= MAX_DATA_FRAME) this.limit = Math.min(announced, LARGE_DATA_FRAME);
+        this.limit = limitFrom(Number(headers[FRAME_LIMIT_HEADER]));
         const status = headers["grpc-status"]; // a trailers-only answer: the call failed before any message
         if (status !== undefined && String(status) !== "0") {
           this.#fail(statusError(String(status), headers["grpc-message"] as string | undefined));
