@@ -7,7 +7,7 @@ import { errorMessage, TelError } from "../../core/errors.ts";
 import { log } from "../../core/log.ts";
 import { parseResolvConf as parseResolvText } from "../../core/dns/resolv_conf.ts";
 import { readTcpMessage, writeTcpMessage } from "../../core/dns/tcp.ts";
-import { parseHostPort } from "../../core/subnet/mod.ts";
+import { formatHostPort, parseHostPort } from "../../core/subnet/mod.ts";
 
 /** DNS rcodes used here. */
 export const RCODE = { NOERROR: 0, SERVFAIL: 2, NXDOMAIN: 3 } as const;
@@ -33,7 +33,7 @@ export function parseResolvConf(text: string): ResolverConfig {
   const rc = parseResolvText(text);
   const ns = rc.nameservers[0];
   if (!ns) throw new TelError("config", "resolv.conf names no nameserver", { hint: "pass --cluster-dns ip:port" });
-  return { server: ns.includes(":") ? `[${ns}]:53` : `${ns}:53`, search: rc.search, ndots: rc.ndots };
+  return { server: formatHostPort(ns, 53), search: rc.search, ndots: rc.ndots };
 }
 
 /** The search list a manager pod in `namespace` gets from the kubelet for `clusterDomain`. */

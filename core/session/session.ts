@@ -12,7 +12,7 @@ import { errorMessage, TelError } from "../errors.ts";
 import { log } from "../log.ts";
 import { Stack } from "../netstack/mod.ts";
 import type { Resolver, Vif } from "../plugin.ts";
-import { Cidr } from "../subnet/mod.ts";
+import { Cidr, formatHostPort } from "../subnet/mod.ts";
 import { connId, createManagerClient, type ManagerClient, openTunnel } from "../tunnel/mod.ts";
 import { TEL_VERSION } from "../version.ts";
 import type { ClusterInfo } from "../../proto/gen/tel.ts";
@@ -97,7 +97,6 @@ export class ClientSession {
   #engine?: DnsEngine;
   #lookup?: ManagerLookup;
   #dns?: DnsServer;
-  #dnsAddr = "";
   #dnsHost = { hostname: "", port: 0 };
   #fwdStats: ForwarderStats = { dials: 0, open: 0, opened: 0, failed: 0 };
   #closed = false;
@@ -176,7 +175,6 @@ export class ClientSession {
     this.#dns = new DnsServer({ engine: this.#engine, hostname: listen.hostname, port: listen.port });
     const addr = await this.#dns.start();
     this.#dnsHost = { hostname: addr.hostname, port: addr.port };
-    this.#dnsAddr = addr.hostname.includes(":") ? `[${addr.hostname}]:${addr.port}` : `${addr.hostname}:${addr.port}`;
     this.#step(`DNS server listening on ${this.#dnsAddr}`);
 
     await this.#o.resolver.start(this.#resolverConfig(info));
@@ -230,6 +228,11 @@ export class ClientSession {
       excludeSuffixes: this.#o.dns?.excludeSuffixes ?? info.dns?.excludeSuffixes,
       reverseSubnets: (this.#router?.routes ?? []).map((r) => Cidr.parse(r)),
     });
+  }
+
+  /** The DNS server's "ip:port" ("" until it listens). */
+  get #dnsAddr(): string {
+    return this.#dnsHost.port ? formatHostPort(this.#dnsHost.hostname, this.#dnsHost.port) : "";
   }
 
   #resolverConfig(info: ClusterInfo) {

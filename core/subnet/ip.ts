@@ -289,6 +289,11 @@ function maskOf(bits: number, prefix: number): bigint {
   return allOnes(bits) ^ allOnes(bits - prefix);
 }
 
+/** "host:port", an IPv6 host in brackets: what {@link parseHostPort} reads back. */
+export function formatHostPort(host: string, port: number): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
 /**
  * Host and port of "host:port" or "[v6]:port" (the host is not checked further; with `emptyHost`, ":port" gives an
  * empty host); undefined for anything else, including a port above 65535.

@@ -9,6 +9,7 @@ import {
   coveringCidrs,
   diffSubnets,
   findConflicts,
+  formatHostPort,
   IpAddr,
   normalize,
   parseHostPort,
@@ -292,4 +293,8 @@ Deno.test("parseHostPort reads host:port and [v6]:port, and refuses the rest", (
   assert.equal(parseHostPort(":8081"), undefined);
   assert.deepEqual(parseHostPort(":8081", { emptyHost: true }), { host: "", port: 8081 });
   assert.deepEqual(parseHostPort("[::]:0", { emptyHost: true }), { host: "::", port: 0 });
+  for (const [host, port] of [["127.0.0.1", 53], ["::1", 5353], ["traffic-manager.tel-system", 8081]] as const) {
+    assert.deepEqual(parseHostPort(formatHostPort(host, port)), { host, port }, "formatHostPort reads back");
+  }
+  assert.equal(formatHostPort("fd00::10", 53), "[fd00::10]:53");
 });

@@ -1,7 +1,7 @@
 /** ConnID: the protocol, source and destination that name one L4 flow, and its wire form. */
 
 import { TelError } from "../errors.ts";
-import { IpAddr } from "../subnet/mod.ts";
+import { formatHostPort, IpAddr } from "../subnet/mod.ts";
 import { type ConnId as WireConnId, Protocol } from "../../proto/gen/tel.ts";
 
 /** The transport of a flow. */
@@ -63,13 +63,9 @@ export function connId(protocol: L4Protocol, src: Endpoint, dst: Endpoint): Conn
   };
 }
 
-function hostPort(e: Endpoint): string {
-  return e.ip.includes(":") ? `[${e.ip}]:${e.port}` : `${e.ip}:${e.port}`;
-}
-
 /** "tcp 10.0.0.2:40000 -> 10.96.0.10:80", for logs and reasons. */
 export function formatConnId(id: ConnId): string {
-  return `${id.protocol} ${hostPort(id.src)} -> ${hostPort(id.dst)}`;
+  return `${id.protocol} ${formatHostPort(id.src.ip, id.src.port)} -> ${formatHostPort(id.dst.ip, id.dst.port)}`;
 }
 
 /** The proto form of a ConnId. */
