@@ -169,10 +169,8 @@ export class BenchEnv {
 
   /** Runs `tel <args>` in the workstation. */
   tel(args: string[]): Promise<Ran> {
-    return labTel(this.lab).run(
-      args,
-      Deno.env.get("TEL_TUNNEL_CALLS") ? { TEL_TUNNEL_CALLS: Deno.env.get("TEL_TUNNEL_CALLS")! } : {},
-    );
+    // the CLI inherits this process's environment (TEL_TUNNEL_CALLS for an A/B reaches it and its daemon)
+    return labTel(this.lab).run(args);
   }
 
   /** Connects tel in `mode` (reconnecting when it was connected otherwise), then adds the direct veth route. */

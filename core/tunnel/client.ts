@@ -276,7 +276,13 @@ class OpenTunnel implements Tunnel {
   get readable(): ReadableStream<Uint8Array> {
     if (this.#readable) return this.#readable;
     if (this.#target) throw new TypeError("tunnel: this flow's bytes go to an attached target");
+    // a data() that filled the queue waits here until the reader pulls (or the flow ends)
     let pulled: (() => void) | undefined;
+    const release = () => {
+      const p = pulled;
+      pulled = undefined;
+      p?.();
+    };
     this.#readable = new ReadableStream<Uint8Array>({
       start: (c) =>
         this.attach({
@@ -287,16 +293,10 @@ class OpenTunnel implements Tunnel {
           end: () => c.close(),
           error: (e) => {
             c.error(e);
-            const p = pulled;
-            pulled = undefined;
-            p?.();
+            release();
           },
         }),
-      pull: () => {
-        const p = pulled;
-        pulled = undefined;
-        p?.();
-      },
+      pull: release,
       cancel: (reason) => this.abort(`reader cancelled${reason ? `: ${reason}` : ""}`),
     }, { highWaterMark: 8 });
     return this.#readable;

@@ -35,6 +35,11 @@ const KEEPALIVE_TIMEOUT_MS = 10_000;
 /** Frames buffered per stream before its reads pause (HTTP/2 flow control then holds the sender). */
 const READ_HIGH_WATER = 16;
 
+/** The message length in a gRPC prefix starting at `at` (big-endian, after the flag byte). */
+function prefixLength(b: Uint8Array, at: number): number {
+  return ((b[at + 1] << 24) >>> 0) + (b[at + 2] << 16) + (b[at + 3] << 8) + b[at + 4];
+}
+
 function statusError(code: string, message: string | undefined): Error {
   let text = message ?? "";
   try {
@@ -303,7 +308,7 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
       let flag: number;
       if (this.#prefixLen === 0 && n - pos >= GRPC_PREFIX) {
         flag = chunk[pos];
-        len = ((chunk[pos + 1] << 24) >>> 0) + (chunk[pos + 2] << 16) + (chunk[pos + 3] << 8) + chunk[pos + 4];
+        len = prefixLength(chunk, pos);
         pos += GRPC_PREFIX;
       } else {
         const take = Math.min(GRPC_PREFIX - this.#prefixLen, n - pos);
@@ -312,9 +317,8 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
         pos += take;
         if (this.#prefixLen < GRPC_PREFIX) break;
         this.#prefixLen = 0;
-        const p = this.#prefix;
-        flag = p[0];
-        len = ((p[1] << 24) >>> 0) + (p[2] << 16) + (p[3] << 8) + p[4];
+        flag = this.#prefix[0];
+        len = prefixLength(this.#prefix, 0);
       }
       if (flag !== 0) return this.#malformed(`compressed message (flag ${flag}), which was not asked for`);
       if (len > MAX_MESSAGE_BYTES) return this.#malformed(`message of ${len} bytes, more than ${MAX_MESSAGE_BYTES}`);

@@ -149,6 +149,11 @@ export class MemoryCgroup {
     Deno.writeTextFileSync(`${this.dir}/cgroup.procs`, String(pid));
   }
 
+  /** The kernel's high-water mark of memory charged here. */
+  get #peakFile(): string {
+    return `${this.dir}/${this.version === 2 ? "memory.peak" : "memory.max_usage_in_bytes"}`;
+  }
+
   stats(): MemoryCgroupStats {
     let oomKills = 0;
     try {
@@ -157,14 +162,14 @@ export class MemoryCgroup {
     } catch {
       // the cgroup is gone: nothing to report
     }
-    const peak = readNumber(`${this.dir}/${this.version === 2 ? "memory.peak" : "memory.max_usage_in_bytes"}`);
+    const peak = readNumber(this.#peakFile);
     return { limitBytes: this.limitBytes, peakBytes: peak, oomKills };
   }
 
   /** Starts the peak over from what is charged now (v1; v2 kernels ≥ 6.12 take a write to memory.peak). */
   resetPeak(): void {
     try {
-      Deno.writeTextFileSync(`${this.dir}/${this.version === 2 ? "memory.peak" : "memory.max_usage_in_bytes"}`, "0");
+      Deno.writeTextFileSync(this.#peakFile, "0");
     } catch {
       // an older v2 kernel: the peak stays the cgroup's lifetime high
     }
