@@ -250,6 +250,39 @@ Deno.test("tcp: half-close both ways ends in CLOSED; simultaneous close goes thr
   equal(env2.stack.counters().tcpConnections, 0);
 });
 
+Deno.test("tcp: their FIN after ours is answered by one ACK; our FIN acked in CLOSING sends nothing", async () => {
+  const env = setup({ tcp: { timeWaitMs: 1000 } });
+  const { conn } = await handshake(env);
+  env.take();
+  conn.close();
+  const [fin] = env.take();
+  equal(fin.tcp!.flags & FIN, FIN);
+  env.stack.input([env.seg({ seq: 1001, ack: (fin.tcp!.seq + 1) >>> 0 })]); // FIN-WAIT-2
+  equal(conn.state, "fin-wait-2");
+  equal(env.take().length, 0);
+  env.stack.input([env.seg({ seq: 1001, ack: (fin.tcp!.seq + 1) >>> 0, flags: ACK | FIN })]);
+  equal(conn.state, "time-wait");
+  const acks = env.take();
+  equal(acks.length, 1, "one ACK for their FIN");
+  equal(acks[0].tcp!.flags, ACK);
+  equal(acks[0].tcp!.ack, 1002);
+  // a retransmitted FIN in TIME-WAIT is acknowledged again
+  env.stack.input([env.seg({ seq: 1001, ack: (fin.tcp!.seq + 1) >>> 0, flags: ACK | FIN })]);
+  equal(env.take().length, 1);
+
+  const env2 = setup({ tcp: { timeWaitMs: 1000 } });
+  const h2 = await handshake(env2);
+  env2.take();
+  h2.conn.close();
+  const [fin2] = env2.take();
+  env2.stack.input([env2.seg({ seq: 1001, ack: h2.snd, flags: ACK | FIN })]); // their FIN crosses ours
+  equal(h2.conn.state, "closing");
+  equal(env2.take().length, 1, "their FIN is acknowledged");
+  env2.stack.input([env2.seg({ seq: 1002, ack: (fin2.tcp!.seq + 1) >>> 0 })]);
+  equal(h2.conn.state, "time-wait");
+  equal(env2.take().length, 0, "nothing to say when our FIN is acknowledged");
+});
+
 Deno.test("tcp: a zero window is probed after the RTO instead of stalling forever", async () => {
   const env = setup();
   const { snd, conn } = await handshake(env, 0);

@@ -1016,9 +1016,9 @@ export class TcpEndpoint implements TcpConn {
     }
   }
 
+  /** Their FIN was acknowledged where it arrived (#receive), so entering TIME-WAIT sends nothing itself. */
   #enterTimeWait(): void {
     this.#state = "time-wait";
-    this.#sendAck();
     this.#arm(this.#tune.timeWaitMs);
   }
 
