@@ -154,6 +154,37 @@ for (const server of TUNNEL_SERVERS) {
 }
 
 for (const server of TUNNEL_SERVERS) {
+  Deno.test(`${server} tunnel server: concurrent flows sharing recycled read buffers each get exactly their own bytes`, async () => {
+    const echo = tcpEcho();
+    try {
+      await withManager(
+        async ({ client, sessionId }) => {
+          // small echoes in many rounds: the manager's read buffers go back to its pool and on to other flows while
+          // those flows' earlier frames may still be queued; any buffer given back too early shows as foreign bytes
+          const flows = 40;
+          const runs = await Promise.all(Array.from({ length: flows }, async (_, i) => {
+            const t = await openTunnel(client, {
+              sessionId,
+              connId: connId("tcp", { ip: "127.0.0.1", port: 41000 + i }, { ip: "127.0.0.1", port: echo.port }),
+            });
+            const sent = Array.from({ length: 30 }, (_, k) => new Uint8Array(500 + 37 * k).fill(i * 31 + k));
+            return { got: await echoed(t, sent), sent, ended: await t.ended };
+          }));
+          for (const { got, sent, ended } of runs) {
+            assert.equal(await sha256(got), await sha256(sent));
+            assert.deepEqual(ended, { clean: true });
+          }
+        },
+        undefined,
+        server,
+      );
+    } finally {
+      echo.close();
+    }
+  });
+}
+
+for (const server of TUNNEL_SERVERS) {
   Deno.test(`${server} tunnel server: udp tunnel carries datagrams both ways`, async () => {
     const sock = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
     const serving = (async () => {

@@ -4,7 +4,7 @@ import { type Clock, systemClock } from "../clock.ts";
 import { errorMessage, TelError } from "../errors.ts";
 import { log } from "../log.ts";
 import { type ConnId, connIdToWire, formatConnId } from "./conn_id.ts";
-import { allocDataBuffer, type Frame, FrameOrder, frames, MAX_DATA_FRAME } from "./frame.ts";
+import { type Frame, FrameOrder, FramePool, frames, MAX_DATA_FRAME } from "./frame.ts";
 import { type FrameChannel, FrameStream } from "./frame_stream.ts";
 import * as grpc from "@grpc/grpc-js";
 import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, limitFrom, type ManagerClient, plaintextAddressOf } from "./grpc.ts";
@@ -408,34 +408,6 @@ class OpenTunnel implements Tunnel {
 
 /** Smallest frame buffer a flow starts with; it doubles per full frame up to the flow's limit. */
 const MIN_FRAME_BUFFER = 16 * 1024;
-
-/** Most bytes of idle frame buffers kept for reuse, across all flows of one client. */
-const POOL_BYTES = 4 * 1024 * 1024;
-
-/**
- * Frame buffers grpc-js is done with (it copies each message when it frames it), shared by the flows of one client
- * and bounded in total: a busy flow reuses instead of allocating per frame, an idle flow holds none. Fresh buffers
- * per frame were garbage V8 collected late (the daemon's external memory reached ~0.5 GiB over 1000 flows).
- */
-class FramePool {
-  #free = new Map<number, Uint8Array[]>();
-  #bytes = 0;
-
-  take(size: number): Uint8Array {
-    const b = this.#free.get(size)?.pop();
-    if (!b) return allocDataBuffer(size);
-    this.#bytes -= size;
-    return b;
-  }
-
-  give(buf: Uint8Array): void {
-    if (this.#bytes + buf.byteLength > POOL_BYTES) return;
-    let list = this.#free.get(buf.byteLength);
-    if (!list) this.#free.set(buf.byteLength, list = []);
-    list.push(buf);
-    this.#bytes += buf.byteLength;
-  }
-}
 
 const pools = new WeakMap<ManagerClient, FramePool>();
 

@@ -11,7 +11,9 @@ import {
   encodeFrame,
   type Frame,
   FrameOrder,
+  FramePool,
   frames,
+  MAX_DATA_FRAME,
 } from "./frame.ts";
 import { bytesToIp, connId, connIdFromWire, connIdToWire, ipToBytes } from "./conn_id.ts";
 
@@ -151,4 +153,27 @@ Deno.test("conn ids round-trip through the wire form; IPv6 text is canonical", (
     }),
     { numRuns: 300 },
   );
+});
+
+Deno.test("FramePool: reuses what it is given, by size, up to its bound; keeps only whole frame buffers", () => {
+  const pool = new FramePool();
+  const a = pool.take(MAX_DATA_FRAME);
+  assert.equal(a.byteLength, MAX_DATA_FRAME);
+  pool.give(a);
+  assert.equal(pool.bytes, MAX_DATA_FRAME);
+  assert.equal(pool.take(MAX_DATA_FRAME), a, "the same buffer back");
+  assert.equal(pool.bytes, 0);
+  assert.notEqual(pool.take(MAX_DATA_FRAME), a, "taken once, not twice");
+  // a part of a frame buffer, or a plain array, would lose the headroom frames are encoded into
+  pool.give(a.subarray(0, 1024));
+  pool.give(new Uint8Array(MAX_DATA_FRAME));
+  assert.equal(pool.bytes, 0);
+  // bounded: 4 MiB of 64 KiB buffers
+  for (let i = 0; i < 100; i++) pool.give(allocDataBuffer(MAX_DATA_FRAME));
+  assert.equal(pool.bytes, 4 * 1024 * 1024);
+  // a buffer from the pool frames in place like a fresh one
+  const b = pool.take(MAX_DATA_FRAME);
+  b.set([1, 2, 3]);
+  const msg = encodeFrame(frames.data(b.subarray(0, 3)));
+  assert.equal(msg.buffer, b.buffer, "encoded in place");
 });
