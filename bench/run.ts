@@ -81,11 +81,22 @@ async function main(): Promise<number> {
   const env = await BenchEnv.start(say);
   const results: BenchResult[] = [];
   let interrupted = false;
+  // SIGTERM, or Ctrl-C a second time: the lab goes at once (the bench in progress fails against it) and so do we
+  const now = (code = 143) => {
+    say("stopping now: cleaning up");
+    env.close().then((problems) => {
+      if (problems.length) say(`cleanup problems: ${problems.join("; ")}`);
+      Deno.exit(code);
+    });
+  };
   const stop = () => {
+    if (interrupted) return now(130);
     interrupted = true;
-    say("interrupted: stopping after this bench, then cleaning up");
+    say("interrupted: stopping after this bench, then cleaning up (Ctrl-C again: now)");
   };
   Deno.addSignalListener("SIGINT", stop);
+  const term = () => now();
+  Deno.addSignalListener("SIGTERM", term);
   try {
     for (const b of chosen) {
       if (interrupted) break;
@@ -96,6 +107,7 @@ async function main(): Promise<number> {
     }
   } finally {
     Deno.removeSignalListener("SIGINT", stop);
+    Deno.removeSignalListener("SIGTERM", term);
     const problems = await env.close();
     if (problems.length) say(`cleanup problems: ${problems.join("; ")}`);
   }

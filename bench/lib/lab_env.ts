@@ -398,7 +398,14 @@ export class BenchEnv {
   }
 
   /** Stops everything started here, quits tel, removes the lab. Never throws; returns what could not be removed. */
-  async close(): Promise<string[]> {
+  #closing?: Promise<string[]>;
+
+  /** Stops everything the bench started and removes the lab; later calls wait for the first. */
+  close(): Promise<string[]> {
+    return this.#closing ??= this.#close();
+  }
+
+  async #close(): Promise<string[]> {
     const problems: string[] = [];
     const attempt = async (what: string, f: () => Promise<unknown>) => {
       try {
