@@ -62,26 +62,42 @@ export function channelOptions(windowBytes = FLOW_CONTROL_WINDOW): grpc.ChannelO
 }
 
 /**
- * Makes a socket hand everything written to it in one turn of the event loop to the kernel as one writev. Deno's
- * node:http2 writes each HTTP/2 frame (at most 16 KiB of DATA) as its own socket write, five per 64 KiB message;
- * corked, they go out in one op (measured: +20% for one stream).
+ * Makes a socket hand what is written to it together to the kernel, as one writev. Deno's node:http2 writes each
+ * HTTP/2 frame (at most 16 KiB of DATA) as its own socket write, five per 64 KiB message; corked, they go out in one
+ * op (measured: +20% for one stream). Small writes (headers, a dial answer, a short reply) go at the end of the task
+ * that made them; bulk writes (at least {@link COALESCE_BULK} in that task) stay corked until the event loop's turn
+ * ends, joining what later callbacks of the same turn write. Uncorking every batch only once the turn ended cost
+ * connects ~50 µs (p50 834–839 vs 859–912 µs, `deno task bench connect`); uncorking every batch at the end of its
+ * task cost a single upload 5–15 %.
  */
 export function coalesceWrites(socket: Writable): void {
   const write = socket.write;
   let corked = false;
+  let bytes = 0;
   const uncork = () => {
     corked = false;
+    bytes = 0;
     socket.uncork();
+  };
+  const taskEnd = () => {
+    if (!corked) return;
+    if (bytes >= COALESCE_BULK) setImmediate(uncork);
+    else uncork();
   };
   socket.write = function (this: Writable, ...args: Parameters<Writable["write"]>): boolean {
     if (!corked && !socket.destroyed) {
       corked = true;
       socket.cork();
-      setImmediate(uncork);
+      queueMicrotask(taskEnd);
     }
+    const chunk = args[0] as { byteLength?: number; length?: number } | undefined;
+    bytes += chunk?.byteLength ?? chunk?.length ?? 0;
     return write.apply(socket, args);
   } as Writable["write"];
 }
+
+/** Bytes written in one task from which {@link coalesceWrites} keeps the socket corked until the loop's turn ends. */
+export const COALESCE_BULK = 32 * 1024;
 
 type SecureConnector = ReturnType<grpc.ChannelCredentials["_createSecureConnector"]>;
 
