@@ -26,6 +26,7 @@ export const BENCH_TOOLS: Record<string, string> = {
   sshd: "openssh-server",
   "ssh-keygen": "openssh-client",
   timeout: "coreutils",
+  tcpdump: "tcpdump",
 };
 
 /** The commit measured and the files that differed from it (others may be editing the same checkout). */

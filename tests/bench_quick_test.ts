@@ -56,6 +56,7 @@ Deno.test({
       assert.equal(by["dns-cached"].checks.answerMismatches, 0, "tel and dnsmasq answer the same");
       assert.equal(by["dns-uncached"].checks.telAnswered, by["dns-uncached"].checks.telAsked, "every lookup answered");
       assert.equal(by["connect"].checks.telErrors, 0, "every connect got its byte");
+      assert.ok(Number(by["connect"].checks.connectPathMatched) > 0, "connects split into stages from the captures");
       assert.ok(Number(by["profile"].checks.daemonSamples) > 0, "the daemon was profiled");
       for (const name of ["tcp-throughput", "tcp-portforward"]) {
         assert.ok(Number(by[name].checks.telBytes) > 0, `${name} moved bytes through tel`);

@@ -7,6 +7,8 @@ import { ProcSampler, type Usage } from "./procstat.ts";
 import { LabProcess } from "../../tests/lab/proc.ts";
 import type { Netns } from "../../tests/lab/netns.ts";
 import { LAB_NET } from "../../tests/lab/topology.ts";
+import { connectStages, parseTcpdump, STAGES } from "./connect_path.ts";
+import { percentile } from "./stats.ts";
 
 /** What a bench gets. */
 export interface BenchContext {
@@ -354,6 +356,7 @@ const connect: Bench = {
     out.checks.telConnections = ok;
     out.checks.telErrors = errors;
     if (errors > 0 || ok !== n * ctx.runs) out.ok = false;
+    await guarded(out, "tel connect path", () => connectPath(ctx, out));
     const p50 = out.c.median("p50", "tel", "µs");
     const p99 = out.c.median("p99", "tel", "µs");
     const ssh = out.c.median("p50", "sshuttle", "µs");
@@ -363,6 +366,75 @@ const connect: Bench = {
     );
   },
 };
+
+/**
+ * Where tel's connect time goes: sequential connects again, with tcpdump in the workstation (TUN, link to the manager)
+ * and the cluster namespace (the manager's dial), split into stages by the kernel's packet timestamps
+ * (connect_path.ts). Per stage the p50 and p99 over the connects of each run; the capture itself adds per-packet work.
+ */
+async function connectPath(ctx: BenchContext, out: BenchBody): Promise<void> {
+  const { env } = ctx;
+  const n = ctx.quick ? 100 : 2000;
+  const dir = env.lab.dir;
+  let matched = 0;
+  let unmatched = 0;
+  for (let run = 0; run < ctx.runs; run++) {
+    const files = { ws: `${dir}/connect-ws.pcap`, cl: `${dir}/connect-cl.pcap` };
+    // -Z root: tcpdump would drop to its own user, which may not write in the lab's directory
+    const capture = (ns: Netns, name: string, file: string, args: string[]) =>
+      LabProcess.start(ns, name, ["tcpdump", "-Z", "root", "-n", "-U", "-w", file, ...args], {
+        ready: /listening on/,
+      });
+    const caps = [
+      await capture(env.lab.ws, "tcpdump-ws", files.ws, [
+        "-i",
+        "any",
+        `tcp and (host ${BENCH_NET.telIp} or (host ${LAB_NET.apiCl} and port ${LAB_NET.managerPort}))`,
+      ]),
+    ];
+    try {
+      caps.push(await capture(env.lab.cl, "tcpdump-cl", files.cl, ["-i", "lo", `tcp port ${BENCH_NET.helloPort}`]));
+      const r = await env.lab.ws.run([
+        env.tcpbench,
+        "connect",
+        BENCH_NET.telIp,
+        String(BENCH_NET.helloPort),
+        String(n),
+        "60",
+      ]);
+      const j = JSON.parse(r.stdout) as { errors: number };
+      if (j.errors) out.ok = false;
+      // tcpdump hands the kernel's capture blocks over when they fill or after its 1 s buffer timeout; stopped
+      // before that, it writes nothing of the last block
+      await sleep(1500);
+    } finally {
+      for (const c of caps) await c.stop(2000);
+    }
+    const read = async (file: string) => {
+      const r = await new Deno.Command("tcpdump", { args: ["-r", file, "-tt", "-n"], stdout: "piped", stderr: "null" })
+        .output();
+      return parseTcpdump(new TextDecoder().decode(r.stdout));
+    };
+    const res = connectStages(await read(files.ws), await read(files.cl), {
+      pod: `${BENCH_NET.telIp}.${BENCH_NET.helloPort}`,
+      manager: `${LAB_NET.apiCl}.${LAB_NET.managerPort}`,
+    });
+    matched += res.stages.length;
+    unmatched += res.unmatched;
+    for (const [key, label] of STAGES) {
+      const xs = res.stages.map((s) => s[key]);
+      out.c.add(`path p50: ${label}`, "tel", "µs", "lower", percentile(xs, 50));
+      out.c.add(`path p99: ${label}`, "tel", "µs", "lower", percentile(xs, 99));
+    }
+    for (const f of Object.values(files)) await Deno.remove(f).catch(() => {});
+  }
+  out.checks.connectPathMatched = matched;
+  out.checks.connectPathUnmatched = unmatched;
+  out.notes.push(
+    "path rows: the same sequential connects under tcpdump (the capture adds work per packet), split into stages " +
+      "by the kernel's packet timestamps; a stage's p99 is over that stage alone, so the p99s do not add up",
+  );
+}
 
 /** The lab's Service names (FQDN) and their IPv4 ClusterIPs. */
 function serviceRecords(env: BenchEnv): [string, string][] {
