@@ -397,10 +397,12 @@ export class BenchEnv {
     return BENCH_NET.dnsmasqIp;
   }
 
-  /** Stops everything started here, quits tel, removes the lab. Never throws; returns what could not be removed. */
   #closing?: Promise<string[]>;
 
-  /** Stops everything the bench started and removes the lab; later calls wait for the first. */
+  /**
+   * Stops everything started here, quits tel, removes the lab. Never throws; returns what could not be removed. Later
+   * calls wait for the first.
+   */
   close(): Promise<string[]> {
     return this.#closing ??= this.#close();
   }

@@ -159,8 +159,8 @@ for (const server of TUNNEL_SERVERS) {
     try {
       await withManager(
         async ({ client, sessionId }) => {
-          // small echoes in many rounds: the manager's read buffers go back to its pool and on to other flows while
-          // those flows' earlier frames may still be queued; any buffer given back too early shows as foreign bytes
+          // small echoes in many rounds: the manager's read buffers go back to its pool and on to other flows; a
+          // buffer lent to two flows at once shows as foreign bytes
           const flows = 40;
           const runs = await Promise.all(Array.from({ length: flows }, async (_, i) => {
             const t = await openTunnel(client, {

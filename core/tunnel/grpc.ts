@@ -61,6 +61,9 @@ export function channelOptions(windowBytes = FLOW_CONTROL_WINDOW): grpc.ChannelO
   };
 }
 
+/** Bytes written in one task from which {@link coalesceWrites} keeps the socket corked until the loop's turn ends. */
+export const COALESCE_BULK = 32 * 1024;
+
 /**
  * Makes a socket hand what is written to it together to the kernel, as one writev. Deno's node:http2 writes each
  * HTTP/2 frame (at most 16 KiB of DATA) as its own socket write, five per 64 KiB message; corked, they go out in one
@@ -95,9 +98,6 @@ export function coalesceWrites(socket: Writable): void {
     return write.apply(socket, args);
   } as Writable["write"];
 }
-
-/** Bytes written in one task from which {@link coalesceWrites} keeps the socket corked until the loop's turn ends. */
-export const COALESCE_BULK = 32 * 1024;
 
 type SecureConnector = ReturnType<grpc.ChannelCredentials["_createSecureConnector"]>;
 
