@@ -4,6 +4,7 @@ import * as grpc from "@grpc/grpc-js";
 import { type Clock, systemClock } from "../../core/clock.ts";
 import { errorMessage } from "../../core/errors.ts";
 import { log } from "../../core/log.ts";
+import { formatHostPort } from "../../core/subnet/mod.ts";
 import {
   createTunedServer,
   type Frame,
@@ -280,9 +281,8 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
   server.addService(MANAGER_SERVICE, impl);
 
   const host = opts.address ?? "0.0.0.0";
-  const bindHost = host.includes(":") ? `[${host}]` : host;
   const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(`${bindHost}:${opts.port ?? 0}`, grpc.ServerCredentials.createInsecure(), (err, p) => {
+    server.bindAsync(formatHostPort(host, opts.port ?? 0), grpc.ServerCredentials.createInsecure(), (err, p) => {
       if (err) reject(err);
       else resolve(p);
     });

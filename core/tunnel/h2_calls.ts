@@ -13,7 +13,7 @@ import net from "node:net";
 import type { Buffer } from "node:buffer";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
-import { parseHostPort } from "../subnet/mod.ts";
+import { formatHostPort, parseHostPort } from "../subnet/mod.ts";
 import { decodeFrame, encodeGrpcMessage, type Frame, GRPC_PREFIX, MAX_DATA_FRAME } from "./frame.ts";
 import { type FrameChannel, type ServedCall, WaitingChannel } from "./frame_stream.ts";
 import {
@@ -34,6 +34,9 @@ const KEEPALIVE_TIMEOUT_MS = 10_000;
 
 /** Frames buffered per stream before its reads pause (HTTP/2 flow control then holds the sender). */
 const READ_HIGH_WATER = 16;
+
+/** The response headers of a served call, before any the server adds. */
+const RESPONSE_HEADERS = { ":status": 200, "content-type": "application/grpc" } as const;
 
 /** The message length in a gRPC prefix starting at `at` (big-endian, after the flag byte). */
 function prefixLength(b: Uint8Array, at: number): number {
@@ -77,7 +80,7 @@ export class H2Tunnels {
     if (!addr) throw new TypeError(`not host:port: ${this.#address}`);
     const { host, port } = addr;
     const window = this.#window;
-    const session = http2.connect(`http://${host.includes(":") ? `[${host}]` : host}:${port}`, {
+    const session = http2.connect(`http://${formatHostPort(host, port)}`, {
       settings: { initialWindowSize: window },
       createConnection: () => {
         const sock = net.connect({ host, port });
@@ -222,7 +225,7 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
     this.#responded = true;
     const st = this.#st as http2.ServerHttp2Stream;
     st.on("wantTrailers", () => st.sendTrailers({ "grpc-status": "0" }));
-    st.respond({ ":status": 200, "content-type": "application/grpc", ...headers }, { waitForTrailers: true });
+    st.respond({ ...RESPONSE_HEADERS, ...headers }, { waitForTrailers: true });
   }
 
   write(frame: Frame, written?: () => void): boolean | Promise<boolean> {
@@ -261,7 +264,7 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
       // nothing was sent: a trailers-only answer
       this.#responded = true;
       (st as http2.ServerHttp2Stream).respond(
-        { ":status": 200, "content-type": "application/grpc", "grpc-status": "0" },
+        { ...RESPONSE_HEADERS, "grpc-status": "0" },
         { endStream: true },
       );
       return;

@@ -8,6 +8,7 @@
 import dnsPacket from "dns-packet";
 import { Buffer } from "node:buffer";
 import { parseArgs } from "node:util";
+import { parseHostPort } from "../../core/subnet/mod.ts";
 
 /** name (lower case, no trailing dot) → addresses. */
 export type Records = Map<string, string[]>;
@@ -79,8 +80,7 @@ async function main(): Promise<void> {
       forward: { type: "string" },
     },
   });
-  const [host, portText] = splitHostPort(values.listen ?? "127.0.0.1:53");
-  const port = Number(portText);
+  const { host, port } = splitHostPort(values.listen ?? "127.0.0.1:53");
   const records: Records = new Map();
   for (const r of values.record ?? []) {
     const [name, ip] = r.split("=");
@@ -89,7 +89,7 @@ async function main(): Promise<void> {
   }
   const fwd = values.forward ? splitHostPort(values.forward) : undefined;
   const resolve = async (q: Uint8Array) =>
-    answer(q, records) ?? (fwd ? await forwardUdp(q, fwd[0], Number(fwd[1])) : undefined) ?? nxdomain(q);
+    answer(q, records) ?? (fwd ? await forwardUdp(q, fwd.host, fwd.port) : undefined) ?? nxdomain(q);
   const udp = Deno.listenDatagram({ transport: "udp", hostname: host, port });
   const tcp = Deno.listen({ hostname: host, port });
   console.log(`READY ${host}:${port}`);
@@ -134,10 +134,10 @@ async function main(): Promise<void> {
 }
 
 /** "1.2.3.4:53" or "[::1]:53" → [host, port]. */
-export function splitHostPort(s: string): [string, string] {
-  const m = /^\[(.+)\]:(\d+)$/.exec(s) ?? /^([^:]+):(\d+)$/.exec(s);
-  if (!m) throw new Error(`expected host:port, got ${s}`);
-  return [m[1], m[2]];
+export function splitHostPort(s: string): { host: string; port: number } {
+  const hp = parseHostPort(s);
+  if (!hp) throw new Error(`expected host:port, got ${s}`);
+  return hp;
 }
 
 if (import.meta.main) await main();

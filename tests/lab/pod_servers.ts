@@ -11,6 +11,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { formatHostPort } from "../../core/subnet/mod.ts";
 import { splitHostPort } from "./dns_server.ts";
 import { echoTcp } from "../fixtures/tcp_echo.ts";
 
@@ -25,13 +26,13 @@ export interface ListenSpec {
 export function parseListenSpec(text: string): ListenSpec {
   const at = text.indexOf("@");
   if (at <= 0) throw new Error(`expected name@host:port, got ${text}`);
-  const [hostname, port] = splitHostPort(text.slice(at + 1));
-  return { pod: text.slice(0, at), hostname, port: Number(port) };
+  const { host: hostname, port } = splitHostPort(text.slice(at + 1));
+  return { pod: text.slice(0, at), hostname, port };
 }
 
 /** Formats a {@link ListenSpec} for the command line. */
 export function formatListenSpec(s: ListenSpec): string {
-  return `${s.pod}@${s.hostname.includes(":") ? `[${s.hostname}]` : s.hostname}:${s.port}`;
+  return `${s.pod}@${formatHostPort(s.hostname, s.port)}`;
 }
 
 const CHUNK = (() => {
