@@ -21,10 +21,7 @@ Deno.test({
   fn: async () => {
     const cg = MemoryCgroup.create(`t${labId()}`, 96 * MiB);
     try {
-      const seen = await runIn(
-        cg,
-        `import { cgroupMemoryLimit } from "${MEMORY_TS}"; console.log(cgroupMemoryLimit());`,
-      );
+      const seen = await runIn(cg, LIMIT_SEEN);
       assert.equal(seen.code, 0, new TextDecoder().decode(seen.stderr));
       assert.equal(Number(new TextDecoder().decode(seen.stdout).trim()), 96 * MiB, "the governor's limit lookup");
       assert.equal(cg.stats().oomKills, 0);
