@@ -4,6 +4,8 @@
  * when that download is refused, this stops with a message naming what could not be fetched and leaves no binary.
  */
 
+import { v8FlagsArg } from "../core/exec.ts";
+
 /** Our target names → Deno's target triples. */
 export const TARGETS: Record<string, string> = {
   "linux-x64": "x86_64-unknown-linux-gnu",
@@ -21,7 +23,7 @@ async function compileOne(name: string): Promise<boolean> {
   const exe = `${dir}/tel${name.startsWith("windows") ? ".exe" : ""}`;
   await Deno.mkdir(dir, { recursive: true });
   const r = await new Deno.Command(Deno.execPath(), {
-    args: ["compile", "-A", "--unstable-net", "--target", triple, "--output", exe, `${root}main.ts`],
+    args: ["compile", "-A", "--unstable-net", v8FlagsArg(), "--target", triple, "--output", exe, `${root}main.ts`],
     cwd: root,
     stdout: "piped",
     stderr: "piped",

@@ -6,6 +6,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { selfArgv } from "../../core/exec.ts";
 import { Netns, type Netns as NetnsType, run, sweepStaleNamespaces, vethPair } from "./netns.ts";
 import { MemoryCgroup, type MemoryCgroupStats } from "./cgroup.ts";
 import { LabProcess } from "./proc.ts";
@@ -113,6 +114,8 @@ class FakeKubeControl {
 }
 
 function denoCmd(script: string, args: string[]): string[] {
+  // tel itself (the manager) runs the way tel starts its own processes: its permissions and V8 flags
+  if (script === SCRIPT.main) return selfArgv(args, `file://${script}`);
   return [Deno.execPath(), "run", "-A", script, ...args];
 }
 

@@ -1,5 +1,6 @@
 /** Runs the tel CLI inside a lab's workstation namespace, with the daemon's socket and state under the lab's dir. */
 
+import { v8FlagsArg } from "../../core/exec.ts";
 import type { Lab } from "./cluster.ts";
 import type { RunResult } from "./netns.ts";
 
@@ -32,6 +33,7 @@ export function labTel(lab: Lab): LabTel {
     "run",
     "-A",
     "--unstable-net",
+    v8FlagsArg(),
     ...denoFlags,
     MAIN,
     ...args,
