@@ -71,6 +71,35 @@ Deno.test(
   },
 );
 
+/** The kernel's count of retransmitted SYNs in the namespace (TcpExt TCPSynRetrans in /proc/net/netstat). */
+async function synRetransmits(sh: (cmd: string) => Promise<{ stdout: string }>): Promise<number> {
+  const lines = (await sh("cat /proc/net/netstat")).stdout.split("\n").filter((l) => l.startsWith("TcpExt:"));
+  const [names, values] = lines.map((l) => l.split(/\s+/).slice(1));
+  const i = names.indexOf("TCPSynRetrans");
+  ok(i >= 0, "TcpExt has TCPSynRetrans");
+  return Number(values[i]);
+}
+
+Deno.test(
+  "tcp over TUN: a client that reuses its port right after the server hung up first connects on its first SYN",
+  opts,
+  async () => {
+    await withTunLab(async ({ sh, stack }) => {
+      const before = await synRetransmits(sh);
+      // The lab's HTTP server closes first (Connection: close) and nc reads until it did, so our side waits in
+      // TIME-WAIT while the client's kernel, which closed second, may bind the same port again at once.
+      const get =
+        `printf 'GET /bytes/1000 HTTP/1.1\\r\\nHost: pod\\r\\n\\r\\n' | nc -w 10 -p 45123 ${POD4} ${PORT.http} | wc -c`;
+      const r = await sh(`${get} && ${get}`);
+      const sizes = r.stdout.trim().split("\n").map(Number);
+      equal(sizes.length, 2, r.stderr);
+      ok(sizes.every((n) => n > 1000 && n === sizes[0]), `both answers whole: ${r.stdout} ${r.stderr}`);
+      equal(await synRetransmits(sh) - before, 0, "no SYN had to be sent twice");
+      equal(stack.counters().tcpAccepted, 2);
+    });
+  },
+);
+
 const connectError = (host: string, port: number) => `
   try { (await Deno.connect({ hostname: "${host}", port: ${port} })).close(); console.log("connected"); }
   catch (e) { console.log(e.name + ": " + e.message); }

@@ -300,8 +300,11 @@ export class Stack {
     const key = key4or6(src, h.srcPort, dst, h.dstPort);
     const ep = this.#tcp.get(key);
     if (ep) {
-      ep.segment(h, data);
-      return;
+      if (!ep.reopensWith(h)) {
+        ep.segment(h, data);
+        return;
+      }
+      ep.endTimeWait(); // leaves the table: this SYN opens a new connection below
     }
     if (h.flags & RST) return;
     const route: TcpRoute = { family, local: dst.slice(), remote: src.slice() };

@@ -283,6 +283,54 @@ Deno.test("tcp: their FIN after ours is answered by one ACK; our FIN acked in CL
   equal(env2.take().length, 0, "nothing to say when our FIN is acknowledged");
 });
 
+/** A connection we closed first, now in TIME-WAIT (their SYN was seq 1000 with TSval 1, so RCV.NXT is 1002). */
+async function inTimeWait(env: ReturnType<typeof setup>) {
+  const { conn } = await handshake(env);
+  env.take();
+  conn.close();
+  const [fin] = env.take();
+  env.stack.input([env.seg({ seq: 1001, ack: (fin.tcp!.seq + 1) >>> 0, flags: ACK | FIN })]);
+  equal(conn.state, "time-wait");
+  env.take();
+  return conn;
+}
+
+Deno.test("tcp: a SYN reusing the port of our TIME-WAIT opens anew when its seq or timestamp is newer; else a challenge ACK", async () => {
+  const newSyn = (env: ReturnType<typeof setup>, seq: number, tsVal?: number) =>
+    env.stack.input([env.seg({ seq, flags: SYN, window: 65535, mss: 1460, ...(tsVal ? { tsVal, tsEcr: 0 } : {}) })]);
+  for (
+    const [what, seq, tsVal] of [["a higher sequence number", 5000, undefined], ["a newer timestamp", 500, 9]] as const
+  ) {
+    const env = setup({ tcp: { timeWaitMs: 1000 } });
+    const old = await inTimeWait(env);
+    newSyn(env, seq, tsVal);
+    await tick();
+    equal(old.state, "closed", `${what}: the wait is over`);
+    equal(env.conns.length, 2, `${what}: the forwarder sees a new connection`);
+    const [synAck] = env.take();
+    equal(synAck.tcp!.flags, SYN | ACK, `${what}: answered with a SYN-ACK`);
+    equal(synAck.tcp!.ack, seq + 1);
+    env.stack.input([env.seg({ seq: seq + 1, ack: (synAck.tcp!.seq + 1) >>> 0 })]);
+    equal(env.conns[1].state, "established");
+  }
+  // an old duplicate: same timestamp, sequence number below what we received
+  const env = setup({ tcp: { timeWaitMs: 1000 } });
+  const old = await inTimeWait(env);
+  newSyn(env, 500, 1);
+  await tick();
+  const [ack] = env.take();
+  equal(ack.tcp!.flags, ACK, "a challenge ACK");
+  equal(ack.tcp!.ack, 1002);
+  equal(old.state, "time-wait");
+  equal(env.conns.length, 1, "no new connection");
+  env.stack.input([env.seg({ seq: 1002, flags: RST })]); // the peer's answer to the challenge
+  equal(old.state, "closed");
+  newSyn(env, 500, 1); // its retransmitted SYN now opens a connection
+  await tick();
+  equal(env.conns.length, 2);
+  equal(env.take()[0].tcp!.flags, SYN | ACK);
+});
+
 Deno.test("tcp: a zero window is probed after the RTO instead of stalling forever", async () => {
   const env = setup();
   const { snd, conn } = await handshake(env, 0);

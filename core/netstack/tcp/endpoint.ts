@@ -345,6 +345,23 @@ export class TcpEndpoint implements TcpConn {
 
   // ---- input ----
 
+  /**
+   * Whether `h`, a SYN for this connection's addresses, opens a new connection while this one waits in TIME-WAIT:
+   * its sequence number lies beyond what we received, or its timestamp is newer than the last we saw (as Linux
+   * decides, after RFC 1122 §4.2.2.13 and RFC 6191). We close first when the target does (a server that answers and
+   * hangs up), so the client holds no TIME-WAIT of its own and may reuse the port at once; without this its connect
+   * waited out our 2 s TIME-WAIT in SYN retransmissions.
+   */
+  reopensWith(h: TcpHeader): boolean {
+    if (this.#state !== "time-wait" || (h.flags & (SYN | ACK | RST)) !== SYN) return false;
+    return seqGt(h.seq, this.#rcvNxt) || (this.#tsOk && h.tsVal !== undefined && seqGt(h.tsVal, this.#tsRecent));
+  }
+
+  /** Ends TIME-WAIT at once, quietly (a new connection takes over the addresses). */
+  endTimeWait(): void {
+    if (this.#state === "time-wait") this.#destroy();
+  }
+
   /** Handles one inbound segment (checksum already verified). */
   segment(h: TcpHeader, data: Uint8Array): void {
     const flags = h.flags;
@@ -383,6 +400,10 @@ export class TcpEndpoint implements TcpConn {
         if (flags & FIN) {
           this.#sendAck();
           this.#arm(this.#tune.timeWaitMs);
+        } else if (flags & SYN) {
+          // an old duplicate or a SYN too low to reopen with (reopensWith said no): a challenge ACK (RFC 5961 §4);
+          // a peer that really opens anew answers it with RST, which ends the wait, and its next SYN gets through
+          this.#sendAck();
         }
         return;
     }
