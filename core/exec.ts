@@ -44,13 +44,14 @@ export function v8FlagsArg(): string {
 
 /**
  * The argv that runs `tel <args>` with this same program: the compiled binary (its V8 flags were compiled in), or
- * deno running the main module (main.ts, or the bundle) with the permissions and V8 flags tel needs.
+ * deno running the main module (main.ts, or the bundle) with the permissions and V8 flags tel needs, and
+ * `denoFlags` (e.g. --inspect) before the script.
  */
-export function selfArgv(args: string[], mainModule = Deno.mainModule): string[] {
+export function selfArgv(args: string[], mainModule = Deno.mainModule, denoFlags: string[] = []): string[] {
   if (Deno.build.standalone) return [Deno.execPath(), ...args];
   const main = new URL(mainModule);
   const script = main.protocol === "file:" ? decodeURIComponent(main.pathname) : mainModule;
-  return [Deno.execPath(), "run", "-A", "--unstable-net", v8FlagsArg(), script, ...args];
+  return [Deno.execPath(), "run", "-A", "--unstable-net", v8FlagsArg(), ...denoFlags, script, ...args];
 }
 
 /**

@@ -1,25 +1,27 @@
 import assert from "node:assert/strict";
-import { RUNTIME_V8_FLAGS, selfArgv, v8FlagsArg } from "./exec.ts";
+import { execCommand, RUNTIME_V8_FLAGS, selfArgv, v8FlagsArg } from "./exec.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const FIXTURE = new URL("./exec_v8_fixture.ts", import.meta.url).pathname;
 
 /** The young generation's largest size (MiB) in a fresh deno running the fixture with `flags`. */
 async function newSpaceMiB(flags: string[]): Promise<number> {
-  const r = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", ...flags, FIXTURE],
-    stdout: "piped",
-    stderr: "piped",
+  const r = await execCommand(Deno.execPath(), ["run", "-A", ...flags, FIXTURE], {
+    timeoutMs: 60_000,
     env: { NO_COLOR: "1", RUST_BACKTRACE: "0" },
-  }).output();
-  const out = new TextDecoder().decode(r.stdout);
-  assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
-  return JSON.parse(out).newSpaceMiB;
+  });
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout).newSpaceMiB;
 }
 
 Deno.test("selfArgv starts tel with its V8 flags (before the script, where deno reads them)", () => {
   const argv = selfArgv(["daemon"], "file:///opt/tel/main.ts");
   assert.deepEqual(argv.slice(1), ["run", "-A", "--unstable-net", v8FlagsArg(), "/opt/tel/main.ts", "daemon"]);
+  assert.deepEqual(
+    selfArgv(["daemon"], "file:///opt/tel/main.ts", ["--inspect=127.0.0.1:9229"]).slice(1),
+    ["run", "-A", "--unstable-net", v8FlagsArg(), "--inspect=127.0.0.1:9229", "/opt/tel/main.ts", "daemon"],
+    "deno's own flags go before the script too",
+  );
   assert.equal(v8FlagsArg(), `--v8-flags=${RUNTIME_V8_FLAGS.join(",")}`);
 });
 

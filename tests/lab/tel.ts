@@ -1,10 +1,10 @@
 /** Runs the tel CLI inside a lab's workstation namespace, with the daemon's socket and state under the lab's dir. */
 
-import { v8FlagsArg } from "../../core/exec.ts";
+import { selfArgv } from "../../core/exec.ts";
 import type { Lab } from "./cluster.ts";
 import type { RunResult } from "./netns.ts";
 
-const MAIN = new URL("../../main.ts", import.meta.url).pathname;
+const MAIN = new URL("../../main.ts", import.meta.url).href;
 
 /** A tel CLI bound to one lab. */
 export interface LabTel {
@@ -29,14 +29,8 @@ export function labTel(lab: Lab): LabTel {
     "RUST_BACKTRACE=0",
     "NO_COLOR=1",
     ...Object.entries(env).map(([k, v]) => `${k}=${v}`),
-    Deno.execPath(),
-    "run",
-    "-A",
-    "--unstable-net",
-    v8FlagsArg(),
-    ...denoFlags,
-    MAIN,
-    ...args,
+    // as tel starts itself (permissions, V8 flags)
+    ...selfArgv(args, MAIN, denoFlags),
   ];
   return { state, socket, argv, run: (args, env = {}) => lab.ws.run(argv(args, env)) };
 }
