@@ -83,6 +83,8 @@ export interface Vif {
    * (the device reads into one reused buffer): copy what you keep. A Vif is a netstack `Link`.
    */
   readPackets(): Promise<Uint8Array[]>;
+  /** Packets already queued, without waiting (see the netstack's `Link`); optional. */
+  tryReadPackets?(): Uint8Array[];
   /**
    * Writes one whole IP packet synchronously; the buffer may be reused right after. With `gso` (only when
    * `offload.tsoMaxPacket` > 0) the packet is a TCP super-segment the kernel cuts into `segmentSize` pieces.

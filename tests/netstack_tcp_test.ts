@@ -44,6 +44,25 @@ Deno.test("tcp over TUN: 200 parallel connections all get their answer", opts, a
   });
 });
 
+Deno.test(
+  "tcp over TUN: the kernel's answers to our writes are read right after them, not after a wait",
+  opts,
+  async () => {
+    await withTunLab(async ({ sh, stack }) => {
+      // one connection at a time, so the stack's read loop waits between them: the client's kernel acknowledges our
+      // SYN-ACK and our data within our writes to the TUN, and those ACKs are there to read at once
+      const r = await sh(
+        `for i in $(seq 20); do curl -sS --max-time 10 -o /dev/null -w '%{http_code} ' ` +
+          `http://${POD4}:${PORT.http}/bytes/1000 || exit 1; done`,
+      );
+      equal(r.stdout.trim(), Array(20).fill("200").join(" "), r.stderr);
+      const c = stack.counters();
+      ok(c.packetsReadAfterWrite >= 20, JSON.stringify(c));
+      ok(c.packetsReadAfterWrite < c.packetsIn, "the SYNs (the client's own doing) came through the wait");
+    });
+  },
+);
+
 const halfClose = (host: string) => `
   const c = await Deno.connect({ hostname: "${host}", port: ${PORT.echo} });
   const sent = new Uint8Array(300000).map((_, i) => (i * 7) & 255);

@@ -27,6 +27,12 @@ export interface Link {
    * The views are valid only until the next call: the caller copies what it keeps.
    */
   readPackets(): Promise<Uint8Array[]>;
+  /**
+   * Packets already queued, without waiting ([] when none, or while a batch `readPackets` returned was not yet
+   * taken); views valid until the next read of either kind. Optional: the stack then reads only through
+   * `readPackets`.
+   */
+  tryReadPackets?(): Uint8Array[];
   /** Sends one whole IP packet; the link does not keep `packet` after returning. */
   writePacket(packet: Uint8Array, gso?: Gso): void;
   /** Offloads, when the link has them (inbound packets may then be larger than `mtu`). */
@@ -71,6 +77,13 @@ export class ChannelLink implements Link {
       await new Promise<void>((r) => this.#waiter = r);
       this.#waiter = undefined;
     }
+    const batch = this.#queue;
+    this.#queue = [];
+    return batch;
+  }
+
+  tryReadPackets(): Uint8Array[] {
+    if (this.#closed) return [];
     const batch = this.#queue;
     this.#queue = [];
     return batch;

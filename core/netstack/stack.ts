@@ -21,7 +21,7 @@ import { encodeIpv4, parseIpv4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP }
 import { encodeIpv6, parseIpv6 } from "./header/ipv6.ts";
 import { ACK, encodeTcp, parseTcp, RST, SYN, type TcpFields, type TcpHeader } from "./header/tcp.ts";
 import { encodeUdp, parseUdp } from "./header/udp.ts";
-import type { Link } from "./link.ts";
+import type { Gso, Link } from "./link.ts";
 import {
   DEFAULT_TCP_TUNING,
   type TcpConn,
@@ -36,6 +36,8 @@ import { UdpEndpoint, type UdpFlow, type UdpHost } from "./udp.ts";
 
 /** Longest run of packet input without giving timers and I/O a turn of the event loop. */
 const EVENT_LOOP_TURN_MS = 2;
+/** Batches read right after a write (each handled, its answers written, then read again) before the run loop's turn. */
+const READ_AFTER_WRITE_ROUNDS = 4;
 
 /**
  * Decides what happens to new flows. For TCP the SYN-ACK is sent only after `tcp()` resolves "accept"; the
@@ -99,6 +101,7 @@ export class Stack {
   #tsoMax: number;
   #inInput = false;
   #flushQueued = false;
+  #drainQueued = false;
   #tcpHost: TcpHost;
   #reassembler: Reassembler;
   #udpHost: UdpHost;
@@ -206,8 +209,8 @@ export class Stack {
         }
       }
     }
-    this.#inInput = false;
     this.#flushAcks();
+    this.#inInput = false; // the run loop's next read comes right after (it waits only when nothing is there)
   }
 
   #flushAcks(): void {
@@ -375,10 +378,39 @@ export class Stack {
       out[ipLen + 17] = c & 0xff;
       this.#ipHeader(r.family, r.local, r.remote, PROTO_TCP, ipLen, segLen);
       this.#counters.packetsOut++;
-      this.#link.writePacket(out.subarray(0, ipLen + segLen), { segmentSize: ep.mss, headerLength: ipLen + hl });
+      this.#write(out.subarray(0, ipLen + segLen), { segmentSize: ep.mss, headerLength: ipLen + hl });
       return;
     }
     this.#finish(r.family, r.local, r.remote, PROTO_TCP, ipLen, segLen, 16);
+  }
+
+  /**
+   * Sends a packet. One sent outside {@link input} (data or a SYN-ACK from the tunnel side) may be answered by the
+   * local kernel within the write (an ACK, a window update that releases queued data): those are read right after,
+   * in this turn, instead of after the link's wait wakes the run loop.
+   */
+  #write(packet: Uint8Array, gso?: Gso): void {
+    this.#link.writePacket(packet, gso);
+    if (this.#inInput || this.#drainQueued || !this.#link.tryReadPackets) return;
+    this.#drainQueued = true;
+    queueMicrotask(() => this.#readAfterWrite());
+  }
+
+  #readAfterWrite(): void {
+    this.#drainQueued = false;
+    for (let round = 0; round < READ_AFTER_WRITE_ROUNDS && !this.#closed; round++) {
+      let batch: Uint8Array[];
+      try {
+        batch = this.#link.tryReadPackets!();
+      } catch (e) {
+        // the run loop's next read meets the same failure and reports it
+        log.debug("netstack", "read after write failed", { error: e });
+        return;
+      }
+      if (batch.length === 0) return;
+      this.#counters.packetsReadAfterWrite += batch.length;
+      this.input(batch);
+    }
   }
 
   #ipHeader(family: 4 | 6, src: Uint8Array, dst: Uint8Array, proto: number, ipLen: number, l4Len: number): void {
@@ -408,7 +440,7 @@ export class Stack {
     if (ipLen + l4Len > this.#link.mtu) return this.#fragmentOut(family, src, dst, proto, ipLen, l4Len);
     this.#ipHeader(family, src, dst, proto, ipLen, l4Len);
     this.#counters.packetsOut++;
-    this.#link.writePacket(out.subarray(0, ipLen + l4Len));
+    this.#write(out.subarray(0, ipLen + l4Len));
   }
 
   /** Sends the L4 message in `#out` as IPv4 fragments (RFC 791) or IPv6 fragments (RFC 8200 §4.5). */
@@ -443,7 +475,7 @@ export class Stack {
         f[47] = id & 0xff;
       }
       this.#counters.packetsOut++;
-      this.#link.writePacket(f.subarray(0, hdr + n));
+      this.#write(f.subarray(0, hdr + n));
     }
   }
 

@@ -58,7 +58,7 @@ function setup(o: { verdict?: (c: TcpConn) => Promise<Verdict>; tcp?: Partial<Tc
   const take = () => out.splice(0).map(parse);
   const seg = (f: Partial<TcpFields>, payload?: Uint8Array) =>
     tcpPacket(CLIENT, POD, { srcPort: 40000, dstPort: 80, seq: 0, ack: 0, flags: ACK, window: 512, ...f }, payload);
-  return { fake, stack, take, seg, conns, flows };
+  return { fake, stack, take, seg, conns, flows, link };
 }
 
 /** Handshake with window scale 7 and timestamps; returns the server's next sequence number. */
@@ -99,6 +99,41 @@ Deno.test("tcp: the SYN-ACK waits for the forwarder and carries MSS, window scal
   equal(s.tcp!.windowScale, 7);
   equal(s.tcp!.tsEcr, 99);
   assertEquals(env.conns[0].id, { proto: "tcp", family: 4, src: CLIENT, srcPort: 40000, dst: POD, dstPort: 80 });
+});
+
+Deno.test("tcp: what the link holds right after a write outside input (the kernel's answer) is read in that turn, without the run loop", async () => {
+  const env = setup();
+  // like the local kernel behind a TUN: the client's ACK of our SYN-ACK is queued before the write returns
+  const record = env.link.onWrite;
+  let answered = 0;
+  let snd = 0;
+  env.link.onWrite = (p, gso) => {
+    record(p, gso);
+    const s = parse(p);
+    if (s.tcp?.flags === (SYN | ACK)) {
+      answered++;
+      snd = (s.tcp.seq + 1) >>> 0;
+      env.link.inject(env.seg({ seq: 1001, ack: snd }));
+    }
+  };
+  env.stack.input([env.seg({ seq: 1000, flags: SYN, window: 65535, mss: 1460 })]);
+  await tick(); // the verdict: the SYN-ACK goes out from a callback, not from input()
+  equal(answered, 1);
+  // nobody runs stack.run(): only the read after the write can have taken the ACK
+  equal(env.conns[0].state, "established");
+  equal(env.link.tryReadPackets().length, 0, "the ACK was taken from the link");
+  equal(env.stack.counters().packetsReadAfterWrite, 1);
+  env.take();
+
+  // a write made while input() handles packets is not followed by a read inside input(): the run loop reads next
+  env.link.onWrite = (p, gso) => {
+    record(p, gso);
+    env.link.inject(env.seg({ seq: 1004, ack: snd })); // something queued by the answer
+  };
+  env.stack.input([env.seg({ seq: 1001, ack: snd, flags: ACK | PSH }, new Uint8Array([1, 2, 3]))]);
+  await tick();
+  equal(env.take().length, 1, "the data was acknowledged");
+  equal(env.link.tryReadPackets().length, 1, "what came meanwhile waits for the run loop");
 });
 
 Deno.test("tcp: refused answers RST|ACK, unreachable answers ICMP host unreachable quoting the SYN", async () => {

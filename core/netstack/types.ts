@@ -16,6 +16,8 @@ export type Verdict = "accept" | "refused" | "unreachable";
 /** Drop and event counters of a stack, for `tel status`. */
 export interface Counters {
   packetsIn: number;
+  /** Of those, packets read right after a write of ours (the local kernel answered within it), not after a wait. */
+  packetsReadAfterWrite: number;
   packetsOut: number;
   /** Malformed headers, bad checksums, bad lengths. */
   invalid: number;
@@ -49,6 +51,7 @@ export interface Counters {
 export function zeroCounters(): Counters {
   return {
     packetsIn: 0,
+    packetsReadAfterWrite: 0,
     packetsOut: 0,
     invalid: 0,
     notRouted: 0,

@@ -81,6 +81,7 @@ class TunLinux implements Vif {
   #routes = new Set<string>();
   /** Packets the kernel did not take on write. */
   writeErrors = 0;
+  #handedOut = false;
   readonly offload?: { rxChecksum: boolean; tsoMaxPacket: number };
   /** With IFF_VNET_HDR: where the packet starts in a slot (the header sits just before, packets stay aligned). */
   #pad = 0;
@@ -108,29 +109,45 @@ class TunLinux implements Vif {
   }
 
   async readPackets(): Promise<Uint8Array[]> {
-    const c = lib().symbols;
+    this.#handedOut = false;
     for (;;) {
       if (this.#closed) throw new TelError("platform", "plugin/vif: device closed");
-      const batch: Uint8Array[] = [];
-      for (let i = 0; i < BATCH; i++) {
-        const at = i * this.#slot + this.#pad - (this.#pad ? VNET_HDR_LEN : 0);
-        const n = Number(c.read(this.#fd, this.#buf.subarray(at, at + this.#slot - this.#pad), this.#slotBig));
-        if (n > (this.#pad ? VNET_HDR_LEN : 0)) {
-          // The virtio header says nothing the stack needs: lengths are in the IP header, checksums are trusted.
-          batch.push(this.#buf.subarray(i * this.#slot + this.#pad, at + n));
-          continue;
-        }
-        const e = n < 0 ? errno(lib()) : 0;
-        if (n < 0 && e !== EAGAIN && e !== EINTR) {
-          fail(`read from ${this.name} failed (errno ${e})`, "the TUN device was removed or is unusable");
-        }
-        break;
+      const batch = this.#drain();
+      if (batch.length > 0) {
+        this.#handedOut = true;
+        return batch;
       }
-      if (batch.length > 0) return batch;
-      this.#polling = c.poll(this.#pollfd, 1n, POLL_MS);
+      this.#polling = lib().symbols.poll(this.#pollfd, 1n, POLL_MS);
       await this.#polling;
       this.#polling = undefined;
     }
+  }
+
+  tryReadPackets(): Uint8Array[] {
+    // the buffer holds a batch readPackets handed out that its caller has not taken yet
+    if (this.#closed || this.#handedOut) return [];
+    return this.#drain();
+  }
+
+  /** Reads what the device has queued (up to a batch) into the buffer's slots, without waiting. */
+  #drain(): Uint8Array[] {
+    const c = lib().symbols;
+    const batch: Uint8Array[] = [];
+    for (let i = 0; i < BATCH; i++) {
+      const at = i * this.#slot + this.#pad - (this.#pad ? VNET_HDR_LEN : 0);
+      const n = Number(c.read(this.#fd, this.#buf.subarray(at, at + this.#slot - this.#pad), this.#slotBig));
+      if (n > (this.#pad ? VNET_HDR_LEN : 0)) {
+        // The virtio header says nothing the stack needs: lengths are in the IP header, checksums are trusted.
+        batch.push(this.#buf.subarray(i * this.#slot + this.#pad, at + n));
+        continue;
+      }
+      const e = n < 0 ? errno(lib()) : 0;
+      if (n < 0 && e !== EAGAIN && e !== EINTR) {
+        fail(`read from ${this.name} failed (errno ${e})`, "the TUN device was removed or is unusable");
+      }
+      break;
+    }
+    return batch;
   }
 
   writePacket(packet: Uint8Array, gso?: { segmentSize: number; headerLength: number }): void {
