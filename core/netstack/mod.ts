@@ -31,7 +31,9 @@
  * checksums are trusted and TCP sends ~64 KiB super-segments the kernel cuts (TSO). Not done: urgent data, keepalive,
  * IPv6 reassembly when other extension headers precede the fragment header (counted as reassemblyDrops).
  *
- * `Link` is what a Vif provides (`readPackets`/`writePacket`/`mtu`); `ChannelLink` is the in-memory one for tests.
+ * `Link` is what a Vif provides (`readPackets`/`writePacket`/`mtu`, optionally `tryReadPackets`, which the stack calls
+ * right after writes made outside packet input to take what the local kernel answered within them); `ChannelLink` is
+ * the in-memory one for tests.
  * TcpConn.writable does not copy chunks: don't mutate a buffer after writing it.
  */
 
