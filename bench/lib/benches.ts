@@ -7,7 +7,7 @@ import { ProcSampler, type Usage } from "./procstat.ts";
 import { LabProcess } from "../../tests/lab/proc.ts";
 import type { Netns } from "../../tests/lab/netns.ts";
 import { LAB_NET } from "../../tests/lab/topology.ts";
-import { connectStages, parseTcpdump, STAGES } from "./connect_path.ts";
+import { connectStages, parseTcpdump, slowestStages, STAGES } from "./connect_path.ts";
 import { percentile } from "./stats.ts";
 
 /** What a bench gets. */
@@ -422,10 +422,12 @@ async function connectPath(ctx: BenchContext, out: BenchBody): Promise<void> {
     });
     matched += res.stages.length;
     unmatched += res.unmatched;
+    const slow = slowestStages(res.stages, 0.01);
     for (const [key, label] of STAGES) {
       const xs = res.stages.map((s) => s[key]);
       out.c.add(`path p50: ${label}`, "tel", "µs", "lower", percentile(xs, 50));
       out.c.add(`path p99: ${label}`, "tel", "µs", "lower", percentile(xs, 99));
+      if (slow) out.c.add(`path slowest 1 %: ${label}`, "tel", "µs", "lower", slow[key]);
     }
     for (const f of Object.values(files)) await Deno.remove(f).catch(() => {});
   }
@@ -433,7 +435,8 @@ async function connectPath(ctx: BenchContext, out: BenchBody): Promise<void> {
   out.checks.connectPathUnmatched = unmatched;
   out.notes.push(
     "path rows: the same sequential connects under tcpdump (the capture adds work per packet), split into stages " +
-      "by the kernel's packet timestamps; a stage's p99 is over that stage alone, so the p99s do not add up",
+      "by the kernel's packet timestamps; a stage's p99 is over that stage alone, so the p99s do not add up; " +
+      "'slowest 1 %' rows are each stage's mean over the 1 % of connects with the largest total (they add up, to rounding)",
   );
 }
 

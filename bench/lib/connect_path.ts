@@ -133,3 +133,17 @@ export function connectStages(ws: Segment[], cl: Segment[], ends: PathEnds): {
   }
   return { stages, unmatched };
 }
+
+/**
+ * Where the slowest connects lose their time: over the `fraction` of connects with the largest total (at least one),
+ * the mean of each stage, so the stages add up to their mean total. Per-stage p99s do not say this (each is over its
+ * stage alone), nor would per-stage medians (each slow connect is slow in a stage of its own).
+ */
+export function slowestStages(stages: readonly ConnectStages[], fraction = 0.01): ConnectStages | undefined {
+  if (stages.length === 0) return undefined;
+  const k = Math.max(1, Math.round(stages.length * fraction));
+  const slow = [...stages].sort((a, b) => b.total - a.total).slice(0, k);
+  const out = {} as ConnectStages;
+  for (const [key] of STAGES) out[key] = Math.round(slow.reduce((sum, s) => sum + s[key], 0) / k);
+  return out;
+}

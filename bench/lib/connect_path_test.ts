@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { connectStages, parseTcpdump } from "./connect_path.ts";
+import { type ConnectStages, connectStages, parseTcpdump, slowestStages } from "./connect_path.ts";
 
 const ENDS = { pod: "198.18.0.30.9101", manager: "198.19.255.2.8081" };
 
@@ -55,4 +55,26 @@ Deno.test("connect path: segments out of path order are not counted as a connect
   const { stages, unmatched } = connectStages(parseTcpdump(WS), parseTcpdump(cl), ENDS);
   assert.equal(stages.length, 0);
   assert.equal(unmatched, 2);
+});
+
+Deno.test("connect path: the slowest connects' stages are means over the slowest fraction by total, adding up", () => {
+  const stage = (total: number, managerOut: number): ConnectStages => ({
+    daemonIn: 10,
+    managerIn: 10,
+    targetConnect: 10,
+    managerOut,
+    daemonOut: 10,
+    firstByte: total - 40 - managerOut,
+    total,
+  });
+  // 198 fast connects and two slow ones, slow in different stages
+  const stages = [...Array.from({ length: 198 }, (_, i) => stage(500 + i, 100)), stage(3000, 2500), stage(2800, 150)];
+  const slow = slowestStages(stages, 0.01)!; // the 2 slowest
+  assert.equal(slow.total, 2900);
+  assert.equal(slow.managerOut, 1325);
+  assert.equal(slow.firstByte, (3000 - 40 - 2500 + 2800 - 40 - 150) / 2);
+  const { total, ...parts } = slow;
+  assert.equal(Object.values(parts).reduce((a, b) => a + b, 0), total, "the stages add up to the total");
+  assert.equal(slowestStages(stages, 0.005)!.managerOut, 2500, "the single slowest");
+  assert.equal(slowestStages([], 0.01), undefined);
 });
