@@ -436,7 +436,8 @@ async function connectPath(ctx: BenchContext, out: BenchBody): Promise<void> {
   out.notes.push(
     "path rows: the same sequential connects under tcpdump (the capture adds work per packet), split into stages " +
       "by the kernel's packet timestamps; a stage's p99 is over that stage alone, so the p99s do not add up; " +
-      "'slowest 1 %' rows are each stage's mean over the 1 % of connects with the largest total (they add up, to rounding)",
+      "'slowest 1 %' rows are each stage's mean over the 1 % of connects with the largest total " +
+      "(they add up, to rounding)",
   );
 }
 
