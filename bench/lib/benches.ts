@@ -149,6 +149,27 @@ async function tput(
   return j;
 }
 
+/** What tcpbench's connect timer prints. */
+interface ConnectResult {
+  ok: number;
+  errors: number;
+  p50us: number;
+  p99us: number;
+}
+
+/**
+ * tcpbench's connect timer: up to `n` sequential connects to the hello server at `ip` within `seconds`, each timed to
+ * its first byte.
+ */
+async function connects(env: BenchEnv, ns: Netns, ip: string, n: number, seconds: number): Promise<ConnectResult> {
+  const r = await ns.run([env.tcpbench, "connect", ip, String(BENCH_NET.helloPort), String(n), String(seconds)]);
+  try {
+    return JSON.parse(r.stdout);
+  } catch {
+    throw new Error(`tcpbench connect to ${ip} (${r.code}): ${r.stdout.slice(-200)}${r.stderr.slice(-200)}`);
+  }
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
@@ -341,10 +362,7 @@ const connect: Bench = {
       for (const p of paths(ctx, !ctx.quick)) {
         await guarded(out, `${p.name} connect`, async () => {
           const ns = await p.ns();
-          const measure = async () => {
-            const r = await ns.run([ctx.env.tcpbench, "connect", p.ip, String(BENCH_NET.helloPort), String(n), "60"]);
-            return JSON.parse(r.stdout) as { ok: number; errors: number; p50us: number; p99us: number };
-          };
+          const measure = () => connects(ctx.env, ns, p.ip, n, 60);
           const r = p.name === "tel" ? await out.tel(measure) : await measure();
           out.c.add("p50", p.name, "µs", "lower", r.p50us);
           out.c.add("p99", p.name, "µs", "lower", r.p99us);
@@ -395,16 +413,7 @@ async function connectPath(ctx: BenchContext, out: BenchBody): Promise<void> {
     ];
     try {
       caps.push(await capture(env.lab.cl, "tcpdump-cl", files.cl, ["-i", "lo", `tcp port ${BENCH_NET.helloPort}`]));
-      const r = await env.lab.ws.run([
-        env.tcpbench,
-        "connect",
-        BENCH_NET.telIp,
-        String(BENCH_NET.helloPort),
-        String(n),
-        "60",
-      ]);
-      const j = JSON.parse(r.stdout) as { errors: number };
-      if (j.errors) out.ok = false;
+      if ((await connects(env, env.lab.ws, BENCH_NET.telIp, n, 60)).errors) out.ok = false;
       // tcpdump hands the kernel's capture blocks over when they fill or after its 1 s buffer timeout; stopped
       // before that, it writes nothing of the last block
       await sleep(1500);
@@ -774,15 +783,7 @@ const profile: Bench = {
     });
     await segment("connect + first byte", async () => {
       // as many sequential connects as fit in the window
-      const r = await env.lab.ws.run([
-        env.tcpbench,
-        "connect",
-        BENCH_NET.telIp,
-        String(BENCH_NET.helloPort),
-        "100000",
-        String(seconds),
-      ]);
-      const j = JSON.parse(r.stdout) as { ok: number; errors: number; p50us: number };
+      const j = await connects(env, env.lab.ws, BENCH_NET.telIp, 100_000, seconds);
       out.c.add("connect p50 (profiled)", "tel", "µs", "lower", j.p50us);
       out.checks.connects = j.ok;
       if (j.errors) out.ok = false;
