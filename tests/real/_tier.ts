@@ -77,3 +77,9 @@ export async function exists(path: string): Promise<boolean> {
 
 /** The repository root (tests/real/ is two levels down). */
 export const REPO_ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+
+/**
+ * What a log line or error message says when the apiserver refused a request. `403` stands alone: a port such as
+ * 127.0.0.1:40323 in a log line is not a refusal.
+ */
+export const PERMISSION_PROBLEM = /forbidden|\b403\b/i;

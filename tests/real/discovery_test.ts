@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { SubnetDiscovery } from "../../cluster/manager/discovery.ts";
 import type { ClusterInfo } from "../../cluster/manager/cluster_info.ts";
 import { REAL_SERVICE_CIDR, type RealApiServer } from "./apiserver.ts";
-import { ensureNamespace, exists, realTest } from "./_tier.ts";
+import { ensureNamespace, exists, PERMISSION_PROBLEM, realTest } from "./_tier.ts";
 import {
   applyManifests,
   inClusterKubeConfig,
@@ -81,7 +81,7 @@ realTest("subnet discovery as the manager's ServiceAccount", async (api, t) => {
       for (const w of d.warnings) console.error(`discovery warning: ${w.message}`);
       const info = await waitForPods(d, ["10.244.1.0/24", "10.244.2.0/24"]);
       assert.deepEqual(info.serviceSubnets, [REAL_SERVICE_CIDR]);
-      const forbidden = d.warnings.filter((w) => /forbidden|403/i.test(`${w.message} ${w.hint ?? ""}`));
+      const forbidden = d.warnings.filter((w) => PERMISSION_PROBLEM.test(`${w.message} ${w.hint ?? ""}`));
       assert.deepEqual(forbidden.map((w) => w.message), [], "RBAC of the manifests suffices for discovery");
       const svcs = await api.request("GET", `/api/v1/namespaces/${ns}/services`);
       assert.ok(
