@@ -16,6 +16,13 @@ import { type Clock, sleep, systemClock } from "../core/clock.ts";
 import { errorMessage, TelError } from "../core/errors.ts";
 import { log } from "../core/log.ts";
 import { writeAll } from "../core/io.ts";
+import {
+  type ChannelSocket,
+  type ChannelTransportCounts,
+  denoHttpAccess,
+  denoHttpUsable,
+  KubeChannels,
+} from "./kube_channels.ts";
 
 /**
  * A KubeConfig whose HTTP client speaks HTTP/1.1 only. undici (under client-node) offers h2 by ALPN and apiservers
@@ -448,6 +455,8 @@ export interface PortForwardHandle {
   port: number;
   /** Connections currently forwarded. */
   readonly active: number;
+  /** Websockets opened so far, per transport (Deno's own, or client-node's ws). */
+  readonly transports: ChannelTransportCounts;
   /** Stops listening and ends every forwarded connection. */
   close(): Promise<void>;
 }
@@ -460,14 +469,12 @@ export interface PortForwardOptions {
   localPort?: number;
   /** Called with a TelError when one forwarded connection fails (the listener stays up). */
   onError?: (err: TelError) => void;
+  /** Use Deno's WebSocket where the cluster allows it (default); false keeps client-node's ws transport. */
+  denoWebSocket?: boolean;
 }
 
-interface WsLike {
-  readyState: number;
-  protocol: string;
-  close(): void;
-  once(ev: "close", cb: () => void): void;
-}
+/** Bytes a forwarded connection may have waiting in its websocket before reading from the local side pauses. */
+const PF_BUFFERED_HIGH = 4 * 1024 * 1024;
 
 /**
  * Listens locally and forwards every accepted connection to `port` of a pod (client-node PortForward: one
@@ -495,8 +502,9 @@ export async function portForward(
   } catch (err) {
     throw kubeError(err, { verb: "get", resource: "pods", namespace, name: pod }, server0);
   }
-  const pf = new PortForward(kc, true);
-  const conns = new Map<Deno.Conn, WsLike | undefined>();
+  const channels = new KubeChannels(kc, { deno: opts.denoWebSocket });
+  const pf = new PortForward(kc, true, channels);
+  const conns = new Map<Deno.Conn, ChannelSocket | undefined>();
   const report = (err: TelError) => {
     log.debug("kube", "port-forward connection failed", { pod: `${namespace}/${pod}`, port, err: err.message });
     opts.onError?.(err);
@@ -534,19 +542,21 @@ export async function portForward(
       closeConn(conn);
     });
     pf.portForward(namespace, pod, [port], output, errStream, input).then(async (ws) => {
-      const w = ws as unknown as WsLike;
+      const w = ws as unknown as ChannelSocket;
       if (!conns.has(conn)) return w.close();
       conns.set(conn, w);
       // client-node does not end the local socket when the websocket closes: do it once the bytes are out
-      w.once("close", () => {
+      w.addEventListener("close", () => {
         writes.finally(() => closeConn(conn));
-      });
+      }, { once: true });
       const buf = new Uint8Array(64 * 1024);
       try {
         while (true) {
           const n = await conn.read(buf);
           if (n === null) break;
+          // client-node sends each chunk at once, so the websocket's own buffer is where a slow server shows
           if (!input.write(buf.slice(0, n))) await new Promise((r) => input.once("drain", r));
+          while (w.bufferedAmount > PF_BUFFERED_HIGH && w.readyState === 1) await sleep(1);
         }
         input.end(); // v5: a half-close frame; v4: client-node closes the websocket
       } catch (err) {
@@ -588,6 +598,9 @@ export async function portForward(
     get active() {
       return conns.size;
     },
+    get transports() {
+      return channels.counts;
+    },
     close: async () => {
       try {
         listener.close();
@@ -612,13 +625,6 @@ export interface WatchLike {
   ): Promise<AbortController>;
 }
 
-function pemText(v: unknown): string | undefined {
-  if (v === undefined || v === null) return undefined;
-  if (typeof v === "string") return v;
-  if (v instanceof Uint8Array) return new TextDecoder().decode(v);
-  return undefined;
-}
-
 /**
  * A watch over Deno's own fetch, with client-node's Watch contract and semantics (newline-delimited events, done
  * once; an inactivity timeout ends it with a TimeoutError). Why: client-node's Watch rides on undici, and under
@@ -640,8 +646,7 @@ export class DenoWatch implements WatchLike {
    * insecure-skip-tls-verify, tls-server-name or a proxy URL, so those keep client-node's Watch.
    */
   static usable(kc: KubeConfig): boolean {
-    const c = kc.getCurrentCluster();
-    return !!c && !c.skipTLSVerify && !c.proxyUrl && !c.tlsServerName;
+    return denoHttpUsable(kc);
   }
 
   /** Starts a watch; `done` is called once when it ends (null for a clean end), not after an abort by the caller. */
@@ -658,19 +663,7 @@ export class DenoWatch implements WatchLike {
     const url = new URL(cluster.server + path);
     url.searchParams.set("watch", "true");
     for (const [k, v] of Object.entries(queryParams ?? {})) if (v !== undefined) url.searchParams.set(k, String(v));
-    // deno-lint-ignore no-explicit-any
-    const opts: any = {};
-    await this.#kc.applyToHTTPSOptions(opts);
-    const headers = new Headers();
-    for (const [k, v] of Object.entries(opts.headers ?? {})) headers.set(k, String(v));
-    if (opts.auth) headers.set("Authorization", `Basic ${btoa(opts.auth)}`);
-    const ca = pemText(opts.ca);
-    const cert = pemText(opts.cert);
-    const key = pemText(opts.key);
-    const client = Deno.createHttpClient({
-      ...(ca ? { caCerts: [ca] } : {}),
-      ...(cert && key ? { cert, key } : {}),
-    });
+    const { headers, client } = await denoHttpAccess(this.#kc);
     const controller = new AbortController();
     let finished = false;
     let callerAborted = false;

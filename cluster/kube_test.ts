@@ -249,36 +249,40 @@ Deno.test("portForward: byte-exact echo with half-close, EOF when the pod side c
     ports: { 8081: { hostname: "127.0.0.1", port: (l.addr as Deno.NetAddr).port } },
   });
   const { kc } = loadKubeConfig({ kubeconfigText: api.kubeconfig() });
-  const pf = await portForward(kc, "ambassador", "tm", 8081);
-  try {
-    assert.equal(pf.hostname, "127.0.0.1");
-    const payload = new Uint8Array(300_001);
-    payload[0] = 0x65;
-    for (let i = 1; i < payload.length; i++) payload[i] = (i * 7919) & 0xff;
-    const conns = await Promise.all([0, 1, 2].map(() => Deno.connect({ hostname: "127.0.0.1", port: pf.port })));
-    const results = await Promise.all(conns.map(async (c) => {
-      const reading = readAll(c);
-      await c.write(payload);
-      await c.closeWrite();
-      const got = await reading;
+  // Deno's WebSocket (the default), then client-node's ws transport
+  for (const denoWebSocket of [true, false]) {
+    const pf = await portForward(kc, "ambassador", "tm", 8081, { denoWebSocket });
+    try {
+      assert.equal(pf.hostname, "127.0.0.1");
+      const payload = new Uint8Array(300_001);
+      payload[0] = 0x65;
+      for (let i = 1; i < payload.length; i++) payload[i] = (i * 7919) & 0xff;
+      const conns = await Promise.all([0, 1, 2].map(() => Deno.connect({ hostname: "127.0.0.1", port: pf.port })));
+      const results = await Promise.all(conns.map(async (c) => {
+        const reading = readAll(c);
+        await c.write(payload);
+        await c.closeWrite();
+        const got = await reading;
+        c.close();
+        return got;
+      }));
+      for (const got of results) assert.deepEqual(got, payload);
+      // the pod side closes first: the local socket must see EOF (client-node alone would leave it open)
+      const c = await Deno.connect({ hostname: "127.0.0.1", port: pf.port });
+      await c.write(new TextEncoder().encode("x"));
+      const got = await Promise.race([
+        readAll(c),
+        new Promise<never>((_, rej) => setTimeout(() => rej(new Error("no EOF")), 5000)),
+      ]);
+      assert.equal(new TextDecoder().decode(got), "bye");
       c.close();
-      return got;
-    }));
-    for (const got of results) assert.deepEqual(got, payload);
-    // the pod side closes first: the local socket must see EOF (client-node alone would leave it open)
-    const c = await Deno.connect({ hostname: "127.0.0.1", port: pf.port });
-    await c.write(new TextEncoder().encode("x"));
-    const got = await Promise.race([
-      readAll(c),
-      new Promise<never>((_, rej) => setTimeout(() => rej(new Error("no EOF")), 5000)),
-    ]);
-    assert.equal(new TextDecoder().decode(got), "bye");
-    c.close();
-  } finally {
-    await pf.close();
-    l.close();
-    await served;
+      assert.deepEqual(pf.transports, { deno: denoWebSocket ? 4 : 0, ws: denoWebSocket ? 0 : 4, denoFailed: 0 });
+    } finally {
+      await pf.close();
+    }
   }
+  l.close();
+  await served;
   await assert.rejects(
     portForward(kc, "ambassador", "ghost", 8081),
     /cannot get pods "ghost" in namespace "ambassador": pods "ghost" not found/,
@@ -293,6 +297,8 @@ Deno.test("portForward: byte-exact echo with half-close, EOF when the pod side c
     await readAll(c).catch(() => new Uint8Array());
     c.close();
     assert.equal(errors.length, 1);
+    // Deno's handshake reports no status; client-node's, tried next, reports the 403
+    assert.deepEqual(pf2.transports, { deno: 0, ws: 0, denoFailed: 1 });
     assert.match(errors[0].message, /cannot create pods\/portforward "tm" in namespace "ambassador"/);
     assert.match(errors[0].hint ?? "", /verbs \[create\] on resources \[pods\/portforward\]/);
   } finally {

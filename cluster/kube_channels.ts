@@ -1,0 +1,181 @@
+/**
+ * The kube API's websocket channels (the pods/portforward protocol) over Deno's own HTTP client and WebSocket, with
+ * client-node's ws transport as the fallback.
+ *
+ * Why: client-node connects through the ws package, which masks every client frame in a JavaScript byte loop (no
+ * bufferutil under Deno) and runs TLS through Deno's node:tls compat layer. Profiled in tel's kube helper during a
+ * port-forwarded upload, the mask loop alone took 35 % of its samples. Deno's WebSocket frames, masks and encrypts
+ * in Rust: the bare port-forward path carried 3.8 instead of 1.3 Gbit/s upward here (bench/README.md).
+ */
+
+import { Buffer } from "node:buffer";
+import type { KubeConfig } from "@kubernetes/client-node";
+import { WebSocketHandler, type WebSocketInterface } from "@kubernetes/client-node/dist/web-socket-handler.js";
+import { TelError } from "../core/errors.ts";
+import { log } from "../core/log.ts";
+
+/**
+ * Whether the current cluster can be reached with Deno's own HTTP client: it has no per-client switch for
+ * insecure-skip-tls-verify, tls-server-name or a proxy URL, so those clusters keep client-node's transports.
+ */
+export function denoHttpUsable(kc: KubeConfig): boolean {
+  const c = kc.getCurrentCluster();
+  return !!c && !c.skipTLSVerify && !c.proxyUrl && !c.tlsServerName;
+}
+
+function pemText(v: unknown): string | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v === "string") return v;
+  if (v instanceof Uint8Array) return new TextDecoder().decode(v);
+  return undefined;
+}
+
+/**
+ * What Deno's fetch or WebSocket needs to reach the current cluster as the kubeconfig's user: the request headers
+ * (bearer token, exec or auth-provider credentials, basic auth, impersonation) and an HttpClient with the cluster's
+ * CA and the user's client certificate. Read anew on each call, so rotated credentials are picked up. The caller
+ * closes the client.
+ */
+export async function denoHttpAccess(kc: KubeConfig): Promise<{ headers: Headers; client: Deno.HttpClient }> {
+  // deno-lint-ignore no-explicit-any
+  const opts: any = {};
+  await kc.applyToHTTPSOptions(opts);
+  const headers = new Headers();
+  for (const [k, v] of Object.entries(opts.headers ?? {})) headers.set(k, String(v));
+  if (opts.auth) headers.set("Authorization", `Basic ${btoa(opts.auth)}`);
+  const ca = pemText(opts.ca);
+  const cert = pemText(opts.cert);
+  const key = pemText(opts.key);
+  const client = Deno.createHttpClient({
+    ...(ca ? { caCerts: [ca] } : {}),
+    ...(cert && key ? { cert, key } : {}),
+  });
+  return { headers, client };
+}
+
+/** The channel subprotocols, newest first (client-node offers the same list). */
+export const CHANNEL_PROTOCOLS = [
+  "v5.channel.k8s.io",
+  "v4.channel.k8s.io",
+  "v3.channel.k8s.io",
+  "v2.channel.k8s.io",
+  "channel.k8s.io",
+];
+
+/** The part of a channel websocket its users touch; Deno's WebSocket and the ws package's both have it. */
+export interface ChannelSocket {
+  readonly readyState: number;
+  readonly protocol: string;
+  /** Bytes handed to send() and not yet written to the connection. */
+  readonly bufferedAmount: number;
+  send(data: Uint8Array): void;
+  close(): void;
+  addEventListener(type: "close", listener: () => void, opts: { once: true }): void;
+}
+
+/** How many channel websockets went each way. */
+export interface ChannelTransportCounts {
+  /** Opened with Deno's WebSocket. */
+  deno: number;
+  /** Opened with client-node's ws transport (the cluster needs it, or Deno's handshake failed). */
+  ws: number;
+  /** Deno handshakes that failed, each then tried with client-node's transport. */
+  denoFailed: number;
+}
+
+type BinaryHandler = (stream: number, buff: Buffer) => boolean;
+type TextHandler = (text: string) => boolean;
+
+/**
+ * client-node's WebSocketInterface (what its PortForward takes) over Deno's WebSocket when the cluster allows it
+ * ({@link denoHttpUsable}). A failed Deno handshake is tried again with client-node's own handler, which then
+ * reports the failure as usual: Deno retries a refused HTTP/1.1 upgrade over HTTP/2 and reports only that attempt's
+ * error, so a 403 would lose its status code.
+ *
+ * @example
+ * ```ts
+ * const channels = new KubeChannels(kc);
+ * const pf = new PortForward(kc, true, channels);
+ * ```
+ */
+export class KubeChannels implements WebSocketInterface {
+  #kc: KubeConfig;
+  #fallback: WebSocketHandler;
+  #useDeno: boolean;
+  #counts: ChannelTransportCounts = { deno: 0, ws: 0, denoFailed: 0 };
+
+  constructor(kc: KubeConfig, opts: { deno?: boolean } = {}) {
+    this.#kc = kc;
+    this.#fallback = new WebSocketHandler(kc);
+    this.#useDeno = (opts.deno ?? true) && denoHttpUsable(kc);
+  }
+
+  /** Websockets opened so far, per transport. */
+  get counts(): ChannelTransportCounts {
+    return { ...this.#counts };
+  }
+
+  /** Opens the websocket at `path` and hands each message to the handler of its kind; resolves once it is open. */
+  async connect(
+    path: string,
+    textHandler: TextHandler | null,
+    binaryHandler: BinaryHandler | null,
+  ): ReturnType<WebSocketInterface["connect"]> {
+    if (this.#useDeno) {
+      try {
+        const ws = await this.#connectDeno(path, textHandler, binaryHandler);
+        this.#counts.deno++;
+        return ws as unknown as Awaited<ReturnType<WebSocketInterface["connect"]>>;
+      } catch (err) {
+        this.#counts.denoFailed++;
+        log.debug("kube", "websocket over Deno's client failed; trying client-node's", { path, err });
+      }
+    }
+    const ws = await this.#fallback.connect(path, textHandler, binaryHandler);
+    this.#counts.ws++;
+    return ws;
+  }
+
+  async #connectDeno(
+    path: string,
+    textHandler: TextHandler | null,
+    binaryHandler: BinaryHandler | null,
+  ): Promise<WebSocket> {
+    const server = this.#kc.getCurrentCluster()?.server;
+    if (!server) throw new TelError("config", "kubeconfig: no current cluster");
+    const { headers, client } = await denoHttpAccess(this.#kc);
+    const url = server.replace(/^http/, "ws").replace(/\/$/, "") + path;
+    let open = true;
+    const closeClient = () => {
+      if (open) client.close();
+      open = false;
+    };
+    let ws: WebSocket;
+    try {
+      ws = new WebSocket(url, { protocols: CHANNEL_PROTOCOLS, headers, client });
+    } catch (err) {
+      closeClient();
+      throw err;
+    }
+    ws.binaryType = "arraybuffer";
+    ws.addEventListener("close", closeClient, { once: true });
+    await new Promise<void>((resolve, reject) => {
+      ws.onopen = () => resolve();
+      ws.onerror = (ev) => {
+        closeClient();
+        reject(new Error((ev as ErrorEvent).message || "websocket handshake failed"));
+      };
+    });
+    ws.onerror = (ev) => log.debug("kube", "channel websocket error", { path, err: (ev as ErrorEvent).message });
+    ws.onmessage = (ev: MessageEvent) => {
+      if (typeof ev.data === "string") {
+        if (textHandler && !textHandler(ev.data)) ws.close();
+        return;
+      }
+      const data = Buffer.from(ev.data as ArrayBuffer);
+      // the first byte names the channel (client-node's handler passes the close channel, 255, on as well)
+      if (data.length > 0 && binaryHandler && !binaryHandler(data[0], data.subarray(1))) ws.close();
+    };
+    return ws;
+  }
+}
