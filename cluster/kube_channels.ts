@@ -5,7 +5,8 @@
  * Why: client-node connects through the ws package, which masks every client frame in a JavaScript byte loop (no
  * bufferutil under Deno) and runs TLS through Deno's node:tls compat layer. Profiled in tel's kube helper during a
  * port-forwarded upload, the mask loop alone took 35 % of its samples. Deno's WebSocket frames, masks and encrypts
- * in Rust: the bare port-forward path carried 3.8 instead of 1.3 Gbit/s upward here (bench/README.md).
+ * in Rust: the bare port-forward path carried 3.2 instead of 1.3 Gbit/s upward here (`deno task bench
+ * tcp-portforward`).
  */
 
 import { Buffer } from "node:buffer";
