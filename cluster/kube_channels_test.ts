@@ -1,0 +1,126 @@
+/** Tests of the kube API's websocket channels over Deno's WebSocket (and its fallback) against the fake kube API. */
+
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import { PassThrough } from "node:stream";
+import { PortForward } from "@kubernetes/client-node";
+import { FakeKubeApi } from "../tests/fixtures/fake_kube_api.ts";
+import { type ChannelSocket, denoHttpUsable, KubeChannels } from "./kube_channels.ts";
+import { loadKubeConfig } from "./kube.ts";
+
+/** A TCP echo server on 127.0.0.1 that echoes until EOF, then closes. */
+function echoServer(): { port: number; close(): Promise<void> } {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const done = (async () => {
+    for await (const conn of l) {
+      conn.readable.pipeTo(conn.writable).catch(() => undefined); // a reset by the client ends this echo
+    }
+  })().catch(() => undefined); // the listener was closed: accepting ends
+  return {
+    port: (l.addr as Deno.NetAddr).port,
+    close: async () => {
+      l.close();
+      await done;
+    },
+  };
+}
+
+/** Forwards `payload` once through client-node's PortForward over `channels`; what came back and on which channel. */
+async function forwardOnce(
+  channels: KubeChannels,
+  kc: ReturnType<typeof loadKubeConfig>["kc"],
+  port: number,
+  payload: Uint8Array,
+): Promise<{ out: Uint8Array; err: string; protocol: string }> {
+  const pf = new PortForward(kc, true, channels);
+  const input = new PassThrough();
+  const output = new PassThrough();
+  const errOut = new PassThrough();
+  const out: Uint8Array[] = [];
+  const errs: Uint8Array[] = [];
+  output.on("data", (c: Uint8Array) => out.push(c));
+  errOut.on("data", (c: Uint8Array) => errs.push(c));
+  const ws = await pf.portForward("default", "echo", [port], output, errOut, input) as unknown as ChannelSocket;
+  const closed = new Promise<void>((resolve) => ws.addEventListener("close", resolve, { once: true }));
+  input.end(payload);
+  await closed;
+  return { out: new Uint8Array(Buffer.concat(out)), err: Buffer.concat(errs).toString(), protocol: ws.protocol };
+}
+
+Deno.test("KubeChannels: Deno's WebSocket carries v5 and v4 port-forwards byte for byte", async () => {
+  const echo = echoServer();
+  try {
+    const payload = new Uint8Array(300_000);
+    for (let i = 0; i < payload.length; i += 65536) crypto.getRandomValues(payload.subarray(i, i + 65536));
+    for (const protocols of [undefined, ["v4.channel.k8s.io"]]) {
+      await using api = await FakeKubeApi.start({ portForwardProtocols: protocols });
+      api.cluster.addPod({
+        name: "echo",
+        ips: ["10.0.0.9"],
+        ports: { 8080: { hostname: "127.0.0.1", port: echo.port } },
+      });
+      const { kc } = loadKubeConfig({ kubeconfigText: api.kubeconfig() });
+      const channels = new KubeChannels(kc);
+      const { out, protocol, err } = await forwardOnce(channels, kc, 8080, payload);
+      assert.deepEqual(channels.counts, { deno: 1, ws: 0, denoFailed: 0 });
+      assert.equal(err, "");
+      assert.equal(protocol, protocols?.[0] ?? "v5.channel.k8s.io");
+      if (protocol === "v5.channel.k8s.io") {
+        // half-close: the echo sees EOF after every byte, and its whole reply comes back
+        assert.deepEqual(out, payload);
+      } else {
+        // v4 cannot half-close: the websocket closes at the end of input, so the reply may be cut short
+        assert.ok(out.length <= payload.length);
+        assert.deepEqual(out, payload.subarray(0, out.length));
+      }
+    }
+  } finally {
+    await echo.close();
+  }
+});
+
+Deno.test("KubeChannels: the pod's error channel arrives over Deno's WebSocket", async () => {
+  await using api = await FakeKubeApi.start();
+  api.cluster.addPod({ name: "echo", ips: ["10.0.0.9"] });
+  const { kc } = loadKubeConfig({ kubeconfigText: api.kubeconfig() });
+  const channels = new KubeChannels(kc);
+  const { err, out } = await forwardOnce(channels, kc, 9999, new Uint8Array(10));
+  assert.deepEqual(channels.counts, { deno: 1, ws: 0, denoFailed: 0 });
+  assert.match(err, /error forwarding port 9999 to pod default\/echo/);
+  assert.equal(out.length, 0);
+});
+
+Deno.test("KubeChannels: a cluster with insecure-skip-tls-verify keeps client-node's ws transport", async () => {
+  const echo = echoServer();
+  try {
+    await using api = await FakeKubeApi.start();
+    api.cluster.addPod({
+      name: "echo",
+      ips: ["10.0.0.9"],
+      ports: { 8080: { hostname: "127.0.0.1", port: echo.port } },
+    });
+    const text = api.kubeconfig().replace(/certificate-authority-data: .*/, "insecure-skip-tls-verify: true");
+    const { kc } = loadKubeConfig({ kubeconfigText: text });
+    assert.equal(denoHttpUsable(kc), false);
+    const channels = new KubeChannels(kc);
+    const payload = crypto.getRandomValues(new Uint8Array(50_000));
+    const { out } = await forwardOnce(channels, kc, 8080, payload);
+    assert.deepEqual(channels.counts, { deno: 0, ws: 1, denoFailed: 0 });
+    assert.deepEqual(out, payload);
+  } finally {
+    await echo.close();
+  }
+});
+
+Deno.test("KubeChannels: a refused upgrade is tried with ws, which names the status", async () => {
+  await using api = await FakeKubeApi.start();
+  api.cluster.addPod({ name: "echo", ips: ["10.0.0.9"] });
+  api.cluster.forbid("dev", "create", "pods/portforward");
+  const { kc } = loadKubeConfig({ kubeconfigText: api.kubeconfig({ user: "dev" }) });
+  const channels = new KubeChannels(kc);
+  await assert.rejects(
+    channels.connect("/api/v1/namespaces/default/pods/echo/portforward?ports=8080", null, () => true),
+    (err: unknown) => /Unexpected server response: 403/.test(String((err as { message?: string }).message)),
+  );
+  assert.deepEqual(channels.counts, { deno: 0, ws: 0, denoFailed: 1 });
+});
