@@ -478,7 +478,8 @@ const PF_BUFFERED_HIGH = 4 * 1024 * 1024;
 
 /**
  * Listens locally and forwards every accepted connection to `port` of a pod (client-node PortForward: one
- * websocket per connection). The pod is looked up first, so a missing pod or a forbidden get fails here.
+ * websocket per connection, over Deno's WebSocket where the cluster allows it, see {@link KubeChannels}). The pod is
+ * looked up first, so a missing pod or a forbidden get fails here.
  * The local side uses Deno's own sockets (TECH_NOTES: node:net is much slower under Deno); a local half-close
  * becomes the v5 close frame, and the local socket ends once the websocket closes.
  *
