@@ -124,3 +124,35 @@ Deno.test("KubeChannels: a refused upgrade is tried with ws, which names the sta
   );
   assert.deepEqual(channels.counts, { deno: 0, ws: 0, denoFailed: 1 });
 });
+
+Deno.test("KubeChannels: over v4 every byte sent before the close reaches the pod", async () => {
+  // the pod counts what arrives until the forwarded connection ends
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const counted = (async () => {
+    const conn = await l.accept();
+    let n = 0;
+    const buf = new Uint8Array(64 * 1024);
+    for (;;) {
+      const r = await conn.read(buf).catch(() => null); // a reset ends the count like an EOF
+      if (r === null) break;
+      n += r;
+    }
+    conn.close();
+    return n;
+  })();
+  try {
+    await using api = await FakeKubeApi.start({ portForwardProtocols: ["v4.channel.k8s.io"] });
+    const port = (l.addr as Deno.NetAddr).port;
+    api.cluster.addPod({ name: "echo", ips: ["10.0.0.9"], ports: { 8080: { hostname: "127.0.0.1", port } } });
+    const { kc } = loadKubeConfig({ kubeconfigText: api.kubeconfig() });
+    const channels = new KubeChannels(kc);
+    const payload = new Uint8Array(2_000_000);
+    for (let i = 0; i < payload.length; i += 65536) crypto.getRandomValues(payload.subarray(i, i + 65536));
+    const { protocol } = await forwardOnce(channels, kc, 8080, payload);
+    assert.equal(protocol, "v4.channel.k8s.io");
+    assert.deepEqual(channels.counts, { deno: 1, ws: 0, denoFailed: 0 });
+    assert.equal(await counted, payload.length);
+  } finally {
+    l.close();
+  }
+});
