@@ -344,9 +344,9 @@ export function apiStatus(err: unknown): ApiStatus | undefined {
   const e = err as { code?: unknown; body?: unknown; statusCode?: unknown };
   const code = typeof e.code === "number" ? e.code : typeof e.statusCode === "number" ? e.statusCode : undefined;
   if (code === undefined) {
-    // the ws package reports a refused websocket upgrade only as text
-    const m = /Unexpected server response: (\d{3})/.exec(messageOf(err));
-    return m ? { code: Number(m[1]), reason: "", message: "" } : undefined;
+    // the ws package reports a refused websocket upgrade only as text (KubeChannels appends the Status message)
+    const m = /Unexpected server response: (\d{3})(?:: ([^]*))?/.exec(messageOf(err));
+    return m ? { code: Number(m[1]), reason: "", message: m[2] ?? "" } : undefined;
   }
   let body = e.body;
   if (typeof body === "string") {
@@ -380,8 +380,12 @@ export function kubeError(err: unknown, action: KubeAction, server?: string): Te
   const st = apiStatus(err);
   if (st?.code === 403) {
     const scope = action.namespace ? `in namespace "${action.namespace}" (a Role)` : "cluster-wide (a ClusterRole)";
+    // the apiserver's refusal names the rule it checked: a websocket port-forward is a GET, which apiservers before
+    // 1.35 authorize as verb "get" (from 1.35 also "create")
+    const said = /cannot (\S+) resource "([^"]+)" in API group "([^"]*)"/.exec(st.message);
+    const [verb, resource, group] = said ? [said[1], said[2], said[3]] : [action.verb, action.resource, ""];
     return new TelError("cluster", `cannot ${what}: ${st.message || "forbidden"}`, {
-      hint: `grant RBAC rule: verbs [${action.verb}] on resources [${action.resource}] in API group "" ${scope}`,
+      hint: `grant RBAC rule: verbs [${verb}] on resources [${resource}] in API group "${group}" ${scope}`,
       cause: err,
     });
   }

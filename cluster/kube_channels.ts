@@ -12,6 +12,7 @@
 import { Buffer } from "node:buffer";
 import type { KubeConfig } from "@kubernetes/client-node";
 import { WebSocketHandler, type WebSocketInterface } from "@kubernetes/client-node/dist/web-socket-handler.js";
+import WsWebSocket from "ws";
 import { TelError } from "../core/errors.ts";
 import { log } from "../core/log.ts";
 
@@ -84,6 +85,34 @@ export interface ChannelTransportCounts {
   denoFailed: number;
 }
 
+/**
+ * client-node's ws socket, made so a refused upgrade says why: ws reports only "Unexpected server response: 403";
+ * this reads the response's Status and appends its message (the RBAC rule, "does not have a host assigned", …),
+ * which {@link apiStatus} in kube.ts picks up.
+ */
+function refusalReadingSocket(uri: string, protocols: string[], opts: unknown) {
+  const ws = new WsWebSocket(uri, protocols, opts);
+  // deno-lint-ignore no-explicit-any
+  ws.on("unexpected-response", (_req: unknown, res: any) => {
+    const chunks: Uint8Array[] = [];
+    res.on("data", (c: Uint8Array) => chunks.push(c));
+    const fail = () => {
+      const text = Buffer.concat(chunks).toString("utf8").trim();
+      let message = text.slice(0, 500);
+      try {
+        message = String(JSON.parse(text).message ?? "");
+      } catch {
+        // not a Status (a proxy's page): its text
+      }
+      ws.emit("error", new Error(`Unexpected server response: ${res.statusCode}${message ? `: ${message}` : ""}`));
+      ws.terminate();
+    };
+    res.on("end", fail);
+    res.on("error", fail);
+  });
+  return ws;
+}
+
 type BinaryHandler = (stream: number, buff: Buffer) => boolean;
 type TextHandler = (text: string) => boolean;
 
@@ -107,7 +136,7 @@ export class KubeChannels implements WebSocketInterface {
 
   constructor(kc: KubeConfig, opts: { deno?: boolean } = {}) {
     this.#kc = kc;
-    this.#fallback = new WebSocketHandler(kc);
+    this.#fallback = new WebSocketHandler(kc, refusalReadingSocket);
     this.#useDeno = (opts.deno ?? true) && denoHttpUsable(kc);
   }
 

@@ -104,7 +104,7 @@ Deno.test("KubeChannels: a cluster with insecure-skip-tls-verify keeps client-no
   }
 });
 
-Deno.test("KubeChannels: a refused upgrade is tried with ws, which names the status", async () => {
+Deno.test("KubeChannels: a refused upgrade is tried with ws, which names the status and the apiserver's message", async () => {
   await using api = await FakeKubeApi.start();
   api.cluster.addPod({ name: "echo", ips: ["10.0.0.9"] });
   api.cluster.forbid("dev", "create", "pods/portforward");
@@ -112,7 +112,9 @@ Deno.test("KubeChannels: a refused upgrade is tried with ws, which names the sta
   const channels = new KubeChannels(kc);
   await assert.rejects(
     channels.connect("/api/v1/namespaces/default/pods/echo/portforward?ports=8080", null, () => true),
-    (err: unknown) => /Unexpected server response: 403/.test(String((err as { message?: string }).message)),
+    (err: unknown) =>
+      /^Unexpected server response: 403: pods "echo" is forbidden: User "dev" cannot create resource "pods\/portforward"/
+        .test(String((err as { message?: string }).message)),
   );
   assert.deepEqual(channels.counts, { deno: 0, ws: 0, denoFailed: 1 });
 });

@@ -196,6 +196,41 @@ Deno.test("findManagerPod picks a ready pod by label and explains when there is 
   });
 });
 
+Deno.test("kubeError's RBAC hint names the rule the apiserver checked, else the attempted action", () => {
+  const action = { verb: "create", resource: "pods/portforward", namespace: "ns", name: "tm" };
+  // a websocket port-forward is a GET: apiservers before 1.35 check "get"
+  const ws = kubeError(
+    new Error(
+      'Unexpected server response: 403: pods "tm" is forbidden: User "u" cannot get resource "pods/portforward" ' +
+        'in API group "" in the namespace "ns"',
+    ),
+    action,
+  );
+  assert.equal(
+    ws.hint,
+    'grant RBAC rule: verbs [get] on resources [pods/portforward] in API group "" in namespace "ns" (a Role)',
+  );
+  assert.match(ws.message, /^cannot create pods\/portforward "tm" in namespace "ns": pods "tm" is forbidden: /);
+  const apps = kubeError(
+    new Error(
+      'Unexpected server response: 403: deployments.apps is forbidden: User "u" cannot list resource ' +
+        '"deployments" in API group "apps" at the cluster scope',
+    ),
+    { verb: "list", resource: "deployments" },
+  );
+  assert.equal(
+    apps.hint,
+    'grant RBAC rule: verbs [list] on resources [deployments] in API group "apps" cluster-wide (a ClusterRole)',
+  );
+  // ws alone (no Status text): the attempted action
+  const bare = kubeError(new Error("Unexpected server response: 403"), action);
+  assert.equal(bare.message, 'cannot create pods/portforward "tm" in namespace "ns": forbidden');
+  assert.equal(
+    bare.hint,
+    'grant RBAC rule: verbs [create] on resources [pods/portforward] in API group "" in namespace "ns" (a Role)',
+  );
+});
+
 Deno.test("kubeError maps network failures to a reachability hint", () => {
   const e = kubeError(
     new Error("connect ECONNREFUSED 127.0.0.1:1"),
