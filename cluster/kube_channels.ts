@@ -10,6 +10,7 @@
  */
 
 import { Buffer } from "node:buffer";
+import { PassThrough } from "node:stream";
 import type { KubeConfig } from "@kubernetes/client-node";
 import { WebSocketHandler, type WebSocketInterface } from "@kubernetes/client-node/dist/web-socket-handler.js";
 import WsWebSocket from "ws";
@@ -136,7 +137,10 @@ export class KubeChannels implements WebSocketInterface {
 
   constructor(kc: KubeConfig, opts: { deno?: boolean } = {}) {
     this.#kc = kc;
-    this.#fallback = new WebSocketHandler(kc, refusalReadingSocket);
+    // the handler's default streams are the process's stdio, which it pauses or ends when the server closes a
+    // channel: the kube helper's stdio is its channel to the daemon
+    const stdio = { stdin: new PassThrough(), stdout: new PassThrough(), stderr: new PassThrough() };
+    this.#fallback = new WebSocketHandler(kc, refusalReadingSocket, stdio);
     this.#useDeno = (opts.deno ?? true) && denoHttpUsable(kc);
   }
 

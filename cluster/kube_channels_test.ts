@@ -150,3 +150,51 @@ Deno.test("KubeChannels: over v4 every byte sent before the close reaches the po
     l.close();
   }
 });
+
+Deno.test("KubeChannels: over ws, a server's v5 close-stream frames do not end the forward", async () => {
+  // (client-node's handler would also pause or end its default streams, the process's stdio; KubeChannels gives it
+  // streams of its own. Not asserted here: under Deno, npm code's process.stdout is not the one this module sees.)
+  // an apiserver stand-in (plain HTTP) that names the port on both channels, closes them the v5 way, then sends data
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
+    // Deno splits the offered list on ", " only; ws joins with ","
+    const { socket, response } = Deno.upgradeWebSocket(req);
+    response.headers.set("sec-websocket-protocol", "v5.channel.k8s.io");
+    socket.onopen = () => {
+      socket.send(new Uint8Array([0, 0x90, 0x1f]));
+      socket.send(new Uint8Array([1, 0x90, 0x1f]));
+      socket.send(new Uint8Array([255, 1]));
+      socket.send(new Uint8Array([255, 0]));
+      socket.send(new Uint8Array([0, 104, 105]));
+      socket.close(1000);
+    };
+    return response;
+  });
+  try {
+    const { kc } = loadKubeConfig({
+      kubeconfigText:
+        `clusters: [{name: c, cluster: {server: "http://127.0.0.1:${server.addr.port}", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u, namespace: default}}]
+current-context: x
+`,
+    });
+    const channels = new KubeChannels(kc); // skip-verify: client-node's ws transport
+    const pf = new PortForward(kc, false, channels);
+    const output = new PassThrough();
+    const got: Uint8Array[] = [];
+    output.on("data", (c: Uint8Array) => got.push(c));
+    const ws = await pf.portForward(
+      "default",
+      "p",
+      [8080],
+      output,
+      new PassThrough(),
+      new PassThrough(),
+    ) as unknown as ChannelSocket;
+    await new Promise<void>((resolve) => ws.addEventListener("close", resolve, { once: true }));
+    assert.deepEqual(channels.counts, { deno: 0, ws: 1, denoFailed: 0 });
+    assert.equal(Buffer.concat(got).toString(), "hi");
+  } finally {
+    await server.shutdown();
+  }
+});
