@@ -56,6 +56,9 @@ export async function denoHttpAccess(kc: KubeConfig): Promise<{ headers: Headers
   return { headers, client };
 }
 
+/** How long a websocket upgrade may go unanswered. */
+export const HANDSHAKE_TIMEOUT_MS = 30_000;
+
 /** The channel subprotocols, newest first (client-node offers the same list). */
 export const CHANNEL_PROTOCOLS = [
   "v5.channel.k8s.io",
@@ -133,10 +136,12 @@ export class KubeChannels implements WebSocketInterface {
   #kc: KubeConfig;
   #fallback: WebSocketHandler;
   #useDeno: boolean;
+  #handshakeMs: number;
   #counts: ChannelTransportCounts = { deno: 0, ws: 0, denoFailed: 0 };
 
-  constructor(kc: KubeConfig, opts: { deno?: boolean } = {}) {
+  constructor(kc: KubeConfig, opts: { deno?: boolean; handshakeTimeoutMs?: number } = {}) {
     this.#kc = kc;
+    this.#handshakeMs = opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
     // the handler's default streams are the process's stdio, which it pauses or ends when the server closes a
     // channel: the kube helper's stdio is its channel to the daemon
     const stdio = { stdin: new PassThrough(), stdout: new PassThrough(), stderr: new PassThrough() };
@@ -162,6 +167,8 @@ export class KubeChannels implements WebSocketInterface {
         return ws as unknown as Awaited<ReturnType<WebSocketInterface["connect"]>>;
       } catch (err) {
         this.#counts.denoFailed++;
+        // an apiserver that does not answer would not answer ws either
+        if (err instanceof TelError) throw err;
         log.debug("kube", "websocket over Deno's client failed; trying client-node's", { path, err });
       }
     }
@@ -194,8 +201,26 @@ export class KubeChannels implements WebSocketInterface {
     ws.binaryType = "arraybuffer";
     ws.addEventListener("close", closeClient, { once: true });
     await new Promise<void>((resolve, reject) => {
-      ws.onopen = () => resolve();
+      // Deno's WebSocket has no handshake timeout of its own: a server that takes the connection and never answers
+      // would hold the forwarded connection forever
+      const timer = setTimeout(() => {
+        ws.onerror = null;
+        ws.close();
+        closeClient();
+        reject(
+          new TelError(
+            "cluster",
+            `no answer to the websocket upgrade of ${path.split("?")[0]} within ${this.#handshakeMs / 1000} s`,
+            { hint: `check that the API server ${server} is reachable and answers` },
+          ),
+        );
+      }, this.#handshakeMs);
+      ws.onopen = () => {
+        clearTimeout(timer);
+        resolve();
+      };
       ws.onerror = (ev) => {
+        clearTimeout(timer);
         closeClient();
         reject(new Error((ev as ErrorEvent).message || "websocket handshake failed"));
       };

@@ -7,6 +7,7 @@ import { PortForward } from "@kubernetes/client-node";
 import { FakeKubeApi } from "../tests/fixtures/fake_kube_api.ts";
 import { type ChannelSocket, denoHttpUsable, KubeChannels } from "./kube_channels.ts";
 import { loadKubeConfig } from "./kube.ts";
+import type { TelError } from "../core/errors.ts";
 
 /** A TCP echo server on 127.0.0.1 that echoes until EOF, then closes. */
 function echoServer(): { port: number; close(): Promise<void> } {
@@ -196,5 +197,36 @@ current-context: x
     assert.equal(Buffer.concat(got).toString(), "hi");
   } finally {
     await server.shutdown();
+  }
+});
+
+Deno.test("KubeChannels: an apiserver that takes the connection and never answers fails the handshake in time", async () => {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const c of l) held.push(c); // never a byte back
+  })().catch(() => undefined); // the listener was closed: accepting ends
+  try {
+    await using api = await FakeKubeApi.start(); // only for a kubeconfig with a CA and a token
+    const text = api.kubeconfig().replace(/server: .*/, `server: https://127.0.0.1:${(l.addr as Deno.NetAddr).port}`);
+    const { kc } = loadKubeConfig({ kubeconfigText: text });
+    const channels = new KubeChannels(kc, { handshakeTimeoutMs: 300 });
+    await assert.rejects(
+      channels.connect("/api/v1/namespaces/default/pods/p/portforward?ports=80", null, () => true),
+      (e: TelError) => {
+        assert.equal(
+          e.message,
+          "no answer to the websocket upgrade of /api/v1/namespaces/default/pods/p/portforward within 0.3 s",
+        );
+        assert.match(e.hint ?? "", /check that the API server https:\/\/127\.0\.0\.1:\d+ is reachable/);
+        return true;
+      },
+    );
+    // not tried again with ws, which has no timeout here
+    assert.deepEqual(channels.counts, { deno: 0, ws: 0, denoFailed: 1 });
+  } finally {
+    l.close();
+    for (const c of held) c.close();
+    await accepting;
   }
 });
