@@ -92,10 +92,10 @@ export interface ChannelTransportCounts {
 /**
  * client-node's ws socket, made so a refused upgrade says why: ws reports only "Unexpected server response: 403";
  * this reads the response's Status and appends its message (the RBAC rule, "does not have a host assigned", …),
- * which {@link apiStatus} in kube.ts picks up.
+ * which {@link apiStatus} in kube.ts picks up. It gives up on a handshake after `handshakeTimeout` ms too.
  */
-function refusalReadingSocket(uri: string, protocols: string[], opts: unknown) {
-  const ws = new WsWebSocket(uri, protocols, opts);
+function refusalReadingSocket(uri: string, protocols: string[], opts: object, handshakeTimeout: number) {
+  const ws = new WsWebSocket(uri, protocols, { ...opts, handshakeTimeout });
   // deno-lint-ignore no-explicit-any
   ws.on("unexpected-response", (_req: unknown, res: any) => {
     const chunks: Uint8Array[] = [];
@@ -145,7 +145,9 @@ export class KubeChannels implements WebSocketInterface {
     // the handler's default streams are the process's stdio, which it pauses or ends when the server closes a
     // channel: the kube helper's stdio is its channel to the daemon
     const stdio = { stdin: new PassThrough(), stdout: new PassThrough(), stderr: new PassThrough() };
-    this.#fallback = new WebSocketHandler(kc, refusalReadingSocket, stdio);
+    const socket = (uri: string, protocols: string[], o: object) =>
+      refusalReadingSocket(uri, protocols, o, this.#handshakeMs);
+    this.#fallback = new WebSocketHandler(kc, socket, stdio);
     this.#useDeno = (opts.deno ?? true) && denoHttpUsable(kc);
   }
 

@@ -222,8 +222,17 @@ Deno.test("KubeChannels: an apiserver that takes the connection and never answer
         return true;
       },
     );
-    // not tried again with ws, which has no timeout here
+    // not tried again with ws
     assert.deepEqual(channels.counts, { deno: 0, ws: 0, denoFailed: 1 });
+    // a cluster that keeps ws (skip-verify) times out the same way
+    const skip = loadKubeConfig({
+      kubeconfigText: text.replace(/certificate-authority-data: .*/, "insecure-skip-tls-verify: true"),
+    }).kc;
+    const wsOnly = new KubeChannels(skip, { handshakeTimeoutMs: 300 });
+    await assert.rejects(
+      wsOnly.connect("/api/v1/namespaces/default/pods/p/portforward?ports=80", null, () => true),
+      (e: unknown) => /handshake has timed out/i.test(String((e as { message?: string }).message)),
+    );
   } finally {
     l.close();
     for (const c of held) c.close();
