@@ -100,7 +100,10 @@ function refusalReadingSocket(uri: string, protocols: string[], opts: object, ha
   ws.on("unexpected-response", (_req: unknown, res: any) => {
     const chunks: Uint8Array[] = [];
     res.on("data", (c: Uint8Array) => chunks.push(c));
+    let failed = false;
     const fail = () => {
+      if (failed) return;
+      failed = true;
       const text = Buffer.concat(chunks).toString("utf8").trim();
       let message = text.slice(0, 500);
       try {
@@ -123,8 +126,9 @@ type TextHandler = (text: string) => boolean;
 /**
  * client-node's WebSocketInterface (what its PortForward takes) over Deno's WebSocket when the cluster allows it
  * ({@link denoHttpUsable}). A failed Deno handshake is tried again with client-node's own handler, which then
- * reports the failure as usual: Deno retries a refused HTTP/1.1 upgrade over HTTP/2 and reports only that attempt's
- * error, so a 403 would lose its status code.
+ * reports the failure with the apiserver's status and message: Deno retries a refused HTTP/1.1 upgrade over HTTP/2
+ * and reports only that attempt's error, so a 403 would lose both. An upgrade nobody answers fails after
+ * `handshakeTimeoutMs` (default {@link HANDSHAKE_TIMEOUT_MS}) either way, and is not tried twice.
  *
  * @example
  * ```ts
