@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { DenoWatch, loadKubeConfig } from "../../cluster/kube.ts";
 import { denoHttpAccess } from "../../cluster/kube_channels.ts";
-import { openssl } from "../fixtures/fake_kube_pki.ts";
+import { openssl, signWithCa } from "../fixtures/fake_kube_pki.ts";
 import { realTest } from "./_tier.ts";
 
 /** Key kinds as the tools above write them. */
@@ -33,23 +33,7 @@ async function certKubeconfig(
   await openssl(gen.map((a) => a === "KEY" ? key : a), dir);
   await openssl(["req", "-new", "-key", key, "-out", `${name}.csr`, "-subj", `/O=system:masters/CN=tel-${name}`], dir);
   await Deno.writeTextFile(`${dir}/${name}.ext`, "extendedKeyUsage=clientAuth\n");
-  await openssl([
-    "x509",
-    "-req",
-    "-in",
-    `${name}.csr`,
-    "-CA",
-    "ca.crt",
-    "-CAkey",
-    "ca.key",
-    "-CAcreateserial",
-    "-out",
-    `${name}.crt`,
-    "-days",
-    "1",
-    "-extfile",
-    `${name}.ext`,
-  ], dir);
+  await signWithCa(dir, `${name}.csr`, `${name}.crt`, `${name}.ext`, 1);
   const b64 = async (f: string) => btoa(await Deno.readTextFile(`${dir}/${f}`));
   return `apiVersion: v1
 kind: Config
