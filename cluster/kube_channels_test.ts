@@ -5,26 +5,10 @@ import { Buffer } from "node:buffer";
 import { PassThrough } from "node:stream";
 import { PortForward } from "@kubernetes/client-node";
 import { FakeKubeApi } from "../tests/fixtures/fake_kube_api.ts";
+import { tcpEchoServer } from "../tests/fixtures/tcp_echo.ts";
 import { type ChannelSocket, denoHttpUsable, KubeChannels } from "./kube_channels.ts";
 import { loadKubeConfig } from "./kube.ts";
 import type { TelError } from "../core/errors.ts";
-
-/** A TCP echo server on 127.0.0.1 that echoes until EOF, then closes. */
-function echoServer(): { port: number; close(): Promise<void> } {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const done = (async () => {
-    for await (const conn of l) {
-      conn.readable.pipeTo(conn.writable).catch(() => undefined); // a reset by the client ends this echo
-    }
-  })().catch(() => undefined); // the listener was closed: accepting ends
-  return {
-    port: (l.addr as Deno.NetAddr).port,
-    close: async () => {
-      l.close();
-      await done;
-    },
-  };
-}
 
 /** Forwards `payload` once through client-node's PortForward over `channels`; what came back and on which channel. */
 async function forwardOnce(
@@ -49,7 +33,7 @@ async function forwardOnce(
 }
 
 Deno.test("KubeChannels: Deno's WebSocket carries a v5 port-forward byte for byte, half-close included", async () => {
-  const echo = echoServer();
+  const echo = tcpEchoServer();
   try {
     const payload = new Uint8Array(300_000);
     for (let i = 0; i < payload.length; i += 65536) crypto.getRandomValues(payload.subarray(i, i + 65536));
@@ -68,7 +52,7 @@ Deno.test("KubeChannels: Deno's WebSocket carries a v5 port-forward byte for byt
     // the echo sees EOF after every byte (the v5 half-close), and its whole reply comes back
     assert.deepEqual(out, payload);
   } finally {
-    await echo.close();
+    echo.close();
   }
 });
 
@@ -84,7 +68,7 @@ Deno.test("KubeChannels: the pod's error channel arrives over Deno's WebSocket",
 });
 
 Deno.test("KubeChannels: a cluster with insecure-skip-tls-verify keeps client-node's ws transport", async () => {
-  const echo = echoServer();
+  const echo = tcpEchoServer();
   try {
     await using api = await FakeKubeApi.start();
     api.cluster.addPod({
@@ -101,7 +85,7 @@ Deno.test("KubeChannels: a cluster with insecure-skip-tls-verify keeps client-no
     assert.deepEqual(channels.counts, { deno: 0, ws: 1, denoFailed: 0 });
     assert.deepEqual(out, payload);
   } finally {
-    await echo.close();
+    echo.close();
   }
 });
 

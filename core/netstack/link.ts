@@ -77,13 +77,14 @@ export class ChannelLink implements Link {
       await new Promise<void>((r) => this.#waiter = r);
       this.#waiter = undefined;
     }
-    const batch = this.#queue;
-    this.#queue = [];
-    return batch;
+    return this.#take();
   }
 
   tryReadPackets(): Uint8Array[] {
-    if (this.#closed) return [];
+    return this.#closed ? [] : this.#take();
+  }
+
+  #take(): Uint8Array[] {
     const batch = this.#queue;
     this.#queue = [];
     return batch;
