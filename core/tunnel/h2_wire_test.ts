@@ -1,0 +1,353 @@
+/** tel's own HTTP/2 client framing: a scripted peer on an in-memory socket, and Deno's node:http2 server for real. */
+
+import assert from "node:assert/strict";
+import http2 from "node:http2";
+import { Duplex } from "node:stream";
+import type net from "node:net";
+import fc from "fast-check";
+import hpack from "hpack.js";
+import { connectWire, encodeRequestBlock, H2_CODE, type WireSession, type WireStream } from "./h2_wire.ts";
+
+const PREFACE_LEN = 24;
+
+interface RawFrame {
+  type: number;
+  flags: number;
+  sid: number;
+  payload: Uint8Array;
+}
+
+function rawFrame(type: number, flags: number, sid: number, payload: Uint8Array | number[] = []): Uint8Array {
+  const p = payload instanceof Uint8Array ? payload : new Uint8Array(payload);
+  const f = new Uint8Array(9 + p.byteLength);
+  f[0] = p.byteLength >>> 16;
+  f[1] = (p.byteLength >>> 8) & 0xff;
+  f[2] = p.byteLength & 0xff;
+  f[3] = type;
+  f[4] = flags;
+  new DataView(f.buffer).setUint32(5, sid);
+  f.set(p, 9);
+  return f;
+}
+
+function u32(...v: number[]): Uint8Array {
+  const b = new Uint8Array(4 * v.length);
+  v.forEach((x, i) => new DataView(b.buffer).setUint32(4 * i, x));
+  return b;
+}
+
+/** Splits what the client wrote (after the preface) into frames. */
+function parseFrames(bytes: Uint8Array): RawFrame[] {
+  const out: RawFrame[] = [];
+  let p = PREFACE_LEN;
+  while (p + 9 <= bytes.byteLength) {
+    const len = (bytes[p] << 16) | (bytes[p + 1] << 8) | bytes[p + 2];
+    out.push({
+      type: bytes[p + 3],
+      flags: bytes[p + 4],
+      sid: new DataView(bytes.buffer, bytes.byteOffset + p + 5, 4).getUint32(0) & 0x7fffffff,
+      payload: bytes.slice(p + 9, p + 9 + len),
+    });
+    p += 9 + len;
+  }
+  return out;
+}
+
+/** An HPACK encoder like a server's (Huffman, dynamic table): blocks must be decoded in order. */
+function encoder() {
+  const c = hpack.compressor.create({ table: { size: 4096 } });
+  return (headers: Record<string, string>): Uint8Array => {
+    c.write(Object.entries(headers).map(([name, value]) => ({ name, value, huffman: true })));
+    const parts: Uint8Array[] = [];
+    for (let x = c.read(); x; x = c.read()) parts.push(x);
+    return new Uint8Array(parts.flatMap((p) => [...p]));
+  };
+}
+
+/** A session on an in-memory socket: `feed` plays the server, `written()` is everything the client sent. */
+function scripted(windowBytes = 1 << 20) {
+  const chunks: Uint8Array[] = [];
+  const sock = new Duplex({
+    read() {},
+    write(chunk: Uint8Array, _enc, cb) {
+      chunks.push(new Uint8Array(chunk));
+      cb();
+    },
+  });
+  const s = connectWire("127.0.0.1", 1, "tm:8081", {
+    windowBytes,
+    connect: () => sock as unknown as net.Socket,
+  });
+  const errors: Error[] = [];
+  s.on("error", (e: Error) => errors.push(e));
+  const written = () => {
+    const all = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
+    let at = 0;
+    for (const c of chunks) {
+      all.set(c, at);
+      at += c.byteLength;
+    }
+    return all;
+  };
+  return {
+    s,
+    errors,
+    feed: (...frames: Uint8Array[]) => {
+      for (const f of frames) sock.push(f);
+    },
+    frames: () => parseFrames(written()),
+    written,
+  };
+}
+
+/** Lets the in-memory socket deliver what was pushed (its 'data' events run on the next ticks). */
+const settle = () => new Promise((r) => setTimeout(r, 5));
+
+function record(st: WireStream) {
+  const got = {
+    response: undefined as Record<string, string> | undefined,
+    trailers: undefined as unknown,
+    data: [] as number[],
+    ended: false,
+    closed: false,
+    error: undefined as Error | undefined,
+  };
+  st.on("response", (h: Record<string, string>) => got.response = h);
+  st.on("trailers", (h: Record<string, string>) => got.trailers = h);
+  st.on("data", (d: Uint8Array) => got.data.push(...d));
+  st.on("end", () => got.ended = true);
+  st.on("close", () => got.closed = true);
+  st.on("error", (e: Error) => got.error = e);
+  return got;
+}
+
+Deno.test("wire: preface, our SETTINGS and a widened connection window go first; the request block decodes", async () => {
+  const { s, frames, written } = scripted(8 << 20);
+  s.request({ ":path": "/tel.v1.Manager/Tunnel", "content-type": "application/grpc", te: "trailers" });
+  await settle();
+  assert.equal(new TextDecoder().decode(written().subarray(0, PREFACE_LEN)), "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+  const [settings, wu, headers] = frames();
+  assert.equal(settings.type, 4);
+  const v = new DataView(settings.payload.buffer);
+  const got = new Map<number, number>();
+  for (let i = 0; i < settings.payload.byteLength; i += 6) got.set(v.getUint16(i), v.getUint32(i + 2));
+  assert.equal(got.get(2), 0, "push disabled");
+  assert.equal(got.get(4), 8 << 20, "stream window");
+  assert.deepEqual([wu.type, wu.sid, new DataView(wu.payload.buffer).getUint32(0)], [8, 0, (8 << 20) - 65_535]);
+  assert.deepEqual([headers.type, headers.flags, headers.sid], [1, 0x4, 1]);
+  const d = hpack.decompressor.create({ table: { maxSize: 4096 } });
+  d.write(headers.payload);
+  d.execute();
+  const h: Record<string, string> = {};
+  for (let f = d.read(); f; f = d.read()) h[f.name] = f.value;
+  assert.deepEqual(h, {
+    ":method": "POST",
+    ":scheme": "http",
+    ":authority": "tm:8081",
+    ":path": "/tel.v1.Manager/Tunnel",
+    "content-type": "application/grpc",
+    te: "trailers",
+  });
+  s.destroy();
+});
+
+Deno.test("wire: frames split at every byte, padding, CONTINUATION, Huffman and the dynamic table all read right", async () => {
+  const { s, feed, frames } = scripted();
+  const st = s.request({ ":path": "/p" });
+  const got = record(st);
+  const enc = encoder();
+  const block = enc({ ":status": "200", "content-type": "application/grpc", "tel-max-data-frame": "262144" });
+  const trailers = enc({ "grpc-status": "0", "grpc-message": "x".repeat(300) });
+  const body = new Uint8Array(5000).map((_, i) => (i * 7) & 0xff);
+  const padded = new Uint8Array([17, ...body.subarray(0, 3000), ...new Uint8Array(17)]);
+  const stream = new Uint8Array([
+    ...rawFrame(4, 0, 0, [0, 4, 0, 0, 0x40, 0]), // SETTINGS: initial window 16 KiB
+    ...rawFrame(1, 0, 1, block.subarray(0, 3)), // HEADERS without END_HEADERS ...
+    ...rawFrame(9, 0, 1, block.subarray(3, 6)), // ... CONTINUATION ...
+    ...rawFrame(9, 0x4, 1, block.subarray(6)), // ... the last with END_HEADERS
+    ...rawFrame(0, 0x8, 1, padded), // PADDED DATA
+    ...rawFrame(0xfa, 0, 0, [1, 2, 3]), // an unknown frame type: ignored
+    ...rawFrame(6, 0, 0, [1, 2, 3, 4, 5, 6, 7, 8]), // PING
+    ...rawFrame(0, 0, 1, body.subarray(3000)),
+    ...rawFrame(1, 0x4 | 0x1, 1, trailers), // trailers, END_STREAM
+  ]);
+  for (const b of stream) feed(new Uint8Array([b]));
+  await settle();
+  assert.deepEqual(got.response, {
+    ":status": "200",
+    "content-type": "application/grpc",
+    "tel-max-data-frame": "262144",
+  });
+  assert.deepEqual(new Uint8Array(got.data), body, "padding removed, data whole");
+  assert.deepEqual(got.trailers, { "grpc-status": "0", "grpc-message": "x".repeat(300) });
+  assert.equal(got.ended, true);
+  assert.equal(got.closed, false, "our side is still open");
+  const out = frames();
+  assert.ok(out.some((f) => f.type === 4 && f.flags === 1), "SETTINGS acknowledged");
+  assert.ok(out.some((f) => f.type === 6 && f.flags === 1 && f.payload.join() === "1,2,3,4,5,6,7,8"), "PING answered");
+  st.end();
+  await settle();
+  assert.equal(got.closed, true, "closed once both sides ended");
+  assert.deepEqual(frames().at(-1), { type: 0, flags: 1, sid: 1, payload: new Uint8Array(0) }, "END_STREAM sent");
+  s.destroy();
+});
+
+Deno.test("wire: sends stay inside the peer's stream and connection windows, and go on as WINDOW_UPDATEs come", async () => {
+  const { s, feed, frames } = scripted();
+  feed(rawFrame(4, 0, 0, [0, 4, 0, 0, 0x10, 0, 0, 5, 0, 0, 0x40, 0])); // stream window 4 KiB, max frame 16 KiB
+  await settle();
+  const a = s.request({ ":path": "/a" });
+  const b = s.request({ ":path": "/b" });
+  const msg = (n: number, fill: number) => new Uint8Array(n).fill(fill);
+  let writtenA = 0;
+  a.write(msg(100_000, 1), () => writtenA++);
+  b.write(msg(100_000, 2));
+  a.end();
+  const dataBytes = (sid: number) =>
+    frames().filter((f) => f.type === 0 && f.sid === sid).reduce((n, f) => n + f.payload.byteLength, 0);
+  await settle();
+  assert.deepEqual([dataBytes(1), dataBytes(3)], [4096, 4096], "each stream stops at its window");
+  // the connection window (65 535) is the next limit
+  feed(new Uint8Array([...rawFrame(8, 0, 1, u32(200_000)), ...rawFrame(8, 0, 3, u32(200_000))])); // in one read
+  await settle();
+  assert.equal(dataBytes(1) + dataBytes(3), 65_535, "the connection window caps both together");
+  assert.ok(Math.abs(dataBytes(1) - dataBytes(3)) <= 16_384, "the streams take turns");
+  assert.equal(writtenA, 0, "the buffer is still in use");
+  feed(rawFrame(8, 0, 0, u32(200_000 - 65_535)));
+  await settle();
+  assert.deepEqual([dataBytes(1), dataBytes(3)], [100_000, 100_000]);
+  assert.equal(writtenA, 1, "written once all of it went out");
+  assert.ok(frames().every((f) => f.type !== 0 || f.payload.byteLength <= 16_384), "no frame over the peer's max");
+  const lastA = frames().filter((f) => f.sid === 1 && f.type === 0).at(-1)!;
+  assert.equal(lastA.flags & 1, 1, "END_STREAM rides the last DATA frame");
+  s.destroy();
+});
+
+Deno.test("wire: a paused stream gives the peer no window back; resuming does", async () => {
+  const { s, feed, frames } = scripted(64 * 1024);
+  const st = s.request({ ":path": "/p" });
+  record(st);
+  const updates = () => frames().filter((f) => f.type === 8 && f.sid === 1).length;
+  st.pause();
+  feed(rawFrame(1, 0x4, 1, encoder()({ ":status": "200" })));
+  for (let i = 0; i < 4; i++) feed(rawFrame(0, 0, 1, new Uint8Array(16_000)));
+  await settle();
+  assert.equal(updates(), 0, "nothing credited while paused");
+  st.resume();
+  await settle();
+  assert.equal(updates(), 1, "credited on resume");
+  const wu = frames().find((f) => f.type === 8 && f.sid === 1)!;
+  assert.equal(new DataView(wu.payload.buffer).getUint32(0), 64_000);
+  s.destroy();
+});
+
+Deno.test("wire: GOAWAY fails the streams it did not take and closes the session; RST_STREAM ends one", async () => {
+  const { s, feed } = scripted();
+  const a = record(s.request({ ":path": "/a" }));
+  const b = record(s.request({ ":path": "/b" }));
+  const c = record(s.request({ ":path": "/c" }));
+  let goaway: number | undefined;
+  s.on("goaway", (code: number) => goaway = code);
+  feed(rawFrame(3, 0, 1, u32(H2_CODE.CANCEL)), rawFrame(7, 0, 0, u32(3, H2_CODE.NO_ERROR)));
+  await settle();
+  assert.equal(a.closed, true);
+  assert.equal(a.error, undefined, "a reset is a close with its code, as node:http2's");
+  assert.equal(goaway, 0);
+  assert.equal(b.closed, false, "stream 3 was taken: it goes on");
+  assert.equal(c.closed, true);
+  assert.match(c.error?.message ?? "", /GOAWAY.*before this stream started/);
+  assert.equal(s.closed, true, "no new streams on it");
+  assert.throws(() => s.request({ ":path": "/d" }), /closed/);
+  s.destroy();
+});
+
+Deno.test("wire: bad frames from the peer end the session with an error naming the problem", async () => {
+  const cases: Array<[Uint8Array[], RegExp]> = [
+    [[rawFrame(0, 0, 1, new Uint8Array(20_000))], /frame of 20000 bytes, more than 16384/],
+    [[rawFrame(5, 0x4, 1, [0, 0, 0, 2])], /PUSH_PROMISE/],
+    [[rawFrame(1, 0x4, 1, [0xff, 0xff, 0xff, 0xff, 0x0f])], /undecodable header block/],
+    [[rawFrame(1, 0, 1, [0x88]), rawFrame(0, 0, 1, [1])], /header block interrupted/],
+    [[rawFrame(4, 0, 0, [0, 5, 0, 0, 0, 1])], /max frame size 1 out of range/],
+    [[rawFrame(8, 0, 0, u32(0x7fffffff))], /connection window beyond/],
+    [[rawFrame(6, 0, 0, [1])], /PING not 8 bytes/],
+  ];
+  for (const [input, want] of cases) {
+    const { s, feed, errors, frames } = scripted();
+    const st = record(s.request({ ":path": "/a" }));
+    feed(...input);
+    await settle();
+    assert.match(errors[0]?.message ?? "", want);
+    assert.match(st.error?.message ?? "", want, "the stream fails with the session's reason");
+    assert.equal(s.destroyed, true);
+    assert.ok(frames().some((f) => f.type === 7), "GOAWAY sent");
+  }
+});
+
+Deno.test("wire: random bytes from the peer never throw; the session ends or goes on", async () => {
+  await fc.assert(
+    fc.asyncProperty(fc.uint8Array({ maxLength: 300 }), async (junk) => {
+      const { s, feed } = scripted();
+      record(s.request({ ":path": "/a" }));
+      feed(rawFrame(4, 0, 0), junk);
+      await new Promise((r) => setTimeout(r, 0));
+      s.destroy();
+    }),
+    { numRuns: 200 },
+  );
+});
+
+Deno.test("wire: the request block is literals only, so it never depends on table state", () => {
+  const b = encodeRequestBlock("h:1", { ":path": "/x", te: "trailers" });
+  assert.equal(b[0], 0x00, "literal without indexing, new name");
+  assert.throws(() => encodeRequestBlock("h:1", { "x-long": "v".repeat(200) }), /too long/);
+});
+
+Deno.test("wire: 3 streams × 1 MiB each way through Deno's node:http2 server with small windows arrive whole", async () => {
+  const server = http2.createServer({ settings: { initialWindowSize: 4096 } });
+  server.on("stream", (st: http2.ServerHttp2Stream) => {
+    st.respond({ ":status": 200 });
+    st.on("data", (d: Uint8Array) => st.write(d)); // echo, with the server's own flow control both ways
+    st.on("end", () => st.end());
+    st.on("error", () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  const port = (server.address() as { port: number }).port;
+  const s: WireSession = connectWire("127.0.0.1", port, `127.0.0.1:${port}`, { windowBytes: 32 * 1024 });
+  try {
+    const runs = [0, 1, 2].map(async (k) => {
+      const st = s.request({ ":path": `/echo${k}` });
+      const sent = new Uint8Array(1 << 20).map((_, i) => (i * (k + 3)) & 0xff);
+      const got: Uint8Array[] = [];
+      let pausedOnce = false;
+      st.on("data", (d: Uint8Array) => {
+        got.push(new Uint8Array(d));
+        if (!pausedOnce) { // a slow reader for a moment: the server must wait, not overrun
+          pausedOnce = true;
+          st.pause();
+          setTimeout(() => st.resume(), 20);
+        }
+      });
+      const done = new Promise<void>((r, j) => {
+        st.on("close", () => r());
+        st.on("error", j);
+      });
+      for (let at = 0; at < sent.byteLength; at += 64 * 1024) {
+        if (!st.write(sent.subarray(at, at + 64 * 1024))) await new Promise((r) => st.once("drain", r));
+      }
+      st.end();
+      await done;
+      assert.equal(st.rstCode, undefined, "closed without a reset");
+      const all = new Uint8Array(got.reduce((n, c) => n + c.byteLength, 0));
+      let at = 0;
+      for (const c of got) {
+        all.set(c, at);
+        at += c.byteLength;
+      }
+      assert.deepEqual(all, sent);
+    });
+    await Promise.all(runs);
+  } finally {
+    s.close();
+    await new Promise<void>((r) => server.close(() => r()));
+  }
+});
