@@ -144,12 +144,17 @@ export const PREPARED_CALLS = 4;
 
 const prepared = new WeakMap<ManagerClient, { calls: Prepared[]; refilling: boolean; closed: boolean }>();
 
-/** How Tunnel calls are made: on a bare HTTP/2 session (h2_calls.ts), or as grpc-js calls. */
-export type TunnelTransport = "h2" | "grpc-js";
+/**
+ * How Tunnel calls are made: on a bare HTTP/2 session of their own (h2_calls.ts), framed by tel ("wire", the default)
+ * or by Deno's node:http2 ("node-http2"); or as grpc-js calls on the main channel ("grpc-js").
+ */
+export type TunnelTransport = "wire" | "node-http2" | "grpc-js";
+
+const TRANSPORTS: readonly TunnelTransport[] = ["wire", "node-http2", "grpc-js"];
 
 let transport: TunnelTransport | undefined;
 
-/** The transport: {@link useTunnelTransport}'s, else env TEL_TUNNEL_CALLS ("grpc-js" to go back), else "h2". */
+/** The transport: {@link useTunnelTransport}'s, else env TEL_TUNNEL_CALLS (one of the three), else "wire". */
 export function tunnelTransport(): TunnelTransport {
   if (!transport) {
     let env: string | undefined;
@@ -158,7 +163,10 @@ export function tunnelTransport(): TunnelTransport {
     } catch {
       // no env permission: the default
     }
-    transport = env === "grpc-js" ? "grpc-js" : "h2";
+    transport = TRANSPORTS.find((t) => t === env) ?? "wire";
+    if (env && env !== transport) {
+      log.warn("tunnel", `TEL_TUNNEL_CALLS=${env} is not one of ${TRANSPORTS.join(", ")}; using ${transport}`);
+    }
   }
   return transport;
 }
@@ -171,10 +179,11 @@ export function useTunnelTransport(t: TunnelTransport | undefined): void {
 const h2Sessions = new WeakMap<ManagerClient, H2Tunnels>();
 
 function prepareCall(client: ManagerClient): Prepared {
-  const address = tunnelTransport() === "h2" ? plaintextAddressOf(client) : undefined;
+  const how = tunnelTransport();
+  const address = how !== "grpc-js" ? plaintextAddressOf(client) : undefined;
   if (address) {
     let t = h2Sessions.get(client);
-    if (!t) h2Sessions.set(client, t = new H2Tunnels(address));
+    if (!t) h2Sessions.set(client, t = new H2Tunnels(address, { client: how === "wire" ? "wire" : "node" }));
     return t.open();
   }
   const md = new grpc.Metadata();

@@ -16,6 +16,7 @@ import { log } from "../log.ts";
 import { formatHostPort, parseHostPort } from "../subnet/mod.ts";
 import { decodeFrame, encodeGrpcMessage, type Frame, GRPC_PREFIX, MAX_DATA_FRAME } from "./frame.ts";
 import { type FrameChannel, type ServedCall, WaitingChannel } from "./frame_stream.ts";
+import { connectWire } from "./h2_wire.ts";
 import {
   coalesceWrites,
   FLOW_CONTROL_WINDOW,
@@ -53,26 +54,46 @@ function statusError(code: string, message: string | undefined): Error {
   return new Error(`${code} ${grpc.status[Number(code)] ?? "STATUS"}: ${text || "no message"}`);
 }
 
+/**
+ * How the daemon's tunnel sessions speak HTTP/2: "wire", its own framing ({@link WireSession}, the default), or
+ * "node", Deno's node:http2 (kept for A/B and as a way back).
+ */
+export type H2Client = "wire" | "node";
+
+/** The client side of a session, as H2Tunnels uses it (node:http2's session and {@link WireSession} both fit). */
+interface ClientSession {
+  readonly closed: boolean;
+  readonly destroyed: boolean;
+  request(headers: Record<string, string>): StreamLike;
+  ping(answered: () => void): boolean;
+  close(): void;
+  destroy(e?: Error): void;
+  // deno-lint-ignore no-explicit-any
+  on(event: "close" | "error" | "goaway" | "connect", listener: (...args: any[]) => void): unknown;
+}
+
 /** The HTTP/2 session to one manager that carries tunnel calls; reconnects on the next call after it ended. */
 export class H2Tunnels {
   #address: string;
   #window: number;
-  #session: http2.ClientHttp2Session | undefined;
+  #session: ClientSession | undefined;
   #closed = false;
   #keepaliveMs: number;
   #keepaliveTimeoutMs: number;
+  #client: H2Client;
 
   constructor(
     address: string,
-    opts: { windowBytes?: number; keepaliveMs?: number; keepaliveTimeoutMs?: number } = {},
+    opts: { windowBytes?: number; keepaliveMs?: number; keepaliveTimeoutMs?: number; client?: H2Client } = {},
   ) {
     this.#address = address;
     this.#window = opts.windowBytes ?? FLOW_CONTROL_WINDOW;
     this.#keepaliveMs = opts.keepaliveMs ?? KEEPALIVE_MS;
     this.#keepaliveTimeoutMs = opts.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS;
+    this.#client = opts.client ?? "wire";
   }
 
-  #sessionNow(): http2.ClientHttp2Session {
+  #sessionNow(): ClientSession {
     const s = this.#session;
     // after the manager's GOAWAY the session counts as closed: the next call opens a new one
     if (s && !s.closed && !s.destroyed) return s;
@@ -80,22 +101,9 @@ export class H2Tunnels {
     if (!addr) throw new TypeError(`not host:port: ${this.#address}`);
     const { host, port } = addr;
     const window = this.#window;
-    const session = http2.connect(`http://${formatHostPort(host, port)}`, {
-      settings: { initialWindowSize: window },
-      createConnection: () => {
-        const sock = net.connect({ host, port });
-        sock.setNoDelay(true);
-        coalesceWrites(sock);
-        return sock;
-      },
-    });
-    session.on("connect", () => {
-      try {
-        session.setLocalWindowSize(window);
-      } catch (e) {
-        log.debug("tunnel", "cannot widen the tunnel session's window", { error: errorMessage(e) });
-      }
-    });
+    const session = this.#client === "wire"
+      ? connectWire(host, port, formatHostPort(host, port), { windowBytes: window })
+      : nodeSession(host, port, window);
     // like grpc-js's keepalive (channelOptions): a manager that stops answering pings takes its calls down with it
     const keepalive = setInterval(() => {
       if (session.closed || session.destroyed) return clearInterval(keepalive);
@@ -114,8 +122,8 @@ export class H2Tunnels {
     Deno.unrefTimer(keepalive);
     session.on("close", () => clearInterval(keepalive));
     // failures reach each stream ('error'/'close'); the session only logs and is replaced on the next call
-    session.on("error", (e) => log.debug("tunnel", "tunnel HTTP/2 session failed", { error: errorMessage(e) }));
-    session.on("goaway", (code) => log.debug("tunnel", "tunnel HTTP/2 session got GOAWAY", { code }));
+    session.on("error", (e: Error) => log.debug("tunnel", "tunnel HTTP/2 session failed", { error: errorMessage(e) }));
+    session.on("goaway", (code: number) => log.debug("tunnel", "tunnel HTTP/2 session got GOAWAY", { code }));
     this.#session = session;
     return session;
   }
@@ -143,6 +151,41 @@ export class H2Tunnels {
   }
 }
 
+/** A node:http2 client session to host:port with our window on both levels and coalesced socket writes. */
+function nodeSession(host: string, port: number, window: number): ClientSession {
+  const session = http2.connect(`http://${formatHostPort(host, port)}`, {
+    settings: { initialWindowSize: window },
+    createConnection: () => {
+      const sock = net.connect({ host, port });
+      sock.setNoDelay(true);
+      coalesceWrites(sock);
+      return sock;
+    },
+  });
+  session.on("connect", () => {
+    try {
+      session.setLocalWindowSize(window);
+    } catch (e) {
+      log.debug("tunnel", "cannot widen the tunnel session's window", { error: errorMessage(e) });
+    }
+  });
+  return session as unknown as ClientSession;
+}
+
+/** What {@link H2FrameChannel} uses of a stream: node:http2's (client or server), or a WireStream. */
+interface StreamLike {
+  readonly destroyed: boolean;
+  readonly writableEnded: boolean;
+  readonly rstCode: number | undefined;
+  // deno-lint-ignore no-explicit-any
+  on(event: string, listener: (...args: any[]) => void): unknown;
+  write(chunk: Uint8Array, written?: () => void): boolean;
+  end(): void;
+  close(code?: number): void;
+  pause(): unknown;
+  resume(): unknown;
+}
+
 /**
  * One Tunnel call on a bare HTTP/2 stream: gRPC message framing, trailers, and both ways of backpressure. The client
  * side (the daemon opening flows) reads the response headers and the status trailers; the server side (the manager
@@ -150,7 +193,7 @@ export class H2Tunnels {
  * it ends without one), `grpc-status: 0` as trailers when it ends.
  */
 export class H2FrameChannel extends WaitingChannel implements FrameChannel {
-  #st: http2.Http2Stream;
+  #st: StreamLike;
   #server: boolean;
   #responded = false;
   #queue: Frame[] = [];
@@ -167,9 +210,9 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
   /** The largest data frame the dialer accepts (announced in its response headers). */
   limit = MAX_DATA_FRAME;
 
-  constructor(st: http2.Http2Stream, opts: { server?: boolean } = {}) {
+  constructor(st: StreamLike | http2.Http2Stream, opts: { server?: boolean } = {}) {
     super();
-    this.#st = st;
+    this.#st = st as StreamLike;
     this.#server = !!opts.server;
     if (!this.#server) {
       st.on("response", (headers: http2.IncomingHttpHeaders) => {
@@ -223,7 +266,7 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
   respond(headers: http2.OutgoingHttpHeaders = {}): void {
     if (!this.#server || this.#responded || this.#st.destroyed) return;
     this.#responded = true;
-    const st = this.#st as http2.ServerHttp2Stream;
+    const st = this.#st as unknown as http2.ServerHttp2Stream;
     st.on("wantTrailers", () => st.sendTrailers({ "grpc-status": "0" }));
     st.respond({ ...RESPONSE_HEADERS, ...headers }, { waitForTrailers: true });
   }
@@ -263,7 +306,7 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
     if (this.#server && !this.#responded) {
       // nothing was sent: a trailers-only answer
       this.#responded = true;
-      (st as http2.ServerHttp2Stream).respond(
+      (st as unknown as http2.ServerHttp2Stream).respond(
         { ...RESPONSE_HEADERS, "grpc-status": "0" },
         { endStream: true },
       );

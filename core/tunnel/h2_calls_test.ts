@@ -14,8 +14,11 @@ import {
   GRPC_PREFIX,
   MAX_DATA_FRAME,
 } from "./frame.ts";
-import { H2Tunnels } from "./h2_calls.ts";
+import { type H2Client, H2Tunnels } from "./h2_calls.ts";
 import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, MAX_MESSAGE_BYTES } from "./grpc.ts";
+
+/** Both HTTP/2 clients a tunnel session can use, each against the same scripted servers. */
+const CLIENTS: H2Client[] = ["wire", "node"];
 
 function grpcMessage(body: Uint8Array, flag = 0, len = body.byteLength): Uint8Array {
   const m = new Uint8Array(GRPC_PREFIX + body.byteLength);
@@ -36,7 +39,7 @@ interface Script {
 }
 
 /** An HTTP/2 server that answers every request with `script`, and records what the client sent and how it ended. */
-async function scriptedServer(script: Script) {
+async function scriptedServer(script: Script, client: H2Client) {
   const got: { path?: string; limit?: string; bytes: number[]; rstCode?: number }[] = [];
   const server = http2.createServer();
   server.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => {
@@ -65,7 +68,7 @@ async function scriptedServer(script: Script) {
   const port = (server.address() as { port: number }).port;
   return {
     got,
-    tunnels: new H2Tunnels(`127.0.0.1:${port}`),
+    tunnels: new H2Tunnels(`127.0.0.1:${port}`, { client }),
     close: () => new Promise<void>((r) => server.close(() => r())),
   };
 }
@@ -76,92 +79,98 @@ async function drain(fs: { next(): Promise<Frame | undefined> }): Promise<Frame[
   return out;
 }
 
-Deno.test("h2 tunnel call: messages whole, split byte by byte and packed together all arrive; status 0 is clean", async () => {
-  const payload = new Uint8Array(40_000).map((_, i) => (i * 31) & 0xff);
-  const big = grpcMessage(encodeDataFrame(payload));
-  const ok = grpcMessage(encodeFrame(frames.dialOk()));
-  const close = grpcMessage(encodeFrame(frames.closeSend()));
-  const chunks = [
-    ok,
-    ...[...big.subarray(0, 7)].map((b) => new Uint8Array([b])), // the prefix and a little, a byte at a time
-    big.subarray(7, 30_000),
-    new Uint8Array([...big.subarray(30_000), ...close]), // the rest and a whole message in one chunk
-  ];
-  const srv = await scriptedServer({
-    headers: { [FRAME_LIMIT_HEADER]: String(LARGE_DATA_FRAME) },
-    chunks,
-    trailers: { "grpc-status": "0" },
-  });
-  try {
-    const { fs, limit } = srv.tunnels.open();
-    assert.equal(await fs.send({ $case: "keepalive", value: {} }), true);
-    fs.end();
-    const got = await drain(fs);
-    assert.deepEqual(got.map((f) => f.$case), ["dialOk", "data", "closeSend"]);
-    assert.deepEqual(new Uint8Array((got[1] as { value: Uint8Array }).value), payload);
-    assert.equal(fs.error, undefined);
-    assert.equal(limit(), LARGE_DATA_FRAME, "the limit the dialer announced");
-    assert.equal(srv.got[0].path, "/tel.v1.Manager/Tunnel");
-    assert.equal(srv.got[0].limit, String(LARGE_DATA_FRAME), "we announce the large frame limit");
-    assert.deepEqual(srv.got[0].bytes, [...grpcMessage(encodeFrame({ $case: "keepalive", value: {} }))]);
-  } finally {
-    srv.tunnels.close();
-    await srv.close();
-  }
-});
-
-Deno.test("h2 tunnel call: a compressed or oversized message fails the call and resets it; errors name the status", async () => {
-  const cases: Array<{ script: Script; error: RegExp; reset: boolean }> = [
-    {
-      script: {
-        headers: {},
-        chunks: [grpcMessage(encodeFrame(frames.dialOk()), 1)],
-        trailers: { "grpc-status": "0" },
-        hold: true,
-      },
-      error: /compressed message \(flag 1\)/,
-      reset: true,
-    },
-    {
-      script: {
-        headers: {},
-        chunks: [grpcMessage(new Uint8Array(8), 0, MAX_MESSAGE_BYTES + 1)],
-        trailers: { "grpc-status": "0" },
-        hold: true, // the server's stream ends only by the client's reset (ending it could win the race)
-      },
-      error: new RegExp(`message of ${MAX_MESSAGE_BYTES + 1} bytes, more than ${MAX_MESSAGE_BYTES}`),
-      reset: true,
-    },
-    {
-      script: { trailers: { "grpc-status": "12", "grpc-message": "no%20such%20method" } },
-      error: /^12 UNIMPLEMENTED: no such method$/,
-      reset: false,
-    },
-    {
-      script: { headers: {}, chunks: [], trailers: { "grpc-status": "14", "grpc-message": "draining" } },
-      error: /^14 UNAVAILABLE: draining$/,
-      reset: false,
-    },
-  ];
-  for (const c of cases) {
-    const srv = await scriptedServer(c.script);
+for (const client of CLIENTS) {
+  Deno.test(`[${client}] h2 tunnel call: messages whole, split byte by byte and packed together all arrive; status 0 is clean`, async () => {
+    const payload = new Uint8Array(40_000).map((_, i) => (i * 31) & 0xff);
+    const big = grpcMessage(encodeDataFrame(payload));
+    const ok = grpcMessage(encodeFrame(frames.dialOk()));
+    const close = grpcMessage(encodeFrame(frames.closeSend()));
+    const chunks = [
+      ok,
+      ...[...big.subarray(0, 7)].map((b) => new Uint8Array([b])), // the prefix and a little, a byte at a time
+      big.subarray(7, 30_000),
+      new Uint8Array([...big.subarray(30_000), ...close]), // the rest and a whole message in one chunk
+    ];
+    const srv = await scriptedServer({
+      headers: { [FRAME_LIMIT_HEADER]: String(LARGE_DATA_FRAME) },
+      chunks,
+      trailers: { "grpc-status": "0" },
+    }, client);
     try {
       const { fs, limit } = srv.tunnels.open();
+      assert.equal(await fs.send({ $case: "keepalive", value: {} }), true);
+      fs.end();
       const got = await drain(fs);
-      assert.deepEqual(got, [], "no frame is delivered");
-      assert.match(fs.error?.message ?? "", c.error);
-      assert.equal(fs.over, true);
-      assert.equal(limit(), MAX_DATA_FRAME, "no announcement: the default limit");
-      if (c.reset) {
-        for (let i = 0; i < 100 && srv.got[0]?.rstCode === undefined; i++) await new Promise((r) => setTimeout(r, 10));
-        assert.equal(srv.got[0].rstCode, http2.constants.NGHTTP2_CANCEL, "the client reset the stream");
-      }
+      assert.deepEqual(got.map((f) => f.$case), ["dialOk", "data", "closeSend"]);
+      assert.deepEqual(new Uint8Array((got[1] as { value: Uint8Array }).value), payload);
+      assert.equal(fs.error, undefined);
+      assert.equal(limit(), LARGE_DATA_FRAME, "the limit the dialer announced");
+      assert.equal(srv.got[0].path, "/tel.v1.Manager/Tunnel");
+      assert.equal(srv.got[0].limit, String(LARGE_DATA_FRAME), "we announce the large frame limit");
+      assert.deepEqual(srv.got[0].bytes, [...grpcMessage(encodeFrame({ $case: "keepalive", value: {} }))]);
     } finally {
       srv.tunnels.close();
       await srv.close();
     }
-  }
-});
+  });
+}
+
+for (const client of CLIENTS) {
+  Deno.test(`[${client}] h2 tunnel call: a compressed or oversized message fails the call and resets it; errors name the status`, async () => {
+    const cases: Array<{ script: Script; error: RegExp; reset: boolean }> = [
+      {
+        script: {
+          headers: {},
+          chunks: [grpcMessage(encodeFrame(frames.dialOk()), 1)],
+          trailers: { "grpc-status": "0" },
+          hold: true,
+        },
+        error: /compressed message \(flag 1\)/,
+        reset: true,
+      },
+      {
+        script: {
+          headers: {},
+          chunks: [grpcMessage(new Uint8Array(8), 0, MAX_MESSAGE_BYTES + 1)],
+          trailers: { "grpc-status": "0" },
+          hold: true, // the server's stream ends only by the client's reset (ending it could win the race)
+        },
+        error: new RegExp(`message of ${MAX_MESSAGE_BYTES + 1} bytes, more than ${MAX_MESSAGE_BYTES}`),
+        reset: true,
+      },
+      {
+        script: { trailers: { "grpc-status": "12", "grpc-message": "no%20such%20method" } },
+        error: /^12 UNIMPLEMENTED: no such method$/,
+        reset: false,
+      },
+      {
+        script: { headers: {}, chunks: [], trailers: { "grpc-status": "14", "grpc-message": "draining" } },
+        error: /^14 UNAVAILABLE: draining$/,
+        reset: false,
+      },
+    ];
+    for (const c of cases) {
+      const srv = await scriptedServer(c.script, client);
+      try {
+        const { fs, limit } = srv.tunnels.open();
+        const got = await drain(fs);
+        assert.deepEqual(got, [], "no frame is delivered");
+        assert.match(fs.error?.message ?? "", c.error);
+        assert.equal(fs.over, true);
+        assert.equal(limit(), MAX_DATA_FRAME, "no announcement: the default limit");
+        if (c.reset) {
+          for (let i = 0; i < 100 && srv.got[0]?.rstCode === undefined; i++) {
+            await new Promise((r) => setTimeout(r, 10));
+          }
+          assert.equal(srv.got[0].rstCode, http2.constants.NGHTTP2_CANCEL, "the client reset the stream");
+        }
+      } finally {
+        srv.tunnels.close();
+        await srv.close();
+      }
+    }
+  });
+}
 
 Deno.test("a data payload in a frame buffer becomes a whole gRPC message in place", () => {
   fc.assert(
@@ -186,57 +195,61 @@ Deno.test("h2 tunnel session: an address that is not host:port is refused by nam
   assert.throws(() => new H2Tunnels("::1:8081").open(), /not host:port/);
 });
 
-Deno.test("h2 tunnel call: a manager that stops answering pings takes its calls down", async () => {
-  // accepts TCP and reads, but never speaks HTTP/2: like a manager whose host froze
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const held: Deno.Conn[] = [];
-  const accepting = (async () => {
-    for await (const c of l) {
-      held.push(c);
-      c.readable.pipeTo(new WritableStream()).catch(() => {});
-    }
-  })().catch(() => {});
-  const tunnels = new H2Tunnels(`127.0.0.1:${(l.addr as Deno.NetAddr).port}`, {
-    keepaliveMs: 50,
-    keepaliveTimeoutMs: 100,
-  });
-  try {
-    const { fs } = tunnels.open();
-    let guard: ReturnType<typeof setTimeout> | undefined;
-    const never = new Promise<"hung">((r) => guard = setTimeout(() => r("hung"), 20_000));
-    const got = await Promise.race([fs.next(), never]);
-    clearTimeout(guard);
-    assert.notEqual(got, "hung", "without keepalive the call would wait forever");
-    assert.equal(got, undefined);
-    assert.match(fs.error?.message ?? "", /ping|reset|closed|destroyed/i);
-  } finally {
-    tunnels.close();
-    l.close();
-    for (const c of held) c.close();
-    await accepting;
-  }
-});
-
-Deno.test("h2 tunnel call: after the manager's GOAWAY, new calls go on a new session", async () => {
-  let sessions = 0;
-  const server = http2.createServer();
-  server.on("session", () => sessions++);
-  server.on("stream", (stream: http2.ServerHttp2Stream) => {
-    stream.on("error", () => {});
-    stream.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": "0" }, { endStream: true });
-    stream.session?.close(); // GOAWAY: this session takes no new streams
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
-  const tunnels = new H2Tunnels(`127.0.0.1:${(server.address() as { port: number }).port}`);
-  try {
-    for (let i = 0; i < 3; i++) {
+for (const client of CLIENTS) {
+  Deno.test(`[${client}] h2 tunnel call: a manager that stops answering pings takes its calls down`, async () => {
+    // accepts TCP and reads, but never speaks HTTP/2: like a manager whose host froze
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const held: Deno.Conn[] = [];
+    const accepting = (async () => {
+      for await (const c of l) {
+        held.push(c);
+        c.readable.pipeTo(new WritableStream()).catch(() => {});
+      }
+    })().catch(() => {});
+    const tunnels = new H2Tunnels(`127.0.0.1:${(l.addr as Deno.NetAddr).port}`, {
+      keepaliveMs: 50,
+      keepaliveTimeoutMs: 100,
+    });
+    try {
       const { fs } = tunnels.open();
-      assert.deepEqual(await drain(fs), []);
-      assert.equal(fs.error, undefined, `call ${i + 1} ended with status 0`);
+      let guard: ReturnType<typeof setTimeout> | undefined;
+      const never = new Promise<"hung">((r) => guard = setTimeout(() => r("hung"), 20_000));
+      const got = await Promise.race([fs.next(), never]);
+      clearTimeout(guard);
+      assert.notEqual(got, "hung", "without keepalive the call would wait forever");
+      assert.equal(got, undefined);
+      assert.match(fs.error?.message ?? "", /ping|reset|closed|destroyed/i);
+    } finally {
+      tunnels.close();
+      l.close();
+      for (const c of held) c.close();
+      await accepting;
     }
-    assert.equal(sessions, 3, "each call after a GOAWAY opened a new session");
-  } finally {
-    tunnels.close();
-    await new Promise<void>((r) => server.close(() => r()));
-  }
-});
+  });
+}
+
+for (const client of CLIENTS) {
+  Deno.test(`[${client}] h2 tunnel call: after the manager's GOAWAY, new calls go on a new session`, async () => {
+    let sessions = 0;
+    const server = http2.createServer();
+    server.on("session", () => sessions++);
+    server.on("stream", (stream: http2.ServerHttp2Stream) => {
+      stream.on("error", () => {});
+      stream.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": "0" }, { endStream: true });
+      stream.session?.close(); // GOAWAY: this session takes no new streams
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    const tunnels = new H2Tunnels(`127.0.0.1:${(server.address() as { port: number }).port}`, { client });
+    try {
+      for (let i = 0; i < 3; i++) {
+        const { fs } = tunnels.open();
+        assert.deepEqual(await drain(fs), []);
+        assert.equal(fs.error, undefined, `call ${i + 1} ended with status 0`);
+      }
+      assert.equal(sessions, 3, "each call after a GOAWAY opened a new session");
+    } finally {
+      tunnels.close();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+}

@@ -74,7 +74,7 @@ async function setUp(transport: TunnelTransport) {
   return { calls, client, dst, done };
 }
 
-for (const transport of ["h2", "grpc-js"] as TunnelTransport[]) {
+for (const transport of ["wire", "node-http2", "grpc-js"] as TunnelTransport[]) {
   Deno.test(`${transport}: a new flow rides a Tunnel call made ahead of time; closePreparedCalls cancels the idle ones and stops refills`, async () => {
     const { calls, client, dst, done } = await setUp(transport);
     const open = (srcPort: number) =>
@@ -131,7 +131,7 @@ for (const transport of ["h2", "grpc-js"] as TunnelTransport[]) {
   });
 }
 
-for (const transport of ["h2", "grpc-js"] as TunnelTransport[]) {
+for (const transport of ["wire", "node-http2", "grpc-js"] as TunnelTransport[]) {
   Deno.test(`${transport}: a flow driven without streams (push/drained/finish out, attach in) carries 3 MiB both ways whole; attaching late loses nothing`, async () => {
     const { client, dst, done } = await setUp(transport);
     try {
