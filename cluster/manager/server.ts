@@ -46,8 +46,11 @@ export interface ManagerOptions {
   dialTimeoutMs?: number;
   /** A UDP flow with no traffic for this long ends. */
   udpIdleMs?: number;
-  /** How Tunnel calls are served: on the bare HTTP/2 stream (default) or by grpc-js (TEL_TUNNEL_SERVER sets it too). */
-  tunnelServer?: "h2" | "grpc-js";
+  /**
+   * How Tunnel calls are served (TEL_TUNNEL_SERVER sets it too): on the bare HTTP/2 stream, framed by tel for the
+   * daemon's own tunnel sessions ("wire", the default) or always by node:http2 ("node-http2"); or by grpc-js.
+   */
+  tunnelServer?: "wire" | "node-http2" | "grpc-js";
   /** HTTP/2 flow-control window for the server's sessions. */
   windowBytes?: number;
   clock?: Clock;
@@ -108,9 +111,11 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
   const resolver = await resolverFor(opts);
   const dns = new ClusterDns(resolver, { clock, timeoutMs: opts.dnsTimeoutMs });
   // Tunnel calls (one per flow) are served on the bare HTTP/2 stream, without grpc-js's server call (same wire);
-  // TEL_TUNNEL_SERVER=grpc-js hands them to grpc-js like every other method (for A/B)
-  const bareTunnels = (opts.tunnelServer ?? Deno.env.get("TEL_TUNNEL_SERVER") ?? "h2") !== "grpc-js";
+  // TEL_TUNNEL_SERVER=node-http2 leaves their framing to node:http2, =grpc-js hands them to grpc-js (for A/B)
+  const tunnelServer = opts.tunnelServer ?? Deno.env.get("TEL_TUNNEL_SERVER") ?? "wire";
+  const bareTunnels = tunnelServer !== "grpc-js";
   const server = createTunedServer(opts.windowBytes, {
+    wire: tunnelServer !== "node-http2",
     onStream: bareTunnels
       ? (stream, headers) => {
         if (headers[":path"] !== TUNNEL_PATH) return false;

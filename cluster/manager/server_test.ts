@@ -41,13 +41,13 @@ function unary<Req, Res>(
 }
 
 /** How the manager serves Tunnel calls: both are tested where the tunnel's wire matters. */
-type TunnelServer = "h2" | "grpc-js";
-const TUNNEL_SERVERS: TunnelServer[] = ["h2", "grpc-js"];
+type TunnelServer = "wire" | "node-http2" | "grpc-js";
+const TUNNEL_SERVERS: TunnelServer[] = ["wire", "node-http2", "grpc-js"];
 
 async function withManager(
   fn: (ctx: { client: ManagerClient; sessionId: string; info: StaticClusterInfo; port: number }) => Promise<void>,
   dnsServer = "127.0.0.1:9",
-  tunnelServer: TunnelServer = "h2",
+  tunnelServer: TunnelServer = "wire",
 ): Promise<void> {
   const info = new StaticClusterInfo({ ...emptyClusterInfo(), podSubnets: ["10.244.0.0/16"] });
   const mgr = await startManager({

@@ -4,11 +4,13 @@ import * as grpc from "@grpc/grpc-js";
 import type { Buffer } from "node:buffer";
 import type { Http2Server, IncomingHttpHeaders, ServerHttp2Session, ServerHttp2Stream } from "node:http2";
 import type { Socket } from "node:net";
-import process from "node:process";
-import type { Writable } from "node:stream";
 import { type ManagerClient as GeneratedManagerClient, ManagerService } from "../../proto/gen/tel.ts";
 import { log } from "../log.ts";
 import { decodeFrame, encodeFrame, type Frame, MAX_DATA_FRAME } from "./frame.ts";
+import { coalesceWrites } from "./coalesce.ts";
+import { serveWire, type WireSession } from "./h2_wire.ts";
+
+export { COALESCE_BULK, coalesceWrites } from "./coalesce.ts";
 
 /** The frame limit an opener's announcement allows: at least MAX_DATA_FRAME, at most {@link LARGE_DATA_FRAME}. */
 export function limitFrom(announced: number): number {
@@ -60,47 +62,6 @@ export function channelOptions(windowBytes = FLOW_CONTROL_WINDOW): grpc.ChannelO
     // channelz (gRPC's introspection service, which tel does not serve) counts and timestamps every call
     "grpc.enable_channelz": 0,
   };
-}
-
-/** Bytes written in one task from which {@link coalesceWrites} keeps the socket corked until the loop's turn ends. */
-export const COALESCE_BULK = 32 * 1024;
-
-/**
- * Makes a socket hand what is written to it together to the kernel, as one writev. Deno's node:http2 writes each HTTP/2
- * frame (at most 16 KiB of DATA) as its own socket write, five per 64 KiB message; corked, they go out in one op
- * (measured: +20% for one stream). Small writes (headers, a dial answer, a short reply) go at the end of the task that
- * made them, after its process.nextTick callbacks: node:http2 frames a stream's DATA in one, so response headers and
- * the message written right after them leave together (connect p99 2490–2630 vs 2902–3089 µs, four alternated rounds of
- * `deno task bench connect --runs 3`; uncorking when the task's microtasks were done sent them apart, and the dialing
- * side's answer came in two reads); bulk writes (at least {@link COALESCE_BULK} in that task) stay corked until the
- * event loop's turn ends, joining what later callbacks of the same turn write. Uncorking every batch only once the turn
- * ended cost connects ~50 µs (p50 834–839 vs 859–912 µs, `deno task bench connect`); uncorking every batch at the end
- * of its task cost a single upload 5–15 %.
- */
-export function coalesceWrites(socket: Writable): void {
-  const write = socket.write;
-  let corked = false;
-  let bytes = 0;
-  const uncork = () => {
-    corked = false;
-    bytes = 0;
-    socket.uncork();
-  };
-  const taskEnd = () => {
-    if (!corked) return;
-    if (bytes >= COALESCE_BULK) setImmediate(uncork);
-    else process.nextTick(uncork);
-  };
-  socket.write = function (this: Writable, ...args: Parameters<Writable["write"]>): boolean {
-    if (!corked && !socket.destroyed) {
-      corked = true;
-      socket.cork();
-      queueMicrotask(taskEnd);
-    }
-    const chunk = args[0] as { byteLength?: number; length?: number } | undefined;
-    bytes += chunk?.byteLength ?? chunk?.length ?? 0;
-    return write.apply(socket, args);
-  } as Writable["write"];
 }
 
 type SecureConnector = ReturnType<grpc.ChannelCredentials["_createSecureConnector"]>;
@@ -178,6 +139,8 @@ export function createTunedServer(
   opts: {
     /** Sees each new HTTP/2 stream first; true when it took the stream (grpc-js then never sees it). */
     onStream?: (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boolean;
+    /** With onStream: serve h2_wire clients with tel's own framing (default true; false leaves them to node:http2). */
+    wire?: boolean;
   } = {},
 ): grpc.Server {
   const server = new grpc.Server({
@@ -185,6 +148,13 @@ export function createTunedServer(
     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
     "grpc.enable_channelz": 0, // see channelOptions
   });
+  // forceShutdown drops the sessions grpc-js knows; the wire sessions it never saw go with them
+  const wireSessions: Set<WireSession>[] = [];
+  const force = server.forceShutdown.bind(server);
+  server.forceShutdown = () => {
+    for (const set of wireSessions) for (const s of set) s.destroy();
+    force();
+  };
   // createHttp2Server is private in grpc-js's types but is the one place every listening http2 server is made.
   const internals = server as unknown as { createHttp2Server(creds: unknown): Http2Server };
   const original = internals.createHttp2Server.bind(server);
@@ -202,6 +172,7 @@ export function createTunedServer(
     }
     const withSettings = h2 as Http2Server & { updateSettings?: (s: { initialWindowSize: number }) => void };
     withSettings.updateSettings?.({ initialWindowSize: windowBytes });
+    if (onStream && opts.wire !== false) wireSessions.push(serveWireClients(h2, windowBytes, onStream));
     h2.on("connection", (socket: Socket) => coalesceWrites(socket));
     h2.on("session", (session: ServerHttp2Session) => {
       deferTeardown(session);
@@ -217,6 +188,50 @@ export function createTunedServer(
     return h2;
   };
   return server;
+}
+
+/**
+ * Takes the connections of h2_wire clients (the daemon's tunnel sessions) from `h2` before node:http2 sees them, and
+ * serves their streams with tel's own framing (the same wire; see h2_wire.ts): `onStream` gets each, as it gets
+ * node:http2's, and a stream it leaves is answered UNIMPLEMENTED (such a session carries only Tunnel calls). Any other
+ * connection goes on to node:http2 with its first bytes put back. Closing `h2` closes these sessions too (each ends
+ * once its streams have); the sessions are returned for a forced shutdown to drop.
+ */
+function serveWireClients(
+  h2: Http2Server,
+  windowBytes: number,
+  onStream: (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boolean,
+): Set<WireSession> {
+  const sessions = new Set<WireSession>();
+  const emit = h2.emit.bind(h2) as (event: string | symbol, ...args: unknown[]) => boolean;
+  h2.emit = ((event: string | symbol, ...args: unknown[]): boolean => {
+    if (event !== "connection") return emit(event, ...args);
+    serveWire(args[0] as Socket, {
+      windowBytes,
+      onSession: (session) => {
+        sessions.add(session);
+        session.on("close", () => sessions.delete(session));
+        session.on("error", (e: Error) => log.debug("h2", "wire tunnel session failed", { error: e.message }));
+        session.on("stream", (st: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
+          if (onStream(st, headers)) return;
+          st.respond({
+            ":status": 200,
+            "content-type": "application/grpc",
+            "grpc-status": String(grpc.status.UNIMPLEMENTED),
+            "grpc-message": encodeURIComponent(`${headers[":path"]} is not served on a tunnel session`),
+          }, { endStream: true });
+        });
+      },
+      other: (socket) => emit("connection", socket),
+    });
+    return true;
+  }) as typeof h2.emit;
+  const close = h2.close.bind(h2);
+  h2.close = ((done?: (err?: Error) => void) => {
+    for (const s of sessions) s.close();
+    return close(done);
+  }) as typeof h2.close;
+  return sessions;
 }
 
 /**

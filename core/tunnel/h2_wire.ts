@@ -5,9 +5,11 @@
  * loopback, one stream into Deno's node:http2 server (the manager's), 2 GiB of 64 KiB messages: node:http2's client
  * spent 2.7–2.8 s of CPU sending, this framing 0.62–0.64 s; receiving, 2.9–3.4 s vs 2.1–2.2 s.
  *
- * What a tunnel call needs and nothing more: requests with a fixed header block (HPACK literals, no table), response
- * headers and trailers decoded with hpack.js, both levels of flow control, SETTINGS, PING, GOAWAY, RST_STREAM. Streams
- * look like node:http2's client streams to {@link H2FrameChannel} (the same events and the calls it makes).
+ * What a tunnel call needs and nothing more: header blocks sent as HPACK literals (no table), received ones decoded
+ * with hpack.js, both levels of flow control, SETTINGS, PING, GOAWAY, RST_STREAM. A session is either end: the daemon
+ * opens streams (client), the manager serves them (server). Streams look like node:http2's to H2FrameChannel (the
+ * same events and the calls it makes). The client marks its SETTINGS with {@link SETTINGS_TEL_WIRE}, which HTTP/2
+ * peers ignore (RFC 9113 §6.5.2) and by which the manager recognizes a session it can serve itself.
  */
 
 import { EventEmitter } from "node:events";
@@ -15,7 +17,7 @@ import net from "node:net";
 import { Buffer } from "node:buffer";
 import hpack from "hpack.js";
 import { errorMessage } from "../errors.ts";
-import { coalesceWrites } from "./grpc.ts";
+import { coalesceWrites } from "./coalesce.ts";
 
 const PREFACE = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
@@ -50,6 +52,8 @@ const SETTINGS_HEADER_TABLE_SIZE = 1;
 const SETTINGS_ENABLE_PUSH = 2;
 const SETTINGS_INITIAL_WINDOW_SIZE = 4;
 const SETTINGS_MAX_FRAME_SIZE = 5;
+/** A setting id of tel's own (unknown to HTTP/2, so ignored by any other peer): "this client is h2_wire". */
+export const SETTINGS_TEL_WIRE = 0xf7e1;
 
 const DEFAULT_WINDOW = 65_535;
 const MAX_WINDOW = 2 ** 31 - 1;
@@ -73,6 +77,18 @@ export interface WireOptions {
   windowBytes: number;
   /** Connects the socket (tests pass their own); default a TCP connection to host:port. */
   connect?: () => net.Socket;
+}
+
+/** Options of a {@link WireSession}. */
+export interface WireSessionOptions {
+  /** "client" opens streams, "server" serves them ("stream" events). */
+  role: "client" | "server";
+  /** Our receive window, per stream and for the connection. */
+  windowBytes: number;
+  /** Client: the :authority of its requests. */
+  authority?: string;
+  /** Server: bytes already read from the socket (the client's preface and what followed it). */
+  initial?: Uint8Array;
 }
 
 function frameHeader(len: number, type: number, flags: number, sid: number): Uint8Array {
@@ -117,14 +133,18 @@ function literal(name: string, value: string): number[] {
   return [0x00, ...str(name), ...str(value)];
 }
 
-/** The header block of a request: pseudo-headers first, then `headers`, all literals (no Huffman, no table). */
-export function encodeRequestBlock(authority: string, headers: WireHeaders): Uint8Array {
+/** A header block: pseudo-headers first, then the rest, all literals (no Huffman, no table). */
+export function encodeHeaderBlock(headers: Record<string, string | number>): Uint8Array {
   const out: number[] = [];
-  const pseudo: WireHeaders = { ":method": "POST", ":scheme": "http", ":authority": authority };
-  for (const [k, v] of Object.entries(headers)) if (k.startsWith(":")) pseudo[k] = v;
-  for (const [k, v] of Object.entries(pseudo)) out.push(...literal(k, v));
-  for (const [k, v] of Object.entries(headers)) if (!k.startsWith(":")) out.push(...literal(k.toLowerCase(), v));
+  const entries = Object.entries(headers).map(([k, v]) => [k.toLowerCase(), String(v)] as const);
+  for (const [k, v] of entries) if (k.startsWith(":")) out.push(...literal(k, v));
+  for (const [k, v] of entries) if (!k.startsWith(":")) out.push(...literal(k, v));
   return new Uint8Array(out);
+}
+
+/** The header block of a request. */
+export function encodeRequestBlock(authority: string, headers: WireHeaders): Uint8Array {
+  return encodeHeaderBlock({ ":method": "POST", ":scheme": "http", ":authority": authority, ...headers });
 }
 
 interface Pending {
@@ -133,7 +153,10 @@ interface Pending {
   written?: () => void;
 }
 
-/** One request on a {@link WireSession}; its events and calls are the subset of node:http2's client stream in use. */
+/**
+ * One stream of a {@link WireSession}; its events and calls are the subset of node:http2's streams in use (a client's
+ * "response"/"trailers"; a server's respond(), sendTrailers() and "wantTrailers").
+ */
 export class WireStream extends EventEmitter {
   readonly id: number;
   rstCode: number | undefined;
@@ -151,6 +174,9 @@ export class WireStream extends EventEmitter {
   #gotResponse = false;
   #paused = false;
   #unacked = 0;
+  #responded = false;
+  #trailersWanted = false;
+  #trailersAsked = false;
 
   constructor(session: WireSession, id: number, sendWindow: number) {
     super();
@@ -178,6 +204,31 @@ export class WireStream extends EventEmitter {
     this.writableEnded = true;
     this.#endQueued = true;
     this.#session.ready(this);
+  }
+
+  /**
+   * Server side: sends the response headers; `endStream` answers with them alone (a trailers-only answer),
+   * `waitForTrailers` has "wantTrailers" come once our side ended, for {@link sendTrailers}.
+   */
+  respond(
+    headers: Record<string, string | number>,
+    opts: { endStream?: boolean; waitForTrailers?: boolean } = {},
+  ): void {
+    if (this.destroyed || this.#responded) return;
+    this.#responded = true;
+    this.#trailersWanted = !!opts.waitForTrailers && !opts.endStream;
+    this.#session.sendHeaders(this.id, encodeHeaderBlock(headers), !!opts.endStream);
+    if (opts.endStream) {
+      this.writableEnded = true;
+      this.#sentEnd();
+    }
+  }
+
+  /** Server side, on "wantTrailers": the trailers, which end our side. */
+  sendTrailers(headers: Record<string, string | number>): void {
+    if (this.destroyed || this.#endSent) return;
+    this.#session.sendHeaders(this.id, encodeHeaderBlock(headers), true);
+    this.#sentEnd();
   }
 
   /** Resets the stream (RST_STREAM with `code`, NO_ERROR by default). */
@@ -218,7 +269,7 @@ export class WireStream extends EventEmitter {
       const p = this.#queue[0];
       const n = Math.min(p.buf.byteLength - p.off, maxFrame, budget, this.sendWindow);
       const last = p.off + n === p.buf.byteLength;
-      const endNow = last && this.#queue.length === 1 && this.#endQueued;
+      const endNow = last && this.#queue.length === 1 && this.#endQueued && !this.#trailersWanted;
       out(frameHeader(n, DATA, endNow ? END_STREAM : 0, this.id));
       out(p.buf.subarray(p.off, p.off + n), last ? p.written : undefined);
       p.off += n;
@@ -230,14 +281,25 @@ export class WireStream extends EventEmitter {
       if (endNow) this.#sentEnd();
     }
     if (!this.#queue.length && this.#endQueued && !this.#endSent) {
-      out(frameHeader(0, DATA, END_STREAM, this.id));
-      this.#sentEnd();
+      if (this.#trailersWanted && !this.#trailersAsked) {
+        this.#trailersAsked = true;
+        this.emit("wantTrailers"); // its listener sends them (sendTrailers)
+      }
+      if (!this.#endSent) {
+        out(frameHeader(0, DATA, END_STREAM, this.id));
+        this.#sentEnd();
+      }
     }
     if (this.#needDrain && this.#queued < STREAM_HIGH_WATER) {
       this.#needDrain = false;
       this.emit("drain");
     }
     return sent;
+  }
+
+  /** Server side: the request headers were the stream's first; later ones are trailers. */
+  onRequest(): void {
+    this.#gotResponse = true;
   }
 
   onHeaders(headers: WireHeaders, endStream: boolean): void {
@@ -287,7 +349,9 @@ export class WireStream extends EventEmitter {
 
   #sentEnd(): void {
     this.#endSent = true;
-    if (this.#remoteEnded) this.#finish();
+    if (this.#remoteEnded) return this.#finish();
+    // a server's answer is complete: the client need not send the rest (RFC 9113 §8.1), the stream is done
+    if (this.#session.isServer) this.close(H2_CODE.NO_ERROR);
   }
 
   #finish(): void {
@@ -305,17 +369,22 @@ export class WireStream extends EventEmitter {
 }
 
 /**
- * The client side of one HTTP/2 connection, carrying many {@link WireStream}s; events "connect" (the peer's first
- * SETTINGS), "goaway" (code), "error", "close".
+ * One end of an HTTP/2 connection carrying many {@link WireStream}s; events "connect" (the peer's first SETTINGS),
+ * "stream" (server: a new stream and its request headers), "goaway" (code), "error", "close".
  */
 export class WireSession extends EventEmitter {
   readonly windowBytes: number;
   closed = false;
   destroyed = false;
+  readonly isServer: boolean;
   #sock: net.Socket;
   #authority: string;
   #streams = new Map<number, WireStream>();
   #nextId = 1;
+  /** Server: the highest stream id the client opened. */
+  #lastPeerId = 0;
+  /** Server: preface bytes still to check. */
+  #prefaceLeft = 0;
   #connWindow = DEFAULT_WINDOW;
   #peerInitialWindow = DEFAULT_WINDOW;
   #peerMaxFrame = 16_384;
@@ -325,6 +394,7 @@ export class WireSession extends EventEmitter {
   #gotSettings = false;
   #blocked = false;
   #wantFlush = false;
+  #goawaySent = false;
   /** Streams with something to send, in turn order. */
   #ready = new Set<WireStream>();
   // receive state: the frame header being read, then the frame being read
@@ -344,11 +414,12 @@ export class WireSession extends EventEmitter {
   #blockSid = 0;
   #blockEnd = false;
 
-  constructor(sock: net.Socket, authority: string, windowBytes: number) {
+  constructor(sock: net.Socket, opts: WireSessionOptions) {
     super();
     this.#sock = sock;
-    this.#authority = authority;
-    this.windowBytes = Math.min(windowBytes, MAX_WINDOW);
+    this.isServer = opts.role === "server";
+    this.#authority = opts.authority ?? "";
+    this.windowBytes = Math.min(opts.windowBytes, MAX_WINDOW);
     sock.setNoDelay?.(true);
     coalesceWrites(sock);
     sock.on("data", (chunk: Uint8Array) => this.#onData(chunk));
@@ -358,31 +429,37 @@ export class WireSession extends EventEmitter {
     });
     sock.on("error", (e: Error) => this.destroy(e));
     sock.on("close", () => this.destroy(new Error("the tunnel session's connection closed")));
-    const settings = new Uint8Array(18);
+    const ours: Array<[number, number]> = [
+      [SETTINGS_ENABLE_PUSH, 0],
+      [SETTINGS_INITIAL_WINDOW_SIZE, this.windowBytes],
+      [SETTINGS_HEADER_TABLE_SIZE, 4096],
+    ];
+    if (!this.isServer) ours.push([SETTINGS_TEL_WIRE, 1]);
+    const settings = new Uint8Array(6 * ours.length);
     const v = new DataView(settings.buffer);
-    v.setUint16(0, SETTINGS_ENABLE_PUSH);
-    v.setUint32(2, 0);
-    v.setUint16(6, SETTINGS_INITIAL_WINDOW_SIZE);
-    v.setUint32(8, this.windowBytes);
-    v.setUint16(12, SETTINGS_HEADER_TABLE_SIZE);
-    v.setUint32(14, 4096);
-    sock.write(PREFACE);
+    ours.forEach(([id, value], i) => {
+      v.setUint16(6 * i, id);
+      v.setUint32(6 * i + 2, value);
+    });
+    if (this.isServer) this.#prefaceLeft = PREFACE.byteLength;
+    else sock.write(PREFACE);
     sock.write(frame(SETTINGS, 0, 0, settings));
     if (this.windowBytes > DEFAULT_WINDOW) {
       sock.write(frame(WINDOW_UPDATE, 0, 0, u32Bytes(this.windowBytes - DEFAULT_WINDOW)));
     }
+    if (opts.initial?.byteLength) queueMicrotask(() => this.#onData(opts.initial!));
   }
 
   /** Opens a stream: its HEADERS go out now. */
   request(headers: WireHeaders): WireStream {
+    if (this.isServer) throw new Error("a server session opens no streams");
     if (this.closed || this.destroyed) throw new Error("the tunnel session is closed");
     const id = this.#nextId;
     this.#nextId += 2;
     if (this.#nextId > LAST_STREAM_ID) this.closed = true; // the next call opens a new session
     const st = new WireStream(this, id, this.#peerInitialWindow);
     this.#streams.set(id, st);
-    const block = encodeRequestBlock(this.#authority, headers);
-    this.#sock.write(frame(HEADERS, END_HEADERS, id, block));
+    this.sendHeaders(id, encodeRequestBlock(this.#authority, headers), false);
     return st;
   }
 
@@ -396,8 +473,16 @@ export class WireSession extends EventEmitter {
 
   /** Takes no new streams; the connection ends (GOAWAY) once the open ones have. */
   close(): void {
+    if (this.destroyed) return;
     this.closed = true;
+    this.#goaway(H2_CODE.NO_ERROR); // at once: the peer starts no more streams here
     if (!this.#streams.size) this.#shutdown(H2_CODE.NO_ERROR);
+  }
+
+  #goaway(code: number): void {
+    if (this.#goawaySent || this.#sock.destroyed) return;
+    this.#goawaySent = true;
+    this.#sock.write(frame(GOAWAY, 0, 0, u32Bytes(this.#lastPeerId, code)));
   }
 
   /** Ends the connection now; open streams fail with `e`. */
@@ -470,6 +555,11 @@ export class WireSession extends EventEmitter {
     else this.#sock.write(b);
   };
 
+  sendHeaders(id: number, block: Uint8Array, endStream: boolean): void {
+    if (block.byteLength > this.#peerMaxFrame) throw new RangeError(`header block of ${block.byteLength} bytes`);
+    if (!this.#sock.destroyed) this.#sock.write(frame(HEADERS, END_HEADERS | (endStream ? END_STREAM : 0), id, block));
+  }
+
   sendReset(id: number, code: number): void {
     if (!this.#sock.destroyed) this.#sock.write(frame(RST_STREAM, 0, id, u32Bytes(code)));
   }
@@ -488,7 +578,7 @@ export class WireSession extends EventEmitter {
 
   #shutdown(code: number): void {
     if (this.destroyed) return;
-    if (!this.#sock.destroyed) this.#sock.write(frame(GOAWAY, 0, 0, u32Bytes(0, code)));
+    this.#goaway(code);
     this.#endSocket();
     this.destroyed = true;
     this.emit("close");
@@ -496,7 +586,8 @@ export class WireSession extends EventEmitter {
 
   /** A connection error: GOAWAY with `code`, then down. */
   #connectionError(code: number, why: string): void {
-    if (!this.#sock.destroyed) this.#sock.write(frame(GOAWAY, 0, 0, u32Bytes(0, code)));
+    this.#goawaySent = false; // an error's GOAWAY goes out even after a graceful one
+    this.#goaway(code);
     this.#teardown(new Error(`tunnel session: ${why}`), code, true);
   }
 
@@ -511,6 +602,11 @@ export class WireSession extends EventEmitter {
   #read(chunk: Uint8Array): void {
     let pos = 0;
     const n = chunk.byteLength;
+    while (this.#prefaceLeft > 0 && pos < n) {
+      if (chunk[pos++] !== PREFACE[PREFACE.byteLength - this.#prefaceLeft--]) {
+        return this.#connectionError(H2_CODE.PROTOCOL_ERROR, "not an HTTP/2 client preface");
+      }
+    }
     while (pos < n && !this.destroyed) {
       if (this.#type < 0) {
         const take = Math.min(9 - this.#hdrLen, n - pos);
@@ -644,7 +740,10 @@ export class WireSession extends EventEmitter {
         this.closed = true;
         this.emit("goaway", code);
         const refused = new Error(`the manager went away (GOAWAY, HTTP/2 code ${code}) before this stream started`);
-        for (const st of [...this.#streams.values()]) if (st.id > last) st.fail(refused, H2_CODE.REFUSED_STREAM);
+        // the last id counts the streams the GOAWAY's sender was opened to: a client's GOAWAY fails none of a server's
+        if (!this.isServer) {
+          for (const st of [...this.#streams.values()]) if (st.id > last) st.fail(refused, H2_CODE.REFUSED_STREAM);
+        }
         if (!this.#streams.size) this.#shutdown(H2_CODE.NO_ERROR);
         return;
       }
@@ -689,7 +788,18 @@ export class WireSession extends EventEmitter {
       return this.#connectionError(H2_CODE.COMPRESSION_ERROR, `undecodable header block: ${errorMessage(e)}`);
     }
     // decoded even for a stream we no longer have: the decoder's table must see every block
-    this.#streams.get(this.#blockSid)?.onHeaders(headers, this.#blockEnd);
+    const sid = this.#blockSid;
+    const st = this.#streams.get(sid);
+    if (st) return st.onHeaders(headers, this.#blockEnd);
+    if (!this.isServer || sid <= this.#lastPeerId) return; // a stream that is over: nothing to tell
+    if (sid % 2 === 0) return this.#connectionError(H2_CODE.PROTOCOL_ERROR, `client stream id ${sid} is even`);
+    this.#lastPeerId = sid;
+    if (this.closed) return this.sendReset(sid, H2_CODE.REFUSED_STREAM);
+    const opened = new WireStream(this, sid, this.#peerInitialWindow);
+    this.#streams.set(sid, opened);
+    opened.onRequest();
+    this.emit("stream", opened, headers);
+    if (this.#blockEnd) opened.onRemoteEnd();
   }
 
   #decode(parts: Uint8Array[]): WireHeaders {
@@ -736,5 +846,57 @@ export class WireSession extends EventEmitter {
 /** Opens a {@link WireSession} to host:port. */
 export function connectWire(host: string, port: number, authority: string, opts: WireOptions): WireSession {
   const sock = opts.connect?.() ?? net.connect({ host, port });
-  return new WireSession(sock, authority, opts.windowBytes);
+  return new WireSession(sock, { role: "client", authority, windowBytes: opts.windowBytes });
+}
+
+/**
+ * What the first bytes of a connection say: "wire" for an h2_wire client (its preface, then SETTINGS carrying
+ * {@link SETTINGS_TEL_WIRE}), "other" for anything else, undefined while too few bytes arrived to tell.
+ */
+export function sniffWire(b: Uint8Array): "wire" | "other" | undefined {
+  const n = Math.min(b.byteLength, PREFACE.byteLength);
+  for (let i = 0; i < n; i++) if (b[i] !== PREFACE[i]) return "other";
+  const at = PREFACE.byteLength;
+  if (b.byteLength < at + 9) return undefined;
+  const len = (b[at] << 16) | (b[at + 1] << 8) | b[at + 2];
+  if (b[at + 3] !== SETTINGS || len % 6 || len > 60) return "other";
+  if (b.byteLength < at + 9 + len) return undefined;
+  for (let p = at + 9; p < at + 9 + len; p += 6) {
+    if (((b[p] << 8) | b[p + 1]) === SETTINGS_TEL_WIRE && u32(b, p + 2) === 1) return "wire";
+  }
+  return "other";
+}
+
+/**
+ * Serves h2_wire clients among the connections a server accepts: reads each connection's first bytes and hands a
+ * wire client's socket to a server {@link WireSession} ("stream" events go to `onStream`), any other back to
+ * `other` with those bytes put back in front.
+ */
+export function serveWire(
+  socket: net.Socket,
+  opts: { windowBytes: number; onSession: (s: WireSession) => void; other: (socket: net.Socket) => void },
+): void {
+  let got = new Uint8Array(0);
+  const onData = (chunk: Uint8Array) => {
+    const all = new Uint8Array(got.byteLength + chunk.byteLength);
+    all.set(got);
+    all.set(chunk, got.byteLength);
+    got = all;
+    const verdict = sniffWire(got);
+    if (!verdict) return;
+    socket.off("data", onData);
+    socket.off("end", onEnd);
+    socket.pause();
+    if (verdict === "wire") {
+      opts.onSession(new WireSession(socket, { role: "server", windowBytes: opts.windowBytes, initial: got }));
+      socket.resume();
+      return;
+    }
+    socket.unshift(Buffer.from(got.buffer, got.byteOffset, got.byteLength));
+    opts.other(socket);
+    socket.resume();
+  };
+  const onEnd = () => socket.destroy();
+  socket.on("data", onData);
+  socket.on("end", onEnd);
 }

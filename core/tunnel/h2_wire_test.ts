@@ -6,7 +6,10 @@ import { Duplex } from "node:stream";
 import type net from "node:net";
 import fc from "fast-check";
 import hpack from "hpack.js";
-import { connectWire, encodeRequestBlock, H2_CODE, type WireSession, type WireStream } from "./h2_wire.ts";
+import * as grpc from "@grpc/grpc-js";
+import { Buffer } from "node:buffer";
+import { connectWire, encodeRequestBlock, H2_CODE, sniffWire, WireSession, WireStream } from "./h2_wire.ts";
+import { createTunedServer } from "./grpc.ts";
 
 const PREFACE_LEN = 24;
 
@@ -350,4 +353,114 @@ Deno.test("wire: 3 streams × 1 MiB each way through Deno's node:http2 server wi
     s.close();
     await new Promise<void>((r) => server.close(() => r()));
   }
+});
+
+Deno.test("wire: the first bytes tell a wire client from any other, however they are split", async () => {
+  const { s, written } = scripted();
+  s.request({ ":path": "/a" });
+  await settle();
+  const ours = written();
+  s.destroy();
+  for (let cut = 0; cut <= ours.byteLength; cut++) {
+    const v = sniffWire(ours.subarray(0, cut));
+    assert.ok(v === undefined || v === "wire", `cut ${cut}: ${v}`);
+  }
+  assert.equal(sniffWire(ours), "wire");
+  const preface = ours.subarray(0, PREFACE_LEN);
+  assert.equal(sniffWire(new Uint8Array([...preface, ...rawFrame(4, 0, 0, [0, 4, 0, 0, 0, 1])])), "other", "no mark");
+  assert.equal(sniffWire(new TextEncoder().encode("GET / HTTP/1.1\r\n")), "other");
+  assert.equal(sniffWire(new Uint8Array([...preface, ...rawFrame(8, 0, 0, u32(1))])), "other", "SETTINGS first");
+});
+
+Deno.test("wire: a tuned server serves wire clients itself, others through node:http2 and grpc-js, and shuts down with a wire session open", async () => {
+  const served: string[] = [];
+  const server = createTunedServer(undefined, {
+    onStream: (st, headers) => {
+      if (headers[":path"] !== "/tel.test/Echo") return false;
+      served.push((st as unknown) instanceof WireStream ? "wire" : "node");
+      st.respond({ ":status": 200, "content-type": "application/grpc" });
+      st.on("data", (d: Uint8Array) => st.write(d));
+      st.on("end", () => st.end());
+      return true;
+    },
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => e ? reject(e) : resolve(p))
+  );
+  const wire = connectWire("127.0.0.1", port, `127.0.0.1:${port}`, { windowBytes: 1 << 20 });
+  const node = http2.connect(`http://127.0.0.1:${port}`);
+  try {
+    const echo = async (st: WireStream | http2.ClientHttp2Stream) => {
+      const got: number[] = [];
+      (st as WireStream).on("data", (d: Uint8Array) => got.push(...d));
+      const ended = new Promise((r) => (st as WireStream).on("end", r));
+      st.write(new Uint8Array([1, 2, 3]));
+      st.end();
+      await ended;
+      return got;
+    };
+    assert.deepEqual(await echo(wire.request({ ":path": "/tel.test/Echo" })), [1, 2, 3]);
+    assert.deepEqual(await echo(node.request({ ":method": "POST", ":path": "/tel.test/Echo" })), [1, 2, 3]);
+    assert.deepEqual(served, ["wire", "node"]);
+
+    const other = record(wire.request({ ":path": "/tel.v1.Manager/Version" }));
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(other.response?.["grpc-status"], "12", "a wire session carries only what onStream takes");
+    assert.match(decodeURIComponent(other.response?.["grpc-message"] ?? ""), /not served on a tunnel session/);
+
+    // grpc-js still owns every other connection
+    const client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+    const code = await new Promise<number>((r) =>
+      client.makeUnaryRequest(
+        "/tel.test/Nothing",
+        (x: Uint8Array) => Buffer.from(x),
+        (b: Buffer) => b,
+        new Uint8Array(0),
+        (e) => r(e?.code ?? 0),
+      )
+    );
+    client.close();
+    assert.equal(code, grpc.status.UNIMPLEMENTED);
+
+    // a stream left open: a graceful shutdown tells the client (GOAWAY); a forced one drops the session
+    const open = record(wire.request({ ":path": "/tel.test/Echo" }));
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(served.length, 3, "the server has the stream");
+    server.tryShutdown(() => {});
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(wire.closed, true, "the server's GOAWAY reached the wire client");
+    assert.equal(open.closed, false, "a stream the server took goes on");
+    server.forceShutdown();
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(open.closed, true, "gone with the forced shutdown");
+  } finally {
+    wire.destroy();
+    node.destroy();
+    server.forceShutdown();
+  }
+});
+
+Deno.test("wire: a server session serves a client that sent GOAWAY until its streams end", async () => {
+  const server = new Duplex({
+    read() {},
+    write(_c, _e, cb) {
+      cb();
+    },
+  });
+  const got: WireStream[] = [];
+  const enc = new Uint8Array([
+    ...new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+    ...rawFrame(4, 0, 0, [0xf7, 0xe1, 0, 0, 0, 1]),
+    ...rawFrame(1, 0x4, 1, encodeRequestBlock("x", { ":path": "/a" })),
+    ...rawFrame(7, 0, 0, u32(0, 0)), // the client closes gracefully: no new streams from it
+  ]);
+  const s = new WireSession(server as unknown as net.Socket, { role: "server", windowBytes: 1 << 20, initial: enc });
+  s.on("stream", (st: WireStream) => got.push(st));
+  await settle();
+  assert.equal(got.length, 1);
+  assert.equal(got[0].destroyed, false, "stream 1 goes on");
+  assert.equal(s.destroyed, false);
+  got[0].respond({ ":status": 200 }, { endStream: true });
+  await settle();
+  assert.equal(s.destroyed, true, "closed once its last stream ended");
 });

@@ -9,29 +9,42 @@ import {
   MANAGER_SERVICE,
   openTunnel,
   PREPARED_CALLS,
+  type ServedCall,
   serveTunnel,
   type Tunnel,
   type TunnelEnd,
 } from "./mod.ts";
+import { h2ServedCall, TUNNEL_PATH } from "./h2_calls.ts";
+import { WireStream } from "./h2_wire.ts";
 import { type TunnelTransport, useTunnelTransport } from "./client.ts";
 
-/** A Tunnel server that numbers its calls in arrival order and notes which flow each one carried. */
-async function numberingServer() {
-  const calls: Array<{ flowPort?: number; end?: TunnelEnd }> = [];
-  const server = createTunedServer();
-  server.addService(MANAGER_SERVICE, {
-    tunnel: (call: grpc.ServerDuplexStream<Frame, Frame>) => {
-      const rec: { flowPort?: number; end?: TunnelEnd } = {};
-      calls.push(rec);
-      serveTunnel(call, {
-        checkSession: () => undefined,
-        track: (flow) => {
-          rec.flowPort = flow.connId.src.port;
-          return () => {};
-        },
-      }).then((end) => rec.end = end);
-    },
+/**
+ * A Tunnel server that numbers its calls in arrival order and notes which flow each one carried; `bare` serves them
+ * on the bare HTTP/2 stream as the manager does (h2_wire's own framing for a wire client, node:http2 for others).
+ */
+async function numberingServer(bare: boolean) {
+  const calls: Array<{ flowPort?: number; end?: TunnelEnd; wire?: boolean }> = [];
+  const serve = (call: grpc.ServerDuplexStream<Frame, Frame> | ServedCall, wire?: boolean) => {
+    const rec: { flowPort?: number; end?: TunnelEnd; wire?: boolean } = { wire };
+    calls.push(rec);
+    serveTunnel(call, {
+      checkSession: () => undefined,
+      track: (flow) => {
+        rec.flowPort = flow.connId.src.port;
+        return () => {};
+      },
+    }).then((end) => rec.end = end);
+  };
+  const server = createTunedServer(undefined, {
+    onStream: bare
+      ? (stream, headers) => {
+        if (headers[":path"] !== TUNNEL_PATH) return false;
+        serve(h2ServedCall(stream, headers), (stream as unknown) instanceof WireStream);
+        return true;
+      }
+      : undefined,
   });
+  server.addService(MANAGER_SERVICE, { tunnel: (call: grpc.ServerDuplexStream<Frame, Frame>) => serve(call) });
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => e ? reject(e) : resolve(p))
   );
@@ -61,7 +74,7 @@ async function setUp(transport: TunnelTransport) {
   const serving = (async () => {
     for await (const c of echo) c.readable.pipeTo(c.writable).catch(() => {});
   })();
-  const { calls, port, server } = await numberingServer();
+  const { calls, port, server } = await numberingServer(transport !== "grpc-js");
   const client = createManagerClient(`127.0.0.1:${port}`);
   const dst = { ip: "127.0.0.1", port: (echo.addr as Deno.NetAddr).port };
   const done = async () => {
@@ -84,6 +97,8 @@ for (const transport of ["wire", "node-http2", "grpc-js"] as TunnelTransport[]) 
       await roundTrip(await open(40001), 1);
       await until(`${1 + PREPARED_CALLS} calls reach the server`, () => calls.length === 1 + PREPARED_CALLS);
       assert.equal(calls[0].flowPort, 40001);
+      const framing = { wire: true, "node-http2": false, "grpc-js": undefined }[transport];
+      assert.ok(calls.every((c) => c.wire === framing), `the server framed every call as ${framing}`);
 
       const before = calls.length;
       await roundTrip(await open(40002), 2);
