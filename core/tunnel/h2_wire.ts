@@ -123,12 +123,21 @@ function u32Bytes(...values: number[]): Uint8Array {
   return b;
 }
 
+/** An HPACK integer with an N-bit prefix (RFC 7541 §5.1), the prefix's other bits zero. */
+export function hpackInteger(value: number, prefixBits: number): number[] {
+  const max = (1 << prefixBits) - 1;
+  if (value < max) return [value];
+  const out = [max];
+  for (value -= max; value >= 128; value = Math.floor(value / 128)) out.push((value % 128) | 0x80);
+  out.push(value);
+  return out;
+}
+
 /** One HPACK header field as a literal without indexing (RFC 7541 §6.2.2): it never touches either side's table. */
 function literal(name: string, value: string): number[] {
   const str = (s: string) => {
     const b = new TextEncoder().encode(s);
-    if (b.length >= 127) throw new RangeError(`header field too long for this encoder: ${s.slice(0, 40)}…`);
-    return [b.length, ...b];
+    return [...hpackInteger(b.length, 7), ...b]; // not Huffman-coded: the H bit stays 0
   };
   return [0x00, ...str(name), ...str(value)];
 }
@@ -555,9 +564,16 @@ export class WireSession extends EventEmitter {
     else this.#sock.write(b);
   };
 
+  /** A header block as HEADERS, then CONTINUATION frames for what does not fit the peer's largest frame. */
   sendHeaders(id: number, block: Uint8Array, endStream: boolean): void {
-    if (block.byteLength > this.#peerMaxFrame) throw new RangeError(`header block of ${block.byteLength} bytes`);
-    if (!this.#sock.destroyed) this.#sock.write(frame(HEADERS, END_HEADERS | (endStream ? END_STREAM : 0), id, block));
+    if (this.#sock.destroyed) return;
+    const max = this.#peerMaxFrame;
+    for (let at = 0, first = true; first || at < block.byteLength; first = false) {
+      const part = block.subarray(at, at + max);
+      at += part.byteLength;
+      const flags = (at >= block.byteLength ? END_HEADERS : 0) | (first && endStream ? END_STREAM : 0);
+      this.#sock.write(frame(first ? HEADERS : CONTINUATION, flags, id, part));
+    }
   }
 
   sendReset(id: number, code: number): void {
