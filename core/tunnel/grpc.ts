@@ -209,9 +209,19 @@ function serveWireClients(
     serveWire(args[0] as Socket, {
       windowBytes,
       onSession: (session) => {
+        const socket = args[0] as Socket;
+        const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+        let error: string | undefined;
         sessions.add(session);
-        session.on("close", () => sessions.delete(session));
-        session.on("error", (e: Error) => log.debug("h2", "wire tunnel session failed", { error: e.message }));
+        session.on("error", (e: Error) => error = e.message);
+        session.once("close", () => {
+          sessions.delete(session);
+          log.info("h2", "client connection ended", {
+            peer,
+            framing: "wire",
+            why: error ? `error: ${error}` : "closed",
+          });
+        });
         session.on("stream", (st: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
           if (onStream(st, headers)) return;
           st.respond({

@@ -901,7 +901,8 @@ export function serveWire(
     const verdict = sniffWire(got);
     if (!verdict) return;
     socket.off("data", onData);
-    socket.off("end", onEnd);
+    socket.off("end", drop);
+    socket.off("error", drop);
     socket.pause();
     if (verdict === "wire") {
       opts.onSession(new WireSession(socket, { role: "server", windowBytes: opts.windowBytes, initial: got }));
@@ -912,7 +913,9 @@ export function serveWire(
     opts.other(socket);
     socket.resume();
   };
-  const onEnd = () => socket.destroy();
+  // a connection that ends or fails before it said what it is: nothing to serve (and no error left unheard)
+  const drop = () => socket.destroy();
   socket.on("data", onData);
-  socket.on("end", onEnd);
+  socket.on("end", drop);
+  socket.on("error", drop);
 }

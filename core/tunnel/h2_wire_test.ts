@@ -14,6 +14,7 @@ import {
   encodeRequestBlock,
   H2_CODE,
   hpackInteger,
+  serveWire,
   sniffWire,
   WireSession,
   WireStream,
@@ -501,4 +502,28 @@ Deno.test("wire: a server session serves a client that sent GOAWAY until its str
   got[0].respond({ ":status": 200 }, { endStream: true });
   await settle();
   assert.equal(s.destroyed, true, "closed once its last stream ended");
+});
+
+Deno.test("wire: a connection that fails or ends before it said what it is gets dropped, and nothing throws", async () => {
+  for (const how of ["error", "end"]) {
+    const sock = new Duplex({
+      read() {},
+      write(_c, _e, cb) {
+        cb();
+      },
+    });
+    let decided = false;
+    serveWire(sock as unknown as net.Socket, {
+      windowBytes: 1 << 20,
+      onSession: () => decided = true,
+      other: () => decided = true,
+    });
+    sock.push(new TextEncoder().encode("PRI * HTTP"));
+    await settle();
+    if (how === "error") sock.destroy(new Error("read ECONNRESET"));
+    else sock.push(null);
+    await settle();
+    assert.equal(decided, false, how);
+    assert.equal(sock.destroyed, true, how);
+  }
 });
