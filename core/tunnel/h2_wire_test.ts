@@ -14,6 +14,7 @@ import {
   encodeRequestBlock,
   H2_CODE,
   hpackInteger,
+  RECV_MAX_FRAME,
   serveWire,
   sniffWire,
   WireSession,
@@ -276,7 +277,10 @@ Deno.test("wire: GOAWAY fails the streams it did not take and closes the session
 
 Deno.test("wire: bad frames from the peer end the session with an error naming the problem", async () => {
   const cases: Array<[Uint8Array[], RegExp]> = [
-    [[rawFrame(0, 0, 1, new Uint8Array(20_000))], /frame of 20000 bytes, more than 16384/],
+    [
+      [rawFrame(0, 0, 1, new Uint8Array(RECV_MAX_FRAME + 1))],
+      new RegExp(`frame of ${RECV_MAX_FRAME + 1} bytes, more than ${RECV_MAX_FRAME}`),
+    ],
     [[rawFrame(5, 0x4, 1, [0, 0, 0, 2])], /PUSH_PROMISE/],
     [[rawFrame(1, 0x4, 1, [0xff, 0xff, 0xff, 0xff, 0x0f])], /undecodable header block/],
     [[rawFrame(1, 0, 1, [0x88]), rawFrame(0, 0, 1, [1])], /header block interrupted/],
