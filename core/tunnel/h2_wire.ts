@@ -188,6 +188,7 @@ export class WireStream extends EventEmitter {
   #gotResponse = false;
   #paused = false;
   #unacked = 0;
+  #heldConn = 0;
   #responded = false;
   #trailersWanted = false;
   #trailersAsked = false;
@@ -261,7 +262,14 @@ export class WireStream extends EventEmitter {
   resume(): void {
     if (!this.#paused) return;
     this.#paused = false;
+    this.#releaseConn();
     this.#credit(0);
+  }
+
+  #releaseConn(): void {
+    const held = this.#heldConn;
+    this.#heldConn = 0;
+    if (held) this.#session.creditConnection(held);
   }
 
   // --- for the session ------------------------------------------------------------------------------------------
@@ -337,8 +345,16 @@ export class WireStream extends EventEmitter {
     }
   }
 
-  onFlowBytes(n: number): void {
+  /**
+   * Counts `n` received bytes; true when the connection may have them back now. Bytes that arrive while the stream is
+   * paused hold their share of the connection window too, until resume(): what paused streams buffer stays within
+   * one connection window, as with nghttp2, instead of within a stream window each.
+   */
+  onFlowBytes(n: number): boolean {
     this.#credit(n);
+    if (!this.#paused) return true;
+    this.#heldConn += n;
+    return false;
   }
 
   onRemoteEnd(): void {
@@ -372,6 +388,7 @@ export class WireStream extends EventEmitter {
     if (this.destroyed) return;
     this.destroyed = true;
     this.writableEnded = true;
+    this.#releaseConn();
     // a buffer partly handed to the socket is still in its queue: given back only once the socket is past it
     for (const p of this.#queue) if (p.written) this.#session.afterQueued(p.written);
     this.#queue = [];
@@ -695,12 +712,17 @@ export class WireSession extends EventEmitter {
   /** Flow control counts every byte of a DATA frame's payload, padding included. */
   #flowBytes(n: number): void {
     if (n === 0) return;
+    const st = this.#streams.get(this.#sid);
+    if (!st || st.onFlowBytes(n)) this.creditConnection(n);
+  }
+
+  /** Gives the peer `n` bytes of connection window back (in batches of half the window). */
+  creditConnection(n: number): void {
     this.#connUnacked += n;
     if (this.#connUnacked >= this.windowBytes / 2) {
       this.sendWindowUpdate(0, this.#connUnacked);
       this.#connUnacked = 0;
     }
-    this.#streams.get(this.#sid)?.onFlowBytes(n);
   }
 
   #endDataFrame(): void {

@@ -237,21 +237,26 @@ Deno.test("wire: sends stay inside the peer's stream and connection windows, and
   s.destroy();
 });
 
-Deno.test("wire: a paused stream gives the peer no window back; resuming does", async () => {
+Deno.test("wire: a paused stream gives the peer no window back, of the stream or the connection; resuming does", async () => {
   const { s, feed, frames } = scripted(64 * 1024);
   const st = s.request({ ":path": "/p" });
+  const other = s.request({ ":path": "/q" });
   record(st);
-  const updates = () => frames().filter((f) => f.type === 8 && f.sid === 1).length;
+  record(other);
+  // stream 0's first update is the opening one (64 KiB is 1 more than the protocol's initial window)
+  const updates = (sid: number) =>
+    frames().filter((f) => f.type === 8 && f.sid === sid).map((f) => new DataView(f.payload.buffer).getUint32(0));
   st.pause();
   feed(rawFrame(1, 0x4, 1, encoder()({ ":status": "200" })));
-  for (let i = 0; i < 4; i++) feed(rawFrame(0, 0, 1, new Uint8Array(16_000)));
+  for (let i = 0; i < 3; i++) feed(rawFrame(0, 0, 1, new Uint8Array(16_000)));
+  feed(rawFrame(0, 0, 3, new Uint8Array(16_000))); // the other stream's data is credited to the connection at once
   await settle();
-  assert.equal(updates(), 0, "nothing credited while paused");
+  assert.deepEqual(updates(1), [], "nothing credited to the paused stream");
+  assert.deepEqual(updates(0), [1], "48 000 bytes held for the paused stream: 16 000 alone are not worth an update");
   st.resume();
   await settle();
-  assert.equal(updates(), 1, "credited on resume");
-  const wu = frames().find((f) => f.type === 8 && f.sid === 1)!;
-  assert.equal(new DataView(wu.payload.buffer).getUint32(0), 64_000);
+  assert.deepEqual(updates(1), [48_000], "the stream's window back on resume");
+  assert.deepEqual(updates(0), [1, 64_000], "and the connection's");
   s.destroy();
 });
 
