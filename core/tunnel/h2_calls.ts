@@ -4,7 +4,9 @@
  * serves it. Why: a grpc-js client call costs the daemon ~0.3 ms of CPU and ~14 KB of objects that outlive V8's
  * young generation (interceptors, resolving, retrying and load-balancing calls, metadata copies), on every flow;
  * a bare HTTP/2 stream costs about half the CPU (measured: a new call + one round trip, 3000 sequential, 0.31 vs
- * 0.16 ms of client CPU each). Data frames read into buffers with headroom go out without a copy.
+ * 0.16 ms of client CPU each). Data frames read into buffers with headroom go out without a copy. The session is
+ * framed by h2_wire.ts unless node:http2 is asked for; the manager's side of it is the same H2FrameChannel over
+ * either framing (see createTunedServer).
  */
 
 import * as grpc from "@grpc/grpc-js";
