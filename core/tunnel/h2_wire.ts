@@ -425,6 +425,8 @@ export class WireSession extends EventEmitter {
   #gotSettings = false;
   #blocked = false;
   #wantFlush = false;
+  #flushing = false;
+  #flushAgain = false;
   #goawaySent = false;
   /** Streams with something to send, in turn order. */
   #ready = new Set<WireStream>();
@@ -563,6 +565,24 @@ export class WireSession extends EventEmitter {
   /** Hands the socket what the windows allow, up to a frame per stream in turn, until nothing more can go. */
   flush(): void {
     if (this.destroyed) return;
+    // a listener that writes from inside (a stream's 'drain') must not start a flush that sees a window not yet
+    // debited for the frame in hand: it asks for another round instead
+    if (this.#flushing) {
+      this.#flushAgain = true;
+      return;
+    }
+    this.#flushing = true;
+    try {
+      do {
+        this.#flushAgain = false;
+        this.#flushRounds();
+      } while (this.#flushAgain && !this.destroyed);
+    } finally {
+      this.#flushing = false;
+    }
+  }
+
+  #flushRounds(): void {
     const out = this.#out;
     while (this.#ready.size && !this.#blocked) {
       let progress = false;

@@ -536,3 +536,22 @@ Deno.test("wire: a connection that fails or ends before it said what it is gets 
     assert.equal(sock.destroyed, true, how);
   }
 });
+
+Deno.test("wire: a writer that writes again inside 'drain' still stays inside the connection window", async () => {
+  const { s, feed, frames } = scripted();
+  feed(rawFrame(4, 0, 0, [0, 4, 0, 0x10, 0, 0])); // stream window 1 MiB; the connection's stays 65 535
+  await settle();
+  const st = s.request({ ":path": "/a" });
+  let again = 3;
+  st.on("drain", () => {
+    if (again-- > 0) st.write(new Uint8Array(64 * 1024)); // synchronously, from inside the session's flush
+  });
+  assert.equal(st.write(new Uint8Array(128 * 1024)), false, "over the stream's high-water mark");
+  await settle();
+  feed(rawFrame(8, 0, 0, u32(65_535))); // room for 65 535 more: the flush that uses it drains the stream
+  await settle();
+  const sent = frames().filter((f) => f.type === 0).reduce((n, f) => n + f.payload.byteLength, 0);
+  assert.equal(sent, 2 * 65_535, "exactly the connection window, not more");
+  assert.ok(again < 3, "the drain listener ran");
+  s.destroy();
+});
