@@ -26,6 +26,7 @@ import {
   LARGE_DATA_FRAME,
   limitFrom,
   MAX_MESSAGE_BYTES,
+  WIRE_FLOW_CONTROL_WINDOW,
 } from "./grpc.ts";
 
 /** The Tunnel method's HTTP/2 path. */
@@ -89,10 +90,11 @@ export class H2Tunnels {
     opts: { windowBytes?: number; keepaliveMs?: number; keepaliveTimeoutMs?: number; client?: H2Client } = {},
   ) {
     this.#address = address;
-    this.#window = opts.windowBytes ?? FLOW_CONTROL_WINDOW;
+    this.#client = opts.client ?? "wire";
+    // a wire session's peer is a wire server (the window then pays) or node:http2, which keeps to its own window
+    this.#window = opts.windowBytes ?? (this.#client === "wire" ? WIRE_FLOW_CONTROL_WINDOW : FLOW_CONTROL_WINDOW);
     this.#keepaliveMs = opts.keepaliveMs ?? KEEPALIVE_MS;
     this.#keepaliveTimeoutMs = opts.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS;
-    this.#client = opts.client ?? "wire";
   }
 
   #sessionNow(): ClientSession {

@@ -15,7 +15,13 @@ import {
   MAX_DATA_FRAME,
 } from "./frame.ts";
 import { type H2Client, H2Tunnels } from "./h2_calls.ts";
-import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, MAX_MESSAGE_BYTES } from "./grpc.ts";
+import {
+  FLOW_CONTROL_WINDOW,
+  FRAME_LIMIT_HEADER,
+  LARGE_DATA_FRAME,
+  MAX_MESSAGE_BYTES,
+  WIRE_FLOW_CONTROL_WINDOW,
+} from "./grpc.ts";
 
 /** Both HTTP/2 clients a tunnel session can use, each against the same scripted servers. */
 const CLIENTS: H2Client[] = ["wire", "node"];
@@ -253,3 +259,27 @@ for (const client of CLIENTS) {
     }
   });
 }
+
+Deno.test("h2 tunnel session: a wire session asks for the wire window, a node:http2 one for the common window", async () => {
+  const windows: number[] = [];
+  const server = http2.createServer();
+  server.on("session", (s: http2.ServerHttp2Session) => {
+    s.on("remoteSettings", (r: http2.Settings) => windows.push(r.initialWindowSize ?? -1));
+  });
+  server.on("stream", (stream: http2.ServerHttp2Stream) => {
+    stream.on("error", () => {});
+    stream.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": "0" }, { endStream: true });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  const address = `127.0.0.1:${(server.address() as { port: number }).port}`;
+  try {
+    for (const client of CLIENTS) {
+      const tunnels = new H2Tunnels(address, { client });
+      await drain(tunnels.open().fs);
+      tunnels.close();
+    }
+    assert.deepEqual(windows, [WIRE_FLOW_CONTROL_WINDOW, FLOW_CONTROL_WINDOW]);
+  } finally {
+    await new Promise<void>((r) => server.close(() => r()));
+  }
+});
