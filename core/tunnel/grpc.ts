@@ -181,7 +181,9 @@ export function createTunedServer(
     }
     const withSettings = h2 as Http2Server & { updateSettings?: (s: { initialWindowSize: number }) => void };
     withSettings.updateSettings?.({ initialWindowSize: windowBytes });
-    if (onStream && opts.wire !== false) {
+    // a TLS server's first bytes are a ClientHello, read by its TLS layer: only plaintext connections are sniffed
+    const secure = (creds as { _isSecure?: () => boolean })._isSecure?.() ?? false;
+    if (onStream && opts.wire !== false && !secure) {
       wireSessions.push(serveWireClients(h2, Math.max(windowBytes, WIRE_FLOW_CONTROL_WINDOW), onStream));
     }
     h2.on("connection", (socket: Socket) => coalesceWrites(socket));
