@@ -18,7 +18,7 @@ import { log } from "../log.ts";
 import { formatHostPort, parseHostPort } from "../subnet/mod.ts";
 import { decodeFrame, encodeGrpcMessage, type Frame, GRPC_PREFIX, MAX_DATA_FRAME } from "./frame.ts";
 import { type FrameChannel, type ServedCall, WaitingChannel } from "./frame_stream.ts";
-import { connectWire } from "./h2_wire.ts";
+import { connectWire, readU32 } from "./h2_wire.ts";
 import {
   coalesceWrites,
   FLOW_CONTROL_WINDOW,
@@ -32,6 +32,15 @@ import {
 /** The Tunnel method's HTTP/2 path. */
 export const TUNNEL_PATH = "/tel.v1.Manager/Tunnel";
 
+/** The request headers of every Tunnel call (one object, so a wire session encodes them once). */
+const TUNNEL_REQUEST: Readonly<Record<string, string>> = {
+  ":method": "POST",
+  ":path": TUNNEL_PATH,
+  "content-type": "application/grpc",
+  te: "trailers",
+  [FRAME_LIMIT_HEADER]: String(LARGE_DATA_FRAME),
+};
+
 /** Ping interval and answer timeout of a tunnel session (grpc-js's keepalive for the main channel is the same). */
 const KEEPALIVE_MS = 30_000;
 const KEEPALIVE_TIMEOUT_MS = 10_000;
@@ -44,7 +53,7 @@ const RESPONSE_HEADERS = { ":status": 200, "content-type": "application/grpc" } 
 
 /** The message length in a gRPC prefix starting at `at` (big-endian, after the flag byte). */
 function prefixLength(b: Uint8Array, at: number): number {
-  return ((b[at + 1] << 24) >>> 0) + (b[at + 2] << 16) + (b[at + 3] << 8) + b[at + 4];
+  return readU32(b, at + 1);
 }
 
 function statusError(code: string, message: string | undefined): Error {
@@ -67,7 +76,7 @@ export type H2Client = "wire" | "node";
 interface ClientSession {
   readonly closed: boolean;
   readonly destroyed: boolean;
-  request(headers: Record<string, string>): StreamLike;
+  request(headers: Readonly<Record<string, string>>): StreamLike;
   ping(answered: () => void): boolean;
   close(): void;
   destroy(e?: Error): void;
@@ -135,13 +144,8 @@ export class H2Tunnels {
   /** Starts a Tunnel call (its HEADERS go out now); `limit()` is the largest data frame the dialer accepts. */
   open(): { fs: FrameChannel; limit: () => number } {
     if (this.#closed) throw new Error("the tunnel session was closed");
-    const st = this.#sessionNow().request({
-      ":method": "POST",
-      ":path": TUNNEL_PATH,
-      "content-type": "application/grpc",
-      te: "trailers",
-      [FRAME_LIMIT_HEADER]: String(LARGE_DATA_FRAME),
-    });
+    // node:http2 may add to the object it is given (tracing headers): it gets a copy
+    const st = this.#sessionNow().request(this.#client === "wire" ? TUNNEL_REQUEST : { ...TUNNEL_REQUEST });
     const ch = new H2FrameChannel(st);
     return { fs: ch, limit: () => ch.limit };
   }

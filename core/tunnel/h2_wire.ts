@@ -110,7 +110,8 @@ function frameHeader(len: number, type: number, flags: number, sid: number): Uin
   return h;
 }
 
-function u32(b: Uint8Array, at: number): number {
+/** The big-endian unsigned 32-bit number at `at`. */
+export function readU32(b: Uint8Array, at: number): number {
   return ((b[at] << 24) >>> 0) + (b[at + 1] << 16) + (b[at + 2] << 8) + b[at + 3];
 }
 
@@ -412,6 +413,8 @@ export class WireSession extends EventEmitter {
   #authority: string;
   #streams = new Map<number, WireStream>();
   #nextId = 1;
+  #requestHeaders: Readonly<WireHeaders> | undefined;
+  #requestBlock: Uint8Array | undefined;
   /** Server: the highest stream id the client opened. */
   #lastPeerId = 0;
   /** Server: preface bytes still to check. */
@@ -485,7 +488,7 @@ export class WireSession extends EventEmitter {
   }
 
   /** Opens a stream: its HEADERS go out now. */
-  request(headers: WireHeaders): WireStream {
+  request(headers: Readonly<WireHeaders>): WireStream {
     if (this.isServer) throw new Error("a server session opens no streams");
     if (this.closed || this.destroyed) throw new Error("the tunnel session is closed");
     const id = this.#nextId;
@@ -493,7 +496,12 @@ export class WireSession extends EventEmitter {
     if (this.#nextId > LAST_STREAM_ID) this.closed = true; // the next call opens a new session
     const st = new WireStream(this, id, this.#peerInitialWindow);
     this.#streams.set(id, st);
-    this.sendHeaders(id, encodeRequestBlock(this.#authority, headers), false);
+    // a caller that opens its streams with one headers object (H2Tunnels) has the block encoded once per session
+    if (headers !== this.#requestHeaders) {
+      this.#requestHeaders = headers;
+      this.#requestBlock = encodeRequestBlock(this.#authority, headers);
+    }
+    this.sendHeaders(id, this.#requestBlock!, false);
     return st;
   }
 
@@ -710,7 +718,7 @@ export class WireSession extends EventEmitter {
     const len = (h[0] << 16) | (h[1] << 8) | h[2];
     this.#type = h[3];
     this.#flags = h[4];
-    this.#sid = u32(h, 5) & 0x7fffffff;
+    this.#sid = readU32(h, 5) & 0x7fffffff;
     this.#left = len;
     if (len > RECV_MAX_FRAME) {
       return this.#connectionError(H2_CODE.FRAME_SIZE_ERROR, `frame of ${len} bytes, more than ${RECV_MAX_FRAME}`);
@@ -788,7 +796,7 @@ export class WireSession extends EventEmitter {
         return;
       case RST_STREAM:
         if (p.byteLength !== 4) return this.#connectionError(H2_CODE.FRAME_SIZE_ERROR, "RST_STREAM not 4 bytes");
-        this.#streams.get(sid)?.onReset(u32(p, 0));
+        this.#streams.get(sid)?.onReset(readU32(p, 0));
         return;
       case SETTINGS:
         return this.#onSettings(flags, p);
@@ -799,8 +807,8 @@ export class WireSession extends EventEmitter {
         return;
       case GOAWAY: {
         if (p.byteLength < 8) return this.#connectionError(H2_CODE.FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes");
-        const last = u32(p, 0) & 0x7fffffff;
-        const code = u32(p, 4);
+        const last = readU32(p, 0) & 0x7fffffff;
+        const code = readU32(p, 4);
         this.closed = true;
         this.emit("goaway", code);
         const refused = new Error(`the manager went away (GOAWAY, HTTP/2 code ${code}) before this stream started`);
@@ -813,7 +821,7 @@ export class WireSession extends EventEmitter {
       }
       case WINDOW_UPDATE: {
         if (p.byteLength !== 4) return this.#connectionError(H2_CODE.FRAME_SIZE_ERROR, "WINDOW_UPDATE not 4 bytes");
-        const inc = u32(p, 0) & 0x7fffffff;
+        const inc = readU32(p, 0) & 0x7fffffff;
         if (sid === 0) {
           this.#connWindow += inc;
           if (this.#connWindow > MAX_WINDOW) {
@@ -880,7 +888,7 @@ export class WireSession extends EventEmitter {
     if (p.byteLength % 6) return this.#connectionError(H2_CODE.FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6");
     for (let at = 0; at < p.byteLength; at += 6) {
       const id = (p[at] << 8) | p[at + 1];
-      const value = u32(p, at + 2);
+      const value = readU32(p, at + 2);
       if (id === SETTINGS_INITIAL_WINDOW_SIZE) {
         if (value > MAX_WINDOW) {
           return this.#connectionError(H2_CODE.FLOW_CONTROL_ERROR, "initial window beyond 2^31-1");
@@ -926,7 +934,7 @@ export function sniffWire(b: Uint8Array): "wire" | "other" | undefined {
   if (b[at + 3] !== SETTINGS || len % 6 || len > 60) return "other";
   if (b.byteLength < at + 9 + len) return undefined;
   for (let p = at + 9; p < at + 9 + len; p += 6) {
-    if (((b[p] << 8) | b[p + 1]) === SETTINGS_TEL_WIRE && u32(b, p + 2) === 1) return "wire";
+    if (((b[p] << 8) | b[p + 1]) === SETTINGS_TEL_WIRE && readU32(b, p + 2) === 1) return "wire";
   }
   return "other";
 }
