@@ -179,6 +179,8 @@ export class WireStream extends EventEmitter {
   writableEnded = false;
   /** Bytes the peer lets us send on this stream. */
   sendWindow: number;
+  /** Bytes we let the peer send on this stream (our initial window, plus what our WINDOW_UPDATEs gave back). */
+  recvWindow: number;
   #session: WireSession;
   #queue: Pending[] = [];
   #queued = 0;
@@ -199,6 +201,7 @@ export class WireStream extends EventEmitter {
     this.#session = session;
     this.id = id;
     this.sendWindow = sendWindow;
+    this.recvWindow = session.windowBytes;
   }
 
   /** Queues `buf` (kept, not copied, until `written` runs); false when the caller should wait for 'drain'. */
@@ -423,6 +426,8 @@ export class WireSession extends EventEmitter {
   #peerInitialWindow = DEFAULT_WINDOW;
   #peerMaxFrame = 16_384;
   #connUnacked = 0;
+  /** Bytes we let the peer send on the connection: the protocol's first window, then what WINDOW_UPDATEs added. */
+  #connRecvWindow = DEFAULT_WINDOW;
   #decoder = hpack.decompressor.create({ table: { maxSize: 4096 } });
   #pings: Array<() => void> = [];
   #gotSettings = false;
@@ -481,9 +486,7 @@ export class WireSession extends EventEmitter {
     if (this.isServer) this.#prefaceLeft = PREFACE.byteLength;
     else sock.write(PREFACE);
     sock.write(frame(SETTINGS, 0, 0, settings));
-    if (this.windowBytes > DEFAULT_WINDOW) {
-      sock.write(frame(WINDOW_UPDATE, 0, 0, u32Bytes(this.windowBytes - DEFAULT_WINDOW)));
-    }
+    if (this.windowBytes > DEFAULT_WINDOW) this.sendWindowUpdate(0, this.windowBytes - DEFAULT_WINDOW);
     if (opts.initial?.byteLength) queueMicrotask(() => this.#onData(opts.initial!));
   }
 
@@ -632,7 +635,13 @@ export class WireSession extends EventEmitter {
   }
 
   sendWindowUpdate(id: number, n: number): void {
-    if (!this.#sock.destroyed && n > 0) this.#sock.write(frame(WINDOW_UPDATE, 0, id, u32Bytes(n)));
+    if (this.#sock.destroyed || n <= 0) return;
+    if (id === 0) this.#connRecvWindow += n;
+    else {
+      const st = this.#streams.get(id);
+      if (st) st.recvWindow += n;
+    }
+    this.#sock.write(frame(WINDOW_UPDATE, 0, id, u32Bytes(n)));
   }
 
   forget(st: WireStream): void {
@@ -727,6 +736,24 @@ export class WireSession extends EventEmitter {
       return this.#connectionError(H2_CODE.PROTOCOL_ERROR, "header block interrupted by another frame");
     }
     if (this.#type === DATA) {
+      // a peer that sends beyond the windows we gave it would have us buffer without bound (RFC 9113 §6.9.1)
+      if (len > this.#connRecvWindow) {
+        return this.#connectionError(
+          H2_CODE.FLOW_CONTROL_ERROR,
+          `DATA of ${len} bytes beyond the connection window (${this.#connRecvWindow} bytes left)`,
+        );
+      }
+      this.#connRecvWindow -= len;
+      const st = this.#streams.get(this.#sid);
+      if (st) {
+        if (len > st.recvWindow) {
+          return this.#connectionError(
+            H2_CODE.FLOW_CONTROL_ERROR,
+            `DATA of ${len} bytes beyond stream ${this.#sid}'s window (${st.recvWindow} bytes left)`,
+          );
+        }
+        st.recvWindow -= len;
+      }
       this.#padPending = (this.#flags & PADDED) !== 0 && len > 0;
       this.#padLeft = 0;
       if (len === 0) this.#endDataFrame();

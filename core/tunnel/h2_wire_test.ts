@@ -260,6 +260,45 @@ Deno.test("wire: a paused stream gives the peer no window back, of the stream or
   s.destroy();
 });
 
+Deno.test("wire: a peer that sends past the stream's or the connection's window is a FLOW_CONTROL_ERROR", async () => {
+  // 64 KiB windows; a paused stream gives nothing back, so what was offered is all the peer may send
+  const stream = scripted(64 * 1024);
+  const a = stream.s.request({ ":path": "/a" });
+  const b = stream.s.request({ ":path": "/b" });
+  const gotA = record(a);
+  record(b);
+  const head = encoder();
+  stream.feed(rawFrame(1, 0x4, 1, head({ ":status": "200" })), rawFrame(1, 0x4, 3, head({ ":status": "200" })));
+  // 33 000 bytes read: the connection gets them back (over half its window), neither stream yet
+  stream.feed(rawFrame(0, 0, 3, new Uint8Array(20_000)), rawFrame(0, 0, 1, new Uint8Array(13_000)));
+  await settle();
+  a.pause();
+  stream.feed(rawFrame(0, 0, 1, new Uint8Array(52_536)));
+  await settle();
+  assert.equal(stream.s.destroyed, false, "65 536 bytes on a 65 536-byte stream window: inside it");
+  assert.equal(gotA.data.length, 65_536);
+  stream.feed(rawFrame(0, 0, 1, new Uint8Array(1)));
+  await settle();
+  assert.match(stream.errors[0]?.message ?? "", /DATA of 1 bytes beyond stream 1's window \(0 bytes left\)/);
+  assert.match(gotA.error?.message ?? "", /beyond stream 1's window/);
+  const goaway = stream.frames().find((f) => f.type === 7);
+  assert.equal(goaway && new DataView(goaway.payload.buffer).getUint32(4), H2_CODE.FLOW_CONTROL_ERROR);
+
+  const conn = scripted(64 * 1024);
+  const x = conn.s.request({ ":path": "/x" });
+  const y = conn.s.request({ ":path": "/y" });
+  record(x);
+  record(y);
+  x.pause();
+  y.pause();
+  const block = encoder();
+  conn.feed(rawFrame(1, 0x4, 1, block({ ":status": "200" })), rawFrame(1, 0x4, 3, block({ ":status": "200" })));
+  conn.feed(rawFrame(0, 0, 1, new Uint8Array(40_000)), rawFrame(0, 0, 3, new Uint8Array(30_000)));
+  await settle();
+  assert.match(conn.errors[0]?.message ?? "", /DATA of 30000 bytes beyond the connection window \(25536 bytes left\)/);
+  assert.equal(conn.s.destroyed, true);
+});
+
 Deno.test("wire: GOAWAY fails the streams it did not take and closes the session; RST_STREAM ends one", async () => {
   const { s, feed } = scripted();
   const a = record(s.request({ ":path": "/a" }));
