@@ -70,6 +70,15 @@ const MAX_HEADER_BLOCK = 64 * 1024;
 const LAST_STREAM_ID = 2 ** 31 - 1;
 /** Bytes queued on a stream beyond which write() says "wait for drain". */
 const STREAM_HIGH_WATER = 64 * 1024;
+/**
+ * Bytes queued on all of a session's streams beyond which every write says "wait for drain", and below which the
+ * streams that waited hear 'drain' (a few at a time): streams each under their own mark still add up, and with the
+ * connection window spent 1000 flows held 75 MiB in the daemon's stream queues (scale bench).
+ */
+const SESSION_HIGH_WATER = 4 * 1024 * 1024;
+const SESSION_LOW_WATER = SESSION_HIGH_WATER / 2;
+/** Streams woken per turn of the event loop once the session is under its low-water mark. */
+const WAKE_BATCH = 16;
 /** Bytes the socket may hold unsent before streams stop handing it frames. */
 const SOCKET_HIGH_WATER = 1024 * 1024;
 
@@ -210,11 +219,21 @@ export class WireStream extends EventEmitter {
     if (buf.byteLength > 0) {
       this.#queue.push({ buf, off: 0, written });
       this.#queued += buf.byteLength;
+      this.#session.queuedBytes += buf.byteLength;
       this.#session.ready(this);
     } else written?.();
-    if (this.#queued < STREAM_HIGH_WATER) return true;
+    if (this.#queued < STREAM_HIGH_WATER && !this.#session.overHighWater) return true;
     this.#needDrain = true;
+    if (this.#queued < STREAM_HIGH_WATER) this.#session.waitForRoom(this);
     return false;
+  }
+
+  /** The session is under its low-water mark again: 'drain' if this stream is under its own. */
+  roomAgain(): void {
+    if (this.#needDrain && this.#queued < STREAM_HIGH_WATER && !this.destroyed) {
+      this.#needDrain = false;
+      this.emit("drain");
+    }
   }
 
   /** Ends our side once everything queued went out. */
@@ -303,6 +322,7 @@ export class WireStream extends EventEmitter {
       budget -= n;
       this.sendWindow -= n;
       this.#queued -= n;
+      this.#session.queuedBytes -= n;
       if (last) this.#queue.shift();
       if (endNow) this.#sentEnd();
     }
@@ -317,8 +337,11 @@ export class WireStream extends EventEmitter {
       }
     }
     if (this.#needDrain && this.#queued < STREAM_HIGH_WATER) {
-      this.#needDrain = false;
-      this.emit("drain");
+      if (this.#session.overHighWater) this.#session.waitForRoom(this);
+      else {
+        this.#needDrain = false;
+        this.emit("drain");
+      }
     }
     return sent;
   }
@@ -396,6 +419,7 @@ export class WireStream extends EventEmitter {
     // a buffer partly handed to the socket is still in its queue: given back only once the socket is past it
     for (const p of this.#queue) if (p.written) this.#session.afterQueued(p.written);
     this.#queue = [];
+    this.#session.queuedBytes -= this.#queued;
     this.#queued = 0;
     this.#session.forget(this);
     this.emit("close");
@@ -438,6 +462,11 @@ export class WireSession extends EventEmitter {
   #goawaySent = false;
   /** Streams with something to send, in turn order. */
   #ready = new Set<WireStream>();
+  /** Bytes queued on all streams, not yet handed to the socket (see {@link SESSION_HIGH_WATER}). */
+  queuedBytes = 0;
+  // streams told to wait for 'drain' by the session's mark, not their own
+  #roomWaiters = new Set<WireStream>();
+  #waking = false;
   // receive state: the frame header being read, then the frame being read
   #hdr = new Uint8Array(9);
   #hdrLen = 0;
@@ -591,6 +620,7 @@ export class WireSession extends EventEmitter {
     } finally {
       this.#flushing = false;
     }
+    this.#wakeRoomWaiters();
   }
 
   #flushRounds(): void {
@@ -644,9 +674,39 @@ export class WireSession extends EventEmitter {
     this.#sock.write(frame(WINDOW_UPDATE, 0, id, u32Bytes(n)));
   }
 
+  /** Whether all streams together hold the session's high-water mark or more. */
+  get overHighWater(): boolean {
+    return this.queuedBytes >= SESSION_HIGH_WATER;
+  }
+
+  /** `st` hears 'drain' once the session is under its low-water mark. */
+  waitForRoom(st: WireStream): void {
+    this.#roomWaiters.add(st);
+  }
+
+  #wakeRoomWaiters(): void {
+    if (this.queuedBytes > SESSION_LOW_WATER || !this.#roomWaiters.size || this.#waking) return;
+    // woken writers write in a later microtask: all of them at once would each add a chunk past the mark
+    let n = 0;
+    for (const st of this.#roomWaiters) {
+      this.#roomWaiters.delete(st);
+      st.roomAgain();
+      if (++n === WAKE_BATCH) break;
+    }
+    if (this.#roomWaiters.size) {
+      this.#waking = true;
+      setImmediate(() => {
+        this.#waking = false;
+        this.#wakeRoomWaiters();
+      });
+    }
+  }
+
   forget(st: WireStream): void {
     this.#streams.delete(st.id);
     this.#ready.delete(st);
+    this.#roomWaiters.delete(st);
+    this.#wakeRoomWaiters();
     if (this.closed && !this.destroyed && !this.#streams.size) this.#shutdown(H2_CODE.NO_ERROR);
   }
 

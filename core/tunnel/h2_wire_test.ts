@@ -299,6 +299,29 @@ Deno.test("wire: a peer that sends past the stream's or the connection's window 
   assert.equal(conn.s.destroyed, true);
 });
 
+Deno.test("wire: streams each under their own mark stop at the session's; 'drain' reaches every one once it is under", async () => {
+  const { s, feed } = scripted();
+  // the peer gives only the protocol's first windows: 64 KiB go out, the rest stays queued
+  const streams = Array.from({ length: 80 }, (_, i) => s.request({ ":path": `/s${i}` }));
+  const said: boolean[] = [];
+  const drained = new Map<number, number>();
+  for (const [i, st] of streams.entries()) {
+    record(st);
+    st.on("drain", () => drained.set(i, (drained.get(i) ?? 0) + 1));
+    said.push(st.write(new Uint8Array(60 * 1024)));
+  }
+  const firstNo = said.indexOf(false);
+  // 4 MiB of 60 KiB writes (plus the 64 KiB that went out) fill the session at the 70th stream
+  assert.equal(firstNo, 69, `the first refusal: ${firstNo}`);
+  assert.ok(said.slice(firstNo).every((x) => !x), "every later write is told to wait, though its stream holds 60 KiB");
+  feed(rawFrame(4, 0, 0, [0, 4, 0x40, 0, 0, 0]), rawFrame(8, 0, 0, u32(1 << 30)));
+  await settle();
+  for (let i = 0; i < 80; i++) {
+    assert.equal(drained.get(i), i < firstNo ? undefined : 1, `stream ${i}: 'drain' ${drained.get(i) ?? 0} times`);
+  }
+  s.destroy();
+});
+
 Deno.test("wire: GOAWAY fails the streams it did not take and closes the session; RST_STREAM ends one", async () => {
   const { s, feed } = scripted();
   const a = record(s.request({ ":path": "/a" }));
