@@ -87,6 +87,8 @@ export class Stack {
   #tcp = new Map<string, TcpEndpoint>();
   #udp = new Map<string, UdpEndpoint>();
   #ackSet = new Set<TcpEndpoint>();
+  /** Connections that can still receive data: they share {@link TcpTuning.rcvBudget}. */
+  #rcvOpen = 0;
   #counters: Counters = zeroCounters();
   #internalErrors = 0;
   #tune: TcpTuning;
@@ -132,6 +134,10 @@ export class Stack {
           queueMicrotask(() => this.#flushAcks());
         }
       },
+      rcvShare: () => Math.max(this.#tune.rcvMinShare, Math.floor(this.#tune.rcvBudget / Math.max(1, this.#rcvOpen))),
+      rcvCount: (delta: 1 | -1) => {
+        this.#rcvOpen += delta;
+      },
       removed: (ep: TcpEndpoint) => {
         if (this.#tcp.get(ep.key) === ep) this.#tcp.delete(ep.key);
         this.#ackSet.delete(ep);
@@ -164,11 +170,13 @@ export class Stack {
   }
 
   /** A snapshot of the counters. */
-  counters(): Counters & { internalErrors: number; tcpConnections: number; udpFlows: number } {
+  counters(): Counters & { internalErrors: number; tcpConnections: number; tcpReceiving: number; udpFlows: number } {
     return {
       ...this.#counters,
       internalErrors: this.#internalErrors,
       tcpConnections: this.#tcp.size,
+      // the connections that share the receive budget (not those whose peer finished sending)
+      tcpReceiving: this.#rcvOpen,
       udpFlows: this.#udp.size,
     };
   }

@@ -246,8 +246,10 @@ Deno.test("tcp: RST outside RCV.NXT gets a challenge ACK; an exact RST errors th
   const [challenge] = env.take();
   equal(challenge.tcp!.flags, ACK);
   equal(conn.state, "established");
+  equal(env.stack.counters().tcpReceiving, 1);
   env.stack.input([env.seg({ seq: 1001, flags: RST })]);
   equal(conn.state, "closed");
+  equal(env.stack.counters().tcpReceiving, 0, "a reset connection no longer shares the receive budget");
   await rejects(conn.readable.getReader().read());
   await conn.closed;
 });
@@ -258,6 +260,7 @@ Deno.test("tcp: half-close both ways ends in CLOSED; simultaneous close goes thr
   env.take();
   env.stack.input([env.seg({ seq: 1001, ack: snd, flags: ACK | FIN })]); // client shuts its write side
   equal(conn.state, "close-wait");
+  equal(env.stack.counters().tcpReceiving, 0, "the peer's FIN: nothing more to receive");
   const r = conn.readable.getReader();
   equal((await r.read()).done, true);
   const w = conn.writable.getWriter();
@@ -276,6 +279,7 @@ Deno.test("tcp: half-close both ways ends in CLOSED; simultaneous close goes thr
   h2.conn.close(); // our FIN goes first
   const [fin2] = env2.take();
   equal(h2.conn.state, "fin-wait-1");
+  equal(env2.stack.counters().tcpReceiving, 1, "our FIN: it still receives");
   env2.stack.input([env2.seg({ seq: 1001, ack: h2.snd, flags: ACK | FIN })]); // their FIN crosses ours
   equal(h2.conn.state, "closing");
   env2.stack.input([env2.seg({ seq: 1002, ack: (fin2.tcp!.seq + 1) >>> 0 })]);
@@ -577,4 +581,40 @@ Deno.test("tcp with an attached sink: a reset reaches it as an error and drops w
   assertEquals(rec.events, ["error: netstack: connection reset by peer"]);
   conn.resume();
   equal(rec.got.length, 100, "the held bytes were dropped");
+});
+
+Deno.test("tcp: connections share the stack's receive budget; one whose peer finished stops counting; no offer is taken back", async () => {
+  const env = setup({ tcp: { rcvBuf: 64 << 10, rcvBudget: 128 << 10, rcvMinShare: 4 << 10 } });
+  const conns = new Map<number, { snd: number; rcv: number }>();
+  const open = async (port: number) => {
+    env.stack.input([
+      env.seg({ srcPort: port, seq: 1000, flags: SYN, window: 65535, mss: 1460, windowScale: 7, tsVal: 1, tsEcr: 0 }),
+    ]);
+    await tick();
+    const synack = env.take().find((s) => s.tcp?.dstPort === port)!.tcp!;
+    env.stack.input([env.seg({ srcPort: port, seq: 1001, ack: synack.seq + 1, tsVal: 2, tsEcr: synack.tsVal })]);
+    env.conns.at(-1)!.attach(recordingSink().sink);
+    conns.set(port, { snd: (synack.seq + 1) >>> 0, rcv: 1001 });
+  };
+  /** Sends `n` bytes on `port`'s connection; the offered window (bytes) in the ACK that answers them. */
+  const send = (port: number, n: number, flags = ACK) => {
+    const c = conns.get(port)!;
+    env.stack.input([env.seg({ srcPort: port, seq: c.rcv, ack: c.snd, flags, tsVal: 3, tsEcr: 0 }, new Uint8Array(n))]);
+    c.rcv += n + (flags & FIN ? 1 : 0);
+    const ack = env.take().filter((s) => s.tcp?.dstPort === port).at(-1)!.tcp!;
+    equal(ack.ack, c.rcv);
+    return ack.window * 128;
+  };
+  await open(41000);
+  equal(send(41000, 1000), 64 << 10, "alone: its whole receive buffer (less than the budget)");
+  for (let p = 41001; p < 41016; p++) await open(p);
+  equal(send(41015, 1000), 8 << 10, "16 connections: 128 KiB / 16 each");
+  equal(send(41000, 1000), (64 << 10) - 1024, "what the first one offered earlier stays offered (rounded to 128)");
+  for (let i = 0; i < 62; i++) send(41000, 1000);
+  equal(send(41000, 1000), 8 << 10, "once the data filled the old offer, its share");
+  for (let p = 41001; p < 41009; p++) send(p, 0, FIN | ACK);
+  equal(send(41015, 1000), 16 << 10, "8 peers sent FIN: 8 connections share the budget");
+  for (let p = 41016; p < 41064; p++) await open(p);
+  equal(send(41063, 100), 4 << 10, "56 connections: 2 KiB each would be less than the minimum share");
+  equal(env.stack.counters().tcpReceiving, 56);
 });

@@ -66,6 +66,13 @@ export interface TcpConn {
 export interface TcpTuning {
   /** Receive buffer (bytes queued for the reader): the advertised window follows it. */
   rcvBuf: number;
+  /**
+   * Receive window all of a stack's connections share: each offers at most `rcvBudget / connections` (but at least
+   * `rcvMinShare`, at most `rcvBuf`), so what many connections to a slow tunnel can push into the stack at once stays
+   * bounded by it instead of growing with their number.
+   */
+  rcvBudget: number;
+  rcvMinShare: number;
   /** Send buffer: writes wait while this many bytes are unacknowledged or unsent. */
   sndBuf: number;
   timeWaitMs: number;
@@ -80,6 +87,8 @@ export interface TcpTuning {
 /** Defaults: 4 MiB buffers, short TIME_WAIT (the peer is on this host). */
 export const DEFAULT_TCP_TUNING: TcpTuning = {
   rcvBuf: 4 << 20,
+  rcvBudget: 16 << 20,
+  rcvMinShare: 16 << 10,
   sndBuf: 4 << 20,
   timeWaitMs: 2_000,
   minRtoMs: 200,
@@ -96,6 +105,10 @@ export interface TcpHost {
   sendSegment(ep: TcpEndpoint, f: TcpFields, off: number, len: number): void;
   /** Asks for {@link TcpEndpoint.flushAck} at the end of the current input batch. */
   ackLater(ep: TcpEndpoint): void;
+  /** The receive window a connection may offer now: its share of {@link TcpTuning.rcvBudget}. */
+  rcvShare(): number;
+  /** A connection that can still receive data came (+1) or stopped receiving: the peer's FIN, or gone (-1). */
+  rcvCount(delta: 1 | -1): void;
   /** The endpoint reached CLOSED. */
   removed(ep: TcpEndpoint): void;
 }
@@ -202,6 +215,8 @@ export class TcpEndpoint implements TcpConn {
   #timerAt = Infinity;
   #deadline = Infinity;
   #resolveClosed!: () => void;
+  /** Whether this connection counts among those sharing the stack's receive budget. */
+  #rcvCounted = true;
 
   constructor(
     host: TcpHost,
@@ -246,6 +261,13 @@ export class TcpEndpoint implements TcpConn {
     const hdrs = (id.family === 4 ? 20 : 40) + 20 + (this.#tsOk ? 12 : 0);
     this.#segMax = Math.max(this.#mss, Math.floor((tsoMaxPacket - hdrs) / this.#mss) * this.#mss);
     this.closed = new Promise((r) => this.#resolveClosed = r);
+    host.rcvCount(1);
+  }
+
+  #rcvUncount(): void {
+    if (!this.#rcvCounted) return;
+    this.#rcvCounted = false;
+    this.#host.rcvCount(-1);
   }
 
   get readable(): ReadableStream<Uint8Array> {
@@ -698,6 +720,7 @@ export class TcpEndpoint implements TcpConn {
     }
     if (!fin) return;
     this.#rcvNxt = seqAdd(this.#rcvNxt, 1);
+    this.#rcvUncount();
     this.#closeReadable();
     if (this.#state === "established") this.#state = "close-wait";
     else if (this.#state === "fin-wait-1") {
@@ -727,13 +750,21 @@ export class TcpEndpoint implements TcpConn {
     const max = 65535 * 2 ** this.#rcvWscale;
     if (this.#rcvClosed || this.#rcDone) return Math.min(max, this.#tune.rcvBuf);
     const used = this.#heldBytes + (this.#sink?.buffered?.() ?? 0);
-    return Math.min(max, Math.max(0, this.#tune.rcvBuf - used));
+    return Math.min(max, Math.max(0, this.#rcvLimit() - used));
+  }
+
+  /** The most this connection offers: its receive buffer, or its share of the stack's budget when that is less. */
+  #rcvLimit(): number {
+    return Math.min(this.#tune.rcvBuf, this.#host.rcvShare());
   }
 
   #windowField(): number {
     // Rounded down: the advertised edge may step back by < 2^scale (tolerated, RFC 7323 §2.4); data is still taken
     // up to the furthest edge ever advertised, so nothing in flight is refused and memory stays bounded.
-    const field = Math.min(65535, Math.floor(this.#rcvWindow() / 2 ** this.#rcvWscale));
+    // Never less than what is left of the window already offered: a connection's share shrinks as others open, and
+    // a receiver does not take back what it offered (RFC 9293 §3.8.6); it offers no more until the data fills it.
+    const w = Math.max(this.#rcvWindow(), seqDiff(this.#rcvAdvEdge, this.#rcvNxt));
+    const field = Math.min(65535, Math.floor(w / 2 ** this.#rcvWscale));
     const edge = seqAdd(this.#rcvNxt, field * 2 ** this.#rcvWscale);
     if (seqGt(edge, this.#rcvAdvEdge)) this.#rcvAdvEdge = edge;
     return field;
@@ -884,7 +915,8 @@ export class TcpEndpoint implements TcpConn {
     if (st !== "established" && st !== "fin-wait-1" && st !== "fin-wait-2") return;
     const cur = seqDiff(this.#rcvAdvEdge, this.#rcvNxt);
     const w = this.#rcvWindow();
-    const threshold = Math.min(this.#tune.rcvBuf / 2, Math.max(this.#mss, this.#tune.rcvBuf / 8));
+    const limit = this.#rcvLimit();
+    const threshold = Math.min(limit / 2, Math.max(this.#mss, limit / 8));
     if (w - cur >= threshold) this.#ackLater(); // window update, coalesced with other reads of this tick
   }
 
@@ -1046,6 +1078,7 @@ export class TcpEndpoint implements TcpConn {
   #destroy(err?: TelError): void {
     if (this.#state === "closed") return;
     this.#state = "closed";
+    this.#rcvUncount();
     this.#deadline = Infinity;
     this.#ptoDeadline = Infinity;
     if (this.#timer !== undefined) this.#host.clock.clearTimeout(this.#timer);
