@@ -2,9 +2,12 @@
 
 import { TelError } from "../errors.ts";
 
-/** A large TCP segment the link cuts into `segmentSize`-byte segments (TSO); its TCP checksum field is partial. */
+/**
+ * A TCP packet whose checksum field holds only the pseudo-header sum, for the link to complete (checksum offload);
+ * with `segmentSize` > 0 a large segment the link also cuts into segments of that many payload bytes (TSO).
+ */
 export interface Gso {
-  /** TCP payload bytes per resulting segment (the peer's MSS). */
+  /** TCP payload bytes per resulting segment (the peer's MSS); 0: one segment, only the checksum to complete. */
   segmentSize: number;
   /** IP + TCP header bytes at the start of the packet. */
   headerLength: number;
@@ -16,6 +19,8 @@ export interface LinkOffload {
   rxChecksum: boolean;
   /** Largest packet `writePacket` takes with a {@link Gso} (0: no segmentation offload). */
   tsoMaxPacket: number;
+  /** `writePacket` completes the checksum of a TCP packet that comes with a {@link Gso} of `segmentSize` 0. */
+  txChecksum?: boolean;
 }
 
 /** Something that carries whole IP packets: the TUN device, or a channel in tests. */

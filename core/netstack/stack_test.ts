@@ -1,6 +1,7 @@
 import { deepStrictEqual as assertEquals, equal, ok, rejects, throws } from "node:assert/strict";
 import { fakeClock } from "../../tests/fixtures/fake_clock.ts";
 import { echoRequest, tcpPacket, udpPacket } from "./_build.ts";
+import { fold, pseudoSum4, sum } from "./header/checksum.ts";
 import { parseIpv4 } from "./header/ipv4.ts";
 import { parseIpv6 } from "./header/ipv6.ts";
 import { ACK, FIN, parseTcp, PSH, RST, SYN, type TcpFields, type TcpHeader } from "./header/tcp.ts";
@@ -467,6 +468,41 @@ Deno.test("tcp on an offload link: one super-segment per write, cut by the link 
   assertEquals(out[0].gso, { segmentSize: 1460, headerLength: 40 });
   equal(parse(out[0].p).payload.length, 10 * 1460);
   stack.close();
+});
+
+Deno.test("tcp on a link that completes checksums: segments up to the MTU carry only the pseudo-header sum", async () => {
+  for (const txChecksum of [true, false]) {
+    const link = new ChannelLink(1500, { rxChecksum: true, tsoMaxPacket: 65000, txChecksum });
+    const out: Array<{ p: Uint8Array; gso?: { segmentSize: number; headerLength: number } }> = [];
+    link.onWrite = (p, gso) => out.push({ p, gso });
+    const conns: TcpConn[] = [];
+    const stack = new Stack({
+      link,
+      forwarder: { tcp: (c) => (conns.push(c), Promise.resolve("accept")), udp: () => Promise.resolve("refused") },
+    });
+    stack.setRoutes(["198.18.0.0/16"]);
+    const seg = (f: Partial<TcpFields>, payload?: Uint8Array) =>
+      tcpPacket(CLIENT, POD, { srcPort: 40000, dstPort: 80, seq: 0, ack: 0, flags: ACK, window: 512, ...f }, payload);
+    stack.input([seg({ seq: 1000, flags: SYN, window: 65535, mss: 1460 })]);
+    await tick();
+    const synack = out.shift()!;
+    stack.input([seg({ seq: 1001, ack: parse(synack.p).tcp!.seq + 1, window: 65535 })]);
+    await conns[0].writable.getWriter().write(new Uint8Array(1000).map((_, i) => i));
+    const data = out.at(-1)!;
+    const l4 = data.p.subarray(20);
+    const pseudo = pseudoSum4(data.p.subarray(12, 16), data.p.subarray(16, 20), 6, l4.length);
+    if (txChecksum) {
+      assertEquals(synack.gso, { segmentSize: 0, headerLength: 44 }, "the SYN-ACK too (its MSS option: 4 more)");
+      assertEquals(data.gso, { segmentSize: 0, headerLength: 40 });
+      equal((l4[16] << 8) | l4[17], fold(pseudo), "the field holds the pseudo-header sum");
+      // what the kernel does with VIRTIO_NET_HDR_F_NEEDS_CSUM: sum from the TCP header on, invert, store
+      const c = ~sum(l4) & 0xffff;
+      l4[16] = c >>> 8;
+      l4[17] = c & 0xff;
+    } else equal(data.gso, undefined, "without the offload the stack sums every byte itself");
+    equal(sum(l4, pseudo), 0xffff, "a valid checksum once completed");
+    stack.close();
+  }
 });
 
 Deno.test("a link that always has packets does not starve timers and I/O (the read loop yields to the event loop)", async () => {

@@ -82,7 +82,7 @@ class TunLinux implements Vif {
   /** Packets the kernel did not take on write. */
   writeErrors = 0;
   #handedOut = false;
-  readonly offload?: { rxChecksum: boolean; tsoMaxPacket: number };
+  readonly offload?: { rxChecksum: boolean; tsoMaxPacket: number; txChecksum: boolean };
   /** With IFF_VNET_HDR: where the packet starts in a slot (the header sits just before, packets stay aligned). */
   #pad = 0;
   #hdr = new Uint8Array(VNET_HDR_LEN);
@@ -94,7 +94,7 @@ class TunLinux implements Vif {
     this.mtu = mtu;
     this.#netns = netns;
     if (offload) {
-      this.offload = { rxChecksum: true, tsoMaxPacket: 65535 - 64 };
+      this.offload = { rxChecksum: true, tsoMaxPacket: 65535 - 64, txChecksum: true };
       this.#pad = 16;
       this.#iov[0] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.#hdr)));
       this.#iov[1] = BigInt(VNET_HDR_LEN);
@@ -163,7 +163,8 @@ class TunLinux implements Vif {
       const v6 = packet[0] >> 4 === 6;
       const dv = new DataView(h.buffer);
       h[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-      h[1] = v6 ? VIRTIO_NET_HDR_GSO_TCPV6 : VIRTIO_NET_HDR_GSO_TCPV4;
+      // segment size 0: the kernel only completes the checksum (VIRTIO_NET_HDR_GSO_NONE)
+      h[1] = gso.segmentSize === 0 ? 0 : v6 ? VIRTIO_NET_HDR_GSO_TCPV6 : VIRTIO_NET_HDR_GSO_TCPV4;
       dv.setUint16(2, gso.headerLength, true);
       dv.setUint16(4, gso.segmentSize, true);
       dv.setUint16(6, v6 ? 40 : 20, true); // csum_start: the TCP header
