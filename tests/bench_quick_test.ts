@@ -58,6 +58,12 @@ Deno.test({
       assert.equal(by["connect"].checks.telErrors, 0, "every connect got its byte");
       assert.ok(Number(by["connect"].checks.connectPathMatched) > 0, "connects split into stages from the captures");
       assert.ok(Number(by["profile"].checks.daemonSamples) > 0, "the daemon was profiled");
+      for (const key of ["telBytes", "telBytesDown"]) {
+        assert.ok(
+          Number(by["profile"].checks[key]) > 0,
+          `the profiled ${key === "telBytes" ? "upload" : "download"} moved bytes`,
+        );
+      }
       for (const name of ["tcp-throughput", "tcp-portforward"]) {
         assert.ok(Number(by[name].checks.telBytes) > 0, `${name} moved bytes through tel`);
         assert.equal(by[name].checks.unconfirmedTransfers, 0, `${name}: every transfer confirmed byte for byte`);

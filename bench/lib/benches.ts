@@ -731,7 +731,8 @@ async function openInspector(env: BenchEnv, ns: Netns, pid: number): Promise<voi
 
 const profile: Bench = {
   name: "profile",
-  title: "Where the daemon and the manager spend CPU: a 1-flow upload and sequential connects through tel",
+  title:
+    "Where the daemon and the manager spend CPU: a 1-flow upload, a 1-flow download and sequential connects through tel",
   mode: "direct",
   // its own daemon, started with --inspect (SIGUSR1 killed daemons); the manager's inspector is opened with SIGUSR1,
   // so this bench runs last
@@ -780,6 +781,12 @@ const profile: Bench = {
       const r = await tput(env, env.lab.ws, BENCH_NET.telIp, { flows: 1, reverse: false, seconds });
       out.c.add("1 flow ws→pod (profiled)", "tel", "Gbit/s", "higher", r.gbits);
       out.checks.telBytes = r.bytes;
+    });
+    // the direction furthest behind slirp4netns
+    await segment("1 flow pod→ws", async () => {
+      const r = await tput(env, env.lab.ws, BENCH_NET.telIp, { flows: 1, reverse: true, seconds });
+      out.c.add("1 flow pod→ws (profiled)", "tel", "Gbit/s", "higher", r.gbits);
+      out.checks.telBytesDown = r.bytes;
     });
     await segment("connect + first byte", async () => {
       // as many sequential connects as fit in the window
