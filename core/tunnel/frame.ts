@@ -167,6 +167,24 @@ export function decodeDataFrame(bytes: Uint8Array): Uint8Array | undefined {
   return undefined;
 }
 
+/**
+ * The length of a data frame's header (tag, varint length) at the start of `head`, the first bytes of a message of
+ * `messageLength` bytes, when the message is exactly one `data` field; undefined when it is anything else or `head`
+ * ends inside the header. What follows the header is the payload, which can then be passed on as it arrives.
+ */
+export function dataHeaderLength(head: Uint8Array, messageLength: number): number | undefined {
+  if (head.byteLength < 2 || head[0] !== DATA_TAG) return undefined;
+  let n = 0;
+  let pos = 1;
+  for (let shift = 0; shift < 28; shift += 7) {
+    if (pos >= head.byteLength) return undefined;
+    const b = head[pos++];
+    n |= (b & 0x7f) << shift;
+    if (b < 0x80) return pos + n === messageLength ? pos : undefined;
+  }
+  return undefined;
+}
+
 /** Decodes one frame; never throws: undecodable or empty messages come back as `malformed` with the reason. */
 export function decodeFrame(bytes: Uint8Array): Frame {
   const data = decodeDataFrame(bytes);

@@ -16,7 +16,15 @@ import type { Buffer } from "node:buffer";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
 import { formatHostPort, parseHostPort } from "../subnet/mod.ts";
-import { decodeFrame, encodeGrpcMessage, type Frame, GRPC_PREFIX, MAX_DATA_FRAME } from "./frame.ts";
+import {
+  dataHeaderLength,
+  decodeFrame,
+  encodeGrpcMessage,
+  type Frame,
+  frames,
+  GRPC_PREFIX,
+  MAX_DATA_FRAME,
+} from "./frame.ts";
 import { type FrameChannel, type ServedCall, WaitingChannel } from "./frame_stream.ts";
 import { connectWire, readU32 } from "./h2_wire.ts";
 import {
@@ -215,6 +223,9 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
   #prefixLen = 0;
   #body: Uint8Array | undefined;
   #bodyLen = 0;
+  // opener side: a data message split across DATA chunks goes on in pieces, as views; its payload bytes still to come
+  #pieces: boolean;
+  #dataLeft = 0;
   /** The largest data frame the dialer accepts (announced in its response headers). */
   limit = MAX_DATA_FRAME;
 
@@ -222,6 +233,7 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
     super();
     this.#st = st as StreamLike;
     this.#server = !!opts.server;
+    this.#pieces = !this.#server;
     if (!this.#server) {
       st.on("response", (headers: http2.IncomingHttpHeaders) => {
         this.limit = limitFrom(Number(headers[FRAME_LIMIT_HEADER]));
@@ -334,18 +346,32 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
   }
 
   #push(body: Uint8Array): void {
-    this.#queue.push(decodeFrame(body));
+    this.#pushFrame(decodeFrame(body));
+  }
+
+  #pushFrame(frame: Frame): void {
+    this.#queue.push(frame);
     if (!this.#paused && this.#queue.length - this.#head >= READ_HIGH_WATER) {
       this.#paused = true;
       this.#st.pause();
     }
   }
 
-  /** Splits DATA chunks into gRPC messages: whole ones in a chunk are viewed in place, split ones copied once. */
+  /**
+   * Splits DATA chunks into gRPC messages: whole ones in a chunk are viewed in place; split ones are copied once,
+   * except on the opener's side a split data message, whose payload goes on as views of the chunks it arrives in.
+   */
   #onData(chunk: Uint8Array): void {
     let pos = 0;
     const n = chunk.byteLength;
     while (pos < n && !this.#error) {
+      if (this.#dataLeft > 0) {
+        const take = Math.min(this.#dataLeft, n - pos);
+        this.#pushFrame(frames.data(chunk.subarray(pos, pos + take)));
+        this.#dataLeft -= take;
+        pos += take;
+        continue;
+      }
       if (this.#body) {
         const take = Math.min(this.#body.byteLength - this.#bodyLen, n - pos);
         this.#body.set(chunk.subarray(pos, pos + take), this.#bodyLen);
@@ -379,6 +405,15 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
       if (n - pos >= len) {
         this.#push(chunk.subarray(pos, pos + len));
         pos += len;
+        continue;
+      }
+      const header = this.#pieces ? dataHeaderLength(chunk.subarray(pos, n), len) : undefined;
+      if (header !== undefined) {
+        // its payload goes to the reader as it arrives (the netstack takes views): no message-sized copy
+        const take = n - pos - header;
+        if (take > 0) this.#pushFrame(frames.data(chunk.subarray(pos + header, n)));
+        this.#dataLeft = len - header - take;
+        pos = n;
       } else {
         this.#body = new Uint8Array(len);
         this.#bodyLen = 0;

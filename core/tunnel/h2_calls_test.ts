@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import http2 from "node:http2";
 import { Buffer } from "node:buffer";
+import { EventEmitter } from "node:events";
 import fc from "fast-check";
 import {
   allocDataBuffer,
@@ -14,7 +15,7 @@ import {
   GRPC_PREFIX,
   MAX_DATA_FRAME,
 } from "./frame.ts";
-import { type H2Client, H2Tunnels } from "./h2_calls.ts";
+import { type H2Client, H2FrameChannel, H2Tunnels } from "./h2_calls.ts";
 import {
   FLOW_CONTROL_WINDOW,
   FRAME_LIMIT_HEADER,
@@ -281,5 +282,43 @@ Deno.test("h2 tunnel session: a wire session asks for the wire window, a node:ht
     assert.deepEqual(windows, [WIRE_FLOW_CONTROL_WINDOW, FLOW_CONTROL_WINDOW]);
   } finally {
     await new Promise<void>((r) => server.close(() => r()));
+  }
+});
+
+Deno.test("h2 frame channel: the opener passes a split data message on in pieces, as views; the server side assembles it", () => {
+  const payload = new Uint8Array(50_000).map((_, i) => (i * 7) & 0xff);
+  const msg = grpcMessage(encodeDataFrame(payload));
+  const close = grpcMessage(encodeFrame(frames.closeSend()));
+  // the prefix and the data header arrive whole in the first chunk, with 100 payload bytes
+  const header = msg.byteLength - GRPC_PREFIX - payload.byteLength;
+  const cut = GRPC_PREFIX + header + 100;
+  const chunks = [
+    msg.slice(0, cut),
+    msg.slice(cut, cut + 1000),
+    new Uint8Array([...msg.subarray(cut + 1000), ...close]),
+  ];
+  for (const server of [false, true]) {
+    const st = Object.assign(new EventEmitter(), {
+      destroyed: false,
+      writableEnded: false,
+      rstCode: undefined,
+      write: () => true,
+      end() {},
+      close() {},
+      pause() {},
+      resume() {},
+    });
+    const ch = new H2FrameChannel(st, { server });
+    for (const c of chunks) st.emit("data", Buffer.from(c.buffer, c.byteOffset, c.byteLength));
+    const got: Frame[] = [];
+    for (let f = ch.tryNext(); f; f = ch.tryNext()) got.push(f);
+    const data = got.filter((f) => f.$case === "data").map((f) => f.value as Uint8Array);
+    assert.deepEqual(got.map((f) => f.$case).at(-1), "closeSend");
+    assert.deepEqual(new Uint8Array(data.flatMap((d) => [...d])), payload, "every payload byte, in order");
+    if (server) assert.equal(data.length, 1, "the server side gets the message whole");
+    else {
+      assert.deepEqual(data.map((d) => d.byteLength), [100, 1000, payload.byteLength - 1100]);
+      assert.equal(data[0].buffer, chunks[0].buffer, "a view of the chunk it came in, not a copy");
+    }
   }
 });
