@@ -9,6 +9,7 @@ import {
   decodeFrame,
   encodeFrame,
   type Frame,
+  FRAME_LIMIT_HEADER,
   frames,
   LARGE_DATA_FRAME,
   MANAGER_SERVICE,
@@ -345,33 +346,39 @@ for (const server of TUNNEL_SERVERS) {
       await withManager(
         async ({ client, sessionId }) => {
           const id = connId("tcp", { ip: "127.0.0.1", port: 1 }, { ip: "127.0.0.1", port: source.port });
-          // openTunnel announces LARGE_DATA_FRAME
-          const t = await openTunnel(client, { sessionId, connId: id });
-          let largest = 0, got = 0;
-          for await (const c of t.readable) {
-            largest = Math.max(largest, c.byteLength);
-            got += c.byteLength;
-          }
-          assert.equal(got, bytes);
-          assert.ok(largest > MAX_DATA_FRAME && largest <= LARGE_DATA_FRAME, `largest frame ${largest}`);
-          await t.writable.close();
-
-          // a call without the header (an older client) never gets more than MAX_DATA_FRAME
-          const call = client.tunnel();
-          call.write({ $case: "open", value: { session: { sessionId }, connId: connIdToWire(id), dialTimeoutMs: 0 } });
-          largest = 0;
-          got = 0;
-          for await (const f of call as AsyncIterable<Frame>) {
-            if (f.$case === "data") {
-              largest = Math.max(largest, f.value.byteLength);
-              got += f.value.byteLength;
-            } else if (f.$case === "closeSend") {
-              call.write(frames.closeSend());
-              call.end();
+          // the frames the manager sends, whole (a grpc-js call: the daemon's own calls pass split ones on in pieces)
+          const largestFrame = async (announce: boolean) => {
+            const md = new grpc.Metadata();
+            if (announce) md.set(FRAME_LIMIT_HEADER, String(LARGE_DATA_FRAME));
+            const call = client.tunnel(md);
+            call.write({
+              $case: "open",
+              value: { session: { sessionId }, connId: connIdToWire(id), dialTimeoutMs: 0 },
+            });
+            let largest = 0, got = 0;
+            for await (const f of call as AsyncIterable<Frame>) {
+              if (f.$case === "data") {
+                largest = Math.max(largest, f.value.byteLength);
+                got += f.value.byteLength;
+              } else if (f.$case === "closeSend") {
+                call.write(frames.closeSend());
+                call.end();
+              }
             }
-          }
+            assert.equal(got, bytes);
+            return largest;
+          };
+          const large = await largestFrame(true);
+          assert.ok(large > MAX_DATA_FRAME && large <= LARGE_DATA_FRAME, `largest frame ${large}`);
+          // a call without the header (an older client) never gets more than MAX_DATA_FRAME
+          const small = await largestFrame(false);
+          assert.ok(small <= MAX_DATA_FRAME, `largest frame ${small}`);
+          // and the daemon's own call (it announces large frames) carries the bytes whole
+          const t = await openTunnel(client, { sessionId, connId: id });
+          let got = 0;
+          for await (const c of t.readable) got += c.byteLength;
           assert.equal(got, bytes);
-          assert.ok(largest <= MAX_DATA_FRAME, `largest frame ${largest}`);
+          await t.writable.close();
         },
         undefined,
         server,
