@@ -5,7 +5,7 @@ import { fold, pseudoSum4, sum } from "./header/checksum.ts";
 import { parseIpv4 } from "./header/ipv4.ts";
 import { parseIpv6 } from "./header/ipv6.ts";
 import { ACK, FIN, parseTcp, PSH, RST, SYN, type TcpFields, type TcpHeader } from "./header/tcp.ts";
-import { ChannelLink } from "./link.ts";
+import { ChannelLink, type Gso, type LinkOffload } from "./link.ts";
 import { Stack } from "./stack.ts";
 import type { TcpConn, TcpTuning } from "./tcp/endpoint.ts";
 import type { Verdict } from "./types.ts";
@@ -447,9 +447,10 @@ Deno.test("tcp: a lost last segment is probed after 2·SRTT (tail-loss probe), l
   equal(probe[0].tcp!.seq, (snd + 2 * 1448) >>> 0, "the last segment is resent");
 });
 
-Deno.test("tcp on an offload link: one super-segment per write, cut by the link at the MSS", async () => {
-  const link = new ChannelLink(1500, { rxChecksum: true, tsoMaxPacket: 65000 });
-  const out: Array<{ p: Uint8Array; gso?: { segmentSize: number; headerLength: number } }> = [];
+/** A stack on an in-memory link with offloads: `out` is every packet written, with its segmentation request. */
+function offloadStack(offload: LinkOffload) {
+  const link = new ChannelLink(1500, offload);
+  const out: Array<{ p: Uint8Array; gso?: Gso }> = [];
   link.onWrite = (p, gso) => out.push({ p, gso });
   const conns: TcpConn[] = [];
   const stack = new Stack({
@@ -459,6 +460,11 @@ Deno.test("tcp on an offload link: one super-segment per write, cut by the link 
   stack.setRoutes(["198.18.0.0/16"]);
   const seg = (f: Partial<TcpFields>, payload?: Uint8Array) =>
     tcpPacket(CLIENT, POD, { srcPort: 40000, dstPort: 80, seq: 0, ack: 0, flags: ACK, window: 512, ...f }, payload);
+  return { stack, out, conns, seg };
+}
+
+Deno.test("tcp on an offload link: one super-segment per write, cut by the link at the MSS", async () => {
+  const { stack, out, conns, seg } = offloadStack({ rxChecksum: true, tsoMaxPacket: 65000 });
   stack.input([seg({ seq: 1000, flags: SYN, window: 65535, mss: 1460, windowScale: 7 })]);
   await tick();
   const synack = parse(out.shift()!.p).tcp!;
@@ -472,17 +478,7 @@ Deno.test("tcp on an offload link: one super-segment per write, cut by the link 
 
 Deno.test("tcp on a link that completes checksums: segments up to the MTU carry only the pseudo-header sum", async () => {
   for (const txChecksum of [true, false]) {
-    const link = new ChannelLink(1500, { rxChecksum: true, tsoMaxPacket: 65000, txChecksum });
-    const out: Array<{ p: Uint8Array; gso?: { segmentSize: number; headerLength: number } }> = [];
-    link.onWrite = (p, gso) => out.push({ p, gso });
-    const conns: TcpConn[] = [];
-    const stack = new Stack({
-      link,
-      forwarder: { tcp: (c) => (conns.push(c), Promise.resolve("accept")), udp: () => Promise.resolve("refused") },
-    });
-    stack.setRoutes(["198.18.0.0/16"]);
-    const seg = (f: Partial<TcpFields>, payload?: Uint8Array) =>
-      tcpPacket(CLIENT, POD, { srcPort: 40000, dstPort: 80, seq: 0, ack: 0, flags: ACK, window: 512, ...f }, payload);
+    const { stack, out, conns, seg } = offloadStack({ rxChecksum: true, tsoMaxPacket: 65000, txChecksum });
     stack.input([seg({ seq: 1000, flags: SYN, window: 65535, mss: 1460 })]);
     await tick();
     const synack = out.shift()!;
