@@ -154,7 +154,9 @@ export class H2Tunnels {
     if (this.#closed) throw new Error("the tunnel session was closed");
     // node:http2 may add to the object it is given (tracing headers): it gets a copy
     const st = this.#sessionNow().request(this.#client === "wire" ? TUNNEL_REQUEST : { ...TUNNEL_REQUEST });
-    const ch = new H2FrameChannel(st);
+    // node:http2 hands out 16 KiB DATA chunks: pieces that small cost more than the copy (session 6), so only the
+    // wire client's (socket reads, up to 64 KiB) go on as pieces
+    const ch = new H2FrameChannel(st, { pieces: this.#client === "wire" });
     return { fs: ch, limit: () => ch.limit };
   }
 
@@ -229,11 +231,12 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
   /** The largest data frame the dialer accepts (announced in its response headers). */
   limit = MAX_DATA_FRAME;
 
-  constructor(st: StreamLike | http2.Http2Stream, opts: { server?: boolean } = {}) {
+  /** `pieces`: pass a split data message on as views of the chunks it arrives in (opener side only). */
+  constructor(st: StreamLike | http2.Http2Stream, opts: { server?: boolean; pieces?: boolean } = {}) {
     super();
     this.#st = st as StreamLike;
     this.#server = !!opts.server;
-    this.#pieces = !this.#server;
+    this.#pieces = !this.#server && !!opts.pieces;
     if (!this.#server) {
       st.on("response", (headers: http2.IncomingHttpHeaders) => {
         this.limit = limitFrom(Number(headers[FRAME_LIMIT_HEADER]));

@@ -308,7 +308,7 @@ Deno.test("h2 frame channel: the opener passes a split data message on in pieces
       pause() {},
       resume() {},
     });
-    const ch = new H2FrameChannel(st, { server });
+    const ch = new H2FrameChannel(st, { server, pieces: true });
     for (const c of chunks) st.emit("data", Buffer.from(c.buffer, c.byteOffset, c.byteLength));
     const got: Frame[] = [];
     for (let f = ch.tryNext(); f; f = ch.tryNext()) got.push(f);
