@@ -154,17 +154,8 @@ export function encodeFrame(frame: Frame): Buffer {
  * anything else (other fields, several fields, a bad length), which the generated decoder then handles.
  */
 export function decodeDataFrame(bytes: Uint8Array): Uint8Array | undefined {
-  const len = bytes.byteLength;
-  if (len < 2 || bytes[0] !== DATA_TAG) return undefined;
-  let n = 0;
-  let pos = 1;
-  for (let shift = 0; shift < 28; shift += 7) {
-    if (pos >= len) return undefined;
-    const b = bytes[pos++];
-    n |= (b & 0x7f) << shift;
-    if (b < 0x80) return pos + n === len ? bytes.subarray(pos) : undefined;
-  }
-  return undefined;
+  const header = dataHeaderLength(bytes, bytes.byteLength);
+  return header === undefined ? undefined : bytes.subarray(header);
 }
 
 /**
