@@ -26,6 +26,7 @@ import {
   TUNSETIFF,
   TUNSETOFFLOAD,
   VIRTIO_NET_HDR_F_NEEDS_CSUM,
+  VIRTIO_NET_HDR_GSO_NONE,
   VIRTIO_NET_HDR_GSO_TCPV4,
   VIRTIO_NET_HDR_GSO_TCPV6,
   VNET_HDR_LEN,
@@ -163,8 +164,8 @@ class TunLinux implements Vif {
       const v6 = packet[0] >> 4 === 6;
       const dv = new DataView(h.buffer);
       h[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-      // segment size 0: the kernel only completes the checksum (VIRTIO_NET_HDR_GSO_NONE)
-      h[1] = gso.segmentSize === 0 ? 0 : v6 ? VIRTIO_NET_HDR_GSO_TCPV6 : VIRTIO_NET_HDR_GSO_TCPV4;
+      // segment size 0: the kernel only completes the checksum
+      h[1] = gso.segmentSize === 0 ? VIRTIO_NET_HDR_GSO_NONE : v6 ? VIRTIO_NET_HDR_GSO_TCPV6 : VIRTIO_NET_HDR_GSO_TCPV4;
       dv.setUint16(2, gso.headerLength, true);
       dv.setUint16(4, gso.segmentSize, true);
       dv.setUint16(6, v6 ? 40 : 20, true); // csum_start: the TCP header
