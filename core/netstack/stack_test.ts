@@ -62,10 +62,11 @@ function setup(o: { verdict?: (c: TcpConn) => Promise<Verdict>; tcp?: Partial<Tc
   return { fake, stack, take, seg, conns, flows, link };
 }
 
-/** Handshake with window scale 7 and timestamps; returns the server's next sequence number. */
-async function handshake(env: ReturnType<typeof setup>, window = 512) {
+/** Handshake (from client port `srcPort`) with window scale 7 and timestamps; returns the server's next sequence number. */
+async function handshake(env: ReturnType<typeof setup>, window = 512, srcPort = 40000) {
   env.stack.input([
     env.seg({
+      srcPort,
       seq: 1000,
       flags: SYN,
       window: 65535,
@@ -79,8 +80,8 @@ async function handshake(env: ReturnType<typeof setup>, window = 512) {
   await tick();
   const [synack] = env.take();
   const iss = synack.tcp!.seq;
-  env.stack.input([env.seg({ seq: 1001, ack: iss + 1, window, tsVal: 2, tsEcr: synack.tcp!.tsVal })]);
-  return { snd: (iss + 1) >>> 0, rcv: 1001, synack: synack.tcp!, conn: env.conns[0] };
+  env.stack.input([env.seg({ srcPort, seq: 1001, ack: iss + 1, window, tsVal: 2, tsEcr: synack.tcp!.tsVal })]);
+  return { snd: (iss + 1) >>> 0, rcv: 1001, synack: synack.tcp!, conn: env.conns.at(-1)! };
 }
 
 Deno.test("tcp: the SYN-ACK waits for the forwarder and carries MSS, window scale and timestamps", async () => {
@@ -619,14 +620,9 @@ Deno.test("tcp: connections share the stack's receive budget; one whose peer fin
   const env = setup({ tcp: { rcvBuf: 64 << 10, rcvBudget: 128 << 10, rcvMinShare: 4 << 10 } });
   const conns = new Map<number, { snd: number; rcv: number }>();
   const open = async (port: number) => {
-    env.stack.input([
-      env.seg({ srcPort: port, seq: 1000, flags: SYN, window: 65535, mss: 1460, windowScale: 7, tsVal: 1, tsEcr: 0 }),
-    ]);
-    await tick();
-    const synack = env.take().find((s) => s.tcp?.dstPort === port)!.tcp!;
-    env.stack.input([env.seg({ srcPort: port, seq: 1001, ack: synack.seq + 1, tsVal: 2, tsEcr: synack.tsVal })]);
-    env.conns.at(-1)!.attach(recordingSink().sink);
-    conns.set(port, { snd: (synack.seq + 1) >>> 0, rcv: 1001 });
+    const { snd, rcv, conn } = await handshake(env, 512, port);
+    conn.attach(recordingSink().sink);
+    conns.set(port, { snd, rcv });
   };
   /** Sends `n` bytes on `port`'s connection; the offered window (bytes) in the ACK that answers them. */
   const send = (port: number, n: number, flags = ACK) => {
