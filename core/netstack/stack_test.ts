@@ -6,6 +6,7 @@ import { parseIpv4 } from "./header/ipv4.ts";
 import { parseIpv6 } from "./header/ipv6.ts";
 import { ACK, FIN, parseTcp, PSH, RST, SYN, type TcpFields, type TcpHeader } from "./header/tcp.ts";
 import { ChannelLink, type Gso, type LinkOffload } from "./link.ts";
+import { SlabPool } from "../slab.ts";
 import { Stack } from "./stack.ts";
 import type { TcpConn, TcpTuning } from "./tcp/endpoint.ts";
 import type { Verdict } from "./types.ts";
@@ -645,4 +646,28 @@ Deno.test("tcp: connections share the stack's receive budget; one whose peer fin
   for (let p = 41016; p < 41064; p++) await open(p);
   equal(send(41063, 100), 4 << 10, "56 connections: 2 KiB each would be less than the minimum share");
   equal(env.stack.counters().tcpReceiving, 56);
+});
+
+Deno.test("tcp: a slab view sent to the client is released once acknowledged, and with the connection on a reset", async () => {
+  const env = setup();
+  const { snd, conn } = await handshake(env, 65535);
+  env.take();
+  const pool = new SlabPool(4096);
+  const slab = pool.take();
+  slab.fill(9);
+  await conn.send(slab.subarray(0, 3000));
+  const sent = env.take();
+  equal(sent.reduce((n, s) => n + s.payload.length, 0), 3000);
+  equal(pool.freeBytes, 0, "in flight: still the connection's");
+  env.stack.input([env.seg({ seq: 1001, ack: (snd + 1448) >>> 0, window: 65535 })]);
+  equal(pool.freeBytes, 0, "partly acknowledged: still held");
+  env.stack.input([env.seg({ seq: 1001, ack: (snd + 3000) >>> 0, window: 65535 })]);
+  equal(pool.freeBytes, 4096, "acknowledged: back in the pool");
+  const again = pool.take();
+  equal(again.buffer, slab.buffer);
+  await conn.send(again.subarray(0, 100));
+  env.stack.input([env.seg({ seq: 1001, flags: RST })]);
+  equal(conn.state, "closed");
+  equal(pool.freeBytes, 4096, "a reset connection releases what it still held");
+  equal(pool.stats.overReleased, 0);
 });

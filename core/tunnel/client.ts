@@ -1,6 +1,7 @@
 /** The opening side of one L4 flow over a Tunnel stream: dial, then byte (or datagram) streams with half-close. */
 
 import { type Clock, systemClock } from "../clock.ts";
+import { release } from "../slab.ts";
 import { errorMessage, TelError } from "../errors.ts";
 import { log } from "../log.ts";
 import { type ConnId, connIdToWire, formatConnId } from "./conn_id.ts";
@@ -374,7 +375,11 @@ class OpenTunnel implements Tunnel {
         return;
       }
       if (f.$case === "data") {
-        if (this.#readDone) continue;
+        if (this.#readDone) {
+          release(f.value); // nobody reads it: its slab may be read into again (core/slab.ts)
+          continue;
+        }
+        // the target owns the bytes now: one that knows slabs (the netstack) releases them when done
         // bytes wait for their reader (attach or readable), and hold the frames behind them, as a full stream would
         const target = this.#target ?? await this.#attached.promise;
         try {

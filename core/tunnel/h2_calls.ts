@@ -16,8 +16,10 @@ import type { Buffer } from "node:buffer";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
 import { formatHostPort, parseHostPort } from "../subnet/mod.ts";
+import { hold, inSlab, release } from "../slab.ts";
 import {
   dataHeaderLength,
+  decodeDataFrame,
   decodeFrame,
   encodeGrpcMessage,
   type Frame,
@@ -247,7 +249,11 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
       });
     }
     st.on("data", (chunk: Buffer) => {
-      this.#onData(chunk);
+      try {
+        this.#onData(chunk);
+      } finally {
+        release(chunk); // views passed on hold their own (core/slab.ts)
+      }
       this.wakeReader();
     });
     st.on("trailers", (trailers: http2.IncomingHttpHeaders) => {
@@ -348,8 +354,13 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
     this.wakeWriter();
   }
 
+  /** A whole message: its data frame's payload goes on as a view (held for the reader), other frames decoded. */
   #push(body: Uint8Array): void {
-    this.#pushFrame(decodeFrame(body));
+    const data = decodeDataFrame(body);
+    if (data !== undefined) {
+      hold(data);
+      this.#pushFrame(frames.data(data));
+    } else this.#pushFrame(decodeFrame(inSlab(body) ? body.slice() : body)); // a control frame keeps no slab
   }
 
   #pushFrame(frame: Frame): void {
@@ -370,7 +381,7 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
     while (pos < n && !this.#error) {
       if (this.#dataLeft > 0) {
         const take = Math.min(this.#dataLeft, n - pos);
-        this.#pushFrame(frames.data(chunk.subarray(pos, pos + take)));
+        this.#pushPiece(chunk.subarray(pos, pos + take));
         this.#dataLeft -= take;
         pos += take;
         continue;
@@ -414,7 +425,7 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
       if (header !== undefined) {
         // its payload goes to the reader as it arrives (the netstack takes views): no message-sized copy
         const take = n - pos - header;
-        if (take > 0) this.#pushFrame(frames.data(chunk.subarray(pos + header, n)));
+        if (take > 0) this.#pushPiece(chunk.subarray(pos + header, n));
         this.#dataLeft = len - header - take;
         pos = n;
       } else {
@@ -422,6 +433,12 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
         this.#bodyLen = 0;
       }
     }
+  }
+
+  /** Part of a split data message's payload, as a view held for the reader. */
+  #pushPiece(piece: Uint8Array): void {
+    hold(piece);
+    this.#pushFrame(frames.data(piece));
   }
 
   #malformed(reason: string): void {

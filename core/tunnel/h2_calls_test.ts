@@ -16,6 +16,7 @@ import {
   MAX_DATA_FRAME,
 } from "./frame.ts";
 import { type H2Client, H2FrameChannel, H2Tunnels } from "./h2_calls.ts";
+import { release, SlabPool } from "../slab.ts";
 import {
   FLOW_CONTROL_WINDOW,
   FRAME_LIMIT_HEADER,
@@ -320,5 +321,63 @@ Deno.test("h2 frame channel: the opener passes a split data message on in pieces
       assert.deepEqual(data.map((d) => d.byteLength), [100, 1000, payload.byteLength - 1100]);
       assert.equal(data[0].buffer, chunks[0].buffer, "a view of the chunk it came in, not a copy");
     }
+  }
+});
+
+Deno.test("h2 frame channel: data frames hold the slab they came in until the reader releases them; control frames hold none", () => {
+  const payload = new Uint8Array(1500).map((_, i) => (i * 11) & 0xff);
+  const msg = grpcMessage(encodeDataFrame(payload));
+  const small = grpcMessage(encodeDataFrame(payload.subarray(0, 200)));
+  const dialOk = grpcMessage(encodeFrame(frames.dialOk()));
+  const close = grpcMessage(encodeFrame(frames.closeSend()));
+  const cut = 700;
+  const chunks = [dialOk, msg.subarray(0, cut), new Uint8Array([...msg.subarray(cut), ...close]), small];
+  for (const server of [false, true]) {
+    const pool = new SlabPool(2048);
+    // each chunk read into a slab of its own, held once for the listener as a wire stream does
+    const slabs = chunks.map((c) => {
+      const s = pool.take();
+      s.set(c);
+      return s.subarray(0, c.byteLength);
+    });
+    const st = Object.assign(new EventEmitter(), {
+      destroyed: false,
+      writableEnded: false,
+      rstCode: undefined,
+      write: () => true,
+      end() {},
+      close() {},
+      pause() {},
+      resume() {},
+    });
+    const ch = new H2FrameChannel(st, { server, pieces: true });
+    for (const c of slabs) st.emit("data", Buffer.from(c.buffer, c.byteOffset, c.byteLength));
+    const got: Frame[] = [];
+    for (let f = ch.tryNext(); f; f = ch.tryNext()) got.push(f);
+    const data = got.filter((f) => f.$case === "data").map((f) => f.value as Uint8Array);
+    assert.deepEqual(
+      got.map((f) => f.$case),
+      server ? ["dialOk", "data", "closeSend", "data"] : [
+        "dialOk",
+        "data",
+        "data",
+        "closeSend",
+        "data",
+      ],
+    );
+    assert.deepEqual(
+      new Uint8Array(data.flatMap((d) => [...d])),
+      new Uint8Array([...payload, ...payload.subarray(0, 200)]),
+    );
+    // the opener's pieces hold slabs 1 and 2, the server's copy of the split message holds none
+    const held = server ? 1 : 3;
+    assert.equal(
+      pool.freeBytes,
+      (4 - held) * 2048,
+      "a slab with only control frames (or copied bytes) is free at once",
+    );
+    for (const d of data) release(d);
+    assert.equal(pool.freeBytes, 4 * 2048, "the reader's releases free the rest");
+    assert.equal(pool.stats.overReleased, 0);
   }
 });

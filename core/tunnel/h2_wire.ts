@@ -17,6 +17,7 @@ import net from "node:net";
 import { Buffer } from "node:buffer";
 import hpack from "hpack.js";
 import { errorMessage } from "../errors.ts";
+import { hold, release, SlabPool } from "../slab.ts";
 import { coalesceWrites } from "./coalesce.ts";
 
 const PREFACE = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
@@ -91,6 +92,8 @@ export interface WireOptions {
   windowBytes: number;
   /** Connects the socket (tests pass their own); default a TCP connection to host:port. */
   connect?: () => net.Socket;
+  /** Where the default connection's reads land (default: one pool for the process; see core/slab.ts). */
+  slabs?: SlabPool;
 }
 
 /** Options of a {@link WireSession}. */
@@ -359,8 +362,11 @@ export class WireStream extends EventEmitter {
     if (endStream) this.onRemoteEnd();
   }
 
+  /** DATA bytes (a view of the socket read). The 'data' listener owns them: one that knows slabs releases them. */
   onData(chunk: Uint8Array): void {
-    if (chunk.byteLength) this.emit("data", Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+    if (!chunk.byteLength || !this.listenerCount("data")) return;
+    hold(chunk);
+    this.emit("data", Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
   }
 
   /** Counts `n` received bytes as consumed; the peer gets them back as window while we are not paused. */
@@ -727,6 +733,11 @@ export class WireSession extends EventEmitter {
     this.#teardown(new Error(`tunnel session: ${why}`), code, true);
   }
 
+  /** Takes bytes read from the socket (also those a read callback, `onread`, got); nothing keeps `chunk` unheld. */
+  receive(chunk: Uint8Array): void {
+    this.#onData(chunk);
+  }
+
   #onData(chunk: Uint8Array): void {
     this.#read(chunk);
     if (this.#wantFlush) {
@@ -1004,9 +1015,27 @@ export class WireSession extends EventEmitter {
 
 /** Opens a {@link WireSession} to host:port. */
 export function connectWire(host: string, port: number, authority: string, opts: WireOptions): WireSession {
-  const sock = opts.connect?.() ?? net.connect({ host, port });
-  return new WireSession(sock, { role: "client", authority, windowBytes: opts.windowBytes });
+  const sessionOpts: WireSessionOptions = { role: "client", authority, windowBytes: opts.windowBytes };
+  if (opts.connect) return new WireSession(opts.connect(), sessionOpts);
+  // Reads land in slabs that come back once their views are released (the streams' data goes on as views).
+  const pool = opts.slabs ?? readSlabs;
+  const sock = net.connect({
+    host,
+    port,
+    onread: {
+      buffer: () => pool.take(),
+      callback: (n: number, buf: Uint8Array) => {
+        session.receive(buf.subarray(0, n)); // reads come after the session below exists
+        release(buf); // the read's own hold; views passed on hold theirs
+      },
+    },
+  } as net.NetConnectOpts);
+  const session = new WireSession(sock, sessionOpts);
+  return session;
 }
+
+/** The slabs every wire client's reads land in (a process has one manager session, a new one after a reconnect). */
+const readSlabs = new SlabPool();
 
 /**
  * What the first bytes of a connection say: "wire" for an h2_wire client (its preface, then SETTINGS carrying

@@ -21,6 +21,7 @@ import {
   WireStream,
 } from "./h2_wire.ts";
 import { createTunedServer } from "./grpc.ts";
+import { inSlab, release, SlabPool } from "../slab.ts";
 
 const PREFACE_LEN = 24;
 
@@ -459,6 +460,63 @@ Deno.test("wire: 3 streams × 1 MiB each way through Deno's node:http2 server wi
       assert.deepEqual(all, sent);
     });
     await Promise.all(runs);
+  } finally {
+    s.close();
+    await new Promise<void>((r) => server.close(() => r()));
+  }
+});
+
+Deno.test("wire: reads land in slabs that are read into again only once every view of them was released", async () => {
+  const server = http2.createServer();
+  server.on("stream", (st: http2.ServerHttp2Stream) => {
+    st.respond({ ":status": 200 });
+    st.on("data", (d: Uint8Array) => st.write(d));
+    st.on("end", () => st.end());
+    st.on("error", () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  const port = (server.address() as { port: number }).port;
+  const pool = new SlabPool();
+  const s: WireSession = connectWire("127.0.0.1", port, `127.0.0.1:${port}`, { windowBytes: 1 << 20, slabs: pool });
+  try {
+    const st = s.request({ ":path": "/echo" });
+    const sent = new Uint8Array(8 << 20).map((_, i) => (i * 13 + (i >> 12)) & 0xff);
+    // every 8th chunk is kept as the view it came in (held until the end); the others are copied and released
+    const got: Uint8Array[] = [];
+    const kept: Uint8Array[] = [];
+    st.on("data", (d: Uint8Array) => {
+      if (got.length % 8 === 0) {
+        got.push(d);
+        kept.push(d);
+      } else {
+        got.push(new Uint8Array(d));
+        release(d);
+      }
+    });
+    const done = new Promise<void>((r, j) => {
+      st.on("close", () => r());
+      st.on("error", j);
+    });
+    for (let at = 0; at < sent.byteLength; at += 64 * 1024) {
+      if (!st.write(sent.subarray(at, at + 64 * 1024))) await new Promise((r) => st.once("drain", r));
+    }
+    st.end();
+    await done;
+    assert.ok(kept.length > 0 && got.length > kept.length);
+    assert.ok(kept.every((k) => inSlab(k)), "the bytes came as views of the slabs they were read into");
+    assert.ok(pool.stats.reused > 0, `slabs were read into again (${JSON.stringify(pool.stats)})`);
+    const all = new Uint8Array(got.reduce((n, c) => n + c.byteLength, 0));
+    let at = 0;
+    for (const c of got) {
+      all.set(c, at);
+      at += c.byteLength;
+    }
+    assert.ok(
+      all.byteLength === sent.byteLength && all.every((b, i) => b === sent[i]),
+      "kept views intact: held slabs were not read into",
+    );
+    for (const k of kept) release(k);
+    assert.equal(pool.stats.overReleased, 0);
   } finally {
     s.close();
     await new Promise<void>((r) => server.close(() => r()));

@@ -3,6 +3,7 @@
 import type { Clock, TimerHandle } from "../../clock.ts";
 import { TelError } from "../../errors.ts";
 import { log } from "../../log.ts";
+import { release } from "../../slab.ts";
 import { ACK, FIN, PSH, RST, SYN, type TcpFields, type TcpHeader } from "../header/tcp.ts";
 import type { Counters, FlowId } from "../types.ts";
 import { seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt } from "./seq.ts";
@@ -49,7 +50,10 @@ export interface TcpConn {
   attach(sink: ConnSink): void;
   /** The sink takes bytes again (after its data() said false). */
   resume(): void;
-  /** Bytes to the client, not copied (don't reuse the chunk); a promise while the send buffer is full. */
+  /**
+   * Bytes to the client, not copied (don't reuse the chunk); a promise while the send buffer is full. A view of a read
+   * slab (core/slab.ts) is owned from here on: released once the client acknowledged it or the connection is gone.
+   */
   send(chunk: Uint8Array): void | Promise<void>;
   /** Half-close toward the client: FIN once what is queued has gone. */
   shutdownWrite(): void;
@@ -847,7 +851,7 @@ export class TcpEndpoint implements TcpConn {
     n += this.#sqHead;
     while (this.#sq.length > 0 && n >= this.#sq[0].length) {
       n -= this.#sq[0].length;
-      this.#sq.shift();
+      release(this.#sq.shift()!);
     }
     this.#sqHead = n;
   }
@@ -1097,6 +1101,7 @@ export class TcpEndpoint implements TcpConn {
       this.#writeWaiter?.resolve();
     }
     this.#writeWaiter = undefined;
+    for (const c of this.#sq) release(c);
     this.#sq = [];
     this.#sqBytes = 0;
     this.#ooo = [];
