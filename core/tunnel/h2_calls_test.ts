@@ -286,6 +286,20 @@ Deno.test("h2 tunnel session: a wire session asks for the wire window, a node:ht
   }
 });
 
+/** A stream that takes every write and emits what a test makes it emit ("data" chunks). */
+function fakeStream() {
+  return Object.assign(new EventEmitter(), {
+    destroyed: false,
+    writableEnded: false,
+    rstCode: undefined,
+    write: () => true,
+    end() {},
+    close() {},
+    pause() {},
+    resume() {},
+  });
+}
+
 Deno.test("h2 frame channel: the opener passes a split data message on in pieces, as views; the server side assembles it", () => {
   const payload = new Uint8Array(50_000).map((_, i) => (i * 7) & 0xff);
   const msg = grpcMessage(encodeDataFrame(payload));
@@ -299,16 +313,7 @@ Deno.test("h2 frame channel: the opener passes a split data message on in pieces
     new Uint8Array([...msg.subarray(cut + 1000), ...close]),
   ];
   for (const server of [false, true]) {
-    const st = Object.assign(new EventEmitter(), {
-      destroyed: false,
-      writableEnded: false,
-      rstCode: undefined,
-      write: () => true,
-      end() {},
-      close() {},
-      pause() {},
-      resume() {},
-    });
+    const st = fakeStream();
     const ch = new H2FrameChannel(st, { server, pieces: true });
     for (const c of chunks) st.emit("data", Buffer.from(c.buffer, c.byteOffset, c.byteLength));
     const got: Frame[] = [];
@@ -340,16 +345,7 @@ Deno.test("h2 frame channel: data frames hold the slab they came in until the re
       s.set(c);
       return s.subarray(0, c.byteLength);
     });
-    const st = Object.assign(new EventEmitter(), {
-      destroyed: false,
-      writableEnded: false,
-      rstCode: undefined,
-      write: () => true,
-      end() {},
-      close() {},
-      pause() {},
-      resume() {},
-    });
+    const st = fakeStream();
     const ch = new H2FrameChannel(st, { server, pieces: true });
     for (const c of slabs) st.emit("data", Buffer.from(c.buffer, c.byteOffset, c.byteLength));
     const got: Frame[] = [];

@@ -68,6 +68,17 @@ function parseFrames(bytes: Uint8Array): RawFrame[] {
   return out;
 }
 
+/** The chunks one after another, in one buffer. */
+function joined(chunks: Uint8Array[]): Uint8Array {
+  const all = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
+  let at = 0;
+  for (const c of chunks) {
+    all.set(c, at);
+    at += c.byteLength;
+  }
+  return all;
+}
+
 /** An HPACK encoder like a server's (Huffman, dynamic table): blocks must be decoded in order. */
 function encoder() {
   const c = hpack.compressor.create({ table: { size: 4096 } });
@@ -95,15 +106,7 @@ function scripted(windowBytes = 1 << 20) {
   });
   const errors: Error[] = [];
   s.on("error", (e: Error) => errors.push(e));
-  const written = () => {
-    const all = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-    let at = 0;
-    for (const c of chunks) {
-      all.set(c, at);
-      at += c.byteLength;
-    }
-    return all;
-  };
+  const written = () => joined(chunks);
   return {
     s,
     errors,
@@ -416,6 +419,19 @@ Deno.test("wire: header blocks are literals of any length, split over CONTINUATI
   s.destroy();
 });
 
+/** Writes `sent` to `st` in 64 KiB writes (waiting for 'drain'), ends it, and resolves once the stream closed. */
+async function writeAndClose(st: WireStream, sent: Uint8Array): Promise<void> {
+  const done = new Promise<void>((r, j) => {
+    st.on("close", () => r());
+    st.on("error", j);
+  });
+  for (let at = 0; at < sent.byteLength; at += 64 * 1024) {
+    if (!st.write(sent.subarray(at, at + 64 * 1024))) await new Promise((r) => st.once("drain", r));
+  }
+  st.end();
+  await done;
+}
+
 Deno.test("wire: 3 streams × 1 MiB each way through Deno's node:http2 server with small windows arrive whole", async () => {
   const server = http2.createServer({ settings: { initialWindowSize: 4096 } });
   server.on("stream", (st: http2.ServerHttp2Stream) => {
@@ -441,23 +457,9 @@ Deno.test("wire: 3 streams × 1 MiB each way through Deno's node:http2 server wi
           setTimeout(() => st.resume(), 20);
         }
       });
-      const done = new Promise<void>((r, j) => {
-        st.on("close", () => r());
-        st.on("error", j);
-      });
-      for (let at = 0; at < sent.byteLength; at += 64 * 1024) {
-        if (!st.write(sent.subarray(at, at + 64 * 1024))) await new Promise((r) => st.once("drain", r));
-      }
-      st.end();
-      await done;
+      await writeAndClose(st, sent);
       assert.equal(st.rstCode, undefined, "closed without a reset");
-      const all = new Uint8Array(got.reduce((n, c) => n + c.byteLength, 0));
-      let at = 0;
-      for (const c of got) {
-        all.set(c, at);
-        at += c.byteLength;
-      }
-      assert.deepEqual(all, sent);
+      assert.deepEqual(joined(got), sent);
     });
     await Promise.all(runs);
   } finally {
@@ -493,24 +495,11 @@ Deno.test("wire: reads land in slabs that are read into again only once every vi
         release(d);
       }
     });
-    const done = new Promise<void>((r, j) => {
-      st.on("close", () => r());
-      st.on("error", j);
-    });
-    for (let at = 0; at < sent.byteLength; at += 64 * 1024) {
-      if (!st.write(sent.subarray(at, at + 64 * 1024))) await new Promise((r) => st.once("drain", r));
-    }
-    st.end();
-    await done;
+    await writeAndClose(st, sent);
     assert.ok(kept.length > 0 && got.length > kept.length);
     assert.ok(kept.every((k) => inSlab(k)), "the bytes came as views of the slabs they were read into");
     assert.ok(pool.stats.reused > 0, `slabs were read into again (${JSON.stringify(pool.stats)})`);
-    const all = new Uint8Array(got.reduce((n, c) => n + c.byteLength, 0));
-    let at = 0;
-    for (const c of got) {
-      all.set(c, at);
-      at += c.byteLength;
-    }
+    const all = joined(got);
     assert.ok(
       all.byteLength === sent.byteLength && all.every((b, i) => b === sent[i]),
       "kept views intact: held slabs were not read into",
