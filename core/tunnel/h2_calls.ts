@@ -360,7 +360,10 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
     if (data !== undefined) {
       hold(data);
       this.#pushFrame(frames.data(data));
-    } else this.#pushFrame(decodeFrame(inSlab(body) ? body.slice() : body)); // a control frame keeps no slab
+    } else {
+      // a control frame keeps no slab: decoded from a copy (a Buffer's slice() would be another view)
+      this.#pushFrame(decodeFrame(inSlab(body) ? new Uint8Array(body) : body));
+    }
   }
 
   #pushFrame(frame: Frame): void {

@@ -17,6 +17,7 @@ import {
 } from "./frame.ts";
 import { type H2Client, H2FrameChannel, H2Tunnels } from "./h2_calls.ts";
 import { release, SlabPool } from "../slab.ts";
+import { connId, connIdFromWire, connIdToWire } from "./conn_id.ts";
 import {
   FLOW_CONTROL_WINDOW,
   FRAME_LIMIT_HEADER,
@@ -376,4 +377,21 @@ Deno.test("h2 frame channel: data frames hold the slab they came in until the re
     assert.equal(pool.freeBytes, 4 * 2048, "the reader's releases free the rest");
     assert.equal(pool.stats.overReleased, 0);
   }
+});
+
+Deno.test("h2 frame channel: a control frame read from a slab is decoded from a copy; the slab read into again leaves it whole", () => {
+  const id = connId("tcp", { ip: "198.18.0.1", port: 40000 }, { ip: "198.18.0.2", port: 80 });
+  const open = grpcMessage(encodeFrame({ $case: "open", value: { connId: connIdToWire(id), dialTimeoutMs: 5 } }));
+  const pool = new SlabPool(1024);
+  const slab = pool.take();
+  slab.set(open);
+  const st = fakeStream();
+  const ch = new H2FrameChannel(st, { server: true });
+  st.emit("data", Buffer.from(slab.buffer, 0, open.byteLength)); // as a wire stream emits a read's view
+  const f = ch.tryNext();
+  assert.equal(pool.freeBytes, 1024, "the slab is free once the frame is decoded");
+  pool.take().fill(0xee); // the next read lands in it
+  assert.equal(f?.$case, "open");
+  const got = (f as { value: { connId?: Parameters<typeof connIdFromWire>[0] } }).value.connId!;
+  assert.deepEqual(connIdFromWire(got), id, "its address bytes are its own");
 });
