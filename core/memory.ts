@@ -13,7 +13,8 @@
  * - under pressure: external memory grew by `externalStepBytes` since the last collection while RSS is above
  *   `rssBudgetBytes` (at most one per `minGapMs`), or
  * - when the process went quiet with garbage left: external memory is `idleGarbageBytes` above what the last
- *   collection left and has not moved for `idleMs`;
+ *   collection left and has not moved for `idleMs`, or pools registered with {@link shedWhenQuiet} let go of
+ *   buffers they kept through a burst;
  * and every `trimEveryMs` it returns malloc's free memory (glibc only) when RSS exceeds V8's heap and buffers by more
  * than `trimSlackBytes` beyond what it did at the start or after the last trim. The GC is exposed through V8's
  * --expose-gc flag at runtime, the trim through FFI; a runtime that refuses either leaves that part out.
@@ -66,6 +67,30 @@ export interface MemoryGovernor {
 }
 
 const MiB = 1024 * 1024;
+
+/** Memory kept for reuse (a buffer pool) that can be let go while the process is quiet. */
+export interface Shedder {
+  /** Lets go of what is kept beyond what a quiet process needs; returns the bytes let go. */
+  shed(): number;
+}
+
+// held weakly: a pool that is gone needs no shedding
+const shedders = new Set<WeakRef<Shedder>>();
+
+/** Asks a running governor to call `s.shed()` each time the process goes quiet (then collects what it let go). */
+export function shedWhenQuiet(s: Shedder): void {
+  shedders.add(new WeakRef(s));
+}
+
+function shedAll(): number {
+  let bytes = 0;
+  for (const ref of shedders) {
+    const s = ref.deref();
+    if (s) bytes += s.shed();
+    else shedders.delete(ref);
+  }
+  return bytes;
+}
 
 /** V8's full GC, exposed at runtime; undefined when the runtime refuses. */
 export function exposeGc(): (() => void) | undefined {
@@ -157,6 +182,8 @@ export function startMemoryGovernor(opts: MemoryGovernorOptions = {}): MemoryGov
   // external memory when it last moved by more than 1 MiB, and when
   let still = base;
   let stillSince = performance.now();
+  // the pools were asked to shed in this quiet spell
+  let shedSince = -Infinity;
 
   const collect = (now: number, why: string, external: number) => {
     gc!();
@@ -179,7 +206,14 @@ export function startMemoryGovernor(opts: MemoryGovernorOptions = {}): MemoryGov
         still = external;
         stillSince = now;
       }
-      if (external - base >= step && now - lastGc >= minGap && Deno.memoryUsage().rss > budget) {
+      // quiet: pools let go of what a burst left them (once per quiet spell), and a collection frees it
+      let shed = false;
+      if (now - stillSince >= idleMs && shedSince !== stillSince) {
+        shedSince = stillSince;
+        shed = shedAll() > 0;
+      }
+      if (shed) collect(now, "idle, pools shed", external);
+      else if (external - base >= step && now - lastGc >= minGap && Deno.memoryUsage().rss > budget) {
         collect(now, "pressure", external);
       } else if (external - base >= idleGarbage && now - stillSince >= idleMs) {
         collect(now, "idle", external);

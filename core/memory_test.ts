@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import v8 from "node:v8";
-import { cgroupMemoryLimit, startMemoryGovernor } from "./memory.ts";
+import { cgroupMemoryLimit, shedWhenQuiet, startMemoryGovernor } from "./memory.ts";
 
 const MiB = 1024 * 1024;
 
@@ -126,4 +126,40 @@ Deno.test({
     assert.equal(r.trims, 1, "RSS held more than the slack beyond V8's heap and buffers");
     assert.ok(r.rssAfter < r.rssBefore - 64 * MiB, `RSS ${r.rssBefore / MiB} → ${r.rssAfter / MiB} MiB`);
   },
+});
+
+Deno.test("a quiet process has its pools shed once per quiet spell, and collects what they let go", () => {
+  const g = startMemoryGovernor({
+    rssBudgetBytes: 1024 ** 4,
+    idleGarbageBytes: 1024 ** 4,
+    idleMs: 1000,
+    trimEveryMs: 1e9,
+  });
+  let kept: Uint8Array[] = Array.from({ length: 16 }, () => new Uint8Array(MiB).fill(1));
+  let asked = 0;
+  const pool = {
+    shed() {
+      asked++;
+      const n = kept.length * MiB;
+      kept = [];
+      return n;
+    },
+  };
+  shedWhenQuiet(pool);
+  try {
+    const before = v8.getHeapStatistics().external_memory;
+    garbage(8);
+    g.check(30_000); // external moved: busy
+    assert.equal(asked, 0, "not while busy");
+    g.check(31_100); // still for 1100 ms: quiet
+    assert.equal(asked, 1);
+    assert.equal(g.stats.collections, 1, "what the pool let go is collected");
+    assert.ok(v8.getHeapStatistics().external_memory - before < 8 * MiB, "and freed");
+    g.check(32_200);
+    g.check(33_300);
+    assert.equal(asked, 2, "asked again in the next quiet spell");
+    assert.equal(g.stats.collections, 1, "with nothing let go, no collection");
+  } finally {
+    g.stop();
+  }
 });

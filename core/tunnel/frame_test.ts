@@ -168,12 +168,28 @@ Deno.test("FramePool: reuses what it is given, by size, up to its bound; keeps o
   pool.give(a.subarray(0, 1024));
   pool.give(new Uint8Array(MAX_DATA_FRAME));
   assert.equal(pool.bytes, 0);
-  // bounded: 4 MiB of 64 KiB buffers
-  for (let i = 0; i < 100; i++) pool.give(allocDataBuffer(MAX_DATA_FRAME));
-  assert.equal(pool.bytes, 4 * 1024 * 1024);
+  // bounded: 32 MiB of 64 KiB buffers
+  for (let i = 0; i < 600; i++) pool.give(allocDataBuffer(MAX_DATA_FRAME));
+  assert.equal(pool.bytes, 32 * 1024 * 1024);
   // a buffer from the pool frames in place like a fresh one
   const b = pool.take(MAX_DATA_FRAME);
   b.set([1, 2, 3]);
   const msg = encodeFrame(frames.data(b.subarray(0, 3)));
   assert.equal(msg.buffer, b.buffer, "encoded in place");
+});
+
+Deno.test("frame pool: keeps what a busy spell gives back (up to 32 MiB), sheds down to 4 MiB, largest first, when told", () => {
+  const pool = new FramePool();
+  const big = Array.from({ length: 100 }, () => pool.take(256 * 1024)); // 25 MiB
+  const small = Array.from({ length: 400 }, () => pool.take(16 * 1024)); // 6.25 MiB
+  for (const b of [...big, ...small]) pool.give(b);
+  assert.equal(pool.bytes, 100 * 256 * 1024 + 400 * 16 * 1024, "all of it kept for the next burst");
+  pool.give(allocDataBuffer(2 * 1024 * 1024));
+  assert.equal(pool.bytes, 100 * 256 * 1024 + 400 * 16 * 1024, "but no more than 32 MiB");
+  const dropped = pool.shed();
+  assert.equal(pool.bytes, 4 * 1024 * 1024);
+  assert.equal(dropped, 100 * 256 * 1024 + 400 * 16 * 1024 - 4 * 1024 * 1024);
+  assert.ok(!big.includes(pool.take(256 * 1024)), "the large ones went first");
+  assert.ok(small.includes(pool.take(16 * 1024)), "small ones stay");
+  assert.equal(pool.shed(), 0, "nothing more to let go");
 });
