@@ -13,6 +13,8 @@
  * never releases. Both functions do nothing for views of other buffers.
  */
 
+import { type Shedder, shedWhenQuiet } from "./memory.ts";
+
 interface Slab {
   refs: number;
   pool: SlabPool;
@@ -55,8 +57,11 @@ export interface SlabStats {
   overReleased: number;
 }
 
-/** Fixed-size slabs, reused after their last release; at most `maxFreeBytes` of them wait on the free list. */
-export class SlabPool {
+/**
+ * Fixed-size slabs, reused after their last release; at most `maxFreeBytes` of them wait on the free list, one once the
+ * process went quiet (the memory governor sheds the rest, core/memory.ts).
+ */
+export class SlabPool implements Shedder {
   readonly size: number;
   readonly #maxFree: number;
   #free: ArrayBuffer[] = [];
@@ -65,6 +70,17 @@ export class SlabPool {
   constructor(size = 64 * 1024, maxFreeBytes = 8 * 1024 * 1024) {
     this.size = size;
     this.#maxFree = Math.floor(maxFreeBytes / size);
+    shedWhenQuiet(this);
+  }
+
+  /** Lets all but one free slab go (to the garbage collector); returns the bytes let go. */
+  shed(): number {
+    let dropped = 0;
+    while (this.#free.length > 1) {
+      slabs.delete(this.#free.pop()!);
+      dropped += this.size;
+    }
+    return dropped;
   }
 
   /** A whole slab, held once for the caller. */

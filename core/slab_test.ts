@@ -37,3 +37,18 @@ Deno.test("slab: the free list is bounded; a release nobody held is counted, not
   assert.equal(inSlab(plain), false);
   assert.equal(pool.stats.overReleased, 1);
 });
+
+Deno.test("slab: a quiet process keeps one free slab; the rest is let go", () => {
+  const pool = new SlabPool(1024);
+  const taken = [pool.take(), pool.take(), pool.take()];
+  for (const t of taken) release(t);
+  assert.equal(pool.freeBytes, 3072);
+  assert.equal(pool.shed(), 2048);
+  assert.equal(pool.freeBytes, 1024);
+  assert.equal(pool.shed(), 0);
+  const again = pool.take();
+  assert.equal(again.buffer, taken[0].buffer, "the one kept is handed out again");
+  release(taken[1]);
+  assert.equal(pool.stats.overReleased, 0, "a slab let go is no longer the pool's: its release is ignored");
+  release(again);
+});
