@@ -5,6 +5,7 @@ import { type Clock, systemClock } from "../clock.ts";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
 import { writeAll } from "../io.ts";
+import { release } from "../slab.ts";
 import { bytesToIp, type ConnId, connIdFromWire, formatConnId, ipToBytes } from "./conn_id.ts";
 import { type Frame, FrameOrder, FramePool, frames, MAX_DATA_FRAME } from "./frame.ts";
 import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, limitFrom } from "./grpc.ts";
@@ -277,7 +278,10 @@ class TcpFlow extends Flow {
               parts.push(g.value);
               total += g.value.byteLength;
             }
-            if (parts.length > 1) data = concat(parts, total);
+            if (parts.length > 1) {
+              data = concat(parts, total);
+              for (const p of parts) release(p);
+            }
           }
           this.bytesToTarget += data.byteLength;
           try {
@@ -285,6 +289,7 @@ class TcpFlow extends Flow {
           } catch (err) {
             return this.fail(`write to target: ${errorMessage(err)}`);
           }
+          release(data); // written: a slab (core/slab.ts) may be read into again
         } else if (f.$case === "closeSend") {
           try {
             await conn.closeWrite();

@@ -16,6 +16,7 @@ import {
   MAX_DATA_FRAME,
 } from "./frame.ts";
 import { type H2Client, H2FrameChannel, H2Tunnels } from "./h2_calls.ts";
+import { inSlab } from "../slab.ts";
 import { release, SlabPool } from "../slab.ts";
 import { connId, connIdFromWire, connIdToWire } from "./conn_id.ts";
 import {
@@ -394,4 +395,25 @@ Deno.test("h2 frame channel: a control frame read from a slab is decoded from a 
   assert.equal(f?.$case, "open");
   const got = (f as { value: { connId?: Parameters<typeof connIdFromWire>[0] } }).value.connId!;
   assert.deepEqual(connIdFromWire(got), id, "its address bytes are its own");
+});
+
+Deno.test("h2 frame channel: the server side assembles a split message in a pooled buffer, reused once the reader released it", () => {
+  const payload = new Uint8Array(50_000).map((_, i) => (i * 3) & 0xff);
+  const msg = grpcMessage(encodeDataFrame(payload));
+  const st = fakeStream();
+  const ch = new H2FrameChannel(st, { server: true });
+  const split = () => {
+    for (const c of [msg.slice(0, 20_000), msg.slice(20_000)]) st.emit("data", Buffer.from(c));
+    const f = ch.tryNext();
+    assert.equal(f?.$case, "data");
+    return (f as { value: Uint8Array }).value;
+  };
+  const first = split();
+  assert.ok(inSlab(first), "assembled in a pooled buffer");
+  assert.deepEqual(new Uint8Array(first), payload);
+  release(first); // the dialer, once written
+  const second = split();
+  assert.equal(second.buffer, first.buffer, "the buffer given back assembles the next message");
+  assert.deepEqual(new Uint8Array(second), payload);
+  release(second);
 });
