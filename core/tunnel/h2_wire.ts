@@ -233,10 +233,7 @@ export class WireStream extends EventEmitter {
 
   /** The session is under its low-water mark again: 'drain' if this stream is under its own. */
   roomAgain(): void {
-    if (this.#needDrain && this.#queued < STREAM_HIGH_WATER && !this.destroyed) {
-      this.#needDrain = false;
-      this.emit("drain");
-    }
+    if (!this.destroyed) this.#drainIfRoom();
   }
 
   /** Ends our side once everything queued went out. */
@@ -339,14 +336,18 @@ export class WireStream extends EventEmitter {
         this.#sentEnd();
       }
     }
-    if (this.#needDrain && this.#queued < STREAM_HIGH_WATER) {
-      if (this.#session.overHighWater) this.#session.waitForRoom(this);
-      else {
-        this.#needDrain = false;
-        this.emit("drain");
-      }
-    }
+    this.#drainIfRoom();
     return sent;
+  }
+
+  /** A writer told to wait hears 'drain' once this stream is under its mark and the session under its own. */
+  #drainIfRoom(): void {
+    if (!this.#needDrain || this.#queued >= STREAM_HIGH_WATER) return;
+    if (this.#session.overHighWater) this.#session.waitForRoom(this);
+    else {
+      this.#needDrain = false;
+      this.emit("drain");
+    }
   }
 
   /** Server side: the request headers were the stream's first; later ones are trailers. */
