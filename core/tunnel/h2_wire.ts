@@ -499,7 +499,7 @@ export class WireSession extends EventEmitter {
     this.windowBytes = Math.min(opts.windowBytes, MAX_WINDOW);
     sock.setNoDelay?.(true);
     coalesceWrites(sock);
-    sock.on("data", (chunk: Uint8Array) => this.#onData(chunk));
+    sock.on("data", (chunk: Uint8Array) => this.receive(chunk));
     sock.on("drain", () => {
       this.#blocked = false;
       this.flush();
@@ -523,7 +523,7 @@ export class WireSession extends EventEmitter {
     else sock.write(PREFACE);
     sock.write(frame(SETTINGS, 0, 0, settings));
     if (this.windowBytes > DEFAULT_WINDOW) this.sendWindowUpdate(0, this.windowBytes - DEFAULT_WINDOW);
-    if (opts.initial?.byteLength) queueMicrotask(() => this.#onData(opts.initial!));
+    if (opts.initial?.byteLength) queueMicrotask(() => this.receive(opts.initial!));
   }
 
   /** Opens a stream: its HEADERS go out now. */
@@ -736,10 +736,6 @@ export class WireSession extends EventEmitter {
 
   /** Takes bytes read from the socket (also those a read callback, `onread`, got); nothing keeps `chunk` unheld. */
   receive(chunk: Uint8Array): void {
-    this.#onData(chunk);
-  }
-
-  #onData(chunk: Uint8Array): void {
     this.#read(chunk);
     if (this.#wantFlush) {
       this.#wantFlush = false;
