@@ -602,6 +602,43 @@ Deno.test("tcp with an attached sink: while it takes no more, bytes are held, th
   assertEquals(rec.events, ["end"]);
 });
 
+Deno.test("tcp with a sink that keeps taking: after it says stop it still gets every byte, the window closes by what it reports, resume() reopens it", async () => {
+  const env = setup({ tcp: { rcvBuf: 8192 } });
+  const { snd, conn } = await handshake(env);
+  const got: number[] = [];
+  let over = 0; // what the sink took after saying stop (a tunnel over its high-water mark)
+  const events: string[] = [];
+  conn.attach({
+    keepsTaking: true,
+    buffered: () => over,
+    data(d) {
+      got.push(...d);
+      if (got.length <= 2000) return true;
+      over += d.length;
+      return false;
+    },
+    end: () => events.push("end"),
+    error: (e) => events.push(`error: ${e.message}`),
+  });
+  env.take();
+  const chunk = (v: number) => new Uint8Array(2000).fill(v);
+  let seq = 1001;
+  for (let v = 1; v <= 6; v++, seq += 2000) env.stack.input([env.seg({ seq, ack: snd }, chunk(v))]);
+  equal(got.length, 2000 + 8192, "the sink got all the window held, the stack kept nothing back");
+  assertEquals(got.slice(2000, 4000), [...chunk(2)]);
+  const full = env.take().at(-1)!.tcp!;
+  equal(full.ack, 1001 + 2000 + 8192);
+  equal(full.window, 0, "what the sink reports closes the window");
+  over = 0; // the tunnel drained
+  conn.resume();
+  await tick();
+  const upd = env.take().at(-1)!.tcp!;
+  equal(upd.window * 128, 8192, "resume() offers the whole buffer again");
+  env.stack.input([env.seg({ seq: 1001 + 10192, ack: snd, flags: FIN | ACK }, chunk(6).subarray(192))]);
+  equal(got.length, 12000);
+  assertEquals(events, ["end"]);
+});
+
 Deno.test("tcp with an attached sink: a reset reaches it as an error and drops what was held", async () => {
   const env = setup();
   const { snd, conn } = await handshake(env);

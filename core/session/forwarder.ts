@@ -32,10 +32,23 @@ export function verdictFor(err: unknown): Verdict {
  */
 export function splice(conn: TcpConn, t: Tunnel): void {
   const clientGone = (e: unknown) => t.abort(`client side: ${errorMessage(e)}`);
+  // bytes the tunnel took while over its high-water mark: they close the client's window until it drains
+  let over = 0;
+  let waiting = false;
   conn.attach({
+    keepsTaking: true,
+    buffered: () => over,
     data(chunk) {
       if (t.push(chunk)) return true;
-      t.drained().then(() => conn.resume(), () => conn.abort());
+      over += chunk.byteLength;
+      if (!waiting) {
+        waiting = true;
+        t.drained().then(() => {
+          waiting = false;
+          over = 0;
+          conn.resume();
+        }, () => conn.abort());
+      }
       return false;
     },
     end() {

@@ -26,7 +26,10 @@ export type TcpState =
  * hands them to a tunnel without a stream, a promise and a copy per segment in between.
  */
 export interface ConnSink {
-  /** Bytes from the client, in order, valid only during the call (copy what you keep). False: no more until resume(). */
+  /**
+   * Bytes from the client, in order, valid only during the call (copy what you keep). False: no more until resume()
+   * (for a sink that {@link keepsTaking}: close the window by what it reports buffered).
+   */
   data(chunk: Uint8Array): boolean;
   /** The client's FIN: no more bytes. */
   end(): void;
@@ -34,6 +37,11 @@ export interface ConnSink {
   error(err: Error): void;
   /** Bytes the sink holds that count against the receive window (default 0). */
   buffered?(): number;
+  /**
+   * The sink copies what it takes and goes on taking after its data() said false: the stack hands it every byte that
+   * arrives (instead of keeping copies of its own until resume()) and closes the window by what buffered() reports.
+   */
+  readonly keepsTaking?: boolean;
 }
 
 /** An accepted TCP connection as the session sees it: a duplex byte stream with backpressure. */
@@ -716,7 +724,7 @@ export class TcpEndpoint implements TcpConn {
     if (data.length > 0) {
       this.#rcvNxt = seqAdd(this.#rcvNxt, data.length);
       if (!this.#rcvClosed && !this.#rcDone) {
-        if (this.#sinkPaused || this.#held.length > 0) {
+        if (this.#held.length > 0 || (this.#sinkPaused && !this.#sink?.keepsTaking)) {
           this.#held.push(data.slice());
           this.#heldBytes += data.length;
         } else if (!this.#sinkNow().data(data)) this.#sinkPaused = true;

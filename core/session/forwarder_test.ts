@@ -1,0 +1,58 @@
+import assert from "node:assert/strict";
+import type { ConnSink, TcpConn } from "../netstack/mod.ts";
+import type { Tunnel } from "../tunnel/mod.ts";
+import { splice } from "./forwarder.ts";
+
+/** A tunnel whose high-water mark the test moves, recording what it was pushed. */
+function fakeTunnel() {
+  const pushed: number[] = [];
+  let over = false;
+  let drain: (() => void) | undefined;
+  const t = {
+    push(chunk: Uint8Array) {
+      pushed.push(...chunk);
+      return !over;
+    },
+    drained: () => over ? new Promise<void>((r) => drain = r) : Promise.resolve(),
+    attach() {},
+    finish: () => Promise.resolve(),
+    abort() {},
+  };
+  return {
+    tunnel: t as unknown as Tunnel,
+    pushed,
+    setOver(v: boolean) {
+      over = v;
+      if (!v) drain?.();
+    },
+  };
+}
+
+Deno.test("splice: the client's bytes go to the tunnel also while it is over its mark; they count as buffered until it drains, then the connection resumes", async () => {
+  let sink: ConnSink | undefined;
+  let resumed = 0;
+  const conn = {
+    attach: (s: ConnSink) => sink = s,
+    resume: () => resumed++,
+  } as unknown as TcpConn;
+  const t = fakeTunnel();
+  splice(conn, t.tunnel);
+  assert.ok(sink?.keepsTaking, "the tunnel copies what it takes: the stack need not hold bytes back");
+  assert.equal(sink!.data(new Uint8Array(100).fill(1)), true);
+  assert.equal(sink!.buffered!(), 0);
+  t.setOver(true);
+  assert.equal(sink!.data(new Uint8Array(300).fill(2)), false);
+  assert.equal(sink!.data(new Uint8Array(200).fill(3)), false);
+  assert.equal(sink!.buffered!(), 500, "what the tunnel took over its mark closes the window");
+  assert.deepEqual(t.pushed, [
+    ...new Uint8Array(100).fill(1),
+    ...new Uint8Array(300).fill(2),
+    ...new Uint8Array(200).fill(3),
+  ]);
+  assert.equal(resumed, 0);
+  t.setOver(false);
+  await new Promise((r) => setTimeout(r, 0));
+  assert.equal(resumed, 1, "resumed once, though two chunks went over the mark");
+  assert.equal(sink!.buffered!(), 0);
+  assert.equal(sink!.data(new Uint8Array(10)), true);
+});
