@@ -1034,6 +1034,34 @@ export function connectWire(host: string, port: number, authority: string, opts:
 /** The slabs every wire client's reads land in (a process has one manager session, a new one after a reconnect). */
 const readSlabs = new SlabPool();
 
+/** The slabs the wire sessions a server accepted read into (the manager's side of every daemon's tunnel session). */
+const serverReadSlabs = new SlabPool();
+
+/**
+ * Makes a socket that a node:net server accepted read into `pool`'s slabs, as connectWire's socket does: node:net
+ * takes `onread` only when it creates the socket, and Deno's keeps that option's state on the socket under its own
+ * symbols (kBuffer, kBufferGen, kBufferCb), which this sets. Each read goes to `receive`, then is released (views
+ * passed on hold their own). False, and nothing changed, where the runtime has no such symbols: the socket goes on
+ * reading into fresh buffers ('data' events).
+ */
+export function readIntoSlabs(sock: net.Socket, pool: SlabPool, receive: (b: Uint8Array) => void): boolean {
+  const own = Object.getOwnPropertySymbols(sock);
+  const sym = (name: string) => own.find((s) => s.description === name);
+  const [kBuffer, kBufferGen, kBufferCb] = [sym("kBuffer"), sym("kBufferGen"), sym("kBufferCb")];
+  const handle = (sock as unknown as { _handle?: { useUserBuffer?: (b: Uint8Array) => void } })._handle;
+  if (!kBuffer || !kBufferGen || !kBufferCb || typeof handle?.useUserBuffer !== "function") return false;
+  const state = sock as unknown as Record<symbol, unknown>;
+  const first = pool.take();
+  state[kBufferGen] = () => pool.take();
+  state[kBufferCb] = (n: number, buf: Uint8Array) => {
+    receive(buf.subarray(0, n));
+    release(buf); // the read's own hold
+  };
+  state[kBuffer] = first;
+  handle.useUserBuffer(first);
+  return true;
+}
+
 /**
  * What the first bytes of a connection say: "wire" for an h2_wire client (its preface, then SETTINGS carrying
  * {@link SETTINGS_TEL_WIRE}), "other" for anything else, undefined while too few bytes arrived to tell.
@@ -1059,7 +1087,13 @@ export function sniffWire(b: Uint8Array): "wire" | "other" | undefined {
  */
 export function serveWire(
   socket: net.Socket,
-  opts: { windowBytes: number; onSession: (s: WireSession) => void; other: (socket: net.Socket) => void },
+  opts: {
+    windowBytes: number;
+    onSession: (s: WireSession) => void;
+    other: (socket: net.Socket) => void;
+    /** Where the session's reads land (default: a pool all accepted sessions share). */
+    slabs?: SlabPool;
+  },
 ): void {
   let got = new Uint8Array(0);
   const onData = (chunk: Uint8Array) => {
@@ -1074,7 +1108,12 @@ export function serveWire(
     socket.off("error", drop);
     socket.pause();
     if (verdict === "wire") {
-      opts.onSession(new WireSession(socket, { role: "server", windowBytes: opts.windowBytes, initial: got }));
+      const session = new WireSession(socket, { role: "server", windowBytes: opts.windowBytes });
+      readIntoSlabs(socket, opts.slabs ?? serverReadSlabs, (b) => session.receive(b));
+      opts.onSession(session);
+      // the bytes read so far go first, now that the session's listeners are in place; what the socket read
+      // meanwhile follows when it resumes (a microtask for them, as before, came after that)
+      session.receive(got);
       socket.resume();
       return;
     }
