@@ -1111,8 +1111,8 @@ export function serveWire(
       const session = new WireSession(socket, { role: "server", windowBytes: opts.windowBytes });
       readIntoSlabs(socket, opts.slabs ?? serverReadSlabs, (b) => session.receive(b));
       opts.onSession(session);
-      // the bytes read so far go first, now that the session's listeners are in place; what the socket read
-      // meanwhile follows when it resumes (a microtask for them, as before, came after that)
+      // the bytes read so far go first, now that the session's listeners are in place; what the socket read meanwhile
+      // follows once it resumes (handed over in a microtask, they came after those: resume() flows on nextTick)
       session.receive(got);
       socket.resume();
       return;
