@@ -468,6 +468,39 @@ Deno.test("wire: 3 streams × 1 MiB each way through Deno's node:http2 server wi
   }
 });
 
+/**
+ * A 'data' listener that keeps every 8th chunk as the view it came in (held until check()) and copies and releases
+ * the others; check() wants the bytes intact (a slab with a kept view was not read into), slabs read into again, and
+ * releases what was kept (once: none over-released).
+ */
+function keepEvery8th(pool: SlabPool) {
+  const got: Uint8Array[] = [];
+  const kept: Uint8Array[] = [];
+  return {
+    got,
+    kept,
+    onData(d: Uint8Array) {
+      if (got.length % 8 === 0) {
+        got.push(d);
+        kept.push(d);
+      } else {
+        got.push(new Uint8Array(d));
+        release(d);
+      }
+    },
+    check(sent: Uint8Array) {
+      assert.ok(pool.stats.reused > 0, `slabs were read into again (${JSON.stringify(pool.stats)})`);
+      const all = joined(got);
+      assert.ok(
+        all.byteLength === sent.byteLength && all.every((b, i) => b === sent[i]),
+        "kept views intact: held slabs were not read into",
+      );
+      for (const k of kept) release(k);
+      assert.equal(pool.stats.overReleased, 0);
+    },
+  };
+}
+
 Deno.test("wire: reads land in slabs that are read into again only once every view of them was released", async () => {
   const server = http2.createServer();
   server.on("stream", (st: http2.ServerHttp2Stream) => {
@@ -483,29 +516,12 @@ Deno.test("wire: reads land in slabs that are read into again only once every vi
   try {
     const st = s.request({ ":path": "/echo" });
     const sent = new Uint8Array(8 << 20).map((_, i) => (i * 13 + (i >> 12)) & 0xff);
-    // every 8th chunk is kept as the view it came in (held until the end); the others are copied and released
-    const got: Uint8Array[] = [];
-    const kept: Uint8Array[] = [];
-    st.on("data", (d: Uint8Array) => {
-      if (got.length % 8 === 0) {
-        got.push(d);
-        kept.push(d);
-      } else {
-        got.push(new Uint8Array(d));
-        release(d);
-      }
-    });
+    const reader = keepEvery8th(pool);
+    st.on("data", reader.onData);
     await writeAndClose(st, sent);
-    assert.ok(kept.length > 0 && got.length > kept.length);
-    assert.ok(kept.every((k) => inSlab(k)), "the bytes came as views of the slabs they were read into");
-    assert.ok(pool.stats.reused > 0, `slabs were read into again (${JSON.stringify(pool.stats)})`);
-    const all = joined(got);
-    assert.ok(
-      all.byteLength === sent.byteLength && all.every((b, i) => b === sent[i]),
-      "kept views intact: held slabs were not read into",
-    );
-    for (const k of kept) release(k);
-    assert.equal(pool.stats.overReleased, 0);
+    assert.ok(reader.kept.length > 0 && reader.got.length > reader.kept.length);
+    assert.ok(reader.kept.every((k) => inSlab(k)), "the bytes came as views of the slabs they were read into");
+    reader.check(sent);
   } finally {
     s.close();
     await new Promise<void>((r) => server.close(() => r()));
@@ -514,8 +530,7 @@ Deno.test("wire: reads land in slabs that are read into again only once every vi
 
 Deno.test("wire: a server's accepted wire sessions read into slabs too, reused once every view was released", async () => {
   const pool = new SlabPool();
-  const got: Uint8Array[] = [];
-  const kept: Uint8Array[] = [];
+  const reader = keepEvery8th(pool);
   const server = net.createServer((sock) =>
     serveWire(sock, {
       windowBytes: 1 << 20,
@@ -523,15 +538,7 @@ Deno.test("wire: a server's accepted wire sessions read into slabs too, reused o
       other: (s) => s.destroy(),
       onSession: (session) =>
         session.on("stream", (st: WireStream) => {
-          st.on("data", (d: Uint8Array) => {
-            if (got.length % 8 === 0) { // kept as the view it came in, until the end
-              got.push(d);
-              kept.push(d);
-            } else {
-              got.push(new Uint8Array(d));
-              release(d);
-            }
-          });
+          st.on("data", reader.onData);
           st.on("end", () => st.respond({ ":status": 200 }, { endStream: true }));
         }),
     })
@@ -543,15 +550,9 @@ Deno.test("wire: a server's accepted wire sessions read into slabs too, reused o
     const sent = new Uint8Array(8 << 20).map((_, i) => (i * 7 + (i >> 11)) & 0xff);
     await writeAndClose(s.request({ ":path": "/up" }), sent);
     // all but what came with the bytes read while telling a wire client (a copy) are views of the slabs read into
-    assert.ok(kept.filter((k) => inSlab(k)).length >= Math.max(1, kept.length - 1), "the server got views of slabs");
-    assert.ok(pool.stats.reused > 0, `slabs were read into again (${JSON.stringify(pool.stats)})`);
-    const all = joined(got);
-    assert.ok(
-      all.byteLength === sent.byteLength && all.every((b, i) => b === sent[i]),
-      "byte-exact: slabs with kept views were not read into",
-    );
-    for (const k of kept) release(k);
-    assert.equal(pool.stats.overReleased, 0);
+    const inSlabs = reader.kept.filter((k) => inSlab(k)).length;
+    assert.ok(inSlabs >= Math.max(1, reader.kept.length - 1), "the server got views of slabs");
+    reader.check(sent);
   } finally {
     s.close();
     await new Promise<void>((r) => server.close(() => r()));
