@@ -1014,21 +1014,23 @@ export class WireSession extends EventEmitter {
 export function connectWire(host: string, port: number, authority: string, opts: WireOptions): WireSession {
   const sessionOpts: WireSessionOptions = { role: "client", authority, windowBytes: opts.windowBytes };
   if (opts.connect) return new WireSession(opts.connect(), sessionOpts);
-  // Reads land in slabs that come back once their views are released (the streams' data goes on as views).
-  const pool = opts.slabs ?? readSlabs;
-  const sock = net.connect({
-    host,
-    port,
-    onread: {
-      buffer: () => pool.take(),
-      callback: (n: number, buf: Uint8Array) => {
-        session.receive(buf.subarray(0, n)); // reads come after the session below exists
-        release(buf); // the read's own hold; views passed on hold theirs
-      },
-    },
-  } as net.NetConnectOpts);
+  // Reads land in slabs that come back once their views are released (the streams' data goes on as views);
+  // they come after the session below exists.
+  const onread = slabReads(opts.slabs ?? readSlabs, (b) => session.receive(b));
+  const sock = net.connect({ host, port, onread } as net.NetConnectOpts);
   const session = new WireSession(sock, sessionOpts);
   return session;
+}
+
+/** node:net's `onread` for reads into `pool`'s slabs: each read goes to `receive`, then its own hold is released. */
+function slabReads(pool: SlabPool, receive: (b: Uint8Array) => void) {
+  return {
+    buffer: () => pool.take(),
+    callback: (n: number, buf: Uint8Array) => {
+      receive(buf.subarray(0, n));
+      release(buf); // views passed on hold their own
+    },
+  };
 }
 
 /**
@@ -1044,9 +1046,8 @@ const serverReadSlabs = new SlabPool();
 /**
  * Makes a socket that a node:net server accepted read into `pool`'s slabs, as connectWire's socket does: node:net
  * takes `onread` only when it creates the socket, and Deno's keeps that option's state on the socket under its own
- * symbols (kBuffer, kBufferGen, kBufferCb), which this sets. Each read goes to `receive`, then is released (views
- * passed on hold their own). False, and nothing changed, where the runtime has no such symbols: the socket goes on
- * reading into fresh buffers ('data' events).
+ * symbols (kBuffer, kBufferGen, kBufferCb), which this sets to the same {@link slabReads}. False, and nothing
+ * changed, where the runtime has no such symbols: the socket goes on reading into fresh buffers ('data' events).
  */
 export function readIntoSlabs(sock: net.Socket, pool: SlabPool, receive: (b: Uint8Array) => void): boolean {
   const own = Object.getOwnPropertySymbols(sock);
@@ -1055,12 +1056,10 @@ export function readIntoSlabs(sock: net.Socket, pool: SlabPool, receive: (b: Uin
   const handle = (sock as unknown as { _handle?: { useUserBuffer?: (b: Uint8Array) => void } })._handle;
   if (!kBuffer || !kBufferGen || !kBufferCb || typeof handle?.useUserBuffer !== "function") return false;
   const state = sock as unknown as Record<symbol, unknown>;
-  const first = pool.take();
-  state[kBufferGen] = () => pool.take();
-  state[kBufferCb] = (n: number, buf: Uint8Array) => {
-    receive(buf.subarray(0, n));
-    release(buf); // the read's own hold
-  };
+  const onread = slabReads(pool, receive);
+  const first = onread.buffer();
+  state[kBufferGen] = onread.buffer;
+  state[kBufferCb] = onread.callback;
   state[kBuffer] = first;
   handle.useUserBuffer(first);
   return true;
