@@ -104,8 +104,6 @@ export interface WireSessionOptions {
   windowBytes: number;
   /** Client: the :authority of its requests. */
   authority?: string;
-  /** Server: bytes already read from the socket (the client's preface and what followed it). */
-  initial?: Uint8Array;
 }
 
 function frameHeader(len: number, type: number, flags: number, sid: number): Uint8Array {
@@ -523,7 +521,6 @@ export class WireSession extends EventEmitter {
     else sock.write(PREFACE);
     sock.write(frame(SETTINGS, 0, 0, settings));
     if (this.windowBytes > DEFAULT_WINDOW) this.sendWindowUpdate(0, this.windowBytes - DEFAULT_WINDOW);
-    if (opts.initial?.byteLength) queueMicrotask(() => this.receive(opts.initial!));
   }
 
   /** Opens a stream: its HEADERS go out now. */

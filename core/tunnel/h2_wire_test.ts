@@ -658,8 +658,9 @@ Deno.test("wire: a server session serves a client that sent GOAWAY until its str
     ...rawFrame(1, 0x4, 1, encodeRequestBlock("x", { ":path": "/a" })),
     ...rawFrame(7, 0, 0, u32(0, 0)), // the client closes gracefully: no new streams from it
   ]);
-  const s = new WireSession(server as unknown as net.Socket, { role: "server", windowBytes: 1 << 20, initial: enc });
+  const s = new WireSession(server as unknown as net.Socket, { role: "server", windowBytes: 1 << 20 });
   s.on("stream", (st: WireStream) => got.push(st));
+  server.push(enc);
   await settle();
   assert.equal(got.length, 1);
   assert.equal(got[0].destroyed, false, "stream 1 goes on");
