@@ -302,6 +302,19 @@ function fakeStream() {
   });
 }
 
+/**
+ * What a frame channel (the opener's, with pieces, or the server's) reads from `chunks`, each emitted as a view of its
+ * bytes as a wire stream emits a read: every frame, and the data frames' payloads.
+ */
+function channelReads(chunks: Uint8Array[], server: boolean): { got: Frame[]; data: Uint8Array[] } {
+  const st = fakeStream();
+  const ch = new H2FrameChannel(st, { server, pieces: true });
+  for (const c of chunks) st.emit("data", Buffer.from(c.buffer, c.byteOffset, c.byteLength));
+  const got: Frame[] = [];
+  for (let f = ch.tryNext(); f; f = ch.tryNext()) got.push(f);
+  return { got, data: got.filter((f) => f.$case === "data").map((f) => f.value as Uint8Array) };
+}
+
 Deno.test("h2 frame channel: the opener passes a split data message on in pieces, as views; the server side assembles it", () => {
   const payload = new Uint8Array(50_000).map((_, i) => (i * 7) & 0xff);
   const msg = grpcMessage(encodeDataFrame(payload));
@@ -315,12 +328,7 @@ Deno.test("h2 frame channel: the opener passes a split data message on in pieces
     new Uint8Array([...msg.subarray(cut + 1000), ...close]),
   ];
   for (const server of [false, true]) {
-    const st = fakeStream();
-    const ch = new H2FrameChannel(st, { server, pieces: true });
-    for (const c of chunks) st.emit("data", Buffer.from(c.buffer, c.byteOffset, c.byteLength));
-    const got: Frame[] = [];
-    for (let f = ch.tryNext(); f; f = ch.tryNext()) got.push(f);
-    const data = got.filter((f) => f.$case === "data").map((f) => f.value as Uint8Array);
+    const { got, data } = channelReads(chunks, server);
     assert.deepEqual(got.map((f) => f.$case).at(-1), "closeSend");
     assert.deepEqual(new Uint8Array(data.flatMap((d) => [...d])), payload, "every payload byte, in order");
     if (server) assert.equal(data.length, 1, "the server side gets the message whole");
@@ -347,12 +355,7 @@ Deno.test("h2 frame channel: data frames hold the slab they came in until the re
       s.set(c);
       return s.subarray(0, c.byteLength);
     });
-    const st = fakeStream();
-    const ch = new H2FrameChannel(st, { server, pieces: true });
-    for (const c of slabs) st.emit("data", Buffer.from(c.buffer, c.byteOffset, c.byteLength));
-    const got: Frame[] = [];
-    for (let f = ch.tryNext(); f; f = ch.tryNext()) got.push(f);
-    const data = got.filter((f) => f.$case === "data").map((f) => f.value as Uint8Array);
+    const { got, data } = channelReads(slabs, server);
     assert.deepEqual(
       got.map((f) => f.$case),
       server ? ["dialOk", "data", "closeSend", "data"] : [
