@@ -68,15 +68,9 @@ function parseFrames(bytes: Uint8Array): RawFrame[] {
   return out;
 }
 
-/** The chunks one after another, in one buffer. */
+/** The chunks one after another, in one (plain) buffer. */
 function joined(chunks: Uint8Array[]): Uint8Array {
-  const all = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-  let at = 0;
-  for (const c of chunks) {
-    all.set(c, at);
-    at += c.byteLength;
-  }
-  return all;
+  return new Uint8Array(Buffer.concat(chunks));
 }
 
 /** An HPACK encoder like a server's (Huffman, dynamic table): blocks must be decoded in order. */
