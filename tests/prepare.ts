@@ -10,6 +10,7 @@ export const TOOLS: Record<string, string> = {
   dig: "dnsutils",
   nc: "netcat-openbsd",
   openssl: "openssl",
+  ping: "iputils-ping",
 };
 
 async function has(cmd: string): Promise<boolean> {
