@@ -668,7 +668,8 @@ const scale: Bench = {
   goalsAfter: (d) => [{
     text: "daemon RSS < 150 MB",
     met: d ? d.rssPeakMb * 1.048576 < 150 : undefined,
-    value: `peak ${d?.rssPeakMb} MiB`,
+    value: `peak ${d?.rssPeakMb} MiB` +
+      (d?.rssPeakAnonMb !== undefined ? ` (${d.rssPeakAnonMb} anonymous, ${d.rssPeakFileMb} file-backed)` : ""),
   }],
 };
 

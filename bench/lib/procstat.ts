@@ -18,10 +18,18 @@ export function parseStat(text: string): Ticks {
   return { cpu: Number(rest[11]) + Number(rest[12]), comm: text.slice(open + 1, close) };
 }
 
-/** VmRSS and VmHWM (peak) of a /proc/<pid>/status text, in MiB. */
-export function parseStatusMem(text: string): { rssMb: number; hwmMb: number } {
+/**
+ * VmRSS, VmHWM (peak) and VmRSS's anonymous and file-backed parts (RssAnon, RssFile: the pages of the runtime's binary
+ * and libraries it touched, shared with every process that maps them) of a /proc/<pid>/status text, in MiB.
+ */
+export function parseStatusMem(text: string): { rssMb: number; hwmMb: number; anonMb: number; fileMb: number } {
   const kb = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(text)?.[1] ?? NaN);
-  return { rssMb: kb("VmRSS") / 1024, hwmMb: kb("VmHWM") / 1024 };
+  return {
+    rssMb: kb("VmRSS") / 1024,
+    hwmMb: kb("VmHWM") / 1024,
+    anonMb: kb("RssAnon") / 1024,
+    fileMb: kb("RssFile") / 1024,
+  };
 }
 
 /** What a sampler saw over its window. */
@@ -32,6 +40,9 @@ export interface Usage {
   /** Mean and peak RSS over the samples, MiB. */
   rssMb: number;
   rssPeakMb: number;
+  /** The peak sample's anonymous and file-backed parts, MiB (NaN where the kernel does not report them). */
+  rssPeakAnonMb: number;
+  rssPeakFileMb: number;
   /** Per thread name: % of one core over the window, busiest first (threads of one name are summed). */
   threads: Record<string, number>;
   seconds: number;
@@ -78,6 +89,7 @@ export class ProcSampler {
   #ticks0?: Ticks;
   #threads0 = new Map<string, Ticks>();
   #rss: number[] = [];
+  #peak = { rssMb: -Infinity, anonMb: NaN, fileMb: NaN };
   #timer?: ReturnType<typeof setInterval>;
   #ready: Promise<void>;
 
@@ -100,8 +112,9 @@ export class ProcSampler {
   async #sample(): Promise<void> {
     const st = await readText(`/proc/${this.pid}/status`);
     if (st) {
-      const m = parseStatusMem(st).rssMb;
-      if (Number.isFinite(m)) this.#rss.push(m);
+      const m = parseStatusMem(st);
+      if (Number.isFinite(m.rssMb)) this.#rss.push(m.rssMb);
+      if (m.rssMb > this.#peak.rssMb) this.#peak = m;
     }
   }
 
@@ -128,6 +141,8 @@ export class ProcSampler {
       cpuPct: round1(cpu),
       rssMb: round1(rss.length ? rss.reduce((a, b) => a + b, 0) / rss.length : NaN),
       rssPeakMb: round1(rss.length ? Math.max(...rss) : NaN),
+      rssPeakAnonMb: round1(this.#peak.anonMb),
+      rssPeakFileMb: round1(this.#peak.fileMb),
       threads,
       seconds: round1(seconds),
     };

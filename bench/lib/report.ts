@@ -17,7 +17,10 @@ function row(r: Row): string {
 function usage(who: string, u?: UsageSummary): string {
   if (!u) return "";
   const threads = Object.entries(u.threads).slice(0, 5).map(([k, v]) => `${k} ${v}%`).join(", ");
-  return `${who}: CPU ${u.cpuPct}% of a core (max ${u.cpuPctMax}%), RSS ${u.rssMb} MiB (peak ${u.rssPeakMb} MiB)` +
+  const split = u.rssPeakAnonMb !== undefined && u.rssPeakFileMb !== undefined
+    ? `: ${u.rssPeakAnonMb} anonymous, ${u.rssPeakFileMb} file-backed`
+    : "";
+  return `${who}: CPU ${u.cpuPct}% of a core (max ${u.cpuPctMax}%), RSS ${u.rssMb} MiB (peak ${u.rssPeakMb} MiB${split})` +
     (threads ? `; busiest threads: ${threads}` : "");
 }
 

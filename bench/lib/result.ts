@@ -32,6 +32,9 @@ export interface UsageSummary {
   cpuPctMax: number;
   rssMb: number;
   rssPeakMb: number;
+  /** The peak's anonymous and file-backed (runtime binary, shared) parts, MiB; absent where not reported. */
+  rssPeakAnonMb?: number;
+  rssPeakFileMb?: number;
   /** Busiest threads of the busiest run, % of one core. */
   threads: Record<string, number>;
 }
@@ -119,11 +122,16 @@ export function summarizeUsage(us: Usage[]): UsageSummary | undefined {
   const cpu = summarize(us.map((u) => u.cpuPct));
   const busiest = us.reduce((a, b) => (b.cpuPct > a.cpuPct ? b : a));
   const rss = us.map((u) => u.rssMb).filter(Number.isFinite);
+  const peak = us.reduce((a, b) => (b.rssPeakMb > a.rssPeakMb ? b : a));
+  const split = Number.isFinite(peak.rssPeakAnonMb) && Number.isFinite(peak.rssPeakFileMb)
+    ? { rssPeakAnonMb: sig(peak.rssPeakAnonMb, 3), rssPeakFileMb: sig(peak.rssPeakFileMb, 3) }
+    : {};
   return {
     cpuPct: sig(cpu.median, 3),
     cpuPctMax: sig(cpu.max, 3),
     rssMb: sig(rss.length ? Math.max(...rss) : NaN, 3),
     rssPeakMb: sig(Math.max(...us.map((u) => u.rssPeakMb).filter(Number.isFinite)), 3),
+    ...split,
     threads: busiest.threads,
   };
 }

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { median, percentile, sig, summarize } from "./stats.ts";
-import { Collector } from "./result.ts";
-import { parseStat, parseStatusMem } from "./procstat.ts";
+import { Collector, summarizeUsage } from "./result.ts";
+import { parseStat, parseStatusMem, ProcSampler, type Usage } from "./procstat.ts";
 import { markdown } from "./report.ts";
 import { deploymentMemoryLimit, memoryQuantity } from "./lab_env.ts";
 
@@ -47,9 +47,40 @@ Deno.test("/proc stat: a name with spaces and parentheses; utime + stime", () =>
   assert.deepEqual(parseStat(line), { cpu: 175, comm: "V8 Default (x)" });
 });
 
-Deno.test("/proc status: VmRSS and VmHWM in MiB", () => {
-  const text = "Name:\tdeno\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n";
-  assert.deepEqual(parseStatusMem(text), { rssMb: 100, hwmMb: 200 });
+Deno.test("/proc status: VmRSS and VmHWM in MiB, and RSS's anonymous and file-backed parts", () => {
+  const text = "Name:\tdeno\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\nRssAnon:\t   71680 kB\nRssFile:\t   30720 kB\n";
+  assert.deepEqual(parseStatusMem(text), { rssMb: 100, hwmMb: 200, anonMb: 70, fileMb: 30 });
+  const old = parseStatusMem("VmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n"); // a kernel before 4.5
+  assert.equal(old.rssMb, 100);
+  assert.ok(Number.isNaN(old.anonMb) && Number.isNaN(old.fileMb));
+});
+
+Deno.test("/proc sampler: this process's peak RSS with its parts; the summary keeps the parts of the highest peak", async () => {
+  const before = parseStatusMem(await Deno.readTextFile("/proc/self/status"));
+  const s = ProcSampler.start(Deno.pid, 5);
+  const hold = new Uint8Array(64 * 1024 * 1024).fill(1); // anonymous memory the sampler must see
+  await new Promise((r) => setTimeout(r, 30));
+  const u = await s.stop();
+  assert.equal(hold[hold.length - 1], 1);
+  assert.ok(u.rssPeakMb >= before.rssMb + 60, `peak ${u.rssPeakMb} MiB, ${before.rssMb} before`);
+  assert.ok(u.rssPeakAnonMb >= before.anonMb + 60, `anon ${u.rssPeakAnonMb} MiB, ${before.anonMb} before`);
+  assert.ok(u.rssPeakFileMb > 0, "the runtime's binary is file-backed");
+  assert.ok(Math.abs(u.rssPeakAnonMb + u.rssPeakFileMb - u.rssPeakMb) < 2, "the parts add up to the peak");
+
+  const run = (peak: number, anon: number, file: number): Usage => ({
+    pid: 1,
+    cpuPct: 10,
+    rssMb: peak - 5,
+    rssPeakMb: peak,
+    rssPeakAnonMb: anon,
+    rssPeakFileMb: file,
+    threads: {},
+    seconds: 1,
+  });
+  const sum = summarizeUsage([run(150, 100, 50), run(170, 121, 49), run(160, 111, 49)])!;
+  assert.deepEqual([sum.rssPeakMb, sum.rssPeakAnonMb, sum.rssPeakFileMb], [170, 121, 49]);
+  const noParts = summarizeUsage([run(150, NaN, NaN)])!;
+  assert.equal("rssPeakAnonMb" in noParts, false, "a kernel that does not split RSS: no parts reported");
 });
 
 Deno.test("markdown: goals table and a row with its spread and ratio", () => {
@@ -70,10 +101,25 @@ Deno.test("markdown: goals table and a row with its spread and ratio", () => {
       goals: [{ text: "p50 small", met: false, value: "2 µs" }],
       checks: {},
       notes: [],
+      daemon: {
+        cpuPct: 30,
+        cpuPctMax: 40,
+        rssMb: 150,
+        rssPeakMb: 170,
+        rssPeakAnonMb: 121,
+        rssPeakFileMb: 49,
+        threads: {},
+      },
+      manager: { cpuPct: 20, cpuPctMax: 25, rssMb: 200, rssPeakMb: 210, threads: {} },
     }],
   });
   assert.match(md, /\| connect \| p50 small \| 2 µs \| no \|/);
   assert.match(md, /\| p50 \| tel \| 2 µs \| 1–3 \| 2× direct veth \|/);
+  assert.match(
+    md,
+    /- daemon: CPU 30% of a core \(max 40%\), RSS 150 MiB \(peak 170 MiB: 121 anonymous, 49 file-backed\)/,
+  );
+  assert.match(md, /- manager: CPU 20% of a core \(max 25%\), RSS 200 MiB \(peak 210 MiB\)\n/);
 });
 
 Deno.test("memory quantities as Kubernetes writes them, and the manager Deployment's limit the bench runs it under", async () => {
