@@ -17,6 +17,11 @@ export interface FrameChannel {
   readonly closed: boolean;
   /** Sends one frame; resolves once the stream takes more; false when it is gone. */
   send(frame: Frame): Promise<boolean>;
+  /**
+   * Whether a frame written now waits in a queue shared with many other streams (their transport is over its
+   * high-water mark); undefined where the transport does not say.
+   */
+  readonly crowded?: boolean;
   /** Like send, without a promise when the frame went out at once; `written` runs once its buffer may be reused. */
   write(frame: Frame, written?: () => void): boolean | Promise<boolean>;
   /** A frame that already arrived, null when none is buffered yet, undefined once the stream is over. */

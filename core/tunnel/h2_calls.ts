@@ -195,6 +195,8 @@ function nodeSession(host: string, port: number, window: number): ClientSession 
 /** What {@link H2FrameChannel} uses of a stream: node:http2's (client or server), or a WireStream. */
 interface StreamLike {
   readonly destroyed: boolean;
+  /** A WireStream's: what is written now waits behind its session's mark (node:http2 streams do not say). */
+  readonly crowded?: boolean;
   readonly writableEnded: boolean;
   readonly rstCode: number | undefined;
   // deno-lint-ignore no-explicit-any
@@ -289,6 +291,10 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
 
   get closed(): boolean {
     return this.#closed || this.#st.destroyed;
+  }
+
+  get crowded(): boolean {
+    return this.#st.crowded === true;
   }
 
   /** Server side: sends the response headers now (with `headers` added); later calls do nothing. */

@@ -214,6 +214,11 @@ export class WireStream extends EventEmitter {
     this.recvWindow = session.windowBytes;
   }
 
+  /** Whether what is written now waits behind the session's high-water mark of bytes queued on all its streams. */
+  get crowded(): boolean {
+    return this.#session.overHighWater;
+  }
+
   /** Queues `buf` (kept, not copied, until `written` runs); false when the caller should wait for 'drain'. */
   write(buf: Uint8Array, written?: () => void): boolean {
     if (this.destroyed || this.writableEnded) return false;

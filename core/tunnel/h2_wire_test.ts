@@ -712,3 +712,18 @@ Deno.test("wire: a writer that writes again inside 'drain' still stays inside th
   assert.ok(again < 3, "the drain listener ran");
   s.destroy();
 });
+
+Deno.test("wire: a stream is crowded while all streams together queue the session's high-water mark, and not after", async () => {
+  const { s, feed } = scripted();
+  feed(rawFrame(4, 0, 0, [])); // the peer's SETTINGS: 65 535 per stream and for the connection
+  await settle();
+  const streams = Array.from({ length: 70 }, (_, i) => s.request({ ":path": `/${i}` }));
+  assert.equal(streams[0].crowded, false, "nothing queued yet");
+  for (const st of streams) st.write(new Uint8Array(60 * 1024)); // each under its own mark; 4.1 MiB together
+  const late = s.request({ ":path": "/late" });
+  assert.equal(late.crowded, true, "a frame written now waits behind 4 MiB of the others'");
+  feed(rawFrame(8, 0, 0, u32(80 * 60 * 1024))); // the connection window for all of it
+  await settleUntil(() => !late.crowded);
+  assert.equal(late.crowded, false, "once the socket took the queue");
+  s.destroy();
+});
