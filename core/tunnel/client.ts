@@ -508,14 +508,17 @@ export class FrameBatcher {
     let buf = this.#buf;
     let data = buf.subarray(0, this.#len);
     if (this.#len === buf.byteLength) this.#size = Math.min(this.#limit, buf.byteLength * 2);
-    else this.#size = Math.max(MIN_FRAME_BUFFER, Math.min(this.#limit, 2 ** Math.ceil(Math.log2(this.#len))));
-    if (this.#len * 2 <= buf.byteLength && this.#fs.crowded) {
-      // it will wait behind many streams' frames: in a buffer of its size, while the large one is taken again
-      const fit = this.#pool.take(Math.max(FIT_FRAME_BUFFER, 2 ** Math.ceil(Math.log2(this.#len))));
-      fit.set(data);
-      this.#pool.give(buf);
-      buf = fit;
-      data = fit.subarray(0, this.#len);
+    else {
+      const fits = 2 ** Math.ceil(Math.log2(this.#len)); // the power of two that holds this partial frame
+      this.#size = Math.max(MIN_FRAME_BUFFER, Math.min(this.#limit, fits));
+      if (this.#len * 2 <= buf.byteLength && this.#fs.crowded) {
+        // it will wait behind many streams' frames: in a buffer of its size, while the large one is taken again
+        const fit = this.#pool.take(Math.max(FIT_FRAME_BUFFER, fits));
+        fit.set(data);
+        this.#pool.give(buf);
+        buf = fit;
+        data = fit.subarray(0, this.#len);
+      }
     }
     this.#buf = undefined;
     this.#len = 0;
