@@ -140,7 +140,7 @@ export class ProcSampler {
       pid: this.pid,
       cpuPct: round1(cpu),
       rssMb: round1(rss.length ? rss.reduce((a, b) => a + b, 0) / rss.length : NaN),
-      rssPeakMb: round1(rss.length ? Math.max(...rss) : NaN),
+      rssPeakMb: round1(rss.length ? this.#peak.rssMb : NaN),
       rssPeakAnonMb: round1(this.#peak.anonMb),
       rssPeakFileMb: round1(this.#peak.fileMb),
       threads,

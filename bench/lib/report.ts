@@ -1,6 +1,6 @@
 /** Markdown for bench/results/<date>.md: goals first, then one table per bench with medians, spread and ratios. */
 
-import type { BenchResult, Row, RunResult, UsageSummary } from "./result.ts";
+import { type BenchResult, type Row, rssParts, type RunResult, type UsageSummary } from "./result.ts";
 
 function num(x: number): string {
   if (!Number.isFinite(x)) return "—";
@@ -17,9 +17,8 @@ function row(r: Row): string {
 function usage(who: string, u?: UsageSummary): string {
   if (!u) return "";
   const threads = Object.entries(u.threads).slice(0, 5).map(([k, v]) => `${k} ${v}%`).join(", ");
-  const split = u.rssPeakAnonMb !== undefined && u.rssPeakFileMb !== undefined
-    ? `: ${u.rssPeakAnonMb} anonymous, ${u.rssPeakFileMb} file-backed`
-    : "";
+  const parts = rssParts(u);
+  const split = parts ? `: ${parts}` : "";
   return `${who}: CPU ${u.cpuPct}% of a core (max ${u.cpuPctMax}%), RSS ${u.rssMb} MiB (peak ${u.rssPeakMb} MiB${split})` +
     (threads ? `; busiest threads: ${threads}` : "");
 }

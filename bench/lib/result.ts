@@ -116,6 +116,12 @@ export class Collector {
   }
 }
 
+/** "A anonymous, F file-backed" for a summary's RSS peak, undefined when its parts were not reported. */
+export function rssParts(u: UsageSummary | undefined): string | undefined {
+  if (u?.rssPeakAnonMb === undefined || u.rssPeakFileMb === undefined) return undefined;
+  return `${u.rssPeakAnonMb} anonymous, ${u.rssPeakFileMb} file-backed`;
+}
+
 /** Summarizes per-run usages (NaN-free). */
 export function summarizeUsage(us: Usage[]): UsageSummary | undefined {
   if (!us.length) return undefined;
