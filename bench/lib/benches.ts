@@ -751,7 +751,7 @@ async function openInspector(env: BenchEnv, ns: Netns, pid: number): Promise<voi
 const profile: Bench = {
   name: "profile",
   title:
-    "Where the daemon and the manager spend CPU: a 1-flow upload, a 1-flow download and sequential connects through tel",
+    "Where the daemon and the manager spend CPU: a 1-flow upload, a 1-flow download, sequential connects and uncached DNS lookups through tel",
   mode: "direct",
   // its own daemon, started with --inspect (SIGUSR1 killed daemons); the manager's inspector is opened with SIGUSR1,
   // so this bench runs last
@@ -813,6 +813,22 @@ const profile: Bench = {
       out.c.add("connect p50 (profiled)", "tel", "µs", "lower", j.p50us);
       out.checks.connects = j.ok;
       if (j.errors) out.ok = false;
+    });
+    await segment("uncached DNS lookups", async () => {
+      // sequential distinct names through the workstation's resolver, as dns-uncached asks them; ends by the window
+      type R = { answered: number; p50us: number };
+      const n = ctx.quick ? 20 : 100_000;
+      const r = await env.client<R>(env.lab.ws, "dns_latency.ts", [
+        LAB_NET.upstreamDns,
+        53,
+        n,
+        `p${crypto.randomUUID().slice(0, 6)}n`,
+        `default.svc.${LAB_NET.clusterDomain}`,
+        seconds,
+      ]);
+      out.c.add("uncached DNS p50 (profiled)", "tel", "µs", "lower", r.p50us);
+      out.checks.lookups = r.answered;
+      if (!r.answered) out.ok = false;
     });
   },
 };
