@@ -40,6 +40,7 @@ export {
 } from "./grpc.ts";
 export {
   closePreparedCalls,
+  openBareCall,
   openTunnel,
   type OpenTunnelOptions,
   PREPARED_CALLS,
@@ -55,3 +56,4 @@ export {
   type ServeTunnelOptions,
 } from "./dialer.ts";
 export { h2ServedCall, TUNNEL_PATH } from "./h2_calls.ts";
+export { CallError, MessageCall, type MessageHandlers, type MessageStream } from "./h2_messages.ts";

@@ -1,0 +1,222 @@
+/**
+ * One gRPC streaming call's messages on a bare HTTP/2 stream (h2_wire's or node:http2's), without grpc-js: the
+ * length-prefixed messages both ways, the status in the response headers or trailers. The daemon's DNS lookups ride
+ * such a call on a session of their own; the manager serves it the same way on the streams it takes from grpc-js.
+ * Messages are small control messages: each is copied out of the DATA chunks it arrived in.
+ */
+
+import type http2 from "node:http2";
+import { status as grpcStatus } from "@grpc/grpc-js";
+import { release } from "../slab.ts";
+import { GRPC_PREFIX } from "./frame.ts";
+import { readU32 } from "./h2_wire.ts";
+
+/** What a call uses of a stream: node:http2's (client or server side) or h2_wire's WireStream. */
+export interface MessageStream {
+  readonly destroyed: boolean;
+  readonly writableEnded: boolean;
+  readonly rstCode?: number;
+  // deno-lint-ignore no-explicit-any
+  on(event: string, listener: (...args: any[]) => void): unknown;
+  write(chunk: Uint8Array): boolean;
+  end(): void;
+  close(code?: number): void;
+}
+
+/** How a call ended other than cleanly: its gRPC status code and message. */
+export class CallError extends Error {
+  readonly code: number;
+  /** The message alone, as grpc-js's ServiceError has it. */
+  readonly details: string;
+  constructor(code: number, message: string) {
+    super(`${grpcStatus[code] ?? `status ${code}`}: ${message}`);
+    this.code = code;
+    this.details = message;
+  }
+}
+
+/** What a call tells its owner. */
+export interface MessageHandlers {
+  /** One whole message (a copy the handler may keep). */
+  message(body: Uint8Array): void;
+  /**
+   * The call is over: `err` undefined when it ended cleanly (the server's OK status; on the server side, the
+   * client's half-close). Called once; nothing comes after it.
+   */
+  over(err?: CallError): void;
+}
+
+/** Largest message accepted (DNS answers and control messages are far smaller). */
+export const MAX_CONTROL_MESSAGE = 1 << 20;
+
+const CANCEL = 8; // HTTP/2 error code CANCEL
+
+/** The request headers of a streaming call to `path`. */
+export function callHeaders(path: string): Record<string, string> {
+  return { ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers" };
+}
+
+function decodeMessage(m: unknown): string {
+  if (typeof m !== "string") return "";
+  try {
+    return decodeURIComponent(m);
+  } catch {
+    // not percent-encoded after all: as sent
+    return m;
+  }
+}
+
+/**
+ * A streaming call on `st`: `server` for the side that answers (it sends the response headers before its first
+ * message and the status as trailers), else the side that asked (it reads them).
+ */
+export class MessageCall {
+  #st: MessageStream;
+  #server: boolean;
+  #h: MessageHandlers;
+  #done = false;
+  #responded = false;
+  #status: { code: number; message: string } = { code: grpcStatus.OK, message: "" };
+  // bytes of a message not yet whole: its prefix, then its body
+  #pending: Uint8Array = new Uint8Array(0);
+
+  constructor(st: MessageStream, h: MessageHandlers, opts: { server?: boolean } = {}) {
+    this.#st = st;
+    this.#h = h;
+    this.#server = !!opts.server;
+    if (!this.#server) {
+      st.on("response", (headers: http2.IncomingHttpHeaders) => {
+        const code = headers["grpc-status"]; // trailers-only: the call failed (or ended) before any message
+        if (code !== undefined) this.#statusCame(headers);
+      });
+      st.on("trailers", (trailers: http2.IncomingHttpHeaders) => this.#statusCame(trailers));
+    }
+    st.on("data", (chunk: Uint8Array) => {
+      try {
+        this.#onData(chunk);
+      } finally {
+        release(chunk); // a view of a pooled socket read (core/slab.ts): copied out above
+      }
+    });
+    st.on("end", () => {
+      // the server's side ends with its status (read above); the client's half-close ends what the server reads
+      if (this.#server) this.#finish();
+      else this.#finish(new CallError(grpcStatus.UNKNOWN, "the call ended without a status"));
+    });
+    st.on("close", () => {
+      const code = st.rstCode;
+      this.#finish(
+        new CallError(grpcStatus.UNAVAILABLE, `stream reset${code !== undefined ? ` (HTTP/2 code ${code})` : ""}`),
+      );
+    });
+    st.on("error", (e: Error) => this.#finish(new CallError(grpcStatus.UNAVAILABLE, e.message)));
+  }
+
+  /** Whether the call is over (ended, failed or cancelled). */
+  get done(): boolean {
+    return this.#done;
+  }
+
+  /** Sends one message; false when the call is over. */
+  write(body: Uint8Array): boolean {
+    const st = this.#st;
+    if (this.#done || st.destroyed || st.writableEnded) return false;
+    if (this.#server) this.#respond();
+    const msg = new Uint8Array(GRPC_PREFIX + body.byteLength);
+    new DataView(msg.buffer).setUint32(1, body.byteLength);
+    msg.set(body, GRPC_PREFIX);
+    st.write(msg);
+    return true;
+  }
+
+  /** Client: half-closes (no more requests; answers still come). Server: ends the call with OK (and it is over). */
+  end(): void {
+    this.#endWith(grpcStatus.OK, "");
+  }
+
+  /** Server: ends the call with a failing status (the owner hears it as its end). */
+  fail(code: number, message: string): void {
+    this.#endWith(code, message);
+  }
+
+  /** Either side: drops the call (RST_STREAM CANCEL); the owner hears no more. */
+  cancel(): void {
+    this.#done = true;
+    if (!this.#st.destroyed) this.#st.close(CANCEL);
+  }
+
+  #endWith(code: number, message: string): void {
+    const st = this.#st;
+    if (st.destroyed || st.writableEnded) return;
+    if (!this.#server) return st.end();
+    this.#status = { code, message };
+    if (!this.#responded) {
+      // nothing was sent: a trailers-only answer
+      this.#responded = true;
+      (st as unknown as http2.ServerHttp2Stream).respond(
+        { ":status": 200, "content-type": "application/grpc", ...this.#statusHeaders() },
+        { endStream: true },
+      );
+    } else st.end();
+    this.#finish(code === grpcStatus.OK ? undefined : new CallError(code, message));
+  }
+
+  #statusHeaders(): Record<string, string> {
+    const h: Record<string, string> = { "grpc-status": String(this.#status.code) };
+    if (this.#status.message) h["grpc-message"] = encodeURIComponent(this.#status.message);
+    return h;
+  }
+
+  #respond(): void {
+    if (this.#responded) return;
+    this.#responded = true;
+    const st = this.#st as unknown as http2.ServerHttp2Stream;
+    st.on("wantTrailers", () => st.sendTrailers(this.#statusHeaders()));
+    st.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+  }
+
+  #statusCame(h: http2.IncomingHttpHeaders): void {
+    const code = Number(h["grpc-status"] ?? grpcStatus.UNKNOWN);
+    if (code === grpcStatus.OK) this.#finish();
+    else {this.#finish(
+        new CallError(Number.isInteger(code) ? code : grpcStatus.UNKNOWN, decodeMessage(h["grpc-message"])),
+      );}
+  }
+
+  #finish(err?: CallError): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.#h.over(err);
+  }
+
+  #malformed(reason: string): void {
+    const err = new CallError(grpcStatus.INTERNAL, reason);
+    if (this.#server) this.fail(grpcStatus.INTERNAL, reason);
+    this.#finish(err);
+    if (!this.#st.destroyed) this.#st.close(CANCEL);
+  }
+
+  #onData(chunk: Uint8Array): void {
+    let buf = chunk;
+    if (this.#pending.byteLength) {
+      buf = new Uint8Array(this.#pending.byteLength + chunk.byteLength);
+      buf.set(this.#pending);
+      buf.set(chunk, this.#pending.byteLength);
+    }
+    let pos = 0;
+    while (!this.#done && buf.byteLength - pos >= GRPC_PREFIX) {
+      const flag = buf[pos];
+      const len = readU32(buf, pos + 1);
+      if (flag !== 0) return this.#malformed(`compressed message (flag ${flag}), which was not asked for`);
+      if (len > MAX_CONTROL_MESSAGE) {
+        return this.#malformed(`message of ${len} bytes, more than ${MAX_CONTROL_MESSAGE}`);
+      }
+      if (buf.byteLength - pos - GRPC_PREFIX < len) break;
+      const body = buf.slice(pos + GRPC_PREFIX, pos + GRPC_PREFIX + len);
+      pos += GRPC_PREFIX + len;
+      this.#h.message(body);
+    }
+    // what is left is copied: `chunk` goes back to its pool
+    this.#pending = pos < buf.byteLength ? buf.slice(pos) : new Uint8Array(0);
+  }
+}
