@@ -10,17 +10,19 @@ import {
   type Frame,
   h2ServedCall,
   MANAGER_SERVICE,
+  MessageCall,
+  type MessageStream,
   type ServedCall,
   serveTunnel,
   TUNNEL_PATH,
 } from "../../core/tunnel/mod.ts";
-import type {
-  ClusterInfo as WireClusterInfo,
+import {
+  type ClusterInfo as WireClusterInfo,
   DNSRequest,
   DNSResponse,
-  Empty,
-  RemainRequest,
-  SessionInfo,
+  type Empty,
+  type RemainRequest,
+  type SessionInfo,
 } from "../../proto/gen/tel.ts";
 import type { ClusterInfo, ClusterInfoSource } from "./cluster_info.ts";
 import { ClusterDns, parseResolvConf, podSearchList, type ResolverConfig } from "./dns_lookup.ts";
@@ -118,14 +120,90 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
     wire: tunnelServer !== "node-http2",
     onStream: bareTunnels
       ? (stream, headers) => {
-        if (headers[":path"] !== TUNNEL_PATH) return false;
-        const call = h2ServedCall(stream, headers);
-        tunnelCall(call, () => call.fs.end());
-        return true;
+        const path = headers[":path"];
+        if (path === TUNNEL_PATH) {
+          const call = h2ServedCall(stream, headers);
+          tunnelCall(call, () => call.fs.end());
+          return true;
+        }
+        if (path === MANAGER_SERVICE.lookupDnsStream.path) {
+          bareLookupStream(stream);
+          return true;
+        }
+        return false;
       }
       : undefined,
   });
   const openStreams = new Set<() => void>();
+
+  /**
+   * One LookupDNSStream, however it is carried: `send` answers a request, `fail` ends the call with a status,
+   * `finish` ends it OK. Gives the carrier what to call with each request (`request`), when the client half-closed
+   * (`end`) and when the call is gone (`stop`).
+   */
+  function lookupStream(io: {
+    send(res: DNSResponse): void;
+    fail(code: grpc.status, reason: string): void;
+    finish(): void;
+  }): { request(req: DNSRequest): void; end(): void; stop(): void } {
+    let done = false;
+    let unregister: (() => void) | undefined;
+    const stop = () => {
+      if (done) return;
+      done = true;
+      unregister?.();
+      openStreams.delete(end);
+    };
+    const end = () => {
+      stop();
+      io.finish();
+    };
+    const fail = (code: grpc.status, reason: string) => {
+      if (done) return;
+      stop();
+      io.fail(code, reason);
+    };
+    openStreams.add(end);
+    const request = (req: DNSRequest) => {
+      if (done) return;
+      const sid = req.session?.sessionId ?? "";
+      const session = sessions.get(sid);
+      if (!session) return fail(grpc.status.NOT_FOUND, sessions.check(sid) ?? "unknown session");
+      unregister ??= sessions.onEnd(sid, (reason) => fail(grpc.status.NOT_FOUND, reason));
+      dns.lookup(req.name, req.qtype, session.namespace).then(
+        (r) => {
+          if (!done) io.send({ id: req.id, rcode: r.rcode, records: r.records, error: "" });
+        },
+        (err) => {
+          if (!done) {
+            io.send({ id: req.id, rcode: 2, records: [], error: `LookupDNS ${req.name}: ${errorMessage(err)}` });
+          }
+        },
+      );
+    };
+    return { request, end, stop };
+  }
+
+  /** A LookupDNSStream on the bare HTTP/2 stream (the daemon's, see core/session/manager_lookup.ts): no grpc-js. */
+  function bareLookupStream(stream: MessageStream): void {
+    const call: MessageCall = new MessageCall(stream, {
+      message: (body) => {
+        let req: DNSRequest;
+        try {
+          req = DNSRequest.decode(body);
+        } catch (err) {
+          return call.fail(grpc.status.INTERNAL, `undecodable DNSRequest: ${errorMessage(err)}`);
+        }
+        h.request(req);
+      },
+      over: (err) => err ? h.stop() : h.end(),
+    }, { server: true });
+    const h = lookupStream({
+      send: (res) => call.write(DNSResponse.encode(res).finish()),
+      fail: (code, reason) => call.fail(code, reason),
+      finish: () => call.end(),
+    });
+  }
 
   const unimplementedUnary = (name: string) => (_call: unknown, cb: grpc.sendUnaryData<unknown>) =>
     cb(status(grpc.status.UNIMPLEMENTED, `${name} is reserved for intercepts and not implemented yet`));
@@ -195,45 +273,16 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
       );
     },
     lookupDnsStream: (call: grpc.ServerDuplexStream<DNSRequest, DNSResponse>) => {
-      let done = false;
-      let unregister: (() => void) | undefined;
-      const stop = () => {
-        if (done) return;
-        done = true;
-        unregister?.();
-        openStreams.delete(endStream);
-      };
-      const endStream = () => {
-        stop();
-        call.end();
-      };
-      const fail = (code: grpc.status, reason: string) => {
-        if (done) return;
-        stop();
-        call.emit("error", status(code, reason));
-      };
-      openStreams.add(endStream);
-      call.on("cancelled", stop);
-      call.on("close", stop);
-      call.on("error", stop);
-      call.on("end", endStream);
-      call.on("data", (req: DNSRequest) => {
-        if (done) return;
-        const sid = req.session?.sessionId ?? "";
-        const session = sessions.get(sid);
-        if (!session) return fail(grpc.status.NOT_FOUND, sessions.check(sid) ?? "unknown session");
-        unregister ??= sessions.onEnd(sid, (reason) => fail(grpc.status.NOT_FOUND, reason));
-        dns.lookup(req.name, req.qtype, session.namespace).then(
-          (r) => {
-            if (!done) call.write({ id: req.id, rcode: r.rcode, records: r.records, error: "" });
-          },
-          (err) => {
-            if (!done) {
-              call.write({ id: req.id, rcode: 2, records: [], error: `LookupDNS ${req.name}: ${errorMessage(err)}` });
-            }
-          },
-        );
+      const h = lookupStream({
+        send: (res) => call.write(res),
+        fail: (code, reason) => call.emit("error", status(code, reason)),
+        finish: () => call.end(),
       });
+      call.on("cancelled", h.stop);
+      call.on("close", h.stop);
+      call.on("error", h.stop);
+      call.on("end", h.end);
+      call.on("data", h.request);
     },
     tunnel: (call: grpc.ServerDuplexStream<Frame, Frame>) => tunnelCall(call, () => call.end()),
     watchDial: unimplementedStream("WatchDial"),

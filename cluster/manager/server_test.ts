@@ -6,6 +6,7 @@ import {
   connId,
   connIdToWire,
   createManagerClient,
+  createTunedServer,
   decodeFrame,
   encodeFrame,
   type Frame,
@@ -23,6 +24,7 @@ import { configureLog, logLevel } from "../../core/log.ts";
 import { emptyClusterInfo, StaticClusterInfo } from "./cluster_info.ts";
 import { startManager } from "./server.ts";
 import { assembledBodyStats } from "../../core/tunnel/h2_calls.ts";
+import { useTunnelTransport } from "../../core/tunnel/client.ts";
 import { tcpEchoServer as tcpEcho } from "../../tests/fixtures/tcp_echo.ts";
 import type {
   ClientInfo,
@@ -504,41 +506,118 @@ Deno.test("LookupDNS queries the cluster DNS with the client namespace and retur
   }
 });
 
-Deno.test("ManagerLookup answers concurrent lookups over one LookupDNSStream and fails them when the session ends", async () => {
+/** 30 concurrent lookups (every third a known name) answered right; then the session departs and lookups fail. */
+async function lookupsUntilDeparture(
+  lookup: ManagerLookup,
+  client: ManagerClient,
+  sessionId: string,
+  dns: { asked: string[] },
+): Promise<void> {
+  const names = Array.from({ length: 30 }, (_, i) => (i % 3 === 0 ? "echo" : `missing${i}`));
+  const results = await Promise.all(names.map((n) => lookup.lookup(n, "A")));
+  results.forEach((r, i) => {
+    if (names[i] === "echo") {
+      assert.equal(r.rcode, "NOERROR");
+      assert.deepEqual(r.answers.map((a) => (a as { data: unknown }).data), ["10.96.0.7"]);
+    } else {
+      assert.equal(r.rcode, "NXDOMAIN", names[i]);
+      assert.deepEqual(r.answers, []);
+    }
+  });
+  assert.ok(dns.asked.includes("missing29.ns1.svc.cluster.local"), dns.asked.join(","));
+  await unary<SessionInfo, Empty>(client.depart.bind(client), { sessionId });
+  await assert.rejects(lookup.lookup("echo", "A"), (e: Error) => /session/i.test(e.message));
+  lookup.close();
+  await assert.rejects(lookup.lookup("echo", "A"), /session/i);
+}
+
+for (
+  const [calls, server] of [["wire", "wire"], ["wire", "grpc-js"], ["node-http2", "node-http2"]] as const
+) {
+  Deno.test(`ManagerLookup's lookups ride one bare LookupDNSStream, no grpc-js call (${calls} client, ${server} manager)`, async () => {
+    const dns = fakeClusterDns();
+    useTunnelTransport(calls);
+    try {
+      await withManager(
+        async ({ client, sessionId }) => {
+          const theirs = { stream: client.lookupDnsStream, unary: client.lookupDns };
+          client.lookupDnsStream = (() => {
+            throw new Error("grpc-js LookupDNSStream used");
+          }) as never;
+          client.lookupDns = (() => {
+            throw new Error("unary LookupDNS used");
+          }) as never;
+          const lookup = new ManagerLookup(() => ({ client, sessionId }), 2000);
+          const first = await lookup.lookup("echo", "A");
+          assert.equal(first.rcode, "NOERROR");
+          assert.equal(lookup.via, "bare");
+          Object.assign(client, { lookupDnsStream: theirs.stream, lookupDns: theirs.unary });
+          await lookupsUntilDeparture(lookup, client, sessionId, dns);
+        },
+        `127.0.0.1:${dns.port}`,
+        server,
+      );
+    } finally {
+      useTunnelTransport(undefined);
+      await dns.close();
+    }
+  });
+}
+
+Deno.test("ManagerLookup uses grpc-js's LookupDNSStream where tunnel calls use grpc-js (one stream for all lookups)", async () => {
   const dns = fakeClusterDns();
+  useTunnelTransport("grpc-js");
   try {
     await withManager(async ({ client, sessionId }) => {
       let streams = 0;
-      const spy = Object.create(client) as ManagerClient;
-      spy.lookupDns = (() => {
-        throw new Error("unary LookupDNS used");
-      }) as never;
-      spy.lookupDnsStream = ((...args: unknown[]) => {
+      const theirs = client.lookupDnsStream;
+      client.lookupDnsStream = ((...args: unknown[]) => {
         streams++;
-        return (client.lookupDnsStream as (...a: unknown[]) => unknown).apply(client, args);
+        return (theirs as (...a: unknown[]) => unknown).apply(client, args);
       }) as never;
-      const lookup = new ManagerLookup(() => ({ client: spy, sessionId }), 2000);
-      const names = Array.from({ length: 30 }, (_, i) => (i % 3 === 0 ? "echo" : `missing${i}`));
-      const results = await Promise.all(names.map((n) => lookup.lookup(n, "A")));
-      results.forEach((r, i) => {
-        if (names[i] === "echo") {
-          assert.equal(r.rcode, "NOERROR");
-          assert.deepEqual(r.answers.map((a) => (a as { data: unknown }).data), ["10.96.0.7"]);
-        } else {
-          assert.equal(r.rcode, "NXDOMAIN", names[i]);
-          assert.deepEqual(r.answers, []);
-        }
-      });
+      const lookup = new ManagerLookup(() => ({ client, sessionId }), 2000);
+      const results = await Promise.all(["echo", "a", "b", "c"].map((n) => lookup.lookup(n, "A")));
+      assert.deepEqual(results.map((r) => r.rcode), ["NOERROR", "NXDOMAIN", "NXDOMAIN", "NXDOMAIN"]);
+      assert.equal(lookup.via, "grpc-js");
       assert.equal(streams, 1);
-      assert.ok(dns.asked.includes("missing29.ns1.svc.cluster.local"), dns.asked.join(","));
-
-      await unary<SessionInfo, Empty>(client.depart.bind(client), { sessionId });
-      await assert.rejects(lookup.lookup("echo", "A"), (e: Error) => /session/i.test(e.message));
-      lookup.close();
-      await assert.rejects(lookup.lookup("echo", "A"), /session/i);
+      await lookupsUntilDeparture(lookup, client, sessionId, dns);
     }, `127.0.0.1:${dns.port}`);
   } finally {
+    useTunnelTransport(undefined);
     await dns.close();
+  }
+});
+
+Deno.test("ManagerLookup falls back to grpc-js's LookupDNSStream when the manager serves only tunnels on bare streams", async () => {
+  // an older manager: its wire sessions answer anything but Tunnel with UNIMPLEMENTED; grpc-js serves the rest
+  const server = createTunedServer(undefined, { onStream: () => false });
+  let streams = 0;
+  server.addService(MANAGER_SERVICE, {
+    lookupDnsStream: (call: grpc.ServerDuplexStream<DNSRequest, DNSResponse>) => {
+      streams++;
+      call.on(
+        "data",
+        (req: DNSRequest) => call.write({ id: req.id, rcode: req.name === "old." ? 0 : 3, records: [], error: "" }),
+      );
+      call.on("end", () => call.end());
+    },
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => e ? reject(e) : resolve(p))
+  );
+  const client = createManagerClient(`127.0.0.1:${port}`);
+  try {
+    const lookup = new ManagerLookup(() => ({ client, sessionId: "s" }), 2000);
+    // both wait on the bare stream when UNIMPLEMENTED comes, and move to the grpc-js one
+    const [a, b] = await Promise.all([lookup.lookup("old", "A"), lookup.lookup("other", "A")]);
+    assert.deepEqual([a.rcode, b.rcode], ["NOERROR", "NXDOMAIN"]);
+    assert.equal(lookup.via, "grpc-js");
+    assert.equal((await lookup.lookup("old", "A")).rcode, "NOERROR");
+    assert.equal(streams, 1);
+    lookup.close();
+  } finally {
+    client.close();
+    server.forceShutdown();
   }
 });
 
@@ -561,7 +640,7 @@ Deno.test("ManagerLookup ends a lookup when the engine's signal aborts it, witho
   }
 });
 
-Deno.test("ManagerLookup falls back to unary LookupDNS when the manager has no LookupDNSStream", async () => {
+Deno.test("ManagerLookup falls back to unary LookupDNS when the manager has no LookupDNSStream (bare, then grpc-js)", async () => {
   const server = new grpc.Server();
   let unaryCalls = 0;
   server.addService(MANAGER_SERVICE, {
@@ -580,6 +659,7 @@ Deno.test("ManagerLookup falls back to unary LookupDNS when the manager has no L
     assert.deepEqual([a.rcode, b.rcode], ["NOERROR", "NXDOMAIN"]);
     assert.equal((await lookup.lookup("old", "A")).rcode, "NOERROR");
     assert.equal(unaryCalls, 3);
+    assert.equal(lookup.via, "unary");
     lookup.close();
   } finally {
     client.close();

@@ -4,9 +4,10 @@ import { Buffer } from "node:buffer";
 import { type ClientDuplexStream, Metadata, type ServiceError, status as grpcStatus } from "@grpc/grpc-js";
 import dnsPacket from "dns-packet";
 import type { ClusterLookup, LookupResult } from "../dns/mod.ts";
-import { TelError } from "../errors.ts";
-import type { ManagerClient } from "../tunnel/mod.ts";
-import type { DNSRequest, DNSResponse } from "../../proto/gen/tel.ts";
+import { errorMessage, TelError } from "../errors.ts";
+import { log } from "../log.ts";
+import { type ManagerClient, MessageCall, type MessageStream, openBareCall } from "../tunnel/mod.ts";
+import { DNSRequest, DNSResponse } from "../../proto/gen/tel.ts";
 import { unary } from "./grpc_util.ts";
 
 const TYPES: Record<string, number> = {
@@ -48,8 +49,27 @@ export function decodeRecords(records: Uint8Array[]): dnsPacket.Answer[] {
   return out;
 }
 
+/** How lookups reach the manager: a bare HTTP/2 stream, grpc-js's streaming call, or one unary call each. */
+export type LookupVia = "bare" | "grpc-js" | "unary";
+
+/** The streaming call as ManagerLookup uses it, whichever way it goes. */
+interface DnsCall {
+  write(req: DNSRequest): void;
+  /** Half-closes and cancels: nothing more is heard. */
+  close(): void;
+}
+
+/** What a DnsCall reports. */
+interface DnsCallEvents {
+  response(res: DNSResponse): void;
+  /** The call is over: `err` undefined when the manager ended it cleanly. */
+  over(err?: { code: number; details: string }): void;
+}
+
 interface Pending {
   req: DNSRequest;
+  /** The stream it waits on (it moves when a stream falls back to another way). */
+  on: DnsStream;
   resolve(r: LookupResult): void;
   reject(e: unknown): void;
   /** Stops the lookup's timeout (or its abort listener). */
@@ -59,27 +79,93 @@ interface Pending {
 interface DnsStream {
   client: ManagerClient;
   sessionId: string;
-  call: ClientDuplexStream<DNSRequest, DNSResponse>;
+  via: "bare" | "grpc-js";
+  call: DnsCall;
   pending: Map<number, Pending>;
   closed: boolean;
 }
 
+/** The LookupDNSStream method's HTTP/2 path. */
+const STREAM_PATH = "/tel.v1.Manager/LookupDNSStream";
+
+/** The call on a bare HTTP/2 stream (h2_messages.ts). */
+function bareCall(st: MessageStream, ev: DnsCallEvents): DnsCall {
+  const call = new MessageCall(st, {
+    message: (body) => {
+      let res: DNSResponse;
+      try {
+        res = DNSResponse.decode(body);
+      } catch (e) {
+        call.cancel();
+        ev.over({ code: grpcStatus.INTERNAL, details: `undecodable DNS response: ${errorMessage(e)}` });
+        return;
+      }
+      ev.response(res);
+    },
+    over: (err) => ev.over(err),
+  });
+  return {
+    write: (req) => call.write(DNSRequest.encode(req).finish()),
+    close: () => {
+      call.end();
+      call.cancel();
+    },
+  };
+}
+
+/** The call through grpc-js. */
+function grpcCall(client: ManagerClient, ev: DnsCallEvents): DnsCall {
+  const call = client.lookupDnsStream() as ClientDuplexStream<DNSRequest, DNSResponse>;
+  let over = false;
+  const end = (err?: { code: number; details: string }) => {
+    if (over) return;
+    over = true;
+    ev.over(err);
+  };
+  call.on("data", (res: DNSResponse) => {
+    if (!over) ev.response(res);
+  });
+  call.on("error", (err: ServiceError) => end({ code: err.code, details: err.details ?? err.message }));
+  call.on("end", () => end());
+  return {
+    write: (req) => call.write(req),
+    close: () => {
+      over = true;
+      try {
+        call.end();
+        call.cancel();
+      } catch {
+        // already finished
+      }
+    },
+  };
+}
+
 /**
  * Asks the manager of the current session. Lookups ride one long-lived LookupDNSStream per session (a message on an
- * open stream is about a quarter of the cost of a new call). A manager without that method gets unary LookupDNS
- * calls instead; a stream that fails fails the lookups waiting on it, and the next lookup opens a new one.
+ * open stream is about a quarter of the cost of a new call), on a bare HTTP/2 stream of a session of its own where
+ * tunnel calls are bare too (without grpc-js's call stack on either end; apart from the tunnels' session so a lookup
+ * never waits behind their data). A manager that does not serve it there gets the grpc-js call, one without the
+ * method unary LookupDNS calls; a stream that fails fails the lookups waiting on it, and the next lookup opens a new
+ * one.
  */
 export class ManagerLookup implements ClusterLookup {
   #current: () => { client: ManagerClient; sessionId: string } | undefined;
   #timeoutMs: number;
   #stream: DnsStream | undefined;
   #nextId = 1;
-  /** Set when the manager answered UNIMPLEMENTED: unary from then on, for that client. */
-  #unaryOnly: ManagerClient | undefined;
+  /** Set when the manager answered UNIMPLEMENTED: the way to use from then on, for that client. */
+  #fallback: { client: ManagerClient; via: "grpc-js" | "unary" } | undefined;
 
   constructor(current: () => { client: ManagerClient; sessionId: string } | undefined, timeoutMs = 1000) {
     this.#current = current;
     this.#timeoutMs = timeoutMs;
+  }
+
+  /** How the last lookup went to the manager (undefined before the first). */
+  get via(): LookupVia | undefined {
+    if (this.#stream && !this.#stream.closed) return this.#stream.via;
+    return this.#fallback?.via === "unary" ? "unary" : undefined;
   }
 
   /**
@@ -96,28 +182,34 @@ export class ManagerLookup implements ClusterLookup {
       qtype: typeNumber(qtype),
       id: 0,
     };
-    if (this.#unaryOnly === cur.client) return this.#unary(cur.client, req);
-    const stream = this.#streamFor(cur.client, cur.sessionId);
+    if (this.#fallback?.client === cur.client && this.#fallback.via === "unary") return this.#unary(cur.client, req);
+    let stream: DnsStream;
+    try {
+      stream = this.#streamFor(cur.client, cur.sessionId);
+    } catch (e) {
+      // the client closed meanwhile (the session is being replaced)
+      return Promise.reject(new TelError("cluster", `no DNS lookup stream to the traffic-manager: ${errorMessage(e)}`));
+    }
     req.id = this.#nextId;
     this.#nextId = this.#nextId >= 0xffff_fff0 ? 1 : this.#nextId + 1;
     return new Promise<LookupResult>((resolve, reject) => {
       if (signal?.aborted) return reject(new TelError("cluster", `the lookup of ${req.name} was cancelled`));
       const giveUp = (why: string) => {
-        if (stream.pending.delete(req.id)) reject(new TelError("cluster", why));
+        if (p.on.pending.delete(req.id)) reject(new TelError("cluster", why));
       };
-      let settle: () => void;
+      const p: Pending = { req, on: stream, resolve, reject, settle: () => {} };
       if (signal) {
         const onAbort = () => giveUp(`the lookup of ${req.name} was cancelled`);
         signal.addEventListener("abort", onAbort, { once: true });
-        settle = () => signal.removeEventListener("abort", onAbort);
+        p.settle = () => signal.removeEventListener("abort", onAbort);
       } else {
         const timer = setTimeout(
           () => giveUp(`the traffic-manager did not answer ${req.name} in ${this.#timeoutMs} ms`),
           this.#timeoutMs,
         );
-        settle = () => clearTimeout(timer);
+        p.settle = () => clearTimeout(timer);
       }
-      stream.pending.set(req.id, { req, resolve, reject, settle });
+      stream.pending.set(req.id, p);
       stream.call.write(req);
     });
   }
@@ -139,38 +231,75 @@ export class ManagerLookup implements ClusterLookup {
     const cur = this.#stream;
     if (cur && !cur.closed && cur.client === client && cur.sessionId === sessionId) return cur;
     if (cur) this.#end(cur, new TelError("cluster", "the session with the traffic-manager changed"));
-    const call = client.lookupDnsStream() as ClientDuplexStream<DNSRequest, DNSResponse>;
-    const s: DnsStream = { client, sessionId, call, pending: new Map(), closed: false };
-    call.on("data", (res: DNSResponse) => {
-      const p = s.pending.get(res.id);
-      if (!p) return; // timed out already
-      s.pending.delete(res.id);
-      p.settle();
-      if (res.error) p.reject(new TelError("cluster", res.error));
-      else p.resolve({ rcode: RCODES[res.rcode] ?? `RCODE${res.rcode}`, answers: decodeRecords(res.records) });
-    });
-    call.on("error", (err: ServiceError) => {
-      if (err.code === grpcStatus.UNIMPLEMENTED) {
-        // an older manager: retry what was waiting with unary calls, and use those from now on
-        this.#unaryOnly = client;
-        const waiting = [...s.pending.values()];
-        s.pending.clear();
-        s.closed = true;
-        if (this.#stream === s) this.#stream = undefined;
-        for (const p of waiting) {
-          p.settle();
-          this.#unary(client, p.req).then(p.resolve, p.reject);
-        }
-        return;
-      }
-      this.#end(
-        s,
-        new TelError("cluster", `DNS lookup stream to the traffic-manager failed: ${err.details ?? err.message}`),
-      );
-    });
-    call.on("end", () => this.#end(s, new TelError("cluster", "the traffic-manager ended the DNS lookup stream")));
+    const s = { client, sessionId, pending: new Map() } as DnsStream;
+    s.closed = false;
+    const ev: DnsCallEvents = {
+      response: (res) => {
+        const p = s.pending.get(res.id);
+        if (!p) return; // timed out already
+        s.pending.delete(res.id);
+        p.settle();
+        if (res.error) p.reject(new TelError("cluster", res.error));
+        else p.resolve({ rcode: RCODES[res.rcode] ?? `RCODE${res.rcode}`, answers: decodeRecords(res.records) });
+      },
+      over: (err) => {
+        if (s.closed) return;
+        if (err?.code === grpcStatus.UNIMPLEMENTED) return this.#fallBack(s);
+        this.#end(
+          s,
+          new TelError(
+            "cluster",
+            err
+              ? `DNS lookup stream to the traffic-manager failed: ${err.details}`
+              : "the traffic-manager ended the DNS lookup stream",
+          ),
+        );
+      },
+    };
+    const bare = this.#fallback?.client === client ? undefined : openBareCall(client, STREAM_PATH);
+    s.via = bare ? "bare" : "grpc-js";
+    s.call = bare ? bareCall(bare, ev) : grpcCall(client, ev);
     this.#stream = s;
     return s;
+  }
+
+  /**
+   * The manager does not serve the stream this way (an older manager): what waited on it goes the next way — the
+   * grpc-js call after a bare stream, unary calls after that — and so does every later lookup to that client.
+   */
+  #fallBack(s: DnsStream): void {
+    this.#fallback = { client: s.client, via: s.via === "bare" ? "grpc-js" : "unary" };
+    const waiting = [...s.pending.values()];
+    s.pending.clear();
+    s.closed = true;
+    s.call.close();
+    if (this.#stream === s) this.#stream = undefined;
+    log.debug("dns", "the traffic-manager does not serve LookupDNSStream this way", {
+      was: s.via,
+      now: this.#fallback.via,
+    });
+    if (this.#fallback.via === "unary") {
+      for (const p of waiting) {
+        p.settle();
+        this.#unary(s.client, p.req).then(p.resolve, p.reject);
+      }
+      return;
+    }
+    let next: DnsStream;
+    try {
+      next = this.#streamFor(s.client, s.sessionId);
+    } catch (e) {
+      for (const p of waiting) {
+        p.settle();
+        p.reject(new TelError("cluster", `no DNS lookup stream to the traffic-manager: ${errorMessage(e)}`));
+      }
+      return;
+    }
+    for (const p of waiting) {
+      p.on = next;
+      next.pending.set(p.req.id, p);
+      next.call.write(p.req);
+    }
   }
 
   #end(s: DnsStream, why: Error): void {
@@ -182,11 +311,6 @@ export class ManagerLookup implements ClusterLookup {
       p.reject(why);
     }
     s.pending.clear();
-    try {
-      s.call.end();
-      s.call.cancel();
-    } catch {
-      // already finished
-    }
+    s.call.close();
   }
 }

@@ -10,6 +10,7 @@ import { type FrameChannel, FrameStream } from "./frame_stream.ts";
 import * as grpc from "@grpc/grpc-js";
 import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, limitFrom, type ManagerClient, plaintextAddressOf } from "./grpc.ts";
 import { H2Tunnels } from "./h2_calls.ts";
+import type { MessageStream } from "./h2_messages.ts";
 
 /** How a tunnel ended. */
 export interface TunnelEnd {
@@ -178,6 +179,29 @@ export function useTunnelTransport(t: TunnelTransport | undefined): void {
 }
 
 const h2Sessions = new WeakMap<ManagerClient, H2Tunnels>();
+const controlSessions = new WeakMap<ManagerClient, H2Tunnels>();
+
+/**
+ * A streaming call to `path` on the manager as a bare HTTP/2 stream (for h2_messages.ts's MessageCall), where tunnel
+ * calls go that way too; undefined where they use grpc-js or the manager's address is not plaintext. The calls ride
+ * an HTTP/2 session of their own, not the tunnels': a lookup never waits behind tunnel data there (a spent connection
+ * window, a full socket). Closing `client` closes that session.
+ */
+export function openBareCall(client: ManagerClient, path: string): MessageStream | undefined {
+  const how = tunnelTransport();
+  const address = how !== "grpc-js" ? plaintextAddressOf(client) : undefined;
+  if (!address) return undefined;
+  let t = controlSessions.get(client);
+  if (!t) {
+    controlSessions.set(client, t = new H2Tunnels(address, { client: how === "wire" ? "wire" : "node" }));
+    const close = client.close.bind(client);
+    client.close = () => {
+      controlSessions.get(client)?.close();
+      close();
+    };
+  }
+  return t.call(path);
+}
 
 function prepareCall(client: ManagerClient): Prepared {
   const how = tunnelTransport();

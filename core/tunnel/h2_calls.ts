@@ -29,6 +29,7 @@ import {
 } from "./frame.ts";
 import { type FrameChannel, type ServedCall, WaitingChannel } from "./frame_stream.ts";
 import { connectWire, readU32 } from "./h2_wire.ts";
+import { callHeaders, type MessageStream } from "./h2_messages.ts";
 import {
   coalesceWrites,
   FLOW_CONTROL_WINDOW,
@@ -160,6 +161,12 @@ export class H2Tunnels {
     // wire client's (socket reads, up to 64 KiB) go on as pieces
     const ch = new H2FrameChannel(st, { pieces: this.#client === "wire" });
     return { fs: ch, limit: () => ch.limit };
+  }
+
+  /** Starts a streaming call to `path` (its HEADERS go out now), for a MessageCall (h2_messages.ts) on the bare stream. */
+  call(path: string): MessageStream {
+    if (this.#closed) throw new Error("the session was closed");
+    return this.#sessionNow().request(callHeaders(path));
   }
 
   /** Starts no more calls; the session closes once the calls open on it have ended (or its peer went away). */
