@@ -72,6 +72,39 @@ const MiB = 1024 * 1024;
 export interface Shedder {
   /** Lets go of what is kept beyond what a quiet process needs; returns the bytes let go. */
   shed(): number;
+  /** The process became crowded ({@link noteCrowded}): frees at once what is kept beyond a crowded process's share. */
+  crowd?(): void;
+}
+
+/** How long the process counts as crowded after the last {@link noteCrowded}. */
+const CROWDED_MS = 1000;
+// until when (performance.now()) the process is crowded; 0: not
+let crowdedUntil = 0;
+
+/**
+ * Many flows' data waits at once (a wire session over its high-water mark). For the next second pools keep less
+ * ({@link isCrowded}) and free what they do not keep at once: with 1000 flows the buffers coming back through a burst
+ * are more than the next ones need, and left to V8 they lived on as RSS. One fast flow never crowds its session, so
+ * it keeps the whole of each pool it reuses. Pools registered with {@link shedWhenQuiet} are trimmed when it starts.
+ */
+export function noteCrowded(now: number = performance.now()): void {
+  const was = crowdedUntil > now;
+  crowdedUntil = now + CROWDED_MS;
+  if (was) return;
+  for (const ref of shedders) ref.deref()?.crowd?.();
+}
+
+/** Whether the process is crowded now (see {@link noteCrowded}). */
+export function isCrowded(now?: number): boolean {
+  if (crowdedUntil === 0) return false;
+  if (crowdedUntil > (now ?? performance.now())) return true;
+  crowdedUntil = 0;
+  return false;
+}
+
+/** Frees a buffer nothing refers to any more at once (detaching it), instead of leaving it to a later major GC. */
+export function freeNow(ab: ArrayBuffer): void {
+  ab.transfer(0);
 }
 
 // held weakly: a pool that is gone needs no shedding

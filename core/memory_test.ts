@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import v8 from "node:v8";
-import { cgroupMemoryLimit, shedWhenQuiet, startMemoryGovernor } from "./memory.ts";
+import { cgroupMemoryLimit, isCrowded, noteCrowded, shedWhenQuiet, startMemoryGovernor } from "./memory.ts";
 
 const MiB = 1024 * 1024;
 
@@ -162,4 +162,21 @@ Deno.test("a quiet process has its pools shed once per quiet spell, and collects
   } finally {
     g.stop();
   }
+});
+
+Deno.test("a crowded spell lasts a second from the last note; pools are told once when it starts", () => {
+  isCrowded(Infinity); // whatever an earlier test noted is over
+  let told = 0;
+  const pool = { shed: () => 0, crowd: () => told++ };
+  shedWhenQuiet(pool);
+  assert.equal(isCrowded(0), false);
+  noteCrowded(10_000);
+  assert.equal(told, 1);
+  noteCrowded(10_500);
+  assert.equal(told, 1, "not again while crowded");
+  assert.equal(isCrowded(11_400), true, "a second after the last note");
+  assert.equal(isCrowded(11_500), false);
+  noteCrowded(20_000);
+  assert.equal(told, 2, "a new spell");
+  isCrowded(Infinity);
 });

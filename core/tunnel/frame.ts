@@ -2,7 +2,7 @@
 
 import { Buffer } from "node:buffer";
 import { TunnelMessage } from "../../proto/gen/tel.ts";
-import { type Shedder, shedWhenQuiet } from "../memory.ts";
+import { freeNow, isCrowded, type Shedder, shedWhenQuiet } from "../memory.ts";
 
 /** Largest payload of one data frame (64 KiB messages measured best, TECH_NOTES.md). */
 export const MAX_DATA_FRAME = 64 * 1024;
@@ -56,6 +56,13 @@ export function allocDataBuffer(size = MAX_DATA_FRAME): Uint8Array {
 const POOL_BYTES = 32 * 1024 * 1024;
 /** What a pool keeps once the process went quiet (core/memory.ts sheds the rest). */
 const QUIET_POOL_BYTES = 4 * 1024 * 1024;
+/**
+ * What a pool keeps while the process is crowded (core/memory.ts noteCrowded); the rest is freed at once. In the scale
+ * bench (1000 flows, `deno task bench scale --runs 3`, alternated with the tree before) the daemon's RSS peak was
+ * 153–170 against 161–166 MiB (six pairs, lower in five) and the manager's 275–291 against 296–316 MiB; freeing the
+ * wire sessions' free read slabs beyond 4 MiB as well left the daemon's at 152–174 against 160–176 (twelve pairs).
+ */
+const CROWDED_POOL_BYTES = 8 * 1024 * 1024;
 
 /**
  * Frame buffers ({@link allocDataBuffer}) the transport is done with, shared by many flows and bounded in total: a
@@ -79,11 +86,17 @@ export class FramePool implements Shedder {
     return b;
   }
 
+  /** The process became crowded: keeps at most {@link CROWDED_POOL_BYTES}, freeing the rest at once. */
+  crowd(): void {
+    this.#trim(CROWDED_POOL_BYTES, (b) => freeNow(b.buffer as ArrayBuffer));
+  }
+
   /** Keeps `buf` for a later take() (unless the pool is full or `buf` is not a whole allocDataBuffer view). */
   give(buf: Uint8Array): void {
-    if (this.#bytes + buf.byteLength > POOL_BYTES) return;
     if (buf.byteOffset !== DATA_HEADROOM || buf.buffer.byteLength !== DATA_HEADROOM + buf.byteLength) return;
     if (!withHeadroom.has(buf.buffer)) return;
+    if (this.#bytes + buf.byteLength > CROWDED_POOL_BYTES && isCrowded()) return freeNow(buf.buffer as ArrayBuffer);
+    if (this.#bytes + buf.byteLength > POOL_BYTES) return;
     let list = this.#free.get(buf.byteLength);
     if (!list) this.#free.set(buf.byteLength, list = []);
     list.push(buf);
@@ -97,11 +110,17 @@ export class FramePool implements Shedder {
 
   /** Lets go of buffers, largest first, down to what a quiet process keeps; returns the bytes let go. */
   shed(): number {
+    return this.#trim(QUIET_POOL_BYTES);
+  }
+
+  /** Lets go of buffers, largest first, down to `keep` bytes (each through `free`, if given); returns the bytes. */
+  #trim(keep: number, free?: (buf: Uint8Array) => void): number {
     let dropped = 0;
     for (const size of [...this.#free.keys()].sort((a, b) => b - a)) {
       const list = this.#free.get(size)!;
-      while (list.length && this.#bytes > QUIET_POOL_BYTES) {
-        list.pop();
+      while (list.length && this.#bytes > keep) {
+        const buf = list.pop()!;
+        free?.(buf);
         this.#bytes -= size;
         dropped += size;
       }

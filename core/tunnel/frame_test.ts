@@ -16,6 +16,7 @@ import {
   MAX_DATA_FRAME,
 } from "./frame.ts";
 import { bytesToIp, connId, connIdFromWire, connIdToWire, ipToBytes } from "./conn_id.ts";
+import { isCrowded, noteCrowded } from "../memory.ts";
 
 Deno.test("decode(encode(frame)) == frame for data and control frames", () => {
   const frameArb: fc.Arbitrary<Frame> = fc.oneof(
@@ -176,6 +177,29 @@ Deno.test("FramePool: reuses what it is given, by size, up to its bound; keeps o
   b.set([1, 2, 3]);
   const msg = encodeFrame(frames.data(b.subarray(0, 3)));
   assert.equal(msg.buffer, b.buffer, "encoded in place");
+});
+
+Deno.test("frame pool: while the process is crowded it keeps 8 MiB and frees what comes back beyond at once", () => {
+  isCrowded(Infinity);
+  const pool = new FramePool();
+  const kept = Array.from({ length: 200 }, () => pool.take(64 * 1024)); // 12.5 MiB
+  for (const b of kept.slice(0, 160)) pool.give(b);
+  assert.equal(pool.bytes, 10 * 1024 * 1024, "not crowded: all kept");
+  noteCrowded();
+  try {
+    assert.equal(pool.bytes, 8 * 1024 * 1024, "trimmed when the crowding began");
+    assert.equal(kept.slice(0, 160).filter((b) => b.buffer.byteLength === 0).length, 32, "the rest freed (detached)");
+    for (const b of kept.slice(160)) pool.give(b);
+    assert.equal(pool.bytes, 8 * 1024 * 1024);
+    assert.ok(kept.slice(160).every((b) => b.buffer.byteLength === 0), "given back beyond the share: freed at once");
+    const again = pool.take(64 * 1024);
+    assert.equal(again.buffer.byteLength, DATA_HEADROOM + 64 * 1024, "what it kept is whole");
+  } finally {
+    isCrowded(Infinity);
+  }
+  const later = allocDataBuffer(64 * 1024);
+  pool.give(later);
+  assert.equal(later.buffer.byteLength, DATA_HEADROOM + 64 * 1024, "once the spell is over, kept again");
 });
 
 Deno.test("frame pool: keeps what a busy spell gives back (up to 32 MiB), sheds down to 4 MiB, largest first, when told", () => {

@@ -17,6 +17,7 @@ import net from "node:net";
 import { Buffer } from "node:buffer";
 import hpack from "hpack.js";
 import { errorMessage } from "../errors.ts";
+import { noteCrowded } from "../memory.ts";
 import { hold, release, SlabPool } from "../slab.ts";
 import { coalesceWrites } from "./coalesce.ts";
 
@@ -228,7 +229,9 @@ export class WireStream extends EventEmitter {
       this.#session.queuedBytes += buf.byteLength;
       this.#session.ready(this);
     } else written?.();
-    if (this.#queued < STREAM_HIGH_WATER && !this.#session.overHighWater) return true;
+    const crowded = this.#session.overHighWater;
+    if (this.#queued < STREAM_HIGH_WATER && !crowded) return true;
+    if (crowded) noteCrowded();
     this.#needDrain = true;
     if (this.#queued < STREAM_HIGH_WATER) this.#session.waitForRoom(this);
     return false;

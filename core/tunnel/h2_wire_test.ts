@@ -21,6 +21,7 @@ import {
   WireStream,
 } from "./h2_wire.ts";
 import { createTunedServer } from "./grpc.ts";
+import { isCrowded } from "../memory.ts";
 import { inSlab, release, SlabPool } from "../slab.ts";
 
 const PREFACE_LEN = 24;
@@ -722,6 +723,10 @@ Deno.test("wire: a stream is crowded while all streams together queue the sessio
   for (const st of streams) st.write(new Uint8Array(60 * 1024)); // each under its own mark; 4.1 MiB together
   const late = s.request({ ":path": "/late" });
   assert.equal(late.crowded, true, "a frame written now waits behind 4 MiB of the others'");
+  isCrowded(Infinity);
+  late.write(new Uint8Array(1024));
+  assert.equal(isCrowded(), true, "a write into a crowded session makes the process's pools keep less");
+  isCrowded(Infinity);
   feed(rawFrame(8, 0, 0, u32(80 * 60 * 1024))); // the connection window for all of it
   await settleUntil(() => !late.crowded);
   assert.equal(late.crowded, false, "once the socket took the queue");
