@@ -54,7 +54,8 @@ export type LookupVia = "bare" | "grpc-js" | "unary";
 
 /** The streaming call as ManagerLookup uses it, whichever way it goes. */
 interface DnsCall {
-  write(req: DNSRequest): void;
+  /** Sends a request; false when the call is already over (its end may not have been heard yet). */
+  write(req: DNSRequest): boolean;
   /** Half-closes and cancels: nothing more is heard. */
   close(): void;
 }
@@ -84,6 +85,9 @@ interface DnsStream {
   pending: Map<number, Pending>;
   closed: boolean;
 }
+
+/** A call that is not there yet. */
+const NO_CALL: DnsCall = { write: () => false, close: () => {} };
 
 /** The LookupDNSStream method's HTTP/2 path. */
 const STREAM_PATH = "/tel.v1.Manager/LookupDNSStream";
@@ -128,7 +132,11 @@ function grpcCall(client: ManagerClient, ev: DnsCallEvents): DnsCall {
   call.on("error", (err: ServiceError) => end({ code: err.code, details: err.details ?? err.message }));
   call.on("end", () => end());
   return {
-    write: (req) => call.write(req),
+    write: (req) => {
+      if (over) return false;
+      call.write(req); // grpc-js buffers; its backpressure is not waited for (requests are small)
+      return true;
+    },
     close: () => {
       over = true;
       try {
@@ -210,7 +218,10 @@ export class ManagerLookup implements ClusterLookup {
         p.settle = () => clearTimeout(timer);
       }
       stream.pending.set(req.id, p);
-      stream.call.write(req);
+      if (!stream.call.write(req)) {
+        // the stream ended before we heard it: fail now (with what else waits on it), not after the timeout
+        this.#end(stream, new TelError("cluster", "the DNS lookup stream to the traffic-manager closed"));
+      }
     });
   }
 
@@ -231,8 +242,15 @@ export class ManagerLookup implements ClusterLookup {
     const cur = this.#stream;
     if (cur && !cur.closed && cur.client === client && cur.sessionId === sessionId) return cur;
     if (cur) this.#end(cur, new TelError("cluster", "the session with the traffic-manager changed"));
-    const s = { client, sessionId, pending: new Map() } as DnsStream;
-    s.closed = false;
+    const bare = this.#fallback?.client === client ? undefined : openBareCall(client, STREAM_PATH);
+    const s: DnsStream = {
+      client,
+      sessionId,
+      via: bare ? "bare" : "grpc-js",
+      call: NO_CALL, // set below, once its events can name `s`
+      pending: new Map(),
+      closed: false,
+    };
     const ev: DnsCallEvents = {
       response: (res) => {
         const p = s.pending.get(res.id);
@@ -256,8 +274,6 @@ export class ManagerLookup implements ClusterLookup {
         );
       },
     };
-    const bare = this.#fallback?.client === client ? undefined : openBareCall(client, STREAM_PATH);
-    s.via = bare ? "bare" : "grpc-js";
     s.call = bare ? bareCall(bare, ev) : grpcCall(client, ev);
     this.#stream = s;
     return s;
@@ -298,7 +314,12 @@ export class ManagerLookup implements ClusterLookup {
     for (const p of waiting) {
       p.on = next;
       next.pending.set(p.req.id, p);
-      next.call.write(p.req);
+    }
+    for (const p of waiting) {
+      if (!next.call.write(p.req)) {
+        this.#end(next, new TelError("cluster", "the DNS lookup stream to the traffic-manager closed"));
+        break;
+      }
     }
   }
 
