@@ -588,6 +588,15 @@ Deno.test("ManagerLookup uses grpc-js's LookupDNSStream where tunnel calls use g
   }
 });
 
+/** A plaintext client of `server` (bound on loopback now) and a ManagerLookup for session "s" through it. */
+async function lookupsTo(server: grpc.Server): Promise<{ client: ManagerClient; lookup: ManagerLookup }> {
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => e ? reject(e) : resolve(p))
+  );
+  const client = createManagerClient(`127.0.0.1:${port}`);
+  return { client, lookup: new ManagerLookup(() => ({ client, sessionId: "s" }), 2000) };
+}
+
 Deno.test("ManagerLookup falls back to grpc-js's LookupDNSStream when the manager serves only tunnels on bare streams", async () => {
   // an older manager: its wire sessions answer anything but Tunnel with UNIMPLEMENTED; grpc-js serves the rest
   const server = createTunedServer(undefined, { onStream: () => false });
@@ -602,12 +611,8 @@ Deno.test("ManagerLookup falls back to grpc-js's LookupDNSStream when the manage
       call.on("end", () => call.end());
     },
   });
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => e ? reject(e) : resolve(p))
-  );
-  const client = createManagerClient(`127.0.0.1:${port}`);
+  const { client, lookup } = await lookupsTo(server);
   try {
-    const lookup = new ManagerLookup(() => ({ client, sessionId: "s" }), 2000);
     // both wait on the bare stream when UNIMPLEMENTED comes, and move to the grpc-js one
     const [a, b] = await Promise.all([lookup.lookup("old", "A"), lookup.lookup("other", "A")]);
     assert.deepEqual([a.rcode, b.rcode], ["NOERROR", "NXDOMAIN"]);
@@ -649,12 +654,8 @@ Deno.test("ManagerLookup falls back to unary LookupDNS when the manager has no L
       cb(null, { id: 0, rcode: call.request.name === "old." ? 0 : 3, records: [], error: "" });
     },
   });
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => e ? reject(e) : resolve(p))
-  );
-  const client = createManagerClient(`127.0.0.1:${port}`);
+  const { client, lookup } = await lookupsTo(server);
   try {
-    const lookup = new ManagerLookup(() => ({ client, sessionId: "s" }), 2000);
     const [a, b] = await Promise.all([lookup.lookup("old", "A"), lookup.lookup("other", "A")]);
     assert.deepEqual([a.rcode, b.rcode], ["NOERROR", "NXDOMAIN"]);
     assert.equal((await lookup.lookup("old", "A")).rcode, "NOERROR");
