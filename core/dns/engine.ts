@@ -170,7 +170,11 @@ export class DnsEngine {
 
   /** Where a name goes (for `tel dns explain`). */
   route(name: string): Route {
-    const lname = name.toLowerCase().replace(/\.$/, "");
+    return this.#route(name.toLowerCase().replace(/\.$/, ""));
+  }
+
+  /** Where a lower-case name without the final dot goes (a parsed query's lname), memoized. */
+  #route(lname: string): Route {
     let r = this.#routes.get(lname);
     if (!r) {
       r = this.#rules.route(lname);
@@ -201,8 +205,8 @@ export class DnsEngine {
   /**
    * The reply when it needs no I/O: a Uint8Array to send, null to drop, or undefined when {@link handle} must run.
    */
-  handleSync(bytes: Uint8Array, transport: "udp" | "tcp"): Uint8Array | null | undefined {
-    const step = this.#step(bytes, transport);
+  handleSync(bytes: Uint8Array, transport: "udp" | "tcp", room?: Uint8Array): Uint8Array | null | undefined {
+    const step = this.#step(bytes, transport, room);
     return step.kind === "done" ? step.reply : undefined;
   }
 
@@ -221,7 +225,8 @@ export class DnsEngine {
     }
   }
 
-  #step(bytes: Uint8Array, transport: "udp" | "tcp"): Step {
+  /** `room`: where a cached answer may be written over the query (see fromTemplate). */
+  #step(bytes: Uint8Array, transport: "udp" | "tcp", room?: Uint8Array): Step {
     this.#stats.queries++;
     const parsed = parseQuery(bytes);
     if (!parsed.ok) {
@@ -234,7 +239,7 @@ export class DnsEngine {
       return { kind: "done", reply: errorReply(parsed, bytes) };
     }
     const query = parsed.query;
-    const route = this.route(query.lname);
+    const route = this.#route(query.lname);
     if (route.to === "local") {
       if (this.#policy === "fallback" && this.#fallback) return { kind: "local", query };
       const rcode = this.#policy === "refused" ? RCODE.REFUSED : RCODE.NXDOMAIN;
@@ -246,7 +251,7 @@ export class DnsEngine {
     const entry = this.#cache.get(DnsCache.key(route.lookup, query.qtype));
     if (entry) {
       this.#stats.cacheHits++;
-      return { kind: "done", reply: this.#reply(entry, query, route.lookup, transport) };
+      return { kind: "done", reply: this.#reply(entry, query, route.lookup, transport, room) };
     }
     return { kind: "cluster", query, route };
   }
@@ -289,7 +294,7 @@ export class DnsEngine {
     return this.#reply(entry, query, route.lookup, transport);
   }
 
-  #reply(entry: CacheEntry, query: Query, lookup: string, transport: "udp" | "tcp"): Uint8Array {
+  #reply(entry: CacheEntry, query: Query, lookup: string, transport: "udp" | "tcp", room?: Uint8Array): Uint8Array {
     let t = entry.templates.get(query.lname);
     if (!t) {
       try {
@@ -302,7 +307,7 @@ export class DnsEngine {
       }
       entry.templates.set(query.lname, t);
     }
-    return fromTemplate(t, query, transport);
+    return fromTemplate(t, query, transport, room);
   }
 
   async #lookup(name: string, qtype: number): Promise<Lookup> {

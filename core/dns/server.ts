@@ -109,7 +109,10 @@ export class DnsServer {
       }
     }
     if (this.#fast) {
-      this.#fast.start((data) => this.#engine.handleSync(data, "udp"), (data) => this.#engine.handle(data, "udp"));
+      this.#fast.start(
+        (data, room) => this.#engine.handleSync(data, "udp", room),
+        (data) => this.#engine.handle(data, "udp"),
+      );
     } else {
       this.#loops.push(this.#serveUdp(this.#udp!));
     }

@@ -4,8 +4,11 @@ import { errorMessage, TelError } from "../errors.ts";
 import { log } from "../log.ts";
 import { IpAddr } from "../subnet/mod.ts";
 
-/** Answers one datagram: bytes to send, null to drop, undefined to go async. */
-export type SyncHandler = (data: Uint8Array) => Uint8Array | null | undefined;
+/**
+ * Answers one datagram: bytes to send, null to drop, undefined to go async. `room` is the datagram's receive slot
+ * (starting where `data` does): an answer built in it needs no copy.
+ */
+export type SyncHandler = (data: Uint8Array, room: Uint8Array) => Uint8Array | null | undefined;
 /** Answers one datagram asynchronously. */
 export type AsyncHandler = (data: Uint8Array) => Promise<Uint8Array | null>;
 
@@ -174,7 +177,7 @@ export class FastUdpResponder {
         const len = rv.getUint32(i * MMSG + 56, true);
         if (rv.getInt32(i * MMSG + 48, true) & MSG_TRUNC) continue; // larger than any query we answer
         const data = slots.subarray(i * SLOT, i * SLOT + len);
-        const reply = sync(data);
+        const reply = sync(data, slots.subarray(i * SLOT, (i + 1) * SLOT));
         if (reply === null) continue;
         const nameLen = rv.getUint32(i * MMSG + 8, true);
         if (reply === undefined) {
@@ -185,7 +188,7 @@ export class FastUdpResponder {
           continue;
         }
         if (reply.length > SLOT) continue;
-        slots.set(reply, i * SLOT);
+        if (reply.buffer !== slots.buffer || reply.byteOffset !== i * SLOT) slots.set(reply, i * SLOT);
         iv.setBigUint64(i * IOV + 8, BigInt(reply.length), true);
         const o = out * MMSG;
         sv.setBigUint64(o, namesP + BigInt(i * NAME), true);

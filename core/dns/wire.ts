@@ -221,18 +221,36 @@ function nameLength(name: string): number {
 /**
  * The response for `query` from a template of the same question: ID, RD and the question's letter case come from the
  * query; OPT is added when the query had EDNS; over UDP, an answer above the size limit becomes a TC response.
+ *
+ * `room`, a view that starts where `query.bytes` does (the query's receive buffer, with room after it), has the
+ * response written over the query in place when it fits: the ID and the question are already there, and nothing is
+ * allocated (the cached-answer path of the UDP server, per query).
  */
-export function fromTemplate(template: Uint8Array, query: Query, transport: "udp" | "tcp"): Uint8Array {
+export function fromTemplate(
+  template: Uint8Array,
+  query: Query,
+  transport: "udp" | "tcp",
+  room?: Uint8Array,
+): Uint8Array {
   const opt = query.edns ? OPT_RR.length : 0;
   const limit = transport === "udp" ? udpLimit(query) : 65535;
   if (template.length + opt > limit) {
     return headerOnlyResponse(query.bytes, query.questionEnd, 0, { truncated: true, edns: opt > 0 });
   }
-  const out = new Uint8Array(template.length + opt);
-  out.set(template);
-  out.set(query.bytes.subarray(12, query.questionEnd), 12);
-  out[0] = query.bytes[0];
-  out[1] = query.bytes[1];
+  const q = query.bytes;
+  const inPlace = room !== undefined && room.buffer === q.buffer && room.byteOffset === q.byteOffset &&
+    room.byteLength >= template.length + opt;
+  const out = inPlace ? room.subarray(0, template.length + opt) : new Uint8Array(template.length + opt);
+  if (inPlace) {
+    // the ID and the question (same length as the template's: same name) stay as the query has them
+    out.set(template.subarray(3, 12), 3);
+    out.set(template.subarray(query.questionEnd), query.questionEnd);
+  } else {
+    out.set(template);
+    out.set(q.subarray(12, query.questionEnd), 12);
+    out[0] = q[0];
+    out[1] = q[1];
+  }
   out[2] = (template[2] | 0x80) | (query.rd ? 1 : 0);
   if (opt) {
     out.set(OPT_RR, template.length);

@@ -5,7 +5,7 @@ import dnsPacket from "dns-packet";
 import fc from "fast-check";
 import { DnsEngine } from "./engine.ts";
 import { DnsRules } from "./rules.ts";
-import { decodeMessage, parseQuery } from "./wire.ts";
+import { buildTemplate, decodeMessage, fromTemplate, parseQuery } from "./wire.ts";
 
 function query(name: string, type: dnsPacket.RecordType, id: number, edns: boolean): Uint8Array {
   return new Uint8Array(dnsPacket.encode({
@@ -26,6 +26,56 @@ Deno.test("parseQuery reads what dns-packet writes", () => {
   assert.equal(r.query.qtype, 28);
   assert.equal(r.query.edns?.udpSize, 1232);
   assert.ok(r.query.rd);
+});
+
+Deno.test("an answer written over its query in place is the same as a fresh one, and only when it fits there", () => {
+  const label = fc.stringMatching(/^[A-Za-z0-9-]{1,12}$/);
+  fc.assert(
+    fc.property(
+      fc.array(label, { minLength: 1, maxLength: 4 }),
+      fc.integer({ min: 0, max: 0xffff }),
+      fc.boolean(),
+      fc.boolean(),
+      fc.array(fc.ipV4(), { maxLength: 6 }),
+      (labels, id, edns, rd, ips) => {
+        const name = labels.join(".");
+        const bytes = query(name, "A", id, edns);
+        if (!rd) bytes[2] &= ~1;
+        const answers = ips.map((data) => ({ type: "A", name: name.toLowerCase(), ttl: 4, data } as dnsPacket.Answer));
+        const template = buildTemplate(name.toLowerCase(), 1, ips.length ? 0 : 3, answers);
+        const alone = parseQuery(bytes);
+        assert.ok(alone.ok);
+        const fresh = fromTemplate(template, alone.query, "udp");
+        // the query in a receive slot with room after it, as the UDP server has it
+        const slot = new Uint8Array(4096);
+        slot.set(bytes, 100);
+        const q = parseQuery(slot.subarray(100, 100 + bytes.length));
+        assert.ok(q.ok);
+        const room = slot.subarray(100, 1100);
+        const inPlace = fromTemplate(template, q.query, "udp", room);
+        assert.deepEqual(inPlace, fresh);
+        assert.equal(inPlace.buffer, slot.buffer, "written in the slot");
+        assert.equal(inPlace.byteOffset, 100);
+        const reply = decodeMessage(inPlace);
+        assert.equal(reply.id, id);
+        assert.equal(reply.questions![0].name, name, "the question's case as asked");
+        assert.deepEqual(reply.answers!.map((a) => (a as { data: unknown }).data), ips);
+        // no room for it, or a room elsewhere: a fresh buffer, the slot untouched
+        const copy = new Uint8Array(4096);
+        copy.set(bytes, 0);
+        const qc = parseQuery(copy.subarray(0, bytes.length));
+        assert.ok(qc.ok);
+        const small = fromTemplate(template, qc.query, "udp", copy.subarray(0, fresh.length - 1));
+        const elsewhere = fromTemplate(template, qc.query, "udp", copy.subarray(1, 2000));
+        for (const r of [small, elsewhere]) {
+          assert.notEqual(r.buffer, copy.buffer);
+          assert.deepEqual(r, fresh);
+        }
+        assert.deepEqual(copy.subarray(0, bytes.length), bytes);
+      },
+    ),
+    { numRuns: 300 },
+  );
 });
 
 Deno.test("parseQuery table of hostile inputs", () => {
