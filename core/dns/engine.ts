@@ -79,7 +79,7 @@ const CLUSTER_TYPES = new Set([1, 2, 5, 6, 12, 15, 16, 28, 33, 255]);
 
 type Step =
   | { kind: "done"; reply: Uint8Array | null }
-  | { kind: "cluster"; query: Query; route: Extract<Route, { to: "cluster" }> }
+  | { kind: "cluster"; query: Query; route: Extract<Route, { to: "cluster" }>; key: string }
   | { kind: "local"; query: Query };
 
 interface Lookup {
@@ -112,7 +112,8 @@ export class DnsEngine {
   readonly #fallbackTimeout: number;
   readonly #cache: DnsCache;
   readonly #inflight = new Map<string, Promise<Lookup>>();
-  readonly #routes = new Map<string, Route>();
+  /** Routes by lower-case name, each with its cache keys by query type (made once: a hit then hashes no new string). */
+  readonly #routes = new Map<string, { route: Route; keys: Record<number, string> }>();
   #recursive = false;
   #probe?: { lookup: string; hit: boolean };
   readonly #stats: EngineStats = {
@@ -173,15 +174,19 @@ export class DnsEngine {
     return this.#route(name.toLowerCase().replace(/\.$/, ""));
   }
 
-  /** Where a lower-case name without the final dot goes (a parsed query's lname), memoized. */
+  /** Where a lower-case name without the final dot goes (a parsed query's lname). */
   #route(lname: string): Route {
-    let r = this.#routes.get(lname);
-    if (!r) {
-      r = this.#rules.route(lname);
+    return this.#memo(lname).route;
+  }
+
+  #memo(lname: string): { route: Route; keys: Record<number, string> } {
+    let m = this.#routes.get(lname);
+    if (!m) {
+      m = { route: this.#rules.route(lname), keys: {} };
       if (this.#routes.size >= 10_000) this.#routes.clear();
-      this.#routes.set(lname, r);
+      this.#routes.set(lname, m);
     }
-    return r;
+    return m;
   }
 
   /** Starts watching for the recursion-check name coming back while its lookup is in flight. */
@@ -216,7 +221,7 @@ export class DnsEngine {
       const step = this.#step(bytes, transport);
       if (step.kind === "done") return step.reply;
       if (step.kind === "local") return await this.#local(step.query, transport, signal);
-      return await this.#cluster(step.query, step.route, transport);
+      return await this.#cluster(step.query, step.route, step.key, transport);
     } catch (err) {
       log.warn("dns", "query failed", { error: errorMessage(err) });
       this.#stats.servfail++;
@@ -239,7 +244,8 @@ export class DnsEngine {
       return { kind: "done", reply: errorReply(parsed, bytes) };
     }
     const query = parsed.query;
-    const route = this.#route(query.lname);
+    const memo = this.#memo(query.lname);
+    const route = memo.route;
     if (route.to === "local") {
       if (this.#policy === "fallback" && this.#fallback) return { kind: "local", query };
       const rcode = this.#policy === "refused" ? RCODE.REFUSED : RCODE.NXDOMAIN;
@@ -248,12 +254,13 @@ export class DnsEngine {
     if (!CLUSTER_TYPES.has(query.qtype)) {
       return { kind: "done", reply: headerOnlyResponse(bytes, query.questionEnd, 0, { edns: !!query.edns }) };
     }
-    const entry = this.#cache.get(DnsCache.key(route.lookup, query.qtype));
+    const key = memo.keys[query.qtype] ??= DnsCache.key(route.lookup, query.qtype);
+    const entry = this.#cache.get(key);
     if (entry) {
       this.#stats.cacheHits++;
       return { kind: "done", reply: this.#reply(entry, query, route.lookup, transport, room) };
     }
-    return { kind: "cluster", query, route };
+    return { kind: "cluster", query, route, key };
   }
 
   #template(query: Query, lookup: string, rcode: "NOERROR" | "NXDOMAIN", answers: dnsPacket.Answer[]): Uint8Array {
@@ -265,8 +272,7 @@ export class DnsEngine {
     return buildTemplate(query.lname, query.qtype, RCODE[rcode], renamed);
   }
 
-  async #cluster(query: Query, route: Extract<Route, { to: "cluster" }>, transport: "udp" | "tcp") {
-    const key = DnsCache.key(route.lookup, query.qtype);
+  async #cluster(query: Query, route: Extract<Route, { to: "cluster" }>, key: string, transport: "udp" | "tcp") {
     let pending = this.#inflight.get(key);
     if (pending) {
       if (this.#probe && this.#probe.lookup === route.lookup) {

@@ -91,6 +91,7 @@ export function parseQuery(bytes: Uint8Array): ParseResult {
   let off = 12;
   // Name text goes into scratch buffers (as sent and lower-cased), turned into strings once at the end.
   let n = 0;
+  let upper = false;
   for (;;) {
     if (off >= bytes.length) return fail(bytes, "FORMERR", "name runs past the end");
     const len = bytes[off];
@@ -112,12 +113,16 @@ export function parseQuery(bytes: Uint8Array): ParseResult {
         return fail(bytes, "FORMERR", "unsupported octet in name");
       }
       NAME_RAW[n] = c;
-      NAME_LOW[n++] = c >= 0x41 && c <= 0x5a ? c + 32 : c;
+      if (c >= 0x41 && c <= 0x5a) {
+        upper = true;
+        NAME_LOW[n++] = c + 32;
+      } else NAME_LOW[n++] = c;
     }
     off += 1 + len;
   }
-  const name = String.fromCharCode.apply(null, NAME_RAW.subarray(0, n) as unknown as number[]);
   const lname = String.fromCharCode.apply(null, NAME_LOW.subarray(0, n) as unknown as number[]);
+  // most names come in lower case: then the name as sent is that same string
+  const name = upper ? String.fromCharCode.apply(null, NAME_RAW.subarray(0, n) as unknown as number[]) : lname;
   if (off + 4 > bytes.length) return fail(bytes, "FORMERR", "question runs past the end");
   const qtype = (bytes[off] << 8) | bytes[off + 1];
   const qclass = (bytes[off + 2] << 8) | bytes[off + 3];

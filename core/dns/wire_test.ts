@@ -26,6 +26,9 @@ Deno.test("parseQuery reads what dns-packet writes", () => {
   assert.equal(r.query.qtype, 28);
   assert.equal(r.query.edns?.udpSize, 1232);
   assert.ok(r.query.rd);
+  const lower = parseQuery(query("echo.default", "A", 78, false));
+  assert.ok(lower.ok);
+  assert.deepEqual([lower.query.name, lower.query.lname], ["echo.default", "echo.default"]);
 });
 
 Deno.test("an answer written over its query in place is the same as a fresh one, and only when it fits there", () => {
