@@ -155,14 +155,24 @@ export class FastUdpResponder {
       if (this.#closed) return;
       c.sendto(this.#fd, reply, BigInt(reply.length), MSG_DONTWAIT, name, name.length);
     };
+    const slotLen = BigInt(SLOT);
+    const nameAt = Array.from({ length: BATCH }, (_, i) => namesP + BigInt(i * NAME));
+    const iovAt = Array.from({ length: BATCH }, (_, i) => iovsP + BigInt(i * IOV));
+    for (let i = 0; i < BATCH; i++) {
+      iv.setBigUint64(i * IOV + 8, slotLen, true);
+      rv.setUint32(i * MMSG + 8, NAME, true);
+    }
     let busy = 0;
+    // entries the last batch used: their lengths were changed (a reply's, the sender's address length) and go back
+    let used = 0;
     while (!this.#closed) {
       // Under a steady flood recvmmsg never says EAGAIN: yield now and then so timers, TCP and lookups still run.
       if (++busy % 32 === 0) await new Promise((resolve) => setImmediate(resolve));
-      for (let i = 0; i < BATCH; i++) {
-        iv.setBigUint64(i * IOV + 8, BigInt(SLOT), true);
+      for (let i = 0; i < used; i++) {
+        iv.setBigUint64(i * IOV + 8, slotLen, true);
         rv.setUint32(i * MMSG + 8, NAME, true);
       }
+      used = 0;
       const n = c.recvmmsg(this.#fd, recv, BATCH, MSG_DONTWAIT, null);
       if (n < 0) {
         const e = errno();
@@ -172,6 +182,7 @@ export class FastUdpResponder {
         continue;
       }
       this.received += n;
+      used = n;
       let out = 0;
       for (let i = 0; i < n; i++) {
         const len = rv.getUint32(i * MMSG + 56, true);
@@ -191,9 +202,9 @@ export class FastUdpResponder {
         if (reply.buffer !== slots.buffer || reply.byteOffset !== i * SLOT) slots.set(reply, i * SLOT);
         iv.setBigUint64(i * IOV + 8, BigInt(reply.length), true);
         const o = out * MMSG;
-        sv.setBigUint64(o, namesP + BigInt(i * NAME), true);
+        sv.setBigUint64(o, nameAt[i], true);
         sv.setUint32(o + 8, nameLen, true);
-        sv.setBigUint64(o + 16, iovsP + BigInt(i * IOV), true);
+        sv.setBigUint64(o + 16, iovAt[i], true);
         sv.setBigUint64(o + 24, 1n, true);
         out++;
       }
