@@ -171,14 +171,10 @@ export class DnsEngine {
 
   /** Where a name goes (for `tel dns explain`). */
   route(name: string): Route {
-    return this.#route(name.toLowerCase().replace(/\.$/, ""));
+    return this.#memo(name.toLowerCase().replace(/\.$/, "")).route;
   }
 
-  /** Where a lower-case name without the final dot goes (a parsed query's lname). */
-  #route(lname: string): Route {
-    return this.#memo(lname).route;
-  }
-
+  /** The route of a lower-case name without the final dot (a parsed query's lname), with its cache keys. */
   #memo(lname: string): { route: Route; keys: Record<number, string> } {
     let m = this.#routes.get(lname);
     if (!m) {
