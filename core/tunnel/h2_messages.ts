@@ -177,10 +177,9 @@ export class MessageCall {
 
   #statusCame(h: http2.IncomingHttpHeaders): void {
     const code = Number(h["grpc-status"] ?? grpcStatus.UNKNOWN);
-    if (code === grpcStatus.OK) this.#finish();
-    else {this.#finish(
-        new CallError(Number.isInteger(code) ? code : grpcStatus.UNKNOWN, decodeMessage(h["grpc-message"])),
-      );}
+    if (code === grpcStatus.OK) return this.#finish();
+    const known = Number.isInteger(code) ? code : grpcStatus.UNKNOWN;
+    this.#finish(new CallError(known, decodeMessage(h["grpc-message"])));
   }
 
   #finish(err?: CallError): void {
