@@ -158,13 +158,10 @@ export class FastUdpResponder {
     const slotLen = BigInt(SLOT);
     const nameAt = Array.from({ length: BATCH }, (_, i) => namesP + BigInt(i * NAME));
     const iovAt = Array.from({ length: BATCH }, (_, i) => iovsP + BigInt(i * IOV));
-    for (let i = 0; i < BATCH; i++) {
-      iv.setBigUint64(i * IOV + 8, slotLen, true);
-      rv.setUint32(i * MMSG + 8, NAME, true);
-    }
     let busy = 0;
-    // entries the last batch used: their lengths were changed (a reply's, the sender's address length) and go back
-    let used = 0;
+    // entries the last batch used: their lengths were changed (a reply's, the sender's address length) and go back;
+    // all of them before the first
+    let used = BATCH;
     while (!this.#closed) {
       // Under a steady flood recvmmsg never says EAGAIN: yield now and then so timers, TCP and lookups still run.
       if (++busy % 32 === 0) await new Promise((resolve) => setImmediate(resolve));

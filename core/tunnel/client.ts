@@ -188,12 +188,10 @@ const controlSessions = new WeakMap<ManagerClient, H2Tunnels>();
  * window, a full socket). Closing `client` closes that session.
  */
 export function openBareCall(client: ManagerClient, path: string): MessageStream | undefined {
-  const how = tunnelTransport();
-  const address = how !== "grpc-js" ? plaintextAddressOf(client) : undefined;
-  if (!address) return undefined;
-  let t = controlSessions.get(client);
-  if (!t) {
-    controlSessions.set(client, t = new H2Tunnels(address, { client: how === "wire" ? "wire" : "node" }));
+  const first = !controlSessions.has(client);
+  const t = bareSession(controlSessions, client);
+  if (!t) return undefined;
+  if (first) {
     const close = client.close.bind(client);
     client.close = () => {
       controlSessions.get(client)?.close();
@@ -203,14 +201,22 @@ export function openBareCall(client: ManagerClient, path: string): MessageStream
   return t.call(path);
 }
 
-function prepareCall(client: ManagerClient): Prepared {
+/**
+ * The client's HTTP/2 session in `sessions` (made on first use) where calls go as bare streams: undefined where they
+ * use grpc-js ({@link tunnelTransport}) or the manager's address is not plaintext.
+ */
+function bareSession(sessions: WeakMap<ManagerClient, H2Tunnels>, client: ManagerClient): H2Tunnels | undefined {
   const how = tunnelTransport();
   const address = how !== "grpc-js" ? plaintextAddressOf(client) : undefined;
-  if (address) {
-    let t = h2Sessions.get(client);
-    if (!t) h2Sessions.set(client, t = new H2Tunnels(address, { client: how === "wire" ? "wire" : "node" }));
-    return t.open();
-  }
+  if (!address) return undefined;
+  let t = sessions.get(client);
+  if (!t) sessions.set(client, t = new H2Tunnels(address, { client: how === "wire" ? "wire" : "node" }));
+  return t;
+}
+
+function prepareCall(client: ManagerClient): Prepared {
+  const bare = bareSession(h2Sessions, client);
+  if (bare) return bare.open();
   const md = new grpc.Metadata();
   md.set(FRAME_LIMIT_HEADER, String(LARGE_DATA_FRAME));
   const call = client.tunnel(md);

@@ -29,7 +29,7 @@ import {
 } from "./frame.ts";
 import { type FrameChannel, type ServedCall, WaitingChannel } from "./frame_stream.ts";
 import { connectWire, readU32 } from "./h2_wire.ts";
-import { callHeaders, type MessageStream } from "./h2_messages.ts";
+import { callHeaders, grpcMessageText, type MessageStream, RESPONSE_HEADERS } from "./h2_messages.ts";
 import {
   coalesceWrites,
   FLOW_CONTROL_WINDOW,
@@ -45,10 +45,7 @@ export const TUNNEL_PATH = "/tel.v1.Manager/Tunnel";
 
 /** The request headers of every Tunnel call (one object, so a wire session encodes them once). */
 const TUNNEL_REQUEST: Readonly<Record<string, string>> = {
-  ":method": "POST",
-  ":path": TUNNEL_PATH,
-  "content-type": "application/grpc",
-  te: "trailers",
+  ...callHeaders(TUNNEL_PATH),
   [FRAME_LIMIT_HEADER]: String(LARGE_DATA_FRAME),
 };
 
@@ -59,22 +56,13 @@ const KEEPALIVE_TIMEOUT_MS = 10_000;
 /** Frames buffered per stream before its reads pause (HTTP/2 flow control then holds the sender). */
 const READ_HIGH_WATER = 16;
 
-/** The response headers of a served call, before any the server adds. */
-const RESPONSE_HEADERS = { ":status": 200, "content-type": "application/grpc" } as const;
-
 /** The message length in a gRPC prefix starting at `at` (big-endian, after the flag byte). */
 function prefixLength(b: Uint8Array, at: number): number {
   return readU32(b, at + 1);
 }
 
 function statusError(code: string, message: string | undefined): Error {
-  let text = message ?? "";
-  try {
-    text = decodeURIComponent(text);
-  } catch {
-    // not percent-encoded after all: keep it as sent
-  }
-  return new Error(`${code} ${grpc.status[Number(code)] ?? "STATUS"}: ${text || "no message"}`);
+  return new Error(`${code} ${grpc.status[Number(code)] ?? "STATUS"}: ${grpcMessageText(message) || "no message"}`);
 }
 
 /**

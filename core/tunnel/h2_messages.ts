@@ -9,7 +9,7 @@ import type http2 from "node:http2";
 import { status as grpcStatus } from "@grpc/grpc-js";
 import { release } from "../slab.ts";
 import { GRPC_PREFIX } from "./frame.ts";
-import { readU32 } from "./h2_wire.ts";
+import { H2_CODE, readU32 } from "./h2_wire.ts";
 
 /** What a call uses of a stream: node:http2's (client or server side) or h2_wire's WireStream. */
 export interface MessageStream {
@@ -49,14 +49,16 @@ export interface MessageHandlers {
 /** Largest message accepted (DNS answers and control messages are far smaller). */
 export const MAX_CONTROL_MESSAGE = 1 << 20;
 
-const CANCEL = 8; // HTTP/2 error code CANCEL
-
 /** The request headers of a streaming call to `path`. */
 export function callHeaders(path: string): Record<string, string> {
   return { ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers" };
 }
 
-function decodeMessage(m: unknown): string {
+/** The response headers of a served call, before any the server adds (status or its own). */
+export const RESPONSE_HEADERS = { ":status": 200, "content-type": "application/grpc" } as const;
+
+/** A grpc-message header as text (percent-decoded; as sent when it is not percent-encoded; "" when absent). */
+export function grpcMessageText(m: unknown): string {
   if (typeof m !== "string") return "";
   try {
     return decodeURIComponent(m);
@@ -142,7 +144,7 @@ export class MessageCall {
   /** Either side: drops the call (RST_STREAM CANCEL); the owner hears no more. */
   cancel(): void {
     this.#done = true;
-    if (!this.#st.destroyed) this.#st.close(CANCEL);
+    if (!this.#st.destroyed) this.#st.close(H2_CODE.CANCEL);
   }
 
   #endWith(code: number, message: string): void {
@@ -154,7 +156,7 @@ export class MessageCall {
       // nothing was sent: a trailers-only answer
       this.#responded = true;
       (st as unknown as http2.ServerHttp2Stream).respond(
-        { ":status": 200, "content-type": "application/grpc", ...this.#statusHeaders() },
+        { ...RESPONSE_HEADERS, ...this.#statusHeaders() },
         { endStream: true },
       );
     } else st.end();
@@ -172,14 +174,14 @@ export class MessageCall {
     this.#responded = true;
     const st = this.#st as unknown as http2.ServerHttp2Stream;
     st.on("wantTrailers", () => st.sendTrailers(this.#statusHeaders()));
-    st.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+    st.respond({ ...RESPONSE_HEADERS }, { waitForTrailers: true }); // a copy: node:http2 may add to it
   }
 
   #statusCame(h: http2.IncomingHttpHeaders): void {
     const code = Number(h["grpc-status"] ?? grpcStatus.UNKNOWN);
     if (code === grpcStatus.OK) return this.#finish();
     const known = Number.isInteger(code) ? code : grpcStatus.UNKNOWN;
-    this.#finish(new CallError(known, decodeMessage(h["grpc-message"])));
+    this.#finish(new CallError(known, grpcMessageText(h["grpc-message"])));
   }
 
   #finish(err?: CallError): void {
@@ -192,7 +194,7 @@ export class MessageCall {
     const err = new CallError(grpcStatus.INTERNAL, reason);
     if (this.#server) this.fail(grpcStatus.INTERNAL, reason);
     this.#finish(err);
-    if (!this.#st.destroyed) this.#st.close(CANCEL);
+    if (!this.#st.destroyed) this.#st.close(H2_CODE.CANCEL);
   }
 
   #onData(chunk: Uint8Array): void {
