@@ -1,6 +1,8 @@
 /** The traffic-manager's gRPC server: sessions, WatchClusterInfo, LookupDNS and Tunnel dialing. */
 
 import * as grpc from "@grpc/grpc-js";
+import { type BareMethod, serveBareMethod, servedBare } from "./bare_methods.ts";
+import { WireStream } from "../../core/tunnel/h2_wire.ts";
 import { type Clock, systemClock } from "../../core/clock.ts";
 import { errorMessage } from "../../core/errors.ts";
 import { log } from "../../core/log.ts";
@@ -128,6 +130,12 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
         }
         if (path === MANAGER_SERVICE.lookupDnsStream.path) {
           bareLookupStream(stream);
+          return true;
+        }
+        // on a daemon's wire session (which grpc-js never sees) the session calls are served here too
+        const method = stream instanceof WireStream ? bareMethods.get(path ?? "") : undefined;
+        if (method) {
+          serveBareMethod(stream, method.def, method.handler);
           return true;
         }
         return false;
@@ -333,6 +341,12 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
   }
 
   server.addService(MANAGER_SERVICE, impl);
+  const bareMethods = new Map<string, { def: BareMethod; handler: unknown }>();
+  for (const [name, def] of Object.entries(MANAGER_SERVICE)) {
+    if (servedBare(def as BareMethod) && impl[name]) {
+      bareMethods.set(def.path, { def: def as BareMethod, handler: impl[name] });
+    }
+  }
 
   const host = opts.address ?? "0.0.0.0";
   const port = await new Promise<number>((resolve, reject) => {

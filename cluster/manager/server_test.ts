@@ -3,6 +3,8 @@ import * as grpc from "@grpc/grpc-js";
 import { Buffer } from "node:buffer";
 import dnsPacket from "dns-packet";
 import {
+  CallError,
+  callManager,
   connId,
   connIdToWire,
   createManagerClient,
@@ -12,13 +14,16 @@ import {
   type Frame,
   FRAME_LIMIT_HEADER,
   frames,
+  GRPC_STATUS,
   LARGE_DATA_FRAME,
   MANAGER_SERVICE,
+  ManagerChannel,
   type ManagerClient,
   MAX_DATA_FRAME,
   openTunnel,
   type Tunnel,
   TUNNEL_METHOD,
+  watchManager,
 } from "../../core/tunnel/mod.ts";
 import { configureLog, logLevel } from "../../core/log.ts";
 import { emptyClusterInfo, StaticClusterInfo } from "./cluster_info.ts";
@@ -34,6 +39,7 @@ import type {
   Empty,
   SessionInfo,
 } from "../../proto/gen/tel.ts";
+import { ManagerService } from "../../proto/gen/tel.ts";
 import { ManagerLookup } from "../../core/session/manager_lookup.ts";
 
 function unary<Req, Res>(
@@ -776,5 +782,165 @@ Deno.test("the manager logs why each flow ended: the opener's abort reason, or a
     const enc = new TextEncoder();
     configureLog({ level: before, sink: (line) => Deno.stderr.writeSync(enc.encode(line + "\n")) });
     echo.close();
+  }
+});
+
+for (const calls of ["wire", "node-http2", "grpc-js"] as const) {
+  Deno.test(`a ManagerChannel arrives, watches, keeps alive, tunnels, looks up and departs (${calls} calls)`, async () => {
+    const dns = fakeClusterDns();
+    const echo = tcpEcho();
+    const info = new StaticClusterInfo({ ...emptyClusterInfo(), podSubnets: ["10.244.0.0/16"] });
+    const mgr = await startManager({ address: "127.0.0.1", clusterInfo: info, dnsServer: `127.0.0.1:${dns.port}` });
+    useTunnelTransport(calls);
+    const channel = new ManagerChannel(`127.0.0.1:${mgr.port}`);
+    let grpcMade = 0;
+    const made = channel.grpc.bind(channel);
+    channel.grpc = () => (grpcMade++, made());
+    try {
+      const s = await callManager(channel, ManagerService.arriveAsClient, {
+        name: "t",
+        namespace: "ns1",
+        installId: "",
+        version: "",
+      }, 5000);
+      const seen: WireClusterInfo[] = [];
+      const watched = Promise.withResolvers<void>();
+      const watch = watchManager(channel, ManagerService.watchClusterInfo, { sessionId: s.sessionId }, {
+        data: (i) => {
+          seen.push(i);
+          if (seen.length === 1) info.set({ ...info.current(), serviceSubnets: ["10.96.0.0/12"] });
+          if (seen.length === 2) watched.resolve();
+        },
+        over: (e) => watched.reject(e ?? new Error("the watch ended")),
+      });
+      await watched.promise;
+      watch.cancel();
+      assert.deepEqual(seen.map((i) => i.serviceSubnets), [[], ["10.96.0.0/12"]]);
+      await callManager(channel, ManagerService.remain, { session: { sessionId: s.sessionId } }, 5000);
+      const t = await openTunnel(channel, {
+        sessionId: s.sessionId,
+        connId: connId("tcp", { ip: "10.0.0.1", port: 40000 }, { ip: "127.0.0.1", port: echo.port }),
+      });
+      const got = await echoed(t, [new TextEncoder().encode("through the channel")]);
+      assert.equal(new TextDecoder().decode(Buffer.concat(got)), "through the channel");
+      const lookup = new ManagerLookup(() => ({ client: channel, sessionId: s.sessionId }), 2000);
+      assert.equal((await lookup.lookup("echo", "A")).rcode, "NOERROR");
+      assert.equal(lookup.via, calls === "grpc-js" ? "grpc-js" : "bare");
+      lookup.close();
+      await callManager(channel, ManagerService.depart, { sessionId: s.sessionId }, 5000);
+      await assert.rejects(
+        callManager(channel, ManagerService.remain, { session: { sessionId: s.sessionId } }, 5000),
+        /NOT_FOUND|session/i,
+      );
+      // bare calls never make the grpc-js client; grpc-js calls make it once
+      assert.equal(grpcMade > 0, calls === "grpc-js");
+    } finally {
+      channel.close();
+      useTunnelTransport(undefined);
+      await mgr.close();
+      await echo.close();
+      await dns.close();
+    }
+  });
+}
+
+Deno.test("a ManagerChannel's calls go through grpc-js where the manager answers bare ones UNIMPLEMENTED", async () => {
+  // an older manager: its wire sessions answer anything but what onStream takes with UNIMPLEMENTED
+  const server = createTunedServer(undefined, { onStream: () => false });
+  const arrived: string[] = [];
+  server.addService(MANAGER_SERVICE, {
+    arriveAsClient: (call: grpc.ServerUnaryCall<ClientInfo, SessionInfo>, cb: grpc.sendUnaryData<SessionInfo>) => {
+      arrived.push(call.request.name);
+      cb(null, { sessionId: `s-${call.request.name}` });
+    },
+    watchClusterInfo: (call: grpc.ServerWritableStream<SessionInfo, WireClusterInfo>) => {
+      call.write({ ...emptyClusterInfo(), podSubnets: [`for ${call.request.sessionId}`] } as WireClusterInfo);
+      call.end();
+    },
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => e ? reject(e) : resolve(p))
+  );
+  const channel = new ManagerChannel(`127.0.0.1:${port}`);
+  try {
+    const req = { name: "a", namespace: "ns", installId: "", version: "" };
+    assert.equal((await callManager(channel, ManagerService.arriveAsClient, req, 5000)).sessionId, "s-a");
+    const ended = Promise.withResolvers<string[]>();
+    const seen: string[] = [];
+    watchManager(channel, ManagerService.watchClusterInfo, { sessionId: "s-a" }, {
+      data: (i) => seen.push(...i.podSubnets),
+      over: (e) => e ? ended.reject(e) : ended.resolve(seen),
+    });
+    assert.deepEqual(await ended.promise, ["for s-a"]);
+    assert.equal(
+      (await callManager(channel, ManagerService.arriveAsClient, { ...req, name: "b" }, 5000)).sessionId,
+      "s-b",
+    );
+    assert.deepEqual(arrived, ["a", "b"]);
+  } finally {
+    channel.close();
+    server.forceShutdown();
+  }
+});
+
+Deno.test("a bare call the manager never answers fails with DEADLINE_EXCEEDED; an answer that does not decode, INTERNAL", async () => {
+  const server = new grpc.Server();
+  server.addService(MANAGER_SERVICE, {
+    arriveAsClient: () => {/* never answers */},
+    remain: (_call: unknown, cb: grpc.sendUnaryData<Empty>) => cb(null, {}),
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => e ? reject(e) : resolve(p))
+  );
+  const channel = new ManagerChannel(`127.0.0.1:${port}`);
+  try {
+    const req = { name: "a", namespace: "ns", installId: "", version: "" };
+    await assert.rejects(callManager(channel, ManagerService.arriveAsClient, req, 200), /DEADLINE_EXCEEDED/);
+    // a decoder that throws on Remain's answer stands in for a garbled one
+    const garbled = {
+      ...ManagerService.remain,
+      responseDeserialize: () => {
+        throw new Error("garbled");
+      },
+    };
+    await assert.rejects(
+      callManager(channel, garbled, { session: { sessionId: "x" } }, 5000),
+      (e: Error) => e instanceof CallError && e.code === GRPC_STATUS.INTERNAL && /garbled/.test(e.message),
+    );
+  } finally {
+    channel.close();
+    server.forceShutdown();
+  }
+});
+
+Deno.test("a bare WatchClusterInfo on a wire session ends NOT_FOUND when its session departs; Remain of an unknown one is refused", async () => {
+  const info = new StaticClusterInfo({ ...emptyClusterInfo(), podSubnets: ["10.244.0.0/16"] });
+  const mgr = await startManager({ address: "127.0.0.1", clusterInfo: info });
+  const channel = new ManagerChannel(`127.0.0.1:${mgr.port}`);
+  channel.grpc = () => Promise.reject(new Error("grpc-js used"));
+  try {
+    const req = { name: "t", namespace: "ns1", installId: "", version: "" };
+    const { sessionId } = await callManager(channel, ManagerService.arriveAsClient, req, 5000);
+    const ended = Promise.withResolvers<Error | undefined>();
+    let messages = 0;
+    watchManager(channel, ManagerService.watchClusterInfo, { sessionId }, {
+      data: () => {
+        if (++messages === 1) {
+          callManager(channel, ManagerService.depart, { sessionId }, 5000).catch(ended.reject);
+        }
+      },
+      over: (e) => ended.resolve(e),
+    });
+    const err = await ended.promise;
+    assert.ok(err instanceof CallError && err.code === GRPC_STATUS.NOT_FOUND, String(err));
+    assert.equal(messages, 1);
+    // an unknown session is refused at once, the same way
+    await assert.rejects(
+      callManager(channel, ManagerService.remain, { session: { sessionId: "nope" } }, 5000),
+      (e: Error) => e instanceof CallError && e.code === GRPC_STATUS.NOT_FOUND,
+    );
+  } finally {
+    channel.close();
+    await mgr.close();
   }
 });

@@ -1,14 +1,16 @@
 /** The manager's LookupDNS as a cluster provider for the DNS engine. */
 
 import { Buffer } from "node:buffer";
-import { type ClientDuplexStream, Metadata, type ServiceError, status as grpcStatus } from "@grpc/grpc-js";
+import type { ClientDuplexStream, ServiceError } from "@grpc/grpc-js";
 import dnsPacket from "dns-packet";
 import type { ClusterLookup, LookupResult } from "../dns/mod.ts";
 import { errorMessage, TelError } from "../errors.ts";
 import { log } from "../log.ts";
-import { type ManagerClient, MessageCall, type MessageStream, openBareCall } from "../tunnel/mod.ts";
-import { DNSRequest, DNSResponse } from "../../proto/gen/tel.ts";
-import { unary } from "./grpc_util.ts";
+import { ManagerChannel, type ManagerTarget } from "../tunnel/channel.ts";
+import { openBareCall } from "../tunnel/client.ts";
+import type { ManagerClient } from "../tunnel/grpc.ts";
+import { GRPC_STATUS, MessageCall, type MessageStream } from "../tunnel/h2_messages.ts";
+import { DNSRequest, DNSResponse, ManagerService } from "../../proto/gen/tel.ts";
 
 const TYPES: Record<string, number> = {
   A: 1,
@@ -78,7 +80,7 @@ interface Pending {
 }
 
 interface DnsStream {
-  client: ManagerClient;
+  client: ManagerTarget;
   sessionId: string;
   via: "bare" | "grpc-js";
   call: DnsCall;
@@ -101,7 +103,7 @@ function bareCall(st: MessageStream, ev: DnsCallEvents): DnsCall {
         res = DNSResponse.decode(body);
       } catch (e) {
         call.cancel();
-        ev.over({ code: grpcStatus.INTERNAL, details: `undecodable DNS response: ${errorMessage(e)}` });
+        ev.over({ code: GRPC_STATUS.INTERNAL, details: `undecodable DNS response: ${errorMessage(e)}` });
         return;
       }
       ev.response(res);
@@ -117,8 +119,37 @@ function bareCall(st: MessageStream, ev: DnsCallEvents): DnsCall {
   };
 }
 
-/** The call through grpc-js. */
-function grpcCall(client: ManagerClient, ev: DnsCallEvents): DnsCall {
+/**
+ * The call through grpc-js. A channel's grpc-js client is made first (grpc-js is loaded then): requests written
+ * meanwhile wait for it.
+ */
+function grpcCall(to: ManagerTarget, ev: DnsCallEvents): DnsCall {
+  if (!(to instanceof ManagerChannel)) return grpcStreamCall(to, ev);
+  let call: DnsCall | undefined;
+  let closed = false;
+  const queued: DNSRequest[] = [];
+  to.grpc().then((client) => {
+    if (closed) return;
+    call = grpcStreamCall(client, ev);
+    for (const req of queued.splice(0)) call.write(req);
+  }, (e) => {
+    if (!closed) ev.over({ code: GRPC_STATUS.UNAVAILABLE, details: errorMessage(e) });
+  });
+  return {
+    write: (req) => {
+      if (closed) return false;
+      if (call) return call.write(req);
+      queued.push(req);
+      return true;
+    },
+    close: () => {
+      closed = true;
+      call?.close();
+    },
+  };
+}
+
+function grpcStreamCall(client: ManagerClient, ev: DnsCallEvents): DnsCall {
   const call = client.lookupDnsStream() as ClientDuplexStream<DNSRequest, DNSResponse>;
   let over = false;
   const end = (err?: { code: number; details: string }) => {
@@ -158,14 +189,14 @@ function grpcCall(client: ManagerClient, ev: DnsCallEvents): DnsCall {
  * one.
  */
 export class ManagerLookup implements ClusterLookup {
-  #current: () => { client: ManagerClient; sessionId: string } | undefined;
+  #current: () => { client: ManagerTarget; sessionId: string } | undefined;
   #timeoutMs: number;
   #stream: DnsStream | undefined;
   #nextId = 1;
   /** Set when the manager answered UNIMPLEMENTED: the way to use from then on, for that client. */
-  #fallback: { client: ManagerClient; via: "grpc-js" | "unary" } | undefined;
+  #fallback: { client: ManagerTarget; via: "grpc-js" | "unary" } | undefined;
 
-  constructor(current: () => { client: ManagerClient; sessionId: string } | undefined, timeoutMs = 1000) {
+  constructor(current: () => { client: ManagerTarget; sessionId: string } | undefined, timeoutMs = 1000) {
     this.#current = current;
     this.#timeoutMs = timeoutMs;
   }
@@ -231,14 +262,14 @@ export class ManagerLookup implements ClusterLookup {
     this.#stream = undefined;
   }
 
-  #unary(client: ManagerClient, req: DNSRequest): Promise<LookupResult> {
-    return unary(client.lookupDns as never, client, req, new Metadata(), this.#timeoutMs).then((res) => {
-      const r = res as DNSResponse;
-      return { rcode: RCODES[r.rcode] ?? `RCODE${r.rcode}`, answers: decodeRecords(r.records) };
-    });
+  async #unary(to: ManagerTarget, req: DNSRequest): Promise<LookupResult> {
+    const client = to instanceof ManagerChannel ? await to.grpc() : to;
+    const { grpcUnary } = await import("../tunnel/grpc.ts");
+    const r = await grpcUnary(client, ManagerService.lookupDns, req, this.#timeoutMs);
+    return { rcode: RCODES[r.rcode] ?? `RCODE${r.rcode}`, answers: decodeRecords(r.records) };
   }
 
-  #streamFor(client: ManagerClient, sessionId: string): DnsStream {
+  #streamFor(client: ManagerTarget, sessionId: string): DnsStream {
     const cur = this.#stream;
     if (cur && !cur.closed && cur.client === client && cur.sessionId === sessionId) return cur;
     if (cur) this.#end(cur, new TelError("cluster", "the session with the traffic-manager changed"));
@@ -262,7 +293,7 @@ export class ManagerLookup implements ClusterLookup {
       },
       over: (err) => {
         if (s.closed) return;
-        if (err?.code === grpcStatus.UNIMPLEMENTED) return this.#fallBack(s);
+        if (err?.code === GRPC_STATUS.UNIMPLEMENTED) return this.#fallBack(s);
         this.#end(
           s,
           new TelError(

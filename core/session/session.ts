@@ -4,8 +4,6 @@
  * DNS keep their state.
  */
 
-import { Metadata } from "@grpc/grpc-js";
-import type { ClientReadableStream } from "@grpc/grpc-js";
 import { type Clock, sleep, systemClock } from "../clock.ts";
 import { DnsEngine, DnsRules, DnsServer, type OsResolve, recursionCheck } from "../dns/mod.ts";
 import { errorMessage, TelError } from "../errors.ts";
@@ -13,11 +11,12 @@ import { log } from "../log.ts";
 import { Stack } from "../netstack/mod.ts";
 import type { Resolver, Vif } from "../plugin.ts";
 import { Cidr, formatHostPort } from "../subnet/mod.ts";
-import { connId, createManagerClient, type ManagerClient, openTunnel } from "../tunnel/mod.ts";
+import { ManagerChannel } from "../tunnel/channel.ts";
+import { callManager, openTunnel, type Watch, watchManager } from "../tunnel/client.ts";
+import { connId } from "../tunnel/conn_id.ts";
 import { TEL_VERSION } from "../version.ts";
-import type { ClusterInfo } from "../../proto/gen/tel.ts";
+import { type ClusterInfo, ManagerService } from "../../proto/gen/tel.ts";
 import { createForwarder, type ForwarderStats } from "./forwarder.ts";
-import { unary } from "./grpc_util.ts";
 import { ManagerLookup } from "./manager_lookup.ts";
 import { Router } from "./router.ts";
 
@@ -87,7 +86,7 @@ export class ClientSession {
   #o: SessionOptions;
   #clock: Clock;
   #conn?: ManagerConnection;
-  #client?: ManagerClient;
+  #client?: ManagerChannel;
   #sessionId = "";
   #info?: ClusterInfo;
   #state: SessionStatus["state"] = "disconnected";
@@ -100,7 +99,7 @@ export class ClientSession {
   #dnsHost = { hostname: "", port: 0 };
   #fwdStats: ForwarderStats = { dials: 0, open: 0, opened: 0, failed: 0 };
   #closed = false;
-  #watchStream?: ClientReadableStream<ClusterInfo>;
+  #watchStream?: Watch;
   #remainTimer?: unknown;
   #reconnecting?: Promise<void>;
   #resolverStarted = false;
@@ -213,7 +212,7 @@ export class ClientSession {
     return out;
   }
 
-  #current(): { client: ManagerClient; sessionId: string } | undefined {
+  #current(): { client: ManagerChannel; sessionId: string } | undefined {
     return this.#client && this.#state === "connected"
       ? { client: this.#client, sessionId: this.#sessionId }
       : undefined;
@@ -251,21 +250,15 @@ export class ClientSession {
     const conn = await this.#o.connectManager();
     this.#conn = conn;
     if (first) this.#step(`traffic-manager reached via ${conn.via}`);
-    const client = createManagerClient(conn.address);
+    const client = new ManagerChannel(conn.address);
     let sessionId: string;
     try {
-      const res = await unary(
-        client.arriveAsClient as never,
-        client,
-        {
-          name: this.#o.clientName ?? `${Deno.env.get("USER") ?? "user"}@${Deno.hostname()}`,
-          namespace: this.#o.namespace,
-          installId: "",
-          version: TEL_VERSION,
-        },
-        new Metadata(),
-        10_000,
-      ) as { sessionId: string };
+      const res = await callManager(client, ManagerService.arriveAsClient, {
+        name: this.#o.clientName ?? `${Deno.env.get("USER") ?? "user"}@${Deno.hostname()}`,
+        namespace: this.#o.namespace,
+        installId: "",
+        version: TEL_VERSION,
+      }, 10_000);
       sessionId = res.sessionId;
     } catch (e) {
       client.close();
@@ -290,10 +283,33 @@ export class ClientSession {
   }
 
   /** Starts WatchClusterInfo; resolves with the first message; later messages re-route; the end triggers reconnect. */
-  #watchInfo(client: ManagerClient, sessionId: string): Promise<ClusterInfo> {
+  #watchInfo(client: ManagerChannel, sessionId: string): Promise<ClusterInfo> {
     return new Promise<ClusterInfo>((resolve, reject) => {
       let first = true;
-      const stream = client.watchClusterInfo({ sessionId });
+      const stream = watchManager(client, ManagerService.watchClusterInfo, { sessionId }, {
+        data: (info) => {
+          if (first) {
+            first = false;
+            this.#clock.clearTimeout(timer);
+            resolve(info);
+            return;
+          }
+          this.#onInfo(info);
+        },
+        over: (e) => {
+          if (first) {
+            first = false;
+            this.#clock.clearTimeout(timer);
+            reject(
+              new TelError("cluster", `watching cluster info failed: ${e?.message ?? "the stream ended at once"}`),
+            );
+            return;
+          }
+          if (client === this.#client) {
+            this.#lost(e ? `cluster info stream: ${e.message}` : "cluster info stream ended");
+          }
+        },
+      });
       this.#watchStream = stream;
       const timer = this.#clock.setTimeout(() => {
         if (!first) return;
@@ -305,27 +321,6 @@ export class ClientSession {
           }),
         );
       }, 10_000);
-      stream.on("data", (info: ClusterInfo) => {
-        if (first) {
-          first = false;
-          this.#clock.clearTimeout(timer);
-          resolve(info);
-          return;
-        }
-        this.#onInfo(info);
-      });
-      stream.on("error", (e: Error) => {
-        if (first) {
-          first = false;
-          this.#clock.clearTimeout(timer);
-          reject(new TelError("cluster", `watching cluster info failed: ${e.message}`));
-          return;
-        }
-        if (client === this.#client && !/Cancelled/i.test(e.message)) this.#lost(`cluster info stream: ${e.message}`);
-      });
-      stream.on("end", () => {
-        if (!first && client === this.#client) this.#lost("cluster info stream ended");
-      });
     });
   }
 
@@ -346,7 +341,7 @@ export class ClientSession {
       const client = this.#client;
       if (!client || this.#state !== "connected") return;
       try {
-        await unary(client.remain as never, client, { session: { sessionId: this.#sessionId } }, new Metadata(), 3000);
+        await callManager(client, ManagerService.remain, { session: { sessionId: this.#sessionId } }, 3000);
         this.#scheduleRemain();
       } catch (e) {
         if (client === this.#client) this.#lost(`keepalive: ${errorMessage(e)}`);
@@ -433,7 +428,7 @@ export class ClientSession {
       ["depart", async () => {
         const c = this.#client;
         if (c && this.#sessionId) {
-          await unary(c.depart as never, c, { sessionId: this.#sessionId }, new Metadata(), 2000).catch(() => {});
+          await callManager(c, ManagerService.depart, { sessionId: this.#sessionId }, 2000).catch(() => {});
         }
       }],
       ["watch", () => this.#watchStream?.cancel()],

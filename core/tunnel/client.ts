@@ -1,5 +1,6 @@
 /** The opening side of one L4 flow over a Tunnel stream: dial, then byte (or datagram) streams with half-close. */
 
+import { Buffer } from "node:buffer";
 import { type Clock, systemClock } from "../clock.ts";
 import { release } from "../slab.ts";
 import { errorMessage, TelError } from "../errors.ts";
@@ -7,10 +8,13 @@ import { log } from "../log.ts";
 import { type ConnId, connIdToWire, formatConnId } from "./conn_id.ts";
 import { type Frame, FrameOrder, FramePool, frames, MAX_DATA_FRAME } from "./frame.ts";
 import { type FrameChannel, FrameStream } from "./frame_stream.ts";
-import * as grpc from "@grpc/grpc-js";
-import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, limitFrom, type ManagerClient, plaintextAddressOf } from "./grpc.ts";
+import type { Metadata } from "@grpc/grpc-js";
+import { ManagerChannel, type ManagerTarget, plaintextAddressOf } from "./channel.ts";
+import type { ManagerClient } from "./grpc.ts";
+import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, limitFrom } from "./limits.ts";
 import { H2Tunnels } from "./h2_calls.ts";
-import type { MessageStream } from "./h2_messages.ts";
+import { CallError, GRPC_STATUS, MessageCall, type MessageStream } from "./h2_messages.ts";
+import { grpcJs } from "../lazy.ts";
 
 /** How a tunnel ended. */
 export interface TunnelEnd {
@@ -84,8 +88,10 @@ export interface OpenTunnelOptions {
  * for await (const chunk of t.readable) handle(chunk);
  * ```
  */
-export async function openTunnel(client: ManagerClient, opts: OpenTunnelOptions): Promise<Tunnel> {
+export async function openTunnel(to: ManagerTarget, opts: OpenTunnelOptions): Promise<Tunnel> {
   const clock = opts.clock ?? systemClock;
+  // a channel whose tunnel calls go through grpc-js makes them on its grpc-js client
+  const client = to instanceof ManagerChannel && !bareSession(h2Sessions, to) ? await to.grpc() : to;
   const { fs, limit } = takePrepared(client);
   const order = new FrameOrder("opener");
   const what = formatConnId(opts.connId);
@@ -144,7 +150,7 @@ interface Prepared {
  */
 export const PREPARED_CALLS = 4;
 
-const prepared = new WeakMap<ManagerClient, { calls: Prepared[]; refilling: boolean; closed: boolean }>();
+const prepared = new WeakMap<ManagerTarget, { calls: Prepared[]; refilling: boolean; closed: boolean }>();
 
 /**
  * How Tunnel calls are made: on a bare HTTP/2 session of their own (h2_calls.ts), framed by tel ("wire", the default)
@@ -178,8 +184,8 @@ export function useTunnelTransport(t: TunnelTransport | undefined): void {
   transport = t;
 }
 
-const h2Sessions = new WeakMap<ManagerClient, H2Tunnels>();
-const controlSessions = new WeakMap<ManagerClient, H2Tunnels>();
+const h2Sessions = new WeakMap<ManagerTarget, H2Tunnels>();
+const controlSessions = new WeakMap<ManagerTarget, H2Tunnels>();
 
 /**
  * A streaming call to `path` on the manager as a bare HTTP/2 stream (for h2_messages.ts's MessageCall), where tunnel
@@ -187,7 +193,7 @@ const controlSessions = new WeakMap<ManagerClient, H2Tunnels>();
  * an HTTP/2 session of their own, not the tunnels': a lookup never waits behind tunnel data there (a spent connection
  * window, a full socket). Closing `client` closes that session.
  */
-export function openBareCall(client: ManagerClient, path: string): MessageStream | undefined {
+export function openBareCall(client: ManagerTarget, path: string): MessageStream | undefined {
   const first = !controlSessions.has(client);
   const t = bareSession(controlSessions, client);
   if (!t) return undefined;
@@ -205,7 +211,7 @@ export function openBareCall(client: ManagerClient, path: string): MessageStream
  * The client's HTTP/2 session in `sessions` (made on first use) where calls go as bare streams: undefined where they
  * use grpc-js ({@link tunnelTransport}) or the manager's address is not plaintext.
  */
-function bareSession(sessions: WeakMap<ManagerClient, H2Tunnels>, client: ManagerClient): H2Tunnels | undefined {
+function bareSession(sessions: WeakMap<ManagerTarget, H2Tunnels>, client: ManagerTarget): H2Tunnels | undefined {
   const how = tunnelTransport();
   const address = how !== "grpc-js" ? plaintextAddressOf(client) : undefined;
   if (!address) return undefined;
@@ -214,21 +220,24 @@ function bareSession(sessions: WeakMap<ManagerClient, H2Tunnels>, client: Manage
   return t;
 }
 
-function prepareCall(client: ManagerClient): Prepared {
+function prepareCall(client: ManagerTarget): Prepared {
   const bare = bareSession(h2Sessions, client);
   if (bare) return bare.open();
-  const md = new grpc.Metadata();
+  if (client instanceof ManagerChannel) {
+    throw new TypeError("a channel's grpc-js tunnel calls go on its grpc-js client");
+  }
+  const md = new (grpcJs().Metadata)();
   md.set(FRAME_LIMIT_HEADER, String(LARGE_DATA_FRAME));
   const call = client.tunnel(md);
   // A dialer that takes large data frames says so in its response headers, which arrive before the dial answer.
   let sendLimit = MAX_DATA_FRAME;
-  call.once("metadata", (m: grpc.Metadata) => {
+  call.once("metadata", (m: Metadata) => {
     sendLimit = limitFrom(Number(m.get(FRAME_LIMIT_HEADER)[0]));
   });
   return { fs: new FrameStream(call), limit: () => sendLimit };
 }
 
-function poolFor(client: ManagerClient) {
+function poolFor(client: ManagerTarget) {
   let pool = prepared.get(client);
   if (!pool) {
     prepared.set(client, pool = { calls: [], refilling: false, closed: false });
@@ -244,7 +253,7 @@ function poolFor(client: ManagerClient) {
 }
 
 /** A prepared call for a new flow, or one made now if none is ready. */
-function takePrepared(client: ManagerClient): Prepared {
+function takePrepared(client: ManagerTarget): Prepared {
   const pool = poolFor(client);
   let p: Prepared | undefined;
   while ((p = pool.calls.shift()) && p.fs.over) p.fs.abort();
@@ -256,7 +265,7 @@ function takePrepared(client: ManagerClient): Prepared {
  * the manager's work on the new calls (~0.1–0.2 ms of grpc-js each) does not compete with the dial it was just asked
  * for.
  */
-function refillSoon(client: ManagerClient): void {
+function refillSoon(client: ManagerTarget): void {
   const pool = poolFor(client);
   if (pool.closed || pool.refilling) return;
   pool.refilling = true;
@@ -274,7 +283,7 @@ function refillSoon(client: ManagerClient): void {
 }
 
 /** Cancels the calls made ahead of time for `client` and makes no more (closing the client does this too). */
-export function closePreparedCalls(client: ManagerClient): void {
+export function closePreparedCalls(client: ManagerTarget): void {
   const pool = poolFor(client);
   pool.closed = true;
   for (const c of pool.calls.splice(0)) c.fs.abort();
@@ -455,9 +464,9 @@ const MIN_FRAME_BUFFER = 16 * 1024;
 /** Smallest buffer a frame that waits in a crowded session is copied into (see FrameBatcher). */
 const FIT_FRAME_BUFFER = 2 * 1024;
 
-const pools = new WeakMap<ManagerClient, FramePool>();
+const pools = new WeakMap<ManagerTarget, FramePool>();
 
-function poolOf(client: ManagerClient): FramePool {
+function poolOf(client: ManagerTarget): FramePool {
   let p = pools.get(client);
   if (!p) pools.set(client, p = new FramePool());
   return p;
@@ -556,4 +565,192 @@ export class FrameBatcher {
     if (sent === false) this.#backlog = Promise.resolve(false);
     else if (sent !== true) this.#backlog = sent;
   }
+}
+
+/** A unary or server-streaming method as the generated service definitions describe it: its path and codecs. */
+export interface CallMethod<Req, Res> {
+  readonly path: string;
+  requestSerialize(req: Req): Buffer;
+  responseDeserialize(body: Buffer): Res;
+}
+
+/** What a server-streaming call tells its owner (see {@link watchManager}). */
+export interface WatchHandlers<Res> {
+  data(res: Res): void;
+  /** The stream is over: `err` undefined when the manager ended it cleanly; never after cancel(). */
+  over(err?: Error): void;
+}
+
+/** A server-streaming call in progress. */
+export interface Watch {
+  /** Ends the call; its owner hears nothing more. */
+  cancel(): void;
+}
+
+function asBuffer(b: Uint8Array): Buffer {
+  return Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+}
+
+/**
+ * Targets whose manager answered a bare call UNIMPLEMENTED: an older manager serves only Tunnel calls (and lookups)
+ * on sessions framed by h2_wire, so its other methods are reached through grpc-js from then on.
+ */
+const grpcOnly = new WeakSet<ManagerTarget>();
+
+function unimplemented(e: unknown): boolean {
+  return e instanceof CallError && e.code === GRPC_STATUS.UNIMPLEMENTED;
+}
+
+function grpcClientOf(to: ManagerTarget): Promise<ManagerClient> {
+  return to instanceof ManagerChannel ? to.grpc() : Promise.resolve(to);
+}
+
+/**
+ * Calls a unary method of the manager and resolves with its answer: as a bare HTTP/2 stream where tunnel calls go
+ * that way, else (or where the manager answers that UNIMPLEMENTED) through grpc-js. Rejects with the call's error (a
+ * {@link CallError} or grpc-js's ServiceError; its message names the status), DEADLINE_EXCEEDED after `timeoutMs`.
+ */
+export async function callManager<Req, Res>(
+  to: ManagerTarget,
+  method: CallMethod<Req, Res>,
+  req: Req,
+  timeoutMs: number,
+): Promise<Res> {
+  const st = grpcOnly.has(to) ? undefined : openBareCall(to, method.path);
+  if (st) {
+    try {
+      return await bareUnary(st, method, req, timeoutMs);
+    } catch (e) {
+      if (!unimplemented(e)) throw e;
+      grpcOnly.add(to);
+      log.debug("tunnel", "the manager does not serve bare calls on this session; using grpc-js", {
+        path: method.path,
+      });
+    }
+  }
+  const [client, m] = await Promise.all([grpcClientOf(to), import("./grpc.ts")]);
+  return m.grpcUnary(client, method, req, timeoutMs);
+}
+
+function bareUnary<Req, Res>(
+  st: MessageStream,
+  method: CallMethod<Req, Res>,
+  req: Req,
+  timeoutMs: number,
+): Promise<Res> {
+  return new Promise<Res>((resolve, reject) => {
+    let answer: { res: Res } | undefined;
+    const timer = setTimeout(() => {
+      call.cancel();
+      reject(new CallError(GRPC_STATUS.DEADLINE_EXCEEDED, `no answer to ${method.path} within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const call = new MessageCall(st, {
+      message: (body) => {
+        if (answer) return;
+        try {
+          answer = { res: method.responseDeserialize(asBuffer(body)) };
+        } catch (e) {
+          clearTimeout(timer);
+          call.cancel();
+          reject(
+            new CallError(GRPC_STATUS.INTERNAL, `an answer to ${method.path} does not decode: ${errorMessage(e)}`),
+          );
+        }
+      },
+      over: (err) => {
+        clearTimeout(timer);
+        if (err) reject(err);
+        else if (!answer) reject(new CallError(GRPC_STATUS.INTERNAL, `${method.path} ended without an answer`));
+        else resolve(answer.res);
+      },
+    });
+    call.write(method.requestSerialize(req));
+    call.end();
+  });
+}
+
+/**
+ * Starts a server-streaming call to the manager, the same ways as {@link callManager} (a bare stream the manager
+ * answers UNIMPLEMENTED before any message is made again through grpc-js). A failure to start (the channel closed)
+ * is heard as `over`, on a later turn.
+ */
+export function watchManager<Req, Res>(
+  to: ManagerTarget,
+  method: CallMethod<Req, Res>,
+  req: Req,
+  h: WatchHandlers<Res>,
+): Watch {
+  let cancelled = false;
+  let current: Watch | undefined;
+  const over = (err?: Error) => {
+    if (!cancelled) {
+      cancelled = true;
+      h.over(err);
+    }
+  };
+  const viaGrpc = () => {
+    Promise.all([grpcClientOf(to), import("./grpc.ts")]).then(([c, m]) => {
+      if (!cancelled) current = m.grpcServerStream(c, method, req, { data: (r) => cancelled || h.data(r), over });
+    }, over);
+  };
+  let st: MessageStream | undefined;
+  try {
+    st = grpcOnly.has(to) ? undefined : openBareCall(to, method.path);
+  } catch (e) {
+    queueMicrotask(() => over(e instanceof Error ? e : new Error(String(e))));
+    return { cancel: () => cancelled = true };
+  }
+  if (st) {
+    current = bareWatch(st, method, req, h, (err) => {
+      if (unimplemented(err)) {
+        grpcOnly.add(to);
+        viaGrpc();
+      } else over(err);
+    });
+  } else viaGrpc();
+  return {
+    cancel: () => {
+      cancelled = true;
+      current?.cancel();
+    },
+  };
+}
+
+/** A server-streaming call on a bare stream; `over` hears how it ended, unless it was cancelled. */
+function bareWatch<Req, Res>(
+  st: MessageStream,
+  method: CallMethod<Req, Res>,
+  req: Req,
+  h: WatchHandlers<Res>,
+  over: (err?: Error) => void,
+): Watch {
+  let cancelled = false;
+  let heard = false;
+  const call = new MessageCall(st, {
+    message: (body) => {
+      if (cancelled) return;
+      let res: Res;
+      try {
+        res = method.responseDeserialize(asBuffer(body));
+      } catch (e) {
+        cancelled = true;
+        call.cancel();
+        return over(
+          new CallError(GRPC_STATUS.INTERNAL, `a message of ${method.path} does not decode: ${errorMessage(e)}`),
+        );
+      }
+      heard = true;
+      h.data(res);
+    },
+    // UNIMPLEMENTED after a message is an ordinary failure (not a reason to ask again another way)
+    over: (err) => cancelled || over(heard && unimplemented(err) ? new Error(err!.message) : err),
+  });
+  call.write(method.requestSerialize(req));
+  call.end();
+  return {
+    cancel: () => {
+      cancelled = true;
+      call.cancel();
+    },
+  };
 }

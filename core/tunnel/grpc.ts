@@ -6,40 +6,25 @@ import type { Http2Server, IncomingHttpHeaders, ServerHttp2Session, ServerHttp2S
 import type { Socket } from "node:net";
 import { type ManagerClient as GeneratedManagerClient, ManagerService } from "../../proto/gen/tel.ts";
 import { log } from "../log.ts";
-import { decodeFrame, encodeFrame, type Frame, MAX_DATA_FRAME } from "./frame.ts";
+import { decodeFrame, encodeFrame, type Frame } from "./frame.ts";
 import { coalesceWrites } from "./coalesce.ts";
 import { serveWire, type WireSession } from "./h2_wire.ts";
+import { notePlaintext } from "./channel.ts";
+import { grpcJs } from "../lazy.ts";
+import type { CallMethod, Watch, WatchHandlers } from "./client.ts";
+import { FLOW_CONTROL_WINDOW, MAX_MESSAGE_BYTES, WIRE_FLOW_CONTROL_WINDOW } from "./limits.ts";
 
 export { COALESCE_BULK, coalesceWrites } from "./coalesce.ts";
+export {
+  FLOW_CONTROL_WINDOW,
+  FRAME_LIMIT_HEADER,
+  LARGE_DATA_FRAME,
+  limitFrom,
+  MAX_MESSAGE_BYTES,
+  WIRE_FLOW_CONTROL_WINDOW,
+} from "./limits.ts";
 
-/** The frame limit an opener's announcement allows: at least MAX_DATA_FRAME, at most {@link LARGE_DATA_FRAME}. */
-export function limitFrom(announced: number): number {
-  return announced >= MAX_DATA_FRAME ? Math.min(announced, LARGE_DATA_FRAME) : MAX_DATA_FRAME;
-}
-
-/** HTTP/2 flow-control window for both ends (stream and connection); the default 64 KiB caps one stream's rate. */
-export const FLOW_CONTROL_WINDOW = 8 * 1024 * 1024;
-
-/**
- * The window of tunnel sessions framed by h2_wire at both ends. Through the kube API's port-forward one flow is
- * window-bound (three relays, each holding megabytes of socket queue); with 8 MiB a 1-flow upload reached 0.86–1.4
- * Gbit/s there, with 32 MiB 1.9–2.1. A larger window used to cost the manager memory at scale (node:http2 lets what
- * paused streams hold grow to a stream window each); h2_wire keeps that within one connection window, and the scale
- * bench's manager peak stayed where it was (339/386 vs 367/332 MiB).
- */
-export const WIRE_FLOW_CONTROL_WINDOW = 32 * 1024 * 1024;
-
-/**
- * Largest data frame a dialer sends to an opener that announced it accepts them ({@link FRAME_LIMIT_HEADER}):
- * fewer, larger messages cost less per byte in grpc-js and node:http2 (+10-80% one stream target→client, measured).
- */
-export const LARGE_DATA_FRAME = 256 * 1024;
-
-/** Call metadata by which an opener announces the largest data frame it accepts. */
-export const FRAME_LIMIT_HEADER = "tel-max-data-frame";
-
-/** Largest gRPC message either side accepts: a large data frame plus framing slack. */
-export const MAX_MESSAGE_BYTES = LARGE_DATA_FRAME + 4096;
+grpcJs(); // whoever makes clients or servers here hears grpc-js's diagnostics in tel's log (lazy.ts)
 
 /** The Tunnel method, carrying {@link Frame}s with the fast codec instead of the generated one. */
 export const TUNNEL_METHOD = {
@@ -126,15 +111,8 @@ export function createManagerClient(
 ): ManagerClient {
   const creds = new CoalescingCredentials(opts.credentials ?? grpc.credentials.createInsecure());
   const client = new ManagerClientCtor(address, creds, channelOptions(opts.windowBytes)) as unknown as ManagerClient;
-  if (!opts.credentials) plaintextAddresses.set(client, address);
+  if (!opts.credentials) notePlaintext(client, address);
   return client;
-}
-
-const plaintextAddresses = new WeakMap<ManagerClient, string>();
-
-/** The "host:port" a client made by {@link createManagerClient} talks plaintext HTTP/2 to (undefined otherwise). */
-export function plaintextAddressOf(client: ManagerClient): string | undefined {
-  return plaintextAddresses.get(client);
 }
 
 /**
@@ -325,4 +303,57 @@ function watchSession(session: ServerHttp2Session): void {
     const why = error ? `error: ${error}` : goaway ? `client GOAWAY code ${goaway.code}` : "connection closed";
     log.info("h2", "client connection ended", { peer, why });
   });
+}
+
+/** {@link callManager}'s way through grpc-js: a unary call with a deadline. */
+export function grpcUnary<Req, Res>(
+  client: ManagerClient,
+  method: CallMethod<Req, Res>,
+  req: Req,
+  timeoutMs: number,
+): Promise<Res> {
+  return new Promise<Res>((resolve, reject) => {
+    client.makeUnaryRequest(
+      method.path,
+      (r: Req) => method.requestSerialize(r),
+      (b: Buffer) => method.responseDeserialize(b),
+      req,
+      new grpc.Metadata(),
+      { deadline: Date.now() + timeoutMs },
+      (err, res) => err ? reject(err) : resolve(res as Res),
+    );
+  });
+}
+
+/** {@link watchManager}'s way through grpc-js: a server-streaming call. */
+export function grpcServerStream<Req, Res>(
+  client: ManagerClient,
+  method: CallMethod<Req, Res>,
+  req: Req,
+  h: WatchHandlers<Res>,
+): Watch {
+  const call = client.makeServerStreamRequest(
+    method.path,
+    (r: Req) => method.requestSerialize(r),
+    (b: Buffer) => method.responseDeserialize(b),
+    req,
+    new grpc.Metadata(),
+    {},
+  );
+  let done = false;
+  const over = (err?: Error) => {
+    if (!done) {
+      done = true;
+      h.over(err);
+    }
+  };
+  call.on("data", (r: Res) => done || h.data(r));
+  call.on("error", (e: Error) => over(e));
+  call.on("end", () => over());
+  return {
+    cancel: () => {
+      done = true;
+      call.cancel();
+    },
+  };
 }

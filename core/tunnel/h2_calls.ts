@@ -9,8 +9,7 @@
  * either framing (see createTunedServer).
  */
 
-import * as grpc from "@grpc/grpc-js";
-import http2 from "node:http2";
+import type http2 from "node:http2";
 import net from "node:net";
 import type { Buffer } from "node:buffer";
 import { errorMessage } from "../errors.ts";
@@ -28,17 +27,18 @@ import {
   MAX_DATA_FRAME,
 } from "./frame.ts";
 import { type FrameChannel, type ServedCall, WaitingChannel } from "./frame_stream.ts";
-import { connectWire, readU32 } from "./h2_wire.ts";
-import { callHeaders, grpcMessageText, type MessageStream, RESPONSE_HEADERS } from "./h2_messages.ts";
+import { connectWire, H2_CODE, readU32 } from "./h2_wire.ts";
+import { nodeHttp2 } from "../lazy.ts";
+import { callHeaders, grpcMessageText, grpcStatusName, type MessageStream, RESPONSE_HEADERS } from "./h2_messages.ts";
+import { coalesceWrites } from "./coalesce.ts";
 import {
-  coalesceWrites,
   FLOW_CONTROL_WINDOW,
   FRAME_LIMIT_HEADER,
   LARGE_DATA_FRAME,
   limitFrom,
   MAX_MESSAGE_BYTES,
   WIRE_FLOW_CONTROL_WINDOW,
-} from "./grpc.ts";
+} from "./limits.ts";
 
 /** The Tunnel method's HTTP/2 path. */
 export const TUNNEL_PATH = "/tel.v1.Manager/Tunnel";
@@ -62,7 +62,7 @@ function prefixLength(b: Uint8Array, at: number): number {
 }
 
 function statusError(code: string, message: string | undefined): Error {
-  return new Error(`${code} ${grpc.status[Number(code)] ?? "STATUS"}: ${grpcMessageText(message) || "no message"}`);
+  return new Error(`${code} ${grpcStatusName(Number(code)) ?? "STATUS"}: ${grpcMessageText(message) || "no message"}`);
 }
 
 /**
@@ -168,7 +168,7 @@ export class H2Tunnels {
 
 /** A node:http2 client session to host:port with our window on both levels and coalesced socket writes. */
 function nodeSession(host: string, port: number, window: number): ClientSession {
-  const session = http2.connect(`http://${formatHostPort(host, port)}`, {
+  const session = nodeHttp2().connect(`http://${formatHostPort(host, port)}`, {
     settings: { initialWindowSize: window },
     createConnection: () => {
       const sock = net.connect({ host, port });
@@ -346,7 +346,7 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
   }
 
   abort(): void {
-    if (!this.#st.destroyed) this.#st.close(http2.constants.NGHTTP2_CANCEL);
+    if (!this.#st.destroyed) this.#st.close(H2_CODE.CANCEL);
   }
 
   #fail(e: Error): void {

@@ -6,10 +6,37 @@
  */
 
 import type http2 from "node:http2";
-import { status as grpcStatus } from "@grpc/grpc-js";
 import { release } from "../slab.ts";
 import { GRPC_PREFIX } from "./frame.ts";
 import { H2_CODE, readU32 } from "./h2_wire.ts";
+
+/** gRPC status codes (the same numbers as grpc-js's `status`, without loading grpc-js). */
+export const GRPC_STATUS = {
+  OK: 0,
+  CANCELLED: 1,
+  UNKNOWN: 2,
+  INVALID_ARGUMENT: 3,
+  DEADLINE_EXCEEDED: 4,
+  NOT_FOUND: 5,
+  ALREADY_EXISTS: 6,
+  PERMISSION_DENIED: 7,
+  RESOURCE_EXHAUSTED: 8,
+  FAILED_PRECONDITION: 9,
+  ABORTED: 10,
+  OUT_OF_RANGE: 11,
+  UNIMPLEMENTED: 12,
+  INTERNAL: 13,
+  UNAVAILABLE: 14,
+  DATA_LOSS: 15,
+  UNAUTHENTICATED: 16,
+} as const;
+
+const STATUS_NAMES = Object.fromEntries(Object.entries(GRPC_STATUS).map(([k, v]) => [v, k])) as Record<number, string>;
+
+/** The name of a gRPC status code ("UNAVAILABLE"), or undefined for a number that is none. */
+export function grpcStatusName(code: number): string | undefined {
+  return STATUS_NAMES[code];
+}
 
 /** What a call uses of a stream: node:http2's (client or server side) or h2_wire's WireStream. */
 export interface MessageStream {
@@ -29,7 +56,7 @@ export class CallError extends Error {
   /** The message alone, as grpc-js's ServiceError has it. */
   readonly details: string;
   constructor(code: number, message: string) {
-    super(`${grpcStatus[code] ?? `status ${code}`}: ${message}`);
+    super(`${grpcStatusName(code) ?? `status ${code}`}: ${message}`);
     this.code = code;
     this.details = message;
   }
@@ -44,6 +71,11 @@ export interface MessageHandlers {
    * client's half-close). Called once; nothing comes after it.
    */
   over(err?: CallError): void;
+  /**
+   * Server side: the client half-closed (it sends no more). Given, the call goes on (answers may still be written,
+   * and it is over at end() or fail()); without it, the half-close is the call's end (`over()`).
+   */
+  halfClosed?(): void;
 }
 
 /** Largest message accepted (DNS answers and control messages are far smaller). */
@@ -78,7 +110,7 @@ export class MessageCall {
   #h: MessageHandlers;
   #done = false;
   #responded = false;
-  #status: { code: number; message: string } = { code: grpcStatus.OK, message: "" };
+  #status: { code: number; message: string } = { code: GRPC_STATUS.OK, message: "" };
   // bytes of a message not yet whole: its prefix, then its body
   #pending: Uint8Array = new Uint8Array(0);
 
@@ -102,16 +134,18 @@ export class MessageCall {
     });
     st.on("end", () => {
       // the server's side ends with its status (read above); the client's half-close ends what the server reads
-      if (this.#server) this.#finish();
-      else this.#finish(new CallError(grpcStatus.UNKNOWN, "the call ended without a status"));
+      if (this.#server) {
+        if (this.#h.halfClosed && !this.#done) this.#h.halfClosed();
+        else this.#finish();
+      } else this.#finish(new CallError(GRPC_STATUS.UNKNOWN, "the call ended without a status"));
     });
     st.on("close", () => {
       const code = st.rstCode;
       this.#finish(
-        new CallError(grpcStatus.UNAVAILABLE, `stream reset${code !== undefined ? ` (HTTP/2 code ${code})` : ""}`),
+        new CallError(GRPC_STATUS.UNAVAILABLE, `stream reset${code !== undefined ? ` (HTTP/2 code ${code})` : ""}`),
       );
     });
-    st.on("error", (e: Error) => this.#finish(new CallError(grpcStatus.UNAVAILABLE, e.message)));
+    st.on("error", (e: Error) => this.#finish(new CallError(GRPC_STATUS.UNAVAILABLE, e.message)));
   }
 
   /** Whether the call is over (ended, failed or cancelled). */
@@ -133,7 +167,7 @@ export class MessageCall {
 
   /** Client: half-closes (no more requests; answers still come). Server: ends the call with OK (and it is over). */
   end(): void {
-    this.#endWith(grpcStatus.OK, "");
+    this.#endWith(GRPC_STATUS.OK, "");
   }
 
   /** Server: ends the call with a failing status (the owner hears it as its end). */
@@ -160,7 +194,7 @@ export class MessageCall {
         { endStream: true },
       );
     } else st.end();
-    this.#finish(code === grpcStatus.OK ? undefined : new CallError(code, message));
+    this.#finish(code === GRPC_STATUS.OK ? undefined : new CallError(code, message));
   }
 
   #statusHeaders(): Record<string, string> {
@@ -178,9 +212,9 @@ export class MessageCall {
   }
 
   #statusCame(h: http2.IncomingHttpHeaders): void {
-    const code = Number(h["grpc-status"] ?? grpcStatus.UNKNOWN);
-    if (code === grpcStatus.OK) return this.#finish();
-    const known = Number.isInteger(code) ? code : grpcStatus.UNKNOWN;
+    const code = Number(h["grpc-status"] ?? GRPC_STATUS.UNKNOWN);
+    if (code === GRPC_STATUS.OK) return this.#finish();
+    const known = Number.isInteger(code) ? code : GRPC_STATUS.UNKNOWN;
     this.#finish(new CallError(known, grpcMessageText(h["grpc-message"])));
   }
 
@@ -191,8 +225,8 @@ export class MessageCall {
   }
 
   #malformed(reason: string): void {
-    const err = new CallError(grpcStatus.INTERNAL, reason);
-    if (this.#server) this.fail(grpcStatus.INTERNAL, reason);
+    const err = new CallError(GRPC_STATUS.INTERNAL, reason);
+    if (this.#server) this.fail(GRPC_STATUS.INTERNAL, reason);
     this.#finish(err);
     if (!this.#st.destroyed) this.#st.close(H2_CODE.CANCEL);
   }

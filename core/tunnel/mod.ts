@@ -38,7 +38,10 @@ export {
   MAX_MESSAGE_BYTES,
   TUNNEL_METHOD,
 } from "./grpc.ts";
+export { ManagerChannel, type ManagerTarget } from "./channel.ts";
 export {
+  callManager,
+  type CallMethod,
   closePreparedCalls,
   openBareCall,
   openTunnel,
@@ -47,6 +50,9 @@ export {
   type Tunnel,
   type TunnelEnd,
   type TunnelTarget,
+  type Watch,
+  type WatchHandlers,
+  watchManager,
 } from "./client.ts";
 export {
   DEFAULT_DIAL_TIMEOUT_MS,
@@ -56,4 +62,4 @@ export {
   type ServeTunnelOptions,
 } from "./dialer.ts";
 export { h2ServedCall, TUNNEL_PATH } from "./h2_calls.ts";
-export { CallError, MessageCall, type MessageHandlers, type MessageStream } from "./h2_messages.ts";
+export { CallError, GRPC_STATUS, MessageCall, type MessageHandlers, type MessageStream } from "./h2_messages.ts";

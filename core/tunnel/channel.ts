@@ -1,0 +1,56 @@
+/**
+ * What the daemon calls the manager through. A {@link ManagerChannel} is the manager's address and nothing loaded:
+ * tunnel, lookup and session calls go as bare HTTP/2 streams (h2_calls.ts, h2_messages.ts), and grpc-js is imported
+ * only when a call has to go through it (`TEL_TUNNEL_CALLS=grpc-js`, or an older manager that does not serve a
+ * method the bare way). grpc-js and node:http2 cost a process ~11 MiB of RSS before its first call (measured: a deno
+ * process importing both against one importing neither). Tests, benches and the manager's peers may still pass a
+ * grpc-js client made by createManagerClient (grpc.ts) wherever a {@link ManagerTarget} is taken.
+ */
+
+import type { ManagerClient } from "./grpc.ts";
+
+/** The daemon's way to one manager at "host:port" (plaintext HTTP/2). */
+export class ManagerChannel {
+  readonly address: string;
+  #grpc: Promise<ManagerClient> | undefined;
+  #closed = false;
+
+  constructor(address: string) {
+    this.address = address;
+  }
+
+  /** Whether close() was called. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** A grpc-js client to the same address, made (and grpc-js loaded) on first use; closed with this channel. */
+  grpc(): Promise<ManagerClient> {
+    if (this.#closed) return Promise.reject(new Error("the channel to the traffic-manager was closed"));
+    return this.#grpc ??= import("./grpc.ts").then((m) => m.createManagerClient(this.address));
+  }
+
+  /**
+   * Closes the grpc-js client if one was made. What else rides the channel (tunnel and call sessions) is closed by
+   * the modules that made it, which wrap this method.
+   */
+  close(): void {
+    this.#closed = true;
+    this.#grpc?.then((c) => c.close(), () => {});
+  }
+}
+
+/** A manager to call: a {@link ManagerChannel}, or a grpc-js client (tests, benches, agents). */
+export type ManagerTarget = ManagerClient | ManagerChannel;
+
+const plaintextAddresses = new WeakMap<ManagerTarget, string>();
+
+/** Records that `client` talks plaintext HTTP/2 to `address` (createManagerClient does, for clients it makes). */
+export function notePlaintext(client: ManagerClient, address: string): void {
+  plaintextAddresses.set(client, address);
+}
+
+/** The "host:port" a target talks plaintext HTTP/2 to (undefined for a client with other credentials). */
+export function plaintextAddressOf(target: ManagerTarget): string | undefined {
+  return target instanceof ManagerChannel ? target.address : plaintextAddresses.get(target);
+}
