@@ -1,10 +1,11 @@
 /** The CLI's side of the daemon: find it on its unix socket, start it when needed, call it. */
 
-import * as grpc from "@grpc/grpc-js";
+import type { ChannelCredentials } from "@grpc/grpc-js";
 import { errorMessage, TelError } from "../errors.ts";
 import { selfArgv } from "../exec.ts";
 import { daemonPaths } from "../session/daemon.ts";
-import { DaemonClient } from "../../proto/gen/tel.ts";
+import { grpcJs } from "../lazy.ts";
+import { type DaemonClient, DaemonService } from "../../proto/gen/tel.ts";
 
 /** A connected daemon client and its socket. */
 export interface DaemonHandle {
@@ -17,16 +18,27 @@ export interface DaemonHandle {
 export function call<Req, Res>(client: DaemonClient, method: string, req: Req, timeoutMs: number): Promise<Res> {
   const fn = (client as unknown as Record<string, (...a: unknown[]) => unknown>)[method];
   return new Promise<Res>((resolve, reject) => {
-    fn.call(client, req, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err: Error | null, res: Res) => {
-      if (err) reject(err);
-      else resolve(res);
-    });
+    fn.call(
+      client,
+      req,
+      new (grpcJs().Metadata)(),
+      { deadline: Date.now() + timeoutMs },
+      (err: Error | null, res: Res) => {
+        if (err) reject(err);
+        else resolve(res);
+      },
+    );
   });
 }
 
 /** A client for the socket (no I/O until the first call). */
 export function daemonClient(socketPath = daemonPaths().socketPath): DaemonHandle {
-  const client = new DaemonClient(`unix://${socketPath}`, grpc.credentials.createInsecure());
+  // grpc-js is loaded here, by the CLI, not by the daemon that shares this module graph
+  const grpc = grpcJs();
+  const ctor = grpc.makeGenericClientConstructor(DaemonService, "tel.v1.Daemon") as unknown as {
+    new (address: string, credentials: ChannelCredentials): DaemonClient;
+  };
+  const client = new ctor(`unix://${socketPath}`, grpc.credentials.createInsecure());
   return { client, socketPath, close: () => client.close() };
 }
 

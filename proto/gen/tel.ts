@@ -11,22 +11,7 @@ function asBuffer(bytes: Uint8Array): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
-import {
-  type CallOptions,
-  type ChannelCredentials,
-  Client,
-  type ClientDuplexStream,
-  type ClientOptions,
-  type ClientReadableStream,
-  type ClientUnaryCall,
-  type handleBidiStreamingCall,
-  type handleServerStreamingCall,
-  type handleUnaryCall,
-  makeGenericClientConstructor,
-  type Metadata,
-  type ServiceError,
-  type UntypedServiceImplementation,
-} from "@grpc/grpc-js";
+import type { CallOptions, ChannelCredentials, Client, ClientDuplexStream, ClientOptions, ClientReadableStream, ClientUnaryCall, handleBidiStreamingCall, handleServerStreamingCall, handleUnaryCall, Metadata, ServiceError, UntypedServiceImplementation } from "@grpc/grpc-js";
 
 export const protobufPackage = "tel.v1";
 
@@ -4306,11 +4291,6 @@ export interface ManagerClient extends Client {
   ): ClientReadableStream<InterceptSnapshot>;
 }
 
-export const ManagerClient = makeGenericClientConstructor(ManagerService, "tel.v1.Manager") as unknown as {
-  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): ManagerClient;
-  service: typeof ManagerService;
-  serviceName: string;
-};
 
 export type DaemonService = typeof DaemonService;
 export const DaemonService = {
@@ -4507,11 +4487,6 @@ export interface DaemonClient extends Client {
   ): ClientUnaryCall;
 }
 
-export const DaemonClient = makeGenericClientConstructor(DaemonService, "tel.v1.Daemon") as unknown as {
-  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): DaemonClient;
-  service: typeof DaemonService;
-  serviceName: string;
-};
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
