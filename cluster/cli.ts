@@ -5,7 +5,7 @@ import { TelError } from "../core/errors.ts";
 import { log } from "../core/log.ts";
 import { writeAll } from "../core/io.ts";
 import { POD_CIDR_STRATEGIES, type PodCidrStrategy } from "./manager/pod_cidr_strategy.ts";
-import { type ClusterInfoSource, type ManagerFlags, runManager, StaticClusterInfo } from "./manager/mod.ts";
+import type { ClusterInfoSource, ManagerFlags } from "./manager/mod.ts";
 
 /** Builds the ClusterInfo source for the flags: discovery through the kube API, or the given lists. */
 export async function clusterInfoFromFlags(flags: ManagerFlags): Promise<ClusterInfoSource> {
@@ -13,6 +13,7 @@ export async function clusterInfoFromFlags(flags: ManagerFlags): Promise<Cluster
   const noKube = strategy === "environment" && !flags.kubeconfig && !flags.inCluster &&
     (flags.serviceCidrs?.length ?? 0) > 0;
   if (noKube) {
+    const { StaticClusterInfo } = await import("./manager/cluster_info.ts");
     return new StaticClusterInfo({
       podSubnets: flags.podCidrs ?? [],
       serviceSubnets: flags.serviceCidrs ?? [],
@@ -85,6 +86,8 @@ export const managerCommand: Command = {
       });
     }
     try {
+      // the manager's code (grpc-js, its server) is loaded by the manager, not by every tel process
+      const { runManager } = await import("./manager/mod.ts");
       await runManager(flags, {
         clusterInfo: clusterInfoFromFlags,
         onListening: (h) =>

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { configDir, configPath, defaultConfig, loadConfig, parseConfig, parseDuration } from "./config.ts";
+import { configDir, configPath, defaultConfig, parseDuration } from "./config.ts";
+import { loadConfig, parseConfig } from "./config_file.ts";
 import { TelError } from "./errors.ts";
 
 function configError(text: string): TelError {

@@ -89,3 +89,9 @@ export const log = {
   error: (component: string, msg: string, fields?: Record<string, unknown>) => emit("error", component, msg, fields),
   enabled: (level: Exclude<Level, "off">) => RANK[level] >= RANK[threshold],
 };
+
+/** Routes grpc-js's own diagnostics (printed to stderr by default) into this log at debug level. */
+export function routeGrpcLogs(grpc: { setLogger(logger: Partial<Console>): void }): void {
+  const line = (...a: unknown[]) => log.debug("grpc", a.map(String).join(" "));
+  grpc.setLogger({ error: line, info: line, debug: line });
+}

@@ -2,9 +2,9 @@
 
 import type { ChannelCredentials } from "@grpc/grpc-js";
 import { errorMessage, TelError } from "../errors.ts";
+import { routeGrpcLogs } from "../log.ts";
 import { selfArgv } from "../exec.ts";
 import { daemonPaths } from "../session/daemon.ts";
-import { grpcJs } from "../lazy.ts";
 import { type DaemonClient, DaemonService } from "../../proto/gen/tel.ts";
 
 /** A connected daemon client and its socket. */
@@ -18,23 +18,19 @@ export interface DaemonHandle {
 export function call<Req, Res>(client: DaemonClient, method: string, req: Req, timeoutMs: number): Promise<Res> {
   const fn = (client as unknown as Record<string, (...a: unknown[]) => unknown>)[method];
   return new Promise<Res>((resolve, reject) => {
-    fn.call(
-      client,
-      req,
-      new (grpcJs().Metadata)(),
-      { deadline: Date.now() + timeoutMs },
-      (err: Error | null, res: Res) => {
-        if (err) reject(err);
-        else resolve(res);
-      },
-    );
+    // (request, options, callback): grpc-js takes call options in the metadata's place
+    fn.call(client, req, { deadline: Date.now() + timeoutMs }, (err: Error | null, res: Res) => {
+      if (err) reject(err);
+      else resolve(res);
+    });
   });
 }
 
 /** A client for the socket (no I/O until the first call). */
-export function daemonClient(socketPath = daemonPaths().socketPath): DaemonHandle {
+export async function daemonClient(socketPath = daemonPaths().socketPath): Promise<DaemonHandle> {
   // grpc-js is loaded here, by the CLI, not by the daemon that shares this module graph
-  const grpc = grpcJs();
+  const grpc = await import("@grpc/grpc-js");
+  routeGrpcLogs(grpc);
   const ctor = grpc.makeGenericClientConstructor(DaemonService, "tel.v1.Daemon") as unknown as {
     new (address: string, credentials: ChannelCredentials): DaemonClient;
   };

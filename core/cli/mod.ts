@@ -1,6 +1,6 @@
 /** The single dispatch from argv to a subcommand: flags parsed once, errors printed as what/why/what to do. */
 
-import { loadConfig } from "../config.ts";
+import type { Config } from "../config.ts";
 import { asTelError, TelError } from "../errors.ts";
 import { configureLog, type Level, log, parseLevel } from "../log.ts";
 import type { CliDeps, Command, CommandContext, Output } from "./command.ts";
@@ -126,17 +126,19 @@ export async function runCli(argv: string[], deps: CliDeps, io: Output = process
       return 0;
     }
     if (values["log-level"]) configureLog({ level: values["log-level"] as Level });
-    let configPromise: ReturnType<typeof loadConfig> | undefined;
+    let configPromise: Promise<Config> | undefined;
     const ctx: CommandContext = {
       values,
       positionals,
       deps,
       io,
       config: () => {
-        configPromise ??= loadConfig(values.config as string | undefined).then((c) => {
-          if (c.logLevel && !values["log-level"] && envLevel === undefined) configureLog({ level: c.logLevel });
-          return c;
-        });
+        // the parser is loaded here, by a command that reads the config, not by every tel process
+        configPromise ??= import("../config_file.ts").then((m) => m.loadConfig(values.config as string | undefined))
+          .then((c) => {
+            if (c.logLevel && !values["log-level"] && envLevel === undefined) configureLog({ level: c.logLevel });
+            return c;
+          });
         return configPromise;
       },
     };

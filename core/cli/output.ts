@@ -1,15 +1,13 @@
 /** Rendering of command results as a table, JSON or YAML. */
 
-import YAML from "yaml";
-
 /** Formats every command's --output accepts. */
 export const OUTPUT_FORMATS = ["text", "json", "yaml"] as const;
 /** One of {@link OUTPUT_FORMATS}. */
 export type OutputFormat = typeof OUTPUT_FORMATS[number];
 
-/** Serialises data for json/yaml output. */
-export function renderData(data: unknown, format: "json" | "yaml"): string {
-  return format === "json" ? JSON.stringify(data, null, 2) + "\n" : YAML.stringify(data);
+/** Serialises data for json/yaml output (the yaml package is loaded by the first YAML output, not by every tel). */
+export async function renderData(data: unknown, format: "json" | "yaml"): Promise<string> {
+  return format === "json" ? JSON.stringify(data, null, 2) + "\n" : (await import("yaml")).default.stringify(data);
 }
 
 /** A plain text table with a header row, columns padded to the widest cell. */

@@ -37,22 +37,24 @@ const listCommand: Command = {
     const rows = await listPlugins(ctx.deps.plugins, { timeoutMs, forcedResolver: cfg.resolver });
     const format = (ctx.values.output as string | undefined) ?? "text";
     if (format === "json" || format === "yaml") {
-      ctx.io.out(renderData(
-        rows.map((r) => ({
-          name: r.manifest.name,
-          kind: r.manifest.kind,
-          os: r.manifest.os,
-          priority: r.manifest.priority,
-          source: r.source,
-          summary: r.manifest.summary,
-          requires: r.manifest.requires,
-          available: r.probe.available,
-          ...(r.probe.available ? { detail: r.probe.detail ?? "" } : { reason: r.probe.reason }),
-          selected: r.selected,
-          ...(r.notBuilt ? { notBuilt: r.notBuilt } : {}),
-        })),
-        format,
-      ));
+      ctx.io.out(
+        await renderData(
+          rows.map((r) => ({
+            name: r.manifest.name,
+            kind: r.manifest.kind,
+            os: r.manifest.os,
+            priority: r.manifest.priority,
+            source: r.source,
+            summary: r.manifest.summary,
+            requires: r.manifest.requires,
+            available: r.probe.available,
+            ...(r.probe.available ? { detail: r.probe.detail ?? "" } : { reason: r.probe.reason }),
+            selected: r.selected,
+            ...(r.notBuilt ? { notBuilt: r.notBuilt } : {}),
+          })),
+          format,
+        ),
+      );
       return 0;
     }
     const table = renderTable(

@@ -104,7 +104,7 @@ const connectCommand: Command = {
       namespace: v.namespace as string | undefined,
     });
     const cfg = await readConfigText(v.config as string | undefined);
-    const h = daemonClient();
+    const h = await daemonClient();
     try {
       if (!(await daemonRunning(h))) await startDaemon(h);
       const format = v.output as string | undefined;
@@ -121,7 +121,7 @@ const connectCommand: Command = {
         config: cfg.text,
         configPath: cfg.path,
       }, (line) => text && ctx.io.out(`  ✓ ${line}\n`));
-      if (!text) ctx.io.out(renderData(res, format as "json" | "yaml"));
+      if (!text) ctx.io.out(await renderData(res, format as "json" | "yaml"));
       else if (res.ok) ctx.io.out(`Connected to context ${flat.context}, namespace ${flat.namespace}.\n`);
       if (!res.ok) {
         const e = res.error!;
@@ -174,13 +174,13 @@ const statusCommand: Command = {
     flags: { output: OUTPUT_FLAG },
   },
   async run(ctx) {
-    const h = daemonClient();
+    const h = await daemonClient();
     try {
       let s: StatusResponse | undefined;
       if (await daemonRunning(h)) s = await call<unknown, StatusResponse>(h.client, "status", {}, 5000);
       const format = ctx.values.output as string | undefined;
       const data = s ?? { state: "disconnected", connected: false };
-      if (format === "json" || format === "yaml") ctx.io.out(renderData(data, format));
+      if (format === "json" || format === "yaml") ctx.io.out(await renderData(data, format));
       else ctx.io.out(s ? statusText(s) : "tel: not connected (no daemon running)\n");
       return 0;
     } finally {
@@ -197,7 +197,7 @@ const quitCommand: Command = {
     flags: {},
   },
   async run(ctx) {
-    const h = daemonClient();
+    const h = await daemonClient();
     try {
       if (!(await daemonRunning(h))) {
         ctx.io.out("tel: not connected (no daemon running)\n");

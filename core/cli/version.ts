@@ -26,16 +26,16 @@ export const versionCommand: Command = {
       output: OUTPUT_FLAG,
     },
   },
-  run(ctx) {
+  async run(ctx) {
     const v = versionInfo();
     const format = (ctx.values.output as string | undefined) ?? "text";
     if (format === "json" || format === "yaml") {
-      ctx.io.out(renderData(v, format));
+      ctx.io.out(await renderData(v, format));
     } else {
       ctx.io.out(
         `tel ${v.version}\nDeno ${v.deno} (V8 ${v.v8}, TypeScript ${v.typescript})\nOS/Arch ${v.os}/${v.arch}\n`,
       );
     }
-    return Promise.resolve(0);
+    return 0;
   },
 };

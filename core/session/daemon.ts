@@ -2,7 +2,7 @@
 
 import { startMemoryGovernor } from "../memory.ts";
 import * as grpc from "@grpc/grpc-js";
-import { type Config, defaultConfig, parseConfig } from "../config.ts";
+import { type Config, defaultConfig } from "../config.ts";
 import { asTelError, errorMessage, TelError } from "../errors.ts";
 import { log } from "../log.ts";
 import type { PluginModule, Resolver, Vif, VifFactory } from "../plugin.ts";
@@ -216,7 +216,9 @@ class Daemon {
     }
     this.#busy = true;
     try {
-      const cfg = req.config ? parseConfig(req.config, req.configPath || "config") : defaultConfig();
+      const cfg = req.config
+        ? (await import("../config_file.ts")).parseConfig(req.config, req.configPath || "config")
+        : defaultConfig();
       const alsoProxy = parseCidrs([...cfg.routing.alsoProxy, ...req.alsoProxy], "--also-proxy");
       const neverProxy = parseCidrs([...cfg.routing.neverProxy, ...req.neverProxy], "--never-proxy");
       const allow = parseCidrs(cfg.routing.allowConflictingSubnets, "routing.allowConflictingSubnets");

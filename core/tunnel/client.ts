@@ -6,15 +6,12 @@ import { release } from "../slab.ts";
 import { errorMessage, TelError } from "../errors.ts";
 import { log } from "../log.ts";
 import { type ConnId, connIdToWire, formatConnId } from "./conn_id.ts";
-import { type Frame, FrameOrder, FramePool, frames, MAX_DATA_FRAME } from "./frame.ts";
-import { type FrameChannel, FrameStream } from "./frame_stream.ts";
-import type { Metadata } from "@grpc/grpc-js";
+import { type Frame, FrameOrder, FramePool, frames } from "./frame.ts";
+import type { FrameChannel } from "./frame_stream.ts";
 import { ManagerChannel, type ManagerTarget, plaintextAddressOf } from "./channel.ts";
 import type { ManagerClient } from "./grpc.ts";
-import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, limitFrom } from "./limits.ts";
 import { H2Tunnels } from "./h2_calls.ts";
 import { CallError, GRPC_STATUS, MessageCall, type MessageStream } from "./h2_messages.ts";
-import { grpcJs } from "../lazy.ts";
 
 /** How a tunnel ended. */
 export interface TunnelEnd {
@@ -92,6 +89,7 @@ export async function openTunnel(to: ManagerTarget, opts: OpenTunnelOptions): Pr
   const clock = opts.clock ?? systemClock;
   // a channel whose tunnel calls go through grpc-js makes them on its grpc-js client
   const client = to instanceof ManagerChannel && !bareSession(h2Sessions, to) ? await to.grpc() : to;
+  if (!bareSession(h2Sessions, client)) grpcCalls ??= await import("./grpc.ts");
   const { fs, limit } = takePrepared(client);
   const order = new FrameOrder("opener");
   const what = formatConnId(opts.connId);
@@ -220,21 +218,16 @@ function bareSession(sessions: WeakMap<ManagerTarget, H2Tunnels>, client: Manage
   return t;
 }
 
+/** grpc.ts, loaded by the first tunnel call that goes through grpc-js (openTunnel). */
+let grpcCalls: typeof import("./grpc.ts") | undefined;
+
 function prepareCall(client: ManagerTarget): Prepared {
   const bare = bareSession(h2Sessions, client);
   if (bare) return bare.open();
-  if (client instanceof ManagerChannel) {
-    throw new TypeError("a channel's grpc-js tunnel calls go on its grpc-js client");
+  if (client instanceof ManagerChannel || !grpcCalls) {
+    throw new TypeError("a grpc-js tunnel call needs a grpc-js client and grpc.ts loaded (openTunnel does both)");
   }
-  const md = new (grpcJs().Metadata)();
-  md.set(FRAME_LIMIT_HEADER, String(LARGE_DATA_FRAME));
-  const call = client.tunnel(md);
-  // A dialer that takes large data frames says so in its response headers, which arrive before the dial answer.
-  let sendLimit = MAX_DATA_FRAME;
-  call.once("metadata", (m: Metadata) => {
-    sendLimit = limitFrom(Number(m.get(FRAME_LIMIT_HEADER)[0]));
-  });
-  return { fs: new FrameStream(call), limit: () => sendLimit };
+  return grpcCalls.grpcTunnelCall(client);
 }
 
 function poolFor(client: ManagerTarget) {

@@ -5,14 +5,21 @@ import type { Buffer } from "node:buffer";
 import type { Http2Server, IncomingHttpHeaders, ServerHttp2Session, ServerHttp2Stream } from "node:http2";
 import type { Socket } from "node:net";
 import { type ManagerClient as GeneratedManagerClient, ManagerService } from "../../proto/gen/tel.ts";
-import { log } from "../log.ts";
-import { decodeFrame, encodeFrame, type Frame } from "./frame.ts";
+import { log, routeGrpcLogs } from "../log.ts";
+import { decodeFrame, encodeFrame, type Frame, MAX_DATA_FRAME } from "./frame.ts";
+import { type FrameChannel, FrameStream } from "./frame_stream.ts";
 import { coalesceWrites } from "./coalesce.ts";
 import { serveWire, type WireSession } from "./h2_wire.ts";
 import { notePlaintext } from "./channel.ts";
-import { grpcJs } from "../lazy.ts";
 import type { CallMethod, Watch, WatchHandlers } from "./client.ts";
-import { FLOW_CONTROL_WINDOW, MAX_MESSAGE_BYTES, WIRE_FLOW_CONTROL_WINDOW } from "./limits.ts";
+import {
+  FLOW_CONTROL_WINDOW,
+  FRAME_LIMIT_HEADER,
+  LARGE_DATA_FRAME,
+  limitFrom,
+  MAX_MESSAGE_BYTES,
+  WIRE_FLOW_CONTROL_WINDOW,
+} from "./limits.ts";
 
 export { COALESCE_BULK, coalesceWrites } from "./coalesce.ts";
 export {
@@ -24,7 +31,7 @@ export {
   WIRE_FLOW_CONTROL_WINDOW,
 } from "./limits.ts";
 
-grpcJs(); // whoever makes clients or servers here hears grpc-js's diagnostics in tel's log (lazy.ts)
+routeGrpcLogs(grpc); // whoever makes clients or servers here hears grpc-js's diagnostics in tel's log
 
 /** The Tunnel method, carrying {@link Frame}s with the fast codec instead of the generated one. */
 export const TUNNEL_METHOD = {
@@ -356,4 +363,17 @@ export function grpcServerStream<Req, Res>(
       call.cancel();
     },
   };
+}
+
+/** A Tunnel call through grpc-js (for client.ts's prepared calls); `limit()` is the largest data frame it may send. */
+export function grpcTunnelCall(client: ManagerClient): { fs: FrameChannel; limit(): number } {
+  const md = new grpc.Metadata();
+  md.set(FRAME_LIMIT_HEADER, String(LARGE_DATA_FRAME));
+  const call = client.tunnel(md);
+  // A dialer that takes large data frames says so in its response headers, which arrive before the dial answer.
+  let sendLimit = MAX_DATA_FRAME;
+  call.once("metadata", (m: grpc.Metadata) => {
+    sendLimit = limitFrom(Number(m.get(FRAME_LIMIT_HEADER)[0]));
+  });
+  return { fs: new FrameStream(call), limit: () => sendLimit };
 }

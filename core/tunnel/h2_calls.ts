@@ -10,6 +10,7 @@
  */
 
 import type http2 from "node:http2";
+import { createRequire } from "node:module";
 import net from "node:net";
 import type { Buffer } from "node:buffer";
 import { errorMessage } from "../errors.ts";
@@ -28,7 +29,6 @@ import {
 } from "./frame.ts";
 import { type FrameChannel, type ServedCall, WaitingChannel } from "./frame_stream.ts";
 import { connectWire, H2_CODE, readU32 } from "./h2_wire.ts";
-import { nodeHttp2 } from "../lazy.ts";
 import { callHeaders, grpcMessageText, grpcStatusName, type MessageStream, RESPONSE_HEADERS } from "./h2_messages.ts";
 import { coalesceWrites } from "./coalesce.ts";
 import {
@@ -168,7 +168,10 @@ export class H2Tunnels {
 
 /** A node:http2 client session to host:port with our window on both levels and coalesced socket writes. */
 function nodeSession(host: string, port: number, window: number): ClientSession {
-  const session = nodeHttp2().connect(`http://${formatHostPort(host, port)}`, {
+  // node:http2 is loaded here, by the A/B framing that uses it, not by every daemon (a builtin: no node_modules
+  // lookup, so a bundle or a compiled binary finds it too)
+  const http2Module: typeof http2 = createRequire(import.meta.url)("node:http2");
+  const session = http2Module.connect(`http://${formatHostPort(host, port)}`, {
     settings: { initialWindowSize: window },
     createConnection: () => {
       const sock = net.connect({ host, port });

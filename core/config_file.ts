@@ -1,0 +1,187 @@
+/**
+ * The config file: YAML parsed and checked against the schema, every error naming the file, the line and the key.
+ * Apart from config.ts (the Config type, defaults, paths) so that a process that reads no config file never loads the
+ * yaml parser: the CLI imports this module when a command asks for its config, the daemon when a connect sends one.
+ */
+
+import YAML from "yaml";
+import { TelError } from "./errors.ts";
+import type { Level } from "./log.ts";
+import { type Config, configPath, defaultConfig, parseDuration } from "./config.ts";
+
+type Kind = "string" | "string[]" | "duration" | "level" | "ip" | "cidr[]" | "suffix[]";
+type Schema = { [key: string]: Kind | Schema };
+
+const SCHEMA: Schema = {
+  logLevel: "level",
+  resolver: "string",
+  dns: {
+    includeSuffixes: "suffix[]",
+    excludeSuffixes: "suffix[]",
+    lookupTimeout: "duration",
+    ttl: "duration",
+    localIP: "ip",
+  },
+  routing: { alsoProxy: "cidr[]", neverProxy: "cidr[]", allowConflictingSubnets: "cidr[]" },
+  timeouts: { probe: "duration", connect: "duration" },
+};
+
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+
+/** A light syntactic check; core/subnet does the real parsing when the value is used. */
+function looksLikeIp(s: string): boolean {
+  return IPV4.test(s) || (/^[0-9a-fA-F:]+$/.test(s) && s.includes(":"));
+}
+
+function looksLikeCidr(s: string): string | undefined {
+  const [ip, prefix, ...rest] = s.split("/");
+  if (rest.length > 0 || prefix === undefined || !looksLikeIp(ip)) return "expected a CIDR like 10.0.0.0/8";
+  const max = ip.includes(":") ? 128 : 32;
+  if (!/^\d+$/.test(prefix) || Number(prefix) > max) return `prefix must be 0-${max}`;
+  return undefined;
+}
+
+/** Parses and validates config text; every error names the file, the line and the key. */
+export function parseConfig(text: string, source: string): Config {
+  const lc = new YAML.LineCounter();
+  const doc = YAML.parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    const e = doc.errors[0];
+    const pos = lc.linePos(e.pos[0]);
+    throw new TelError("config", `${source}:${pos.line}: invalid YAML: ${e.message.split("\n")[0]}`, {
+      hint: "fix the YAML syntax (indentation, colons, quotes)",
+    });
+  }
+  const cfg = defaultConfig();
+  cfg.source = source;
+  const root = doc.contents;
+  if (root === null || (YAML.isScalar(root) && (root.value === null || root.value === ""))) return cfg;
+  if (!YAML.isMap(root)) {
+    throw new TelError("config", `${source}:1: the config must be a mapping of keys`, {
+      hint: "see docs/config.md for the keys",
+    });
+  }
+  const values: Record<string, unknown> = {};
+  walk(root, SCHEMA, "", source, lc, values);
+  apply(cfg, values);
+  return cfg;
+}
+
+function lineOf(node: YAML.Node | YAML.Pair | null | undefined, lc: YAML.LineCounter): number {
+  const range = (node as { range?: [number, number, number] } | null)?.range;
+  return range ? lc.linePos(range[0]).line : 1;
+}
+
+function walk(
+  map: YAML.YAMLMap,
+  schema: Schema,
+  prefix: string,
+  source: string,
+  lc: YAML.LineCounter,
+  out: Record<string, unknown>,
+): void {
+  for (const pair of map.items) {
+    const keyNode = pair.key as YAML.Node;
+    const key = YAML.isScalar(keyNode) ? String(keyNode.value) : String(keyNode);
+    const path = prefix ? `${prefix}.${key}` : key;
+    const line = lineOf(keyNode, lc);
+    const kind = schema[key];
+    if (kind === undefined) {
+      const known = Object.keys(schema).map((k) => (prefix ? `${prefix}.${k}` : k));
+      throw new TelError("config", `${source}:${line}: unknown key "${path}"`, {
+        hint: `known keys here: ${known.join(", ")}`,
+      });
+    }
+    const valueNode = pair.value as YAML.Node | null;
+    const fail = (expected: string): never => {
+      throw new TelError("config", `${source}:${lineOf(valueNode, lc) || line}: ${path}: ${expected}`, {
+        hint: "see docs/config.md for the keys and their types",
+      });
+    };
+    if (typeof kind === "object") {
+      if (valueNode === null || (YAML.isScalar(valueNode) && valueNode.value === null)) continue;
+      if (!YAML.isMap(valueNode)) fail("expected a mapping");
+      walk(valueNode as YAML.YAMLMap, kind, path, source, lc, out);
+      continue;
+    }
+    const value = valueNode === null ? null : valueNode.toJSON();
+    out[path] = checkValue(kind, value, fail);
+  }
+}
+
+function checkValue(kind: Kind, value: unknown, fail: (expected: string) => never): unknown {
+  switch (kind) {
+    case "string":
+      if (typeof value !== "string" || value === "") fail("expected a non-empty string");
+      return value;
+    case "level":
+      if (typeof value !== "string" || !["debug", "info", "warn", "error", "off"].includes(value)) {
+        fail("expected one of debug, info, warn, error, off");
+      }
+      return value;
+    case "duration": {
+      const ms = parseDuration(value);
+      if (ms === undefined) fail(`expected a duration like 1s or 500ms, got ${JSON.stringify(value)}`);
+      return ms;
+    }
+    case "ip":
+      if (typeof value !== "string" || !looksLikeIp(value)) {
+        fail(`expected an IP address, got ${JSON.stringify(value)}`);
+      }
+      return value;
+    case "cidr[]":
+    case "suffix[]": {
+      if (!Array.isArray(value)) fail(`expected a list, got ${JSON.stringify(value)}`);
+      const list = value as unknown[];
+      list.forEach((item, i) => {
+        if (typeof item !== "string") fail(`item ${i + 1}: expected a string, got ${JSON.stringify(item)}`);
+        if (kind === "cidr[]") {
+          const why = looksLikeCidr(item as string);
+          if (why) fail(`item ${i + 1} "${item}": ${why}`);
+        }
+      });
+      return list;
+    }
+    case "string[]":
+      if (!Array.isArray(value) || value.some((x) => typeof x !== "string")) fail("expected a list of strings");
+      return value;
+  }
+}
+
+function apply(cfg: Config, v: Record<string, unknown>): void {
+  const s = (k: string) => v[k] as string | undefined;
+  const l = (k: string) => v[k] as string[] | undefined;
+  const n = (k: string) => v[k] as number | undefined;
+  cfg.logLevel = s("logLevel") as Level | undefined;
+  cfg.resolver = s("resolver");
+  cfg.dns.includeSuffixes = l("dns.includeSuffixes") ?? cfg.dns.includeSuffixes;
+  cfg.dns.excludeSuffixes = l("dns.excludeSuffixes") ?? cfg.dns.excludeSuffixes;
+  cfg.dns.lookupTimeoutMs = n("dns.lookupTimeout") ?? cfg.dns.lookupTimeoutMs;
+  cfg.dns.ttlSeconds = v["dns.ttl"] !== undefined ? Math.max(1, Math.round(n("dns.ttl")! / 1000)) : cfg.dns.ttlSeconds;
+  cfg.dns.localIP = s("dns.localIP");
+  cfg.routing.alsoProxy = l("routing.alsoProxy") ?? [];
+  cfg.routing.neverProxy = l("routing.neverProxy") ?? [];
+  cfg.routing.allowConflictingSubnets = l("routing.allowConflictingSubnets") ?? [];
+  cfg.timeouts.probeMs = n("timeouts.probe") ?? cfg.timeouts.probeMs;
+  cfg.timeouts.connectMs = n("timeouts.connect") ?? cfg.timeouts.connectMs;
+}
+
+/** Reads the config: a missing default file means defaults; a missing named file is an error. */
+export async function loadConfig(flag?: string): Promise<Config> {
+  const { path, explicit } = configPath(flag);
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound && !explicit) return defaultConfig();
+    if (e instanceof Deno.errors.NotFound) {
+      throw new TelError("config", `config file ${path} does not exist`, {
+        hint: "check the path given with --config or TEL_CONFIG",
+      });
+    }
+    throw new TelError("config", `cannot read config file ${path}: ${e instanceof Error ? e.message : e}`, {
+      hint: "check the file's permissions",
+    });
+  }
+  return parseConfig(text, path);
+}
