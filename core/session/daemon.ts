@@ -1,7 +1,6 @@
 /** `tel daemon`: owns the VIF, routes and resolver; serves the Daemon gRPC service on a unix socket. */
 
 import { startMemoryGovernor } from "../memory.ts";
-import * as grpc from "@grpc/grpc-js";
 import { type Config, defaultConfig } from "../config.ts";
 import { asTelError, errorMessage, TelError } from "../errors.ts";
 import { log } from "../log.ts";
@@ -10,14 +9,8 @@ import { listPlugins } from "../plugin_host.ts";
 import { Cidr, parseHostPort } from "../subnet/mod.ts";
 import { TEL_VERSION } from "../version.ts";
 import { ExternalResolver } from "../external_plugin.ts";
-import {
-  type ConnectProgress,
-  type ConnectRequest,
-  type ConnectResponse,
-  DaemonService,
-  type Empty,
-  type StatusResponse,
-} from "../../proto/gen/tel.ts";
+import type { ConnectRequest, ConnectResponse, StatusResponse } from "../../proto/gen/tel.ts";
+import { type DaemonServer, serveDaemon } from "./daemon_server.ts";
 import { ClientSession, type ConnectManager } from "./session.ts";
 import { cleanupStale, removeState, writeState } from "./state_file.ts";
 
@@ -299,52 +292,31 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
   const stopped = Promise.withResolvers<void>();
-  const server = new grpc.Server();
-  const unary =
-    <Req, Res>(fn: (req: Req) => Promise<Res> | Res) =>
-    (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => {
-      Promise.resolve().then(() => fn(call.request)).then((r) => cb(null, r), (e) => {
-        cb({ code: grpc.status.INTERNAL, details: errorMessage(e) } as grpc.ServiceError, null);
-      });
-    };
-  const unimplemented = (_call: unknown, cb: grpc.sendUnaryData<unknown>) =>
-    cb({ code: grpc.status.UNIMPLEMENTED, details: "not built yet" } as grpc.ServiceError, null);
-  server.addService(DaemonService, {
-    connect: (call: grpc.ServerWritableStream<ConnectRequest, ConnectProgress>) => {
-      const send = (p: ConnectProgress) => {
-        if (!call.cancelled && !call.writableEnded) call.write(p);
-      };
-      d.connect(call.request, (line) => send({ event: { $case: "step", value: line } }))
-        .then((done) => send({ event: { $case: "done", value: done } }))
-        .catch((e) => log.error("daemon", "connect failed unexpectedly", { error: errorMessage(e) }))
-        .finally(() => {
-          if (!call.writableEnded) call.end();
+  let server: DaemonServer;
+  try {
+    server = await serveDaemon(o.socketPath, {
+      connect: async (req, send, cancelled) => {
+        const done = await d.connect(req, (line) => {
+          if (!cancelled.aborted) send({ event: { $case: "step", value: line } });
+        }).catch((e) => {
+          log.error("daemon", "connect failed unexpectedly", { error: errorMessage(e) });
+          return undefined;
         });
-    },
-    status: unary((_: Empty) => d.status()),
-    quit: unary(async (_: Empty) => {
-      await d.disconnect();
-      // give the CLI time to close its side first (see the CLI's quit)
-      setTimeout(() => stopped.resolve(), 200);
-      return {};
-    }),
-    intercept: unimplemented,
-    leave: unimplemented,
-    list: unimplemented,
-    explainDns: unimplemented,
-    explainRoute: unimplemented,
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.bindAsync(`unix://${o.socketPath}`, grpc.ServerCredentials.createInsecure(), (err) => {
-      if (err) {
-        reject(
-          new TelError("platform", `cannot listen on ${o.socketPath}: ${err.message}`, {
-            hint: "is another tel daemon running? ('tel quit')",
-          }),
-        );
-      } else resolve();
+        if (done && !cancelled.aborted) send({ event: { $case: "done", value: done } });
+      },
+      status: () => d.status(),
+      quit: async () => {
+        await d.disconnect();
+        // give the CLI time to close its side first (see the CLI's quit)
+        setTimeout(() => stopped.resolve(), 200);
+        return {};
+      },
     });
-  });
+  } catch (err) {
+    throw new TelError("platform", `cannot listen on ${o.socketPath}: ${errorMessage(err)}`, {
+      hint: "is another tel daemon running? ('tel quit')",
+    });
+  }
   await Deno.chmod(o.socketPath, 0o600);
   const sudoUid = Number(Deno.env.get("SUDO_UID") ?? NaN);
   const sudoGid = Number(Deno.env.get("SUDO_GID") ?? NaN);
@@ -358,5 +330,5 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
   await d.disconnect();
   // the socket goes first, so a shutdown that fails still leaves the host clean
   await Deno.remove(o.socketPath).catch(() => {});
-  server.forceShutdown();
+  server.close();
 }

@@ -1089,6 +1089,15 @@ export function sniffWire(b: Uint8Array): "wire" | "other" | undefined {
 }
 
 /**
+ * Serves whatever HTTP/2 client connected on `socket` (h2_wire's or any other: no sniffing) as a server
+ * {@link WireSession} reading plain socket chunks (no slabs: its calls are small); its "stream" events come once the
+ * caller listens (reads start on a later turn). The daemon serves the CLI's calls on its unix socket this way.
+ */
+export function acceptWire(socket: net.Socket, opts: { windowBytes: number }): WireSession {
+  return new WireSession(socket, { role: "server", windowBytes: opts.windowBytes });
+}
+
+/**
  * Serves h2_wire clients among the connections a server accepts: reads each connection's first bytes and hands a
  * wire client's socket to a server {@link WireSession} ("stream" events go to `onStream`), any other back to
  * `other` with those bytes put back in front.
