@@ -105,3 +105,24 @@ Deno.test("the daemon's socket refuses a call with two requests or one that does
     }
   });
 });
+
+Deno.test("the daemon's socket drops a connection that does not speak HTTP/2 and goes on serving others", async () => {
+  await withServer({ status: () => STATUS }, async (socketPath) => {
+    for (const junk of ["hello\n", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff\xff\xff\xff"]) {
+      const conn = await Deno.connect({ transport: "unix", path: socketPath });
+      await conn.write(new TextEncoder().encode(junk));
+      // the daemon closes it (after a GOAWAY at most): the read ends
+      const buf = new Uint8Array(1024);
+      let n: number | null;
+      do n = await conn.read(buf); while (n !== null);
+      conn.close();
+    }
+    const h = await daemonClient(socketPath);
+    try {
+      const st = await call<unknown, StatusResponse>(h.client, "status", {}, 2000);
+      assert.equal(st.context, "ctx");
+    } finally {
+      h.close();
+    }
+  });
+});
