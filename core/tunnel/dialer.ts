@@ -8,7 +8,7 @@ import { writeAll } from "../io.ts";
 import { release } from "../slab.ts";
 import { bytesToIp, type ConnId, connIdFromWire, formatConnId, ipToBytes } from "./conn_id.ts";
 import { type Frame, FrameOrder, FramePool, frames, MAX_DATA_FRAME } from "./frame.ts";
-import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, limitFrom } from "./grpc.ts";
+import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, limitFrom } from "./limits.ts";
 import { type FrameChannel, type FrameDuplex, FrameStream, type ServedCall } from "./frame_stream.ts";
 import type { TunnelEnd } from "./client.ts";
 

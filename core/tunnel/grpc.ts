@@ -22,14 +22,6 @@ import {
 } from "./limits.ts";
 
 export { COALESCE_BULK, coalesceWrites } from "./coalesce.ts";
-export {
-  FLOW_CONTROL_WINDOW,
-  FRAME_LIMIT_HEADER,
-  LARGE_DATA_FRAME,
-  limitFrom,
-  MAX_MESSAGE_BYTES,
-  WIRE_FLOW_CONTROL_WINDOW,
-} from "./limits.ts";
 
 routeGrpcLogs(grpc); // whoever makes clients or servers here hears grpc-js's diagnostics in tel's log
 

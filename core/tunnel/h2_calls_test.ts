@@ -25,7 +25,7 @@ import {
   LARGE_DATA_FRAME,
   MAX_MESSAGE_BYTES,
   WIRE_FLOW_CONTROL_WINDOW,
-} from "./grpc.ts";
+} from "./limits.ts";
 
 /** Both HTTP/2 clients a tunnel session can use, each against the same scripted servers. */
 const CLIENTS: H2Client[] = ["wire", "node"];

@@ -30,14 +30,11 @@ export {
   coalesceWrites,
   createManagerClient,
   createTunedServer,
-  FLOW_CONTROL_WINDOW,
-  FRAME_LIMIT_HEADER,
-  LARGE_DATA_FRAME,
   MANAGER_SERVICE,
   type ManagerClient,
-  MAX_MESSAGE_BYTES,
   TUNNEL_METHOD,
 } from "./grpc.ts";
+export { FLOW_CONTROL_WINDOW, FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, MAX_MESSAGE_BYTES } from "./limits.ts";
 export { ManagerChannel, type ManagerTarget } from "./channel.ts";
 export {
   callManager,
