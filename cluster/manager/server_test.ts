@@ -944,3 +944,30 @@ Deno.test("a bare WatchClusterInfo on a wire session ends NOT_FOUND when its ses
     await mgr.close();
   }
 });
+
+Deno.test("a method whose handler answers UNIMPLEMENTED goes through grpc-js alone; the channel's other calls stay bare", async () => {
+  const info = new StaticClusterInfo({ ...emptyClusterInfo(), podSubnets: ["10.244.0.0/16"] });
+  const mgr = await startManager({ address: "127.0.0.1", clusterInfo: info });
+  const channel = new ManagerChannel(`127.0.0.1:${mgr.port}`);
+  let grpcCalls = 0;
+  const made = channel.grpc.bind(channel);
+  channel.grpc = () => (grpcCalls++, made());
+  try {
+    const req = { name: "t", namespace: "ns1", installId: "", version: "" };
+    const { sessionId } = await callManager(channel, ManagerService.arriveAsClient, req, 5000);
+    for (let i = 0; i < 2; i++) {
+      await assert.rejects(
+        callManager(channel, ManagerService.removeIntercept, { session: { sessionId }, name: "x" }, 5000),
+        (e: grpc.ServiceError) => e.code === GRPC_STATUS.UNIMPLEMENTED,
+      );
+    }
+    // asked bare once, then through grpc-js each time
+    assert.equal(grpcCalls, 2);
+    await callManager(channel, ManagerService.remain, { session: { sessionId } }, 5000);
+    await callManager(channel, ManagerService.arriveAsClient, req, 5000);
+    assert.equal(grpcCalls, 2);
+  } finally {
+    channel.close();
+    await mgr.close();
+  }
+});

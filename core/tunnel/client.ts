@@ -585,10 +585,22 @@ function asBuffer(b: Uint8Array): Buffer {
 }
 
 /**
- * Targets whose manager answered a bare call UNIMPLEMENTED: an older manager serves only Tunnel calls (and lookups)
- * on sessions framed by h2_wire, so its other methods are reached through grpc-js from then on.
+ * The methods (by path) each target's manager answered UNIMPLEMENTED as bare calls: an older manager serves only
+ * Tunnel calls (and lookups) on sessions framed by h2_wire, so those methods are reached through grpc-js from then
+ * on. By method, not by manager: a method whose handler answers UNIMPLEMENTED (not built yet) sends only itself there.
  */
-const grpcOnly = new WeakSet<ManagerTarget>();
+const grpcOnly = new WeakMap<ManagerTarget, Set<string>>();
+
+function goesBare(to: ManagerTarget, path: string): boolean {
+  return !grpcOnly.get(to)?.has(path);
+}
+
+function sendThroughGrpc(to: ManagerTarget, path: string): void {
+  let paths = grpcOnly.get(to);
+  if (!paths) grpcOnly.set(to, paths = new Set());
+  paths.add(path);
+  log.debug("tunnel", "the manager does not serve this method bare on this session; using grpc-js", { path });
+}
 
 function unimplemented(e: unknown): boolean {
   return e instanceof CallError && e.code === GRPC_STATUS.UNIMPLEMENTED;
@@ -609,16 +621,13 @@ export async function callManager<Req, Res>(
   req: Req,
   timeoutMs: number,
 ): Promise<Res> {
-  const st = grpcOnly.has(to) ? undefined : openBareCall(to, method.path);
+  const st = goesBare(to, method.path) ? openBareCall(to, method.path) : undefined;
   if (st) {
     try {
       return await bareUnary(st, method, req, timeoutMs);
     } catch (e) {
       if (!unimplemented(e)) throw e;
-      grpcOnly.add(to);
-      log.debug("tunnel", "the manager does not serve bare calls on this session; using grpc-js", {
-        path: method.path,
-      });
+      sendThroughGrpc(to, method.path);
     }
   }
   const [client, m] = await Promise.all([grpcClientOf(to), import("./grpc.ts")]);
@@ -688,7 +697,7 @@ export function watchManager<Req, Res>(
   };
   let st: MessageStream | undefined;
   try {
-    st = grpcOnly.has(to) ? undefined : openBareCall(to, method.path);
+    st = goesBare(to, method.path) ? openBareCall(to, method.path) : undefined;
   } catch (e) {
     queueMicrotask(() => over(e instanceof Error ? e : new Error(String(e))));
     return { cancel: () => cancelled = true };
@@ -696,7 +705,7 @@ export function watchManager<Req, Res>(
   if (st) {
     current = bareWatch(st, method, req, h, (err) => {
       if (unimplemented(err)) {
-        grpcOnly.add(to);
+        sendThroughGrpc(to, method.path);
         viaGrpc();
       } else over(err);
     });
