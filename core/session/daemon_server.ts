@@ -36,8 +36,11 @@ export type DaemonHandlers = {
     : UnaryHandler<Req<K>, Res<K>>;
 };
 
-/** Largest window a CLI call gets: requests are small (a connect carries a kubeconfig). */
+/** The receive window of a CLI connection: requests are small (a connect carries a kubeconfig). */
 const WINDOW = 1024 * 1024;
+
+/** Largest request taken: a connect's flattened kubeconfig and config, as grpc-js's server default allowed. */
+export const MAX_REQUEST_BYTES = 4 * 1024 * 1024;
 
 /** A listening daemon socket. */
 export interface DaemonServer {
@@ -110,7 +113,7 @@ function serveCall(st: WireStream, m: { method: ServedMethod<unknown, unknown>; 
         : Promise.resolve().then(() => (m.handler as UnaryHandler<unknown, unknown>)(req)).then(send);
       run.then(() => call.done || call.end(), (e) => call.done || call.fail(GRPC_STATUS.INTERNAL, errorMessage(e)));
     },
-  }, { server: true });
+  }, { server: true, maxMessage: MAX_REQUEST_BYTES });
 }
 
 function bodyBuffer(b: Uint8Array): Buffer {

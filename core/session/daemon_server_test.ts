@@ -126,3 +126,30 @@ Deno.test("the daemon's socket drops a connection that does not speak HTTP/2 and
     }
   });
 });
+
+Deno.test("the daemon's socket takes a connect with a large kubeconfig (2 MiB) and refuses one over 4 MiB by its size", async () => {
+  await withServer({
+    connect: (req, send) => {
+      send({ event: { $case: "step", value: `kubeconfig of ${req.kubeconfig.length} bytes` } });
+      return Promise.resolve();
+    },
+  }, async (socketPath) => {
+    const h = await daemonClient(socketPath);
+    try {
+      const steps = async (kubeconfig: string) => {
+        const out: string[] = [];
+        for await (const p of h.client.connect(ConnectRequest.fromPartial({ kubeconfig }))) {
+          if (p.event?.$case === "step") out.push(p.event.value);
+        }
+        return out;
+      };
+      assert.deepEqual(await steps("k".repeat(2 << 20)), [`kubeconfig of ${2 << 20} bytes`]);
+      await assert.rejects(
+        steps("k".repeat(5 << 20)),
+        (e: grpc.ServiceError) => e.code === GRPC_STATUS.INTERNAL && /more than 4194304/.test(e.details),
+      );
+    } finally {
+      h.close();
+    }
+  });
+});

@@ -78,7 +78,7 @@ export interface MessageHandlers {
   halfClosed?(): void;
 }
 
-/** Largest message accepted (DNS answers and control messages are far smaller). */
+/** Largest message accepted by default (DNS answers and control messages are far smaller). */
 export const MAX_CONTROL_MESSAGE = 1 << 20;
 
 /** The request headers of a streaming call to `path`. */
@@ -106,6 +106,7 @@ export function grpcMessageText(m: unknown): string {
  */
 export class MessageCall {
   #st: MessageStream;
+  #max: number;
   #server: boolean;
   #h: MessageHandlers;
   #done = false;
@@ -114,10 +115,12 @@ export class MessageCall {
   // bytes of a message not yet whole: its prefix, then its body
   #pending: Uint8Array = new Uint8Array(0);
 
-  constructor(st: MessageStream, h: MessageHandlers, opts: { server?: boolean } = {}) {
+  /** `maxMessage`: the largest message accepted (default {@link MAX_CONTROL_MESSAGE}). */
+  constructor(st: MessageStream, h: MessageHandlers, opts: { server?: boolean; maxMessage?: number } = {}) {
     this.#st = st;
     this.#h = h;
     this.#server = !!opts.server;
+    this.#max = opts.maxMessage ?? MAX_CONTROL_MESSAGE;
     if (!this.#server) {
       st.on("response", (headers: http2.IncomingHttpHeaders) => {
         const code = headers["grpc-status"]; // trailers-only: the call failed (or ended) before any message
@@ -243,8 +246,8 @@ export class MessageCall {
       const flag = buf[pos];
       const len = readU32(buf, pos + 1);
       if (flag !== 0) return this.#malformed(`compressed message (flag ${flag}), which was not asked for`);
-      if (len > MAX_CONTROL_MESSAGE) {
-        return this.#malformed(`message of ${len} bytes, more than ${MAX_CONTROL_MESSAGE}`);
+      if (len > this.#max) {
+        return this.#malformed(`message of ${len} bytes, more than ${this.#max}`);
       }
       if (buf.byteLength - pos - GRPC_PREFIX < len) break;
       const body = buf.slice(pos + GRPC_PREFIX, pos + GRPC_PREFIX + len);
