@@ -19,11 +19,6 @@ export class ManagerChannel {
     this.address = address;
   }
 
-  /** Whether close() was called. */
-  get closed(): boolean {
-    return this.#closed;
-  }
-
   /** A grpc-js client to the same address, made (and grpc-js loaded) on first use; closed with this channel. */
   grpc(): Promise<ManagerClient> {
     if (this.#closed) return Promise.reject(new Error("the channel to the traffic-manager was closed"));
