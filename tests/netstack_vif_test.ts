@@ -71,3 +71,52 @@ Deno.test("vif: without iproute2 on PATH, open fails with a TelError that says t
     await ns.close();
   }
 });
+
+Deno.test(
+  "vif: a burst of large and small packets queued at once reads back whole and in order, batch after batch",
+  opts,
+  async () => {
+    const ns = await Netns.create("nb");
+    try {
+      const factory = await vifPlugin.create({ stateDir: "/tmp" });
+      const vif = await factory.open({ name: `tb${labId()}`, mtu: 65000, netns: ns.name });
+      try {
+        await vif.addAddress("198.19.254.1/32");
+        await vif.addRoute("198.18.0.0/16");
+        // 40 datagrams of 60000 bytes, then 120 of 200: more than one read buffer of each, nobody reading meanwhile
+        const sizes = [...Array(40).fill(60000), ...Array(120).fill(200)];
+        const send = `const s = Deno.listenDatagram({ transport: "udp", hostname: "198.19.254.1", port: 0 });
+        const sizes = ${JSON.stringify(sizes)};
+        for (let i = 0; i < sizes.length; i++) {
+          await s.send(new Uint8Array(sizes[i]).fill(i & 0xff), { transport: "udp", hostname: "198.18.5.5", port: 9 });
+        }
+        s.close();`;
+        const sent = await ns.run([Deno.execPath(), "eval", send]);
+        equal(sent.code, 0, sent.stderr);
+        const got: Array<{ index: number; size: number; whole: boolean }> = [];
+        let largestBatch = 0;
+        const deadline = Date.now() + 10_000;
+        while (got.length < sizes.length && Date.now() < deadline) {
+          const batch = await vif.readPackets();
+          largestBatch = Math.max(largestBatch, batch.length);
+          for (const p of batch) {
+            // IPv4 UDP to port 9: [ihl*4 .. +8) is the UDP header, the payload follows
+            if (p[0] >> 4 !== 4 || p[9] !== 17) continue;
+            const l4 = (p[0] & 0x0f) * 4;
+            if (((p[l4 + 2] << 8) | p[l4 + 3]) !== 9) continue;
+            const payload = p.subarray(l4 + 8);
+            const index = got.length;
+            got.push({ index, size: payload.length, whole: payload.every((b) => b === (index & 0xff)) });
+          }
+        }
+        deepStrictEqual(got.map((g) => g.size), sizes);
+        deepStrictEqual(got.filter((g) => !g.whole).map((g) => g.index), []);
+        ok(largestBatch > 15, `small packets are read many to a batch (largest ${largestBatch})`);
+      } finally {
+        await vif.close();
+      }
+    } finally {
+      await ns.close();
+    }
+  },
+);
