@@ -63,10 +63,7 @@ export function serveDaemon(socketPath: string, handlers: DaemonHandlers): Promi
     sessions.add(session);
     session.on("error", (e: Error) => log.debug("daemon", "CLI connection failed", { error: e.message }));
     session.once("close", () => sessions.delete(session));
-    session.on(
-      "stream",
-      (st: WireStream, headers: Record<string, string>) => serveCall(st, byPath.get(headers[":path"])),
-    );
+    session.on("stream", (st: WireStream, headers: Record<string, string>) => serveCall(st, headers[":path"], byPath));
   });
   return new Promise<DaemonServer>((resolve, reject) => {
     server.once("error", reject);
@@ -84,7 +81,12 @@ export function serveDaemon(socketPath: string, handlers: DaemonHandlers): Promi
 }
 
 /** One call: the request is read to the client's half-close, then answered by the method's handler. */
-function serveCall(st: WireStream, m: { method: ServedMethod<unknown, unknown>; handler?: unknown } | undefined): void {
+function serveCall(
+  st: WireStream,
+  path: string,
+  byPath: Map<string, { method: ServedMethod<unknown, unknown>; handler?: unknown }>,
+): void {
+  const m = byPath.get(path);
   let body: Uint8Array | undefined;
   let extra = false;
   const cancelled = new AbortController();
@@ -95,7 +97,8 @@ function serveCall(st: WireStream, m: { method: ServedMethod<unknown, unknown>; 
     },
     over: () => cancelled.abort(),
     halfClosed: () => {
-      if (!m?.handler) return call.fail(GRPC_STATUS.UNIMPLEMENTED, "not built yet");
+      if (!m) return call.fail(GRPC_STATUS.UNIMPLEMENTED, `${path} is not a method of the tel daemon`);
+      if (!m.handler) return call.fail(GRPC_STATUS.UNIMPLEMENTED, "not built yet");
       if (!body || extra) {
         return call.fail(GRPC_STATUS.INVALID_ARGUMENT, `${m.method.path} takes exactly one request message`);
       }
@@ -108,8 +111,9 @@ function serveCall(st: WireStream, m: { method: ServedMethod<unknown, unknown>; 
       const send = (res: unknown) => {
         if (!call.done) call.write(m.method.responseSerialize(res));
       };
+      // on a later turn, so a handler that throws at once fails its call like one that rejects
       const run = m.method.responseStream
-        ? (m.handler as StreamHandler<unknown, unknown>)(req, send, cancelled.signal)
+        ? Promise.resolve().then(() => (m.handler as StreamHandler<unknown, unknown>)(req, send, cancelled.signal))
         : Promise.resolve().then(() => (m.handler as UnaryHandler<unknown, unknown>)(req)).then(send);
       run.then(() => call.done || call.end(), (e) => call.done || call.fail(GRPC_STATUS.INTERNAL, errorMessage(e)));
     },

@@ -31,14 +31,17 @@ Deno.test("the daemon's socket serves the CLI's grpc-js calls: unary, streamed, 
     quit: () => {
       throw new Error("cannot quit now");
     },
-    connect: async (req, send, signal) => {
+    connect: (req, send, signal) => {
+      // not async: a throw here comes before any promise
+      if (req.namespace === "throw") throw new Error("thrown at once");
       send({ event: { $case: "step", value: `context ${req.context}` } });
       send({ event: { $case: "step", value: "second" } });
       if (req.namespace === "hang") {
         signal.addEventListener("abort", () => cancelled.resolve());
-        return await new Promise<void>(() => {});
+        return new Promise<void>(() => {});
       }
       send({ event: { $case: "done", value: ConnectResponse.fromPartial({}) } });
+      return Promise.resolve();
     },
   }, async (socketPath) => {
     const h = await daemonClient(socketPath);
@@ -58,6 +61,14 @@ Deno.test("the daemon's socket serves the CLI's grpc-js calls: unary, streamed, 
         steps.push(p.event?.$case === "step" ? p.event.value : p.event?.$case ?? "?");
       }
       assert.deepEqual(steps, ["context kind", "second", "done"]);
+      // a handler that throws fails its call, with what it threw
+      const thrown = h.client.connect(ConnectRequest.fromPartial({ namespace: "throw" }));
+      await assert.rejects(
+        (async () => {
+          for await (const _ of thrown) { /* no step: the error */ }
+        })(),
+        (e: grpc.ServiceError) => e.code === GRPC_STATUS.INTERNAL && e.details === "thrown at once",
+      );
       // a CLI that goes away mid-connect: the handler hears it
       const stream = h.client.connect(ConnectRequest.fromPartial({ namespace: "hang" }));
       stream.on("error", () => {/* cancelled below */});
@@ -76,13 +87,13 @@ Deno.test("the daemon's socket refuses a call with two requests or one that does
       windowBytes: 65535,
       connect: () => net.connect(socketPath),
     });
-    const ask = (bodies: Uint8Array[]) =>
+    const ask = (bodies: Uint8Array[], path = "/tel.v1.Daemon/Status") =>
       new Promise<{ err?: CallError; messages: number }>((resolve) => {
         let messages = 0;
         const c = new MessageCall(
           session.request({
             ":method": "POST",
-            ":path": "/tel.v1.Daemon/Status",
+            ":path": path,
             "content-type": "application/grpc",
             te: "trailers",
           }),
@@ -98,6 +109,9 @@ Deno.test("the daemon's socket refuses a call with two requests or one that does
       const garbled = await ask([new Uint8Array([0xff, 0xff, 0xff])]);
       assert.equal(garbled.err?.code, GRPC_STATUS.INVALID_ARGUMENT);
       assert.match(garbled.err!.message, /does not decode/);
+      const unknown = await ask([new Uint8Array(0)], "/tel.v1.Daemon/Nope");
+      assert.equal(unknown.err?.code, GRPC_STATUS.UNIMPLEMENTED);
+      assert.match(unknown.err!.message, /\/tel\.v1\.Daemon\/Nope is not a method/);
       const fine = await ask([new Uint8Array(0)]);
       assert.deepEqual(fine, { err: undefined, messages: 1 });
     } finally {
