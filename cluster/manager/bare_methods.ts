@@ -9,7 +9,7 @@ import type * as grpc from "@grpc/grpc-js";
 import type { Buffer } from "node:buffer";
 import { EventEmitter } from "node:events";
 import { errorMessage } from "../../core/errors.ts";
-import { GRPC_STATUS, MessageCall, type MessageStream } from "../../core/tunnel/mod.ts";
+import { decoderInput, GRPC_STATUS, MessageCall, type MessageStream } from "../../core/tunnel/mod.ts";
 
 /** A method as grpc-js's service definition describes it. */
 export interface BareMethod {
@@ -49,7 +49,7 @@ export function serveBareMethod(stream: MessageStream, m: BareMethod, handler: u
       if (!body || extra) return call.fail(GRPC_STATUS.INTERNAL, `${m.path} takes exactly one request message`);
       let request: unknown;
       try {
-        request = m.requestDeserialize(body as Buffer);
+        request = m.requestDeserialize(decoderInput(body));
       } catch (e) {
         return call.fail(GRPC_STATUS.INTERNAL, `the request does not decode: ${errorMessage(e)}`);
       }

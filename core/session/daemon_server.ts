@@ -9,7 +9,7 @@ import net from "node:net";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
 import { acceptWire, type WireSession, type WireStream } from "../tunnel/h2_wire.ts";
-import { GRPC_STATUS, MessageCall } from "../tunnel/h2_messages.ts";
+import { decoderInput, GRPC_STATUS, MessageCall } from "../tunnel/h2_messages.ts";
 import { DaemonService } from "../../proto/gen/tel.ts";
 
 /** A method as the generated service definition describes it (the server's view). */
@@ -104,7 +104,7 @@ function serveCall(
       }
       let req: unknown;
       try {
-        req = m.method.requestDeserialize(bodyBuffer(body));
+        req = m.method.requestDeserialize(decoderInput(body));
       } catch (e) {
         return call.fail(GRPC_STATUS.INVALID_ARGUMENT, `the request does not decode: ${errorMessage(e)}`);
       }
@@ -118,9 +118,4 @@ function serveCall(
       run.then(() => call.done || call.end(), (e) => call.done || call.fail(GRPC_STATUS.INTERNAL, errorMessage(e)));
     },
   }, { server: true, maxMessage: MAX_REQUEST_BYTES });
-}
-
-function bodyBuffer(b: Uint8Array): Buffer {
-  // the generated decoders take any Uint8Array; the definitions' types say Buffer
-  return b as Buffer;
 }

@@ -6,7 +6,7 @@ import dnsPacket from "dns-packet";
 import type { ClusterLookup, LookupResult } from "../dns/mod.ts";
 import { errorMessage, TelError } from "../errors.ts";
 import { log } from "../log.ts";
-import { ManagerChannel, type ManagerTarget } from "../tunnel/channel.ts";
+import { grpcClientOf, ManagerChannel, type ManagerTarget } from "../tunnel/channel.ts";
 import { openBareCall } from "../tunnel/client.ts";
 import type { ManagerClient } from "../tunnel/grpc.ts";
 import { GRPC_STATUS, MessageCall, type MessageStream } from "../tunnel/h2_messages.ts";
@@ -263,7 +263,7 @@ export class ManagerLookup implements ClusterLookup {
   }
 
   async #unary(to: ManagerTarget, req: DNSRequest): Promise<LookupResult> {
-    const client = to instanceof ManagerChannel ? await to.grpc() : to;
+    const client = await grpcClientOf(to);
     const { grpcUnary } = await import("../tunnel/grpc.ts");
     const r = await grpcUnary(client, ManagerService.lookupDns, req, this.#timeoutMs);
     return { rcode: RCODES[r.rcode] ?? `RCODE${r.rcode}`, answers: decodeRecords(r.records) };

@@ -38,6 +38,11 @@ export class ManagerChannel {
 /** A manager to call: a {@link ManagerChannel}, or a grpc-js client (tests, benches, agents). */
 export type ManagerTarget = ManagerClient | ManagerChannel;
 
+/** The grpc-js client of a target: the channel's (made on first use), or the target itself. */
+export function grpcClientOf(to: ManagerTarget): Promise<ManagerClient> {
+  return to instanceof ManagerChannel ? to.grpc() : Promise.resolve(to);
+}
+
 const plaintextAddresses = new WeakMap<ManagerTarget, string>();
 
 /** Records that `client` talks plaintext HTTP/2 to `address` (createManagerClient does, for clients it makes). */

@@ -1,6 +1,6 @@
 /** The opening side of one L4 flow over a Tunnel stream: dial, then byte (or datagram) streams with half-close. */
 
-import { Buffer } from "node:buffer";
+import type { Buffer } from "node:buffer";
 import { type Clock, systemClock } from "../clock.ts";
 import { release } from "../slab.ts";
 import { errorMessage, TelError } from "../errors.ts";
@@ -8,10 +8,9 @@ import { log } from "../log.ts";
 import { type ConnId, connIdToWire, formatConnId } from "./conn_id.ts";
 import { type Frame, FrameOrder, FramePool, frames } from "./frame.ts";
 import type { FrameChannel } from "./frame_stream.ts";
-import { ManagerChannel, type ManagerTarget, plaintextAddressOf } from "./channel.ts";
-import type { ManagerClient } from "./grpc.ts";
+import { grpcClientOf, ManagerChannel, type ManagerTarget, plaintextAddressOf } from "./channel.ts";
 import { H2Tunnels } from "./h2_calls.ts";
-import { CallError, GRPC_STATUS, MessageCall, type MessageStream } from "./h2_messages.ts";
+import { CallError, decoderInput, GRPC_STATUS, MessageCall, type MessageStream } from "./h2_messages.ts";
 
 /** How a tunnel ended. */
 export interface TunnelEnd {
@@ -87,9 +86,10 @@ export interface OpenTunnelOptions {
  */
 export async function openTunnel(to: ManagerTarget, opts: OpenTunnelOptions): Promise<Tunnel> {
   const clock = opts.clock ?? systemClock;
-  // a channel whose tunnel calls go through grpc-js makes them on its grpc-js client
-  const client = to instanceof ManagerChannel && !bareSession(h2Sessions, to) ? await to.grpc() : to;
-  if (!bareSession(h2Sessions, client)) grpcCalls ??= await import("./grpc.ts");
+  // where tunnel calls go through grpc-js, they go on the target's grpc-js client (a channel's is made now)
+  const bare = bareSession(h2Sessions, to);
+  const client = bare ? to : await grpcClientOf(to);
+  if (!bare) grpcCalls ??= await import("./grpc.ts");
   const { fs, limit } = takePrepared(client);
   const order = new FrameOrder("opener");
   const what = formatConnId(opts.connId);
@@ -580,10 +580,6 @@ export interface Watch {
   cancel(): void;
 }
 
-function asBuffer(b: Uint8Array): Buffer {
-  return Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-}
-
 /**
  * The methods (by path) each target's manager answered UNIMPLEMENTED as bare calls: an older manager serves only
  * Tunnel calls (and lookups) on sessions framed by h2_wire, so those methods are reached through grpc-js from then
@@ -604,10 +600,6 @@ function sendThroughGrpc(to: ManagerTarget, path: string): void {
 
 function unimplemented(e: unknown): boolean {
   return e instanceof CallError && e.code === GRPC_STATUS.UNIMPLEMENTED;
-}
-
-function grpcClientOf(to: ManagerTarget): Promise<ManagerClient> {
-  return to instanceof ManagerChannel ? to.grpc() : Promise.resolve(to);
 }
 
 /**
@@ -650,7 +642,7 @@ function bareUnary<Req, Res>(
       message: (body) => {
         if (answer) return;
         try {
-          answer = { res: method.responseDeserialize(asBuffer(body)) };
+          answer = { res: method.responseDeserialize(decoderInput(body)) };
         } catch (e) {
           clearTimeout(timer);
           call.cancel();
@@ -733,7 +725,7 @@ function bareWatch<Req, Res>(
       if (cancelled) return;
       let res: Res;
       try {
-        res = method.responseDeserialize(asBuffer(body));
+        res = method.responseDeserialize(decoderInput(body));
       } catch (e) {
         cancelled = true;
         call.cancel();

@@ -10,6 +10,7 @@ import { decodeFrame, encodeFrame, type Frame, MAX_DATA_FRAME } from "./frame.ts
 import { type FrameChannel, FrameStream } from "./frame_stream.ts";
 import { coalesceWrites } from "./coalesce.ts";
 import { serveWire, type WireSession } from "./h2_wire.ts";
+import { RESPONSE_HEADERS } from "./h2_messages.ts";
 import { notePlaintext } from "./channel.ts";
 import type { CallMethod, Watch, WatchHandlers } from "./client.ts";
 import {
@@ -183,7 +184,7 @@ export function createTunedServer(
 /**
  * Takes the connections of h2_wire clients (the daemon's tunnel sessions) from `h2` before node:http2 sees them, and
  * serves their streams with tel's own framing (the same wire; see h2_wire.ts): `onStream` gets each, as it gets
- * node:http2's, and a stream it leaves is answered UNIMPLEMENTED (such a session carries only Tunnel calls). Any other
+ * node:http2's, and a stream it leaves is answered UNIMPLEMENTED (such a session carries only what onStream takes). Any other
  * connection goes on to node:http2 with its first bytes put back. Closing `h2` closes these sessions too (each ends
  * once its streams have); the sessions are returned for a forced shutdown to drop.
  */
@@ -215,8 +216,7 @@ function serveWireClients(
         session.on("stream", (st: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
           if (onStream(st, headers)) return;
           st.respond({
-            ":status": 200,
-            "content-type": "application/grpc",
+            ...RESPONSE_HEADERS,
             "grpc-status": String(grpc.status.UNIMPLEMENTED),
             "grpc-message": encodeURIComponent(`${headers[":path"]} is not served on a tunnel session`),
           }, { endStream: true });

@@ -5,6 +5,7 @@
  * Messages are small control messages: each is copied out of the DATA chunks it arrived in.
  */
 
+import type { Buffer } from "node:buffer";
 import type http2 from "node:http2";
 import { release } from "../slab.ts";
 import { GRPC_PREFIX } from "./frame.ts";
@@ -76,6 +77,14 @@ export interface MessageHandlers {
    * and it is over at end() or fail()); without it, the half-close is the call's end (`over()`).
    */
   halfClosed?(): void;
+}
+
+/**
+ * A message body as the generated decoders' parameter type (Buffer, in the service definitions): they read any
+ * Uint8Array, so the body goes as it is, without a Buffer view made for it.
+ */
+export function decoderInput(body: Uint8Array): Buffer {
+  return body as Buffer;
 }
 
 /** Largest message accepted by default (DNS answers and control messages are far smaller). */

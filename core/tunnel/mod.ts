@@ -59,4 +59,11 @@ export {
   type ServeTunnelOptions,
 } from "./dialer.ts";
 export { h2ServedCall, TUNNEL_PATH } from "./h2_calls.ts";
-export { CallError, GRPC_STATUS, MessageCall, type MessageHandlers, type MessageStream } from "./h2_messages.ts";
+export {
+  CallError,
+  decoderInput,
+  GRPC_STATUS,
+  MessageCall,
+  type MessageHandlers,
+  type MessageStream,
+} from "./h2_messages.ts";
