@@ -77,6 +77,9 @@ interface DnsAnswer {
 
 const answerCodec = (dnsPacket as unknown as { answer: { encode(a: unknown): Buffer } }).answer;
 
+/** How long a UDP query waits for its answer before it is sent again (doubling after each retransmit). */
+export const RETRANSMIT_FIRST_MS = 250;
+
 /** Queries the cluster DNS the way a pod would and returns rcode + answer records (named as the client asked). */
 export class ClusterDns {
   #resolver: ResolverConfig;
@@ -158,14 +161,25 @@ export class ClusterDns {
   /**
    * Sends over one long-lived socket and matches replies by id and question (a socket per query cost a bind, a
    * registration and a close each time). Ids in flight are unique; a reply from another address, with an unknown
-   * id or for another name is dropped.
+   * id or for another name is dropped. A query not answered is sent again after 250 ms, then after 500 ms, 1 s… until
+   * the timeout, as a pod's stub resolver would: one datagram lost on the way to or from a busy cluster DNS costs a
+   * retransmit, not a SERVFAIL to the workstation (whose own lookups give up after a second).
    */
   async #udp(ex: UdpExchange, wire: Uint8Array, id: number): Promise<dnsPacket.Packet> {
     const waiting = ex.expect(id, wire);
+    let timer: unknown;
+    const resendAfter = (ms: number) => {
+      timer = this.#clock.setTimeout(() => {
+        ex.send(wire).catch((err) => log.debug("manager", "DNS retransmit failed", { err: errorMessage(err) }));
+        resendAfter(ms * 2);
+      }, ms);
+    };
     try {
       await ex.send(wire);
+      resendAfter(RETRANSMIT_FIRST_MS);
       return await this.#withTimeout(waiting, () => {});
     } finally {
+      this.#clock.clearTimeout(timer);
       ex.forget(id);
     }
   }

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import dnsPacket from "dns-packet";
-import { ClusterDns } from "./dns_lookup.ts";
+import { ClusterDns, RETRANSMIT_FIRST_MS } from "./dns_lookup.ts";
+import { fakeClock } from "../../tests/fixtures/fake_clock.ts";
 
 /**
  * A cluster DNS that holds queries until `batch` arrived, then answers them in reverse order, each preceded by a
@@ -77,5 +78,95 @@ Deno.test("ClusterDns: an unanswered query times out with the server named, and 
   } finally {
     cluster.close();
     silent.close();
+  }
+});
+
+/** A cluster DNS that drops the first `drop` copies of every query (by id) and answers the next; counts copies. */
+function lossyDns(drop: number) {
+  const sock = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  const copies = new Map<number, number>();
+  const serving = (async () => {
+    for (;;) {
+      let got: [Uint8Array, Deno.Addr];
+      try {
+        got = await sock.receive();
+      } catch {
+        return; // closed at the end of the test
+      }
+      const q = dnsPacket.decode(Buffer.from(got[0]));
+      const seen = (copies.get(q.id!) ?? 0) + 1;
+      copies.set(q.id!, seen);
+      if (seen <= drop) continue;
+      const name = q.questions![0].name;
+      await sock.send(
+        dnsPacket.encode({
+          type: "response",
+          id: q.id,
+          flags: 0,
+          questions: [{ type: "A", name, class: "IN" }],
+          answers: [{ type: "A", name, ttl: 5, data: "10.0.0.9" }],
+        }),
+        got[1],
+      );
+    }
+  })();
+  /** Waits (bounded) until `n` copies of one query arrived in all. */
+  const received = async (n: number) => {
+    for (let i = 0; i < 500 && [...copies.values()].reduce((a, b) => a + b, 0) < n; i++) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    return [...copies.values()];
+  };
+  return {
+    server: `127.0.0.1:${(sock.addr as Deno.NetAddr).port}`,
+    received,
+    close: async () => {
+      sock.close();
+      await serving;
+    },
+  };
+}
+
+Deno.test("ClusterDns: a lost query is sent again with its id after 250 ms, doubling, until the timeout", async () => {
+  const { fake, clock } = fakeClock();
+  const lossy = lossyDns(1);
+  const cluster = new ClusterDns({ server: lossy.server, search: [], ndots: 1 }, { clock, timeoutMs: 2000 });
+  try {
+    const answer = cluster.query("lost.svc.test.", 1);
+    answer.catch(() => {}); // awaited below once it was sent twice; failed by close() otherwise
+    assert.deepEqual(await lossy.received(1), [1]);
+    fake.tick(RETRANSMIT_FIRST_MS - 1);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(await lossy.received(1), [1], "not sent again before 250 ms");
+    fake.tick(1);
+    assert.deepEqual(await lossy.received(2), [2], "the same query (same id) sent a second time");
+    const r = await answer;
+    assert.equal((r.answers![0] as { data: string }).data, "10.0.0.9");
+  } finally {
+    cluster.close();
+    await lossy.close();
+  }
+
+  const later = fakeClock();
+  const silent = lossyDns(Infinity);
+  const quiet = new ClusterDns({ server: silent.server, search: [], ndots: 1 }, {
+    clock: later.clock,
+    timeoutMs: 2000,
+  });
+  const failing = assert.rejects(quiet.query("gone.svc.test.", 1), /did not answer in 2000 ms/);
+  try {
+    // sent at 0, 250, 750 and 1750 ms, then it gives up at 2000
+    for (const [at, copies] of [[0, 1], [250, 2], [750, 3], [1750, 4]]) {
+      later.fake.tick(at - later.fake.now);
+      assert.deepEqual(await silent.received(copies), [copies], `${copies} copies by ${at} ms`);
+    }
+    later.fake.tick(250);
+    await failing;
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(await silent.received(4), [4], "nothing sent after the timeout");
+  } finally {
+    quiet.close();
+    await failing.catch(() => {}); // reported above when the loop got that far
+    await silent.close();
   }
 });
