@@ -107,10 +107,12 @@ async function main(): Promise<number> {
       say(`${b.name}: ${r.ok ? "ok" : "FAILED"} in ${r.seconds} s${r.error ? `: ${r.error}` : ""}`);
     }
   } finally {
-    Deno.removeSignalListener("SIGINT", stop);
-    Deno.removeSignalListener("SIGTERM", term);
+    // the listeners stay while the lab is removed: a SIGTERM then (the default action ends the process at once) would
+    // leave namespaces, links and processes behind; `now` waits for the same cleanup before it exits
     const problems = await env.close();
     if (problems.length) say(`cleanup problems: ${problems.join("; ")}`);
+    Deno.removeSignalListener("SIGINT", stop);
+    Deno.removeSignalListener("SIGTERM", term);
   }
   const date = new Date().toISOString().slice(0, 10);
   const out: RunResult = {

@@ -89,7 +89,7 @@ export class BenchEnv {
   readonly tcpbench: string;
   #mode?: ConnectMode;
   #procs: LabProcess[] = [];
-  #slirp?: { ns: Netns; proc: LabProcess };
+  #slirp?: { ns: Netns; proc?: LabProcess };
   #sshuttle?: LabProcess;
   #sshd?: LabProcess;
   #madeRunSshd = false;
@@ -277,34 +277,41 @@ export class BenchEnv {
   /** A namespace behind slirp4netns (MTU 65520) run from the cluster namespace: its traffic leaves from there. */
   async slirp(): Promise<Netns> {
     if (this.#slirp) return this.#slirp.ns;
-    const ns = await Netns.create("lab", this.lab.id);
+    const s: { ns: Netns; proc?: LabProcess } = { ns: await Netns.create("lab", this.lab.id) };
+    // a close() that ran while the namespace was made did not see it; one that runs from here on removes it
+    if (this.#closing) {
+      await s.ns.close();
+      throw new Error("the lab is being removed");
+    }
+    this.#slirp = s;
     try {
-      const proc = await LabProcess.start(this.lab.cl, "slirp4netns", [
+      const proc = s.proc = await LabProcess.start(this.lab.cl, "slirp4netns", [
         "slirp4netns",
         "--configure",
         "--mtu=65520",
         "--disable-host-loopback",
         "--netns-type=path",
-        `/run/netns/${ns.name}`,
+        `/run/netns/${s.ns.name}`,
         "tap0",
       ], { stdin: false });
-      this.#slirp = { ns, proc };
-      for (let i = 0; i < 100; i++) {
-        if ((await ns.run(["ip", "-4", "addr", "show", "tap0"])).stdout.includes("10.0.2.100")) return ns;
+      for (let i = 0; i < 100 && this.#slirp === s; i++) {
+        if ((await s.ns.run(["ip", "-4", "addr", "show", "tap0"])).stdout.includes("10.0.2.100")) return s.ns;
         if (!proc.running) break;
         await new Promise((r) => setTimeout(r, 100));
       }
-      throw new Error(`slirp4netns did not configure tap0:\n${proc.tail()}`);
+      throw new Error(
+        this.#slirp === s ? `slirp4netns did not configure tap0:\n${proc.tail()}` : "the lab is being removed",
+      );
     } catch (e) {
-      await this.#stopSlirp();
+      await this.#stopSlirp(s);
       throw e;
     }
   }
 
-  async #stopSlirp(): Promise<void> {
-    const s = this.#slirp;
-    this.#slirp = undefined;
-    await s?.proc.stop(1000);
+  /** Stops slirp4netns and removes its namespace (`s`: the one slirp() made, also when close() took it already). */
+  async #stopSlirp(s = this.#slirp): Promise<void> {
+    if (this.#slirp === s) this.#slirp = undefined;
+    await s?.proc?.stop(1000);
     await s?.ns.close();
   }
 
