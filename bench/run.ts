@@ -79,11 +79,19 @@ async function main(): Promise<number> {
     .sort((a, b) => order(a) - order(b));
 
   const t0 = performance.now();
-  const env = await BenchEnv.start(say);
   const results: BenchResult[] = [];
   let interrupted = false;
-  // SIGTERM, or Ctrl-C a second time: the lab goes at once (the bench in progress fails against it) and so do we
+  let env: BenchEnv | undefined;
+  let stopNow: number | undefined;
+  // SIGTERM, or Ctrl-C a second time: the lab goes at once (the bench in progress fails against it) and so do we; a
+  // signal while the lab is being built takes effect once it is built (the listeners are in place before: the default
+  // action would end the process with namespaces and processes half made)
   const now = (code = 143) => {
+    if (!env) {
+      stopNow = code;
+      say("stopping once the lab is built, then cleaning up");
+      return;
+    }
     say("stopping now: cleaning up");
     env.close().then((problems) => {
       if (problems.length) say(`cleanup problems: ${problems.join("; ")}`);
@@ -98,6 +106,20 @@ async function main(): Promise<number> {
   Deno.addSignalListener("SIGINT", stop);
   const term = () => now();
   Deno.addSignalListener("SIGTERM", term);
+  try {
+    env = await BenchEnv.start(say);
+  } catch (e) {
+    Deno.removeSignalListener("SIGINT", stop);
+    Deno.removeSignalListener("SIGTERM", term);
+    // a Ctrl-C in a terminal reaches the lab's processes too: the set-up then fails on one of them (already removed)
+    if (!interrupted && stopNow === undefined) throw e;
+    say(`interrupted while the lab was built (${e instanceof Error ? e.message : e}); what it made is removed`);
+    return stopNow ?? 130;
+  }
+  if (stopNow !== undefined) {
+    interrupted = true;
+    now(stopNow);
+  }
   try {
     for (const b of chosen) {
       if (interrupted) break;

@@ -804,6 +804,10 @@ async function main(): Promise<number> {
     console.error("usage: deno run -A tests/lab/cluster.ts up [--ipv6] [--local-cluster] [--no-manager]");
     return 2;
   }
+  // listening before the lab is built: a signal then (whose default action ends the process) would leave it half made
+  const signalled = new Promise<void>((resolve) => {
+    for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, () => resolve());
+  });
   const lab = await Lab.start({
     ipv6: values.ipv6,
     localCluster: values["local-cluster"],
@@ -811,7 +815,7 @@ async function main(): Promise<number> {
     progress: (l) => console.log(`- ${l}`),
   });
   const stop = new Promise<void>((resolve) => {
-    for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, () => resolve());
+    signalled.then(resolve);
     (async () => {
       for await (const _ of Deno.stdin.readable) {
         // stay up until stdin reaches EOF
