@@ -83,6 +83,11 @@ async function main(): Promise<number> {
   let interrupted = false;
   let env: BenchEnv | undefined;
   let stopNow: number | undefined;
+  let reported = false;
+  const report = (problems: string[]) => {
+    if (problems.length && !reported) say(`cleanup problems: ${problems.join("; ")}`);
+    reported = true;
+  };
   // SIGTERM, or Ctrl-C a second time: the lab goes at once (the bench in progress fails against it) and so do we; a
   // signal while the lab is being built takes effect once it is built (the listeners are in place before: the default
   // action would end the process with namespaces and processes half made)
@@ -94,7 +99,7 @@ async function main(): Promise<number> {
     }
     say("stopping now: cleaning up");
     env.close().then((problems) => {
-      if (problems.length) say(`cleanup problems: ${problems.join("; ")}`);
+      report(problems);
       Deno.exit(code);
     });
   };
@@ -131,8 +136,7 @@ async function main(): Promise<number> {
   } finally {
     // the listeners stay while the lab is removed: a SIGTERM then (the default action ends the process at once) would
     // leave namespaces, links and processes behind; `now` waits for the same cleanup before it exits
-    const problems = await env.close();
-    if (problems.length) say(`cleanup problems: ${problems.join("; ")}`);
+    report(await env.close());
     Deno.removeSignalListener("SIGINT", stop);
     Deno.removeSignalListener("SIGTERM", term);
   }

@@ -234,7 +234,9 @@ export class BenchEnv {
     const r = await this.tel(["quit"]);
     await this.#inspectDaemon?.stop(3000);
     this.#inspectDaemon = undefined;
-    if (r.code !== 0) throw new Error(`tel quit failed: ${r.stderr}`);
+    if (r.code !== 0) {
+      throw new Error(`tel quit failed (exit code ${r.code}): ${r.stderr.trim() || r.stdout.trim() || "no output"}`);
+    }
   }
 
   /** The daemon's pid from its state file. */
