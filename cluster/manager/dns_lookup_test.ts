@@ -3,49 +3,40 @@ import { Buffer } from "node:buffer";
 import dnsPacket from "dns-packet";
 import { ClusterDns, RETRANSMIT_FIRST_MS } from "./dns_lookup.ts";
 import { fakeClock } from "../../tests/fixtures/fake_clock.ts";
+import { udpServer } from "../../tests/fixtures/udp_server.ts";
 
 /**
  * A cluster DNS that holds queries until `batch` arrived, then answers them in reverse order, each preceded by a
  * forged reply (same id, another name) and a reply from another socket (same id and name, wrong source port).
  */
 function reorderingDns(batch: number) {
-  const sock = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
   const other = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
-  const serving = (async () => {
-    let held: Array<[dnsPacket.Packet, Deno.Addr]> = [];
-    for (;;) {
-      let got: [Uint8Array, Deno.Addr];
-      try {
-        got = await sock.receive();
-      } catch {
-        return; // closed at the end of the test
-      }
-      held.push([dnsPacket.decode(Buffer.from(got[0])), got[1]]);
-      if (held.length < batch) continue;
-      for (const [q, from] of held.reverse()) {
-        const name = q.questions![0].name;
-        const reply = (n: string, ip: string) =>
-          dnsPacket.encode({
-            type: "response",
-            id: q.id,
-            flags: 0,
-            questions: [{ type: "A", name: n, class: "IN" }],
-            answers: [{ type: "A", name: n, ttl: 5, data: ip }],
-          });
-        await sock.send(reply(`forged-${name}`, "203.0.113.66"), from);
-        await other.send(reply(name, "203.0.113.77"), from);
-        const i = Number(/^n(\d+)\./.exec(name)?.[1] ?? 0);
-        await sock.send(reply(name.toUpperCase(), `10.0.0.${i}`), from);
-      }
-      held = [];
+  let held: Array<[dnsPacket.Packet, Deno.Addr]> = [];
+  const dns = udpServer(async (data, from, sock) => {
+    held.push([dnsPacket.decode(Buffer.from(data)), from]);
+    if (held.length < batch) return;
+    for (const [q, to] of held.reverse()) {
+      const name = q.questions![0].name;
+      const reply = (n: string, ip: string) =>
+        dnsPacket.encode({
+          type: "response",
+          id: q.id,
+          flags: 0,
+          questions: [{ type: "A", name: n, class: "IN" }],
+          answers: [{ type: "A", name: n, ttl: 5, data: ip }],
+        });
+      await sock.send(reply(`forged-${name}`, "203.0.113.66"), to);
+      await other.send(reply(name, "203.0.113.77"), to);
+      const i = Number(/^n(\d+)\./.exec(name)?.[1] ?? 0);
+      await sock.send(reply(name.toUpperCase(), `10.0.0.${i}`), to);
     }
-  })();
+    held = [];
+  });
   return {
-    server: `127.0.0.1:${(sock.addr as Deno.NetAddr).port}`,
+    server: dns.address,
     close: async () => {
-      sock.close();
       other.close();
-      await serving;
+      await dns.close();
     },
   };
 }
@@ -83,33 +74,24 @@ Deno.test("ClusterDns: an unanswered query times out with the server named, and 
 
 /** A cluster DNS that drops the first `drop` copies of every query (by id) and answers the next; counts copies. */
 function lossyDns(drop: number) {
-  const sock = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
   const copies = new Map<number, number>();
-  const serving = (async () => {
-    for (;;) {
-      let got: [Uint8Array, Deno.Addr];
-      try {
-        got = await sock.receive();
-      } catch {
-        return; // closed at the end of the test
-      }
-      const q = dnsPacket.decode(Buffer.from(got[0]));
-      const seen = (copies.get(q.id!) ?? 0) + 1;
-      copies.set(q.id!, seen);
-      if (seen <= drop) continue;
-      const name = q.questions![0].name;
-      await sock.send(
-        dnsPacket.encode({
-          type: "response",
-          id: q.id,
-          flags: 0,
-          questions: [{ type: "A", name, class: "IN" }],
-          answers: [{ type: "A", name, ttl: 5, data: "10.0.0.9" }],
-        }),
-        got[1],
-      );
-    }
-  })();
+  const dns = udpServer(async (data, from, sock) => {
+    const q = dnsPacket.decode(Buffer.from(data));
+    const seen = (copies.get(q.id!) ?? 0) + 1;
+    copies.set(q.id!, seen);
+    if (seen <= drop) return;
+    const name = q.questions![0].name;
+    await sock.send(
+      dnsPacket.encode({
+        type: "response",
+        id: q.id,
+        flags: 0,
+        questions: [{ type: "A", name, class: "IN" }],
+        answers: [{ type: "A", name, ttl: 5, data: "10.0.0.9" }],
+      }),
+      from,
+    );
+  });
   /** Waits (bounded) until `n` copies of one query arrived in all. */
   const received = async (n: number) => {
     for (let i = 0; i < 500 && [...copies.values()].reduce((a, b) => a + b, 0) < n; i++) {
@@ -117,14 +99,7 @@ function lossyDns(drop: number) {
     }
     return [...copies.values()];
   };
-  return {
-    server: `127.0.0.1:${(sock.addr as Deno.NetAddr).port}`,
-    received,
-    close: async () => {
-      sock.close();
-      await serving;
-    },
-  };
+  return { server: dns.address, received, close: () => dns.close() };
 }
 
 Deno.test("ClusterDns: a lost query is sent again with its id after 250 ms, doubling, until the timeout", async () => {

@@ -31,6 +31,7 @@ import { startManager } from "./server.ts";
 import { assembledBodyStats } from "../../core/tunnel/h2_calls.ts";
 import { useTunnelTransport } from "../../core/tunnel/client.ts";
 import { tcpEchoServer as tcpEcho } from "../../tests/fixtures/tcp_echo.ts";
+import { udpServer } from "../../tests/fixtures/udp_server.ts";
 import type {
   ClientInfo,
   ClusterInfo as WireClusterInfo,
@@ -446,39 +447,22 @@ Deno.test("WatchClusterInfo sends the full set first and again on every change",
 
 /** A cluster DNS on loopback that knows echo.ns1.svc.cluster.local and answers NXDOMAIN otherwise. */
 function fakeClusterDns(): { port: number; asked: string[]; close(): Promise<void> } {
-  const sock = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
   const asked: string[] = [];
-  const serving = (async () => {
-    for (;;) {
-      let got: [Uint8Array, Deno.Addr];
-      try {
-        got = await sock.receive();
-      } catch {
-        // socket closed at the end of the test
-        return;
-      }
-      const q = dnsPacket.decode(Buffer.from(got[0]));
-      const name = q.questions![0].name;
-      asked.push(name);
-      const known = name === "echo.ns1.svc.cluster.local";
-      const reply = dnsPacket.encode({
-        type: "response",
-        id: q.id,
-        flags: known ? 0 : 3,
-        questions: q.questions,
-        answers: known ? [{ type: "A", name, ttl: 5, data: "10.96.0.7" }] : [],
-      });
-      await sock.send(reply, got[1]);
-    }
-  })();
-  return {
-    port: (sock.addr as Deno.NetAddr).port,
-    asked,
-    close: async () => {
-      sock.close();
-      await serving;
-    },
-  };
+  const dns = udpServer(async (data, from, sock) => {
+    const q = dnsPacket.decode(Buffer.from(data));
+    const name = q.questions![0].name;
+    asked.push(name);
+    const known = name === "echo.ns1.svc.cluster.local";
+    const reply = dnsPacket.encode({
+      type: "response",
+      id: q.id,
+      flags: known ? 0 : 3,
+      questions: q.questions,
+      answers: known ? [{ type: "A", name, ttl: 5, data: "10.96.0.7" }] : [],
+    });
+    await sock.send(reply, from);
+  });
+  return { port: dns.port, asked, close: () => dns.close() };
 }
 
 Deno.test("LookupDNS queries the cluster DNS with the client namespace and returns wire records", async () => {
