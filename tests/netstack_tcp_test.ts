@@ -109,7 +109,12 @@ Deno.test(
       // TIME-WAIT while the client's kernel, which closed second, may bind the same port again at once.
       const get =
         `printf 'GET /bytes/1000 HTTP/1.1\\r\\nHost: pod\\r\\n\\r\\n' | nc -w 10 -p 45123 ${POD4} ${PORT.http} | wc -c`;
-      const r = await sh(`${get} && ${get}`);
+      // The client's socket is in LAST-ACK until our ACK of its FIN arrives (well under a millisecond, far inside our
+      // TIME-WAIT); a second nc started before that cannot bind the port ("Address already in use"): wait for it,
+      // at most 2 s.
+      const closed = `for i in $(seq 1 200); do [ -z "$(ss -Htan state last-ack '( sport = :45123 )')" ] && break; ` +
+        `sleep 0.01; done`;
+      const r = await sh(`${get} && ${closed} && ${get}`);
       const sizes = r.stdout.trim().split("\n").map(Number);
       equal(sizes.length, 2, r.stderr);
       ok(sizes.every((n) => n > 1000 && n === sizes[0]), `both answers whole: ${r.stdout} ${r.stderr}`);
