@@ -108,7 +108,11 @@ export interface WireSessionOptions {
 }
 
 function frameHeader(len: number, type: number, flags: number, sid: number): Uint8Array {
-  const h = new Uint8Array(9);
+  return putFrameHeader(new Uint8Array(9), len, type, flags, sid);
+}
+
+/** Writes a frame header into the first 9 bytes of `h`; returns `h`. */
+function putFrameHeader(h: Uint8Array, len: number, type: number, flags: number, sid: number): Uint8Array {
   h[0] = len >>> 16;
   h[1] = (len >>> 8) & 0xff;
   h[2] = len & 0xff;
@@ -127,8 +131,7 @@ export function readU32(b: Uint8Array, at: number): number {
 }
 
 function frame(type: number, flags: number, sid: number, payload: Uint8Array): Uint8Array {
-  const f = new Uint8Array(9 + payload.byteLength);
-  f.set(frameHeader(payload.byteLength, type, flags, sid));
+  const f = putFrameHeader(new Uint8Array(9 + payload.byteLength), payload.byteLength, type, flags, sid);
   f.set(payload, 9);
   return f;
 }
@@ -159,13 +162,84 @@ function literal(name: string, value: string): number[] {
   return [0x00, ...str(name), ...str(value)];
 }
 
-/** A header block: pseudo-headers first, then the rest, all literals (no Huffman, no table). */
+/**
+ * Header blocks already encoded, by their fields: a server answers every call with the same response headers and
+ * trailers, which took ~12 KiB of short-lived arrays a call to encode (the manager's largest allocator in sequential
+ * connects, a sampling heap profile). Small blocks only, and the map starts over when full, so varying ones (an
+ * error's grpc-message) cannot grow it.
+ */
+const encodedBlocks = new Map<string, Uint8Array>();
+const ENCODED_BLOCKS_MAX = 64;
+const ENCODED_KEY_MAX = 512;
+
+/**
+ * A header block: pseudo-headers first, then the rest, all literals (no Huffman, no table). The block may be one
+ * returned before for the same fields: callers copy it into frames and never change it.
+ */
 export function encodeHeaderBlock(headers: Record<string, string | number>): Uint8Array {
+  let key = "";
+  for (const k of Object.keys(headers)) {
+    const v = String(headers[k]);
+    key += `${k.length}:${k}${v.length}:${v}`; // length-prefixed: no two field lists share a key
+  }
+  const known = encodedBlocks.get(key);
+  if (known) return known;
+  const block = encodeFields(headers);
+  if (key.length <= ENCODED_KEY_MAX) {
+    if (encodedBlocks.size >= ENCODED_BLOCKS_MAX) encodedBlocks.clear();
+    encodedBlocks.set(key, block);
+  }
+  return block;
+}
+
+function encodeFields(headers: Record<string, string | number>): Uint8Array {
   const out: number[] = [];
   const entries = Object.entries(headers).map(([k, v]) => [k.toLowerCase(), String(v)] as const);
   for (const [k, v] of entries) if (k.startsWith(":")) out.push(...literal(k, v));
   for (const [k, v] of entries) if (!k.startsWith(":")) out.push(...literal(k, v));
   return new Uint8Array(out);
+}
+
+/**
+ * A header block made only of literal fields that leave the table alone (without indexing or never indexed, RFC 7541
+ * §6.2.2–6.2.3) with literal names and no Huffman coding — what {@link encodeHeaderBlock} writes — decoded without the
+ * HPACK decoder, as it would decode it (octets as Latin-1 characters; a repeated name's values joined with ", ").
+ * Undefined for any other or malformed block: the decoder then takes it (its table may be involved) and judges it.
+ */
+export function decodeLiteralBlock(b: Uint8Array): WireHeaders | undefined {
+  const out: WireHeaders = {};
+  let at = 0;
+  // an HPACK string literal (7-bit length prefix) as Latin-1, or undefined (Huffman-coded, cut short)
+  const str = (): string | undefined => {
+    if (at >= b.byteLength || b[at] & 0x80) return undefined;
+    let len = b[at++] & 0x7f;
+    if (len === 0x7f) {
+      for (let shift = 0;; shift += 7) {
+        if (at >= b.byteLength || shift > 21) return undefined;
+        const c = b[at++];
+        len += (c & 0x7f) * 2 ** shift;
+        if (!(c & 0x80)) break;
+      }
+    }
+    if (at + len > b.byteLength) return undefined;
+    let s = "";
+    for (let i = at; i < at + len; i += 4096) {
+      s += String.fromCharCode.apply(null, b.subarray(i, Math.min(i + 4096, at + len)) as unknown as number[]);
+    }
+    at += len;
+    return s;
+  };
+  while (at < b.byteLength) {
+    // 0000 0000 or 0001 0000: a literal without indexing / never indexed, with a literal name (index 0)
+    if (b[at] !== 0x00 && b[at] !== 0x10) return undefined;
+    at++;
+    const name = str();
+    if (name === undefined) return undefined;
+    const value = str();
+    if (value === undefined) return undefined;
+    out[name] = Object.hasOwn(out, name) ? `${out[name]}, ${value}` : value;
+  }
+  return out;
 }
 
 /** The header block of a request. */
@@ -975,11 +1049,16 @@ export class WireSession extends EventEmitter {
   }
 
   #decode(parts: Uint8Array[]): WireHeaders {
+    // what a wire peer sends (encodeHeaderBlock) needs no decoder: its fields never touch the table
+    const plain = parts.length === 1 ? decodeLiteralBlock(parts[0]) : undefined;
+    if (plain) return plain;
     const d = this.#decoder;
     for (const part of parts) d.write(Buffer.from(part.buffer, part.byteOffset, part.byteLength));
     d.execute();
     const out: WireHeaders = {};
-    for (let f = d.read(); f; f = d.read()) out[f.name] = f.name in out ? `${out[f.name]}, ${f.value}` : f.value;
+    for (let f = d.read(); f; f = d.read()) {
+      out[f.name] = Object.hasOwn(out, f.name) ? `${out[f.name]}, ${f.value}` : f.value;
+    }
     return out;
   }
 

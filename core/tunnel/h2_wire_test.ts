@@ -10,6 +10,7 @@ import * as grpc from "@grpc/grpc-js";
 import { Buffer } from "node:buffer";
 import {
   connectWire,
+  decodeLiteralBlock,
   encodeHeaderBlock,
   encodeRequestBlock,
   H2_CODE,
@@ -383,6 +384,85 @@ Deno.test("wire: random bytes from the peer never throw; the session ends or goe
     }),
     { numRuns: 200 },
   );
+});
+
+/** What hpack.js makes of a header block (a fresh decoder), as the session reports headers. */
+function hpackDecoded(block: Uint8Array): Record<string, string> {
+  const d = hpack.decompressor.create({ table: { maxSize: 4096 } });
+  d.write(Buffer.from(block));
+  d.execute();
+  const out: Record<string, string> = {};
+  for (let f = d.read(); f; f = d.read()) {
+    out[f.name] = Object.hasOwn(out, f.name) ? `${out[f.name]}, ${f.value}` : f.value;
+  }
+  return out;
+}
+
+Deno.test("wire: our own header blocks are read without the HPACK decoder, exactly as it reads them", () => {
+  const field = fc.tuple(
+    fc.string({ minLength: 1, maxLength: 20 }).map((n) => `x-${n}`.toLowerCase()),
+    fc.oneof(fc.string({ maxLength: 300 }), fc.uint8Array({ maxLength: 200 }).map((b) => String.fromCharCode(...b))),
+  );
+  fc.assert(
+    fc.property(fc.array(field, { maxLength: 6 }), (fields) => {
+      const headers = Object.fromEntries(fields);
+      const block = encodeHeaderBlock(headers);
+      assert.deepEqual(decodeLiteralBlock(block), hpackDecoded(block));
+      // cut anywhere, it is left to the decoder (which judges it), never misread
+      for (let cut = 1; cut < block.byteLength; cut += 7) {
+        const part = decodeLiteralBlock(block.subarray(0, cut));
+        if (part) assert.deepEqual(part, hpackDecoded(block.subarray(0, cut)), `cut at ${cut}`);
+      }
+    }),
+    { numRuns: 300 },
+  );
+  // a repeated name (never written by us, legal in HPACK): values joined, as the decoder does
+  const twice = new Uint8Array([...encodeHeaderBlock({ "x-a": "1" }), ...encodeHeaderBlock({ "x-a": "2" })]);
+  assert.deepEqual(decodeLiteralBlock(twice), { "x-a": "1, 2" });
+  // never-indexed literals (0x10) leave the table alone too
+  assert.deepEqual(decodeLiteralBlock(new Uint8Array([0x10, 1, 0x61, 1, 0x62])), { a: "b" });
+  // anything that is or may be tied to the table, or Huffman-coded, is the decoder's
+  const enc = encoder();
+  assert.equal(decodeLiteralBlock(enc({ ":status": "200", "x-a": "1" })), undefined, "indexed, Huffman");
+  assert.equal(decodeLiteralBlock(new Uint8Array([0x40, 1, 0x61, 1, 0x62])), undefined, "incremental indexing");
+  assert.equal(decodeLiteralBlock(new Uint8Array([0x0f, 0x2f, 1, 0x62])), undefined, "an indexed name");
+  assert.equal(decodeLiteralBlock(new Uint8Array([0x00, 0x81, 0x1c, 1, 0x62])), undefined, "a Huffman name");
+  assert.equal(decodeLiteralBlock(new Uint8Array([0x20])), undefined, "a table size update");
+  assert.equal(
+    decodeLiteralBlock(new Uint8Array([0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0x7f])),
+    undefined,
+    "huge length",
+  );
+});
+
+Deno.test("wire: header blocks encoded once are reused only for the same fields", () => {
+  const a = { "x-a": "b", "x-c": "d" };
+  // the same characters run together, split differently
+  const b = { "x-a": "bx-cd" };
+  const c = { "x-ab": "x-cd" };
+  for (const h of [a, b, c, a, b, c]) assert.deepEqual(hpackDecoded(encodeHeaderBlock(h)), h);
+  assert.equal(encodeHeaderBlock({ ...a }), encodeHeaderBlock({ ...a }), "the same block for equal fields");
+  assert.notEqual(encodeHeaderBlock(a), encodeHeaderBlock({ "x-c": "d", "x-a": "b" }), "order is part of a block");
+  // varying fields (an error's message) do not pile up; each still encodes right
+  for (let i = 0; i < 500; i++) {
+    const h = { "grpc-status": "2", "grpc-message": `failure ${i}` };
+    assert.deepEqual(hpackDecoded(encodeHeaderBlock(h)), h);
+  }
+});
+
+Deno.test("wire: a literal block read without the decoder leaves its table in step for the blocks after it", async () => {
+  const { s, feed } = scripted();
+  const enc = encoder(); // the peer's encoder: what it indexed, later blocks refer to
+  const first = record(s.request({ ":path": "/p" }));
+  const second = record(s.request({ ":path": "/p" }));
+  feed(rawFrame(1, 0x4, 1, enc({ ":status": "200", "x-kept": "in the table" })));
+  feed(rawFrame(1, 0x4 | 0x1, 1, encodeHeaderBlock({ "grpc-status": "0", "x-kept": "literal" })));
+  feed(rawFrame(1, 0x4, 3, enc({ ":status": "200", "x-kept": "in the table" }))); // indexed fields only now
+  await settleUntil(() => second.response !== undefined);
+  assert.deepEqual(first.response, { ":status": "200", "x-kept": "in the table" });
+  assert.deepEqual(first.trailers, { "grpc-status": "0", "x-kept": "literal" });
+  assert.deepEqual(second.response, { ":status": "200", "x-kept": "in the table" });
+  s.destroy();
 });
 
 Deno.test("wire: HPACK integers as in RFC 7541 C.1", () => {
