@@ -20,15 +20,35 @@ export interface ConnId {
   readonly dst: Endpoint;
 }
 
+/**
+ * Addresses converted before, by text and (IPv4) by value. Every flow's id is canonicalised and put on the wire with
+ * four conversions through IpAddr's BigInt arithmetic (~2–3 % of the daemon's busy time in sequential connects), and
+ * the same few addresses (the workstation's, a handful of targets) come again and again. Only successful conversions
+ * are kept; each map starts over when full.
+ */
+const parsed = new Map<string, Uint8Array>();
+const formatted4 = new Map<number, string>();
+const ADDRESS_CACHE_MAX = 4096;
+
+function remember<K, V>(m: Map<K, V>, k: K, v: V): V {
+  if (m.size >= ADDRESS_CACHE_MAX) m.clear();
+  m.set(k, v);
+  return v;
+}
+
 /** Parses an IPv4 or IPv6 address text (brackets allowed) into its 4 or 16 bytes; throws a TelError if it is not one. */
 export function ipToBytes(ip: string): Uint8Array {
+  const known = parsed.get(ip);
+  if (known) return known.slice(); // the caller's own copy
   const text = ip.startsWith("[") && ip.endsWith("]") ? ip.slice(1, -1) : ip;
+  let bytes: Uint8Array;
   try {
-    return IpAddr.parse(text).toBytes();
+    bytes = IpAddr.parse(text).toBytes();
   } catch {
     // IpAddr's message names the text too; keep this module's wording for the wire
     throw new TelError("user", `not an IP address: ${JSON.stringify(ip)}`);
   }
+  return remember(parsed, ip, bytes).slice();
 }
 
 /** Formats 4 or 16 address bytes as canonical text (RFC 5952 for IPv6); throws a TelError for other lengths. */
@@ -36,7 +56,9 @@ export function bytesToIp(bytes: Uint8Array): string {
   if (bytes.length !== 4 && bytes.length !== 16) {
     throw new TelError("user", `an IP address has 4 or 16 bytes, not ${bytes.length}`);
   }
-  return IpAddr.fromBytes(bytes).toString();
+  if (bytes.length === 16) return IpAddr.fromBytes(bytes).toString();
+  const v = ((bytes[0] << 24) | (bytes[1] << 16) | (bytes[2] << 8) | bytes[3]) >>> 0;
+  return formatted4.get(v) ?? remember(formatted4, v, IpAddr.fromBytes(bytes).toString());
 }
 
 function checkPort(port: number, what: string): number {

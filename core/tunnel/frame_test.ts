@@ -156,6 +156,25 @@ Deno.test("conn ids round-trip through the wire form; IPv6 text is canonical", (
   );
 });
 
+Deno.test("address conversions answer the same from memory: the caller's bytes are its own, any number of addresses", () => {
+  const a = ipToBytes("198.18.0.7");
+  a[3] = 99;
+  assert.deepEqual([...ipToBytes("198.18.0.7")], [198, 18, 0, 7], "changing a returned copy changes nothing kept");
+  const b = new Uint8Array([198, 18, 0, 8]);
+  assert.equal(bytesToIp(b), "198.18.0.8");
+  b[3] = 9;
+  assert.equal(bytesToIp(b), "198.18.0.9", "kept by value, not by array");
+  // more distinct addresses than are kept: each still converts right, twice
+  for (let round = 0; round < 2; round++) {
+    for (let i = 0; i < 10_000; i++) {
+      const ip = `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`;
+      assert.equal(bytesToIp(ipToBytes(ip)), ip);
+    }
+  }
+  for (let i = 0; i < 2; i++) assert.throws(() => ipToBytes("010.0.0.1"), /not an IP address/, "a failure is not kept");
+  assert.equal(connId("tcp", { ip: "fd00:7e1:0::1", port: 1 }, { ip: "10.0.0.1", port: 2 }).src.ip, "fd00:7e1::1");
+});
+
 Deno.test("FramePool: reuses what it is given, by size, up to its bound; keeps only whole frame buffers", () => {
   const pool = new FramePool();
   const a = pool.take(MAX_DATA_FRAME);
