@@ -5,6 +5,8 @@ import type { ManagerConnection } from "../core/session/session.ts";
 import type { ManagerConnector } from "../core/session/daemon.ts";
 import { TelError } from "../core/errors.ts";
 import type { ConnectRequest } from "../proto/gen/tel.ts";
+import { CHANNEL_PROTOCOLS, denoHttpMaterial, denoHttpUsable } from "./kube_channels.ts";
+import type { PortForwardAccess } from "./port_forward_stream.ts";
 import { findManagerPod, flattenKubeConfig, kubeError, loadKubeConfig, portForward } from "./kube.ts";
 
 /** The manager's gRPC port in its pod. */
@@ -20,6 +22,14 @@ function hostOf(url: string): string {
     // not a URL: nothing to exclude
     return "";
   }
+}
+
+/**
+ * A way to the manager as the kube helper holds it: with a port-forward, also what opens that port-forward's
+ * websocket elsewhere (the daemon, see port_forward_stream.ts), where Deno's HTTP client can reach the cluster.
+ */
+export interface ClusterManagerConnection extends ManagerConnection {
+  portForwardAccess?: () => Promise<PortForwardAccess>;
 }
 
 /** Loads the CLI's flattened kubeconfig (kubectl's rules for context and namespace), checks the API answers. */
@@ -52,12 +62,24 @@ export const managerConnector: ManagerConnector = {
       connect = async () => {
         const pod = await findManagerPod(kube.kc, managerNs);
         const pf = await portForward(kube.kc, managerNs, pod.name, MANAGER_PORT);
-        return {
+        const conn: ClusterManagerConnection = {
           address: `127.0.0.1:${pf.port}`,
           via: `port-forward to ${managerNs}/${pod.name}:${MANAGER_PORT} through ${kube.server}`,
           mustNotRoute: [apiIp].filter(Boolean),
           close: () => pf.close(),
         };
+        if (denoHttpUsable(kube.kc)) {
+          const path = `/api/v1/namespaces/${encodeURIComponent(managerNs)}/pods/${encodeURIComponent(pod.name)}` +
+            `/portforward?ports=${MANAGER_PORT}`;
+          const url = kube.server.replace(/^http/, "ws").replace(/\/$/, "") + path;
+          // read anew each time: rotated tokens and exec credentials are picked up
+          conn.portForwardAccess = async () => ({
+            url,
+            protocols: CHANNEL_PROTOCOLS,
+            ...await denoHttpMaterial(kube.kc),
+          });
+        }
+        return conn;
       };
     }
     if (!kube.namespace) throw new TelError("bug", "no namespace resolved from the kubeconfig");

@@ -40,20 +40,31 @@ function pemText(v: unknown): string | undefined {
  * closes the client.
  */
 export async function denoHttpAccess(kc: KubeConfig): Promise<{ headers: Headers; client: Deno.HttpClient }> {
+  const m = await denoHttpMaterial(kc);
+  const client = Deno.createHttpClient({
+    ...(m.caCerts ? { caCerts: m.caCerts } : {}),
+    ...(m.cert && m.key ? { cert: m.cert, key: m.key } : {}),
+  });
+  return { headers: new Headers(m.headers), client };
+}
+
+/**
+ * What {@link denoHttpAccess} builds its headers and client from, as plain data (PEM text, header values) that can
+ * travel to another process: the kube helper hands it to the daemon, which opens port-forward websockets itself.
+ */
+export async function denoHttpMaterial(
+  kc: KubeConfig,
+): Promise<{ headers: Record<string, string>; caCerts?: string[]; cert?: string; key?: string }> {
   // deno-lint-ignore no-explicit-any
   const opts: any = {};
   await kc.applyToHTTPSOptions(opts);
-  const headers = new Headers();
-  for (const [k, v] of Object.entries(opts.headers ?? {})) headers.set(k, String(v));
-  if (opts.auth) headers.set("Authorization", `Basic ${btoa(opts.auth)}`);
+  const headers: Record<string, string> = {};
+  for (const [k, v] of Object.entries(opts.headers ?? {})) headers[k.toLowerCase()] = String(v);
+  if (opts.auth) headers["authorization"] = `Basic ${btoa(opts.auth)}`;
   const ca = pemText(opts.ca);
   const cert = pemText(opts.cert);
   const key = pemText(opts.key);
-  const client = Deno.createHttpClient({
-    ...(ca ? { caCerts: [ca] } : {}),
-    ...(cert && key ? { cert, key } : {}),
-  });
-  return { headers, client };
+  return { headers, ...(ca ? { caCerts: [ca] } : {}), ...(cert && key ? { cert, key } : {}) };
 }
 
 /** How long a websocket upgrade may go unanswered. */

@@ -5,11 +5,11 @@
  */
 
 import type { ManagerConnector } from "../core/session/daemon.ts";
-import type { ManagerConnection } from "../core/session/session.ts";
 import { asTelError, errorMessage, TelError } from "../core/errors.ts";
 import { log } from "../core/log.ts";
 import { forEachLine } from "../core/io.ts";
-import { managerConnector } from "./connect.ts";
+import { type ClusterManagerConnection, managerConnector } from "./connect.ts";
+import type { PortForwardAccess } from "./port_forward_stream.ts";
 import { ConnectRequest } from "../proto/gen/tel.ts";
 import type { HelperConnection, HelperPrepared, HelperRequest, HelperResponse } from "./kube_helper_client.ts";
 
@@ -29,7 +29,7 @@ export async function serveKubeHelper(
   // a direct manager address needs nothing from us between requests; a port-forward does
   let direct = false;
   let lastActivity = performance.now();
-  const conns = new Map<number, ManagerConnection>();
+  const conns = new Map<number, ClusterManagerConnection>();
   let nextConn = 1;
   let writes = Promise.resolve();
   const answer = (res: HelperResponse) => {
@@ -52,10 +52,22 @@ export async function serveKubeHelper(
         return r;
       }
       case "connect": {
-        const c = await needPrepared().connect();
+        const c: ClusterManagerConnection = await needPrepared().connect();
         const id = nextConn++;
         conns.set(id, c);
-        const r: HelperConnection = { conn: id, address: c.address, via: c.via, mustNotRoute: c.mustNotRoute ?? [] };
+        const r: HelperConnection = {
+          conn: id,
+          address: c.address,
+          via: c.via,
+          mustNotRoute: c.mustNotRoute ?? [],
+          direct: !!c.portForwardAccess,
+        };
+        return r;
+      }
+      case "access": {
+        const access = conns.get(msg.conn)?.portForwardAccess;
+        if (!access) throw new TelError("bug", `kube helper: no port-forward access for connection ${msg.conn}`);
+        const r: PortForwardAccess = await access();
         return r;
       }
       case "disconnect": {

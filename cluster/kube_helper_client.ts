@@ -15,6 +15,8 @@ import { selfArgv } from "../core/exec.ts";
 import { exitText, LineRpc } from "../core/line_rpc.ts";
 import { log, logLevel, logLine } from "../core/log.ts";
 import type { ConnectRequest } from "../proto/gen/tel.ts";
+import type { WireSocket } from "../core/tunnel/h2_wire.ts";
+import { openPortForwardSocket, type PortForwardAccess, PortForwardStream } from "./port_forward_stream.ts";
 
 /** The part of the connect request the helper needs (the kubeconfig travels on the pipe, never in argv or env). */
 export interface HelperPrepare {
@@ -30,6 +32,7 @@ export type HelperRequest =
   | { id: number; op: "prepare"; req: HelperPrepare }
   | { id: number; op: "connect" }
   | { id: number; op: "disconnect"; conn: number }
+  | { id: number; op: "access"; conn: number }
   | { id: number; op: "namespaces" };
 
 /** An answer line: `result` or `error`. */
@@ -52,6 +55,8 @@ export interface HelperConnection {
   address: string;
   via: string;
   mustNotRoute: string[];
+  /** The daemon may open the port-forward's websockets itself: `access` answers what it needs for each. */
+  direct?: boolean;
 }
 
 /** Options of {@link kubeHelperConnector}. */
@@ -65,6 +70,8 @@ export interface KubeHelperOptions {
    * again when needed (default 60 s); one holding a port-forward stays. Ignored when `argv` is given.
    */
   idleExitSeconds?: number;
+  /** How long the first port-forward websocket the daemon opens itself may take (default 10 s; then the helper's). */
+  directOpenTimeoutMs?: number;
 }
 
 const CATEGORIES: readonly ErrorCategory[] = ["user", "config", "platform", "cluster", "bug"];
@@ -170,6 +177,44 @@ export class KubeHelper {
   }
 }
 
+/**
+ * The daemon's own way into the helper's port-forward: each dial opens a websocket to the API server with what the
+ * helper answers to `access` (fresh credentials every time), so tunnel bytes skip the helper's process. The first
+ * websocket is opened here, as a check: if it does not open (the API server refuses Deno's client, say), undefined,
+ * and the daemon connects to the helper's listener as before.
+ */
+async function directDial(
+  h: KubeHelper,
+  c: HelperConnection,
+  openTimeoutMs = 10_000,
+): Promise<{ dial: () => WireSocket | undefined; close: () => void } | undefined> {
+  const open = async () => openPortForwardSocket(await h.call<PortForwardAccess>("access", { conn: c.conn }));
+  let spare: PortForwardStream | undefined = new PortForwardStream(open, c.via, { openTimeoutMs });
+  try {
+    await spare.ready;
+  } catch (e) {
+    log.info("kube-helper", "the daemon cannot open the port-forward's websocket itself; going through the helper", {
+      via: c.via,
+      error: errorMessage(e),
+    });
+    return undefined;
+  }
+  let closed = false;
+  return {
+    dial: () => {
+      if (closed) return undefined;
+      const s = spare;
+      spare = undefined;
+      return s && !s.destroyed ? s : new PortForwardStream(open, c.via);
+    },
+    close: () => {
+      closed = true;
+      spare?.destroy();
+      spare = undefined;
+    },
+  };
+}
+
 /** The request fields the helper gets. */
 function prepareArgs(req: ConnectRequest): HelperPrepare {
   return {
@@ -227,11 +272,14 @@ export function kubeHelperConnector(opts: KubeHelperOptions = {}): ManagerConnec
       };
       const connect = async (): Promise<ManagerConnection> => {
         const [h, c] = await withHelper((h) => h.call<HelperConnection>("connect"));
+        const direct = c.direct ? await directDial(h, c, opts.directOpenTimeoutMs) : undefined;
         return {
           address: c.address,
-          via: c.via,
+          via: direct ? `${c.via}, websockets opened by the daemon` : c.via,
           mustNotRoute: c.mustNotRoute,
+          dial: direct?.dial,
           close: async () => {
+            direct?.close();
             if (!h.exited) await h.call("disconnect", { conn: c.conn }).catch(() => undefined); // it is going away
           },
         };

@@ -1,11 +1,13 @@
 /** The kube helper process (`tel kube-helper`) as the daemon uses it: real child process, fake kube API. */
 
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
 import { TelError } from "../core/errors.ts";
 import { selfArgv } from "../core/exec.ts";
 import { ConnectRequest } from "../proto/gen/tel.ts";
 import { FakeKubeApi } from "../tests/fixtures/fake_kube_api.ts";
 import { tcpEchoServer } from "../tests/fixtures/tcp_echo.ts";
+import type { WireSocket } from "../core/tunnel/h2_wire.ts";
 import { kubeHelperConnector } from "./kube_helper_client.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).href;
@@ -171,6 +173,67 @@ Deno.test({
       await fwd.close();
       await waitFor(async () => (await helperPids()).length === 0, "the helper to exit once idle");
       await pf.close!();
+    } finally {
+      echo.close();
+    }
+  },
+});
+
+/** Writes `text` into a stream from conn.dial(), half-closes, and returns what comes back before it closes. */
+async function echoOver(s: WireSocket, text: string): Promise<string> {
+  const chunks: Uint8Array[] = [];
+  s.on("data", (c: Uint8Array) => chunks.push(c));
+  const closed = new Promise<void>((resolve, reject) => {
+    s.once("error", reject);
+    s.once("close", () => resolve());
+  });
+  s.end(new TextEncoder().encode(text));
+  await closed;
+  return new TextDecoder().decode(Buffer.concat(chunks));
+}
+
+Deno.test({
+  name: "kube helper: the daemon opens the port-forward's websockets itself, so bytes skip the helper's process",
+  sanitizeResources: false, // pgrep's output streams are read to their end by output()
+  async fn() {
+    const echo = tcpEchoServer();
+    await using api = await FakeKubeApi.start();
+    addManagerPod(api, echo.port);
+    try {
+      const cluster = await kubeHelperConnector({ argv }).prepare(
+        ConnectRequest.fromPartial({ kubeconfig: api.kubeconfig() }),
+      );
+      const [pid] = await helperPids();
+      const conn = await cluster.connect();
+      assert.ok(conn.dial, "a dial beside the helper's address");
+      assert.match(conn.via, /, websockets opened by the daemon$/);
+      // the first websocket was opened by connect: it carries bytes with the helper stopped
+      Deno.kill(pid, "SIGSTOP");
+      try {
+        const first = conn.dial()!;
+        assert.ok(first);
+        assert.equal(await echoOver(first, "without the helper"), "without the helper");
+      } finally {
+        Deno.kill(pid, "SIGCONT");
+      }
+      // later ones ask the helper for fresh credentials, then go straight to the API server
+      assert.equal(await echoOver(conn.dial()!, "a second stream"), "a second stream");
+      // the helper's own listener still works (grpc-js calls, a fallback)
+      const port = Number(conn.address.replace(/^127\.0\.0\.1:/, ""));
+      assert.equal(await echoThrough(port, "through the helper"), "through the helper");
+      await conn.close();
+      assert.equal(conn.dial(), undefined, "no more websockets once the connection is closed");
+
+      // a cluster Deno's client cannot reach as configured (insecure-skip-tls-verify): no dial, the helper's listener
+      const insecure = api.kubeconfig().replace(/certificate-authority-data: .*/, "insecure-skip-tls-verify: true");
+      const viaHelper = await (await kubeHelperConnector({ argv }).prepare(
+        ConnectRequest.fromPartial({ kubeconfig: insecure }),
+      )).connect();
+      assert.equal(viaHelper.dial, undefined);
+      const port2 = Number(viaHelper.address.replace(/^127\.0\.0\.1:/, ""));
+      assert.equal(await echoThrough(port2, "insecure"), "insecure");
+      await viaHelper.close();
+      await cluster.close!();
     } finally {
       echo.close();
     }

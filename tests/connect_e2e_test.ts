@@ -71,7 +71,10 @@ withLab("connect: cluster names and IPs answer through the TUN only; quit leaves
   const c = await connect(lab, tel);
   assert.equal(c.code, 0, c.stdout + c.stderr);
   assert.match(c.stdout, /kube API https:\/\/198\.19\.255\.2:6443/);
-  assert.match(c.stdout, /traffic-manager reached via port-forward to tel-system\/traffic-manager-0:8081/);
+  assert.match(
+    c.stdout,
+    /traffic-manager reached via port-forward to tel-system\/traffic-manager-0:8081 .*, websockets opened by the daemon/,
+  );
   assert.match(c.stdout, /subnets routed through tel0: .*198\.18\.0\.0\/24/);
   assert.match(c.stdout, /recursion check: no DNS recursion/);
   assert.match(c.stdout, /Connected to context/);

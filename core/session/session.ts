@@ -14,6 +14,7 @@ import { Cidr, formatHostPort } from "../subnet/mod.ts";
 import { ManagerChannel } from "../tunnel/channel.ts";
 import { callManager, openTunnel, type Watch, watchManager } from "../tunnel/client.ts";
 import { connId } from "../tunnel/conn_id.ts";
+import type { WireSocket } from "../tunnel/h2_wire.ts";
 import { TEL_VERSION } from "../version.ts";
 import { type ClusterInfo, ManagerService } from "../../proto/gen/tel.ts";
 import { createForwarder, type ForwarderStats } from "./forwarder.ts";
@@ -27,6 +28,12 @@ export interface ManagerConnection {
   via: string;
   /** The API server's and the manager's IPs, which must never be routed into the VIF. */
   mustNotRoute?: string[];
+  /**
+   * Opens a byte stream to the manager other than a TCP connection to `address`: the port-forward's websocket
+   * opened by the daemon itself, so tunnel bytes skip the local listener's process. Undefined from it (or absent):
+   * connect to `address`.
+   */
+  dial?: () => WireSocket | undefined;
   close(): Promise<void>;
 }
 
@@ -250,7 +257,7 @@ export class ClientSession {
     const conn = await this.#o.connectManager();
     this.#conn = conn;
     if (first) this.#step(`traffic-manager reached via ${conn.via}`);
-    const client = new ManagerChannel(conn.address);
+    const client = new ManagerChannel(conn.address, conn.dial);
     let sessionId: string;
     try {
       const res = await callManager(client, ManagerService.arriveAsClient, {

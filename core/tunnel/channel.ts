@@ -8,15 +8,22 @@
  */
 
 import type { ManagerClient } from "./grpc.ts";
+import type { WireSocket } from "./h2_wire.ts";
 
 /** The daemon's way to one manager at "host:port" (plaintext HTTP/2). */
 export class ManagerChannel {
   readonly address: string;
+  /**
+   * Opens a byte stream to the same manager without a TCP connection to `address` (a port-forward's websocket that
+   * the daemon opens itself); undefined, or undefined from it: a TCP connection to `address`. Wire sessions use it.
+   */
+  readonly dial: (() => WireSocket | undefined) | undefined;
   #grpc: Promise<ManagerClient> | undefined;
   #closed = false;
 
-  constructor(address: string) {
+  constructor(address: string, dial?: () => WireSocket | undefined) {
     this.address = address;
+    this.dial = dial;
   }
 
   /** A grpc-js client to the same address, made (and grpc-js loaded) on first use; closed with this channel. */

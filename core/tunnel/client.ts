@@ -214,7 +214,10 @@ function bareSession(sessions: WeakMap<ManagerTarget, H2Tunnels>, client: Manage
   const address = how !== "grpc-js" ? plaintextAddressOf(client) : undefined;
   if (!address) return undefined;
   let t = sessions.get(client);
-  if (!t) sessions.set(client, t = new H2Tunnels(address, { client: how === "wire" ? "wire" : "node" }));
+  if (!t) {
+    const dial = client instanceof ManagerChannel ? client.dial : undefined;
+    sessions.set(client, t = new H2Tunnels(address, { client: how === "wire" ? "wire" : "node", dial }));
+  }
   return t;
 }
 

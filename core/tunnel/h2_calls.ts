@@ -28,7 +28,7 @@ import {
   MAX_DATA_FRAME,
 } from "./frame.ts";
 import { type FrameChannel, type ServedCall, WaitingChannel } from "./frame_stream.ts";
-import { connectWire, H2_CODE, readU32 } from "./h2_wire.ts";
+import { connectWire, H2_CODE, readU32, type WireSocket } from "./h2_wire.ts";
 import { callHeaders, grpcMessageText, grpcStatusName, type MessageStream, RESPONSE_HEADERS } from "./h2_messages.ts";
 import { coalesceWrites } from "./coalesce.ts";
 import {
@@ -92,13 +92,22 @@ export class H2Tunnels {
   #keepaliveMs: number;
   #keepaliveTimeoutMs: number;
   #client: H2Client;
+  #dial: (() => WireSocket | undefined) | undefined;
 
   constructor(
     address: string,
-    opts: { windowBytes?: number; keepaliveMs?: number; keepaliveTimeoutMs?: number; client?: H2Client } = {},
+    opts: {
+      windowBytes?: number;
+      keepaliveMs?: number;
+      keepaliveTimeoutMs?: number;
+      client?: H2Client;
+      /** The wire client's way to the manager other than a TCP connection to `address` (see ManagerChannel). */
+      dial?: () => WireSocket | undefined;
+    } = {},
   ) {
     this.#address = address;
     this.#client = opts.client ?? "wire";
+    this.#dial = opts.dial;
     // a wire session's peer is a wire server (the window then pays) or node:http2, which keeps to its own window
     this.#window = opts.windowBytes ?? (this.#client === "wire" ? WIRE_FLOW_CONTROL_WINDOW : FLOW_CONTROL_WINDOW);
     this.#keepaliveMs = opts.keepaliveMs ?? KEEPALIVE_MS;
@@ -114,7 +123,7 @@ export class H2Tunnels {
     const { host, port } = addr;
     const window = this.#window;
     const session = this.#client === "wire"
-      ? connectWire(host, port, formatHostPort(host, port), { windowBytes: window })
+      ? connectWire(host, port, formatHostPort(host, port), { windowBytes: window, connect: this.#dial })
       : nodeSession(host, port, window);
     // like grpc-js's keepalive (channelOptions): a manager that stops answering pings takes its calls down with it
     const keepalive = setInterval(() => {

@@ -15,6 +15,7 @@
 import { EventEmitter } from "node:events";
 import net from "node:net";
 import { Buffer } from "node:buffer";
+import type { Duplex } from "node:stream";
 import hpack from "hpack.js";
 import { errorMessage } from "../errors.ts";
 import { noteCrowded } from "../memory.ts";
@@ -87,12 +88,21 @@ const SOCKET_HIGH_WATER = 1024 * 1024;
 /** Headers as node:http2 gives them: lower-case names, string values. */
 export type WireHeaders = Record<string, string>;
 
+/**
+ * What a wire session runs over: a TCP socket, or any duplex byte stream that behaves like one ('data', 'drain',
+ * 'error' and 'close' events; write callbacks; cork/uncork), such as a port-forward's websocket.
+ */
+export type WireSocket = Duplex & { setNoDelay?: (noDelay?: boolean) => unknown };
+
 /** Options of {@link connectWire}. */
 export interface WireOptions {
   /** Our receive window, per stream and for the connection. */
   windowBytes: number;
-  /** Connects the socket (tests pass their own); default a TCP connection to host:port. */
-  connect?: () => net.Socket;
+  /**
+   * Opens the byte stream to the peer instead of a TCP connection to host:port (tests, a port-forward reached
+   * without the local listener); undefined from it: the TCP connection after all.
+   */
+  connect?: () => WireSocket | undefined;
   /** Where the default connection's reads land (default: one pool for the process; see core/slab.ts). */
   slabs?: SlabPool;
 }
@@ -523,7 +533,7 @@ export class WireSession extends EventEmitter {
   closed = false;
   destroyed = false;
   readonly isServer: boolean;
-  #sock: net.Socket;
+  #sock: WireSocket;
   #authority: string;
   #streams = new Map<number, WireStream>();
   #nextId = 1;
@@ -571,7 +581,7 @@ export class WireSession extends EventEmitter {
   #blockSid = 0;
   #blockEnd = false;
 
-  constructor(sock: net.Socket, opts: WireSessionOptions) {
+  constructor(sock: WireSocket, opts: WireSessionOptions) {
     super();
     this.#sock = sock;
     this.isServer = opts.role === "server";
@@ -1097,7 +1107,8 @@ export class WireSession extends EventEmitter {
 /** Opens a {@link WireSession} to host:port. */
 export function connectWire(host: string, port: number, authority: string, opts: WireOptions): WireSession {
   const sessionOpts: WireSessionOptions = { role: "client", authority, windowBytes: opts.windowBytes };
-  if (opts.connect) return new WireSession(opts.connect(), sessionOpts);
+  const own = opts.connect?.();
+  if (own) return new WireSession(own, sessionOpts);
   // Reads land in slabs that come back once their views are released (the streams' data goes on as views);
   // they come after the session below exists.
   const onread = slabReads(opts.slabs ?? readSlabs, (b) => session.receive(b));
