@@ -1,9 +1,10 @@
 /**
  * The daemon's side of the kube helper: `tel kube-helper`, a child process that holds the kube client
  * (@kubernetes/client-node) and the port-forward to the manager, so the root daemon never loads the client (~65 MiB
- * of its RSS) and the port-forward's TLS and websocket work runs on another core. Requests and answers are JSON
- * lines on the child's stdin and stdout; its log lines (stderr) go into the daemon's log; it exits when its stdin
- * closes, so it never outlives the daemon.
+ * of its RSS). Where it can, the daemon opens the port-forward's websockets itself with what the helper reads for it
+ * (see directDial), so tunnel bytes do not cross the helper. Requests and answers are JSON lines on the child's stdin
+ * and stdout; its log lines (stderr) go into the daemon's log; it exits when its stdin closes, so it never outlives
+ * the daemon.
  *
  * This module must not import the kube client, directly or not: the daemon loads it.
  */
