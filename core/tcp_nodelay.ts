@@ -1,0 +1,115 @@
+/**
+ * TCP_NODELAY for sockets the runtime gives no handle for. Deno's WebSocket client turns Nagle's algorithm on for its
+ * connection (setsockopt TCP_NODELAY 0), and Deno.serve over TLS leaves it on for what it accepts; with it on, a small
+ * write that follows another before the peer's ACK waits for that ACK, which a peer delaying its ACKs sends up to 40 ms
+ * later (a tel connect over the kube API port-forward took 88 ms so, against ~1 ms reached directly). Go, and so the
+ * kube API server, turns it off for every connection. Linux only: the process's sockets are found in /proc (the
+ * established TCP connections of its network namespace, by port, matched to its fds by inode).
+ */
+
+import { log } from "./log.ts";
+
+const SYMBOLS = {
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
+} as const;
+
+let libc: Deno.DynamicLibrary<typeof SYMBOLS> | null | undefined;
+
+const IPPROTO_TCP = 6;
+const TCP_NODELAY = 1;
+const ESTABLISHED = "01";
+
+/** Which connections: by local port, remote port, or both. */
+export interface PortMatch {
+  localPort?: number;
+  remotePort?: number;
+}
+
+/** The socket inodes of established TCP connections in /proc/self/net/tcp{,6} text that match. */
+export function matchingInodes(tables: string[], match: PortMatch): Set<string> {
+  const inodes = new Set<string>();
+  for (const table of tables) {
+    for (const line of table.split("\n").slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f.length < 10 || f[3] !== ESTABLISHED) continue;
+      const local = parseInt(f[1].slice(f[1].lastIndexOf(":") + 1), 16);
+      const remote = parseInt(f[2].slice(f[2].lastIndexOf(":") + 1), 16);
+      if (match.localPort !== undefined && local !== match.localPort) continue;
+      if (match.remotePort !== undefined && remote !== match.remotePort) continue;
+      inodes.add(f[9]);
+    }
+  }
+  return inodes;
+}
+
+/** This process's fds of established TCP connections that match; [] where it cannot look (not Linux, no /proc). */
+export function fdsWhere(match: PortMatch): number[] {
+  if (Deno.build.os !== "linux") return [];
+  let inodes: Set<string>;
+  try {
+    const tables = ["/proc/self/net/tcp", "/proc/self/net/tcp6"].map((p) => {
+      try {
+        return Deno.readTextFileSync(p);
+      } catch {
+        return ""; // no IPv6
+      }
+    });
+    inodes = matchingInodes(tables, match);
+    if (inodes.size === 0) return [];
+  } catch (e) {
+    log.debug("net", "cannot read the process's connections in /proc", { error: String(e) });
+    return [];
+  }
+  const fds: number[] = [];
+  for (const entry of Deno.readDirSync("/proc/self/fd")) {
+    let target: string;
+    try {
+      target = Deno.readLinkSync(`/proc/self/fd/${entry.name}`);
+    } catch {
+      continue; // closed meanwhile
+    }
+    const m = /^socket:\[(\d+)\]$/.exec(target);
+    if (m && inodes.has(m[1])) fds.push(Number(entry.name));
+  }
+  return fds;
+}
+
+/**
+ * Turns Nagle's algorithm off on this process's established TCP connections that match (at least one port must be
+ * given); returns how many it changed. 0 where it cannot look (not Linux, no /proc, no FFI permission).
+ */
+export function noDelayWhere(match: PortMatch): number {
+  if (match.localPort === undefined && match.remotePort === undefined) {
+    throw new TypeError("noDelayWhere: a local or a remote port is needed");
+  }
+  const fds = fdsWhere(match);
+  const c = fds.length ? lib() : null;
+  if (!c) return 0;
+  const one = new Int32Array([1]);
+  let changed = 0;
+  for (const fd of fds) {
+    if (c.symbols.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, one, 4) === 0) changed++;
+  }
+  return changed;
+}
+
+/** Whether Nagle's algorithm is off on socket `fd` (getsockopt TCP_NODELAY); undefined where it cannot ask. */
+export function noDelayOf(fd: number): boolean | undefined {
+  const c = Deno.build.os === "linux" ? lib() : null;
+  if (!c) return undefined;
+  const v = new Int32Array(1);
+  const len = new Uint32Array([4]);
+  return c.symbols.getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, v, len) === 0 ? v[0] !== 0 : undefined;
+}
+
+function lib(): Deno.DynamicLibrary<typeof SYMBOLS> | null {
+  if (libc !== undefined) return libc;
+  try {
+    libc = Deno.dlopen("libc.so.6", SYMBOLS);
+  } catch (e) {
+    libc = null;
+    log.debug("net", "cannot load libc for TCP_NODELAY", { error: String(e) });
+  }
+  return libc;
+}
