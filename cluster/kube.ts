@@ -526,7 +526,9 @@ export async function portForward(
     }
   };
 
-  const handle = (conn: Deno.Conn) => {
+  const handle = (conn: Deno.TcpConn) => {
+    // as kubectl's listener (Go): a small write is not held back for the peer's ACK
+    conn.setNoDelay(true);
     conns.set(conn, undefined);
     const input = new PassThrough();
     let writes = Promise.resolve();

@@ -16,6 +16,7 @@ import { WebSocketHandler, type WebSocketInterface } from "@kubernetes/client-no
 import WsWebSocket from "ws";
 import { TelError } from "../core/errors.ts";
 import { log } from "../core/log.ts";
+import { noDelayToServer } from "./port_forward_stream.ts";
 
 /**
  * Whether the current cluster can be reached with Deno's own HTTP client: it has no per-client switch for
@@ -234,6 +235,7 @@ export class KubeChannels implements WebSocketInterface {
       }, this.#handshakeMs);
       ws.onopen = () => {
         clearTimeout(timer);
+        noDelayToServer(url);
         resolve();
       };
       ws.onerror = (ev) => {

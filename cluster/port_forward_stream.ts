@@ -12,6 +12,7 @@
 import { Buffer } from "node:buffer";
 import { Duplex } from "node:stream";
 import { TelError } from "../core/errors.ts";
+import { noDelayWhere } from "../core/tcp_nodelay.ts";
 
 /** What the daemon needs to open a port-forward websocket itself (the helper reads it from the kubeconfig). */
 export interface PortForwardAccess {
@@ -43,6 +44,17 @@ export function openPortForwardSocket(a: PortForwardAccess): WebSocket {
   }
   ws.addEventListener("close", () => client.close(), { once: true });
   return ws;
+}
+
+/**
+ * Turns Nagle's algorithm off on the connections to the API server at `url` (Deno's WebSocket turns it on): with it,
+ * a small message sent before the API server acknowledged the last one waits for that ACK, up to 40 ms on Linux
+ * (sequential connects through a port-forward took 44 ms each instead of ~1).
+ */
+export function noDelayToServer(url: string): void {
+  const u = new URL(url);
+  const port = Number(u.port || (u.protocol === "wss:" || u.protocol === "https:" ? 443 : 80));
+  noDelayWhere({ remotePort: port });
 }
 
 /** Bytes the websocket may hold unsent before a write's callback waits (as kube.ts's port-forward does). */
@@ -109,6 +121,7 @@ export class PortForwardStream extends Duplex {
       ws.onopen = () => {
         clearTimeout(this.#timer);
         this.#protocol = ws.protocol;
+        noDelayToServer(ws.url);
         settle();
         this.#wake();
       };

@@ -5,6 +5,7 @@ import { Buffer } from "node:buffer";
 import { FakeKubeApi } from "../tests/fixtures/fake_kube_api.ts";
 import { tcpEchoServer } from "../tests/fixtures/tcp_echo.ts";
 import { TelError } from "../core/errors.ts";
+import { fdsWhere, noDelayOf } from "../core/tcp_nodelay.ts";
 import { CHANNEL_PROTOCOLS } from "./kube_channels.ts";
 import { openPortForwardSocket, type PortForwardAccess, PortForwardStream } from "./port_forward_stream.ts";
 
@@ -54,6 +55,12 @@ Deno.test("port-forward stream: bytes go both ways whole over v5 and v4, and end
       s.write(payload.subarray(100_000, 1_000_000));
       s.uncork();
       await s.ready;
+      // Nagle's algorithm off on the websocket's connection (Deno turns it on) and on the fake's side of it
+      const apiPort = Number(new URL(api.url).port);
+      assert.deepEqual(fdsWhere({ remotePort: apiPort }).map(noDelayOf), [true]);
+      assert.deepEqual(fdsWhere({ localPort: apiPort }).map(noDelayOf), [true]);
+      // and on the fake kubelet's dial to the pod (Go's default too)
+      assert.deepEqual(fdsWhere({ remotePort: echo.port }).map(noDelayOf), [true]);
       let received = 0;
       s.on("data", (c: Uint8Array) => {
         received += c.length;
