@@ -307,7 +307,8 @@ const tcpThroughput: Bench = {
 
 const tcpPortforward: Bench = {
   name: "tcp-portforward",
-  title: "TCP throughput (tcpbench), manager reached through the kube API port-forward",
+  title:
+    "TCP throughput (tcpbench), manager reached through the kube API port-forward; and tel's sequential connects that way",
   mode: "portforward",
   async run(ctx, out) {
     const { env } = ctx;
@@ -351,6 +352,16 @@ const tcpPortforward: Bench = {
             else out.c.add(k.name, "bare port-forward", "Gbit/s", "higher", r.gbits);
           });
         }
+        // connects ride the session's websocket: where a small write waits for the API server's ACK (Nagle's
+        // algorithm on a connection), each takes tens of ms instead of about one
+        await guarded(out, "tel connect via port-forward", async () => {
+          const n = ctx.quick ? 50 : 1000;
+          const r = await out.tel(() => connects(env, env.lab.ws, BENCH_NET.telIp, n, 60));
+          out.c.add("connect + first byte p50", "tel via port-forward", "µs", "lower", r.p50us);
+          out.c.add("connect + first byte p99", "tel via port-forward", "µs", "lower", r.p99us);
+          out.checks.pfConnects = Number(out.checks.pfConnects ?? 0) + r.ok;
+          if (r.errors > 0 || r.ok !== n) out.ok = false;
+        });
         ctx.say(`tcp-portforward run ${run + 1}/${ctx.runs}`);
       }
       tputChecks(out, bytes);
