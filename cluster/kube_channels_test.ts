@@ -38,11 +38,7 @@ Deno.test("KubeChannels: Deno's WebSocket carries a v5 port-forward byte for byt
     const payload = new Uint8Array(300_000);
     for (let i = 0; i < payload.length; i += 65536) crypto.getRandomValues(payload.subarray(i, i + 65536));
     await using api = await FakeKubeApi.start();
-    api.cluster.addPod({
-      name: "echo",
-      ips: ["10.0.0.9"],
-      ports: { 8080: { hostname: "127.0.0.1", port: echo.port } },
-    });
+    api.cluster.addForwardedPod("echo", 8080, echo.port);
     const { kc } = loadKubeConfig({ kubeconfigText: api.kubeconfig() });
     const channels = new KubeChannels(kc);
     const { out, protocol, err } = await forwardOnce(channels, kc, 8080, payload);
@@ -71,11 +67,7 @@ Deno.test("KubeChannels: a cluster with insecure-skip-tls-verify keeps client-no
   const echo = tcpEchoServer();
   try {
     await using api = await FakeKubeApi.start();
-    api.cluster.addPod({
-      name: "echo",
-      ips: ["10.0.0.9"],
-      ports: { 8080: { hostname: "127.0.0.1", port: echo.port } },
-    });
+    api.cluster.addForwardedPod("echo", 8080, echo.port);
     const text = api.kubeconfig().replace(/certificate-authority-data: .*/, "insecure-skip-tls-verify: true");
     const { kc } = loadKubeConfig({ kubeconfigText: text });
     assert.equal(denoHttpUsable(kc), false);

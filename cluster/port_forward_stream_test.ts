@@ -41,11 +41,7 @@ Deno.test("port-forward stream: bytes go both ways whole over v5 and v4, and end
     const payload = randomBytes(3 * 1024 * 1024 + 17);
     for (const protocols of [undefined, ["v4.channel.k8s.io"]]) {
       await using api = await FakeKubeApi.start({ portForwardProtocols: protocols });
-      api.cluster.addPod({
-        name: "echo",
-        ips: ["10.0.0.9"],
-        ports: { 8080: { hostname: "127.0.0.1", port: echo.port } },
-      });
+      api.cluster.addForwardedPod("echo", 8080, echo.port);
       const s = new PortForwardStream(() => openPortForwardSocket(access(api, 8080)), "default/echo:8080");
       const got = collect(s);
       // written before the websocket is open: held, then sent in order; a corked batch goes as one message
@@ -85,11 +81,7 @@ Deno.test("port-forward stream: v5 end() half-closes, so the peer's whole answer
   const echo = tcpEchoServer();
   try {
     await using api = await FakeKubeApi.start();
-    api.cluster.addPod({
-      name: "echo",
-      ips: ["10.0.0.9"],
-      ports: { 8080: { hostname: "127.0.0.1", port: echo.port } },
-    });
+    api.cluster.addForwardedPod("echo", 8080, echo.port);
     const s = new PortForwardStream(() => openPortForwardSocket(access(api, 8080)), "default/echo:8080");
     const got = collect(s);
     const payload = randomBytes(500_000);
