@@ -62,7 +62,14 @@ export function fdsWhere(match: PortMatch): number[] {
     return [];
   }
   const fds: number[] = [];
-  for (const entry of Deno.readDirSync("/proc/self/fd")) {
+  let entries: Deno.DirEntry[];
+  try {
+    entries = [...Deno.readDirSync("/proc/self/fd")];
+  } catch (e) {
+    log.debug("net", "cannot list the process's fds in /proc", { error: String(e) });
+    return [];
+  }
+  for (const entry of entries) {
     let target: string;
     try {
       target = Deno.readLinkSync(`/proc/self/fd/${entry.name}`);
