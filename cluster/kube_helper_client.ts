@@ -190,7 +190,8 @@ async function directDial(
   openTimeoutMs = 10_000,
 ): Promise<{ dial: () => WireSocket | undefined; close: () => void } | undefined> {
   const open = async () => openPortForwardSocket(await h.call<PortForwardAccess>("access", { conn: c.conn }));
-  let spare: PortForwardStream | undefined = new PortForwardStream(open, c.via, { openTimeoutMs });
+  const label = c.via.replace(/^port-forward to /, "");
+  let spare: PortForwardStream | undefined = new PortForwardStream(open, label, { openTimeoutMs });
   try {
     await spare.ready;
   } catch (e) {
@@ -206,7 +207,7 @@ async function directDial(
       if (closed) return undefined;
       const s = spare;
       spare = undefined;
-      return s && !s.destroyed ? s : new PortForwardStream(open, c.via);
+      return s && !s.destroyed ? s : new PortForwardStream(open, label);
     },
     close: () => {
       closed = true;

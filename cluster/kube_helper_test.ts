@@ -239,3 +239,32 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "kube helper: when the daemon's own websocket does not open (refused, or no answer), the helper carries the bytes",
+  sanitizeResources: false, // pgrep's output streams are read to their end by output()
+  async fn() {
+    const echo = tcpEchoServer();
+    await using api = await FakeKubeApi.start();
+    addManagerPod(api, echo.port);
+    try {
+      // code 500: refused at once; code 0: the upgrade is never answered, so the check gives up after its timeout
+      for (const code of [500, 0]) {
+        const cluster = await kubeHelperConnector({ argv, directOpenTimeoutMs: 500 }).prepare(
+          ConnectRequest.fromPartial({ kubeconfig: api.kubeconfig() }),
+        );
+        api.cluster.failNext("create", "pods/portforward", code, 1); // the daemon's check is the first upgrade
+        const conn = await cluster.connect();
+        assert.equal(conn.dial, undefined, `code ${code}: no dial of its own`);
+        assert.doesNotMatch(conn.via, /websockets opened by the daemon/);
+        const port = Number(conn.address.replace(/^127\.0\.0\.1:/, ""));
+        assert.equal(await echoThrough(port, `after ${code}`), `after ${code}`);
+        await conn.close();
+        await cluster.close!();
+      }
+    } finally {
+      echo.close();
+    }
+  },
+});

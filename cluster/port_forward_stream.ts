@@ -76,7 +76,8 @@ const CLOSE = 255;
  * (several writes of one corked batch in one message), what arrives on it is read; the 2-byte port that starts each
  * channel is dropped; text on the error channel fails the stream with the kubelet's message; end() half-closes (v5)
  * or closes (v4); the websocket closing ends and closes the stream. Writes made before the websocket is open wait
- * for it. `ready` settles once it is open.
+ * for it. `ready` settles once it is open, or with the error that ended the stream before. Errors are also emitted as
+ * 'error', which the stream itself listens to: one without a listener of its user's is not an uncaught exception.
  *
  * @example
  * ```ts
@@ -110,6 +111,9 @@ export class PortForwardStream extends Duplex {
         }),
       );
     }, timeoutMs);
+    // why it failed goes to `ready` (and to any 'error' listener of the stream's user): a stream nobody listens to
+    // yet, such as the daemon's check, must not turn a refused upgrade into an uncaught exception
+    this.on("error", (err: Error) => settle(err));
     this.once("close", () => {
       clearTimeout(this.#timer);
       settle(new Error(`port-forward to ${label}: closed before the websocket opened`));
