@@ -65,50 +65,60 @@ function addManagerPod(api: FakeKubeApi, port: number): void {
   });
 }
 
-Deno.test({
-  name: "kube helper: prepares, port-forwards to the manager, lists namespaces, survives a crash, exits on close",
-  sanitizeResources: false, // pgrep's output streams are read to their end by output()
-  async fn() {
-    const echo = tcpEchoServer();
-    await using api = await FakeKubeApi.start();
-    addManagerPod(api, echo.port);
-    try {
-      const cluster = await kubeHelperConnector({ argv }).prepare(
-        ConnectRequest.fromPartial({ kubeconfig: api.kubeconfig(), namespace: "apps" }),
-      );
-      const [pid] = await helperPids();
-      assert.ok(pid, "a helper process runs");
-      assert.equal(cluster.namespace, "apps");
-      assert.equal(cluster.server, api.url);
-      assert.ok((await cluster.namespaces!()).includes("tel-system"));
+/** A test with a fake kube API whose traffic-manager pod forwards to an echo server, which closes at the end. */
+function withManagerPod(name: string, fn: (api: FakeKubeApi) => Promise<void>): void {
+  Deno.test({
+    name,
+    sanitizeResources: false, // pgrep's output streams are read to their end by output()
+    async fn() {
+      const echo = tcpEchoServer();
+      await using api = await FakeKubeApi.start();
+      addManagerPod(api, echo.port);
+      try {
+        await fn(api);
+      } finally {
+        echo.close();
+      }
+    },
+  });
+}
 
-      const conn = await cluster.connect();
-      assert.match(conn.via, /^port-forward to tel-system\/traffic-manager-0:8081 through https:\/\/127\.0\.0\.1:/);
-      assert.deepEqual(conn.mustNotRoute, ["127.0.0.1"]);
-      const port = Number(conn.address.replace(/^127\.0\.0\.1:/, ""));
-      assert.equal(await echoThrough(port, "through the helper"), "through the helper");
-      await conn.close();
-      await assert.rejects(Deno.connect({ hostname: "127.0.0.1", port }), /refused/i, "the forward was closed");
+withManagerPod(
+  "kube helper: prepares, port-forwards to the manager, lists namespaces, survives a crash, exits on close",
+  async (api) => {
+    const cluster = await kubeHelperConnector({ argv }).prepare(
+      ConnectRequest.fromPartial({ kubeconfig: api.kubeconfig(), namespace: "apps" }),
+    );
+    const [pid] = await helperPids();
+    assert.ok(pid, "a helper process runs");
+    assert.equal(cluster.namespace, "apps");
+    assert.equal(cluster.server, api.url);
+    assert.ok((await cluster.namespaces!()).includes("tel-system"));
 
-      // the helper dies and a connect follows at once (before its exit is seen): a new helper is prepared and answers
-      Deno.kill(pid, "SIGKILL");
-      const again = await cluster.connect();
-      await waitFor(() => !alive(pid), "the helper to die");
-      const [pid2] = await helperPids();
-      assert.ok(pid2 && pid2 !== pid, "a new helper runs");
-      const port2 = Number(again.address.replace(/^127\.0\.0\.1:/, ""));
-      assert.equal(await echoThrough(port2, "again"), "again");
+    const conn = await cluster.connect();
+    assert.match(conn.via, /^port-forward to tel-system\/traffic-manager-0:8081 through https:\/\/127\.0\.0\.1:/);
+    assert.deepEqual(conn.mustNotRoute, ["127.0.0.1"]);
+    const port = Number(conn.address.replace(/^127\.0\.0\.1:/, ""));
+    assert.equal(await echoThrough(port, "through the helper"), "through the helper");
+    await conn.close();
+    await assert.rejects(Deno.connect({ hostname: "127.0.0.1", port }), /refused/i, "the forward was closed");
 
-      // closing the session ends the helper (its stdin closes) and its port-forward
-      await cluster.close!();
-      await waitFor(async () => (await helperPids()).length === 0, "the helper to exit");
-      await assert.rejects(Deno.connect({ hostname: "127.0.0.1", port: port2 }), /refused/i);
-      await assert.rejects(cluster.connect(), (e) => e instanceof TelError && e.category === "bug");
-    } finally {
-      echo.close();
-    }
+    // the helper dies and a connect follows at once (before its exit is seen): a new helper is prepared and answers
+    Deno.kill(pid, "SIGKILL");
+    const again = await cluster.connect();
+    await waitFor(() => !alive(pid), "the helper to die");
+    const [pid2] = await helperPids();
+    assert.ok(pid2 && pid2 !== pid, "a new helper runs");
+    const port2 = Number(again.address.replace(/^127\.0\.0\.1:/, ""));
+    assert.equal(await echoThrough(port2, "again"), "again");
+
+    // closing the session ends the helper (its stdin closes) and its port-forward
+    await cluster.close!();
+    await waitFor(async () => (await helperPids()).length === 0, "the helper to exit");
+    await assert.rejects(Deno.connect({ hostname: "127.0.0.1", port: port2 }), /refused/i);
+    await assert.rejects(cluster.connect(), (e) => e instanceof TelError && e.category === "bug");
   },
-});
+);
 
 Deno.test("kube helper: the helper's errors arrive whole (category, message, hint) and leave no process", async () => {
   await using api = await FakeKubeApi.start();
@@ -192,79 +202,62 @@ async function echoOver(s: WireSocket, text: string): Promise<string> {
   return new TextDecoder().decode(Buffer.concat(chunks));
 }
 
-Deno.test({
-  name: "kube helper: the daemon opens the port-forward's websockets itself, so bytes skip the helper's process",
-  sanitizeResources: false, // pgrep's output streams are read to their end by output()
-  async fn() {
-    const echo = tcpEchoServer();
-    await using api = await FakeKubeApi.start();
-    addManagerPod(api, echo.port);
+withManagerPod(
+  "kube helper: the daemon opens the port-forward's websockets itself, so bytes skip the helper's process",
+  async (api) => {
+    const cluster = await kubeHelperConnector({ argv }).prepare(
+      ConnectRequest.fromPartial({ kubeconfig: api.kubeconfig() }),
+    );
+    const [pid] = await helperPids();
+    const conn = await cluster.connect();
+    assert.ok(conn.dial, "a dial beside the helper's address");
+    assert.match(conn.via, /, websockets opened by the daemon$/);
+    // the first websocket was opened by connect: it carries bytes with the helper stopped
+    Deno.kill(pid, "SIGSTOP");
     try {
-      const cluster = await kubeHelperConnector({ argv }).prepare(
+      const first = conn.dial()!;
+      assert.ok(first);
+      assert.equal(await echoOver(first, "without the helper"), "without the helper");
+    } finally {
+      Deno.kill(pid, "SIGCONT");
+    }
+    // later ones ask the helper for fresh credentials, then go straight to the API server
+    assert.equal(await echoOver(conn.dial()!, "a second stream"), "a second stream");
+    // the helper's own listener still works (grpc-js calls, a fallback)
+    const port = Number(conn.address.replace(/^127\.0\.0\.1:/, ""));
+    assert.equal(await echoThrough(port, "through the helper"), "through the helper");
+    await conn.close();
+    assert.equal(conn.dial(), undefined, "no more websockets once the connection is closed");
+
+    // a cluster Deno's client cannot reach as configured (insecure-skip-tls-verify): no dial, the helper's listener
+    const insecure = api.kubeconfig().replace(/certificate-authority-data: .*/, "insecure-skip-tls-verify: true");
+    const viaHelper = await (await kubeHelperConnector({ argv }).prepare(
+      ConnectRequest.fromPartial({ kubeconfig: insecure }),
+    )).connect();
+    assert.equal(viaHelper.dial, undefined);
+    const port2 = Number(viaHelper.address.replace(/^127\.0\.0\.1:/, ""));
+    assert.equal(await echoThrough(port2, "insecure"), "insecure");
+    await viaHelper.close();
+    await cluster.close!();
+  },
+);
+
+withManagerPod(
+  "kube helper: when the daemon's own websocket does not open (refused, or no answer), the helper carries the bytes",
+  async (api) => {
+    // code 500: refused at once; code 0: the upgrade is never answered, so the check gives up after its timeout
+    for (const code of [500, 0]) {
+      const cluster = await kubeHelperConnector({ argv, directOpenTimeoutMs: 500 }).prepare(
         ConnectRequest.fromPartial({ kubeconfig: api.kubeconfig() }),
       );
-      const [pid] = await helperPids();
+      api.cluster.failNext("create", "pods/portforward", code, 1); // the daemon's check is the first upgrade
       const conn = await cluster.connect();
-      assert.ok(conn.dial, "a dial beside the helper's address");
-      assert.match(conn.via, /, websockets opened by the daemon$/);
-      // the first websocket was opened by connect: it carries bytes with the helper stopped
-      Deno.kill(pid, "SIGSTOP");
-      try {
-        const first = conn.dial()!;
-        assert.ok(first);
-        assert.equal(await echoOver(first, "without the helper"), "without the helper");
-      } finally {
-        Deno.kill(pid, "SIGCONT");
-      }
-      // later ones ask the helper for fresh credentials, then go straight to the API server
-      assert.equal(await echoOver(conn.dial()!, "a second stream"), "a second stream");
-      // the helper's own listener still works (grpc-js calls, a fallback)
+      assert.equal(conn.dial, undefined, `code ${code}: no dial of its own`);
+      assert.doesNotMatch(conn.via, /websockets opened by the daemon/);
       const port = Number(conn.address.replace(/^127\.0\.0\.1:/, ""));
-      assert.equal(await echoThrough(port, "through the helper"), "through the helper");
+      assert.equal(await echoThrough(port, `after ${code}`), `after ${code}`);
       await conn.close();
-      assert.equal(conn.dial(), undefined, "no more websockets once the connection is closed");
-
-      // a cluster Deno's client cannot reach as configured (insecure-skip-tls-verify): no dial, the helper's listener
-      const insecure = api.kubeconfig().replace(/certificate-authority-data: .*/, "insecure-skip-tls-verify: true");
-      const viaHelper = await (await kubeHelperConnector({ argv }).prepare(
-        ConnectRequest.fromPartial({ kubeconfig: insecure }),
-      )).connect();
-      assert.equal(viaHelper.dial, undefined);
-      const port2 = Number(viaHelper.address.replace(/^127\.0\.0\.1:/, ""));
-      assert.equal(await echoThrough(port2, "insecure"), "insecure");
-      await viaHelper.close();
       await cluster.close!();
-    } finally {
-      echo.close();
     }
   },
-});
-
-Deno.test({
-  name:
-    "kube helper: when the daemon's own websocket does not open (refused, or no answer), the helper carries the bytes",
-  sanitizeResources: false, // pgrep's output streams are read to their end by output()
-  async fn() {
-    const echo = tcpEchoServer();
-    await using api = await FakeKubeApi.start();
-    addManagerPod(api, echo.port);
-    try {
-      // code 500: refused at once; code 0: the upgrade is never answered, so the check gives up after its timeout
-      for (const code of [500, 0]) {
-        const cluster = await kubeHelperConnector({ argv, directOpenTimeoutMs: 500 }).prepare(
-          ConnectRequest.fromPartial({ kubeconfig: api.kubeconfig() }),
-        );
-        api.cluster.failNext("create", "pods/portforward", code, 1); // the daemon's check is the first upgrade
-        const conn = await cluster.connect();
-        assert.equal(conn.dial, undefined, `code ${code}: no dial of its own`);
-        assert.doesNotMatch(conn.via, /websockets opened by the daemon/);
-        const port = Number(conn.address.replace(/^127\.0\.0\.1:/, ""));
-        assert.equal(await echoThrough(port, `after ${code}`), `after ${code}`);
-        await conn.close();
-        await cluster.close!();
-      }
-    } finally {
-      echo.close();
-    }
-  },
-});
+);
