@@ -5,7 +5,7 @@ import type { ManagerConnection } from "../core/session/session.ts";
 import type { ManagerConnector } from "../core/session/daemon.ts";
 import { TelError } from "../core/errors.ts";
 import type { ConnectRequest } from "../proto/gen/tel.ts";
-import { CHANNEL_PROTOCOLS, denoHttpMaterial, denoHttpUsable } from "./kube_channels.ts";
+import { CHANNEL_PROTOCOLS, channelUrl, denoHttpMaterial, denoHttpUsable } from "./kube_channels.ts";
 import type { PortForwardAccess } from "./port_forward_stream.ts";
 import { findManagerPod, flattenKubeConfig, kubeError, loadKubeConfig, portForward } from "./kube.ts";
 
@@ -71,7 +71,7 @@ export const managerConnector: ManagerConnector = {
         if (denoHttpUsable(kube.kc)) {
           const path = `/api/v1/namespaces/${encodeURIComponent(managerNs)}/pods/${encodeURIComponent(pod.name)}` +
             `/portforward?ports=${MANAGER_PORT}`;
-          const url = kube.server.replace(/^http/, "ws").replace(/\/$/, "") + path;
+          const url = channelUrl(kube.server, path);
           // read anew each time: rotated tokens and exec credentials are picked up
           conn.portForwardAccess = async () => ({
             url,

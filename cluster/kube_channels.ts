@@ -16,7 +16,7 @@ import { WebSocketHandler, type WebSocketInterface } from "@kubernetes/client-no
 import WsWebSocket from "ws";
 import { TelError } from "../core/errors.ts";
 import { log } from "../core/log.ts";
-import { noDelayToServer } from "./port_forward_stream.ts";
+import { type DenoHttpMaterial, httpClientFor, noDelayToServer } from "./port_forward_stream.ts";
 
 /**
  * Whether the current cluster can be reached with Deno's own HTTP client: it has no per-client switch for
@@ -42,20 +42,14 @@ function pemText(v: unknown): string | undefined {
  */
 export async function denoHttpAccess(kc: KubeConfig): Promise<{ headers: Headers; client: Deno.HttpClient }> {
   const m = await denoHttpMaterial(kc);
-  const client = Deno.createHttpClient({
-    ...(m.caCerts ? { caCerts: m.caCerts } : {}),
-    ...(m.cert && m.key ? { cert: m.cert, key: m.key } : {}),
-  });
-  return { headers: new Headers(m.headers), client };
+  return { headers: new Headers(m.headers), client: httpClientFor(m) };
 }
 
 /**
  * What {@link denoHttpAccess} builds its headers and client from, as plain data (PEM text, header values) that can
  * travel to another process: the kube helper hands it to the daemon, which opens port-forward websockets itself.
  */
-export async function denoHttpMaterial(
-  kc: KubeConfig,
-): Promise<{ headers: Record<string, string>; caCerts?: string[]; cert?: string; key?: string }> {
+export async function denoHttpMaterial(kc: KubeConfig): Promise<DenoHttpMaterial> {
   // deno-lint-ignore no-explicit-any
   const opts: any = {};
   await kc.applyToHTTPSOptions(opts);
@@ -66,6 +60,11 @@ export async function denoHttpMaterial(
   const cert = pemText(opts.cert);
   const key = pemText(opts.key);
   return { headers, ...(ca ? { caCerts: [ca] } : {}), ...(cert && key ? { cert, key } : {}) };
+}
+
+/** The websocket URL of an API `path` (…/portforward?ports=…) on the API server at `server` (https:// → wss://). */
+export function channelUrl(server: string, path: string): string {
+  return server.replace(/^http/, "ws").replace(/\/$/, "") + path;
 }
 
 /** How long a websocket upgrade may go unanswered. */
@@ -203,7 +202,7 @@ export class KubeChannels implements WebSocketInterface {
     const server = this.#kc.getCurrentCluster()?.server;
     if (!server) throw new TelError("config", "kubeconfig: no current cluster");
     const { headers, client } = await denoHttpAccess(this.#kc);
-    const url = server.replace(/^http/, "ws").replace(/\/$/, "") + path;
+    const url = channelUrl(server, path);
     let open = true;
     const closeClient = () => {
       if (open) client.close();

@@ -14,12 +14,11 @@ import { Duplex } from "node:stream";
 import { TelError } from "../core/errors.ts";
 import { noDelayWhere } from "../core/tcp_nodelay.ts";
 
-/** What the daemon needs to open a port-forward websocket itself (the helper reads it from the kubeconfig). */
-export interface PortForwardAccess {
-  /** wss://…/api/v1/namespaces/NS/pods/POD/portforward?ports=PORT */
-  url: string;
-  /** The channel subprotocols to offer, newest first. */
-  protocols: string[];
+/**
+ * What Deno's HTTP client needs to reach the cluster as the kubeconfig's user, as plain data (header values, PEM text)
+ * that can travel between processes (kube_channels.ts denoHttpMaterial reads it from a kubeconfig).
+ */
+export interface DenoHttpMaterial {
   /** Request headers: bearer token, basic auth, impersonation. */
   headers: Record<string, string>;
   /** The cluster's CA (PEM), when the kubeconfig names one. */
@@ -29,12 +28,25 @@ export interface PortForwardAccess {
   key?: string;
 }
 
+/** A Deno HttpClient that trusts the material's CA and presents its client certificate; the caller closes it. */
+export function httpClientFor(m: DenoHttpMaterial): Deno.HttpClient {
+  return Deno.createHttpClient({
+    ...(m.caCerts?.length ? { caCerts: m.caCerts } : {}),
+    ...(m.cert && m.key ? { cert: m.cert, key: m.key } : {}),
+  });
+}
+
+/** What the daemon needs to open a port-forward websocket itself (the helper reads it from the kubeconfig). */
+export interface PortForwardAccess extends DenoHttpMaterial {
+  /** wss://…/api/v1/namespaces/NS/pods/POD/portforward?ports=PORT */
+  url: string;
+  /** The channel subprotocols to offer, newest first. */
+  protocols: string[];
+}
+
 /** Opens the websocket for a {@link PortForwardAccess} with Deno's HTTP client; the client closes with the socket. */
 export function openPortForwardSocket(a: PortForwardAccess): WebSocket {
-  const client = Deno.createHttpClient({
-    ...(a.caCerts?.length ? { caCerts: a.caCerts } : {}),
-    ...(a.cert && a.key ? { cert: a.cert, key: a.key } : {}),
-  });
+  const client = httpClientFor(a);
   let ws: WebSocket;
   try {
     ws = new WebSocket(a.url, { protocols: a.protocols, headers: a.headers, client });
