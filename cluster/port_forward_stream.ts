@@ -160,7 +160,7 @@ export class PortForwardStream extends Duplex {
   }
 
   #onMessage(data: unknown): void {
-    if (typeof data === "string" || !(data instanceof ArrayBuffer) || data.byteLength === 0) return;
+    if (!(data instanceof ArrayBuffer) || data.byteLength === 0) return; // text frames: not this protocol
     const b = Buffer.from(data);
     const channel = b[0];
     let body = b.subarray(1);
