@@ -301,7 +301,13 @@ for (const server of TUNNEL_SERVERS) {
 }
 
 /** A raw Tunnel call whose requests are raw bytes, to send what a well-behaved client never would. */
-function rawTunnel(port: number): grpc.ClientDuplexStream<Uint8Array, Frame> {
+/**
+ * A Tunnel call whose request bytes go out as given, on a grpc-js connection of its own; close() closes that
+ * connection. Close it before the manager goes away: a grpc-js client left open while the server ended its streams and
+ * then its connection crashed Deno's node:http2 (nghttp2 assertion `stream->closed_next == NULL` in
+ * find_stream_on_goaway_func, or SIGSEGV) in about half the runs of this file's test.
+ */
+function rawTunnel(port: number): { call: grpc.ClientDuplexStream<Uint8Array, Frame>; close(): void } {
   const Ctor = grpc.makeGenericClientConstructor({
     tunnel: {
       ...TUNNEL_METHOD,
@@ -310,10 +316,10 @@ function rawTunnel(port: number): grpc.ClientDuplexStream<Uint8Array, Frame> {
       responseDeserialize: (b: Buffer) => decodeFrame(b),
     },
   }, "raw");
-  const c = new Ctor(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as {
-    tunnel(): grpc.ClientDuplexStream<Uint8Array, Frame>;
-  };
-  return c.tunnel();
+  const c = new Ctor(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
+    "grpc.use_local_subchannel_pool": 1,
+  }) as unknown as grpc.Client & { tunnel(): grpc.ClientDuplexStream<Uint8Array, Frame> };
+  return { call: c.tunnel(), close: () => c.close() };
 }
 
 async function firstReply(call: grpc.ClientDuplexStream<Uint8Array, Frame>): Promise<Frame | undefined> {
@@ -329,15 +335,20 @@ for (const server of TUNNEL_SERVERS) {
       await withManager(
         async ({ client, sessionId, port }) => {
           const garbage = rawTunnel(port);
-          garbage.write(new Uint8Array([0x12, 0xff, 0xff, 0x01]));
-          const g = await firstReply(garbage);
-          assert.equal(g?.$case, "disconnect");
-          assert.match((g as { value: { reason: string } }).value.reason, /undecodable tunnel frame/);
-
           const early = rawTunnel(port);
-          early.write(encodeFrame(frames.data(new Uint8Array([1]))));
-          const e = await firstReply(early);
-          assert.deepEqual(e, frames.disconnect("out-of-order frame data: expected open first"));
+          try {
+            garbage.call.write(new Uint8Array([0x12, 0xff, 0xff, 0x01]));
+            const g = await firstReply(garbage.call);
+            assert.equal(g?.$case, "disconnect");
+            assert.match((g as { value: { reason: string } }).value.reason, /undecodable tunnel frame/);
+
+            early.call.write(encodeFrame(frames.data(new Uint8Array([1]))));
+            const e = await firstReply(early.call);
+            assert.deepEqual(e, frames.disconnect("out-of-order frame data: expected open first"));
+          } finally {
+            garbage.close();
+            early.close();
+          }
 
           // The server still serves: a proper tunnel works after both.
           const t = await openTunnel(client, {
