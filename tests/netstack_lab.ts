@@ -20,7 +20,10 @@ export const POD6 = "fd00:7e1::10";
 export const ROUTES = ["198.18.0.0/16", "fd00:7e1::/48"];
 
 /** Ports of the in-process endpoints. */
-export const PORT = { echo: 7, sink: 9, http: 80, refuse: 81, unreachable: 82, slow: 83 } as const;
+export const PORT = { echo: 7, sink: 9, http: 80, refuse: 81, unreachable: 82, slow: 83, greet: 84 } as const;
+
+/** What the lab's `greet` target sends before the client says anything (then it echoes): more than a SYN's window. */
+export const GREETING_BYTES = 100_000;
 
 /** Deterministic, non-repeating test bytes (xorshift32 stream). */
 export function testBytes(n: number, seed = 0x9e3779b9): Uint8Array {
@@ -99,7 +102,7 @@ async function serveHttp(conn: TcpConn, body: (n: number) => Uint8Array): Promis
   await w.close();
 }
 
-/** The forwarder of the lab: echo, sink, HTTP, refuse, unreachable. */
+/** The forwarder of the lab: echo, sink, HTTP, greet (speaks first, then echoes), refuse, unreachable. */
 export function labForwarder(body: (n: number) => Uint8Array): Forwarder & { errors: unknown[] } {
   const errors: unknown[] = [];
   const guard = (p: Promise<unknown>) => p.catch((e) => errors.push(e));
@@ -115,6 +118,10 @@ export function labForwarder(body: (n: number) => Uint8Array): Forwarder & { err
           return Promise.resolve("accept");
         case PORT.http:
           guard(serveHttp(conn, body));
+          return Promise.resolve("accept");
+        case PORT.greet:
+          // given before the verdict, as a target's first bytes can reach the daemon with its dial answer
+          guard(Promise.resolve(conn.send(body(GREETING_BYTES))).then(() => conn.readable.pipeTo(conn.writable)));
           return Promise.resolve("accept");
         case PORT.unreachable:
           return Promise.resolve("unreachable");

@@ -2,7 +2,7 @@
 
 import { deepStrictEqual, equal, match, ok } from "node:assert/strict";
 import { canUseNetns } from "./lab/netns.ts";
-import { denoEvalIn, POD4, POD6, PORT, sha256, testBytes, withTunLab } from "./netstack_lab.ts";
+import { denoEvalIn, GREETING_BYTES, POD4, POD6, PORT, sha256, testBytes, withTunLab } from "./netstack_lab.ts";
 
 const ignore = !(await canUseNetns());
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
@@ -86,6 +86,41 @@ Deno.test(
       const r6 = await denoEvalIn(ns, halfClose(POD6));
       equal(r6.stdout.trim(), "echoed-all", r6.stderr);
       equal(stack.counters().internalErrors, 0);
+    });
+  },
+);
+
+const greeted = (host: string) => `
+  const c = await Deno.connect({ hostname: "${host}", port: ${PORT.greet} });
+  const got = new Uint8Array(${GREETING_BYTES});
+  for (let n = 0; n < got.length;) {
+    const k = await c.read(got.subarray(n));
+    if (k === null) throw new Error("ended after " + n);
+    n += k;
+  }
+  const hash = Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", got)), (b) => b.toString(16).padStart(2, "0")).join("");
+  await c.write(new TextEncoder().encode("ping"));
+  const echo = new Uint8Array(4);
+  for (let n = 0; n < 4;) n += (await c.read(echo.subarray(n))) ?? 4;
+  console.log(hash + " " + new TextDecoder().decode(echo));
+  c.close();
+`;
+
+Deno.test(
+  "tcp over TUN: a target that speaks first is heard: its bytes go right behind the SYN-ACK and the kernel keeps them",
+  opts,
+  async () => {
+    const want = await sha256(testBytes(GREETING_BYTES));
+    await withTunLab(async ({ ns, stack }) => {
+      for (const host of [POD4, POD6]) {
+        const r = await denoEvalIn(ns, greeted(host));
+        equal(r.stdout.trim(), `${want} ping`, r.stderr);
+      }
+      // data went before the client's ACK of our SYN-ACK, and its kernel kept it: none had to be sent again
+      const c = stack.counters();
+      ok(c.tcpEarlyData >= 2, JSON.stringify(c));
+      equal(c.tcpRetransmits, 0, JSON.stringify(c));
+      equal(c.internalErrors, 0);
     });
   },
 );

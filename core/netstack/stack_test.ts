@@ -218,6 +218,96 @@ Deno.test("tcp: the receive window follows the reader (closes when it stalls, re
   ok(upd.window * 128 >= 4096, `window reopened (${upd.window * 128})`);
 });
 
+Deno.test("tcp: what the target sends before the handshake completes goes right behind the SYN-ACK; the FIN waits for it", async () => {
+  const greeting = new Uint8Array(3000).map((_, i) => i & 255);
+  const env = setup({
+    verdict: (c) => {
+      c.send(greeting); // the target spoke first: its bytes wait for the SYN-ACK
+      return Promise.resolve("accept");
+    },
+  });
+  env.stack.input([
+    env.seg({ seq: 1000, flags: SYN, window: 65535, mss: 1460, windowScale: 7, sackPermitted: true, tsVal: 1 }),
+  ]);
+  await tick();
+  const [synack, ...data] = env.take();
+  equal(synack.tcp!.flags, SYN | ACK);
+  const snd = (synack.tcp!.seq + 1) >>> 0;
+  assertEquals(data.map((s) => [s.tcp!.seq - snd, s.payload.length]), [[0, 1448], [1448, 1448], [2896, 104]]);
+  assertEquals(data.map((s) => s.tcp!.flags & (ACK | FIN)), [ACK, ACK, ACK], "no FIN, every segment ACKs their SYN");
+  assertEquals(new Uint8Array(data.flatMap((s) => [...s.payload])), greeting);
+  const conn = env.conns[0];
+  equal(conn.state, "syn-received");
+  // more from the target goes at once too; its end waits for the handshake
+  conn.send(new Uint8Array([1, 2, 3]));
+  conn.shutdownWrite();
+  const more = env.take();
+  assertEquals(more.map((s) => [s.tcp!.seq - snd, s.payload.length, s.tcp!.flags & FIN]), [[3000, 3, 0]]);
+  // the client's handshake ACK (it saw the SYN-ACK, not yet the data): ESTABLISHED, nothing acknowledged yet
+  env.stack.input([env.seg({ seq: 1001, ack: snd, window: 512, tsVal: 2 })]);
+  equal(conn.state, "fin-wait-1");
+  assertEquals(env.take(), [], "nothing resent, and no FIN before the data is acknowledged");
+  // it acknowledges everything: the FIN goes
+  env.stack.input([env.seg({ seq: 1001, ack: (snd + 3003) >>> 0, window: 512, tsVal: 3 })]);
+  const [fin] = env.take();
+  equal(fin.tcp!.flags & FIN, FIN);
+  equal(fin.tcp!.seq, (snd + 3003) >>> 0);
+  equal(env.stack.counters().tcpRetransmits, 0);
+  equal(env.stack.counters().tcpEarlyData, 4);
+});
+
+Deno.test("tcp: data behind a SYN-ACK: a lost copy is resent on RTO; an ACK of all of it completes the handshake; one past it is reset", async () => {
+  const env = setup({
+    verdict: (c) => {
+      c.send(new Uint8Array(100).fill(9));
+      return Promise.resolve("accept");
+    },
+  });
+  const syn = (srcPort: number) =>
+    env.stack.input([env.seg({ srcPort, seq: 1000, flags: SYN, window: 65535, mss: 1460, tsVal: 1 })]);
+  // 1: the client saw the SYN-ACK only; the data is resent on RTO, not lost
+  syn(40001);
+  await tick();
+  const [a, aData] = env.take();
+  const sndA = (a.tcp!.seq + 1) >>> 0;
+  equal(aData.tcp!.seq, sndA);
+  env.stack.input([env.seg({ srcPort: 40001, seq: 1001, ack: sndA, window: 512, tsVal: 2 })]);
+  equal(env.conns[0].state, "established");
+  assertEquals(env.take(), []);
+  env.fake.tick(1100);
+  const resent = env.take();
+  assertEquals(resent.map((s) => [s.tcp!.seq, s.payload.length]), [[sndA, 100]]);
+  env.stack.input([env.seg({ srcPort: 40001, seq: 1001, ack: (sndA + 100) >>> 0, window: 512, tsVal: 3 })]);
+  // 2: the client's one ACK covers the SYN and the data (it read both before answering)
+  syn(40002);
+  await tick();
+  const [b] = env.take();
+  const sndB = (b.tcp!.seq + 1) >>> 0;
+  env.stack.input([env.seg({ srcPort: 40002, seq: 1001, ack: (sndB + 100) >>> 0, window: 512, tsVal: 2 })]);
+  equal(env.conns[1].state, "established");
+  assertEquals(env.take(), [], "all acknowledged: nothing to send");
+  env.fake.tick(5000);
+  assertEquals(env.take(), [], "and nothing resent later");
+  // 3: a SYN-ACK sent again (the first timed out) resends the data behind it; an ACK of the first copy still counts
+  syn(40003);
+  await tick();
+  const [c] = env.take();
+  const sndC = (c.tcp!.seq + 1) >>> 0;
+  env.fake.tick(1100);
+  assertEquals(env.take().map((s) => [s.tcp!.flags & SYN, s.payload.length]), [[SYN, 0], [0, 100]]);
+  env.stack.input([env.seg({ srcPort: 40003, seq: 1001, ack: (sndC + 100) >>> 0, window: 512, tsVal: 2 })]);
+  equal(env.conns[2].state, "established");
+  // 4: an ACK of more than was sent is answered with RST, the connection still waits for a good one
+  syn(40004);
+  await tick();
+  const [d] = env.take();
+  const sndD = (d.tcp!.seq + 1) >>> 0;
+  env.stack.input([env.seg({ srcPort: 40004, seq: 1001, ack: (sndD + 101) >>> 0, window: 512, tsVal: 2 })]);
+  const [rst] = env.take();
+  equal(rst.tcp!.flags, RST);
+  equal(env.conns[3].state, "syn-received");
+});
+
 Deno.test("tcp: unacknowledged data is retransmitted on RTO; three duplicate ACKs trigger fast retransmit", async () => {
   const env = setup();
   const { snd, conn } = await handshake(env, 65535);

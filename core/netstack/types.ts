@@ -35,6 +35,8 @@ export interface Counters {
   tcpRefused: number;
   tcpUnreachable: number;
   tcpRetransmits: number;
+  /** Data segments sent right behind a SYN-ACK, before the client's ACK of it (a target that spoke first). */
+  tcpEarlyData: number;
   /** Retransmission timeouts (each one a stall of at least the RTO). */
   tcpTimeouts: number;
   tcpResets: number;
@@ -63,6 +65,7 @@ export function zeroCounters(): Counters {
     tcpRefused: 0,
     tcpUnreachable: 0,
     tcpRetransmits: 0,
+    tcpEarlyData: 0,
     tcpTimeouts: 0,
     tcpResets: 0,
     udpAccepted: 0,

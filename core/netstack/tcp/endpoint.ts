@@ -367,8 +367,11 @@ export class TcpEndpoint implements TcpConn {
   accept(): void {
     if (this.#state !== "syn-pending") return;
     this.#state = "syn-received";
+    // the send queue's bytes start after our SYN (the handshake's ACK is checked against ISS itself)
+    this.#sndUna = seqAdd(this.#iss, 1);
     this.#sendSynAck();
     this.#arm(this.#rto);
+    this.output(); // what the target sent already goes right behind the SYN-ACK
   }
 
   /** The forwarder refused or failed: the stack answers the client; here the streams end. */
@@ -411,22 +414,27 @@ export class TcpEndpoint implements TcpConn {
           return;
         }
         if (flags & SYN) {
-          if (h.seq === this.#irs) this.#sendSynAck();
+          if (h.seq !== this.#irs) return;
+          // they did not get our SYN-ACK, so neither what went behind it
+          this.#sendSynAck();
+          this.output();
           return;
         }
         if (!(flags & ACK)) return;
-        if (h.ack !== seqAdd(this.#iss, 1)) {
+        // it acknowledges our SYN, and maybe data we sent right behind the SYN-ACK (RFC 9293: SND.UNA < SEG.ACK ≤ SND.NXT)
+        if (seqLe(h.ack, this.#iss) || seqGt(h.ack, this.#sndMax)) {
           this.#host.sendSegment(this, { ...this.#ports(), seq: h.ack, ack: 0, flags: RST, window: 0 }, 0, 0);
           return;
         }
-        this.#sndUna = h.ack;
         this.#sndWnd = h.window * 2 ** this.#sndWscale;
         this.#maxSndWnd = this.#sndWnd;
         this.#sndWl1 = h.seq;
         this.#sndWl2 = h.ack;
         this.#retries = 0;
         this.#rto = Math.max(this.#tune.minRtoMs, 1000);
-        this.#disarm();
+        // data sent behind the SYN-ACK and not acknowledged yet keeps the retransmission timer running
+        if (seqGt(this.#sndMax, this.#sndUna)) this.#arm(this.#rto);
+        else this.#disarm();
         this.#state = this.#finQueued ? "fin-wait-1" : "established";
         break;
       case "time-wait":
@@ -817,7 +825,9 @@ export class TcpEndpoint implements TcpConn {
       f.tsEcr = this.#tsRecent;
     }
     this.#rcvAdvEdge = seqAdd(this.#rcvNxt, f.window);
-    this.#sndNxt = this.#sndMax = seqAdd(this.#iss, 1);
+    // a repeated SYN-ACK sends the data behind it again (go-back), while an ACK of what already went stays valid
+    this.#sndNxt = seqAdd(this.#iss, 1);
+    if (seqLt(this.#sndMax, this.#sndNxt)) this.#sndMax = this.#sndNxt;
     this.#host.sendSegment(this, f, 0, 0);
   }
 
@@ -864,12 +874,20 @@ export class TcpEndpoint implements TcpConn {
     this.#sqHead = n;
   }
 
-  /** Sends data segments (and FIN) as far as the windows allow. */
+  /**
+   * Sends data segments (and FIN) as far as the windows allow. In SYN-RECEIVED data already goes, right behind the
+   * SYN-ACK, within the window the client's SYN offered (a client is ESTABLISHED once it has the SYN-ACK, and takes it;
+   * a server that speaks first is heard one round trip sooner); the FIN waits for the handshake to complete.
+   */
   output(): void {
     const st = this.#state;
-    if (st !== "established" && st !== "close-wait" && st !== "fin-wait-1" && st !== "last-ack" && st !== "closing") {
+    if (
+      st !== "established" && st !== "close-wait" && st !== "fin-wait-1" && st !== "last-ack" && st !== "closing" &&
+      st !== "syn-received"
+    ) {
       return;
     }
+    const finOk = st !== "syn-received";
     const dataEnd = seqAdd(this.#sndUna, this.#sqBytes);
     for (;;) {
       const off = seqDiff(this.#sndNxt, this.#sndUna);
@@ -886,11 +904,11 @@ export class TcpEndpoint implements TcpConn {
         // nothing is in flight (then no ACK would come to unblock us: RFC 9293's override timeout, at once).
         if (len < this.#mss && len < unsent && len < this.#maxSndWnd / 2 && off > 0) return;
         const last = len === unsent;
-        const fin = last && this.#finQueued;
+        const fin = last && this.#finQueued && finOk;
         this.#sendData(this.#sndNxt, off, len, fin, last);
         continue;
       }
-      if (this.#finQueued && this.#sndNxt === dataEnd) {
+      if (this.#finQueued && finOk && this.#sndNxt === dataEnd) {
         this.#sendData(this.#sndNxt, off, 0, true, true);
       }
       return;
@@ -899,6 +917,7 @@ export class TcpEndpoint implements TcpConn {
 
   #sendData(seq: number, off: number, len: number, fin: boolean, push: boolean): void {
     const flags = ACK | (push && len > 0 ? PSH : 0) | (fin ? FIN : 0);
+    if (this.#state === "syn-received") this.#host.counters.tcpEarlyData++;
     if (seqLt(seq, this.#sndMax)) this.#host.counters.tcpRetransmits++;
     else if (this.#rttSeq < 0 && !this.#tsOk) {
       this.#rttSeq = seq;
@@ -1043,6 +1062,7 @@ export class TcpEndpoint implements TcpConn {
       this.#host.counters.tcpRetransmits++;
       this.#sendSynAck();
       this.#arm(this.#rto);
+      this.output();
       return;
     }
     const outstanding = seqDiff(this.#sndMax, this.#sndUna);
