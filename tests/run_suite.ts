@@ -33,6 +33,15 @@ if ("reason" in real) {
 }
 
 const run = await runDenoTest(Deno.args.length > 0 ? Deno.args : ["."], env);
+if (!run.summary) {
+  // no summary: the runner itself died (a crash of the runtime kills every file's run at once); say where
+  const how = run.signal ? `was killed by ${run.signal}` : `exited with code ${run.code} and no summary`;
+  const where = run.running
+    ? ` while running "${run.running.name}"${run.running.file ? ` (${run.running.file})` : ""}`
+    : "";
+  // (after a newline: the output ended inside the unfinished test's "NAME ..." line)
+  console.error(`${run.running ? "\n" : ""}deno test ${how}${where}; no test counts as passed`);
+}
 const passed = run.summary?.passed ?? 0;
 const failed = run.summary?.failed ?? (run.code !== 0 ? 1 : 0);
 console.log(`${passed} passed, ${failed} failed`);
