@@ -20,7 +20,16 @@ export const POD6 = "fd00:7e1::10";
 export const ROUTES = ["198.18.0.0/16", "fd00:7e1::/48"];
 
 /** Ports of the in-process endpoints. */
-export const PORT = { echo: 7, sink: 9, http: 80, refuse: 81, unreachable: 82, slow: 83, greet: 84 } as const;
+export const PORT = {
+  echo: 7,
+  sink: 9,
+  http: 80,
+  refuse: 81,
+  unreachable: 82,
+  slow: 83,
+  greet: 84,
+  hello: 85,
+} as const;
 
 /** What the lab's `greet` target sends before the client says anything (then it echoes): more than a SYN's window. */
 export const GREETING_BYTES = 100_000;
@@ -102,7 +111,10 @@ async function serveHttp(conn: TcpConn, body: (n: number) => Uint8Array): Promis
   await w.close();
 }
 
-/** The forwarder of the lab: echo, sink, HTTP, greet (speaks first, then echoes), refuse, unreachable. */
+/**
+ * The forwarder of the lab: echo, sink, HTTP, greet (speaks first, then echoes), hello ("h" and hang up, before the
+ * client says anything), refuse, unreachable.
+ */
 export function labForwarder(body: (n: number) => Uint8Array): Forwarder & { errors: unknown[] } {
   const errors: unknown[] = [];
   const guard = (p: Promise<unknown>) => p.catch((e) => errors.push(e));
@@ -122,6 +134,11 @@ export function labForwarder(body: (n: number) => Uint8Array): Forwarder & { err
         case PORT.greet:
           // given before the verdict, as a target's first bytes can reach the daemon with its dial answer
           guard(Promise.resolve(conn.send(body(GREETING_BYTES))).then(() => conn.readable.pipeTo(conn.writable)));
+          return Promise.resolve("accept");
+        case PORT.hello:
+          conn.send(enc.encode("h"));
+          conn.shutdownWrite();
+          guard(conn.readable.pipeTo(new WritableStream()));
           return Promise.resolve("accept");
         case PORT.unreachable:
           return Promise.resolve("unreachable");

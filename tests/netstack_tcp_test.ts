@@ -106,8 +106,17 @@ const greeted = (host: string) => `
   c.close();
 `;
 
+const hello = (host: string) => `
+  const c = await Deno.connect({ hostname: "${host}", port: ${PORT.hello} });
+  const got = [];
+  const b = new Uint8Array(16);
+  for (let k; (k = await c.read(b)) !== null;) got.push(...b.subarray(0, k));
+  console.log(new TextDecoder().decode(new Uint8Array(got)) + " then EOF");
+  c.close();
+`;
+
 Deno.test(
-  "tcp over TUN: a target that speaks first is heard: its bytes go right behind the SYN-ACK and the kernel keeps them",
+  "tcp over TUN: a target that speaks first is heard: its bytes (and FIN) go right behind the SYN-ACK, the kernel keeps them",
   opts,
   async () => {
     const want = await sha256(testBytes(GREETING_BYTES));
@@ -115,6 +124,9 @@ Deno.test(
       for (const host of [POD4, POD6]) {
         const r = await denoEvalIn(ns, greeted(host));
         equal(r.stdout.trim(), `${want} ping`, r.stderr);
+        // one that answers and hangs up before the client says anything: its byte and FIN come right behind
+        const h = await denoEvalIn(ns, hello(host));
+        equal(h.stdout.trim(), "h then EOF", h.stderr);
       }
       // data went before the client's ACK of our SYN-ACK, and its kernel kept it: none had to be sent again
       const c = stack.counters();

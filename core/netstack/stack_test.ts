@@ -218,7 +218,7 @@ Deno.test("tcp: the receive window follows the reader (closes when it stalls, re
   ok(upd.window * 128 >= 4096, `window reopened (${upd.window * 128})`);
 });
 
-Deno.test("tcp: what the target sends before the handshake completes goes right behind the SYN-ACK; the FIN waits for it", async () => {
+Deno.test("tcp: what the target sends before the handshake completes goes right behind the SYN-ACK, its FIN too", async () => {
   const greeting = new Uint8Array(3000).map((_, i) => i & 255);
   const env = setup({
     verdict: (c) => {
@@ -234,26 +234,48 @@ Deno.test("tcp: what the target sends before the handshake completes goes right 
   equal(synack.tcp!.flags, SYN | ACK);
   const snd = (synack.tcp!.seq + 1) >>> 0;
   assertEquals(data.map((s) => [s.tcp!.seq - snd, s.payload.length]), [[0, 1448], [1448, 1448], [2896, 104]]);
-  assertEquals(data.map((s) => s.tcp!.flags & (ACK | FIN)), [ACK, ACK, ACK], "no FIN, every segment ACKs their SYN");
+  assertEquals(data.map((s) => s.tcp!.flags & (ACK | FIN)), [ACK, ACK, ACK], "every segment ACKs their SYN");
   assertEquals(new Uint8Array(data.flatMap((s) => [...s.payload])), greeting);
   const conn = env.conns[0];
   equal(conn.state, "syn-received");
-  // more from the target goes at once too; its end waits for the handshake
+  // more from the target goes at once too, and so does its end
   conn.send(new Uint8Array([1, 2, 3]));
   conn.shutdownWrite();
   const more = env.take();
-  assertEquals(more.map((s) => [s.tcp!.seq - snd, s.payload.length, s.tcp!.flags & FIN]), [[3000, 3, 0]]);
-  // the client's handshake ACK (it saw the SYN-ACK, not yet the data): ESTABLISHED, nothing acknowledged yet
+  assertEquals(more.map((s) => [s.tcp!.seq - snd, s.payload.length, s.tcp!.flags & FIN]), [[3000, 3, 0], [
+    3003,
+    0,
+    FIN,
+  ]]);
+  // the client's handshake ACK (it saw the SYN-ACK, not yet the rest): nothing acknowledged, nothing to resend
   env.stack.input([env.seg({ seq: 1001, ack: snd, window: 512, tsVal: 2 })]);
   equal(conn.state, "fin-wait-1");
-  assertEquals(env.take(), [], "nothing resent, and no FIN before the data is acknowledged");
-  // it acknowledges everything: the FIN goes
-  env.stack.input([env.seg({ seq: 1001, ack: (snd + 3003) >>> 0, window: 512, tsVal: 3 })]);
-  const [fin] = env.take();
-  equal(fin.tcp!.flags & FIN, FIN);
-  equal(fin.tcp!.seq, (snd + 3003) >>> 0);
+  assertEquals(env.take(), []);
+  // it acknowledges everything, our FIN included
+  env.stack.input([env.seg({ seq: 1001, ack: (snd + 3004) >>> 0, window: 512, tsVal: 3 })]);
+  equal(conn.state, "fin-wait-2");
+  assertEquals(env.take(), []);
   equal(env.stack.counters().tcpRetransmits, 0);
-  equal(env.stack.counters().tcpEarlyData, 4);
+  equal(env.stack.counters().tcpEarlyData, 5);
+});
+
+Deno.test("tcp: early data the SYN's window held back goes on the handshake's ACK, not after the first data's", async () => {
+  const env = setup({
+    verdict: (c) => {
+      c.send(new Uint8Array(5000).fill(5));
+      return Promise.resolve("accept");
+    },
+  });
+  // a SYN offering 2000 bytes (never scaled in a SYN): one full segment goes early, no runt after it
+  env.stack.input([env.seg({ seq: 1000, flags: SYN, window: 2000, mss: 1460, windowScale: 7, tsVal: 1 })]);
+  await tick();
+  const [synack, ...early] = env.take();
+  const snd = (synack.tcp!.seq + 1) >>> 0;
+  assertEquals(early.map((s) => [s.tcp!.seq - snd, s.payload.length]), [[0, 1448]]);
+  // its handshake ACK opens a scaled window (512 << 7): the rest goes now
+  env.stack.input([env.seg({ seq: 1001, ack: snd, window: 512, tsVal: 2 })]);
+  equal(env.conns[0].state, "established");
+  assertEquals(env.take().map((s) => [s.tcp!.seq - snd, s.payload.length]), [[1448, 1448], [2896, 1448], [4344, 656]]);
 });
 
 Deno.test("tcp: data behind a SYN-ACK: a lost copy is resent on RTO; an ACK of all of it completes the handshake; one past it is reset", async () => {

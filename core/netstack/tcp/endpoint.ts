@@ -402,6 +402,7 @@ export class TcpEndpoint implements TcpConn {
   /** Handles one inbound segment (checksum already verified). */
   segment(h: TcpHeader, data: Uint8Array): void {
     const flags = h.flags;
+    const handshake = this.#state === "syn-received"; // this may be the ACK that completes it
     switch (this.#state) {
       case "closed":
         return;
@@ -483,7 +484,7 @@ export class TcpEndpoint implements TcpConn {
       return;
     }
     if (!(flags & ACK)) return;
-    this.#processAck(h, data.length, (flags & FIN) !== 0);
+    this.#processAck(h, data.length, (flags & FIN) !== 0, handshake);
     if ((this.#state as TcpState) === "closed") return;
     if (this.#tsOk && h.tsVal !== undefined && seqLe(seq, this.#rcvNxt)) this.#tsRecent = h.tsVal;
     if (segLen > 0) {
@@ -495,7 +496,8 @@ export class TcpEndpoint implements TcpConn {
     }
   }
 
-  #processAck(h: TcpHeader, dataLen: number, fin: boolean): void {
+  /** `handshake`: the ACK that completed the handshake (it acknowledges new data or not; never a duplicate). */
+  #processAck(h: TcpHeader, dataLen: number, fin: boolean, handshake = false): void {
     const ack = h.ack;
     if (seqGt(ack, this.#sndMax)) {
       this.#sendAck();
@@ -516,7 +518,7 @@ export class TcpEndpoint implements TcpConn {
     this.#probeOut = false;
     if (acked === 0) {
       if (outstanding === 0) this.#retries = 0; // a live peer answering window probes
-      if (dataLen === 0 && !fin && (newWnd === oldWnd || newSack) && outstanding > 0) this.#dupAck();
+      if (!handshake && dataLen === 0 && !fin && (newWnd === oldWnd || newSack) && outstanding > 0) this.#dupAck();
       else this.output();
       return;
     }
@@ -875,9 +877,10 @@ export class TcpEndpoint implements TcpConn {
   }
 
   /**
-   * Sends data segments (and FIN) as far as the windows allow. In SYN-RECEIVED data already goes, right behind the
-   * SYN-ACK, within the window the client's SYN offered (a client is ESTABLISHED once it has the SYN-ACK, and takes it;
-   * a server that speaks first is heard one round trip sooner); the FIN waits for the handshake to complete.
+   * Sends data segments (and FIN) as far as the windows allow. In SYN-RECEIVED they already go, right behind the
+   * SYN-ACK, within the window the client's SYN offered (a client is ESTABLISHED once it has the SYN-ACK and takes
+   * them, as from Linux's TCP Fast Open servers): a server that speaks first is heard one round trip sooner, and one
+   * that answers and hangs up sends its bytes and FIN in one segment, as it would after the handshake.
    */
   output(): void {
     const st = this.#state;
@@ -887,7 +890,6 @@ export class TcpEndpoint implements TcpConn {
     ) {
       return;
     }
-    const finOk = st !== "syn-received";
     const dataEnd = seqAdd(this.#sndUna, this.#sqBytes);
     for (;;) {
       const off = seqDiff(this.#sndNxt, this.#sndUna);
@@ -904,11 +906,11 @@ export class TcpEndpoint implements TcpConn {
         // nothing is in flight (then no ACK would come to unblock us: RFC 9293's override timeout, at once).
         if (len < this.#mss && len < unsent && len < this.#maxSndWnd / 2 && off > 0) return;
         const last = len === unsent;
-        const fin = last && this.#finQueued && finOk;
+        const fin = last && this.#finQueued;
         this.#sendData(this.#sndNxt, off, len, fin, last);
         continue;
       }
-      if (this.#finQueued && finOk && this.#sndNxt === dataEnd) {
+      if (this.#finQueued && this.#sndNxt === dataEnd) {
         this.#sendData(this.#sndNxt, off, 0, true, true);
       }
       return;
