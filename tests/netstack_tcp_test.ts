@@ -101,7 +101,11 @@ const greeted = (host: string) => `
   const hash = Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", got)), (b) => b.toString(16).padStart(2, "0")).join("");
   await c.write(new TextEncoder().encode("ping"));
   const echo = new Uint8Array(4);
-  for (let n = 0; n < 4;) n += (await c.read(echo.subarray(n))) ?? 4;
+  for (let n = 0; n < 4;) {
+    const k = await c.read(echo.subarray(n));
+    if (k === null) throw new Error("no echo: ended after " + n);
+    n += k;
+  }
   console.log(hash + " " + new TextDecoder().decode(echo));
   c.close();
 `;
@@ -130,7 +134,7 @@ Deno.test(
       }
       // data went before the client's ACK of our SYN-ACK, and its kernel kept it: none had to be sent again
       const c = stack.counters();
-      ok(c.tcpEarlyData >= 2, JSON.stringify(c));
+      ok(c.tcpEarlyData >= 4, JSON.stringify(c)); // at least one segment for each of the four connections
       equal(c.tcpRetransmits, 0, JSON.stringify(c));
       equal(c.internalErrors, 0);
     });
