@@ -16,6 +16,7 @@ import { type Clock, sleep, systemClock } from "../core/clock.ts";
 import { errorMessage, TelError } from "../core/errors.ts";
 import { log } from "../core/log.ts";
 import { writeAll } from "../core/io.ts";
+import { PF_STREAM_HIGH_WATER } from "./port_forward_stream.ts";
 import {
   type ChannelSocket,
   type ChannelTransportCounts,
@@ -477,9 +478,6 @@ export interface PortForwardOptions {
   denoWebSocket?: boolean;
 }
 
-/** Bytes a forwarded connection may have waiting in its websocket before reading from the local side pauses. */
-const PF_BUFFERED_HIGH = 4 * 1024 * 1024;
-
 /**
  * Listens locally and forwards every accepted connection to `port` of a pod (client-node PortForward: one
  * websocket per connection, over Deno's WebSocket where the cluster allows it, see {@link KubeChannels}). The pod is
@@ -563,7 +561,7 @@ export async function portForward(
           if (n === null) break;
           // client-node sends each chunk at once, so the websocket's own buffer is where a slow server shows
           if (!input.write(buf.slice(0, n))) await new Promise((r) => input.once("drain", r));
-          while (w.bufferedAmount > PF_BUFFERED_HIGH && w.readyState === 1) await sleep(1);
+          while (w.bufferedAmount > PF_STREAM_HIGH_WATER && w.readyState === 1) await sleep(1);
         }
         input.end(); // v5: a half-close frame; v4: client-node closes the websocket
       } catch (err) {

@@ -69,7 +69,10 @@ export function noDelayToServer(url: string): void {
   noDelayWhere({ remotePort: port });
 }
 
-/** Bytes the websocket may hold unsent before a write's callback waits (as kube.ts's port-forward does). */
+/**
+ * Bytes a port-forward websocket may hold unsent before more is taken: a write's callback waits here, and kube.ts's
+ * local listener stops reading its connection.
+ */
 export const PF_STREAM_HIGH_WATER = 4 * 1024 * 1024;
 
 /** How long a port-forward websocket may take to open before the stream fails. */
