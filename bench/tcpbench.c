@@ -4,6 +4,10 @@
  *   tcpbench hello <port>                          accept on every address, write one byte, close; exits at stdin EOF
  *   tcpbench connect <ip> <port> <n> <max-seconds> n sequential connects, each timed until the first byte arrives;
  *                                                  prints {"n":…,"ok":…,"errors":…,"p50us":…,"p99us":…,"meanus":…}
+ *   tcpbench echo <port>                           echo server (a thread per connection); exits at stdin EOF
+ *   tcpbench rr <ip> <port> <n> <gap-us> <bytes> <max-seconds>
+ *                                                  one connection, n exchanges gap-us apart: send bytes, read them
+ *                                                  back (checked), each timed; prints the connect timer's JSON
  *   tcpbench sink <port>                           throughput server (a thread per connection); exits at stdin EOF
  *   tcpbench tput <ip> <port> <up|down> <flows> <seconds>
  *                                                  flows parallel connections moving data one way for seconds; the
@@ -67,6 +71,13 @@ static int hello(int port) {
   }
 }
 
+static void print_times(int n, int ok, int errors, double *t, double sum) {
+  qsort(t, ok, sizeof *t, cmp);
+  int i50 = ok ? (ok * 50 + 99) / 100 - 1 : 0, i99 = ok ? (ok * 99 + 99) / 100 - 1 : 0;
+  printf("{\"n\":%d,\"ok\":%d,\"errors\":%d,\"p50us\":%.1f,\"p99us\":%.1f,\"meanus\":%.1f}\n", n, ok, errors,
+         ok ? t[i50] : -1, ok ? t[i99] : -1, ok ? sum / ok : -1);
+}
+
 static int timer(const char *ip, int port, int n, double max_s) {
   double *t = calloc(n, sizeof *t), start = now_us(), sum = 0;
   int ok = 0, errors = 0;
@@ -87,10 +98,7 @@ static int timer(const char *ip, int port, int n, double max_s) {
     }
     close(s);
   }
-  qsort(t, ok, sizeof *t, cmp);
-  int i50 = ok ? (ok * 50 + 99) / 100 - 1 : 0, i99 = ok ? (ok * 99 + 99) / 100 - 1 : 0;
-  printf("{\"n\":%d,\"ok\":%d,\"errors\":%d,\"p50us\":%.1f,\"p99us\":%.1f,\"meanus\":%.1f}\n", n, ok, errors,
-         ok ? t[i50] : -1, ok ? t[i99] : -1, ok ? sum / ok : -1);
+  print_times(n, ok, errors, t, sum);
   return 0;
 }
 
@@ -159,7 +167,8 @@ static int listen_any(int port) {
   return l;
 }
 
-static int sink(int port) {
+/* Accepts on every address, serving each connection in a thread of its own; returns at stdin EOF. */
+static int serve_threads(int port, void *(*serve)(void *)) {
   int l = listen_any(port);
   if (l < 0) return 1;
   struct pollfd p[2] = {{.fd = l, .events = POLLIN}, {.fd = 0, .events = POLLIN}};
@@ -173,10 +182,60 @@ static int sink(int port) {
       int c = accept(l, NULL, NULL);
       if (c < 0) continue;
       pthread_t t;
-      if (pthread_create(&t, NULL, sink_conn, (void *)(intptr_t)c) == 0) pthread_detach(t);
+      if (pthread_create(&t, NULL, serve, (void *)(intptr_t)c) == 0) pthread_detach(t);
       else close(c);
     }
   }
+}
+
+static void *echo_conn(void *arg) {
+  int c = (int)(intptr_t)arg, one = 1;
+  char b[4096];
+  ssize_t r;
+  setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  while ((r = read(c, b, sizeof b)) > 0) {
+    if (write_full(c, b, r)) break;
+  }
+  close(c);
+  return NULL;
+}
+
+/* One connection, n exchanges gap_us apart: bytes out, the same bytes back, each timed from write to last byte. */
+static int rr(const char *ip, int port, int n, int gap_us, int bytes, double max_s) {
+  double *t = calloc(n, sizeof *t), start = now_us(), sum = 0;
+  int ok = 0, errors = 0, one = 1;
+  struct timeval tv = {.tv_sec = 2};
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+  char *out = malloc(bytes), *in = malloc(bytes);
+  if (bytes < 1 || inet_pton(AF_INET, ip, &a.sin_addr) != 1) return 2;
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (connect(s, (struct sockaddr *)&a, sizeof a)) {
+    perror("connect");
+    return 1;
+  }
+  for (int i = 0; i < n && now_us() - start < max_s * 1e6; i++) {
+    struct timespec gap = {.tv_sec = gap_us / 1000000, .tv_nsec = (gap_us % 1000000) * 1000L};
+    nanosleep(&gap, NULL);
+    for (int k = 0; k < bytes; k++) out[k] = (char)(i + k);
+    double t0 = now_us();
+    if (write_full(s, out, bytes) || read_full(s, in, bytes)) {
+      errors++;
+      break; /* the stream is out of step: stop */
+    }
+    double dt = now_us() - t0;
+    if (memcmp(out, in, bytes)) {
+      errors++;
+      continue;
+    }
+    t[ok++] = dt;
+    sum += dt;
+  }
+  close(s);
+  print_times(n, ok, errors, t, sum);
+  return 0;
 }
 
 struct flow {
@@ -263,13 +322,17 @@ static int tput(const char *ip, int port, int up, int flows, double seconds) {
 
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
-  if (argc == 3 && !strcmp(argv[1], "sink")) return sink(atoi(argv[2]));
+  if (argc == 3 && !strcmp(argv[1], "sink")) return serve_threads(atoi(argv[2]), sink_conn);
+  if (argc == 3 && !strcmp(argv[1], "echo")) return serve_threads(atoi(argv[2]), echo_conn);
+  if (argc == 8 && !strcmp(argv[1], "rr")) {
+    return rr(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atoi(argv[6]), atof(argv[7]));
+  }
   if (argc == 7 && !strcmp(argv[1], "tput")) {
     return tput(argv[2], atoi(argv[3]), !strcmp(argv[4], "up"), atoi(argv[5]), atof(argv[6]));
   }
   if (argc == 3 && !strcmp(argv[1], "hello")) return hello(atoi(argv[2]));
   if (argc == 6 && !strcmp(argv[1], "connect")) return timer(argv[2], atoi(argv[3]), atoi(argv[4]), atof(argv[5]));
-  fprintf(stderr, "usage: tcpbench hello <port> | connect <ip> <port> <n> <max-s> | sink <port> |"
-                  " tput <ip> <port> <up|down> <flows> <seconds>\n");
+  fprintf(stderr, "usage: tcpbench hello <port> | connect <ip> <port> <n> <max-s> | echo <port> |"
+                  " rr <ip> <port> <n> <gap-us> <bytes> <max-s> | sink <port> | tput <ip> <port> <up|down> <flows> <seconds>\n");
   return 2;
 }

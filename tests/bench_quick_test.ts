@@ -36,6 +36,7 @@ Deno.test({
         "dns-uncached",
         "large-transfer",
         "profile",
+        "request-response",
         "scale",
         "tcp-portforward",
         "tcp-throughput",
@@ -61,6 +62,8 @@ Deno.test({
       assert.equal(by["dns-uncached"].checks.telAnswered, by["dns-uncached"].checks.telAsked, "every lookup answered");
       assert.equal(by["connect"].checks.telErrors, 0, "every connect got its byte");
       assert.ok(Number(by["connect"].checks.connectPathMatched) > 0, "connects split into stages from the captures");
+      assert.equal(by["request-response"].checks.telErrors, 0, "every exchange came back byte for byte");
+      assert.ok(Number(by["request-response"].checks.telExchanges) > 0, "exchanges went through tel");
       assert.ok(Number(by["profile"].checks.daemonSamples) > 0, "the daemon was profiled");
       for (const key of ["telBytes", "telBytesDown"]) {
         assert.ok(

@@ -170,6 +170,34 @@ async function connects(env: BenchEnv, ns: Netns, ip: string, n: number, seconds
   }
 }
 
+/**
+ * tcpbench's request/response timer: one connection to the echo server at `ip`, up to `n` exchanges of `bytes`
+ * (checked), `gapUs` apart, each timed from its write to the last byte back.
+ */
+async function exchanges(
+  env: BenchEnv,
+  ns: Netns,
+  ip: string,
+  o: { n: number; gapUs: number; bytes: number; seconds: number },
+): Promise<ConnectResult> {
+  const port = String(BENCH_NET.echoRrPort);
+  const r = await ns.run([
+    env.tcpbench,
+    "rr",
+    ip,
+    port,
+    String(o.n),
+    String(o.gapUs),
+    String(o.bytes),
+    String(o.seconds),
+  ]);
+  try {
+    return JSON.parse(r.stdout);
+  } catch {
+    throw new Error(`tcpbench rr to ${ip} (${r.code}): ${r.stdout.slice(-200)}${r.stderr.slice(-200)}`);
+  }
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
@@ -410,6 +438,33 @@ const connect: Bench = {
       { text: "p50 ≤ ½ of sshuttle's", met: ctx.quick ? undefined : p50 <= ssh / 2, value: `${p50} vs ${ssh} µs` },
       { text: "p99 ≤ 1 ms", met: p99 <= 1000, value: `${p99} µs` },
     );
+  },
+};
+
+const requestResponse: Bench = {
+  name: "request-response",
+  title: "Request/response round trips on one open connection (C timer, 64 bytes out and back, 1 ms apart)",
+  mode: "direct",
+  async run(ctx, out) {
+    const o = { n: ctx.quick ? 50 : 1000, gapUs: 1000, bytes: 64, seconds: 30 };
+    let ok = 0;
+    let errors = 0;
+    for (let run = 0; run < ctx.runs; run++) {
+      for (const p of paths(ctx, !ctx.quick)) {
+        await guarded(out, `${p.name} request/response`, async () => {
+          const ns = await p.ns();
+          const measure = () => exchanges(ctx.env, ns, p.ip, o);
+          const r = p.name === "tel" ? await out.tel(measure) : await measure();
+          out.c.add("p50", p.name, "µs", "lower", r.p50us);
+          out.c.add("p99", p.name, "µs", "lower", r.p99us);
+          if (p.name === "tel") [ok, errors] = [ok + r.ok, errors + r.errors];
+        });
+      }
+      ctx.say(`request-response run ${run + 1}/${ctx.runs}`);
+    }
+    out.checks.telExchanges = ok;
+    out.checks.telErrors = errors;
+    if (errors > 0 || ok !== o.n * ctx.runs) out.ok = false;
   },
 };
 
@@ -863,6 +918,7 @@ export const BENCHES: Bench[] = [
   dnsCached,
   dnsUncached,
   connect,
+  requestResponse,
   scale,
   largeTransfer,
   profile,

@@ -27,6 +27,8 @@ export const BENCH_NET = {
   /** tcpbench's throughput server. */
   sinkPort: 5202,
   helloPort: 9101,
+  /** tcpbench's echo server, for request/response round trips. */
+  echoRrPort: 9102,
   httpPort: 8080,
   echoPort: 7007,
   sshPort: 2222,
@@ -151,6 +153,9 @@ export class BenchEnv {
       await LabProcess.start(this.lab.cl, "hello", [this.tcpbench, "hello", String(BENCH_NET.helloPort)], {
         ready: /^READY/,
       }),
+      await LabProcess.start(this.lab.cl, "echo", [this.tcpbench, "echo", String(BENCH_NET.echoRrPort)], {
+        ready: /^READY/,
+      }),
       await LabProcess.start(this.lab.cl, "sink", [this.tcpbench, "sink", String(BENCH_NET.sinkPort)], {
         ready: /^READY/,
         onLine: (line) => {
@@ -159,7 +164,7 @@ export class BenchEnv {
         },
       }),
     );
-    this.#say("bench pods, iperf3 and hello servers up");
+    this.#say("bench pods, iperf3, hello and echo servers up");
   }
 
   /** The workstation's tel state directory. */
