@@ -3,6 +3,7 @@
 import { deepStrictEqual, equal, match, ok, rejects } from "node:assert/strict";
 import { TelError } from "../core/errors.ts";
 import { vifPlugin } from "../plugins/vif/mod.ts";
+import { openTun } from "../plugins/vif/tun_linux.ts";
 import { canUseNetns, labId, Netns } from "./lab/netns.ts";
 
 const ignore = !(await canUseNetns());
@@ -120,3 +121,60 @@ Deno.test(
     }
   },
 );
+
+for (const wait of ["event loop", "worker poll"] as const) {
+  Deno.test(
+    `vif: packets that come while a read waits (${wait}) arrive whole and in order; a removed device fails the read`,
+    opts,
+    async () => {
+      const ns = await Netns.create("nw");
+      try {
+        const name = `tw${labId()}`;
+        const vif = await openTun({ name, mtu: 65000, netns: ns.name }, wait);
+        try {
+          equal((vif as { wait?: string }).wait, wait);
+          await vif.addAddress("198.19.254.1/32");
+          await vif.addRoute("198.18.0.0/16");
+          // rounds of three datagrams 30 ms apart: the first of each finds the reader waiting, the others queued
+          const sizes = Array.from({ length: 30 }, (_, i) => [1400, 60000, 20][i % 3]);
+          const send = `const s = Deno.listenDatagram({ transport: "udp", hostname: "198.19.254.1", port: 0 });
+          const sizes = ${JSON.stringify(sizes)};
+          for (let i = 0; i < sizes.length; i++) {
+            if (i % 3 === 0) await new Promise((r) => setTimeout(r, 30));
+            await s.send(new Uint8Array(sizes[i]).fill(i), { transport: "udp", hostname: "198.18.5.5", port: 9 });
+          }
+          s.close();`;
+          const sender = ns.run([Deno.execPath(), "eval", send]);
+          const got: Array<{ size: number; whole: boolean }> = [];
+          const deadline = Date.now() + 10_000;
+          while (got.length < sizes.length && Date.now() < deadline) {
+            for (const p of await vif.readPackets()) {
+              if (p[0] >> 4 !== 4 || p[9] !== 17) continue; // IPv4 UDP only (not the kernel's IPv6 chatter)
+              const payload = p.subarray((p[0] & 0x0f) * 4 + 8);
+              got.push({ size: payload.length, whole: payload.every((b) => b === got.length) });
+            }
+          }
+          equal((await sender).code, 0);
+          deepStrictEqual(got.map((g) => g.size), sizes);
+          deepStrictEqual(got.filter((g) => !g.whole), []);
+          // the read's outcome is taken at once: a worker's poll may see the device go before the deletion returns
+          const waiting = vif.readPackets().then(() => undefined, (e: unknown) => e);
+          await ns.exec(["ip", "link", "del", name]);
+          let timer: ReturnType<typeof setTimeout> | undefined;
+          const e = await Promise.race([
+            waiting,
+            new Promise((resolve) => timer = setTimeout(() => resolve("the read still waits after 5 s"), 5000)),
+          ]);
+          clearTimeout(timer);
+          ok(e instanceof TelError, `the waiting read failed: ${e}`);
+          match(e.message, new RegExp(`read from ${name} failed`));
+          match(e.hint ?? "", /removed/);
+        } finally {
+          await vif.close();
+        }
+      } finally {
+        await ns.close();
+      }
+    },
+  );
+}

@@ -12,6 +12,8 @@ export const LIBC_SYMBOLS = {
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
+  /** poll(2) on this thread: with a timeout of 0, what the fd reports right now. */
+  pollNow: { name: "poll", parameters: ["buffer", "u64", "i32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const;
 

@@ -1,4 +1,7 @@
-/** Linux TUN device over libc FFI: non-blocking fd drained with synchronous reads, waits in a worker-thread poll. */
+/**
+ * Linux TUN device over libc FFI: non-blocking fd drained with synchronous reads; waits on the event loop's own epoll
+ * through the runtime's pipe handle (_fd_reader_linux.ts), else in a worker-thread poll.
+ */
 
 import { TelError } from "../../core/errors.ts";
 import { log } from "../../core/log.ts";
@@ -31,6 +34,7 @@ import {
   VIRTIO_NET_HDR_GSO_TCPV6,
   VNET_HDR_LEN,
 } from "./_ffi_linux.ts";
+import { type FdReader, openFdReader } from "./_fd_reader_linux.ts";
 import { parseIpRouteJson } from "./_routes_linux.ts";
 
 /** Default MTU: large packets are the main throughput lever of a userspace stack. */
@@ -44,6 +48,12 @@ const BATCH = 64;
  */
 const OFFLOAD_BUFFER = 1024 * 1024;
 const POLL_MS = 200;
+
+/**
+ * How a read waits when the device has nothing queued: on the event loop's own epoll (the runtime's pipe handle,
+ * _fd_reader_linux.ts), or in a poll on a worker thread, which then wakes the event loop (the fallback).
+ */
+export type TunWait = "event loop" | "worker poll";
 
 let libc: Libc | undefined;
 function lib(): Libc {
@@ -84,11 +94,21 @@ class TunLinux implements Vif {
   #slot: number;
   #slotBig: bigint;
   #pollfd = new Uint8Array(8);
+  /** Waits for the first packet after an idle spell and reads it into {@link #first} (no worker thread). */
+  #reader: FdReader | undefined;
+  /** Where #reader puts that packet: one slot of its own, the packet at the same offset as in #buf's slots. */
+  #first: Uint8Array;
+  /** A read waits on #reader. */
+  #waiting = false;
+  /** Looks at the fd every POLL_MS while a read waits on #reader (see #check). */
+  #watch: ReturnType<typeof setInterval> | undefined;
   #closed = false;
   #polling: Promise<unknown> | undefined;
   #routes = new Set<string>();
   /** Packets the kernel did not take on write. */
   writeErrors = 0;
+  /** How reads wait (see {@link TunWait}). */
+  readonly wait: TunWait;
   #handedOut = false;
   readonly offload?: { rxChecksum: boolean; tsoMaxPacket: number; txChecksum: boolean };
   /** With IFF_VNET_HDR: where the packet starts in a slot (the header sits just before, packets stay aligned). */
@@ -96,7 +116,7 @@ class TunLinux implements Vif {
   #hdr = new Uint8Array(VNET_HDR_LEN);
   #iov = new BigUint64Array(4);
 
-  constructor(fd: number, name: string, mtu: number, netns: string | undefined, offload: boolean) {
+  constructor(fd: number, name: string, mtu: number, netns: string | undefined, offload: boolean, wait: TunWait) {
     this.#fd = fd;
     this.name = name;
     this.mtu = mtu;
@@ -111,6 +131,12 @@ class TunLinux implements Vif {
     this.#slot = ((offload ? Math.max(mtu, 65536) + this.#pad : mtu) + 63) & ~63;
     this.#slotBig = BigInt(this.#slot - this.#pad);
     this.#buf = new Uint8Array(offload ? OFFLOAD_BUFFER : this.#slot * BATCH);
+    this.#first = new Uint8Array(wait === "event loop" ? this.#slot : 0);
+    if (wait === "event loop") {
+      this.#reader = openFdReader(fd, this.#first.subarray(this.#pad - (offload ? VNET_HDR_LEN : 0)));
+      if (!this.#reader) log.debug("vif", "no event-loop reader for the TUN fd: waiting in a worker-thread poll");
+    }
+    this.wait = this.#reader ? "event loop" : "worker poll";
     const dv = new DataView(this.#pollfd.buffer);
     dv.setInt32(0, fd, true);
     dv.setInt16(4, POLLIN, true);
@@ -125,10 +151,45 @@ class TunLinux implements Vif {
         this.#handedOut = true;
         return batch;
       }
+      if (this.#reader) {
+        const hdr = this.#pad ? VNET_HDR_LEN : 0;
+        let n: number;
+        if (this.#watch === undefined) {
+          const watch = setInterval(() => this.#check(), POLL_MS);
+          Deno.unrefTimer(watch);
+          this.#watch = watch;
+        }
+        this.#waiting = true;
+        try {
+          n = await this.#reader.read();
+        } catch (e) {
+          if (this.#closed) throw new TelError("platform", "plugin/vif: device closed");
+          const code = (e as { code?: string }).code ?? String(e);
+          fail(`read from ${this.name} failed (${code})`, "the TUN device was removed or is unusable", e);
+        } finally {
+          this.#waiting = false;
+        }
+        if (n <= hdr) continue;
+        // that packet came first: the rest of what is queued follows it
+        const rest = this.#drain();
+        rest.unshift(this.#first.subarray(this.#pad, this.#pad - hdr + n));
+        this.#handedOut = true;
+        return rest;
+      }
       this.#polling = lib().symbols.poll(this.#pollfd, 1n, POLL_MS);
       await this.#polling;
       this.#polling = undefined;
     }
+  }
+
+  /**
+   * While a read waits on the event loop: a device deleted under its fd wakes no one there (a worker's poll returns on
+   * its timeout and reads the error), so every POLL_MS the fd is polled here without waiting; anything it reports,
+   * an error or a packet, ends the wait and the read loop reads the fd itself.
+   */
+  #check(): void {
+    if (!this.#waiting || this.#closed) return;
+    if (lib().symbols.pollNow(this.#pollfd, 1n, 0) > 0) this.#reader?.wake();
   }
 
   tryReadPackets(): Uint8Array[] {
@@ -222,9 +283,15 @@ class TunLinux implements Vif {
         log.debug("vif", "route removal on close failed", { route: r, error: e });
       }
     }
+    clearInterval(this.#watch);
+    // a non-persistent TUN disappears with its last fd
+    if (this.#reader) {
+      this.#reader.close(); // the handle owns the fd and closes it
+      return;
+    }
     // Closing the fd while a poll on it runs in another thread is a race: wait for the poll (≤ POLL_MS).
     if (this.#polling) await this.#polling.catch(() => undefined);
-    lib().symbols.close(this.#fd); // a non-persistent TUN disappears with its last fd
+    lib().symbols.close(this.#fd);
   }
 }
 
@@ -262,8 +329,9 @@ function attach(name: string, offload: boolean): { fd: number; actual: string } 
 /**
  * Opens a TUN device; with `netns`, moves it into that named namespace (the lab's tests use this). Offloads are on
  * unless `offload: false`; when the kernel refuses them the device opens without (or fails if they were asked for).
+ * Reads wait on the event loop unless `wait` says otherwise (tests of the fallback) or the runtime cannot.
  */
-export async function openTun(options: VifOptions): Promise<Vif> {
+export async function openTun(options: VifOptions, wait: TunWait = "event loop"): Promise<Vif> {
   const mtu = options.mtu ?? DEFAULT_MTU;
   const name = options.name ?? "tel%d";
   if (name.length >= IFNAMSIZ) fail(`interface name "${name}" is too long`, "use at most 15 characters");
@@ -279,7 +347,7 @@ export async function openTun(options: VifOptions): Promise<Vif> {
     if (options.netns) await ip(undefined, ["link", "set", "dev", actual, "netns", options.netns]);
     await ip(options.netns, ["link", "set", "dev", actual, "mtu", String(mtu), "up"]);
     log.debug("vif", "tun opened", { name: actual, mtu, netns: options.netns, offload });
-    return new TunLinux(fd, actual, mtu, options.netns, offload);
+    return new TunLinux(fd, actual, mtu, options.netns, offload, wait);
   } catch (e) {
     lib().symbols.close(fd);
     throw e;
@@ -287,4 +355,4 @@ export async function openTun(options: VifOptions): Promise<Vif> {
 }
 
 /** The Linux VIF factory. */
-export const tunLinuxFactory: VifFactory = { open: openTun };
+export const tunLinuxFactory: VifFactory = { open: (options) => openTun(options) };
