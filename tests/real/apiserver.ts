@@ -175,11 +175,31 @@ async function runs(cmd: string, args: string[]): Promise<boolean> {
   }
 }
 
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
+/**
+ * A port free on 127.0.0.1 now, below the kernel's ephemeral range: a port the kernel handed out (port 0) may be taken
+ * as the source port of some outgoing connection before etcd or the apiserver binds it ("bind: address already in
+ * use" once in a suite run while other tests connected busily); below that range only a listener can take it.
+ */
+function freePort(taken: Set<number>): number {
+  let low = 32768;
+  try {
+    low = Number(Deno.readTextFileSync("/proc/sys/net/ipv4/ip_local_port_range").trim().split(/\s+/)[0]) || low;
+  } catch (_err) {
+    // not Linux: keep the usual start of the range
+  }
+  const first = Math.min(10000, low - 1000);
+  for (let i = 0; i < 1000; i++) {
+    const port = first + Math.floor(Math.random() * (low - first));
+    if (taken.has(port)) continue;
+    try {
+      Deno.listen({ hostname: "127.0.0.1", port }).close();
+    } catch (_err) {
+      continue; // in use
+    }
+    taken.add(port);
+    return port;
+  }
+  throw new Error(`no free port on 127.0.0.1 between ${first} and ${low}`);
 }
 
 /** CA, serving cert for 127.0.0.1/localhost/kubernetes.default, and the ServiceAccount signing key pair. */
@@ -288,7 +308,8 @@ export async function startRealApiServer(opts: StartOptions = {}): Promise<RealA
       `${adminToken},tel-admin,tel-admin-uid,"system:masters"\n${nobodyToken},tel-nobody,tel-nobody-uid\n`,
     );
 
-    const [etcdClient, etcdPeer, apiPort] = [freePort(), freePort(), freePort()];
+    const taken = new Set<number>();
+    const [etcdClient, etcdPeer, apiPort] = [freePort(taken), freePort(taken), freePort(taken)];
     const etcdUrl = `http://127.0.0.1:${etcdClient}`;
     const etcd = new Proc(ETCD_BINARY, [
       "--name=tel",
