@@ -1,9 +1,9 @@
 /** The Linux TUN VIF against the real kernel: device, MTU, addresses, routes, host route table, cleanup on close. */
 
-import { deepStrictEqual, equal, match, ok, rejects } from "node:assert/strict";
+import { deepStrictEqual, equal, match, ok, rejects, throws } from "node:assert/strict";
 import { TelError } from "../core/errors.ts";
 import { vifPlugin } from "../plugins/vif/mod.ts";
-import { openTun } from "../plugins/vif/tun_linux.ts";
+import { openTun, waitFromEnv } from "../plugins/vif/tun_linux.ts";
 import { canUseNetns, labId, Netns } from "./lab/netns.ts";
 
 const ignore = !(await canUseNetns());
@@ -178,3 +178,25 @@ for (const wait of ["event loop", "worker poll"] as const) {
     },
   );
 }
+
+Deno.test("vif: TEL_TUN_WAIT picks how reads wait; an unknown value is a config error naming it", () => {
+  const before = Deno.env.get("TEL_TUN_WAIT");
+  try {
+    Deno.env.delete("TEL_TUN_WAIT");
+    equal(waitFromEnv(), "worker poll");
+    Deno.env.set("TEL_TUN_WAIT", "event-loop");
+    equal(waitFromEnv(), "event loop");
+    Deno.env.set("TEL_TUN_WAIT", "worker-poll");
+    equal(waitFromEnv(), "worker poll");
+    Deno.env.set("TEL_TUN_WAIT", "epoll");
+    throws(() => waitFromEnv(), (e: unknown) => {
+      ok(e instanceof TelError && e.category === "config", String(e));
+      match(e.message, /TEL_TUN_WAIT="epoll"/);
+      match(e.hint ?? "", /event-loop.*worker-poll/);
+      return true;
+    });
+  } finally {
+    if (before === undefined) Deno.env.delete("TEL_TUN_WAIT");
+    else Deno.env.set("TEL_TUN_WAIT", before);
+  }
+});

@@ -6,8 +6,8 @@
  * `net.Socket({ fd })` uses for a pipe) registers the fd with the event loop's own epoll instead and reads it on that
  * thread. It is reached through `process.binding("pipe_wrap")`, Deno's port of Node's internal binding; a runtime
  * without it gets `undefined` here and its caller keeps its poll. Measured on the lab's VM: a UDP echo through a TUN
- * (1000–3000 pings 1–2 ms apart) answered in 106–161 µs (p50) instead of 178–217; tel's request/response round trips
- * (`deno task bench request-response`) in bench/README.
+ * (1000–3000 pings 1–2 ms apart) answered in 106–161 µs (p50) instead of 178–217; in tel, see bench/README ("Waiting
+ * for the TUN"): faster round trips, a higher peak RSS at scale, so the TUN driver uses it only when asked.
  */
 
 import process from "node:process";

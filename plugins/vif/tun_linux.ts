@@ -50,10 +50,22 @@ const OFFLOAD_BUFFER = 1024 * 1024;
 const POLL_MS = 200;
 
 /**
- * How a read waits when the device has nothing queued: on the event loop's own epoll (the runtime's pipe handle,
- * _fd_reader_linux.ts), or in a poll on a worker thread, which then wakes the event loop (the fallback).
+ * How a read waits when the device has nothing queued: in a poll on a worker thread, which then wakes the event loop,
+ * or on the event loop's own epoll (the runtime's pipe handle, _fd_reader_linux.ts). The worker's poll is the default:
+ * the event loop's wait answered round trips on an idle connection ~95 µs sooner (p50) but raised the daemon's peak
+ * RSS in the scale bench by ~20 MiB (bench/README, "Waiting for the TUN"). `TEL_TUN_WAIT=event-loop` chooses it.
  */
 export type TunWait = "event loop" | "worker poll";
+
+/** The wait `TEL_TUN_WAIT` asks for ("event-loop" or "worker-poll"); the worker's poll when it is unset. */
+export function waitFromEnv(): TunWait {
+  const v = Deno.env.get("TEL_TUN_WAIT");
+  if (v === undefined || v === "" || v === "worker-poll") return "worker poll";
+  if (v === "event-loop") return "event loop";
+  throw new TelError("config", `TEL_TUN_WAIT="${v}" is not a way the TUN driver waits`, {
+    hint: 'set it to "event-loop" or "worker-poll", or unset it',
+  });
+}
 
 let libc: Libc | undefined;
 function lib(): Libc {
@@ -329,9 +341,9 @@ function attach(name: string, offload: boolean): { fd: number; actual: string } 
 /**
  * Opens a TUN device; with `netns`, moves it into that named namespace (the lab's tests use this). Offloads are on
  * unless `offload: false`; when the kernel refuses them the device opens without (or fails if they were asked for).
- * Reads wait on the event loop unless `wait` says otherwise (tests of the fallback) or the runtime cannot.
+ * Reads wait as `wait` says (else as `TEL_TUN_WAIT` does); on the event loop only if the runtime can.
  */
-export async function openTun(options: VifOptions, wait: TunWait = "event loop"): Promise<Vif> {
+export async function openTun(options: VifOptions, wait: TunWait = waitFromEnv()): Promise<Vif> {
   const mtu = options.mtu ?? DEFAULT_MTU;
   const name = options.name ?? "tel%d";
   if (name.length >= IFNAMSIZ) fail(`interface name "${name}" is too long`, "use at most 15 characters");
