@@ -1,6 +1,6 @@
 /**
- * Linux TUN device over libc FFI: non-blocking fd drained with synchronous reads; waits on the event loop's own epoll
- * through the runtime's pipe handle (_fd_reader_linux.ts), else in a worker-thread poll.
+ * Linux TUN device over libc FFI: non-blocking fd drained with synchronous reads; waits in a worker-thread poll, or
+ * (`TEL_TUN_WAIT=event-loop`) on the event loop's own epoll through the runtime's pipe handle (_fd_reader_linux.ts).
  */
 
 import { TelError } from "../../core/errors.ts";
