@@ -206,8 +206,8 @@ static int rr(const char *ip, int port, int n, int gap_us, int bytes, double max
   int ok = 0, errors = 0, one = 1;
   struct timeval tv = {.tv_sec = 2};
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+  if (n < 1 || bytes < 1 || inet_pton(AF_INET, ip, &a.sin_addr) != 1) return 2;
   char *out = malloc(bytes), *in = malloc(bytes);
-  if (bytes < 1 || inet_pton(AF_INET, ip, &a.sin_addr) != 1) return 2;
   int s = socket(AF_INET, SOCK_STREAM, 0);
   setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
