@@ -115,6 +115,27 @@ interface TputResult {
   exact: boolean;
 }
 
+/**
+ * Runs `tcpbench MODE IP ARGS…` in `ns` (under `timeout` when `timeoutS` is given) and parses the JSON line it prints;
+ * anything else fails naming the mode, the address and the output's end.
+ */
+async function tcpbenchJson<T>(
+  env: BenchEnv,
+  ns: Netns,
+  mode: string,
+  ip: string,
+  args: Array<string | number>,
+  timeoutS?: number,
+): Promise<T> {
+  const argv = [env.tcpbench, mode, ip, ...args.map(String)];
+  const r = await ns.run(timeoutS === undefined ? argv : ["timeout", String(timeoutS), ...argv]);
+  try {
+    return JSON.parse(r.stdout);
+  } catch {
+    throw new Error(`tcpbench ${mode} to ${ip} (${r.code}): ${r.stdout.slice(-200)}${r.stderr.slice(-200)}`);
+  }
+}
+
 /** tcpbench's exact throughput: from connect until the far end confirmed every byte. */
 async function tput(
   env: BenchEnv,
@@ -123,23 +144,14 @@ async function tput(
   o: { flows: number; reverse: boolean; seconds: number; port?: number },
 ): Promise<TputResult> {
   const down0 = env.downloads.exact;
-  const r = await ns.run([
-    "timeout",
-    String(o.seconds + 40),
-    env.tcpbench,
+  const j = await tcpbenchJson<TputResult>(
+    env,
+    ns,
     "tput",
     ip,
-    String(o.port ?? BENCH_NET.sinkPort),
-    o.reverse ? "down" : "up",
-    String(o.flows),
-    String(o.seconds),
-  ]);
-  let j: TputResult;
-  try {
-    j = JSON.parse(r.stdout);
-  } catch {
-    throw new Error(`tcpbench tput to ${ip} (${r.code}): ${r.stdout.slice(-200)}${r.stderr.slice(-200)}`);
-  }
+    [o.port ?? BENCH_NET.sinkPort, o.reverse ? "down" : "up", o.flows, o.seconds],
+    o.seconds + 40,
+  );
   if (o.reverse && j.exact) {
     // the server prints its confirmation just after the client's last write: give the line a moment to arrive
     for (let i = 0; i < 20 && env.downloads.exact - down0 < o.flows; i++) await sleep(50);
@@ -161,41 +173,21 @@ interface ConnectResult {
  * tcpbench's connect timer: up to `n` sequential connects to the hello server at `ip` within `seconds`, each timed to
  * its first byte.
  */
-async function connects(env: BenchEnv, ns: Netns, ip: string, n: number, seconds: number): Promise<ConnectResult> {
-  const r = await ns.run([env.tcpbench, "connect", ip, String(BENCH_NET.helloPort), String(n), String(seconds)]);
-  try {
-    return JSON.parse(r.stdout);
-  } catch {
-    throw new Error(`tcpbench connect to ${ip} (${r.code}): ${r.stdout.slice(-200)}${r.stderr.slice(-200)}`);
-  }
+function connects(env: BenchEnv, ns: Netns, ip: string, n: number, seconds: number): Promise<ConnectResult> {
+  return tcpbenchJson(env, ns, "connect", ip, [BENCH_NET.helloPort, n, seconds]);
 }
 
 /**
  * tcpbench's request/response timer: one connection to the echo server at `ip`, up to `n` exchanges of `bytes`
  * (checked), `gapUs` apart, each timed from its write to the last byte back.
  */
-async function exchanges(
+function exchanges(
   env: BenchEnv,
   ns: Netns,
   ip: string,
   o: { n: number; gapUs: number; bytes: number; seconds: number },
 ): Promise<ConnectResult> {
-  const port = String(BENCH_NET.echoRrPort);
-  const r = await ns.run([
-    env.tcpbench,
-    "rr",
-    ip,
-    port,
-    String(o.n),
-    String(o.gapUs),
-    String(o.bytes),
-    String(o.seconds),
-  ]);
-  try {
-    return JSON.parse(r.stdout);
-  } catch {
-    throw new Error(`tcpbench rr to ${ip} (${r.code}): ${r.stdout.slice(-200)}${r.stderr.slice(-200)}`);
-  }
+  return tcpbenchJson(env, ns, "rr", ip, [BENCH_NET.echoRrPort, o.n, o.gapUs, o.bytes, o.seconds]);
 }
 
 function sleep(ms: number): Promise<void> {
@@ -256,6 +248,33 @@ function tputChecks(out: BenchBody, bytes: { tel: number; inexact: number }): vo
   out.checks.telBytes = bytes.tel;
   out.checks.unconfirmedTransfers = bytes.inexact;
   if (!(bytes.tel > 0) || bytes.inexact > 0) out.ok = false;
+}
+
+/**
+ * `ctx.runs` rounds of `measure` on every path (tel's sampled by `out.tel`), each giving a p50 and a p99 row; a path
+ * that fails is a note (see {@link guarded}). Returns tel's successes and errors over all rounds.
+ */
+async function latencyRuns(
+  ctx: BenchContext,
+  out: BenchBody,
+  what: string,
+  measure: (ns: Netns, ip: string) => Promise<ConnectResult>,
+): Promise<{ ok: number; errors: number }> {
+  let ok = 0;
+  let errors = 0;
+  for (let run = 0; run < ctx.runs; run++) {
+    for (const p of paths(ctx, !ctx.quick)) {
+      await guarded(out, `${p.name} ${what}`, async () => {
+        const ns = await p.ns();
+        const r = p.name === "tel" ? await out.tel(() => measure(ns, p.ip)) : await measure(ns, p.ip);
+        out.c.add("p50", p.name, "µs", "lower", r.p50us);
+        out.c.add("p99", p.name, "µs", "lower", r.p99us);
+        if (p.name === "tel") [ok, errors] = [ok + r.ok, errors + r.errors];
+      });
+    }
+    ctx.say(`${what} run ${run + 1}/${ctx.runs}`);
+  }
+  return { ok, errors };
 }
 
 // --- benches -------------------------------------------------------------------------------------------------------
@@ -411,21 +430,7 @@ const connect: Bench = {
   mode: "direct",
   async run(ctx, out) {
     const n = ctx.quick ? 100 : 2000;
-    let ok = 0;
-    let errors = 0;
-    for (let run = 0; run < ctx.runs; run++) {
-      for (const p of paths(ctx, !ctx.quick)) {
-        await guarded(out, `${p.name} connect`, async () => {
-          const ns = await p.ns();
-          const measure = () => connects(ctx.env, ns, p.ip, n, 60);
-          const r = p.name === "tel" ? await out.tel(measure) : await measure();
-          out.c.add("p50", p.name, "µs", "lower", r.p50us);
-          out.c.add("p99", p.name, "µs", "lower", r.p99us);
-          if (p.name === "tel") [ok, errors] = [ok + r.ok, errors + r.errors];
-        });
-      }
-      ctx.say(`connect run ${run + 1}/${ctx.runs}`);
-    }
+    const { ok, errors } = await latencyRuns(ctx, out, "connect", (ns, ip) => connects(ctx.env, ns, ip, n, 60));
     out.checks.telConnections = ok;
     out.checks.telErrors = errors;
     if (errors > 0 || ok !== n * ctx.runs) out.ok = false;
@@ -447,21 +452,7 @@ const requestResponse: Bench = {
   mode: "direct",
   async run(ctx, out) {
     const o = { n: ctx.quick ? 50 : 1000, gapUs: 1000, bytes: 64, seconds: 30 };
-    let ok = 0;
-    let errors = 0;
-    for (let run = 0; run < ctx.runs; run++) {
-      for (const p of paths(ctx, !ctx.quick)) {
-        await guarded(out, `${p.name} request/response`, async () => {
-          const ns = await p.ns();
-          const measure = () => exchanges(ctx.env, ns, p.ip, o);
-          const r = p.name === "tel" ? await out.tel(measure) : await measure();
-          out.c.add("p50", p.name, "µs", "lower", r.p50us);
-          out.c.add("p99", p.name, "µs", "lower", r.p99us);
-          if (p.name === "tel") [ok, errors] = [ok + r.ok, errors + r.errors];
-        });
-      }
-      ctx.say(`request-response run ${run + 1}/${ctx.runs}`);
-    }
+    const { ok, errors } = await latencyRuns(ctx, out, "request/response", (ns, ip) => exchanges(ctx.env, ns, ip, o));
     out.checks.telExchanges = ok;
     out.checks.telErrors = errors;
     if (errors > 0 || ok !== o.n * ctx.runs) out.ok = false;
