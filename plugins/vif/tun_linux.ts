@@ -120,7 +120,9 @@ class TunLinux implements Vif {
   /** Packets the kernel did not take on write. */
   writeErrors = 0;
   /** How reads wait (see {@link TunWait}). */
-  readonly wait: TunWait;
+  get wait(): TunWait {
+    return this.#reader ? "event loop" : "worker poll";
+  }
   #handedOut = false;
   readonly offload?: { rxChecksum: boolean; tsoMaxPacket: number; txChecksum: boolean };
   /** With IFF_VNET_HDR: where the packet starts in a slot (the header sits just before, packets stay aligned). */
@@ -148,7 +150,6 @@ class TunLinux implements Vif {
       this.#reader = openFdReader(fd, this.#first.subarray(this.#pad - (offload ? VNET_HDR_LEN : 0)));
       if (!this.#reader) log.debug("vif", "no event-loop reader for the TUN fd: waiting in a worker-thread poll");
     }
-    this.wait = this.#reader ? "event loop" : "worker poll";
     const dv = new DataView(this.#pollfd.buffer);
     dv.setInt32(0, fd, true);
     dv.setInt16(4, POLLIN, true);
@@ -177,7 +178,7 @@ class TunLinux implements Vif {
         } catch (e) {
           if (this.#closed) throw new TelError("platform", "plugin/vif: device closed");
           const code = (e as { code?: string }).code ?? String(e);
-          fail(`read from ${this.name} failed (${code})`, "the TUN device was removed or is unusable", e);
+          this.#readFailed(code, e);
         } finally {
           this.#waiting = false;
         }
@@ -202,6 +203,10 @@ class TunLinux implements Vif {
   #check(): void {
     if (!this.#waiting || this.#closed) return;
     if (lib().symbols.pollNow(this.#pollfd, 1n, 0) > 0) this.#reader?.wake();
+  }
+
+  #readFailed(what: string, cause?: unknown): never {
+    fail(`read from ${this.name} failed (${what})`, "the TUN device was removed or is unusable", cause);
   }
 
   tryReadPackets(): Uint8Array[] {
@@ -230,7 +235,7 @@ class TunLinux implements Vif {
       }
       const e = n < 0 ? errno(lib()) : 0;
       if (n < 0 && e !== EAGAIN && e !== EINTR) {
-        fail(`read from ${this.name} failed (errno ${e})`, "the TUN device was removed or is unusable");
+        this.#readFailed(`errno ${e}`);
       }
       break;
     }
