@@ -12,6 +12,14 @@
 
 import process from "node:process";
 import { getSystemErrorName } from "node:util";
+import { errno, F_DUPFD_CLOEXEC, type Libc, openLibc } from "./_ffi_linux.ts";
+
+const EINVAL = 22;
+let libc: Libc | undefined;
+function lib(): Libc {
+  libc ??= openLibc();
+  return libc;
+}
 
 /** The parts of the runtime's pipe handle this module uses (Node's `Pipe` from `pipe_wrap`). */
 interface PipeHandle {
@@ -61,7 +69,8 @@ function load(): Bindings | null {
 export interface FdReader {
   /**
    * Resolves with the length of the next read, placed at the start of the buffer given to {@link openFdReader};
-   * rejects when the read fails (an Error whose `code` names the errno) or once closed. One read at a time.
+   * rejects when the read fails (an Error whose `code` names the errno) or once closed. One read at a time. The fd
+   * is put on the event loop's epoll first if it is not there (see {@link release}).
    */
   read(): Promise<number>;
   /**
@@ -69,44 +78,77 @@ export interface FdReader {
    * conditions wake nobody on the event loop (a TUN device deleted under its fd).
    */
   wake(): void;
-  /** Stops reading and closes the fd (the handle owns it): a pending read rejects. */
+  /**
+   * Takes the fd off the event loop's epoll until the next read (a waiting read ends with 0 first). While on it, the
+   * fd wakes the event loop whenever it gets data, read or not: a caller that reads it itself for a while (a busy
+   * TUN, drained with synchronous reads) releases it meanwhile.
+   */
+  release(): void;
+  /** The fd is on the event loop's epoll now. */
+  readonly registered: boolean;
+  /** Stops reading and takes the fd off the event loop for good: a pending read rejects. The fd stays open. */
   close(): void;
 }
 
 /**
- * Hands `fd` (non-blocking; a TUN device, a pipe) to the event loop; undefined when this runtime has no pipe handle
- * or refuses the fd (the caller keeps ownership of the fd then). Nothing is read until {@link FdReader.read}.
+ * Reads of `fd` (non-blocking; a TUN device, a pipe) on the event loop; undefined when this runtime has no pipe handle
+ * or refuses the fd. The event loop gets a copy of the fd (dup), so it can be taken off again ({@link FdReader.release})
+ * without closing `fd`, which stays its caller's. Nothing is read until {@link FdReader.read}.
  */
 export function openFdReader(fd: number, buffer: Uint8Array): FdReader | undefined {
   const b = load();
   if (!b) return undefined;
-  let handle: PipeHandle;
-  try {
-    handle = new b.Pipe(b.socketType);
-    if (handle.open(fd) !== 0) return undefined;
-    handle.useUserBuffer(buffer);
-  } catch {
-    return undefined;
-  }
+  const c = lib().symbols;
+  let handle: PipeHandle | undefined;
   let waiter: PromiseWithResolvers<number> | undefined;
   let closed = false;
-  handle.onread = () => {
-    const n = b.state[b.nreadAt];
-    if (n === 0) return; // nothing read (EAGAIN): keep waiting
-    handle.readStop(); // the buffer holds this read until the next read() starts reading again
-    const w = waiter;
-    waiter = undefined;
-    if (!w) return;
-    if (n > 0) w.resolve(n);
-    else w.reject(readError(n));
+  /** Puts a copy of the fd on the event loop: 0, or a negative errno. */
+  const register = (): number => {
+    const copy = c.fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (copy < 0) return -errno(lib());
+    let h: PipeHandle;
+    try {
+      h = new b.Pipe(b.socketType);
+      const rc = h.open(copy);
+      if (rc !== 0) {
+        c.close(copy);
+        return rc;
+      }
+    } catch {
+      c.close(copy);
+      return -EINVAL;
+    }
+    h.useUserBuffer(buffer);
+    h.onread = () => {
+      if (h !== handle) return; // released meanwhile
+      const n = b.state[b.nreadAt];
+      if (n === 0) return; // nothing read (EAGAIN): keep waiting
+      h.readStop(); // the buffer holds this read until the next read() starts reading again
+      const w = waiter;
+      waiter = undefined;
+      if (!w) return;
+      if (n > 0) w.resolve(n);
+      else w.reject(readError(n));
+    };
+    handle = h;
+    return 0;
   };
+  const unregister = () => {
+    const h = handle;
+    handle = undefined;
+    h?.readStop();
+    h?.close(); // closes the copy, which takes it off the event loop's epoll
+  };
+  // refuse now, not at the first read, an fd the runtime will not take
+  if (register() !== 0) return undefined;
   return {
     read(): Promise<number> {
       if (closed) return Promise.reject(new Error("closed"));
       if (waiter) return Promise.reject(new Error("a read is already waiting"));
       const w = Promise.withResolvers<number>();
       waiter = w; // set first: a read may complete within readStart
-      const rc = handle.readStart();
+      let rc = handle ? 0 : register();
+      if (rc === 0) rc = handle!.readStart();
       if (rc !== 0 && waiter === w) {
         waiter = undefined;
         w.reject(readError(rc));
@@ -117,14 +159,20 @@ export function openFdReader(fd: number, buffer: Uint8Array): FdReader | undefin
       const w = waiter;
       if (!w) return;
       waiter = undefined;
-      handle.readStop();
+      handle?.readStop();
       w.resolve(0);
+    },
+    release(): void {
+      this.wake();
+      unregister();
+    },
+    get registered(): boolean {
+      return handle !== undefined;
     },
     close(): void {
       if (closed) return;
       closed = true;
-      handle.readStop();
-      handle.close();
+      unregister();
       waiter?.reject(new Error("closed"));
       waiter = undefined;
     },

@@ -32,6 +32,20 @@ function isOpen(fd: number): boolean {
   }
 }
 
+/** How many of this process's fds are open on the same file as `fd` (a pipe's two ends count both). */
+function sameFile(fd: number): number {
+  const target = Deno.readLinkSync(`/proc/self/fd/${fd}`);
+  let n = 0;
+  for (const e of Deno.readDirSync("/proc/self/fd")) {
+    try {
+      if (Deno.readLinkSync(`/proc/self/fd/${e.name}`) === target) n++;
+    } catch {
+      // closed while listing (the directory's own fd)
+    }
+  }
+  return n;
+}
+
 const text = (b: Uint8Array) => new TextDecoder().decode(b);
 
 Deno.test("fd reader: a read waits for data, lands at the start of its buffer, and takes one read's worth", async () => {
@@ -58,6 +72,7 @@ Deno.test("fd reader: a read waits for data, lands at the start of its buffer, a
     assert.equal(text(whole.subarray(4, 7)), "xyz");
   } finally {
     reader.close();
+    libc.symbols.close(r);
     libc.symbols.close(w);
   }
 });
@@ -72,6 +87,7 @@ Deno.test("fd reader: one read at a time; a second one while the first waits is 
     assert.equal(await first, 1);
   } finally {
     reader.close();
+    libc.symbols.close(r);
     libc.symbols.close(w);
   }
 });
@@ -88,18 +104,51 @@ Deno.test("fd reader: the writer going away fails the waiting read with the erro
     );
   } finally {
     reader.close();
+    libc.symbols.close(r);
   }
 });
 
-Deno.test("fd reader: close fails the waiting read, closes the fd, and refuses later reads", async () => {
+Deno.test("fd reader: release takes the fd's copy off the event loop and ends a waiting read with 0; the next read puts it back", async () => {
   const [r, w] = pipe();
+  const before = sameFile(r);
+  const buf = new Uint8Array(16);
+  const reader = openFdReader(r, buf)!;
+  try {
+    assert.equal(reader.registered, true);
+    assert.equal(sameFile(r), before + 1, "the event loop holds a copy of the fd");
+    const waiting = reader.read();
+    reader.release();
+    assert.equal(await waiting, 0, "the waiting read ended with nothing read");
+    assert.equal(reader.registered, false);
+    assert.equal(sameFile(r), before, "the copy is closed");
+    assert.equal(isOpen(r), true, "the fd itself stays open");
+    write(w, "late"); // comes while no one is on the event loop: still there for the next read
+    assert.equal(await reader.read(), 4);
+    assert.equal(text(buf.subarray(0, 4)), "late");
+    assert.equal(reader.registered, true);
+    assert.equal(sameFile(r), before + 1);
+    reader.release();
+    reader.release(); // twice is harmless
+    assert.equal(sameFile(r), before);
+  } finally {
+    reader.close();
+    libc.symbols.close(r);
+    libc.symbols.close(w);
+  }
+});
+
+Deno.test("fd reader: close fails the waiting read, closes only the copy, and refuses later reads", async () => {
+  const [r, w] = pipe();
+  const before = sameFile(r);
   const reader = openFdReader(r, new Uint8Array(16))!;
   const waiting = reader.read();
   reader.close();
   await assert.rejects(waiting, /closed/);
-  assert.equal(isOpen(r), false, "the reader closed its fd");
-  assert.equal(isOpen(w), true);
+  assert.equal(sameFile(r), before, "the copy is closed");
+  assert.equal(isOpen(r), true, "the fd is the caller's");
   await assert.rejects(reader.read(), /closed/);
+  assert.equal(reader.registered, false);
   reader.close(); // twice is harmless
+  libc.symbols.close(r);
   libc.symbols.close(w);
 });

@@ -41,6 +41,8 @@ export const O_CLOEXEC = 0x80000;
 export const F_GETFL = 3;
 /** Set flags. */
 export const F_SETFL = 4;
+/** A copy of the fd (the lowest free number ≥ the argument), close-on-exec. */
+export const F_DUPFD_CLOEXEC = 1030;
 /** ioctl: attach the fd to a TUN interface. */
 export const TUNSETIFF = 0x400454ca;
 /** ifr_flags: layer-3 TUN. */

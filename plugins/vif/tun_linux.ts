@@ -302,10 +302,7 @@ class TunLinux implements Vif {
     }
     clearInterval(this.#watch);
     // a non-persistent TUN disappears with its last fd
-    if (this.#reader) {
-      this.#reader.close(); // the handle owns the fd and closes it
-      return;
-    }
+    this.#reader?.close(); // takes the event loop's copy of the fd off
     // Closing the fd while a poll on it runs in another thread is a race: wait for the poll (≤ POLL_MS).
     if (this.#polling) await this.#polling.catch(() => undefined);
     lib().symbols.close(this.#fd);
