@@ -122,7 +122,7 @@ Deno.test(
   },
 );
 
-for (const wait of ["event loop", "worker poll"] as const) {
+for (const wait of ["event loop", "worker poll", "adaptive"] as const) {
   Deno.test(
     `vif: packets that come while a read waits (${wait}) arrive whole and in order; a removed device fails the read`,
     opts,
@@ -188,11 +188,13 @@ Deno.test("vif: TEL_TUN_WAIT picks how reads wait; an unknown value is a config 
     equal(waitFromEnv(), "event loop");
     Deno.env.set("TEL_TUN_WAIT", "worker-poll");
     equal(waitFromEnv(), "worker poll");
+    Deno.env.set("TEL_TUN_WAIT", "adaptive");
+    equal(waitFromEnv(), "adaptive");
     Deno.env.set("TEL_TUN_WAIT", "epoll");
     throws(() => waitFromEnv(), (e: unknown) => {
       ok(e instanceof TelError && e.category === "config", String(e));
       match(e.message, /TEL_TUN_WAIT="epoll"/);
-      match(e.hint ?? "", /event-loop.*worker-poll/);
+      match(e.hint ?? "", /"worker-poll", "event-loop" or "adaptive"/);
       return true;
     });
   } finally {
@@ -200,3 +202,79 @@ Deno.test("vif: TEL_TUN_WAIT picks how reads wait; an unknown value is a config 
     else Deno.env.set("TEL_TUN_WAIT", before);
   }
 });
+
+Deno.test(
+  "vif (adaptive): a busy TUN leaves the event loop and waits in the worker's poll until packets come one at a time again",
+  opts,
+  async () => {
+    const ns = await Netns.create("na");
+    /** The fds this process has open on /dev/net/tun (the driver's, and the event loop's copy while it has one). */
+    const tunFds = () => {
+      let n = 0;
+      for (const e of Deno.readDirSync("/proc/self/fd")) {
+        try {
+          if (Deno.readLinkSync(`/proc/self/fd/${e.name}`) === "/dev/net/tun") n++;
+        } catch {
+          // closed while listing
+        }
+      }
+      return n;
+    };
+    const before = tunFds();
+    try {
+      const name = `ta${labId()}`;
+      const vif = await openTun({ name, mtu: 65000, netns: ns.name }, "adaptive");
+      try {
+        equal((vif as { wait?: string }).wait, "adaptive");
+        // no IPv6 chatter from the kernel: only the test's datagrams come
+        await ns.exec(["sysctl", "-qw", `net.ipv6.conf.${name}.disable_ipv6=1`]);
+        await vif.addAddress("198.19.254.1/32");
+        await vif.addRoute("198.18.0.0/16");
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        vif.tryReadPackets!(); // what came before
+        equal(tunFds(), before + 2, "opened idle: the event loop has a copy of the fd");
+        const sender = (count: number, gapMs: number) =>
+          ns.run([
+            Deno.execPath(),
+            "eval",
+            `const s = Deno.listenDatagram({ transport: "udp", hostname: "198.19.254.1", port: 0 });
+            for (let i = 0; i < ${count}; i++) {
+              if (${gapMs} > 0) await new Promise((r) => setTimeout(r, ${gapMs}));
+              await s.send(new Uint8Array(100), { transport: "udp", hostname: "198.18.5.5", port: 9 });
+            }
+            s.close();`,
+          ]);
+        const udp = (batch: Uint8Array[]) => batch.filter((p) => p[0] >> 4 === 4 && p[9] === 17).length;
+        // a burst, read without waiting: busy
+        equal((await sender(40, 0)).code, 0);
+        let got = udp(await vif.readPackets());
+        for (let tries = 0; got < 40 && tries < 100; tries++) got += udp(vif.tryReadPackets!());
+        equal(got, 40);
+        equal(tunFds(), before + 1, "busy: the event loop's copy is closed");
+        // then one datagram every 40 ms: each wait is sampled while it waits (event loop: 2 fds; worker's poll: 1)
+        const trickle = sender(24, 40);
+        const waits: string[] = [];
+        got = 0;
+        const deadline = Date.now() + 10_000;
+        while (got < 24 && Date.now() < deadline) {
+          let settled = false;
+          const read = vif.readPackets().finally(() => settled = true);
+          await new Promise((resolve) => setTimeout(resolve, 10));
+          if (!settled) waits.push(tunFds() === before + 2 ? "loop" : "poll");
+          got += udp(await read);
+        }
+        equal((await trickle).code, 0);
+        equal(got, 24);
+        equal(waits[0], "poll", `the first wait after the burst is the worker's poll (${waits})`);
+        const back = waits.indexOf("loop");
+        ok(back > 0, `a trickle brings the event loop's wait back (${waits})`);
+        ok(waits.slice(back).every((w) => w === "loop"), `and it stays (${waits})`);
+      } finally {
+        await vif.close();
+      }
+      equal(tunFds(), before, "closed: no copy left");
+    } finally {
+      await ns.close();
+    }
+  },
+);

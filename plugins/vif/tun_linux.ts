@@ -1,6 +1,7 @@
 /**
  * Linux TUN device over libc FFI: non-blocking fd drained with synchronous reads; waits in a worker-thread poll, or
- * (`TEL_TUN_WAIT=event-loop`) on the event loop's own epoll through the runtime's pipe handle (_fd_reader_linux.ts).
+ * (`TEL_TUN_WAIT=event-loop`, `adaptive`) on the event loop's own epoll through the runtime's pipe handle
+ * (_fd_reader_linux.ts).
  */
 
 import { TelError } from "../../core/errors.ts";
@@ -50,20 +51,29 @@ const OFFLOAD_BUFFER = 1024 * 1024;
 const POLL_MS = 200;
 
 /**
- * How a read waits when the device has nothing queued: in a poll on a worker thread, which then wakes the event loop,
- * or on the event loop's own epoll (the runtime's pipe handle, _fd_reader_linux.ts). The worker's poll is the default:
- * the event loop's wait answered round trips on an idle connection ~95 µs sooner (p50) but raised the daemon's peak
- * RSS in the scale bench by ~20 MiB (bench/README, "Waiting for the TUN"). `TEL_TUN_WAIT=event-loop` chooses it.
+ * How a read waits when the device has nothing queued: in a poll on a worker thread, which then wakes the event loop
+ * ("worker poll", the default); on the event loop's own epoll (the runtime's pipe handle, _fd_reader_linux.ts), which
+ * answered round trips on an idle connection ~95 µs sooner (p50) but raised the daemon's peak RSS in the scale bench by
+ * ~20 MiB and did not move its bytes faster ("event loop"); or on the event loop while packets come one or two at a
+ * time after idle spells, and in the worker's poll while the device is busy ("adaptive": the round trips' gain, the
+ * scale bench's transfers as fast as the poll's). bench/README, "Waiting for the TUN", has the figures.
  */
-export type TunWait = "event loop" | "worker poll";
+export type TunWait = "event loop" | "worker poll" | "adaptive";
+/** "adaptive": a wait that lasted this long (ms) was an idle spell. */
+const IDLE_WAIT_MS = 0.5;
+/** "adaptive": waits are on the event loop only while the packets read between two waits average at most this. */
+const TRICKLE_PACKETS = 2;
+/** "adaptive": this many packets read without a wait make the device busy; it leaves the event loop at once. */
+const BUSY_PACKETS = 16;
 
-/** The wait `TEL_TUN_WAIT` asks for ("event-loop" or "worker-poll"); the worker's poll when it is unset. */
+/** The wait `TEL_TUN_WAIT` asks for ("worker-poll", "event-loop", "adaptive"); the worker's poll when it is unset. */
 export function waitFromEnv(): TunWait {
   const v = Deno.env.get("TEL_TUN_WAIT");
   if (v === undefined || v === "" || v === "worker-poll") return "worker poll";
   if (v === "event-loop") return "event loop";
+  if (v === "adaptive") return "adaptive";
   throw new TelError("config", `TEL_TUN_WAIT="${v}" is not a way the TUN driver waits`, {
-    hint: 'set it to "event-loop" or "worker-poll", or unset it',
+    hint: 'set it to "worker-poll", "event-loop" or "adaptive", or unset it',
   });
 }
 
@@ -119,9 +129,17 @@ class TunLinux implements Vif {
   #routes = new Set<string>();
   /** Packets the kernel did not take on write. */
   writeErrors = 0;
+  /** Waits on the event loop only while packets trickle (see {@link TunWait}). */
+  #adaptive: boolean;
+  /** How long the last wait lasted (ms). */
+  #lastWaitMs = Infinity;
+  /** Packets read since the last wait. */
+  #sinceWait = 0;
+  /** Packets read between two waits, a moving average. */
+  #perCycle = 0;
   /** How reads wait (see {@link TunWait}). */
   get wait(): TunWait {
-    return this.#reader ? "event loop" : "worker poll";
+    return this.#reader ? (this.#adaptive ? "adaptive" : "event loop") : "worker poll";
   }
   #handedOut = false;
   readonly offload?: { rxChecksum: boolean; tsoMaxPacket: number; txChecksum: boolean };
@@ -145,8 +163,9 @@ class TunLinux implements Vif {
     this.#slot = ((offload ? Math.max(mtu, 65536) + this.#pad : mtu) + 63) & ~63;
     this.#slotBig = BigInt(this.#slot - this.#pad);
     this.#buf = new Uint8Array(offload ? OFFLOAD_BUFFER : this.#slot * BATCH);
-    this.#first = new Uint8Array(wait === "event loop" ? this.#slot : 0);
-    if (wait === "event loop") {
+    this.#adaptive = wait === "adaptive";
+    this.#first = new Uint8Array(wait !== "worker poll" ? this.#slot : 0);
+    if (wait !== "worker poll") {
       this.#reader = openFdReader(fd, this.#first.subarray(this.#pad - (offload ? VNET_HDR_LEN : 0)));
       if (!this.#reader) log.debug("vif", "no event-loop reader for the TUN fd: waiting in a worker-thread poll");
     }
@@ -162,9 +181,17 @@ class TunLinux implements Vif {
       const batch = this.#drain();
       if (batch.length > 0) {
         this.#handedOut = true;
+        this.#took(batch.length);
         return batch;
       }
-      if (this.#reader) {
+      // "adaptive": on the event loop after an idle spell, while packets trickle; else in the worker's poll
+      this.#perCycle += (this.#sinceWait - this.#perCycle) / 4;
+      const trickle = this.#lastWaitMs >= IDLE_WAIT_MS && this.#perCycle <= TRICKLE_PACKETS;
+      const onLoop = !this.#adaptive || trickle ? this.#reader : undefined;
+      if (!onLoop && this.#reader?.registered) this.#reader.release();
+      const t0 = performance.now();
+      this.#sinceWait = 0;
+      if (onLoop) {
         const hdr = this.#pad ? VNET_HDR_LEN : 0;
         let n: number;
         if (this.#watch === undefined) {
@@ -174,24 +201,39 @@ class TunLinux implements Vif {
         }
         this.#waiting = true;
         try {
-          n = await this.#reader.read();
+          n = await onLoop.read();
         } catch (e) {
           if (this.#closed) throw new TelError("platform", "plugin/vif: device closed");
           const code = (e as { code?: string }).code ?? String(e);
           this.#readFailed(code, e);
         } finally {
           this.#waiting = false;
+          this.#lastWaitMs = performance.now() - t0;
         }
         if (n <= hdr) continue;
         // that packet came first: the rest of what is queued follows it
         const rest = this.#drain();
         rest.unshift(this.#first.subarray(this.#pad, this.#pad - hdr + n));
         this.#handedOut = true;
+        this.#took(rest.length);
         return rest;
       }
       this.#polling = lib().symbols.poll(this.#pollfd, 1n, POLL_MS);
       await this.#polling;
       this.#polling = undefined;
+      this.#lastWaitMs = performance.now() - t0;
+    }
+  }
+
+  /**
+   * Counts packets read. "adaptive" takes a busy TUN off the event loop (its reads do not wait meanwhile), and its next
+   * wait is the worker's poll: only a wait that lasted IDLE_WAIT_MS puts it back.
+   */
+  #took(n: number): void {
+    this.#sinceWait += n;
+    if (this.#adaptive && this.#sinceWait > BUSY_PACKETS && this.#reader?.registered) {
+      this.#reader.release();
+      this.#lastWaitMs = 0;
     }
   }
 
@@ -212,7 +254,9 @@ class TunLinux implements Vif {
   tryReadPackets(): Uint8Array[] {
     // the buffer holds a batch readPackets handed out that its caller has not taken yet
     if (this.#closed || this.#handedOut) return [];
-    return this.#drain();
+    const batch = this.#drain();
+    if (batch.length > 0) this.#took(batch.length);
+    return batch;
   }
 
   /**
