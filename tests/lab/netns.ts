@@ -34,6 +34,20 @@ export function labId(): string {
   return crypto.randomUUID().replaceAll("-", "").slice(0, 6);
 }
 
+/**
+ * The prefixes of the namespaces tests and the lab create (`<prefix>-<6 hex>`): {@link sweepStaleNamespaces} removes
+ * stale ones of these, so a test cancelled before its `finally` ran leaves nothing for long.
+ */
+export const NETNS_PREFIXES = ["ws", "cl", "tel", "lab", "nt", "nb", "nw", "na", "cg"] as const;
+/** One of {@link NETNS_PREFIXES}. */
+export type NetnsPrefix = typeof NETNS_PREFIXES[number];
+const OURS = new RegExp(`^(${NETNS_PREFIXES.join("|")})-[0-9a-f]{6}$`);
+
+/** Whether a namespace's name is one tests or the lab make ({@link NETNS_PREFIXES} and a {@link labId}). */
+export function isLabNamespace(name: string): boolean {
+  return OURS.test(name);
+}
+
 /** One network namespace created by a test; `close()` deletes it and everything inside. */
 export class Netns {
   readonly name: string;
@@ -43,8 +57,8 @@ export class Netns {
     this.name = name;
   }
 
-  /** Creates `<prefix>-<id>` with lo up. Prefix is e.g. "ws" or "cl". */
-  static async create(prefix: string, id = labId()): Promise<Netns> {
+  /** Creates `<prefix>-<id>` with lo up. */
+  static async create(prefix: NetnsPrefix, id = labId()): Promise<Netns> {
     const name = `${prefix}-${id}`;
     await must(["ip", "netns", "add", name]);
     const ns = new Netns(name);
@@ -121,13 +135,13 @@ export async function vethPair(
   await b.exec(["ip", "link", "set", names[1], "up"]);
 }
 
-/** Deletes lab namespaces (`ws-*`, `cl-*`, `tel-*`) left by earlier runs that crashed. */
+/** Deletes test and lab namespaces ({@link NETNS_PREFIXES}) left by earlier runs that crashed or were cancelled. */
 export async function sweepStaleNamespaces(maxAgeMs = 30 * 60_000): Promise<string[]> {
   const list = await run(["ip", "netns", "list"]);
   const removed: string[] = [];
   for (const line of list.stdout.split("\n")) {
     const name = line.split(" ")[0];
-    if (!/^(ws|cl|tel|nt|lab)-[0-9a-f]{6}$/.test(name)) continue;
+    if (!isLabNamespace(name)) continue;
     try {
       const st = await Deno.stat(`/run/netns/${name}`);
       if (st.mtime && Date.now() - st.mtime.getTime() < maxAgeMs) continue;
