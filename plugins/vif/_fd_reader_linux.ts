@@ -12,14 +12,9 @@
 
 import process from "node:process";
 import { getSystemErrorName } from "node:util";
-import { errno, F_DUPFD_CLOEXEC, type Libc, openLibc } from "./_ffi_linux.ts";
+import { errno, F_DUPFD_CLOEXEC, lib } from "./_ffi_linux.ts";
 
 const EINVAL = 22;
-let libc: Libc | undefined;
-function lib(): Libc {
-  libc ??= openLibc();
-  return libc;
-}
 
 /** The parts of the runtime's pipe handle this module uses (Node's `Pipe` from `pipe_wrap`). */
 interface PipeHandle {
@@ -69,8 +64,8 @@ function load(): Bindings | null {
 export interface FdReader {
   /**
    * Resolves with the length of the next read, placed at the start of the buffer given to {@link openFdReader};
-   * rejects when the read fails (an Error whose `code` names the errno) or once closed. One read at a time. The fd
-   * is put on the event loop's epoll first if it is not there (see {@link release}).
+   * rejects when the read fails (an {@link FdReadError}) or once closed. One read at a time. The fd is put on the event
+   * loop's epoll first if it is not there (see {@link release}); when that fails, the error's `stage` is "register".
    */
   read(): Promise<number>;
   /**
@@ -139,31 +134,35 @@ export function openFdReader(fd: number, buffer: Uint8Array): FdReader | undefin
     h?.readStop();
     h?.close(); // closes the copy, which takes it off the event loop's epoll
   };
+  const wake = () => {
+    const w = waiter;
+    if (!w) return;
+    waiter = undefined;
+    handle?.readStop();
+    w.resolve(0);
+  };
   // refuse now, not at the first read, an fd the runtime will not take
   if (register() !== 0) return undefined;
   return {
     read(): Promise<number> {
       if (closed) return Promise.reject(new Error("closed"));
       if (waiter) return Promise.reject(new Error("a read is already waiting"));
+      if (!handle) {
+        const rc = register();
+        if (rc !== 0) return Promise.reject(readError(rc, "cannot put the fd on the event loop", "register"));
+      }
       const w = Promise.withResolvers<number>();
       waiter = w; // set first: a read may complete within readStart
-      let rc = handle ? 0 : register();
-      if (rc === 0) rc = handle!.readStart();
+      const rc = handle!.readStart();
       if (rc !== 0 && waiter === w) {
         waiter = undefined;
         w.reject(readError(rc));
       }
       return w.promise;
     },
-    wake(): void {
-      const w = waiter;
-      if (!w) return;
-      waiter = undefined;
-      handle?.readStop();
-      w.resolve(0);
-    },
+    wake,
     release(): void {
-      this.wake();
+      wake();
       unregister();
     },
     get registered(): boolean {
@@ -179,13 +178,18 @@ export function openFdReader(fd: number, buffer: Uint8Array): FdReader | undefin
   };
 }
 
-/** The error a failed read rejects with: its `code` is the errno's name ("EBADFD", "EOF" at end of file). */
-function readError(code: number): Error & { code: string } {
+/**
+ * The error a failed read rejects with: its `code` is the errno's name ("EBADFD", "EOF" at end of file); `stage` is
+ * "register" when the fd could not be put on the event loop (nothing was read: the caller may wait another way).
+ */
+export type FdReadError = Error & { code: string; stage: "read" | "register" };
+
+function readError(code: number, what = "read failed", stage: FdReadError["stage"] = "read"): FdReadError {
   let name: string;
   try {
     name = getSystemErrorName(code);
   } catch {
     name = `error ${code}`;
   }
-  return Object.assign(new Error(`read failed: ${name}`), { code: name });
+  return Object.assign(new Error(`${what}: ${name}`), { code: name, stage });
 }

@@ -152,3 +152,21 @@ Deno.test("fd reader: close fails the waiting read, closes only the copy, and re
   libc.symbols.close(r);
   libc.symbols.close(w);
 });
+
+Deno.test("fd reader: a read that cannot put the fd back on the event loop says so (stage register), reading nothing", async () => {
+  const [r, w] = pipe();
+  const reader = openFdReader(r, new Uint8Array(16))!;
+  try {
+    reader.release();
+    libc.symbols.close(r); // the copy cannot be made now
+    await assert.rejects(
+      reader.read(),
+      (e: Error & { code?: string; stage?: string }) =>
+        e.stage === "register" && e.code === "EBADF" && /cannot put the fd on the event loop: EBADF/.test(e.message),
+    );
+    assert.equal(reader.registered, false);
+  } finally {
+    reader.close();
+    libc.symbols.close(w);
+  }
+});

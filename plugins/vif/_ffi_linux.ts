@@ -20,9 +20,11 @@ export const LIBC_SYMBOLS = {
 /** The opened library. */
 export type Libc = Deno.DynamicLibrary<typeof LIBC_SYMBOLS>;
 
-/** Opens libc.so.6 with {@link LIBC_SYMBOLS}. */
-export function openLibc(): Libc {
-  return Deno.dlopen("libc.so.6", LIBC_SYMBOLS);
+let opened: Libc | undefined;
+/** libc.so.6 with {@link LIBC_SYMBOLS}, opened at the first call. */
+export function lib(): Libc {
+  opened ??= Deno.dlopen("libc.so.6", LIBC_SYMBOLS);
+  return opened;
 }
 
 /** errno of the last synchronous call (valid only right after a synchronous FFI call). */

@@ -18,11 +18,10 @@ import {
   IFF_VNET_HDR,
   IFNAMSIZ,
   IFREQ_SIZE,
-  type Libc,
+  lib,
   O_CLOEXEC,
   O_NONBLOCK,
   O_RDWR,
-  openLibc,
   POLLIN,
   TUN_F_CSUM,
   TUN_F_TSO4,
@@ -35,7 +34,7 @@ import {
   VIRTIO_NET_HDR_GSO_TCPV6,
   VNET_HDR_LEN,
 } from "./_ffi_linux.ts";
-import { type FdReader, openFdReader } from "./_fd_reader_linux.ts";
+import { type FdReader, type FdReadError, openFdReader } from "./_fd_reader_linux.ts";
 import { parseIpRouteJson } from "./_routes_linux.ts";
 
 /** Default MTU: large packets are the main throughput lever of a userspace stack. */
@@ -75,12 +74,6 @@ export function waitFromEnv(): TunWait {
   throw new TelError("config", `TEL_TUN_WAIT="${v}" is not a way the TUN driver waits`, {
     hint: 'set it to "worker-poll", "event-loop" or "adaptive", or unset it',
   });
-}
-
-let libc: Libc | undefined;
-function lib(): Libc {
-  libc ??= openLibc();
-  return libc;
 }
 
 function fail(msg: string, hint: string, cause?: unknown): never {
@@ -204,8 +197,17 @@ class TunLinux implements Vif {
           n = await onLoop.read();
         } catch (e) {
           if (this.#closed) throw new TelError("platform", "plugin/vif: device closed");
-          const code = (e as { code?: string }).code ?? String(e);
-          this.#readFailed(code, e);
+          const err = e as Partial<FdReadError>;
+          if (err.stage === "register") {
+            // the event loop would not take the fd again (out of fds?): wait in the worker's poll from now on
+            log.debug("vif", "TUN fd not put on the event loop: waiting in a worker-thread poll", {
+              error: err.message,
+            });
+            onLoop.close();
+            this.#reader = undefined;
+            continue;
+          }
+          this.#readFailed(err.code ?? String(e), e);
         } finally {
           this.#waiting = false;
           this.#lastWaitMs = performance.now() - t0;
