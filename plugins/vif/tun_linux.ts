@@ -126,9 +126,9 @@ class TunLinux implements Vif {
   #adaptive: boolean;
   /** How long the last wait lasted (ms). */
   #lastWaitMs = Infinity;
-  /** Packets read since the last wait. */
+  /** "adaptive": packets read since the last wait. */
   #sinceWait = 0;
-  /** Packets read between two waits, a moving average. */
+  /** "adaptive": packets read between two waits, a moving average. */
   #perCycle = 0;
   /** How reads wait (see {@link TunWait}). */
   get wait(): TunWait {
@@ -177,13 +177,8 @@ class TunLinux implements Vif {
         this.#took(batch.length);
         return batch;
       }
-      // "adaptive": on the event loop after an idle spell, while packets trickle; else in the worker's poll
-      this.#perCycle += (this.#sinceWait - this.#perCycle) / 4;
-      const trickle = this.#lastWaitMs >= IDLE_WAIT_MS && this.#perCycle <= TRICKLE_PACKETS;
-      const onLoop = !this.#adaptive || trickle ? this.#reader : undefined;
-      if (!onLoop && this.#reader?.registered) this.#reader.release();
+      const onLoop = this.#waitReader();
       const t0 = performance.now();
-      this.#sinceWait = 0;
       if (onLoop) {
         const hdr = this.#pad ? VNET_HDR_LEN : 0;
         let n: number;
@@ -228,12 +223,26 @@ class TunLinux implements Vif {
   }
 
   /**
-   * Counts packets read. "adaptive" takes a busy TUN off the event loop (its reads do not wait meanwhile), and its next
+   * The reader the next wait is on, or undefined for the worker's poll. "adaptive": the event loop after an idle spell
+   * while packets trickle; otherwise the event loop's copy of the fd is taken off it.
+   */
+  #waitReader(): FdReader | undefined {
+    if (!this.#adaptive) return this.#reader;
+    this.#perCycle += (this.#sinceWait - this.#perCycle) / 4;
+    this.#sinceWait = 0;
+    if (this.#lastWaitMs >= IDLE_WAIT_MS && this.#perCycle <= TRICKLE_PACKETS) return this.#reader;
+    if (this.#reader?.registered) this.#reader.release();
+    return undefined;
+  }
+
+  /**
+   * "adaptive": counts packets read, and takes a busy TUN off the event loop (its reads do not wait meanwhile); its next
    * wait is the worker's poll: only a wait that lasted IDLE_WAIT_MS puts it back.
    */
   #took(n: number): void {
+    if (!this.#adaptive) return;
     this.#sinceWait += n;
-    if (this.#adaptive && this.#sinceWait > BUSY_PACKETS && this.#reader?.registered) {
+    if (this.#sinceWait > BUSY_PACKETS && this.#reader?.registered) {
       this.#reader.release();
       this.#lastWaitMs = 0;
     }
