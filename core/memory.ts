@@ -15,10 +15,16 @@
  * - when the process went quiet with garbage left: external memory is `idleGarbageBytes` above what the last
  *   collection left and has not moved for `idleMs`, or pools registered with {@link shedWhenQuiet} let go of
  *   buffers they kept through a burst;
- * and every `trimEveryMs` it returns malloc's free memory (glibc only) when RSS exceeds V8's heap and buffers by more
- * than `trimSlackBytes` beyond what it did at the start or after the last trim, and every `crowdedTrimEveryMs` while
- * the process is crowded ({@link noteCrowded}) past the smaller `crowdedTrimSlackBytes`. The GC is exposed through V8's
- * --expose-gc flag at runtime, the trim through FFI; a runtime that refuses either leaves that part out.
+ * and every `trimEveryMs` it returns malloc's free memory (glibc only) when its anonymous RSS (not the pages of the
+ * files it maps) exceeds V8's heap and buffers by more than `trimSlackBytes` beyond what it did at the start or after
+ * the last trim, and every `crowdedTrimEveryMs` while the process is crowded ({@link noteCrowded}) past the smaller
+ * `crowdedTrimSlackBytes`. The GC is exposed through V8's --expose-gc flag at runtime, the trim through FFI; a runtime
+ * that refuses either leaves that part out.
+ *
+ * Once, `releaseExecutableAfterMs` after it starts, it also lets go of the executable's pages that only start-up used
+ * ({@link releaseExecutablePages}): about half of the ~48 MiB of the deno binary the daemon had resident at the scale
+ * bench's peak was code and data nothing touched again after start-up (loading and transpiling modules, the V8
+ * snapshot, relocations).
  */
 
 import v8 from "node:v8";
@@ -43,20 +49,22 @@ export interface MemoryGovernorOptions {
   /** How often to consider trimming malloc (default 5000 ms). */
   trimEveryMs?: number;
   /**
-   * Trim when RSS − heap − buffers exceeds its value at the start (or after the last trim, if higher) by more than
-   * this (default 48 MiB).
+   * Trim when anonymous RSS − heap − buffers exceeds its value at the start (or after the last trim, if higher) by more
+   * than this (default 48 MiB).
    */
   trimSlackBytes?: number;
   /**
-   * While the process is crowded, how often to return malloc's free memory once RSS exceeds V8's heap and buffers by
-   * more than `crowdedTrimSlackBytes` beyond the floor (default 100 ms; 0: never). Buffers of many sizes come and go
-   * through a burst of many flows, and malloc kept what they freed in its arenas: at the daemon's peak in the scale
-   * bench 23–37 MiB of its 70–80 MiB arenas were free (mallinfo2), which a trim every 5 s past a 48 MiB slack never
-   * reached in time. A trim then takes 0.3–1.5 ms and returns 1–7 MiB.
+   * While the process is crowded, how often to return malloc's free memory once anonymous RSS exceeds V8's heap and
+   * buffers by more than `crowdedTrimSlackBytes` beyond the floor (default 100 ms; 0: never). Buffers of many sizes
+   * come and go through a burst of many flows, and malloc kept what they freed in its arenas: at the daemon's peak in
+   * the scale bench 23–37 MiB of its 70–80 MiB arenas were free (mallinfo2), which a trim every 5 s past a 48 MiB slack
+   * never reached in time. A trim then takes 0.3–1.5 ms and returns 1–7 MiB.
    */
   crowdedTrimEveryMs?: number;
   /** The slack beyond which a crowded process trims (default 16 MiB): one with little to give back does not. */
   crowdedTrimSlackBytes?: number;
+  /** When to release the executable's pages start-up left resident (default 2000 ms after the start; 0: never). */
+  releaseExecutableAfterMs?: number;
 }
 
 /** What the governor did. */
@@ -67,6 +75,8 @@ export interface MemoryGovernorStats {
   canCollect: boolean;
   /** Whether malloc can be trimmed here (glibc). */
   canTrim: boolean;
+  /** Bytes of the executable's pages released ({@link releaseExecutablePages}); unset before, or where it cannot. */
+  executableReleased?: number;
 }
 
 /** A running governor. */
@@ -148,16 +158,129 @@ export function exposeGc(): (() => void) | undefined {
   }
 }
 
+const LIBC_SYMBOLS = {
+  malloc_trim: { parameters: ["usize"], result: "i32" },
+  madvise: { parameters: ["usize", "usize", "i32"], result: "i32" },
+} as const;
+
+let libc: Deno.DynamicLibrary<typeof LIBC_SYMBOLS> | null | undefined;
+
+/** glibc through FFI, opened once; undefined elsewhere (other OSes, musl, no FFI permission). */
+function glibc(): Deno.DynamicLibrary<typeof LIBC_SYMBOLS> | undefined {
+  if (libc === undefined) {
+    libc = null;
+    if (Deno.build.os === "linux") {
+      try {
+        libc = Deno.dlopen("libc.so.6", LIBC_SYMBOLS);
+      } catch {
+        // no glibc, or no --allow-ffi
+      }
+    }
+  }
+  return libc ?? undefined;
+}
+
 /** glibc's malloc_trim(0) through FFI; undefined elsewhere (other OSes, musl, no FFI permission). */
 export function mallocTrim(): (() => void) | undefined {
-  if (Deno.build.os !== "linux") return undefined;
+  const lib = glibc();
+  return lib && (() => void lib.symbols.malloc_trim(0n));
+}
+
+const MADV_DONTNEED = 4;
+
+/** What {@link releaseExecutablePages} let go of. */
+export interface ExecutableRelease {
+  /** Mappings of the executable released. */
+  mappings: number;
+  /** Bytes they had resident. */
+  bytes: number;
+  /** Mappings left alone: they hold copies of file pages (copy-on-write: relocated data, a debugger's breakpoint). */
+  skipped: number;
+}
+
+/**
+ * Takes the pages of this process's executable out of its resident set (Linux, glibc): every private, read-only
+ * mapping of /proc/self/exe whose pages are all the file's own (smaps: no anonymous pages) is dropped with
+ * madvise(MADV_DONTNEED). Such a page reads back the same from the file, so a page used again is mapped again on its
+ * first touch (a minor fault while the page cache holds it), and only what the process goes on using comes back.
+ * Mappings holding copy-on-write copies are left alone: dropping them would bring back the file's unrelocated bytes.
+ * Undefined where it cannot (other OSes, no /proc, no FFI).
+ *
+ * @example
+ * ```ts
+ * const r = releaseExecutablePages(); // after start-up: { mappings: 3, bytes: 45_000_000, skipped: 2 }
+ * ```
+ */
+export function releaseExecutablePages(): ExecutableRelease | undefined {
+  const lib = glibc();
+  if (!lib) return undefined;
+  let exe: string;
+  let smaps: string;
   try {
-    const lib = Deno.dlopen("libc.so.6", { malloc_trim: { parameters: ["usize"], result: "i32" } });
-    return () => void lib.symbols.malloc_trim(0n);
+    exe = Deno.realPathSync("/proc/self/exe");
+    smaps = Deno.readTextFileSync("/proc/self/smaps");
   } catch {
-    // no glibc, or no --allow-ffi: leave malloc alone
+    // no /proc, or no read permission
     return undefined;
   }
+  const r: ExecutableRelease = { mappings: 0, bytes: 0, skipped: 0 };
+  for (const m of readOnlyMappingsOf(smaps, exe)) {
+    if (m.anonymousKb !== 0) {
+      r.skipped++;
+      continue;
+    }
+    if (lib.symbols.madvise(m.start, m.end - m.start, MADV_DONTNEED) !== 0) {
+      r.skipped++;
+      continue;
+    }
+    r.mappings++;
+    r.bytes += m.rssKb * 1024;
+  }
+  return r;
+}
+
+/** A private read-only mapping of a file, from /proc/<pid>/smaps. */
+export interface FileMapping {
+  start: bigint;
+  end: bigint;
+  perms: string;
+  rssKb: number;
+  /** Pages that are the process's own copies (copy-on-write); -1 when smaps did not say. */
+  anonymousKb: number;
+}
+
+/** The private read-only mappings (r--p, r-xp) of `path` in an smaps text. */
+export function readOnlyMappingsOf(smaps: string, path: string): FileMapping[] {
+  const out: FileMapping[] = [];
+  let cur: FileMapping | undefined;
+  for (const line of smaps.split("\n")) {
+    const head = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \d+\s*(.*)$/.exec(line);
+    if (head) {
+      cur = undefined;
+      if (head[4] === path && (head[3] === "r--p" || head[3] === "r-xp")) {
+        cur = { start: BigInt(`0x${head[1]}`), end: BigInt(`0x${head[2]}`), perms: head[3], rssKb: 0, anonymousKb: -1 };
+        out.push(cur);
+      }
+      continue;
+    }
+    if (!cur) continue;
+    const field = /^(Rss|Anonymous):\s+(\d+) kB/.exec(line);
+    if (field?.[1] === "Rss") cur.rssKb = Number(field[2]);
+    else if (field) cur.anonymousKb = Number(field[2]);
+  }
+  return out;
+}
+
+/**
+ * The process's resident memory that is its own (anonymous: heap, malloc, stacks), without the pages of files it maps
+ * (its executable, libraries): RssAnon of /proc/self/status on Linux, else all of `rss`.
+ */
+export function anonymousRss(
+  rss: number,
+  status: () => string | undefined = () => readQuietly("/proc/self/status"),
+): number {
+  const m = /^RssAnon:\s+(\d+) kB/m.exec(status() ?? "");
+  return m ? Number(m[1]) * 1024 : rss;
 }
 
 /**
@@ -216,11 +339,13 @@ export function startMemoryGovernor(opts: MemoryGovernorOptions = {}): MemoryGov
   const crowdedTrimEvery = opts.crowdedTrimEveryMs ?? 100;
   const crowdedSlack = opts.crowdedTrimSlackBytes ?? 16 * MiB;
   const stats: MemoryGovernorStats = { collections: 0, trims: 0, canCollect: !!gc, canTrim: !!trim };
+  // anonymous memory only: what malloc_trim can return; the executable's pages come and go on their own
+  // (releaseExecutablePages, then page faults)
   const overhead = () => {
     const m = Deno.memoryUsage();
-    return m.rss - m.heapTotal - m.external;
+    return anonymousRss(m.rss) - m.heapTotal - m.external;
   };
-  // what the process holds beyond V8's heap and buffers at the start (binary, code, stacks, runtime)
+  // what the process holds beyond V8's heap and buffers at the start (stacks, runtime, malloc's own)
   let floor = overhead();
   let base = v8.getHeapStatistics().external_memory;
   let lastGc = -Infinity;
@@ -289,5 +414,26 @@ export function startMemoryGovernor(opts: MemoryGovernorOptions = {}): MemoryGov
     }
   }, opts.intervalMs ?? 100);
   Deno.unrefTimer(timer);
-  return { stats, check, stop: () => clearInterval(timer) };
+  const releaseAfter = opts.releaseExecutableAfterMs ?? 2000;
+  const release = releaseAfter > 0
+    ? setTimeout(() => {
+      const r = releaseExecutablePages();
+      if (!r) return;
+      stats.executableReleased = r.bytes;
+      log.debug("memory", "released the executable's pages", {
+        MiB: Math.round(r.bytes / MiB),
+        mappings: r.mappings,
+        skipped: r.skipped,
+      });
+    }, releaseAfter)
+    : undefined;
+  if (release !== undefined) Deno.unrefTimer(release);
+  return {
+    stats,
+    check,
+    stop: () => {
+      clearInterval(timer);
+      clearTimeout(release);
+    },
+  };
 }

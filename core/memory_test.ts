@@ -1,6 +1,14 @@
 import assert from "node:assert/strict";
 import v8 from "node:v8";
-import { cgroupMemoryLimit, isCrowded, noteCrowded, shedWhenQuiet, startMemoryGovernor } from "./memory.ts";
+import {
+  anonymousRss,
+  cgroupMemoryLimit,
+  isCrowded,
+  noteCrowded,
+  readOnlyMappingsOf,
+  shedWhenQuiet,
+  startMemoryGovernor,
+} from "./memory.ts";
 
 const MiB = 1024 * 1024;
 
@@ -147,6 +155,101 @@ Deno.test({
     const calm = await trimFixture("calm");
     assert.equal(calm.trims, 0);
     assert.ok(calm.rssAfter > calm.rssBefore - 16 * MiB, `RSS ${calm.rssBefore / MiB} → ${calm.rssAfter / MiB} MiB`);
+  },
+});
+
+const SMAPS = `55d0c0000000-55d0c1000000 r--p 00000000 fe:00 42                         /opt/tel bin/deno
+Size:              16384 kB
+Rss:               10240 kB
+Anonymous:             0 kB
+55d0c1000000-55d0c5000000 r-xp 01000000 fe:00 42                         /opt/tel bin/deno
+Size:              65536 kB
+Rss:               28672 kB
+Anonymous:             0 kB
+55d0c5000000-55d0c5200000 r--p 05000000 fe:00 42                         /opt/tel bin/deno
+Rss:                2048 kB
+Anonymous:          2048 kB
+55d0c5200000-55d0c5300000 rw-p 05200000 fe:00 42                         /opt/tel bin/deno
+Rss:                1024 kB
+Anonymous:           512 kB
+7f0000000000-7f0000100000 r-xp 00000000 fe:00 7                          /usr/lib/libc.so.6
+Rss:                1024 kB
+Anonymous:             0 kB
+7f0000200000-7f0000300000 r--p 00000000 fe:00 42                         /opt/tel bin/deno (deleted)
+Rss:                1024 kB
+Anonymous:             0 kB
+7f0000400000-7f0000500000 rw-p 00000000 00:00 0
+Rss:                1024 kB
+Anonymous:          1024 kB
+`;
+
+Deno.test("readOnlyMappingsOf finds a file's private read-only mappings in smaps, with their resident and copied pages", () => {
+  const maps = readOnlyMappingsOf(SMAPS, "/opt/tel bin/deno");
+  assert.deepEqual(
+    maps.map((m) => [m.start.toString(16), m.end.toString(16), m.perms, m.rssKb, m.anonymousKb]),
+    [
+      ["55d0c0000000", "55d0c1000000", "r--p", 10240, 0],
+      ["55d0c1000000", "55d0c5000000", "r-xp", 28672, 0],
+      // relocated data made read-only: its pages are the process's copies, not the file's
+      ["55d0c5000000", "55d0c5200000", "r--p", 2048, 2048],
+    ],
+    "the writable mapping, another file, a replaced file and anonymous memory are not the file's read-only mappings",
+  );
+  assert.deepEqual(readOnlyMappingsOf(SMAPS, "/usr/lib/libc.so.6").map((m) => m.rssKb), [1024]);
+  assert.deepEqual(readOnlyMappingsOf("", "/opt/tel bin/deno"), []);
+});
+
+Deno.test("anonymousRss reads RssAnon from /proc/self/status, else counts all of RSS", () => {
+  const status =
+    "Name:\tdeno\nVmRSS:\t  131072 kB\nRssAnon:\t   81920 kB\nRssFile:\t   49152 kB\nRssShmem:\t       0 kB\n";
+  assert.equal(anonymousRss(128 * MiB, () => status), 80 * MiB);
+  assert.equal(anonymousRss(128 * MiB, () => undefined), 128 * MiB);
+  assert.equal(anonymousRss(128 * MiB, () => "Name:\tdeno\n"), 128 * MiB);
+  if (Deno.build.os === "linux") {
+    const rss = Deno.memoryUsage().rss;
+    const anon = anonymousRss(rss);
+    assert.ok(anon > 0 && anon < rss, `this process: ${anon / MiB} of ${rss / MiB} MiB anonymous`);
+  }
+});
+
+/** memory_release_fixture.ts's report, run in a fresh process in `mode`. */
+async function releaseFixture(mode: "now" | "governor") {
+  const fixture = new URL("./memory_release_fixture.ts", import.meta.url).pathname;
+  const out = await new Deno.Command(Deno.execPath(), { args: ["run", "-A", fixture, mode], stderr: "inherit" })
+    .output();
+  assert.equal(out.code, 0, "the process went on working after its executable's pages were released");
+  const r = JSON.parse(new TextDecoder().decode(out.stdout));
+  // what the work computed is right: the code and data it ran on came back from the file as they were
+  assert.deepEqual(r.work, {
+    sha256: "f4313db688f3f006050627de322e91718c211df16f74f53888c4aa109ef3ac58",
+    md5: "7b95a2ac8713cd7a3fdc04ba95ccdf9d",
+    date: "1/1/1970",
+    json: '{"a":[1,2,{"b":"c"}]}',
+    upper: "STRASSE",
+  });
+  return r;
+}
+
+Deno.test({
+  name: "releasing the executable's pages takes them out of the resident set; those used again come back, unchanged",
+  ignore: Deno.build.os !== "linux",
+  fn: async () => {
+    const r = await releaseFixture("now");
+    assert.ok(r.before.kb > 8 * 1024, `the executable had ${r.before.kb} kB resident`);
+    assert.ok(r.release.mappings >= 1);
+    assert.equal(r.release.skipped, r.before.withCopies, "mappings holding copy-on-write copies are left alone");
+    assert.ok(r.after.kb < r.before.kb / 2, `resident ${r.before.kb} → ${r.after.kb} kB`);
+    assert.ok(r.later.kb > r.after.kb, `pages used again came back: ${r.after.kb} → ${r.later.kb} kB`);
+  },
+});
+
+Deno.test({
+  name: "the memory governor releases the executable's pages after the time it is given",
+  ignore: Deno.build.os !== "linux",
+  fn: async () => {
+    const r = await releaseFixture("governor");
+    assert.ok(r.release.bytes > 8 * MiB, `released ${r.release.bytes / MiB} MiB`);
+    assert.ok(r.after.kb < r.before.kb * 0.6, `resident ${r.before.kb} → ${r.after.kb} kB`);
   },
 });
 
