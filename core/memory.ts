@@ -23,8 +23,8 @@
  *
  * Once, `releaseExecutableAfterMs` after it starts, it also lets go of the executable's pages that only start-up used
  * ({@link releaseExecutablePages}): about half of the ~48 MiB of the deno binary the daemon had resident at the scale
- * bench's peak was code and data nothing touched again after start-up (loading and transpiling modules, the V8
- * snapshot, relocations).
+ * bench's peak was code and data nothing touched again after start-up (the dynamic linker's relocation tables among
+ * them).
  */
 
 import v8 from "node:v8";
