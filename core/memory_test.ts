@@ -120,13 +120,18 @@ Deno.test("cgroupMemoryLimit finds the process's own cgroup through /proc/self/c
   );
 });
 
-/** memory_trim_fixture.ts's report, run in a fresh process in `mode`. */
-async function trimFixture(mode: "slack" | "crowded" | "calm") {
-  const fixture = new URL("./memory_trim_fixture.ts", import.meta.url).pathname;
+/** The JSON a fixture module beside this file prints, run in a fresh process with `mode` (it must exit 0). */
+async function fixtureReport(file: string, mode: string, why = "the fixture ran to its end") {
+  const fixture = new URL(file, import.meta.url).pathname;
   const out = await new Deno.Command(Deno.execPath(), { args: ["run", "-A", fixture, mode], stderr: "inherit" })
     .output();
-  assert.equal(out.code, 0);
-  const r = JSON.parse(new TextDecoder().decode(out.stdout));
+  assert.equal(out.code, 0, why);
+  return JSON.parse(new TextDecoder().decode(out.stdout));
+}
+
+/** memory_trim_fixture.ts's report, run in a fresh process in `mode`. */
+async function trimFixture(mode: "slack" | "crowded" | "calm") {
+  const r = await fixtureReport("./memory_trim_fixture.ts", mode);
   assert.equal(r.held, 2048);
   return r;
 }
@@ -214,11 +219,8 @@ Deno.test("anonymousRss reads RssAnon from /proc/self/status, else counts all of
 
 /** memory_release_fixture.ts's report, run in a fresh process in `mode`. */
 async function releaseFixture(mode: "now" | "governor") {
-  const fixture = new URL("./memory_release_fixture.ts", import.meta.url).pathname;
-  const out = await new Deno.Command(Deno.execPath(), { args: ["run", "-A", fixture, mode], stderr: "inherit" })
-    .output();
-  assert.equal(out.code, 0, "the process went on working after its executable's pages were released");
-  const r = JSON.parse(new TextDecoder().decode(out.stdout));
+  const why = "the process went on working after its executable's pages were released";
+  const r = await fixtureReport("./memory_release_fixture.ts", mode, why);
   // what the work computed is right: the code and data it ran on came back from the file as they were
   assert.deepEqual(r.work, {
     sha256: "f4313db688f3f006050627de322e91718c211df16f74f53888c4aa109ef3ac58",
