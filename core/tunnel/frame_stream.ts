@@ -85,17 +85,26 @@ export abstract class WaitingChannel {
     return typeof r === "boolean" ? Promise.resolve(r) : r;
   }
 
-  /** The next received frame; undefined at the end of the stream or after an error. */
+  /**
+   * The next received frame; undefined at the end of the stream or after an error.
+   *
+   * A lone reader parks its promise's own resolve function, not a closure around it: resolved through a closure, the
+   * manager's scavenges kept ~5 % of everything it allocated while serving sequential connects (promoted, freed only by
+   * a full GC) and paused 0.71 ms (p50); with resolve parked, 0.1 % and 0.38 ms (`--trace-gc-nvp`, one connect run
+   * each). A second reader parked at the same time still wakes with the first.
+   */
   async next(): Promise<Frame | undefined> {
     for (;;) {
       const f = this.tryNext();
       if (f !== null) return f;
       await new Promise<void>((resolve) => {
         const prev = this.#wake;
-        this.#wake = () => {
-          prev?.();
-          resolve();
-        };
+        this.#wake = prev
+          ? () => {
+            prev();
+            resolve();
+          }
+          : resolve;
       });
     }
   }

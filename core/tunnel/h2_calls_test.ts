@@ -315,6 +315,34 @@ function channelReads(chunks: Uint8Array[], server: boolean): { got: Frame[]; da
   return { got, data: got.filter((f) => f.$case === "data").map((f) => f.value as Uint8Array) };
 }
 
+Deno.test("h2 frame channel: readers parked in next() wake for frames as they arrive, two at once both, and at the end", async () => {
+  const st = fakeStream();
+  const ch = new H2FrameChannel(st, { server: true });
+  const emit = (...fs: Frame[]) => {
+    const b = new Uint8Array(fs.flatMap((f) => [...grpcMessage(encodeFrame(f))]));
+    st.emit("data", Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+  };
+  const one = ch.next();
+  emit(frames.closeSend());
+  assert.equal((await one)?.$case, "closeSend", "a lone reader wakes for the frame");
+  // two readers parked at once: one frame wakes both, the first takes it, the second waits for the next
+  const first = ch.next();
+  const second = ch.next();
+  emit(frames.disconnect("a"));
+  const a = await first;
+  assert.equal(a?.$case === "disconnect" ? a.value.reason : undefined, "a");
+  let secondDone = false;
+  void second.then(() => secondDone = true);
+  await new Promise((r) => setTimeout(r, 0));
+  assert.equal(secondDone, false, "the second reader waits for a frame of its own");
+  emit(frames.disconnect("b"));
+  const f = await second;
+  assert.equal(f?.$case === "disconnect" ? f.value.reason : undefined, "b");
+  const last = ch.next();
+  st.emit("end");
+  assert.equal(await last, undefined, "the end of the stream wakes a parked reader with undefined");
+});
+
 Deno.test("h2 frame channel: the opener passes a split data message on in pieces, as views; the server side assembles it", () => {
   const payload = new Uint8Array(50_000).map((_, i) => (i * 7) & 0xff);
   const msg = grpcMessage(encodeDataFrame(payload));
