@@ -5,6 +5,7 @@ import { TelError } from "../core/errors.ts";
 import { vifPlugin } from "../plugins/vif/mod.ts";
 import { openTun, waitFromEnv } from "../plugins/vif/tun_linux.ts";
 import { canUseNetns, labId, Netns } from "./lab/netns.ts";
+import { fdsOpenOn } from "./lab/proc.ts";
 
 const ignore = !(await canUseNetns());
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
@@ -209,17 +210,7 @@ Deno.test(
   async () => {
     const ns = await Netns.create("na");
     /** The fds this process has open on /dev/net/tun (the driver's, and the event loop's copy while it has one). */
-    const tunFds = () => {
-      let n = 0;
-      for (const e of Deno.readDirSync("/proc/self/fd")) {
-        try {
-          if (Deno.readLinkSync(`/proc/self/fd/${e.name}`) === "/dev/net/tun") n++;
-        } catch {
-          // closed while listing
-        }
-      }
-      return n;
-    };
+    const tunFds = () => fdsOpenOn("/dev/net/tun");
     const before = tunFds();
     try {
       const name = `ta${labId()}`;

@@ -1,6 +1,7 @@
 /** The event-loop fd reader over pipes: where a read lands, one read at a time, end of file, close. */
 
 import assert from "node:assert/strict";
+import { fdsOpenOn } from "../../tests/lab/proc.ts";
 import { openFdReader } from "./_fd_reader_linux.ts";
 
 const libc = Deno.dlopen("libc.so.6", {
@@ -34,16 +35,7 @@ function isOpen(fd: number): boolean {
 
 /** How many of this process's fds are open on the same file as `fd` (a pipe's two ends count both). */
 function sameFile(fd: number): number {
-  const target = Deno.readLinkSync(`/proc/self/fd/${fd}`);
-  let n = 0;
-  for (const e of Deno.readDirSync("/proc/self/fd")) {
-    try {
-      if (Deno.readLinkSync(`/proc/self/fd/${e.name}`) === target) n++;
-    } catch {
-      // closed while listing (the directory's own fd)
-    }
-  }
-  return n;
+  return fdsOpenOn(Deno.readLinkSync(`/proc/self/fd/${fd}`));
 }
 
 const text = (b: Uint8Array) => new TextDecoder().decode(b);

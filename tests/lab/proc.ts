@@ -175,3 +175,16 @@ export class LabProcess {
     for (const w of [...this.#waiters]) if (w.re.test(line)) w.resolve(line);
   }
 }
+
+/** How many of this process's fds point at `target` (what /proc/self/fd/N links to: a path, or e.g. "pipe:[123]"). */
+export function fdsOpenOn(target: string): number {
+  let n = 0;
+  for (const e of Deno.readDirSync("/proc/self/fd")) {
+    try {
+      if (Deno.readLinkSync(`/proc/self/fd/${e.name}`) === target) n++;
+    } catch {
+      // closed while listing (the directory's own fd)
+    }
+  }
+  return n;
+}
