@@ -6,6 +6,7 @@ import { parseIpv4 } from "./header/ipv4.ts";
 import { parseIpv6 } from "./header/ipv6.ts";
 import { ACK, FIN, parseTcp, PSH, RST, SYN, type TcpFields, type TcpHeader } from "./header/tcp.ts";
 import { ChannelLink, type Gso, type LinkOffload } from "./link.ts";
+import { exposeGc } from "../memory.ts";
 import { SlabPool } from "../slab.ts";
 import { Stack } from "./stack.ts";
 import type { TcpConn, TcpTuning } from "./tcp/endpoint.ts";
@@ -760,6 +761,66 @@ Deno.test("tcp with an attached sink: a reset reaches it as an error and drops w
   assertEquals(rec.events, ["error: netstack: connection reset by peer"]);
   conn.resume();
   equal(rec.got.length, 100, "the held bytes were dropped");
+});
+
+Deno.test("tcp with an attached sink: in TIME-WAIT the sink is let go once the client's FIN reached it, not before", async () => {
+  const gc = exposeGc();
+  if (!gc) return; // no forced collections in this runtime: nothing to observe
+  const env = setup({ tcp: { timeWaitMs: 60_000 } });
+  const { snd, conn } = await handshake(env);
+  // the sink (and a big buffer only it holds, as a tunnel would) is reachable from the connection alone
+  const events: string[] = [];
+  const got: number[] = [];
+  let room = 1;
+  const sinkRef = (() => {
+    const held = new Uint8Array(1 << 20);
+    const sink = {
+      data: (d: Uint8Array) => {
+        got.push(d.length + held[0]);
+        return --room > 0;
+      },
+      end: () => events.push("end"),
+      error: (e: Error) => events.push(`error: ${e.message}`),
+    };
+    conn.attach(sink);
+    return new WeakRef(sink);
+  })();
+  env.take();
+  // two segments: the sink takes the first and stops; the second and then the client's FIN wait behind it
+  env.stack.input([env.seg({ seq: 1001, ack: snd }, new Uint8Array(100))]);
+  env.stack.input([env.seg({ seq: 1101, ack: snd }, new Uint8Array(50))]);
+  conn.shutdownWrite(); // the target is done (its tunnel ended): our FIN first, as the connect bench's pod does
+  const [fin] = env.take().filter((s) => s.tcp!.flags & FIN);
+  env.stack.input([env.seg({ seq: 1151, ack: (fin.tcp!.seq + 1) >>> 0, flags: ACK | FIN })]);
+  equal(conn.state, "time-wait");
+  assertEquals(events, [], "the FIN waits behind the held bytes");
+  await tick(); // weak references stay alive to the end of the turn that made them
+  gc();
+  ok(sinkRef.deref() !== undefined, "kept: the held bytes and the FIN are still to reach it");
+  room = Infinity;
+  conn.resume();
+  assertEquals(got, [100, 50]);
+  assertEquals(events, ["end"]);
+  await tick();
+  gc();
+  equal(sinkRef.deref(), undefined, "let go once the FIN reached it");
+  equal(conn.state, "time-wait");
+  // a retransmitted FIN in TIME-WAIT is still acknowledged, and reaches no sink
+  env.take();
+  env.stack.input([env.seg({ seq: 1151, ack: (fin.tcp!.seq + 1) >>> 0, flags: ACK | FIN })]);
+  equal(env.take().length, 1);
+  assertEquals(events, ["end"]);
+});
+
+Deno.test("tcp: a connection refused before anyone read: its readable, asked for afterwards, fails with the reason", async () => {
+  const env = setup({ verdict: () => Promise.resolve("refused") });
+  env.stack.input([env.seg({ seq: 5000, flags: SYN })]);
+  await tick();
+  equal(env.take()[0].tcp!.flags, RST | ACK);
+  const conn = env.conns[0];
+  equal(conn.state, "closed");
+  await rejects(conn.readable.getReader().read(), /connection refused/);
+  throws(() => conn.attach({ data: () => true, end() {}, error() {} }), /one reader/);
 });
 
 Deno.test("tcp: connections share the stack's receive budget; one whose peer finished stops counting; no offer is taken back", async () => {
