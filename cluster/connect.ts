@@ -73,6 +73,7 @@ export const managerConnector: ManagerConnector = {
             `/portforward?ports=${MANAGER_PORT}`;
           const url = channelUrl(kube.server, path);
           // read anew each time: rotated tokens and exec credentials are picked up
+          // deno-lint-ignore tel/young-closures -- once per connect
           conn.portForwardAccess = async () => ({
             url,
             protocols: CHANNEL_PROTOCOLS,

@@ -232,18 +232,22 @@ export class KubeChannels implements WebSocketInterface {
           ),
         );
       }, this.#handshakeMs);
+      // deno-lint-ignore tel/young-closures -- once per websocket
       ws.onopen = () => {
         clearTimeout(timer);
         noDelayToServer(url);
         resolve();
       };
+      // deno-lint-ignore tel/young-closures -- once per websocket
       ws.onerror = (ev) => {
         clearTimeout(timer);
         closeClient();
         reject(new Error((ev as ErrorEvent).message || "websocket handshake failed"));
       };
     });
+    // deno-lint-ignore tel/young-closures -- once per websocket
     ws.onerror = (ev) => log.debug("kube", "channel websocket error", { path, err: (ev as ErrorEvent).message });
+    // deno-lint-ignore tel/young-closures -- once per websocket
     ws.onmessage = (ev: MessageEvent) => {
       if (typeof ev.data === "string") {
         if (textHandler && !textHandler(ev.data)) ws.close();

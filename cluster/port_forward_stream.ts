@@ -137,6 +137,7 @@ export class PortForwardStream extends Duplex {
       if (this.destroyed) return ws.close();
       this.#ws = ws;
       ws.binaryType = "arraybuffer";
+      // deno-lint-ignore tel/young-closures -- once per websocket
       ws.onopen = () => {
         clearTimeout(this.#timer);
         this.#protocol = ws.protocol;
@@ -144,11 +145,14 @@ export class PortForwardStream extends Duplex {
         settle();
         this.#wake();
       };
+      // deno-lint-ignore tel/young-closures -- once per websocket
       ws.onerror = (ev) => {
         const msg = (ev as ErrorEvent).message || "websocket error";
         this.destroy(new TelError("cluster", `port-forward to ${label}: ${msg}`));
       };
+      // deno-lint-ignore tel/young-closures -- once per websocket
       ws.onmessage = (ev) => this.#onMessage(ev.data);
+      // deno-lint-ignore tel/young-closures -- once per websocket
       ws.onclose = () => {
         this.#ws = undefined;
         this.push(null);

@@ -197,6 +197,7 @@ export function openBareCall(client: ManagerTarget, path: string): MessageStream
   if (!t) return undefined;
   if (first) {
     const close = client.close.bind(client);
+    // deno-lint-ignore tel/young-closures -- once per client
     client.close = () => {
       controlSessions.get(client)?.close();
       close();
@@ -239,6 +240,7 @@ function poolFor(client: ManagerTarget) {
     prepared.set(client, pool = { calls: [], refilling: false, closed: false });
     // closing the client cancels its prepared calls (grpc-js lets calls outlive a closed channel)
     const close = client.close.bind(client);
+    // deno-lint-ignore tel/young-closures -- once per client
     client.close = () => {
       closePreparedCalls(client);
       h2Sessions.get(client)?.close();
@@ -313,9 +315,10 @@ class OpenTunnel implements Tunnel {
     this.#fs = fs;
     this.#order = order;
     this.ended = new Promise((resolve) => this.#resolveEnded = resolve);
-    this.#gone = () =>
+    const gone = () =>
       new TelError("cluster", `tunnel ${formatConnId(id)}: closed: ${this.#endReason ?? "stream gone"}`);
-    if (id.protocol === "tcp") this.#batch = new FrameBatcher(fs, pool, sendLimit, this.#gone);
+    this.#gone = gone; // named first: see tests/lint/young_closures.ts
+    if (id.protocol === "tcp") this.#batch = new FrameBatcher(fs, pool, sendLimit, gone);
     this.#readLoop();
   }
 

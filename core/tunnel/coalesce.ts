@@ -32,6 +32,7 @@ export function coalesceWrites(socket: Writable): void {
     if (bytes >= COALESCE_BULK) setImmediate(uncork);
     else process.nextTick(uncork);
   };
+  // deno-lint-ignore tel/young-closures -- once per socket
   socket.write = function (this: Writable, ...args: Parameters<Writable["write"]>): boolean {
     if (!corked && !socket.destroyed) {
       corked = true;

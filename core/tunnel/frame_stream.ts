@@ -72,10 +72,11 @@ export abstract class WaitingChannel {
   protected drain(gone: () => boolean): Promise<boolean> {
     return new Promise<boolean>((resolve) => {
       const prev = this.#drained;
-      this.#drained = () => {
+      const drained = () => {
         prev?.();
         resolve(!gone());
       };
+      this.#drained = drained; // named first: see tests/lint/young_closures.ts
     });
   }
 

@@ -1,5 +1,8 @@
 /** gRPC plumbing for the Manager service: the tunnel method on the fast frame codec, and tuned clients and servers. */
 
+// its functions assigned to grpc-js and node:http2 objects are made once per server or session, not per flow
+// deno-lint-ignore-file tel/young-closures
+
 import * as grpc from "@grpc/grpc-js";
 import type { Buffer } from "node:buffer";
 import type { Http2Server, IncomingHttpHeaders, ServerHttp2Session, ServerHttp2Stream } from "node:http2";

@@ -114,7 +114,7 @@ export function openFdReader(fd: number, buffer: Uint8Array): FdReader | undefin
       return -EINVAL;
     }
     h.useUserBuffer(buffer);
-    h.onread = () => {
+    const onread = () => {
       if (h !== handle) return; // released meanwhile
       const n = b.state[b.nreadAt];
       if (n === 0) return; // nothing read (EAGAIN): keep waiting
@@ -125,6 +125,7 @@ export function openFdReader(fd: number, buffer: Uint8Array): FdReader | undefin
       if (n > 0) w.resolve(n);
       else w.reject(readError(n));
     };
+    h.onread = onread; // named first: see tests/lint/young_closures.ts
     handle = h;
     return 0;
   };
