@@ -55,6 +55,8 @@ export class TimerQueue {
   #timer: ReturnType<typeof setTimeout> | undefined;
   /** When the runtime timer is set to fire (Infinity when none is set). */
   #armedAt = Infinity;
+  /** Calls are running: the runtime timer is set once they are done, not for each call they make. */
+  #firing = false;
   #now: () => number;
   #onTimer = () => this.#fire();
 
@@ -74,7 +76,7 @@ export class TimerQueue {
     p.pos = this.#heap.length;
     this.#heap.push(p);
     this.#up(p.pos);
-    if (p.at < this.#armedAt) this.#arm();
+    if (!this.#firing && p.at < this.#armedAt) this.#arm();
     return p;
   }
 
@@ -96,6 +98,7 @@ export class TimerQueue {
     // calls cancelled meanwhile are gone from the heap, which is read afresh each time
     const madeBefore = this.#seq;
     let failed: unknown[] | undefined;
+    this.#firing = true;
     for (let top = this.#heap[0]; top && top.at <= due && top.seq < madeBefore; top = this.#heap[0]) {
       this.#remove(0);
       const fn = top.fn!;
@@ -106,6 +109,7 @@ export class TimerQueue {
         (failed ??= []).push(e);
       }
     }
+    this.#firing = false;
     if (this.#heap.length > 0) this.#arm();
     if (failed) { for (const e of failed) reportError(e); }
   }
