@@ -812,15 +812,20 @@ Deno.test("tcp with an attached sink: in TIME-WAIT the sink is let go once the c
   assertEquals(events, ["end"]);
 });
 
-Deno.test("tcp: a connection refused before anyone read: its readable, asked for afterwards, fails with the reason", async () => {
+Deno.test("tcp: a connection refused before anyone read: a readable or a sink, made afterwards, fails with the reason", async () => {
   const env = setup({ verdict: () => Promise.resolve("refused") });
   env.stack.input([env.seg({ seq: 5000, flags: SYN })]);
+  env.stack.input([env.seg({ srcPort: 40001, seq: 6000, flags: SYN })]);
   await tick();
-  equal(env.take()[0].tcp!.flags, RST | ACK);
-  const conn = env.conns[0];
-  equal(conn.state, "closed");
-  await rejects(conn.readable.getReader().read(), /connection refused/);
-  throws(() => conn.attach({ data: () => true, end() {}, error() {} }), /one reader/);
+  assertEquals(env.take().map((s) => s.tcp!.flags), [RST | ACK, RST | ACK]);
+  const [read, sunk] = env.conns;
+  equal(read.state, "closed");
+  await rejects(read.readable.getReader().read(), /connection refused/);
+  throws(() => read.attach({ data: () => true, end() {}, error() {} }), /one reader/);
+  const rec = recordingSink();
+  sunk.attach(rec.sink);
+  assertEquals(rec.events, ["error: netstack: connection refused"]);
+  throws(() => sunk.readable, /attached sink/);
 });
 
 Deno.test("tcp: connections share the stack's receive budget; one whose peer finished stops counting; no offer is taken back", async () => {

@@ -329,6 +329,9 @@ export class TcpEndpoint implements TcpConn {
   attach(sink: ConnSink): void {
     if (this.#sink) throw new TypeError("netstack: a connection takes one reader (a sink or its readable)");
     this.#sink = sink;
+    // attached after the connection failed (refused, reset before anyone read): it hears so at once, as a readable
+    // made then starts failed
+    if (this.#failure && this.#rcDone) sink.error(this.#failure);
   }
 
   resume(): void {
