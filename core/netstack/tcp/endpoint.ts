@@ -331,7 +331,7 @@ export class TcpEndpoint implements TcpConn {
     this.#sink = sink;
     // attached after the connection failed (refused, reset before anyone read): it hears so at once, as a readable
     // made then starts failed
-    if (this.#failure && this.#rcDone) sink.error(this.#failure);
+    if (this.#failure) sink.error(this.#failure);
   }
 
   resume(): void {
