@@ -251,6 +251,7 @@ for (const offload of [false, true]) {
     await idle();
     const end = stack.counters();
     equal(end.tcpConnections, 0, "no TCP state left");
+    equal(end.tcpTimeWait, 0, "no TIME-WAIT left");
     equal(end.tcpReceiving, 0, "none counted among those sharing the receive budget");
     equal(end.udpFlows, 0, "no UDP state left");
   });

@@ -26,7 +26,8 @@
  * fragmentation of bigger-than-MTU UDP/ICMP replies outbound; ICMP/ICMPv6 echo for routed addresses; ICMP
  * unreachable when the forwarder says "unreachable" (or UDP "refused"); TCP per RFC 9293 with MSS from the link MTU, window scaling + timestamps (RFC 7323), SACK (RFC 2018;
  * RFC 6675-style hole filling), RTO (RFC 6298), NewReno fast recovery (RFC 5681/6582), a tail-loss probe, zero-window
- * probes, RST/SYN challenge ACKs (RFC 5961), bounded TIME_WAIT; the receive window follows the reader (memory per
+ * probes, RST/SYN challenge ACKs (RFC 5961), a bounded TIME_WAIT kept by the stack apart from the connection (which
+ * closes as it enters it); the receive window follows the reader (memory per
  * connection ≤ rcvBuf + out-of-order ≤ rcvBuf, plus sndBuf). On a link with offloads (Vif `offload: true`) inbound
  * checksums are trusted and TCP sends ~64 KiB super-segments the kernel cuts (TSO). Not done: urgent data, keepalive,
  * IPv6 reassembly when other extension headers precede the fragment header (counted as reassemblyDrops).

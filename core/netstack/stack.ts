@@ -30,6 +30,7 @@ import {
   type TcpRoute,
   type TcpTuning,
 } from "./tcp/endpoint.ts";
+import { TimeWaits, type TimeWaitState } from "./tcp/time_wait.ts";
 import { type Counters, type FlowId, type Verdict, zeroCounters } from "./types.ts";
 import { Reassembler } from "./reassembly.ts";
 import { UdpEndpoint, type UdpFlow, type UdpHost } from "./udp.ts";
@@ -69,6 +70,18 @@ function key4or6(src: Uint8Array, sp: number, dst: Uint8Array, dp: number): stri
   return k + String.fromCharCode(sp, dp);
 }
 
+/** The route back to the client of the connection under `key` (what {@link key4or6} put in it). */
+function routeOfKey(key: string): TcpRoute {
+  const n = (key.length - 2) / 2; // 4 or 16 address bytes each
+  const remote = new Uint8Array(n);
+  const local = new Uint8Array(n);
+  for (let i = 0; i < n; i++) {
+    remote[i] = key.charCodeAt(i);
+    local[i] = key.charCodeAt(n + i);
+  }
+  return { family: n === 4 ? 4 : 6, local, remote };
+}
+
 /**
  * A userspace TCP/IP stack bound to one link.
  *
@@ -85,6 +98,8 @@ export class Stack {
   #fwd: Forwarder;
   #routes: Cidr[] = [];
   #tcp = new Map<string, TcpEndpoint>();
+  /** Connections in TIME-WAIT, by the same keys (never in both tables at once). */
+  #timeWaits: TimeWaits;
   #udp = new Map<string, UdpEndpoint>();
   #ackSet = new Set<TcpEndpoint>();
   /** Connections that can still receive data: they share {@link TcpTuning.rcvBudget}. */
@@ -144,7 +159,12 @@ export class Stack {
         if (this.#tcp.get(ep.key) === ep) this.#tcp.delete(ep.key);
         this.#ackSet.delete(ep);
       },
+      timeWait: (ep: TcpEndpoint, s: TimeWaitState) => this.#timeWaits.add(ep.key, s),
     };
+    this.#timeWaits = new TimeWaits({
+      clock: this.clock,
+      send: (key: string, f: TcpFields) => this.#sendTcp(routeOfKey(key), f, undefined, 0, 0),
+    }, this.#tune.timeWaitMs);
     this.#udpHost = {
       clock: this.clock,
       counters: this.#counters,
@@ -172,11 +192,18 @@ export class Stack {
   }
 
   /** A snapshot of the counters. */
-  counters(): Counters & { internalErrors: number; tcpConnections: number; tcpReceiving: number; udpFlows: number } {
+  counters(): Counters & {
+    internalErrors: number;
+    tcpConnections: number;
+    tcpTimeWait: number;
+    tcpReceiving: number;
+    udpFlows: number;
+  } {
     return {
       ...this.#counters,
       internalErrors: this.#internalErrors,
       tcpConnections: this.#tcp.size,
+      tcpTimeWait: this.#timeWaits.size,
       // the connections that share the receive budget (not those whose peer finished sending)
       tcpReceiving: this.#rcvOpen,
       udpFlows: this.#udp.size,
@@ -235,6 +262,7 @@ export class Stack {
   close(): void {
     this.#closed = true;
     for (const ep of [...this.#tcp.values()]) ep.abort();
+    this.#timeWaits.clear();
     for (const f of [...this.#udp.values()]) f.close();
   }
 
@@ -313,12 +341,10 @@ export class Stack {
     const key = key4or6(src, h.srcPort, dst, h.dstPort);
     const ep = this.#tcp.get(key);
     if (ep) {
-      if (!ep.reopensWith(h)) {
-        ep.segment(h, data);
-        return;
-      }
-      ep.endTimeWait(); // leaves the table: this SYN opens a new connection below
+      ep.segment(h, data);
+      return;
     }
+    if (this.#timeWaits.input(key, h)) return; // else none, or this SYN ended one and opens a connection below
     if (h.flags & RST) return;
     const route: TcpRoute = { family, local: dst.slice(), remote: src.slice() };
     if ((h.flags & (SYN | ACK)) !== SYN) {

@@ -1,10 +1,11 @@
 import { deepStrictEqual as assertEquals, equal, ok, rejects, throws } from "node:assert/strict";
 import { fakeClock } from "../../tests/fixtures/fake_clock.ts";
 import { echoRequest, tcpPacket, udpPacket } from "./_build.ts";
-import { fold, pseudoSum4, sum } from "./header/checksum.ts";
+import { fold, pseudoSum4, pseudoSum6, sum } from "./header/checksum.ts";
 import { parseIpv4 } from "./header/ipv4.ts";
 import { parseIpv6 } from "./header/ipv6.ts";
 import { ACK, FIN, parseTcp, PSH, RST, SYN, type TcpFields, type TcpHeader } from "./header/tcp.ts";
+import { formatIp } from "./addr.ts";
 import { ChannelLink, type Gso, type LinkOffload } from "./link.ts";
 import { exposeGc } from "../memory.ts";
 import { SlabPool } from "../slab.ts";
@@ -395,10 +396,15 @@ Deno.test("tcp: half-close both ways ends in CLOSED; simultaneous close goes thr
   env2.stack.input([env2.seg({ seq: 1001, ack: h2.snd, flags: ACK | FIN })]); // their FIN crosses ours
   equal(h2.conn.state, "closing");
   env2.stack.input([env2.seg({ seq: 1002, ack: (fin2.tcp!.seq + 1) >>> 0 })]);
-  equal(h2.conn.state, "time-wait");
-  env2.fake.tick(1001);
+  // the connection is closed; the stack keeps a TIME-WAIT for its addresses, for timeWaitMs
   equal(h2.conn.state, "closed");
+  await h2.conn.closed;
   equal(env2.stack.counters().tcpConnections, 0);
+  equal(env2.stack.counters().tcpTimeWait, 1);
+  env2.fake.tick(998);
+  equal(env2.stack.counters().tcpTimeWait, 1);
+  env2.fake.tick(3);
+  equal(env2.stack.counters().tcpTimeWait, 0);
 });
 
 Deno.test("tcp: their FIN after ours is answered by one ACK; our FIN acked in CLOSING sends nothing", async () => {
@@ -411,15 +417,30 @@ Deno.test("tcp: their FIN after ours is answered by one ACK; our FIN acked in CL
   env.stack.input([env.seg({ seq: 1001, ack: (fin.tcp!.seq + 1) >>> 0 })]); // FIN-WAIT-2
   equal(conn.state, "fin-wait-2");
   equal(env.take().length, 0);
-  env.stack.input([env.seg({ seq: 1001, ack: (fin.tcp!.seq + 1) >>> 0, flags: ACK | FIN })]);
-  equal(conn.state, "time-wait");
+  env.stack.input([env.seg({ seq: 1001, ack: (fin.tcp!.seq + 1) >>> 0, flags: ACK | FIN, tsVal: 7, tsEcr: 0 })]);
+  equal(conn.state, "closed");
+  equal(env.stack.counters().tcpTimeWait, 1);
   const acks = env.take();
   equal(acks.length, 1, "one ACK for their FIN");
   equal(acks[0].tcp!.flags, ACK);
   equal(acks[0].tcp!.ack, 1002);
-  // a retransmitted FIN in TIME-WAIT is acknowledged again
+  // a retransmitted FIN in TIME-WAIT is acknowledged again, as the first was, and the wait starts over
+  env.fake.tick(900);
+  env.stack.input([env.seg({ seq: 1001, ack: (fin.tcp!.seq + 1) >>> 0, flags: ACK | FIN, tsVal: 8, tsEcr: 0 })]);
+  const [again] = env.take();
+  equal(again.tcp!.flags, ACK);
+  equal(again.tcp!.seq, acks[0].tcp!.seq);
+  equal(again.tcp!.ack, 1002);
+  equal(again.tcp!.window, acks[0].tcp!.window);
+  equal(again.tcp!.tsEcr, 7, "the last timestamp the connection took");
+  equal(again.tcp!.tsVal, acks[0].tcp!.tsVal! + 900);
+  env.fake.tick(900);
+  equal(env.stack.counters().tcpTimeWait, 1, "1800 ms after their first FIN, 900 after the second");
+  env.fake.tick(101);
+  equal(env.stack.counters().tcpTimeWait, 0);
+  // what comes after the wait finds no connection: RST
   env.stack.input([env.seg({ seq: 1001, ack: (fin.tcp!.seq + 1) >>> 0, flags: ACK | FIN })]);
-  equal(env.take().length, 1);
+  equal(env.take()[0].tcp!.flags, RST);
 
   const env2 = setup({ tcp: { timeWaitMs: 1000 } });
   const h2 = await handshake(env2);
@@ -430,8 +451,31 @@ Deno.test("tcp: their FIN after ours is answered by one ACK; our FIN acked in CL
   equal(h2.conn.state, "closing");
   equal(env2.take().length, 1, "their FIN is acknowledged");
   env2.stack.input([env2.seg({ seq: 1002, ack: (fin2.tcp!.seq + 1) >>> 0 })]);
-  equal(h2.conn.state, "time-wait");
+  equal(h2.conn.state, "closed");
+  equal(env2.stack.counters().tcpTimeWait, 1);
   equal(env2.take().length, 0, "nothing to say when our FIN is acknowledged");
+});
+
+Deno.test("tcp: their FIN that came out of order is acknowledged at once when the gap fills, and TIME-WAIT follows", async () => {
+  const env = setup({ tcp: { timeWaitMs: 1000 } });
+  const { conn } = await handshake(env);
+  conn.attach({ data: () => true, end() {}, error() {} });
+  env.take();
+  conn.close();
+  const [fin] = env.take();
+  const ours = (fin.tcp!.seq + 1) >>> 0;
+  env.stack.input([env.seg({ seq: 1001, ack: ours })]);
+  equal(conn.state, "fin-wait-2");
+  // bytes 1011..1020 and their FIN arrive before bytes 1001..1010
+  env.stack.input([env.seg({ seq: 1011, ack: ours, flags: ACK | FIN }, new Uint8Array(10))]);
+  const [dup] = env.take();
+  equal(dup.tcp!.ack, 1001, "a duplicate ACK for the gap");
+  env.stack.input([env.seg({ seq: 1001, ack: ours }, new Uint8Array(10))]);
+  const acks = env.take();
+  equal(acks.length, 1, "the filled gap and the FIN behind it are acknowledged at once, not later");
+  equal(acks[0].tcp!.ack, 1022);
+  equal(conn.state, "closed");
+  equal(env.stack.counters().tcpTimeWait, 1);
 });
 
 /** A connection we closed first, now in TIME-WAIT (their SYN was seq 1000 with TSval 1, so RCV.NXT is 1002). */
@@ -441,10 +485,49 @@ async function inTimeWait(env: ReturnType<typeof setup>) {
   conn.close();
   const [fin] = env.take();
   env.stack.input([env.seg({ seq: 1001, ack: (fin.tcp!.seq + 1) >>> 0, flags: ACK | FIN })]);
-  equal(conn.state, "time-wait");
+  equal(conn.state, "closed");
+  equal(env.stack.counters().tcpTimeWait, 1);
   env.take();
-  return conn;
 }
+
+Deno.test("tcp over IPv6: a TIME-WAIT answers from the connection's addresses and ports, checksummed", async () => {
+  const env = setup({ tcp: { timeWaitMs: 1000 } });
+  const C6 = "fd00:7e1:ffff::1";
+  const P6 = "fd00:7e1::10";
+  const seg6 = (f: Partial<TcpFields>) =>
+    tcpPacket(C6, P6, { srcPort: 40001, dstPort: 8080, seq: 0, ack: 0, flags: ACK, window: 512, ...f });
+  env.stack.input([seg6({ seq: 1000, flags: SYN, window: 65535, mss: 1400 })]);
+  await tick();
+  const [synack] = env.take();
+  const conn = env.conns[0];
+  env.stack.input([seg6({ seq: 1001, ack: (synack.tcp!.seq + 1) >>> 0 })]);
+  conn.close();
+  const [fin] = env.take();
+  env.stack.input([seg6({ seq: 1001, ack: (fin.tcp!.seq + 1) >>> 0, flags: ACK | FIN })]);
+  equal(env.stack.counters().tcpTimeWait, 1);
+  env.take();
+  env.stack.input([seg6({ seq: 1001, ack: (fin.tcp!.seq + 1) >>> 0, flags: ACK | FIN })]);
+  const [ack] = env.take();
+  const ip = parseIpv6(ack.raw);
+  equal(formatIp(ip.src), P6);
+  equal(formatIp(ip.dst), C6);
+  equal(ack.tcp!.srcPort, 8080);
+  equal(ack.tcp!.dstPort, 40001);
+  equal(ack.tcp!.flags, ACK);
+  equal(ack.tcp!.seq, (fin.tcp!.seq + 1) >>> 0);
+  equal(ack.tcp!.ack, 1002);
+  const l4 = ack.raw.subarray(40);
+  equal(sum(l4, pseudoSum6(ip.src, ip.dst, 6, l4.length)), 0xffff, "TCP checksum");
+});
+
+Deno.test("tcp: closing the stack ends its TIME-WAITs and their timers", async () => {
+  const env = setup({ tcp: { timeWaitMs: 60_000 } });
+  await inTimeWait(env);
+  equal(env.fake.countTimers(), 1, "the wait's timer");
+  env.stack.close();
+  equal(env.stack.counters().tcpTimeWait, 0);
+  equal(env.fake.countTimers(), 0);
+});
 
 Deno.test("tcp: a SYN reusing the port of our TIME-WAIT opens anew when its seq or timestamp is newer; else a challenge ACK", async () => {
   const newSyn = (env: ReturnType<typeof setup>, seq: number, tsVal?: number) =>
@@ -453,10 +536,10 @@ Deno.test("tcp: a SYN reusing the port of our TIME-WAIT opens anew when its seq 
     const [what, seq, tsVal] of [["a higher sequence number", 5000, undefined], ["a newer timestamp", 500, 9]] as const
   ) {
     const env = setup({ tcp: { timeWaitMs: 1000 } });
-    const old = await inTimeWait(env);
+    await inTimeWait(env);
     newSyn(env, seq, tsVal);
     await tick();
-    equal(old.state, "closed", `${what}: the wait is over`);
+    equal(env.stack.counters().tcpTimeWait, 0, `${what}: the wait is over`);
     equal(env.conns.length, 2, `${what}: the forwarder sees a new connection`);
     const [synAck] = env.take();
     equal(synAck.tcp!.flags, SYN | ACK, `${what}: answered with a SYN-ACK`);
@@ -466,16 +549,16 @@ Deno.test("tcp: a SYN reusing the port of our TIME-WAIT opens anew when its seq 
   }
   // an old duplicate: same timestamp, sequence number below what we received
   const env = setup({ tcp: { timeWaitMs: 1000 } });
-  const old = await inTimeWait(env);
+  await inTimeWait(env);
   newSyn(env, 500, 1);
   await tick();
   const [ack] = env.take();
   equal(ack.tcp!.flags, ACK, "a challenge ACK");
   equal(ack.tcp!.ack, 1002);
-  equal(old.state, "time-wait");
+  equal(env.stack.counters().tcpTimeWait, 1);
   equal(env.conns.length, 1, "no new connection");
   env.stack.input([env.seg({ seq: 1002, flags: RST })]); // the peer's answer to the challenge
-  equal(old.state, "closed");
+  equal(env.stack.counters().tcpTimeWait, 0);
   newSyn(env, 500, 1); // its retransmitted SYN now opens a connection
   await tick();
   equal(env.conns.length, 2);
@@ -763,28 +846,20 @@ Deno.test("tcp with an attached sink: a reset reaches it as an error and drops w
   equal(rec.got.length, 100, "the held bytes were dropped");
 });
 
-Deno.test("tcp with an attached sink: in TIME-WAIT the sink is let go once the client's FIN reached it, not before", async () => {
-  const gc = exposeGc();
-  if (!gc) return; // no forced collections in this runtime: nothing to observe
+Deno.test("tcp with an attached sink: bytes and a FIN held for it reach it after the connection went into TIME-WAIT", async () => {
   const env = setup({ tcp: { timeWaitMs: 60_000 } });
   const { snd, conn } = await handshake(env);
-  // the sink (and a big buffer only it holds, as a tunnel would) is reachable from the connection alone
   const events: string[] = [];
   const got: number[] = [];
   let room = 1;
-  const sinkRef = (() => {
-    const held = new Uint8Array(1 << 20);
-    const sink = {
-      data: (d: Uint8Array) => {
-        got.push(d.length + held[0]);
-        return --room > 0;
-      },
-      end: () => events.push("end"),
-      error: (e: Error) => events.push(`error: ${e.message}`),
-    };
-    conn.attach(sink);
-    return new WeakRef(sink);
-  })();
+  conn.attach({
+    data: (d: Uint8Array) => {
+      got.push(d.length);
+      return --room > 0;
+    },
+    end: () => events.push("end"),
+    error: (e: Error) => events.push(`error: ${e.message}`),
+  });
   env.take();
   // two segments: the sink takes the first and stops; the second and then the client's FIN wait behind it
   env.stack.input([env.seg({ seq: 1001, ack: snd }, new Uint8Array(100))]);
@@ -792,24 +867,52 @@ Deno.test("tcp with an attached sink: in TIME-WAIT the sink is let go once the c
   conn.shutdownWrite(); // the target is done (its tunnel ended): our FIN first, as the connect bench's pod does
   const [fin] = env.take().filter((s) => s.tcp!.flags & FIN);
   env.stack.input([env.seg({ seq: 1151, ack: (fin.tcp!.seq + 1) >>> 0, flags: ACK | FIN })]);
-  equal(conn.state, "time-wait");
+  equal(conn.state, "closed");
+  equal(env.stack.counters().tcpTimeWait, 1);
+  assertEquals(got, [100]);
   assertEquals(events, [], "the FIN waits behind the held bytes");
-  await tick(); // weak references stay alive to the end of the turn that made them
-  gc();
-  ok(sinkRef.deref() !== undefined, "kept: the held bytes and the FIN are still to reach it");
   room = Infinity;
   conn.resume();
   assertEquals(got, [100, 50]);
   assertEquals(events, ["end"]);
-  await tick();
-  gc();
-  equal(sinkRef.deref(), undefined, "let go once the FIN reached it");
-  equal(conn.state, "time-wait");
   // a retransmitted FIN in TIME-WAIT is still acknowledged, and reaches no sink
   env.take();
   env.stack.input([env.seg({ seq: 1151, ack: (fin.tcp!.seq + 1) >>> 0, flags: ACK | FIN })]);
   equal(env.take().length, 1);
   assertEquals(events, ["end"]);
+});
+
+Deno.test("tcp: in TIME-WAIT the stack keeps nothing of the connection, its sink or what the sink holds", async () => {
+  const gc = exposeGc();
+  if (!gc) return; // no forced collections in this runtime: nothing to observe
+  const env = setup({ tcp: { timeWaitMs: 60_000 } });
+  let finSeq = 0;
+  const refs = await (async () => {
+    const { snd, conn } = await handshake(env);
+    // a sink holding a big buffer, as a flow's tunnel would
+    const held = new Uint8Array(1 << 20);
+    const sink = { data: (d: Uint8Array) => d.length + held[0] >= 0, end() {}, error() {} };
+    conn.attach(sink);
+    env.take();
+    env.stack.input([env.seg({ seq: 1001, ack: snd }, new Uint8Array(100))]);
+    conn.shutdownWrite();
+    const [fin] = env.take().filter((s) => s.tcp!.flags & FIN);
+    finSeq = fin.tcp!.seq;
+    env.stack.input([env.seg({ seq: 1101, ack: (finSeq + 1) >>> 0, flags: ACK | FIN })]);
+    equal(env.stack.counters().tcpTimeWait, 1);
+    env.conns.length = 0; // the test's own list of connections
+    return { conn: new WeakRef(conn), sink: new WeakRef(sink) };
+  })();
+  await tick(); // weak references stay alive to the end of the turn that made them
+  gc();
+  equal(refs.conn.deref(), undefined, "the endpoint is gone");
+  equal(refs.sink.deref(), undefined, "and so is its sink");
+  equal(env.stack.counters().tcpTimeWait, 1, "while the wait goes on");
+  env.take();
+  env.stack.input([env.seg({ seq: 1101, ack: (finSeq + 1) >>> 0, flags: ACK | FIN })]);
+  const [ack] = env.take();
+  equal(ack.tcp!.flags, ACK, "a retransmitted FIN is still acknowledged");
+  equal(ack.tcp!.ack, 1102);
 });
 
 Deno.test("tcp: a connection refused before anyone read: a readable or a sink, made afterwards, fails with the reason", async () => {

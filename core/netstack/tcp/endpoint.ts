@@ -7,6 +7,7 @@ import { release } from "../../slab.ts";
 import { ACK, FIN, PSH, RST, SYN, type TcpFields, type TcpHeader } from "../header/tcp.ts";
 import type { Counters, FlowId } from "../types.ts";
 import { seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt } from "./seq.ts";
+import type { TimeWaitState } from "./time_wait.ts";
 
 /** Connection states; "syn-pending" waits for the forwarder's verdict before the SYN-ACK goes out. */
 export type TcpState =
@@ -18,7 +19,6 @@ export type TcpState =
   | "close-wait"
   | "closing"
   | "last-ack"
-  | "time-wait"
   | "closed";
 
 /**
@@ -43,9 +43,6 @@ export interface ConnSink {
    */
   readonly keepsTaking?: boolean;
 }
-
-/** What a connection's sink becomes once nothing more can reach it (see TcpEndpoint's #releaseSink). */
-const SPENT_SINK: ConnSink = { data: () => true, end() {}, error() {} };
 
 /** An accepted TCP connection as the session sees it: a duplex byte stream with backpressure. */
 export interface TcpConn {
@@ -126,6 +123,8 @@ export interface TcpHost {
   rcvCount(delta: 1 | -1): void;
   /** The endpoint reached CLOSED. */
   removed(ep: TcpEndpoint): void;
+  /** The connection enters TIME-WAIT: the stack keeps `s` under the endpoint's key for that long (the endpoint closes). */
+  timeWait(ep: TcpEndpoint, s: TimeWaitState): void;
 }
 
 /** Our (local) and the client's (remote) address bytes of one connection. */
@@ -390,23 +389,6 @@ export class TcpEndpoint implements TcpConn {
 
   // ---- input ----
 
-  /**
-   * Whether `h`, a SYN for this connection's addresses, opens a new connection while this one waits in TIME-WAIT:
-   * its sequence number lies beyond what we received, or its timestamp is newer than the last we saw (as Linux
-   * decides, after RFC 1122 §4.2.2.13 and RFC 6191). We close first when the target does (a server that answers and
-   * hangs up), so the client holds no TIME-WAIT of its own and may reuse the port at once; without this its connect
-   * waited out our 2 s TIME-WAIT in SYN retransmissions.
-   */
-  reopensWith(h: TcpHeader): boolean {
-    if (this.#state !== "time-wait" || (h.flags & (SYN | ACK | RST)) !== SYN) return false;
-    return seqGt(h.seq, this.#rcvNxt) || (this.#tsOk && h.tsVal !== undefined && seqGt(h.tsVal, this.#tsRecent));
-  }
-
-  /** Ends TIME-WAIT at once, quietly (a new connection takes over the addresses). */
-  endTimeWait(): void {
-    if (this.#state === "time-wait") this.#destroy();
-  }
-
   /** Handles one inbound segment (checksum already verified). */
   segment(h: TcpHeader, data: Uint8Array): void {
     const flags = h.flags;
@@ -446,17 +428,6 @@ export class TcpEndpoint implements TcpConn {
         else this.#disarm();
         this.#state = this.#finQueued ? "fin-wait-1" : "established";
         break;
-      case "time-wait":
-        if (flags & RST) return this.#destroy();
-        if (flags & FIN) {
-          this.#sendAck();
-          this.#arm(this.#tune.timeWaitMs);
-        } else if (flags & SYN) {
-          // an old duplicate or a SYN too low to reopen with (reopensWith said no): a challenge ACK (RFC 5961 §4);
-          // a peer that really opens anew answers it with RST, which ends the wait, and its next SYN gets through
-          this.#sendAck();
-        }
-        return;
     }
 
     // Sequence acceptability (RFC 9293 §3.10.7.4).
@@ -709,7 +680,8 @@ export class TcpEndpoint implements TcpConn {
       if (skip < s.data.length) this.#deliver(s.data.subarray(skip), s.fin);
       else if (skip === s.data.length && s.fin) this.#deliver(s.data.subarray(0, 0), true);
     }
-    if (this.#ooo.length > 0 || fin || this.#state === "close-wait" || this.#state === "time-wait") this.#sendAck();
+    // closed: their FIN, held out of order until now, ended it in TIME-WAIT (core/netstack/tcp/time_wait.ts)
+    if (this.#ooo.length > 0 || fin || this.#state === "close-wait" || this.#state === "closed") this.#sendAck();
     else this.#ackLater();
   }
 
@@ -768,18 +740,6 @@ export class TcpEndpoint implements TcpConn {
     this.#dropHeld();
     this.#rcDone = true;
     this.#sinkNow().end();
-    this.#releaseSink();
-  }
-
-  /**
-   * In TIME-WAIT, once the client's FIN reached the sink, nothing more can: let go of it, and of all it holds (the
-   * flow's tunnel, its HTTP/2 stream, their buffers). The endpoint stays in the stack's table for the TIME-WAIT
-   * (`timeWaitMs`, 2 s), and with its sink it kept a whole flow alive that long: through two scavenges into the old
-   * generation, where only a full GC frees it. In the connect bench that was half of what the daemon's scavenges
-   * promoted (--trace-gc-nvp).
-   */
-  #releaseSink(): void {
-    if (this.#rcDone && this.#state === "time-wait") this.#sink = SPENT_SINK;
   }
 
   // ---- output ----
@@ -1068,7 +1028,6 @@ export class TcpEndpoint implements TcpConn {
   }
 
   #timeout(): void {
-    if (this.#state === "time-wait") return this.#destroy();
     if (this.#state === "fin-wait-2") return this.abort();
     if (++this.#retries > this.#tune.maxRetries) {
       this.#host.sendSegment(
@@ -1123,11 +1082,22 @@ export class TcpEndpoint implements TcpConn {
     }
   }
 
-  /** Their FIN was acknowledged where it arrived (#receive), so entering TIME-WAIT sends nothing itself. */
+  /**
+   * Both FINs are acknowledged (theirs where it arrived, in #receive, so this sends nothing itself). The stack keeps a
+   * TIME-WAIT for these addresses (core/netstack/tcp/time_wait.ts), and the endpoint closes: nothing of it, its sink
+   * or its flow's tunnel stays reachable from the stack for that wait. Bytes and a FIN still held for a paused sink
+   * reach it on resume(), as after any close.
+   */
   #enterTimeWait(): void {
-    this.#state = "time-wait";
-    this.#arm(this.#tune.timeWaitMs);
-    this.#releaseSink();
+    this.#host.timeWait(this, {
+      srcPort: this.id.dstPort,
+      dstPort: this.id.srcPort,
+      sndNxt: this.#sndNxt,
+      rcvNxt: this.#rcvNxt,
+      window: this.#windowField(),
+      tsRecent: this.#tsOk ? this.#tsRecent : undefined,
+    });
+    this.#destroy();
   }
 
   #destroy(err?: TelError): void {
