@@ -5,9 +5,9 @@
  * We close first when the target hangs up first, so every such connection waits here `timeWaitMs` (2 s). Kept as the
  * whole endpoint in the stack's table, a wait held ~2.5 KiB of heap (the endpoint's fields, its id, route and `closed`
  * promise, its timer), and under sequential connects V8's scavenges promoted all of it into the old generation: in the
- * connect bench 3.7 % of what the daemon allocated, 0.3 % with TIME-WAIT at 1 ms (--trace-gc-nvp). A wait here is one
- * small object in a Map (~0.3 KiB with its key): the addresses are in the key, and as every wait lasts as long, the
- * Map's insertion order is the order they end in, so one timer for the oldest serves them all.
+ * connect bench 3.3 % of what the daemon allocated, 0.3 % with TIME-WAIT at 1 ms (--trace-gc-nvp, a run each). A
+ * wait here is one small object in a Map (~0.3 KiB with its key): the addresses are in the key, and as every wait lasts
+ * as long, the Map's insertion order is the order they end in, so one timer for the oldest serves them all.
  */
 
 import type { Clock, TimerHandle } from "../../clock.ts";
