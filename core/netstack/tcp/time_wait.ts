@@ -41,7 +41,7 @@ class Wait {
   constructor(
     readonly s: TimeWaitState,
     /** When the wait ends (clock ms). */
-    public until: number,
+    readonly until: number,
   ) {}
 }
 
@@ -87,11 +87,9 @@ export class TimeWaits {
       this.#waits.delete(key);
       return false;
     } else if (flags & FIN) {
-      // they did not get our ACK of their FIN: again, and the wait starts over
+      // they did not get our ACK of their FIN: again, and the wait starts over (at the end of the order)
       this.#ack(key, w.s);
-      this.#waits.delete(key);
-      w.until = this.#host.clock.now() + this.#ms;
-      this.#waits.set(key, w);
+      this.add(key, w.s);
     } else if (flags & SYN) {
       // an old duplicate or a SYN too low to reopen with: a challenge ACK (RFC 5961 §4); a peer that really opens
       // anew answers it with RST, which ends the wait, and its next SYN gets through
