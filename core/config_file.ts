@@ -8,6 +8,7 @@ import YAML from "yaml";
 import { TelError } from "./errors.ts";
 import type { Level } from "./log.ts";
 import { type Config, configPath, defaultConfig, parseDuration } from "./config.ts";
+import { Cidr, IpAddr } from "./subnet/mod.ts";
 
 type Kind = "string" | "string[]" | "duration" | "level" | "ip" | "cidr[]" | "suffix[]";
 type Schema = { [key: string]: Kind | Schema };
@@ -26,19 +27,15 @@ const SCHEMA: Schema = {
   timeouts: { probe: "duration", connect: "duration" },
 };
 
-const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
-
-/** A light syntactic check; core/subnet does the real parsing when the value is used. */
-function looksLikeIp(s: string): boolean {
-  return IPV4.test(s) || (/^[0-9a-fA-F:]+$/.test(s) && s.includes(":"));
-}
-
-function looksLikeCidr(s: string): string | undefined {
-  const [ip, prefix, ...rest] = s.split("/");
-  if (rest.length > 0 || prefix === undefined || !looksLikeIp(ip)) return "expected a CIDR like 10.0.0.0/8";
-  const max = ip.includes(":") ? 128 : 32;
-  if (!/^\d+$/.test(prefix) || Number(prefix) > max) return `prefix must be 0-${max}`;
-  return undefined;
+/** Why `text` is not a CIDR (the address and prefix parsed for real, as the daemon will), or undefined. */
+function cidrProblem(text: string): string | undefined {
+  if (!text.includes("/")) return "expected a CIDR like 10.0.0.0/8";
+  try {
+    Cidr.parse(text, "config");
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  }
 }
 
 /** Parses and validates config text; every error names the file, the line and the key. */
@@ -124,11 +121,14 @@ function checkValue(kind: Kind, value: unknown, fail: (expected: string) => neve
       if (ms === undefined) fail(`expected a duration like 1s or 500ms, got ${JSON.stringify(value)}`);
       return ms;
     }
-    case "ip":
-      if (typeof value !== "string" || !looksLikeIp(value)) {
-        fail(`expected an IP address, got ${JSON.stringify(value)}`);
+    case "ip": {
+      if (typeof value !== "string") fail(`expected an IP address, got ${JSON.stringify(value)}`);
+      try {
+        return IpAddr.parse(value as string, "config").toString();
+      } catch (e) {
+        return fail(`expected an IP address: ${(e as Error).message}`);
       }
-      return value;
+    }
     case "cidr[]":
     case "suffix[]": {
       if (!Array.isArray(value)) fail(`expected a list, got ${JSON.stringify(value)}`);
@@ -136,8 +136,8 @@ function checkValue(kind: Kind, value: unknown, fail: (expected: string) => neve
       list.forEach((item, i) => {
         if (typeof item !== "string") fail(`item ${i + 1}: expected a string, got ${JSON.stringify(item)}`);
         if (kind === "cidr[]") {
-          const why = looksLikeCidr(item as string);
-          if (why) fail(`item ${i + 1} "${item}": ${why}`);
+          const why = cidrProblem(item as string);
+          if (why) fail(`item ${i + 1}: ${why}`);
         }
       });
       return list;

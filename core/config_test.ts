@@ -75,8 +75,33 @@ Deno.test("a wrong type is an error naming the key, the file and the line", () =
   assert.match(configError("logLevel: loud\n").message, /^\/etc\/tel\.yml:1: logLevel: expected one of/);
   assert.match(
     configError("routing:\n  neverProxy:\n    - 10.0.0.0/8\n    - 10.0.0.0/33\n").message,
-    /^\/etc\/tel\.yml:3: routing\.neverProxy: item 2 "10\.0\.0\.0\/33": prefix must be 0-32/,
+    /^\/etc\/tel\.yml:3: routing\.neverProxy: item 2: "10\.0\.0\.0\/33": prefix longer than 32/,
   );
+});
+
+Deno.test("addresses and CIDRs in the config are parsed as the daemon parses them, naming the line", () => {
+  // each passed the old look-alike check and failed only at connect, blamed on the command-line flag
+  assert.match(
+    configError("routing:\n  neverProxy: ['::::/64']\n").message,
+    /^\/etc\/tel\.yml:2: routing\.neverProxy: item 1: "::::": "::" may appear only once/,
+  );
+  assert.match(
+    configError("routing:\n  alsoProxy: [10.0.0/8]\n").message,
+    /^\/etc\/tel\.yml:2: routing\.alsoProxy: item 1: "10\.0\.0": /,
+  );
+  assert.match(
+    configError("routing:\n  alsoProxy: [10.0.0.1]\n").message,
+    /item 1: expected a CIDR like 10\.0\.0\.0\/8/,
+  );
+  assert.match(
+    configError("dns:\n  localIP: ':'\n").message,
+    /^\/etc\/tel\.yml:2: dns\.localIP: expected an IP address: /,
+  );
+  assert.match(configError("dns:\n  localIP: 10.0.0.256\n").message, /dns\.localIP: expected an IP address: /);
+  // the address is kept in its canonical form
+  const cfg = parseConfig("dns:\n  localIP: 'fd00:0:0::53'\nrouting:\n  alsoProxy: [fd00:7e1::/48]\n", "/etc/tel.yml");
+  assert.equal(cfg.dns.localIP, "fd00::53");
+  assert.deepEqual(cfg.routing.alsoProxy, ["fd00:7e1::/48"]);
 });
 
 Deno.test("broken YAML is an error with the line", () => {
