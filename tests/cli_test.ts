@@ -110,6 +110,34 @@ Deno.test("unknown commands and flags exit 2 with the word and a hint", async ()
   assert.match(d.stderr, /invalid value "xml" for --output/);
 });
 
+Deno.test("connect's bad flag values exit 2 naming the flag, and no daemon is started", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "tel-cli-" });
+  const env = { TEL_SOCKET: `${dir}/d.sock`, TEL_STATE_DIR: `${dir}/state`, KUBECONFIG: `${dir}/none` };
+  try {
+    for (
+      const [args, message] of [
+        [["--also-proxy", "198.18.200.0/24", "--also-proxy", "garbage"], /--also-proxy: "garbage": /],
+        [["--never-proxy", "10.0.0.0/33"], /--never-proxy: "10\.0\.0\.0\/33": prefix longer than 32/],
+        [["--dns", "not-an-ip"], /--dns: "not-an-ip": /],
+        [["--manager-address", "::1:8081"], /--manager-address: "::1:8081": an IPv6 address needs brackets/],
+        [["--manager-address", "127.0.0.1:99999"], /--manager-address: .*port of 1-65535/],
+      ] as Array<[string[], RegExp]>
+    ) {
+      const r = await tel(["connect", ...args], { env });
+      assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+      assert.match(r.stderr, message);
+      assert.match(r.stderr, /\nhint: /);
+      // refused before the kubeconfig (missing here) was read, and before any daemon or state
+      await assert.rejects(Deno.stat(`${dir}/state`), Deno.errors.NotFound, `${args.join(" ")} made state`);
+      await assert.rejects(Deno.stat(`${dir}/d.sock`), Deno.errors.NotFound, `${args.join(" ")} started a daemon`);
+    }
+  } finally {
+    // should a daemon have started after all, it must not outlive the test
+    if (await Deno.stat(`${dir}/d.sock`).then(() => true, () => false)) await tel(["quit"], { env });
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("help lists commands and every flag of a command", async () => {
   const top = await tel(["help"]);
   assert.equal(top.code, 0);

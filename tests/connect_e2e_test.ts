@@ -155,8 +155,9 @@ withLab("connect: a route conflict is refused naming both routes, and nothing is
   assert.equal(c.code, 4, c.stdout + c.stderr);
   assert.match(c.stderr, /cluster subnet 198\.18\.0\.0\/24 overlaps host route 198\.18\.0\.0\/16 on /);
   assert.match(c.stderr, /hint: /);
-  await tel.run(["quit"]);
+  // the daemon this connect started stopped with it: nothing is left running, no 'tel quit' needed
   await assertHostClean(lab, tel);
+  assert.match((await tel.run(["status"])).stdout, /no daemon running/);
 });
 
 withLab("connect: the manager killed and restarted is reached again without a new connect", async (lab, tel) => {

@@ -4,6 +4,7 @@ import { configPath } from "../config.ts";
 import { TelError } from "../errors.ts";
 import { configureLog } from "../log.ts";
 import { daemonPaths, runDaemon } from "../session/daemon.ts";
+import { checkConnectInput } from "../session/connect_input.ts";
 import type { ConnectProgress, ConnectRequest, ConnectResponse, StatusResponse } from "../../proto/gen/tel.ts";
 import type { Command, CommandContext } from "./command.ts";
 import { call, daemonClient, type DaemonHandle, daemonRunning, startDaemon } from "./daemon_client.ts";
@@ -92,11 +93,20 @@ const connectCommand: Command = {
       "never-proxy": { type: "string", multiple: true, valueName: "CIDR", description: "never route these subnets" },
       output: OUTPUT_FLAG,
     },
-    details: "The daemon (root) is started when none runs. Env TEL_SOCKET / TEL_STATE_DIR move its socket and state.",
+    details:
+      "The daemon (root) is started when none runs, and stopped again if the connect it was started for fails. " +
+      "Env TEL_SOCKET / TEL_STATE_DIR move its socket and state.",
   },
   async run(ctx) {
     const cluster = clusterDeps(ctx);
     const v = ctx.values;
+    const flags = {
+      managerAddress: (v["manager-address"] as string | undefined) ?? "",
+      alsoProxy: (v["also-proxy"] as string[] | undefined) ?? [],
+      neverProxy: (v["never-proxy"] as string[] | undefined) ?? [],
+      dns: (v.dns as string | undefined) ?? "",
+    };
+    checkConnectInput(flags); // a usage error is told before a daemon starts
     await ctx.config(); // validate the config here, with file and line, before the daemon sees it
     const flat = await cluster.flattenKubeconfig({
       kubeconfig: v.kubeconfig as string | undefined,
@@ -105,25 +115,28 @@ const connectCommand: Command = {
     });
     const cfg = await readConfigText(v.config as string | undefined);
     const h = await daemonClient();
+    let started = false;
     try {
-      if (!(await daemonRunning(h))) await startDaemon(h);
+      if (!(await daemonRunning(h))) {
+        await startDaemon(h);
+        started = true;
+      }
       const format = v.output as string | undefined;
       const text = format !== "json" && format !== "yaml";
       const res = await connectStream(h, {
         kubeconfig: flat.text,
         context: flat.context,
         namespace: flat.namespace,
-        managerAddress: (v["manager-address"] as string | undefined) ?? "",
+        ...flags,
         managerNamespace: v["manager-namespace"] as string,
-        alsoProxy: (v["also-proxy"] as string[] | undefined) ?? [],
-        neverProxy: (v["never-proxy"] as string[] | undefined) ?? [],
-        dns: (v.dns as string | undefined) ?? "",
         config: cfg.text,
         configPath: cfg.path,
       }, (line) => text && ctx.io.out(`  ✓ ${line}\n`));
       if (!text) ctx.io.out(await renderData(res, format as "json" | "yaml"));
       else if (res.ok) ctx.io.out(`Connected to context ${flat.context}, namespace ${flat.namespace}.\n`);
       if (!res.ok) {
+        // a daemon started for this connect has nothing left to do: stop it, so a failed connect leaves nothing running
+        if (started) await stopDaemon(h).catch(() => {});
         const e = res.error!;
         const cat = (["user", "config", "platform", "cluster", "bug"].includes(e.category) ? e.category : "bug") as
           | "user"
@@ -139,6 +152,25 @@ const connectCommand: Command = {
     }
   },
 };
+
+/** Has the daemon disconnect and stop, and waits until its socket is gone; closes `h`. */
+async function stopDaemon(h: DaemonHandle): Promise<void> {
+  await call(h.client, "quit", {}, 30_000);
+  // Close our HTTP/2 session before the daemon shuts its server down: a GOAWAY arriving while a stream is still
+  // closing has aborted Deno's nghttp2 (TECH_NOTES), and the client is done anyway.
+  h.close();
+  // the daemon answers first, then stops: wait until its socket is gone so the host is clean on return
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    try {
+      await Deno.stat(h.socketPath);
+    } catch {
+      // socket removed: the daemon is done
+      break;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
 
 /** Renders the status as text. */
 export function statusText(s: StatusResponse): string {
@@ -203,21 +235,7 @@ const quitCommand: Command = {
         ctx.io.out("tel: not connected (no daemon running)\n");
         return 0;
       }
-      await call(h.client, "quit", {}, 30_000);
-      // Close our HTTP/2 session before the daemon shuts its server down: a GOAWAY arriving while a stream is still
-      // closing has aborted Deno's nghttp2 (TECH_NOTES), and the client is done anyway.
-      h.close();
-      // the daemon answers first, then stops: wait until its socket is gone so the host is clean on return
-      const deadline = Date.now() + 10_000;
-      while (Date.now() < deadline) {
-        try {
-          await Deno.stat(h.socketPath);
-        } catch {
-          // socket removed: the daemon is done
-          break;
-        }
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      await stopDaemon(h);
       ctx.io.out("tel: disconnected; daemon stopped\n");
       return 0;
     } finally {

@@ -6,13 +6,14 @@ import { asTelError, errorMessage, TelError } from "../errors.ts";
 import { log } from "../log.ts";
 import type { PluginModule, Resolver, Vif, VifFactory } from "../plugin.ts";
 import { listPlugins } from "../plugin_host.ts";
-import { Cidr, parseHostPort } from "../subnet/mod.ts";
+import { parseHostPort } from "../subnet/mod.ts";
 import { TEL_VERSION } from "../version.ts";
 import { ExternalResolver } from "../external_plugin.ts";
 import type { ConnectRequest, ConnectResponse, StatusResponse } from "../../proto/gen/tel.ts";
 import { type DaemonServer, serveDaemon } from "./daemon_server.ts";
 import { ClientSession, type ConnectManager } from "./session.ts";
 import { cleanupStale, removeState, writeState } from "./state_file.ts";
+import { checkConnectInput, parseCidrFlag } from "./connect_input.ts";
 
 /** The cluster side of a connect, provided by cluster/ through main.ts. */
 export interface ManagerConnector {
@@ -105,16 +106,6 @@ function statusOf(session: ClientSession | undefined): StatusResponse {
     netstackCounters: s.netstackCounters,
     lastError: s.lastError,
   };
-}
-
-function parseCidrs(list: string[], what: string): Cidr[] {
-  return list.map((t) => {
-    try {
-      return Cidr.parse(t);
-    } catch (e) {
-      throw new TelError("user", `${what}: ${errorMessage(e)}`, { hint: "write a CIDR like 10.0.0.0/8" });
-    }
-  });
 }
 
 /** The daemon's state: at most one session with its VIF and resolver. */
@@ -212,13 +203,16 @@ class Daemon {
       const cfg = req.config
         ? (await import("../config_file.ts")).parseConfig(req.config, req.configPath || "config")
         : defaultConfig();
-      const alsoProxy = parseCidrs([...cfg.routing.alsoProxy, ...req.alsoProxy], "--also-proxy");
-      const neverProxy = parseCidrs([...cfg.routing.neverProxy, ...req.neverProxy], "--never-proxy");
-      const allow = parseCidrs(cfg.routing.allowConflictingSubnets, "routing.allowConflictingSubnets");
+      // the CLI checked these too, but the daemon runs as root and takes requests from whoever opens its socket
+      const flags = checkConnectInput(req);
+      // the config's lists were checked where the file was read, with its lines (config_file.ts)
+      const alsoProxy = [...parseCidrFlag(cfg.routing.alsoProxy, "routing.alsoProxy"), ...flags.alsoProxy];
+      const neverProxy = [...parseCidrFlag(cfg.routing.neverProxy, "routing.neverProxy"), ...flags.neverProxy];
+      const allow = parseCidrFlag(cfg.routing.allowConflictingSubnets, "routing.allowConflictingSubnets");
       const cluster = await this.#o.connector.prepare(req);
       this.#closeCluster = cluster.close;
       step(`kube API ${cluster.server} (context ${cluster.context}, namespace ${cluster.namespace})`);
-      await this.#pickResolver(cfg, req.dns || cfg.dns.localIP);
+      await this.#pickResolver(cfg, flags.dns ?? cfg.dns.localIP);
       await this.#saveState();
       await this.#openVif();
       await this.#saveState();
