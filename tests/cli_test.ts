@@ -138,6 +138,47 @@ Deno.test("connect's bad flag values exit 2 naming the flag, and no daemon is st
   }
 });
 
+Deno.test({
+  name: "an unusable state directory or socket path is told as such, and the daemon's log says why it stopped",
+  ignore: Deno.uid() !== 0, // starting the daemon needs root
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "tel-cli-" });
+    try {
+      await Deno.writeTextFile(`${dir}/file`, "");
+      await Deno.writeTextFile(
+        `${dir}/kubeconfig`,
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n" +
+          "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n",
+      );
+      const connect = (env: Record<string, string>) =>
+        tel(["connect", "--kubeconfig", `${dir}/kubeconfig`], { env: { TEL_SOCKET: `${dir}/d.sock`, ...env } });
+      const state = await connect({ TEL_STATE_DIR: `${dir}/file/state` });
+      assert.equal(state.code, 4, state.stderr);
+      assert.match(state.stderr, /cannot create the daemon's state directory .*\/file\/state: /);
+      assert.match(state.stderr, /hint: point TEL_STATE_DIR at a directory/);
+      assert.doesNotMatch(state.stderr, /bug|stack/);
+      const env = { TEL_STATE_DIR: `${dir}/state` };
+      const missing = await connect({ ...env, TEL_SOCKET: `${dir}/nodir/d.sock` });
+      assert.equal(missing.code, 3, missing.stderr);
+      assert.match(missing.stderr, /socket .*\/nodir\/d\.sock is in .*\/nodir, which is not a directory/);
+      const long = `${dir}/${"s".repeat(120)}.sock`;
+      const tooLong = await connect({ ...env, TEL_SOCKET: long });
+      assert.equal(tooLong.code, 3, tooLong.stderr);
+      assert.match(tooLong.stderr, /bytes long; a Unix socket's path holds at most 107\nhint: point TEL_SOCKET/);
+      // the daemon itself, as the CLI starts it: stderr goes nowhere, so its log must say why it stopped
+      const d = await tel(["daemon", "--log-file", `${dir}/daemon.log`], { env: { ...env, TEL_SOCKET: long } });
+      assert.equal(d.code, 3);
+      assert.match(await Deno.readTextFile(`${dir}/daemon.log`), /ERROR daemon: stopped error=".*bytes long.*hint=/);
+      await assert.rejects(Deno.stat(`${dir}/d.sock`), Deno.errors.NotFound, "no daemon started");
+    } finally {
+      if (await Deno.stat(`${dir}/d.sock`).then(() => true, () => false)) {
+        await tel(["quit"], { env: { TEL_SOCKET: `${dir}/d.sock`, TEL_STATE_DIR: `${dir}/state` } });
+      }
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
 Deno.test("help lists commands and every flag of a command", async () => {
   const top = await tel(["help"]);
   assert.equal(top.code, 0);

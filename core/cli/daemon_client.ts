@@ -4,7 +4,7 @@ import type { ChannelCredentials } from "@grpc/grpc-js";
 import { errorMessage, TelError } from "../errors.ts";
 import { routeGrpcLogs } from "../log.ts";
 import { selfArgv } from "../exec.ts";
-import { daemonPaths } from "../session/daemon.ts";
+import { daemonPaths, makeStateDir, socketPathProblem } from "../session/daemon.ts";
 import { type DaemonClient, DaemonService } from "../../proto/gen/tel.ts";
 
 /** A connected daemon client and its socket. */
@@ -83,7 +83,9 @@ export async function startDaemon(
       hint: `run the same command with sudo, e.g. 'sudo ${Deno.build.standalone ? "tel" : "deno task tel"} connect'`,
     });
   }
-  await Deno.mkdir(stateDir, { recursive: true, mode: 0o700 });
+  await makeStateDir(stateDir);
+  const badSocket = socketPathProblem(h.socketPath);
+  if (badSocket) throw badSocket;
   const logPath = `${stateDir}/daemon.log`;
   const argv = [...daemonArgv(), "--log-file", logPath];
   const useSetsid = Deno.build.os === "linux";

@@ -1,8 +1,8 @@
 /** `tel connect`, `tel status`, `tel quit` and the hidden `tel daemon`. */
 
 import { configPath } from "../config.ts";
-import { TelError } from "../errors.ts";
-import { configureLog } from "../log.ts";
+import { asTelError, TelError } from "../errors.ts";
+import { configureLog, log } from "../log.ts";
 import { daemonPaths, runDaemon } from "../session/daemon.ts";
 import { checkConnectInput } from "../session/connect_input.ts";
 import type { ConnectProgress, ConnectRequest, ConnectResponse, StatusResponse } from "../../proto/gen/tel.ts";
@@ -263,12 +263,19 @@ const daemonCommand: Command = {
     const paths = daemonPaths();
     const ac = new AbortController();
     for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, () => ac.abort(sig));
-    await runDaemon({
-      ...paths,
-      plugins: ctx.deps.plugins,
-      connector: clusterDeps(ctx).connector,
-      signal: ac.signal,
-    });
+    try {
+      await runDaemon({
+        ...paths,
+        plugins: ctx.deps.plugins,
+        connector: clusterDeps(ctx).connector,
+        signal: ac.signal,
+      });
+    } catch (e) {
+      // the CLI that started this daemon sent its stderr nowhere and points the user at this log
+      const err = asTelError(e);
+      log.error("daemon", "stopped", { error: err.message, hint: err.hint });
+      throw e;
+    }
     return 0;
   },
 };

@@ -275,9 +275,51 @@ class Daemon {
   }
 }
 
+/** Creates the daemon's state directory (root only); a failure is a platform error naming TEL_STATE_DIR. */
+export async function makeStateDir(dir: string): Promise<void> {
+  try {
+    await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw new TelError("platform", `cannot create the daemon's state directory ${dir}: ${errorMessage(e)}`, {
+      hint: "point TEL_STATE_DIR at a directory root can create",
+    });
+  }
+}
+
+/** The longest path a Unix socket's address holds on Linux and macOS (sun_path, less its terminating zero). */
+const SOCKET_PATH_MAX = Deno.build.os === "linux" ? 107 : 103;
+
+/**
+ * Why the daemon cannot listen on `path` (too long for a Unix socket, or in a directory that does not exist), or
+ * undefined. Checked by the CLI before it starts a daemon, and by the daemon before it listens.
+ */
+export function socketPathProblem(path: string): TelError | undefined {
+  if (Deno.build.os === "windows") return undefined;
+  const bytes = new TextEncoder().encode(path).length;
+  if (bytes > SOCKET_PATH_MAX) {
+    return new TelError(
+      "config",
+      `the daemon's socket path ${path} is ${bytes} bytes long; a Unix socket's path holds at most ${SOCKET_PATH_MAX}`,
+      { hint: "point TEL_SOCKET at a shorter path" },
+    );
+  }
+  const slash = path.lastIndexOf("/");
+  const dir = slash < 0 ? "." : path.slice(0, slash) || "/";
+  try {
+    if (!Deno.statSync(dir).isDirectory) throw new Deno.errors.NotFound();
+  } catch {
+    return new TelError("config", `the daemon's socket ${path} is in ${dir}, which is not a directory`, {
+      hint: "create that directory, or point TEL_SOCKET into one that exists",
+    });
+  }
+  return undefined;
+}
+
 /** Runs the daemon until Quit or the signal; removes everything it made before returning. */
 export async function runDaemon(o: DaemonOptions): Promise<void> {
-  await Deno.mkdir(o.stateDir, { recursive: true, mode: 0o700 });
+  await makeStateDir(o.stateDir);
+  const badSocket = socketPathProblem(o.socketPath);
+  if (badSocket) throw badSocket;
   const d = new Daemon(o);
   await d.cleanupStale();
   try {
