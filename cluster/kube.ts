@@ -184,6 +184,28 @@ export function loadKubeConfig(opts: KubeConfigOptions = {}): KubeContext {
   return selectContext(kc, source, opts);
 }
 
+/**
+ * The API server's URL as client-node needs it (absolute, http or https), or why it is not one. A server without a
+ * scheme ("10.0.0.1:6443") gets https://, as kubectl's client-go gives it.
+ */
+function serverUrl(text: string): string | { why: string } {
+  const parse = (t: string) => {
+    try {
+      return new URL(t);
+    } catch {
+      // not a URL
+      return undefined;
+    }
+  };
+  const hasScheme = text.includes("://");
+  const u = parse(hasScheme ? text : `https://${text}`);
+  if (!u || !u.hostname) {
+    return { why: "is not a URL" + (/^[0-9a-f:]+:\d+$/i.test(text) ? " (an IPv6 address needs brackets)" : "") };
+  }
+  if (u.protocol !== "https:" && u.protocol !== "http:") return { why: `has scheme ${u.protocol} (not https or http)` };
+  return hasScheme ? text : `https://${text}`;
+}
+
 function selectContext(kc: KubeConfig, source: string, opts: KubeConfigOptions): KubeContext {
   const known = kc.contexts.map((c) => c.name);
   const name = opts.context ?? kc.currentContext;
@@ -215,6 +237,17 @@ function selectContext(kc: KubeConfig, source: string, opts: KubeConfigOptions):
       hint: "set clusters[].cluster.server to the API server URL",
     });
   }
+  const server = serverUrl(cluster.server);
+  if (typeof server !== "string") {
+    throw new TelError(
+      "config",
+      `kubeconfig ${source}: cluster "${ctx.cluster}" (context "${name}"): server ${
+        JSON.stringify(cluster.server)
+      } ${server.why}`,
+      { hint: "set clusters[].cluster.server to the API server's URL, like https://10.0.0.1:6443" },
+    );
+  }
+  if (server !== cluster.server) kc.clusters = kc.clusters.map((c) => c === cluster ? { ...c, server } : c);
   if (ctx.user && !kc.getUser(ctx.user)) {
     throw new TelError(
       "config",
@@ -224,7 +257,7 @@ function selectContext(kc: KubeConfig, source: string, opts: KubeConfigOptions):
       },
     );
   }
-  return { kc, context: name, namespace: opts.namespace ?? ctx.namespace ?? "default", server: cluster.server, source };
+  return { kc, context: name, namespace: opts.namespace ?? ctx.namespace ?? "default", server, source };
 }
 
 function loadInCluster(opts: KubeConfigOptions): KubeContext {
@@ -399,7 +432,11 @@ export function kubeError(err: unknown, action: KubeAction, server?: string): Te
   if (st) {
     return new TelError("cluster", `cannot ${what}: ${st.message || `HTTP ${st.code}`}`, { cause: err });
   }
-  return new TelError("cluster", `cannot ${what}: ${messageOf(err).split("\n")[0]}`, {
+  // fetch says only "fetch failed"; why (refused, reset, a port fetch does not dial) is in its cause
+  const msg = messageOf(err).split("\n")[0];
+  const cause = (err as { cause?: unknown } | undefined)?.cause;
+  const why = cause ? messageOf(cause).split("\n")[0] : "";
+  return new TelError("cluster", `cannot ${what}: ${msg}${why && !msg.includes(why) ? ` (${why})` : ""}`, {
     hint: server ? `check that the API server ${server} is reachable` : undefined,
     cause: err,
   });

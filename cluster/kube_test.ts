@@ -231,6 +231,47 @@ Deno.test("kubeError's RBAC hint names the rule the apiserver checked, else the 
   );
 });
 
+Deno.test("kubeconfig: a server that is not an http(s) URL is a config error; one without a scheme gets https", async () => {
+  const kubeconfig = (server: string) =>
+    `apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters: [{name: k, cluster: {server: ${
+      JSON.stringify(server)
+    }}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n`;
+  for (
+    const [server, why] of [
+      ["not a url at all", /server "not a url at all" is not a URL$/],
+      ["ftp://127.0.0.1:1", /server "ftp:\/\/127\.0\.0\.1:1" has scheme ftp: \(not https or http\)$/],
+      ["https://127.0.0.1:99999", /is not a URL$/],
+      ["::1:6443", /server "::1:6443" is not a URL \(an IPv6 address needs brackets\)$/],
+    ] as Array<[string, RegExp]>
+  ) {
+    const path = await tempFile(kubeconfig(server));
+    try {
+      const e = assertTelError(
+        () => loadKubeConfig({ kubeconfig: path, env: {} }),
+        why,
+        /like https:\/\/10\.0\.0\.1:6443/,
+      );
+      assert.equal(e.category, "config");
+      assert.match(e.message, new RegExp(`^kubeconfig ${path}: cluster "k" \\(context "c"\\): `));
+    } finally {
+      await Deno.remove(path);
+    }
+  }
+  // kubectl reads a server without a scheme as https; so does tel, and the flattened config the daemon gets says so
+  await using api = await FakeKubeApi.start();
+  const path = await tempFile(api.kubeconfig({ context: "fake" }).replace(api.url, api.url.replace("https://", "")));
+  try {
+    assert.doesNotMatch(await Deno.readTextFile(path), /https:/);
+    const k = loadKubeConfig({ kubeconfig: path, env: {} });
+    assert.equal(k.server, api.url);
+    assert.equal(JSON.parse(flattenKubeConfig(k)).clusters[0].cluster.server, api.url);
+    const nss = await k.kc.makeApiClient(CoreV1Api).listNamespace();
+    assert.ok(nss.items.some((n) => n.metadata?.name === "default"));
+  } finally {
+    await Deno.remove(path);
+  }
+});
+
 Deno.test("kubeError maps network failures to a reachability hint", () => {
   const e = kubeError(
     new Error("connect ECONNREFUSED 127.0.0.1:1"),
@@ -239,6 +280,12 @@ Deno.test("kubeError maps network failures to a reachability hint", () => {
   );
   assert.match(e.message, /^cannot list nodes: connect ECONNREFUSED/);
   assert.match(e.hint ?? "", /https:\/\/127\.0\.0\.1:1 is reachable/);
+  // fetch's own error says why only in its cause
+  const f = kubeError(
+    new TypeError("fetch failed", { cause: new Error("connect ECONNREFUSED 127.0.0.1:6443") }),
+    { verb: "get", resource: "version" },
+  );
+  assert.equal(f.message, "cannot get version: fetch failed (connect ECONNREFUSED 127.0.0.1:6443)");
 });
 
 async function readAll(conn: Deno.Conn): Promise<Uint8Array> {
