@@ -74,13 +74,21 @@ export function configPath(
   return { path: `${configDir(env, os)}${os === "windows" ? "\\" : "/"}config.yml`, explicit: false };
 }
 
-/** Parses "1.5s", "200ms", "2m" or a bare number of seconds into milliseconds; undefined when not a duration. */
+/** The longest duration a timer takes (2^31-1 ms, ~24.8 days); a longer one would fire at once. */
+export const MAX_DURATION_MS = 2 ** 31 - 1;
+
+/**
+ * Parses "1.5s", "200ms", "2m" or a bare number of seconds into milliseconds; undefined when not a duration or longer
+ * than {@link MAX_DURATION_MS}.
+ */
 export function parseDuration(v: unknown): number | undefined {
-  if (typeof v === "number" && Number.isFinite(v) && v >= 0) return v * 1000;
-  if (typeof v !== "string") return undefined;
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(v.trim());
-  if (!m) return undefined;
-  const n = Number(m[1]);
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? "s"]!;
-  return n * unit;
+  let ms: number;
+  if (typeof v === "number" && Number.isFinite(v) && v >= 0) ms = v * 1000;
+  else {
+    if (typeof v !== "string") return undefined;
+    const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(v.trim());
+    if (!m) return undefined;
+    ms = Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? "s"]!;
+  }
+  return ms <= MAX_DURATION_MS ? ms : undefined;
 }

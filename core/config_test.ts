@@ -117,6 +117,13 @@ Deno.test("durations", () => {
   assert.equal(parseDuration(3), 3000);
   assert.equal(parseDuration("3 days"), undefined);
   assert.equal(parseDuration(-1), undefined);
+  // a timer takes at most 2^31-1 ms; a longer one would fire at once
+  assert.equal(parseDuration("596h"), 596 * 3_600_000);
+  assert.equal(parseDuration("597h"), undefined);
+  assert.equal(parseDuration(1e400), undefined);
+  assert.match(configError("timeouts:\n  probe: 0\n").message, /timeouts\.probe: expected a duration above 0 .*got 0$/);
+  assert.match(configError("timeouts:\n  probe: 999999h\n").message, /timeouts\.probe: .*got "999999h"$/);
+  assert.match(configError("timeouts:\n  connect: 1e400\n").message, /timeouts\.connect: .*got Infinity$/);
 });
 
 Deno.test("the config file sits at each platform's usual place", () => {

@@ -30,7 +30,9 @@ const listCommand: Command = {
     if (flag !== undefined) {
       const ms = parseDuration(flag);
       if (ms === undefined || ms <= 0) {
-        throw new TelError("user", `invalid value "${flag}" for --probe-timeout`, { hint: "write e.g. 3s or 500ms" });
+        throw new TelError("user", `invalid value "${flag}" for --probe-timeout`, {
+          hint: "write a duration above 0 and at most 24 days, e.g. 3s or 500ms",
+        });
       }
       timeoutMs = ms;
     }
