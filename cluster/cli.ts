@@ -2,6 +2,8 @@
 
 import type { Command } from "../core/cli/mod.ts";
 import { TelError } from "../core/errors.ts";
+import { isHostName, parseCidrFlag } from "../core/session/connect_input.ts";
+import { IpAddr, parseHostPort } from "../core/subnet/mod.ts";
 import { log } from "../core/log.ts";
 import { writeAll } from "../core/io.ts";
 import { POD_CIDR_STRATEGIES, type PodCidrStrategy } from "./manager/pod_cidr_strategy.ts";
@@ -25,8 +27,37 @@ export async function clusterInfoFromFlags(flags: ManagerFlags): Promise<Cluster
   // loaded here, not at the top: the kube client is large, and only the manager's discovery needs it
   const { startDiscovery } = await import("./manager/discovery.ts");
   const discovery = await startDiscovery(flags);
-  for (const w of discovery.warnings) log.warn("manager", w.message, { hint: w.hint });
+  // its warnings were logged as they were found (discovery.ts)
   return discovery;
+}
+
+/** Checks the values of `tel manager`'s flags before anything starts; throws a user error naming the flag. */
+function checkManagerFlags(f: ManagerFlags): void {
+  parseCidrFlag(f.podCidrs ?? [], "--pod-cidrs");
+  parseCidrFlag(f.serviceCidrs ?? [], "--service-cidrs");
+  const ip = (text: string, flag: string, hint: string) => {
+    try {
+      IpAddr.parse(text);
+    } catch (e) {
+      throw new TelError("user", `${flag}: ${(e as Error).message}`, { hint });
+    }
+  };
+  if (f.clusterDns) {
+    // IP, IP:PORT or [v6]:PORT (the port defaults to 53)
+    const hp = f.clusterDns.includes(".") || f.clusterDns.startsWith("[") ? parseHostPort(f.clusterDns) : undefined;
+    ip(hp?.host ?? f.clusterDns, "--cluster-dns", "give the cluster DNS server as IP or IP:PORT, like 10.96.0.10:53");
+  }
+  if (f.podIp) ip(f.podIp, f.podIp === Deno.env.get("POD_IP") ? "POD_IP" : "--pod-ip", "give the pod's IP address");
+  if (f.clusterDomain !== undefined && !isHostName(f.clusterDomain)) {
+    throw new TelError("user", `--cluster-domain: ${JSON.stringify(f.clusterDomain)} is not a DNS domain`, {
+      hint: "e.g. cluster.local",
+    });
+  }
+  if (f.podCidrs?.length && f.podCidrStrategy !== "environment") {
+    log.warn("manager", "--pod-cidrs is used only with --pod-cidr-strategy environment; ignored", {
+      hint: `the strategy is ${f.podCidrStrategy ?? "auto"}`,
+    });
+  }
 }
 
 /** `tel manager`. */
@@ -80,6 +111,7 @@ export const managerCommand: Command = {
       clusterDomain: v["cluster-domain"] as string,
       podIp: (v["pod-ip"] as string | undefined) ?? Deno.env.get("POD_IP"),
     };
+    checkManagerFlags(flags);
     if (flags.podCidrStrategy === "environment" && !flags.podCidrs?.length) {
       throw new TelError("user", "--pod-cidr-strategy environment needs --pod-cidrs", {
         hint: "e.g. --pod-cidrs 10.244.0.0/16",

@@ -4,13 +4,17 @@ const ROOT = new URL("..", import.meta.url).pathname;
 const DENO = Deno.execPath();
 const decoder = new TextDecoder();
 
-async function tel(args: string[], opts: { env?: Record<string, string>; cwd?: string; script?: string } = {}) {
+async function tel(
+  args: string[],
+  opts: { env?: Record<string, string>; cwd?: string; script?: string; signal?: AbortSignal } = {},
+) {
   const r = await new Deno.Command(DENO, {
     args: ["run", "-A", "--unstable-net", opts.script ?? `${ROOT}main.ts`, ...args],
     cwd: opts.cwd ?? ROOT,
     env: { RUST_BACKTRACE: "0", NO_COLOR: "1", TEL_CONFIG: "", ...opts.env },
     stdout: "piped",
     stderr: "piped",
+    signal: opts.signal,
   }).output();
   return { code: r.code, stdout: decoder.decode(r.stdout), stderr: decoder.decode(r.stderr) };
 }
@@ -177,6 +181,26 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("tel manager refuses bad flag values before it listens, naming the flag", async () => {
+  const base = ["manager", "--listen", "127.0.0.1:0", "--pod-cidr-strategy", "environment"];
+  for (
+    const [args, message] of [
+      [["--pod-cidrs", "garbage"], /--pod-cidrs: "garbage": /],
+      [["--pod-cidrs", "10.244.0.0/16", "--service-cidrs", "10.2.0.0/99"], /--service-cidrs: "10\.2\.0\.0\/99": /],
+      [["--pod-cidrs", "10.244.0.0/16", "--cluster-dns", "garbage"], /--cluster-dns: "garbage": /],
+      [["--pod-cidrs", "10.244.0.0/16", "--cluster-dns", "10.96.0.10:99999"], /--cluster-dns: /],
+      [["--pod-cidrs", "10.244.0.0/16", "--pod-ip", "nope"], /--pod-ip: "nope": /],
+      [["--pod-cidrs", "10.244.0.0/16", "--cluster-domain", "bad domain"], /--cluster-domain: "bad domain" is not/],
+    ] as Array<[string[], RegExp]>
+  ) {
+    // a manager that took the value would listen until killed
+    const r = await tel([...base, ...args], { signal: AbortSignal.timeout(20_000) });
+    assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.match(r.stderr, message);
+    assert.doesNotMatch(r.stderr, /listening/);
+  }
 });
 
 Deno.test("help lists commands and every flag of a command", async () => {

@@ -19,6 +19,11 @@ export interface ConnectInput {
 const HOSTNAME =
   /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
 
+/** Whether `text` is a DNS name (RFC 1123 labels): what a host or a cluster domain may be. */
+export function isHostName(text: string): boolean {
+  return HOSTNAME.test(text);
+}
+
 function flagError(flag: string, text: string, why: string, hint: string): TelError {
   return new TelError("user", `${flag}: ${JSON.stringify(text)}: ${why}`, { hint });
 }
@@ -56,7 +61,7 @@ export function parseManagerAddress(text: string): { host: string; port: number 
     } catch (e) {
       throw new TelError("user", `${flag}: ${(e as Error).message}`, { hint: (e as TelError).hint });
     }
-  } else if (!HOSTNAME.test(hp.host)) {
+  } else if (!isHostName(hp.host)) {
     throw flagError(flag, text, `${JSON.stringify(hp.host)} is not a host name`, "give an IP address or a DNS name");
   }
   return hp;
