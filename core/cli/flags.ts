@@ -106,15 +106,23 @@ function flagError(e: unknown, spec: CommandSpec, names: string[], helpHint: str
     });
   }
   if (code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
-    const m = /Option '(?:-\w, )?--([\w-]+)/.exec(msg);
-    const name = m ? m[1] : "?";
-    const f = spec.flags[name] ?? GLOBAL_FLAGS[name];
+    // "Option '-n, --namespace <value>' argument missing", "Option '-n' argument is ambiguous" (a flag follows)
+    const long = /Option '(?:-\w, )?--([\w-]+)/.exec(msg)?.[1];
+    const short = /Option '-(\w)'/.exec(msg)?.[1];
+    const all = { ...GLOBAL_FLAGS, ...spec.flags };
+    const name = long ?? Object.entries(all).find(([, f]) => short !== undefined && f.short === short)?.[0] ?? "?";
+    const f = all[name];
     if (f?.type === "boolean") {
       return new TelError("user", `flag --${name} takes no value`, { hint: helpHint });
     }
-    return new TelError("user", `flag --${name} needs a value${f?.valueName ? ` (${f.valueName})` : ""}`, {
-      hint: helpHint,
-    });
+    const what = `flag ${short && !long ? `-${short} (--${name})` : `--${name}`} needs a value` +
+      (f?.valueName ? ` (${f.valueName})` : "");
+    if (/ambiguous/.test(msg)) {
+      return new TelError("user", `${what}, and what follows it starts with a dash`, {
+        hint: `write a value that starts with a dash as --${name}=-VALUE`,
+      });
+    }
+    return new TelError("user", what, { hint: helpHint });
   }
   return new TelError("user", msg, { hint: helpHint });
 }

@@ -48,6 +48,15 @@ Deno.test("an unknown flag names the word and suggests the nearest flag", () => 
 
 Deno.test("a missing value, a value for a boolean and a bad choice are errors", () => {
   assert.equal(userError(["--namespace"]).message, "flag --namespace needs a value (NS)");
+  assert.equal(userError(["-n"]).message, "flag --namespace needs a value (NS)");
+  // a flag where the value should be: the value was forgotten, or it starts with a dash
+  const short = userError(["-n", "--quiet"]);
+  assert.equal(short.message, "flag -n (--namespace) needs a value (NS), and what follows it starts with a dash");
+  assert.equal(short.hint, "write a value that starts with a dash as --namespace=-VALUE");
+  assert.equal(
+    userError(["--namespace", "-x"]).message,
+    "flag --namespace needs a value (NS), and what follows it starts with a dash",
+  );
   assert.equal(userError(["--quiet=yes"]).message, "flag --quiet takes no value");
   const e = userError(["--output", "jsn"]);
   assert.equal(e.message, 'invalid value "jsn" for --output');
