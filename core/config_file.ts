@@ -182,6 +182,11 @@ export async function loadConfig(flag?: string): Promise<Config> {
         hint: "check the path given with --config or TEL_CONFIG",
       });
     }
+    if (e instanceof Deno.errors.IsADirectory) {
+      throw new TelError("config", `config file ${path} is a directory`, {
+        hint: "give the YAML file itself with --config or TEL_CONFIG (config.yml)",
+      });
+    }
     throw new TelError("config", `cannot read config file ${path}: ${e instanceof Error ? e.message : e}`, {
       hint: "check the file's permissions",
     });

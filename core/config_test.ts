@@ -148,6 +148,7 @@ Deno.test("the config file sits at each platform's usual place", () => {
 
 Deno.test("a missing named config file is an error, a missing default one is not", async () => {
   await assert.rejects(loadConfig("/does/not/exist.yml"), /config file \/does\/not\/exist\.yml does not exist/);
+  await assert.rejects(loadConfig("/tmp"), /^TelError: config file \/tmp is a directory$/);
   const home = Deno.env.get("HOME");
   const dir = await Deno.makeTempDir();
   Deno.env.set("HOME", dir);

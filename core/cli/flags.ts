@@ -73,6 +73,12 @@ export function parseFlags(spec: CommandSpec, argv: string[]): { values: FlagVal
   for (const [name, f] of Object.entries(all)) {
     let v = (parsed.values as FlagValues)[name];
     if (f.multiple && Array.isArray(v)) v = v.flatMap((x) => x.split(",")).map((x) => x.trim()).filter(Boolean);
+    if (v === "" && f.type === "string") {
+      // --context "" or --kubeconfig= would silently mean "the default"
+      throw new TelError("user", `flag --${name} has an empty value`, {
+        hint: `give ${f.valueName ?? "a value"}, or leave the flag out for the default`,
+      });
+    }
     if (v === undefined && f.default !== undefined) v = f.default;
     if (typeof v === "string" && f.choices && !f.choices.includes(v)) {
       const s = suggest(v, f.choices);

@@ -58,6 +58,10 @@ Deno.test("a missing value, a value for a boolean and a bad choice are errors", 
     "flag --namespace needs a value (NS), and what follows it starts with a dash",
   );
   assert.equal(userError(["--quiet=yes"]).message, "flag --quiet takes no value");
+  const empty = userError(["--namespace="]);
+  assert.equal(empty.message, "flag --namespace has an empty value");
+  assert.equal(empty.hint, "give NS, or leave the flag out for the default");
+  assert.equal(userError(["-n", ""]).message, "flag --namespace has an empty value");
   const e = userError(["--output", "jsn"]);
   assert.equal(e.message, 'invalid value "jsn" for --output');
   assert.match(e.hint ?? "", /did you mean "json"/);
