@@ -27,6 +27,10 @@ const SCHEMA: Schema = {
   timeouts: { probe: "duration", connect: "duration" },
 };
 
+/** A name suffix as dns.includeSuffixes/excludeSuffixes take it: ".com", "corp.example.com", "svc.cluster.local." */
+const DNS_SUFFIX =
+  /^\.?[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$/;
+
 /** Why `text` is not a CIDR (the address and prefix parsed for real, as the daemon will), or undefined. */
 function cidrProblem(text: string): string | undefined {
   if (!text.includes("/")) return "expected a CIDR like 10.0.0.0/8";
@@ -141,6 +145,8 @@ function checkValue(kind: Kind, value: unknown, fail: (expected: string) => neve
         if (kind === "cidr[]") {
           const why = cidrProblem(item as string);
           if (why) fail(`item ${i + 1}: ${why}`);
+        } else if (!DNS_SUFFIX.test((item as string).trim())) {
+          fail(`item ${i + 1}: ${JSON.stringify(item)} is not a DNS suffix (labels of letters, digits, - and _)`);
         }
       });
       return list;

@@ -98,6 +98,17 @@ Deno.test("addresses and CIDRs in the config are parsed as the daemon parses the
     /^\/etc\/tel\.yml:2: dns\.localIP: expected an IP address: /,
   );
   assert.match(configError("dns:\n  localIP: 10.0.0.256\n").message, /dns\.localIP: expected an IP address: /);
+  for (const bad of ["", "..", "a b", "-x.com"]) {
+    assert.match(
+      configError(`dns:\n  excludeSuffixes: [.com, ${JSON.stringify(bad)}]\n`).message,
+      /^\/etc\/tel\.yml:2: dns\.excludeSuffixes: item 2: .* is not a DNS suffix/,
+      bad,
+    );
+  }
+  assert.deepEqual(
+    parseConfig("dns:\n  includeSuffixes: [.corp.example.com, svc.cluster.local., _tcp.x]\n", "c").dns.includeSuffixes,
+    [".corp.example.com", "svc.cluster.local.", "_tcp.x"],
+  );
   // the address is kept in its canonical form
   const cfg = parseConfig("dns:\n  localIP: 'fd00:0:0::53'\nrouting:\n  alsoProxy: [fd00:7e1::/48]\n", "/etc/tel.yml");
   assert.equal(cfg.dns.localIP, "fd00::53");

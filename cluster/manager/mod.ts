@@ -62,7 +62,10 @@ export interface RunManagerDeps {
 export function parseListen(listen: string): { address: string; port: number } {
   const hp = parseHostPort(listen, { emptyHost: true });
   if (!hp) {
-    throw new TelError("user", `--listen ${JSON.stringify(listen)} is not host:port`, { hint: "e.g. 0.0.0.0:8081" });
+    const bareV6 = !listen.startsWith("[") && (listen.match(/:/g) ?? []).length > 1;
+    throw new TelError("user", `--listen ${JSON.stringify(listen)} is not host:port`, {
+      hint: bareV6 ? "an IPv6 address needs brackets, e.g. [::]:8081" : "e.g. 0.0.0.0:8081",
+    });
   }
   return { address: hp.host || "0.0.0.0", port: hp.port };
 }
