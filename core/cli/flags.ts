@@ -50,9 +50,12 @@ export const GLOBAL_FLAGS: Record<string, FlagSpec> = {
 /** The nearest candidate to `word`, if it is plausibly a typo of it. */
 export function suggest(word: string, candidates: readonly string[]): string | undefined {
   if (candidates.length === 0) return undefined;
-  const best = closest(word, candidates as string[]);
+  // case is not a typo worth counting: VERSION is version, nodepodcidrs is nodePodCIDRs
+  const lower = candidates.map((c) => c.toLowerCase());
+  const w = word.toLowerCase();
+  const best = closest(w, lower);
   const limit = Math.max(2, Math.floor(word.length / 3));
-  return distance(word, best) <= limit ? best : undefined;
+  return distance(w, best) <= limit ? candidates[lower.indexOf(best)] : undefined;
 }
 
 /** Parses argv for one command: unknown flags, missing values and bad choices are user errors with a hint. */

@@ -81,4 +81,6 @@ Deno.test("help lists every flag with its description", () => {
 Deno.test("suggestions stay close", () => {
   assert.equal(suggest("lst", ["list", "version"]), "list");
   assert.equal(suggest("xyzzy", ["list", "version"]), undefined);
+  assert.equal(suggest("VERSION", ["list", "version"]), "version");
+  assert.equal(suggest("nodepodcidrs", ["auto", "nodePodCIDRs", "coverPodIPs"]), "nodePodCIDRs");
 });
