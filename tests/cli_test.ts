@@ -99,6 +99,21 @@ Deno.test("tel plugins list --output yaml and external plugins from PATH", async
   assert.match(r.stdout, /reason: plugin no answer to "manifest" within 500 ms/);
 });
 
+Deno.test("a resolver the config forces but that is not available is warned about in every output format", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/c.yml`, "resolver: resolver-nonexistent\n");
+    for (const output of ["text", "json", "yaml"]) {
+      const r = await tel(["plugins", "list", "--config", `${dir}/c.yml`, "--output", output]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, /warning: config forces resolver "resolver-nonexistent", which is not available/, output);
+      if (output === "json") assert.ok(!JSON.parse(r.stdout).some((p: { selected: boolean }) => p.selected));
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("unknown commands and flags exit 2 with the word and a hint", async () => {
   const a = await tel(["conect"]);
   assert.equal(a.code, 2);

@@ -38,6 +38,10 @@ const listCommand: Command = {
     }
     const rows = await listPlugins(ctx.deps.plugins, { timeoutMs, forcedResolver: cfg.resolver });
     const format = (ctx.values.output as string | undefined) ?? "text";
+    if (cfg.resolver && !rows.some((r) => r.selected)) {
+      // on stderr, so it reaches the user whatever the output format
+      ctx.io.err(`warning: config forces resolver "${cfg.resolver}", which is not available\n`);
+    }
     if (format === "json" || format === "yaml") {
       ctx.io.out(
         await renderData(
@@ -73,9 +77,6 @@ const listCommand: Command = {
       ]),
     );
     ctx.io.out(table);
-    if (cfg.resolver && !rows.some((r) => r.selected)) {
-      ctx.io.err(`warning: config forces resolver "${cfg.resolver}", which is not available\n`);
-    }
     return 0;
   },
 };
