@@ -65,7 +65,8 @@ async function withManager(
     address: "127.0.0.1",
     clusterInfo: info,
     dnsServer,
-    dnsTimeoutMs: 1000,
+    // generous: a lookup of the fake cluster DNS in this process must not fail because the test machine stalled
+    dnsTimeoutMs: 5000,
     tunnelServer,
   });
   const client = createManagerClient(`127.0.0.1:${mgr.port}`);
