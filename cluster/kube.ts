@@ -81,6 +81,16 @@ function envOf(opts: KubeConfigOptions): (k: string) => string | undefined {
   return (k) => (opts.env ? opts.env[k] : Deno.env.get(k));
 }
 
+/** Why `path` is not a kubeconfig file to read: "no such file" or "a directory, not a file". */
+function whyNoFile(path: string): string {
+  try {
+    return Deno.statSync(path).isDirectory ? "a directory, not a file" : "not a regular file";
+  } catch {
+    // missing or unreadable
+    return "no such file";
+  }
+}
+
 function fileExists(path: string): boolean {
   try {
     return Deno.statSync(path).isFile;
@@ -151,7 +161,7 @@ export function loadKubeConfig(opts: KubeConfigOptions = {}): KubeContext {
     parseInto(kc, opts.kubeconfigText, source);
   } else if (opts.kubeconfig) {
     if (!fileExists(opts.kubeconfig)) {
-      throw new TelError("config", `kubeconfig ${opts.kubeconfig}: no such file`, {
+      throw new TelError("config", `kubeconfig ${opts.kubeconfig}: ${whyNoFile(opts.kubeconfig)}`, {
         hint: "pass an existing file to --kubeconfig",
       });
     }
@@ -161,7 +171,8 @@ export function loadKubeConfig(opts: KubeConfigOptions = {}): KubeContext {
     const listed = env("KUBECONFIG")!.split(":").filter(Boolean);
     const present = listed.filter(fileExists);
     if (present.length === 0) {
-      throw new TelError("config", `kubeconfig: none of the KUBECONFIG files exist (${listed.join(", ")})`, {
+      const why = listed.map((p) => `${p}: ${whyNoFile(p)}`).join(", ");
+      throw new TelError("config", `kubeconfig: none of the KUBECONFIG files exist (${why})`, {
         hint: "set KUBECONFIG to an existing kubeconfig file",
       });
     }

@@ -93,7 +93,16 @@ Deno.test("kubeconfig errors name the file and the context", async () => {
     assertTelError(() => loadKubeConfig({ kubeconfig: broken, env: {} }), new RegExp(`^kubeconfig ${broken}: `));
     assertTelError(
       () => loadKubeConfig({ env: { KUBECONFIG: "/nonexistent/a:/nonexistent/b" } }),
-      /none of the KUBECONFIG/,
+      /none of the KUBECONFIG files exist \(\/nonexistent\/a: no such file, \/nonexistent\/b: no such file\)/,
+    );
+    // a directory is not taken for a missing file
+    assertTelError(
+      () => loadKubeConfig({ kubeconfig: "/tmp", env: {} }),
+      /^kubeconfig \/tmp: a directory, not a file$/,
+    );
+    assertTelError(
+      () => loadKubeConfig({ env: { KUBECONFIG: "/tmp" } }),
+      /none of the KUBECONFIG files exist \(\/tmp: a directory, not a file\)/,
     );
     assertTelError(() => loadKubeConfig({ env: { HOME: "/nonexistent" } }), /no configuration found/);
   } finally {
