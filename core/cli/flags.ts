@@ -70,7 +70,7 @@ export function parseFlags(spec: CommandSpec, argv: string[]): { values: FlagVal
   try {
     parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
   } catch (e) {
-    throw flagError(e, spec, Object.keys(all), helpHint);
+    throw flagError(e, spec, all, helpHint);
   }
   const values: FlagValues = {};
   for (const [name, f] of Object.entries(all)) {
@@ -101,7 +101,7 @@ export function parseFlags(spec: CommandSpec, argv: string[]): { values: FlagVal
   return { values, positionals: parsed.positionals };
 }
 
-function flagError(e: unknown, spec: CommandSpec, names: string[], helpHint: string): TelError {
+function flagError(e: unknown, spec: CommandSpec, all: Record<string, FlagSpec>, helpHint: string): TelError {
   const msg = e instanceof Error ? e.message : String(e);
   const code = (e as { code?: string }).code;
   const cmd = spec.usage.split(" [")[0];
@@ -109,7 +109,7 @@ function flagError(e: unknown, spec: CommandSpec, names: string[], helpHint: str
     const m = /Unknown option '([^']+)'/.exec(msg);
     const word = m ? m[1] : "?";
     const bare = word.replace(/^-+/, "").split("=")[0];
-    const s = suggest(bare, names);
+    const s = suggest(bare, Object.keys(all));
     return new TelError("user", `unknown flag ${word} for '${cmd}'`, {
       hint: s ? `did you mean --${s}? (${helpHint})` : helpHint,
     });
@@ -118,7 +118,6 @@ function flagError(e: unknown, spec: CommandSpec, names: string[], helpHint: str
     // "Option '-n, --namespace <value>' argument missing", "Option '-n' argument is ambiguous" (a flag follows)
     const long = /Option '(?:-\w, )?--([\w-]+)/.exec(msg)?.[1];
     const short = /Option '-(\w)'/.exec(msg)?.[1];
-    const all = { ...GLOBAL_FLAGS, ...spec.flags };
     const name = long ?? Object.entries(all).find(([, f]) => short !== undefined && f.short === short)?.[0] ?? "?";
     const f = all[name];
     if (f?.type === "boolean") {
