@@ -81,23 +81,19 @@ function envOf(opts: KubeConfigOptions): (k: string) => string | undefined {
   return (k) => (opts.env ? opts.env[k] : Deno.env.get(k));
 }
 
-/** Why `path` is not a kubeconfig file to read: "no such file" or "a directory, not a file". */
-function whyNoFile(path: string): string {
+/** Why `path` is not a file to read ("no such file", "a directory, not a file"), or undefined when it is one. */
+function whyNoFile(path: string): string | undefined {
   try {
-    return Deno.statSync(path).isDirectory ? "a directory, not a file" : "not a regular file";
+    const st = Deno.statSync(path);
+    return st.isFile ? undefined : st.isDirectory ? "a directory, not a file" : "not a regular file";
   } catch {
-    // missing or unreadable
+    // missing or unreadable: treated as absent, like kubectl skips missing KUBECONFIG entries
     return "no such file";
   }
 }
 
 function fileExists(path: string): boolean {
-  try {
-    return Deno.statSync(path).isFile;
-  } catch {
-    // missing or unreadable: treated as absent, like kubectl skips missing KUBECONFIG entries
-    return false;
-  }
+  return whyNoFile(path) === undefined;
 }
 
 function parseInto(kc: KubeConfig, text: string, source: string): void {
@@ -160,8 +156,9 @@ export function loadKubeConfig(opts: KubeConfigOptions = {}): KubeContext {
     source = "<text>";
     parseInto(kc, opts.kubeconfigText, source);
   } else if (opts.kubeconfig) {
-    if (!fileExists(opts.kubeconfig)) {
-      throw new TelError("config", `kubeconfig ${opts.kubeconfig}: ${whyNoFile(opts.kubeconfig)}`, {
+    const why = whyNoFile(opts.kubeconfig);
+    if (why) {
+      throw new TelError("config", `kubeconfig ${opts.kubeconfig}: ${why}`, {
         hint: "pass an existing file to --kubeconfig",
       });
     }
