@@ -16,6 +16,7 @@ import { type Clock, sleep, systemClock } from "../core/clock.ts";
 import { errorMessage, TelError } from "../core/errors.ts";
 import { log } from "../core/log.ts";
 import { writeAll } from "../core/io.ts";
+import { bareIpv6HostPort } from "../core/subnet/mod.ts";
 import { PF_STREAM_HIGH_WATER } from "./port_forward_stream.ts";
 import {
   type ChannelSocket,
@@ -208,7 +209,8 @@ function serverUrl(text: string): string | { why: string } {
   const hasScheme = text.includes("://");
   const u = parse(hasScheme ? text : `https://${text}`);
   if (!u || !u.hostname) {
-    return { why: "is not a URL" + (/^[0-9a-f:]+:\d+$/i.test(text) ? " (an IPv6 address needs brackets)" : "") };
+    const v6 = !hasScheme && bareIpv6HostPort(text);
+    return { why: "is not a URL" + (v6 ? " (an IPv6 address needs brackets)" : "") };
   }
   if (u.protocol !== "https:" && u.protocol !== "http:") return { why: `has scheme ${u.protocol} (not https or http)` };
   return hasScheme ? text : `https://${text}`;

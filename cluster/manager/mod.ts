@@ -3,7 +3,7 @@
 import { startMemoryGovernor } from "../../core/memory.ts";
 import { TelError } from "../../core/errors.ts";
 import { log } from "../../core/log.ts";
-import { parseHostPort } from "../../core/subnet/mod.ts";
+import { bareIpv6HostPort, parseHostPort } from "../../core/subnet/mod.ts";
 import { type ClusterInfoSource, emptyClusterInfo, StaticClusterInfo } from "./cluster_info.ts";
 import { type ManagerHandle, startManager } from "./server.ts";
 
@@ -62,9 +62,8 @@ export interface RunManagerDeps {
 export function parseListen(listen: string): { address: string; port: number } {
   const hp = parseHostPort(listen, { emptyHost: true });
   if (!hp) {
-    const bareV6 = !listen.startsWith("[") && (listen.match(/:/g) ?? []).length > 1;
     throw new TelError("user", `--listen ${JSON.stringify(listen)} is not host:port`, {
-      hint: bareV6 ? "an IPv6 address needs brackets, e.g. [::]:8081" : "e.g. 0.0.0.0:8081",
+      hint: bareIpv6HostPort(listen) ? "an IPv6 address needs brackets, e.g. [::]:8081" : "e.g. 0.0.0.0:8081",
     });
   }
   return { address: hp.host || "0.0.0.0", port: hp.port };

@@ -5,7 +5,7 @@
  */
 
 import { TelError } from "../errors.ts";
-import { Cidr, IpAddr, parseHostPort } from "../subnet/mod.ts";
+import { bareIpv6HostPort, Cidr, IpAddr, parseHostPort } from "../subnet/mod.ts";
 
 /** The flag values of a connect request; empty strings and lists mean "not given". */
 export interface ConnectInput {
@@ -44,7 +44,7 @@ export function parseManagerAddress(text: string): { host: string; port: number 
   const flag = "--manager-address";
   const hp = parseHostPort(text);
   if (!hp) {
-    const bareV6 = !text.startsWith("[") && (text.match(/:/g) ?? []).length > 1;
+    const bareV6 = bareIpv6HostPort(text);
     throw flagError(
       flag,
       text,

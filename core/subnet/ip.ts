@@ -294,6 +294,11 @@ export function formatHostPort(host: string, port: number): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
+/** Whether `text` looks like host:port with an IPv6 host written without its brackets ("::1:8081"): a hint's cue. */
+export function bareIpv6HostPort(text: string): boolean {
+  return !text.startsWith("[") && (text.match(/:/g) ?? []).length > 1;
+}
+
 /**
  * Host and port of "host:port" or "[v6]:port" (the host is not checked further; with `emptyHost`, ":port" gives an
  * empty host); undefined for anything else, including a port above 65535.

@@ -1,6 +1,6 @@
 /** Subnet logic: addresses and CIDRs, the routed set, pod-IP covering blocks, route conflicts and diffs. */
 
-export { Cidr, type Family, familyBits, formatHostPort, IpAddr, parseHostPort } from "./ip.ts";
+export { bareIpv6HostPort, Cidr, type Family, familyBits, formatHostPort, IpAddr, parseHostPort } from "./ip.ts";
 export {
   type Conflict,
   type ConflictOptions,
