@@ -2,8 +2,8 @@
 
 import type { Command } from "../core/cli/mod.ts";
 import { TelError } from "../core/errors.ts";
-import { isHostName, parseCidrFlag } from "../core/session/connect_input.ts";
-import { IpAddr, parseHostPort } from "../core/subnet/mod.ts";
+import { isHostName, parseCidrFlag, parseIpFlag } from "../core/session/connect_input.ts";
+import { parseHostPort } from "../core/subnet/mod.ts";
 import { log } from "../core/log.ts";
 import { writeAll } from "../core/io.ts";
 import { POD_CIDR_STRATEGIES, type PodCidrStrategy } from "./manager/pod_cidr_strategy.ts";
@@ -35,19 +35,15 @@ export async function clusterInfoFromFlags(flags: ManagerFlags): Promise<Cluster
 function checkManagerFlags(f: ManagerFlags): void {
   parseCidrFlag(f.podCidrs ?? [], "--pod-cidrs");
   parseCidrFlag(f.serviceCidrs ?? [], "--service-cidrs");
-  const ip = (text: string, flag: string, hint: string) => {
-    try {
-      IpAddr.parse(text);
-    } catch (e) {
-      throw new TelError("user", `${flag}: ${(e as Error).message}`, { hint });
-    }
-  };
   if (f.clusterDns) {
     // IP, IP:PORT or [v6]:PORT (the port defaults to 53)
     const hp = f.clusterDns.includes(".") || f.clusterDns.startsWith("[") ? parseHostPort(f.clusterDns) : undefined;
-    ip(hp?.host ?? f.clusterDns, "--cluster-dns", "give the cluster DNS server as IP or IP:PORT, like 10.96.0.10:53");
+    const hint = "give the cluster DNS server as IP or IP:PORT, like 10.96.0.10:53";
+    parseIpFlag(hp?.host ?? f.clusterDns, "--cluster-dns", hint);
   }
-  if (f.podIp) ip(f.podIp, f.podIp === Deno.env.get("POD_IP") ? "POD_IP" : "--pod-ip", "give the pod's IP address");
+  if (f.podIp) {
+    parseIpFlag(f.podIp, f.podIp === Deno.env.get("POD_IP") ? "POD_IP" : "--pod-ip", "give the pod's IP address");
+  }
   if (f.clusterDomain !== undefined && !isHostName(f.clusterDomain)) {
     throw new TelError("user", `--cluster-domain: ${JSON.stringify(f.clusterDomain)} is not a DNS domain`, {
       hint: "e.g. cluster.local",

@@ -39,6 +39,15 @@ export function parseCidrFlag(list: readonly string[], flag: string): Cidr[] {
   });
 }
 
+/** Parses an IP address given with `flag`; a bad one is a user error naming the flag, with `hint` (else the parser's). */
+export function parseIpFlag(text: string, flag: string, hint?: string): IpAddr {
+  try {
+    return IpAddr.parse(text);
+  } catch (e) {
+    throw new TelError("user", `${flag}: ${(e as Error).message}`, { hint: hint ?? (e as TelError).hint });
+  }
+}
+
 /** Host and port of `--manager-address`; throws a user error saying what is wrong and how to write it. */
 export function parseManagerAddress(text: string): { host: string; port: number } {
   const flag = "--manager-address";
@@ -56,11 +65,7 @@ export function parseManagerAddress(text: string): { host: string; port: number 
   // brackets hold an IPv6 address, and a host of digits and dots is meant as IPv4
   const ipLike = text.startsWith("[") || hp.host.includes(":") || /^[0-9.]+$/.test(hp.host);
   if (ipLike) {
-    try {
-      IpAddr.parse(hp.host);
-    } catch (e) {
-      throw new TelError("user", `${flag}: ${(e as Error).message}`, { hint: (e as TelError).hint });
-    }
+    parseIpFlag(hp.host, flag);
   } else if (!isHostName(hp.host)) {
     throw flagError(flag, text, `${JSON.stringify(hp.host)} is not a host name`, "give an IP address or a DNS name");
   }
@@ -83,13 +88,8 @@ export function checkConnectInput(r: ConnectInput): CheckedConnectInput {
     neverProxy: parseCidrFlag(r.neverProxy, "--never-proxy"),
   };
   if (r.dns) {
-    try {
-      out.dns = IpAddr.parse(r.dns).toString();
-    } catch (e) {
-      throw new TelError("user", `--dns: ${(e as Error).message}`, {
-        hint: "give the IP address of the DNS server for names outside the cluster, like 192.168.1.1",
-      });
-    }
+    const hint = "give the IP address of the DNS server for names outside the cluster, like 192.168.1.1";
+    out.dns = parseIpFlag(r.dns, "--dns", hint).toString();
   }
   if (r.managerAddress) out.manager = parseManagerAddress(r.managerAddress);
   return out;
