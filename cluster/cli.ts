@@ -3,7 +3,7 @@
 import type { Command } from "../core/cli/mod.ts";
 import { TelError } from "../core/errors.ts";
 import { isHostName, parseCidrFlag, parseIpFlag } from "../core/session/connect_input.ts";
-import { parseHostPort } from "../core/subnet/mod.ts";
+import { hostPortOr } from "../core/subnet/mod.ts";
 import { log } from "../core/log.ts";
 import { writeAll } from "../core/io.ts";
 import { POD_CIDR_STRATEGIES, type PodCidrStrategy } from "./manager/pod_cidr_strategy.ts";
@@ -36,10 +36,9 @@ function checkManagerFlags(f: ManagerFlags): void {
   parseCidrFlag(f.podCidrs ?? [], "--pod-cidrs");
   parseCidrFlag(f.serviceCidrs ?? [], "--service-cidrs");
   if (f.clusterDns) {
-    // IP, IP:PORT or [v6]:PORT (the port defaults to 53)
-    const hp = f.clusterDns.includes(".") || f.clusterDns.startsWith("[") ? parseHostPort(f.clusterDns) : undefined;
+    // IP, IP:PORT or [v6]:PORT, read as the manager reads it (the port defaults to 53)
     const hint = "give the cluster DNS server as IP or IP:PORT, like 10.96.0.10:53";
-    parseIpFlag(hp?.host ?? f.clusterDns, "--cluster-dns", hint);
+    parseIpFlag(hostPortOr(f.clusterDns, 53).host, "--cluster-dns", hint);
   }
   if (f.podIp) {
     parseIpFlag(f.podIp, f.podIp === Deno.env.get("POD_IP") ? "POD_IP" : "--pod-ip", "give the pod's IP address");

@@ -6,7 +6,7 @@ import { WireStream } from "../../core/tunnel/h2_wire.ts";
 import { type Clock, systemClock } from "../../core/clock.ts";
 import { errorMessage } from "../../core/errors.ts";
 import { log } from "../../core/log.ts";
-import { formatHostPort } from "../../core/subnet/mod.ts";
+import { formatHostPort, hostPortOr } from "../../core/subnet/mod.ts";
 import {
   createTunedServer,
   type Frame,
@@ -89,11 +89,8 @@ function status(code: grpc.status, details: string): grpc.ServiceError {
 async function resolverFor(opts: ManagerOptions): Promise<ResolverConfig> {
   const domain = opts.clusterInfo.current().clusterDomain || "cluster.local";
   if (opts.dnsServer) {
-    const server = /^[0-9a-fA-F:]+$/.test(opts.dnsServer) && opts.dnsServer.includes("::")
-      ? `[${opts.dnsServer}]:53`
-      : /:\d+$/.test(opts.dnsServer)
-      ? opts.dnsServer
-      : `${opts.dnsServer}:53`;
+    const { host, port } = hostPortOr(opts.dnsServer, 53);
+    const server = formatHostPort(host, port);
     return { server, search: podSearchList(opts.namespace ?? "default", domain), ndots: 5 };
   }
   return parseResolvConf(await Deno.readTextFile("/etc/resolv.conf"));

@@ -312,3 +312,11 @@ export function parseHostPort(
   const port = m ? Number(m[2]) : NaN;
   return m && port <= 65535 ? { host: m[1], port } : undefined;
 }
+
+/**
+ * Host and port of "host:port" or "[v6]:port", else the whole text as the host with `defaultPort` (an IPv6 address
+ * written bare, "fd00::a", is a host; the host is not checked further).
+ */
+export function hostPortOr(text: string, defaultPort: number): { host: string; port: number } {
+  return parseHostPort(text) ?? { host: text, port: defaultPort };
+}

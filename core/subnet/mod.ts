@@ -1,6 +1,15 @@
 /** Subnet logic: addresses and CIDRs, the routed set, pod-IP covering blocks, route conflicts and diffs. */
 
-export { bareIpv6HostPort, Cidr, type Family, familyBits, formatHostPort, IpAddr, parseHostPort } from "./ip.ts";
+export {
+  bareIpv6HostPort,
+  Cidr,
+  type Family,
+  familyBits,
+  formatHostPort,
+  hostPortOr,
+  IpAddr,
+  parseHostPort,
+} from "./ip.ts";
 export {
   type Conflict,
   type ConflictOptions,

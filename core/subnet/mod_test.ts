@@ -10,6 +10,7 @@ import {
   diffSubnets,
   findConflicts,
   formatHostPort,
+  hostPortOr,
   IpAddr,
   normalize,
   parseHostPort,
@@ -297,4 +298,14 @@ Deno.test("parseHostPort reads host:port and [v6]:port, and refuses the rest", (
     assert.deepEqual(parseHostPort(formatHostPort(host, port)), { host, port }, "formatHostPort reads back");
   }
   assert.equal(formatHostPort("fd00::10", 53), "[fd00::10]:53");
+});
+
+Deno.test("hostPortOr: host:port and [v6]:port as they are, else the whole text is the host (a bare IPv6 address too)", () => {
+  assert.deepEqual(hostPortOr("10.96.0.10", 53), { host: "10.96.0.10", port: 53 });
+  assert.deepEqual(hostPortOr("10.96.0.10:5353", 53), { host: "10.96.0.10", port: 5353 });
+  assert.deepEqual(hostPortOr("[fd00::10]:5353", 53), { host: "fd00::10", port: 5353 });
+  assert.deepEqual(hostPortOr("fd00::10", 53), { host: "fd00::10", port: 53 });
+  // all eight groups and no "::": a port is not read off its last group
+  assert.deepEqual(hostPortOr("fd00:0:0:0:0:0:0:10", 53), { host: "fd00:0:0:0:0:0:0:10", port: 53 });
+  assert.deepEqual(hostPortOr("10.96.0.10:99999", 53), { host: "10.96.0.10:99999", port: 53 }, "left to the IP check");
 });
