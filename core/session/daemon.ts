@@ -1,5 +1,6 @@
 /** `tel daemon`: owns the VIF, routes and resolver; serves the Daemon gRPC service on a unix socket. */
 
+import { dirname } from "node:path";
 import { startMemoryGovernor } from "../memory.ts";
 import { type Config, defaultConfig } from "../config.ts";
 import { asTelError, errorMessage, TelError } from "../errors.ts";
@@ -303,8 +304,7 @@ export function socketPathProblem(path: string): TelError | undefined {
       { hint: "point TEL_SOCKET at a shorter path" },
     );
   }
-  const slash = path.lastIndexOf("/");
-  const dir = slash < 0 ? "." : path.slice(0, slash) || "/";
+  const dir = dirname(path);
   try {
     if (!Deno.statSync(dir).isDirectory) throw new Deno.errors.NotFound();
   } catch {
