@@ -6,7 +6,7 @@ import { log } from "../../log.ts";
 import { release } from "../../slab.ts";
 import { ACK, FIN, PSH, RST, SYN, type TcpFields, type TcpHeader } from "../header/tcp.ts";
 import type { Counters, FlowId } from "../types.ts";
-import { seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt } from "./seq.ts";
+import { seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt, tsValAt } from "./seq.ts";
 import type { TimeWaitState } from "./time_wait.ts";
 
 /** Connection states; "syn-pending" waits for the forwarder's verdict before the SYN-ACK goes out. */
@@ -782,7 +782,7 @@ export class TcpEndpoint implements TcpConn {
       window: this.#windowField(),
     };
     if (this.#tsOk) {
-      f.tsVal = Math.floor(this.#host.clock.now()) >>> 0;
+      f.tsVal = tsValAt(this.#host.clock.now());
       f.tsEcr = this.#tsRecent;
     }
     if (this.#sackOk && this.#ooo.length > 0) f.sackBlocks = this.#sackBlocks();
@@ -803,7 +803,7 @@ export class TcpEndpoint implements TcpConn {
     if (this.#rcvWscale) f.windowScale = this.#rcvWscale;
     if (this.#sackOk) f.sackPermitted = true;
     if (this.#tsOk) {
-      f.tsVal = Math.floor(this.#host.clock.now()) >>> 0;
+      f.tsVal = tsValAt(this.#host.clock.now());
       f.tsEcr = this.#tsRecent;
     }
     this.#rcvAdvEdge = seqAdd(this.#rcvNxt, f.window);

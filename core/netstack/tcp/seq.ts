@@ -1,4 +1,4 @@
-/** 32-bit TCP sequence-number arithmetic (RFC 9293 §3.4): comparisons modulo 2^32. */
+/** 32-bit TCP sequence-number arithmetic (RFC 9293 §3.4): comparisons modulo 2^32; and our timestamp clock. */
 
 /** a < b in sequence space. */
 export function seqLt(a: number, b: number): boolean {
@@ -28,4 +28,9 @@ export function seqAdd(a: number, n: number): number {
 /** b - a as a signed distance. */
 export function seqDiff(b: number, a: number): number {
   return (b - a) | 0;
+}
+
+/** Our TSval (RFC 7323) at clock time `nowMs`: a millisecond clock, wrapping in 32 bits, as every segment we send carries. */
+export function tsValAt(nowMs: number): number {
+  return Math.floor(nowMs) >>> 0;
 }

@@ -12,7 +12,7 @@
 
 import type { Clock, TimerHandle } from "../../clock.ts";
 import { ACK, FIN, RST, SYN, type TcpFields, type TcpHeader } from "../header/tcp.ts";
-import { seqGt } from "./seq.ts";
+import { seqGt, tsValAt } from "./seq.ts";
 
 /** What a connection hands its TIME-WAIT: what its ACKs carry from now on. */
 export interface TimeWaitState {
@@ -115,7 +115,7 @@ export class TimeWaits {
       window: s.window,
     };
     if (s.tsRecent !== undefined) {
-      f.tsVal = Math.floor(this.#host.clock.now()) >>> 0;
+      f.tsVal = tsValAt(this.#host.clock.now());
       f.tsEcr = s.tsRecent;
     }
     this.#host.send(key, f);
