@@ -12,8 +12,10 @@
  * Usage: deno run -A bench/relay_floor.ts [connects per run, default 2000] [runs, default 5]
  */
 
+import { summarize } from "./lib/stats.ts";
+import { compileTcpbench } from "./lib/tcpbench.ts";
+
 const SELF = new URL(import.meta.url).pathname;
-const ROOT = new URL("..", import.meta.url).pathname;
 const RESULTS = new URL("./results/relay_floor.json", import.meta.url).pathname;
 
 const OPEN = 1, DATA = 3, END = 4;
@@ -126,8 +128,6 @@ async function timer(tcpbench: string, port: number, n: number): Promise<{ p50us
   return r;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-
 async function main(): Promise<void> {
   const n = Number(Deno.args[0] ?? 2000);
   const runs = Number(Deno.args[1] ?? 5);
@@ -135,9 +135,7 @@ async function main(): Promise<void> {
   const children: Deno.ChildProcess[] = [];
   try {
     const tcpbench = `${dir}/tcpbench`;
-    const cc = await new Deno.Command("cc", { args: ["-O2", "-pthread", "-o", tcpbench, `${ROOT}bench/tcpbench.c`] })
-      .output();
-    if (cc.code !== 0) throw new Error(`cc bench/tcpbench.c: ${new TextDecoder().decode(cc.stderr)}`);
+    await compileTcpbench(tcpbench);
     const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const targetPort = (probe.addr as Deno.NetAddr).port;
     probe.close();
@@ -159,10 +157,12 @@ async function main(): Promise<void> {
         rows[name].p99.push(r.p99us);
       }
     }
+    const text = (xs: number[]) => {
+      const s = summarize(xs);
+      return `${s.median} µs (${s.min}–${s.max})`;
+    };
     const line = (name: keyof typeof rows) =>
-      `${name.padEnd(7)} p50 ${median(rows[name].p50)} µs (${Math.min(...rows[name].p50)}–${
-        Math.max(...rows[name].p50)
-      }), p99 ${median(rows[name].p99)} µs (${Math.min(...rows[name].p99)}–${Math.max(...rows[name].p99)})`;
+      `${name.padEnd(7)} p50 ${text(rows[name].p50)}, p99 ${text(rows[name].p99)}`;
     console.log(`connect + first byte, ${n} sequential connects, median of ${runs} runs (spread):`);
     console.log(line("direct"));
     console.log(line("relays"));

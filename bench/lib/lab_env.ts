@@ -12,6 +12,7 @@ import { Netns, run } from "../../tests/lab/netns.ts";
 import { LabProcess } from "../../tests/lab/proc.ts";
 import { labTel } from "../../tests/lab/tel.ts";
 import { parseStatusMem } from "./procstat.ts";
+import { compileTcpbench } from "./tcpbench.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
@@ -126,8 +127,7 @@ export class BenchEnv {
   }
 
   async #setup(): Promise<void> {
-    const cc = await run(["cc", "-O2", "-pthread", "-o", this.tcpbench, `${ROOT}bench/tcpbench.c`]);
-    if (cc.code !== 0) throw new Error(`cc bench/tcpbench.c: ${cc.stderr}`);
+    await compileTcpbench(this.tcpbench);
     for (
       const [name, ip] of [["bench-tel", BENCH_NET.telIp], ["bench-veth", BENCH_NET.vethIp], [
         "bench-ssh",
