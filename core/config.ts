@@ -75,11 +75,11 @@ export function configPath(
 }
 
 /** The longest duration a timer takes (2^31-1 ms, ~24.8 days); a longer one would fire at once. */
-export const MAX_DURATION_MS = 2 ** 31 - 1;
+const MAX_DURATION_MS = 2 ** 31 - 1;
 
 /**
- * Parses "1.5s", "200ms", "2m" or a bare number of seconds into milliseconds; undefined when not a duration or longer
- * than {@link MAX_DURATION_MS}.
+ * Parses "1.5s", "200ms", "2m" or a bare number of seconds into milliseconds; undefined when not a duration, 0, or
+ * longer than a timer takes (2^31-1 ms): every duration tel reads is a timeout or an interval.
  */
 export function parseDuration(v: unknown): number | undefined {
   let ms: number;
@@ -90,5 +90,5 @@ export function parseDuration(v: unknown): number | undefined {
     if (!m) return undefined;
     ms = Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? "s"]!;
   }
-  return ms <= MAX_DURATION_MS ? ms : undefined;
+  return ms > 0 && ms <= MAX_DURATION_MS ? ms : undefined;
 }

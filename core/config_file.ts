@@ -122,7 +122,7 @@ function checkValue(kind: Kind, value: unknown, fail: (expected: string) => neve
       return value;
     case "duration": {
       const ms = parseDuration(value);
-      if (ms === undefined || ms <= 0) {
+      if (ms === undefined) {
         const got = typeof value === "number" ? String(value) : JSON.stringify(value);
         fail(`expected a duration above 0 and at most 24 days, like 1s or 500ms, got ${got}`);
       }

@@ -128,6 +128,7 @@ Deno.test("durations", () => {
   assert.equal(parseDuration(3), 3000);
   assert.equal(parseDuration("3 days"), undefined);
   assert.equal(parseDuration(-1), undefined);
+  assert.equal(parseDuration("0s"), undefined);
   // a timer takes at most 2^31-1 ms; a longer one would fire at once
   assert.equal(parseDuration("596h"), 596 * 3_600_000);
   assert.equal(parseDuration("597h"), undefined);

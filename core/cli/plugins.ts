@@ -29,7 +29,7 @@ const listCommand: Command = {
     const flag = ctx.values["probe-timeout"] as string | undefined;
     if (flag !== undefined) {
       const ms = parseDuration(flag);
-      if (ms === undefined || ms <= 0) {
+      if (ms === undefined) {
         throw new TelError("user", `invalid value "${flag}" for --probe-timeout`, {
           hint: "write a duration above 0 and at most 24 days, e.g. 3s or 500ms",
         });
