@@ -236,18 +236,24 @@ function prepareArgs(req: ConnectRequest): HelperPrepare {
 export function kubeHelperConnector(opts: KubeHelperOptions = {}): ManagerConnector {
   const argv = () => opts.argv ?? selfArgv(["kube-helper", "--idle-exit", String(opts.idleExitSeconds ?? 60)]);
   return {
-    async prepare(req) {
+    async prepare(req, signal) {
       const args = { req: prepareArgs(req) };
-      const startPrepared = async () => {
+      const startPrepared = async (signal?: AbortSignal) => {
+        signal?.throwIfAborted();
         const h = KubeHelper.start(argv(), opts.callTimeoutMs);
+        // out of time: the helper goes, and with it the call (the kube API it waits for may never answer)
+        const stop = () => void h.stop(0); // nothing to release yet: no grace
+        signal?.addEventListener("abort", stop, { once: true });
         try {
           return { helper: h, prepared: await h.call<HelperPrepared>("prepare", args) };
         } catch (e) {
           await h.stop();
-          throw e;
+          throw signal?.aborted ? signal.reason : e;
+        } finally {
+          signal?.removeEventListener("abort", stop);
         }
       };
-      let { helper, prepared } = await startPrepared();
+      let { helper, prepared } = await startPrepared(signal);
       let closed = false;
       const live = async () => {
         if (closed) throw new TelError("bug", "the kube helper was used after its session ended");

@@ -191,3 +191,28 @@ export const systemClock: Clock = {
 export function sleep(ms: number, clock: Clock = systemClock): Promise<void> {
   return new Promise((resolve) => clock.setTimeout(resolve, ms));
 }
+
+/**
+ * `p`'s outcome, or a rejection with `signal`'s reason as soon as it aborts (at once if it has). `p` goes on; what it
+ * resolves with after that goes to `late` (to close it), a later rejection nowhere.
+ */
+export function untilAborted<T>(p: Promise<T>, signal: AbortSignal | undefined, late?: (v: T) => void): Promise<T> {
+  if (!signal) return p;
+  return new Promise<T>((resolve, reject) => {
+    let over = false;
+    const abort = () => {
+      over = true;
+      reject(signal.reason);
+    };
+    if (signal.aborted) abort();
+    else signal.addEventListener("abort", abort, { once: true });
+    p.then((v) => {
+      signal.removeEventListener("abort", abort);
+      if (over) late?.(v);
+      else resolve(v);
+    }, (e) => {
+      signal.removeEventListener("abort", abort);
+      if (!over) reject(e);
+    });
+  });
+}

@@ -1,7 +1,7 @@
 /** The shared timer queue behind systemClock, on real time (short delays). */
 
 import assert from "node:assert/strict";
-import { TimerQueue } from "./clock.ts";
+import { TimerQueue, untilAborted } from "./clock.ts";
 import { exposeGc } from "./memory.ts";
 
 /** Resolves once `cond()` holds, polling on the runtime's own timers; fails after `ms`. */
@@ -145,4 +145,31 @@ Deno.test("timer queue: a handle kept after its call ran or was cancelled holds 
   gc();
   assert.equal(handles.length, 2);
   assert.deepEqual(refs.map((r) => r.deref() === undefined), [true, true]);
+});
+
+Deno.test("untilAborted: the promise's outcome, or the signal's reason at once; what comes later goes to late()", async () => {
+  const reason = new Error("out of time");
+  assert.equal(await untilAborted(Promise.resolve(1), undefined), 1);
+  assert.equal(await untilAborted(Promise.resolve(2), new AbortController().signal), 2);
+  await assert.rejects(untilAborted(Promise.reject(new Error("own")), new AbortController().signal), /own/);
+  await assert.rejects(untilAborted(new Promise(() => {}), AbortSignal.abort(reason)), (e) => e === reason);
+  // aborted while waiting: rejects with the reason; the value that comes after is handed to late()
+  const ac = new AbortController();
+  const slow = Promise.withResolvers<string>();
+  const late: string[] = [];
+  const waiting = untilAborted(slow.promise, ac.signal, (v) => late.push(v));
+  ac.abort(reason);
+  await assert.rejects(waiting, (e) => e === reason);
+  slow.resolve("conn");
+  await slow.promise;
+  assert.deepEqual(late, ["conn"]);
+  // a rejection after the abort goes nowhere (no unhandled rejection fails this test)
+  const ac2 = new AbortController();
+  const failing = Promise.withResolvers<string>();
+  const w2 = untilAborted(failing.promise, ac2.signal, (v) => late.push(v));
+  ac2.abort(reason);
+  await assert.rejects(w2, (e) => e === reason);
+  failing.reject(new Error("closed"));
+  await failing.promise.catch(() => {});
+  assert.deepEqual(late, ["conn"]);
 });

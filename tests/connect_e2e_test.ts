@@ -160,6 +160,48 @@ withLab("connect: a route conflict is refused naming both routes, and nothing is
   assert.match((await tel.run(["status"])).stdout, /no daemon running/);
 });
 
+withLab(
+  "connect: timeouts.connect stops a connect the cluster does not answer, undoes it and names where it was",
+  async (lab, tel) => {
+    const config = `${lab.dir}/tel-timeout.yml`;
+    await Deno.writeTextFile(config, "timeouts:\n  connect: 3s\n");
+    /** Runs `fn` with lab process `name` stopped (SIGSTOP: its sockets accept, nothing answers), then continues it. */
+    const frozen = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+      const pid = lab.pids()[name];
+      assert.ok(pid, `lab process ${name} runs`);
+      Deno.kill(pid, "SIGSTOP");
+      try {
+        return await fn();
+      } finally {
+        Deno.kill(pid, "SIGCONT");
+      }
+    };
+    // the kube API hangs: the daemon's kube helper waits for it, and is stopped when the time is up
+    const api = await frozen("fake", () => connect(lab, tel, ["--config", config]));
+    assert.equal(api.code, 5, api.stdout + api.stderr);
+    assert.match(api.stderr, /connect did not finish within 3 s \(timeouts\.connect\); no step was done/);
+    assert.match(api.stderr, /hint: .*raise timeouts\.connect/);
+    await assertHostClean(lab, tel);
+    // the manager hangs: the session waits for it, and is undone (VIF, resolver, routes) when the time is up
+    const manager = await frozen(
+      "manager",
+      () => connect(lab, tel, ["--config", config, "--manager-address", lab.managerAddress]),
+    );
+    assert.equal(manager.code, 5, manager.stdout + manager.stderr);
+    assert.match(manager.stdout, /VIF tel0 up/, "it got as far as the VIF");
+    assert.match(
+      manager.stderr,
+      /within 3 s \(timeouts\.connect\); the last step done: traffic-manager reached via direct address/,
+    );
+    await assertHostClean(lab, tel);
+    assert.match((await tel.run(["status"])).stdout, /no daemon running/);
+    // nothing of the stopped connects is in the way of the next
+    const c = await connect(lab, tel, ["--config", config]);
+    assert.equal(c.code, 0, c.stdout + c.stderr);
+    assert.equal((await curl(lab, "http://echo.default/")).code, 0);
+  },
+);
+
 withLab("connect: the manager killed and restarted is reached again without a new connect", async (lab, tel) => {
   const c = await connect(lab, tel);
   assert.equal(c.code, 0, c.stdout + c.stderr);

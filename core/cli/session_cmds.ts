@@ -25,12 +25,15 @@ async function readConfigText(flag: string | undefined): Promise<{ text: string;
   }
 }
 
+/** How long the CLI waits past timeouts.connect for the daemon, which by then is undoing the connect. */
+const UNDO_GRACE_MS = 30_000;
+
 /** Runs the daemon's streaming Connect: each step as it completes, then the final response. */
 function connectStream(
   h: DaemonHandle,
   req: Partial<ConnectRequest>,
   onStep: (line: string) => void,
-  timeoutMs = 90_000,
+  timeoutMs: number,
 ): Promise<ConnectResponse> {
   return new Promise<ConnectResponse>((resolve, reject) => {
     const stream = h.client.connect(req as ConnectRequest, { deadline: Date.now() + timeoutMs });
@@ -95,6 +98,7 @@ const connectCommand: Command = {
     },
     details:
       "The daemon (root) is started when none runs, and stopped again if the connect it was started for fails. " +
+      "The config's timeouts.connect (default 30s) bounds the connect; past it, what was done is undone. " +
       "Env TEL_SOCKET / TEL_STATE_DIR move its socket and state.",
   },
   async run(ctx) {
@@ -107,7 +111,7 @@ const connectCommand: Command = {
       dns: (v.dns as string | undefined) ?? "",
     };
     checkConnectInput(flags); // a usage error is told before a daemon starts
-    await ctx.config(); // validate the config here, with file and line, before the daemon sees it
+    const config = await ctx.config(); // validate the config here, with file and line, before the daemon sees it
     const flat = await cluster.flattenKubeconfig({
       kubeconfig: v.kubeconfig as string | undefined,
       context: v.context as string | undefined,
@@ -123,20 +127,30 @@ const connectCommand: Command = {
       }
       const format = v.output as string | undefined;
       const text = format !== "json" && format !== "yaml";
-      const res = await connectStream(h, {
-        kubeconfig: flat.text,
-        context: flat.context,
-        namespace: flat.namespace,
-        ...flags,
-        managerNamespace: v["manager-namespace"] as string,
-        config: cfg.text,
-        configPath: cfg.path,
-      }, (line) => text && ctx.io.out(`  ✓ ${line}\n`));
+      // a daemon started for this connect has nothing left to do once it failed: stop it, so nothing is left running
+      const stopStarted = () => started ? stopDaemon(h).catch(() => {}) : Promise.resolve();
+      const res = await connectStream(
+        h,
+        {
+          kubeconfig: flat.text,
+          context: flat.context,
+          namespace: flat.namespace,
+          ...flags,
+          managerNamespace: v["manager-namespace"] as string,
+          config: cfg.text,
+          configPath: cfg.path,
+        },
+        (line) => text && ctx.io.out(`  ✓ ${line}\n`),
+        config.timeouts.connectMs + UNDO_GRACE_MS,
+      )
+        .catch(async (e) => {
+          await stopStarted();
+          throw e;
+        });
       if (!text) ctx.io.out(await renderData(res, format as "json" | "yaml"));
       else if (res.ok) ctx.io.out(`Connected to context ${flat.context}, namespace ${flat.namespace}.\n`);
       if (!res.ok) {
-        // a daemon started for this connect has nothing left to do: stop it, so a failed connect leaves nothing running
-        if (started) await stopDaemon(h).catch(() => {});
+        await stopStarted();
         const e = res.error!;
         const cat = (["user", "config", "platform", "cluster", "bug"].includes(e.category) ? e.category : "bug") as
           | "user"

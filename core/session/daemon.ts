@@ -18,8 +18,11 @@ import { checkConnectInput, parseCidrFlag } from "./connect_input.ts";
 
 /** The cluster side of a connect, provided by cluster/ through main.ts. */
 export interface ManagerConnector {
-  /** Loads the kubeconfig the CLI sent and returns how to reach the manager. */
-  prepare(req: ConnectRequest): Promise<{
+  /**
+   * Loads the kubeconfig the CLI sent and returns how to reach the manager. When `signal` aborts (the connect ran out
+   * of time) it stops what it waits for and rejects.
+   */
+  prepare(req: ConnectRequest, signal?: AbortSignal): Promise<{
     connect: ConnectManager;
     context: string;
     namespace: string;
@@ -200,23 +203,32 @@ class Daemon {
       );
     }
     this.#busy = true;
+    // timeouts.connect: once it is up, the step in progress stops waiting and fails with connectTimedOut's error
+    const limit = new AbortController();
+    let timer: ReturnType<typeof setTimeout> | undefined;
     try {
       const cfg = req.config
         ? (await import("../config_file.ts")).parseConfig(req.config, req.configPath || "config")
         : defaultConfig();
+      const ms = cfg.timeouts.connectMs;
+      timer = setTimeout(() => limit.abort(connectTimedOut(ms, steps.at(-1))), ms);
       // the CLI checked these too, but the daemon runs as root and takes requests from whoever opens its socket
       const flags = checkConnectInput(req);
       // the config's lists were checked where the file was read, with its lines (config_file.ts)
       const alsoProxy = [...parseCidrFlag(cfg.routing.alsoProxy, "routing.alsoProxy"), ...flags.alsoProxy];
       const neverProxy = [...parseCidrFlag(cfg.routing.neverProxy, "routing.neverProxy"), ...flags.neverProxy];
       const allow = parseCidrFlag(cfg.routing.allowConflictingSubnets, "routing.allowConflictingSubnets");
-      const cluster = await this.#o.connector.prepare(req);
+      const signal = limit.signal;
+      const cluster = await this.#o.connector.prepare(req, signal);
       this.#closeCluster = cluster.close;
+      signal.throwIfAborted();
       step(`kube API ${cluster.server} (context ${cluster.context}, namespace ${cluster.namespace})`);
       await this.#pickResolver(cfg, flags.dns ?? cfg.dns.localIP);
       await this.#saveState();
+      signal.throwIfAborted();
       await this.#openVif();
       await this.#saveState();
+      signal.throwIfAborted();
       step(`VIF ${this.#vif!.name} up (mtu ${this.#vif!.mtu})`);
       this.#session = await ClientSession.start({
         connectManager: cluster.connect,
@@ -237,6 +249,7 @@ class Daemon {
         onStep: step,
         dnsListen: dnsListenFromEnv(),
         namespaces: cluster.namespaces,
+        signal,
       });
       await this.#saveState();
       const st = this.#session.status();
@@ -245,6 +258,7 @@ class Daemon {
       await this.disconnect();
       return fail(e);
     } finally {
+      clearTimeout(timer);
       this.#busy = false;
     }
   }
@@ -274,6 +288,20 @@ class Daemon {
     }
     await removeState(this.#statePath);
   }
+}
+
+/** The error of a connect that ran past timeouts.connect (`ms`), naming the last step it completed. */
+export function connectTimedOut(ms: number, lastStep: string | undefined): TelError {
+  const limit = ms % 1000 === 0 ? `${ms / 1000} s` : `${ms} ms`;
+  return new TelError(
+    "cluster",
+    `connect did not finish within ${limit} (timeouts.connect); ` +
+      (lastStep ? `the last step done: ${lastStep}` : "no step was done (the kube API did not answer)"),
+    {
+      hint: "check that the kube API and the traffic-manager answer ('kubectl get pods -n <manager namespace>'), " +
+        "or raise timeouts.connect in tel's config",
+    },
+  );
 }
 
 /** Creates the daemon's state directory (root only); a failure is a platform error naming TEL_STATE_DIR. */

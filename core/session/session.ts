@@ -4,7 +4,7 @@
  * DNS keep their state.
  */
 
-import { type Clock, sleep, systemClock } from "../clock.ts";
+import { type Clock, sleep, systemClock, untilAborted } from "../clock.ts";
 import { DnsEngine, DnsRules, DnsServer, type OsResolve, recursionCheck } from "../dns/mod.ts";
 import { errorMessage, TelError } from "../errors.ts";
 import { log } from "../log.ts";
@@ -64,6 +64,11 @@ export interface SessionOptions {
   clock?: Clock;
   /** Keepalive interval (ms, default 5000). */
   remainIntervalMs?: number;
+  /**
+   * Aborted when the connect runs out of time: start() then stops waiting for the manager and rejects with the
+   * signal's reason, once it has undone what it did.
+   */
+  signal?: AbortSignal;
 }
 
 /** What `tel status` shows. */
@@ -135,8 +140,10 @@ export class ClientSession {
   }
 
   async #startAll(): Promise<void> {
+    const signal = this.#o.signal;
+    signal?.throwIfAborted();
     const info = await this.#arrive(true);
-    await this.#loadNamespaces();
+    await untilAborted(this.#loadNamespaces(), signal);
     const { forwarder, stats } = createForwarder((id, signal) => {
       const client = this.#client;
       if (!client || this.#state !== "connected") {
@@ -163,6 +170,7 @@ export class ClientSession {
     });
     this.#router.addNeverProxy(this.#hostBlocks(this.#conn?.mustNotRoute ?? []));
     const change = await this.#router.apply(subnetsOf(info), true);
+    signal?.throwIfAborted();
     this.#step(
       `subnets routed through ${this.#o.vif.name}: ${change.added.join(", ") || "(none)"}` +
         (this.#router.neverProxy.length ? `; never-proxied: ${this.#router.neverProxy.join(", ")}` : ""),
@@ -180,11 +188,13 @@ export class ClientSession {
     const listen = this.#o.dnsListen ?? { hostname: "127.0.0.1", port: 0 };
     this.#dns = new DnsServer({ engine: this.#engine, hostname: listen.hostname, port: listen.port });
     const addr = await this.#dns.start();
+    signal?.throwIfAborted();
     this.#dnsHost = { hostname: addr.hostname, port: addr.port };
     this.#step(`DNS server listening on ${this.#dnsAddr}`);
 
     await this.#o.resolver.start(this.#resolverConfig(info));
     this.#resolverStarted = true;
+    signal?.throwIfAborted();
     this.#step(`DNS configured by ${this.#o.resolverName}: ${this.#o.resolver.describe?.() ?? "started"}`);
 
     const t0 = performance.now();
@@ -254,21 +264,27 @@ export class ClientSession {
 
   /** Reaches the manager, arrives, and waits for the first cluster info; starts the watch and keepalive. */
   async #arrive(first: boolean): Promise<ClusterInfo> {
-    const conn = await this.#o.connectManager();
+    // out of time (only the first connect has a signal), the step stops waiting; what comes later is closed
+    const signal = first ? this.#o.signal : undefined;
+    const conn = await untilAborted(this.#o.connectManager(), signal, (late) => void late.close());
     this.#conn = conn;
     if (first) this.#step(`traffic-manager reached via ${conn.via}`);
     const client = new ManagerChannel(conn.address, conn.dial);
     let sessionId: string;
     try {
-      const res = await callManager(client, ManagerService.arriveAsClient, {
-        name: this.#o.clientName ?? `${Deno.env.get("USER") ?? "user"}@${Deno.hostname()}`,
-        namespace: this.#o.namespace,
-        installId: "",
-        version: TEL_VERSION,
-      }, 10_000);
+      const res = await untilAborted(
+        callManager(client, ManagerService.arriveAsClient, {
+          name: this.#o.clientName ?? `${Deno.env.get("USER") ?? "user"}@${Deno.hostname()}`,
+          namespace: this.#o.namespace,
+          installId: "",
+          version: TEL_VERSION,
+        }, 10_000),
+        signal,
+      );
       sessionId = res.sessionId;
     } catch (e) {
       client.close();
+      if (signal?.aborted && e === signal.reason) throw e; // out of time: told as such
       throw new TelError(
         "cluster",
         `the traffic-manager at ${conn.address} did not accept a session: ${errorMessage(e)}`,
@@ -281,7 +297,7 @@ export class ClientSession {
     this.#client = client;
     this.#sessionId = sessionId;
     if (first) this.#step(`session ${sessionId} opened`);
-    const info = await this.#watchInfo(client, sessionId);
+    const info = await untilAborted(this.#watchInfo(client, sessionId), signal);
     this.#info = info;
     this.#state = "connected";
     this.#lastError = "";
