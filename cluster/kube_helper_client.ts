@@ -242,7 +242,10 @@ export function kubeHelperConnector(opts: KubeHelperOptions = {}): ManagerConnec
         signal?.throwIfAborted();
         const h = KubeHelper.start(argv(), opts.callTimeoutMs);
         // out of time: the helper goes, and with it the call (the kube API it waits for may never answer)
-        const stop = () => void h.stop(0); // nothing to release yet: no grace
+        // nothing to release yet: no grace
+        const stop = () => {
+          h.stop(0).catch((e) => log.warn("kube-helper", "stopping it failed", { error: errorMessage(e) }));
+        };
         signal?.addEventListener("abort", stop, { once: true });
         try {
           return { helper: h, prepared: await h.call<HelperPrepared>("prepare", args) };

@@ -266,7 +266,11 @@ export class ClientSession {
   async #arrive(first: boolean): Promise<ClusterInfo> {
     // out of time (only the first connect has a signal), the step stops waiting; what comes later is closed
     const signal = first ? this.#o.signal : undefined;
-    const conn = await untilAborted(this.#o.connectManager(), signal, (late) => void late.close());
+    const conn = await untilAborted(this.#o.connectManager(), signal, (late) => {
+      late.close().catch((e) =>
+        log.warn("session", "closing a late manager connection failed", { error: errorMessage(e) })
+      );
+    });
     this.#conn = conn;
     if (first) this.#step(`traffic-manager reached via ${conn.via}`);
     const client = new ManagerChannel(conn.address, conn.dial);
