@@ -50,15 +50,22 @@ export async function removeState(path: string): Promise<void> {
   }
 }
 
-/** Whether a process with that pid exists. */
+/**
+ * Whether a process with that pid runs: one that exited but was not yet reaped by its parent (a zombie: a daemon
+ * killed while its parent does not wait for it) has done all it will and counts as gone.
+ */
 export function pidAlive(pid: number): boolean {
   if (pid === Deno.pid) return true;
+  let stat: string;
   try {
-    return Deno.statSync(`/proc/${pid}`).isDirectory;
+    stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
   } catch {
     // no /proc entry: gone (or not Linux, where we cannot tell and assume gone)
     return false;
   }
+  // "pid (comm) S ...": the state follows the last ")" (comm may hold parentheses and spaces)
+  const state = stat[stat.lastIndexOf(")") + 2];
+  return state !== "Z" && state !== "X";
 }
 
 /** Undoes what a dead daemon's state file lists, plugin by plugin; returns what was cleaned. */

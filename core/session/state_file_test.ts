@@ -55,3 +55,30 @@ Deno.test("a live daemon's state is left alone; a corrupt file is ignored", asyn
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a daemon killed but not yet reaped (a zombie) counts as gone: its state is cleaned", async () => {
+  const dir = await Deno.makeTempDir();
+  // the shell starts a child, then becomes `sleep 60`, which never waits for it: killed, the child stays a zombie
+  const parent = new Deno.Command("sh", { args: ["-c", "sleep 30 & echo $!; exec sleep 60"], stdout: "piped" })
+    .spawn();
+  try {
+    const reader = parent.stdout.getReader();
+    const { value } = await reader.read();
+    reader.releaseLock();
+    const pid = Number(new TextDecoder().decode(value).trim());
+    Deno.kill(pid, "SIGKILL");
+    const zombie = async () => (await Deno.readTextFile(`/proc/${pid}/stat`)).split(") ")[1]?.startsWith("Z");
+    for (let i = 0; i < 100 && !(await zombie()); i++) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(await zombie(), "the killed child is a zombie");
+    const path = `${dir}/state.json`;
+    await writeState(path, { pid, plugins: { "resolver-x": { iptablesChains: ["TEL-DNS-z"] } } });
+    const seen: Record<string, unknown>[] = [];
+    assert.equal((await cleanupStale(path, [recorder("resolver-x", seen)])).length, 1);
+    assert.deepEqual(seen, [{ iptablesChains: ["TEL-DNS-z"] }]);
+  } finally {
+    parent.kill("SIGKILL");
+    await parent.status;
+    await parent.stdout.cancel().catch(() => {});
+    await Deno.remove(dir, { recursive: true });
+  }
+});
