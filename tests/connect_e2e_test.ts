@@ -161,7 +161,7 @@ withLab("connect: a route conflict is refused naming both routes, and nothing is
 });
 
 withLab(
-  "connect: timeouts.connect stops a connect the cluster does not answer, undoes it and names where it was",
+  "connect: timeouts.connect, tel quit and Ctrl-C stop a connect the cluster does not answer and undo it",
   async (lab, tel) => {
     const config = `${lab.dir}/tel-timeout.yml`;
     await Deno.writeTextFile(config, "timeouts:\n  connect: 3s\n");
@@ -195,10 +195,91 @@ withLab(
     );
     await assertHostClean(lab, tel);
     assert.match((await tel.run(["status"])).stdout, /no daemon running/);
+    // the same wait cancelled by 'tel quit', then by Ctrl-C: undone before they return
+    const direct = ["--manager-address", lab.managerAddress];
+    await frozen("manager", async () => {
+      const c = lab.ws.spawn(tel.argv(["connect", "--kubeconfig", lab.kubeconfigPath, ...direct]), {
+        stdout: "piped",
+        stderr: "piped",
+      });
+      const out = c.output();
+      assert.ok(
+        await eventually(async () => (await tel.run(["status"])).stdout.includes("tel: connecting"), 20_000),
+        "status tells the connect in progress",
+      );
+      const q = await tel.run(["quit"]);
+      assert.equal(q.code, 0, q.stderr);
+      const r = await out;
+      const stderr = new TextDecoder().decode(r.stderr);
+      assert.equal(r.code, 2, stderr);
+      assert.match(stderr, /connect failed: the connect was cancelled by 'tel quit'/);
+      await assertHostClean(lab, tel);
+    });
+    await frozen("manager", async () => {
+      const c = lab.ws.spawn(tel.argv(["connect", "--kubeconfig", lab.kubeconfigPath, ...direct]), {
+        stdout: "piped",
+        stderr: "piped",
+      });
+      const out = c.output();
+      assert.ok(
+        await eventually(async () => (await tel.run(["status"])).stdout.includes("tel: connecting"), 20_000),
+        "connecting",
+      );
+      c.kill("SIGINT");
+      const r = await out;
+      const stderr = new TextDecoder().decode(r.stderr);
+      assert.equal(r.code, 130, stderr);
+      assert.match(stderr, /connect cancelled \(Ctrl-C\)/);
+      // the daemon that connect started was stopped after it undid the connect
+      await assertHostClean(lab, tel);
+    });
     // nothing of the stopped connects is in the way of the next
     const c = await connect(lab, tel, ["--config", config]);
     assert.equal(c.code, 0, c.stdout + c.stderr);
     assert.equal((await curl(lab, "http://echo.default/")).code, 0);
+  },
+);
+
+/** Pids of `tel daemon` processes serving `tel`'s socket (other labs' daemons run beside them). */
+async function daemonsOf(tel: Tel): Promise<number[]> {
+  const out: number[] = [];
+  for await (const e of Deno.readDir("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      const cmd = (await Deno.readTextFile(`/proc/${e.name}/cmdline`)).split("\0");
+      const env = (await Deno.readTextFile(`/proc/${e.name}/environ`)).split("\0");
+      if (cmd.includes("daemon") && env.includes(`TEL_SOCKET=${tel.socket}`)) out.push(Number(e.name));
+    } catch {
+      // exited while listed
+      continue;
+    }
+  }
+  return out;
+}
+
+withLab(
+  "connect: two at once share one daemon; after a daemon killed with -9, quit removes what it left",
+  async (lab, tel) => {
+    const [a, b] = await Promise.all([connect(lab, tel), connect(lab, tel)]);
+    const codes = [a.code, b.code].sort();
+    assert.deepEqual(codes, [0, 2], `one connects, the other is told why not:\n${a.stderr}\n${b.stderr}`);
+    assert.match(a.stderr + b.stderr, /a connect is already in progress|already connected/);
+    assert.equal((await daemonsOf(tel)).length, 1, "one daemon");
+    const st = JSON.parse((await tel.run(["status", "-o", "json"])).stdout);
+    assert.equal(st.state, "connected");
+    assert.deepEqual(await daemonsOf(tel), [st.pid], "the one that answers");
+    // killed, it leaves its VIF's routes gone with the device but its DNS chain and state behind
+    Deno.kill(st.pid, "SIGKILL");
+    assert.ok(await eventually(async () => (await daemonsOf(tel)).length === 0, 10_000));
+    const status = await tel.run(["status"]);
+    assert.match(status.stdout, /not connected \(no daemon running\)/);
+    assert.match(status.stderr, /a daemon stopped without 'tel quit' .*'tel quit' removes it/);
+    assert.match(await lab.ws.exec(["iptables", "-t", "nat", "-S"]), /TEL-DNS/, "the chain it left");
+    const q = await tel.run(["quit"]);
+    assert.equal(q.code, 0, q.stderr);
+    assert.match(q.stdout, /removed what one that stopped without 'tel quit' left/);
+    await assertHostClean(lab, tel);
+    assert.deepEqual(await daemonsOf(tel), []);
   },
 );
 

@@ -4,8 +4,8 @@ import type { ChannelCredentials } from "@grpc/grpc-js";
 import { errorMessage, TelError } from "../errors.ts";
 import { routeGrpcLogs } from "../log.ts";
 import { selfArgv } from "../exec.ts";
-import { daemonPaths, makeStateDir, socketPathProblem } from "../session/daemon.ts";
-import { type DaemonClient, DaemonService } from "../../proto/gen/tel.ts";
+import { daemonPaths, makeStateDir, socketAccepts, socketPathProblem } from "../session/daemon.ts";
+import { type DaemonClient, DaemonService, type StatusResponse } from "../../proto/gen/tel.ts";
 
 /** A connected daemon client and its socket. */
 export interface DaemonHandle {
@@ -38,21 +38,34 @@ export async function daemonClient(socketPath = daemonPaths().socketPath): Promi
   return { client, socketPath, close: () => client.close() };
 }
 
+/**
+ * Whether a daemon runs on the socket: "none" (no socket, or a file nobody accepts on), "answers" (with its status),
+ * or "silent" (it accepts but does not answer within `timeoutMs`: busy, hung or stopped; never start a second one).
+ */
+export async function daemonState(
+  h: DaemonHandle,
+  timeoutMs = 2000,
+): Promise<{ state: "none" | "silent" } | { state: "answers"; status: StatusResponse }> {
+  if (!(await socketAccepts(h.socketPath))) return { state: "none" };
+  try {
+    return { state: "answers", status: await call<unknown, StatusResponse>(h.client, "status", {}, timeoutMs) };
+  } catch {
+    // it holds the socket but does not answer
+    return { state: "silent" };
+  }
+}
+
 /** Whether a daemon answers on the socket. */
 export async function daemonRunning(h: DaemonHandle): Promise<boolean> {
-  try {
-    await Deno.stat(h.socketPath);
-  } catch {
-    // no socket file: no daemon
-    return false;
-  }
-  try {
-    await call(h.client, "status", {}, 2000);
-    return true;
-  } catch {
-    // a stale socket file: nobody answers
-    return false;
-  }
+  return (await daemonState(h)).state === "answers";
+}
+
+/** The error for a daemon that holds its socket but does not answer. */
+export function silentDaemon(h: DaemonHandle): TelError {
+  return new TelError("platform", `the tel daemon on ${h.socketPath} does not answer`, {
+    hint: "it may be busy or hung: see its log (daemon.log in TEL_STATE_DIR, default /run/tel); a second daemon " +
+      "is not started beside it",
+  });
 }
 
 /** The argv that starts `tel daemon` with the same program (compiled binary, or deno running main.ts). */
@@ -72,12 +85,16 @@ function passedEnv(): Record<string, string> {
   return out;
 }
 
-/** Starts the daemon in its own session (so the terminal's Ctrl-C does not reach it) and waits for its socket. */
+/**
+ * Starts the daemon in its own session (so the terminal's Ctrl-C does not reach it) and waits for its socket.
+ * Resolves with whether the daemon that answers is the one it started: when two CLIs start one at once, one daemon
+ * stays (runDaemon) and both CLIs use it.
+ */
 export async function startDaemon(
   h: DaemonHandle,
   stateDir = daemonPaths().stateDir,
   timeoutMs = 15_000,
-): Promise<void> {
+): Promise<boolean> {
   if (Deno.build.os !== "windows" && Deno.uid() !== 0) {
     throw new TelError("user", "the tel daemon is not running, and starting it needs root (TUN device, routes, DNS)", {
       hint: `run the same command with sudo, e.g. 'sudo ${Deno.build.standalone ? "tel" : "deno task tel"} connect'`,
@@ -106,8 +123,9 @@ export async function startDaemon(
   child.status.then((s) => exited = s);
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
+    const d = await daemonState(h);
+    if (d.state === "answers") return d.status.pid === child.pid;
     if (exited) break;
-    if (await daemonRunning(h)) return;
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new TelError("platform", `the tel daemon did not start${exited ? ` (exit code ${exited.code})` : ""}`, {

@@ -7,7 +7,7 @@ import { daemonPaths, runDaemon } from "../session/daemon.ts";
 import { checkConnectInput } from "../session/connect_input.ts";
 import type { ConnectProgress, ConnectRequest, ConnectResponse, StatusResponse } from "../../proto/gen/tel.ts";
 import type { Command, CommandContext } from "./command.ts";
-import { call, daemonClient, type DaemonHandle, daemonRunning, startDaemon } from "./daemon_client.ts";
+import { call, daemonClient, type DaemonHandle, daemonState, silentDaemon, startDaemon } from "./daemon_client.ts";
 import { OUTPUT_FLAG, renderData } from "./output.ts";
 
 function clusterDeps(ctx: CommandContext) {
@@ -34,9 +34,15 @@ function connectStream(
   req: Partial<ConnectRequest>,
   onStep: (line: string) => void,
   timeoutMs: number,
+  interrupted: Promise<void>,
 ): Promise<ConnectResponse> {
   return new Promise<ConnectResponse>((resolve, reject) => {
     const stream = h.client.connect(req as ConnectRequest, { deadline: Date.now() + timeoutMs });
+    // Ctrl-C: the stream's end tells the daemon, which cancels the connect and undoes it
+    interrupted.then(() => {
+      reject(new TelError("user", "connect cancelled (Ctrl-C)", { exitCode: 130 }));
+      stream.cancel();
+    });
     let done: ConnectResponse | undefined;
     stream.on("data", (p: ConnectProgress) => {
       if (p.event?.$case === "step") onStep(p.event.value);
@@ -121,28 +127,26 @@ const connectCommand: Command = {
     const h = await daemonClient();
     let started = false;
     try {
-      if (!(await daemonRunning(h))) {
-        await startDaemon(h);
-        started = true;
-      }
+      const running = await daemonState(h);
+      if (running.state === "silent") throw silentDaemon(h);
+      if (running.state === "none") started = await startDaemon(h);
       const format = v.output as string | undefined;
       const text = format !== "json" && format !== "yaml";
       // a daemon started for this connect has nothing left to do once it failed: stop it, so nothing is left running
-      const stopStarted = () => started ? stopDaemon(h).catch(() => {}) : Promise.resolve();
-      const res = await connectStream(
-        h,
-        {
-          kubeconfig: flat.text,
-          context: flat.context,
-          namespace: flat.namespace,
-          ...flags,
-          managerNamespace: v["manager-namespace"] as string,
-          config: cfg.text,
-          configPath: cfg.path,
-        },
-        (line) => text && ctx.io.out(`  ✓ ${line}\n`),
-        config.timeouts.connectMs + UNDO_GRACE_MS,
-      )
+      // (unless another tel connect uses it: two started at once share one)
+      const stopStarted = () => started ? stopIfIdle(h).catch(() => {}) : Promise.resolve();
+      const req = {
+        kubeconfig: flat.text,
+        context: flat.context,
+        namespace: flat.namespace,
+        ...flags,
+        managerNamespace: v["manager-namespace"] as string,
+        config: cfg.text,
+        configPath: cfg.path,
+      };
+      const onStep = (line: string) => text && ctx.io.out(`  ✓ ${line}\n`);
+      const waitMs = config.timeouts.connectMs + UNDO_GRACE_MS;
+      const res = await withInterrupt((interrupted) => connectStream(h, req, onStep, waitMs, interrupted))
         .catch(async (e) => {
           await stopStarted();
           throw e;
@@ -167,6 +171,51 @@ const connectCommand: Command = {
   },
 };
 
+/**
+ * Runs `fn` with a promise that resolves at the first Ctrl-C (SIGINT), which then no longer ends the process; a
+ * second Ctrl-C does, at once.
+ */
+async function withInterrupt<T>(fn: (interrupted: Promise<void>) => Promise<T>): Promise<T> {
+  const first = Promise.withResolvers<void>();
+  let seen = false;
+  const onSigint = () => {
+    if (seen) Deno.exit(130);
+    seen = true;
+    first.resolve();
+  };
+  Deno.addSignalListener("SIGINT", onSigint);
+  try {
+    return await fn(first.promise);
+  } finally {
+    Deno.removeSignalListener("SIGINT", onSigint);
+  }
+}
+
+/**
+ * Stops the daemon once no connect is in progress (the one cancelled is being undone; another CLI's may still run),
+ * unless it is connected (another CLI's connect won); closes `h` when it stops it.
+ */
+async function stopIfIdle(h: DaemonHandle, timeoutMs = UNDO_GRACE_MS): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const s = await call<unknown, StatusResponse>(h.client, "status", {}, 5000);
+    if (s.state === "disconnected" || !s.state) return await stopDaemon(h);
+    if (s.state !== "connecting" || Date.now() > deadline) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Whether a daemon's state file is there (a daemon that stopped without 'tel quit' left it). */
+async function leftState(): Promise<boolean> {
+  try {
+    await Deno.stat(`${daemonPaths().stateDir}/state.json`);
+    return true;
+  } catch {
+    // none (or unreadable: then a new daemon could not read it either)
+    return false;
+  }
+}
+
 /** Has the daemon disconnect and stop, and waits until its socket is gone; closes `h`. */
 async function stopDaemon(h: DaemonHandle): Promise<void> {
   await call(h.client, "quit", {}, 30_000);
@@ -189,6 +238,7 @@ async function stopDaemon(h: DaemonHandle): Promise<void> {
 /** Renders the status as text. */
 export function statusText(s: StatusResponse): string {
   if (s.state === "disconnected" || !s.state) return "tel: not connected\n";
+  if (s.state === "connecting") return "tel: connecting (a connect is in progress; 'tel quit' cancels it)\n";
   const lines = [
     `State:          ${s.state}${s.lastError ? ` (${s.lastError})` : ""}`,
     `Context:        ${s.context}`,
@@ -223,11 +273,21 @@ const statusCommand: Command = {
     const h = await daemonClient();
     try {
       let s: StatusResponse | undefined;
-      if (await daemonRunning(h)) s = await call<unknown, StatusResponse>(h.client, "status", {}, 5000);
+      const running = await daemonState(h, 5000);
+      if (running.state === "silent") throw silentDaemon(h);
+      if (running.state === "answers") s = running.status;
       const format = ctx.values.output as string | undefined;
       const data = s ?? { state: "disconnected", connected: false };
       if (format === "json" || format === "yaml") ctx.io.out(await renderData(data, format));
-      else ctx.io.out(s ? statusText(s) : "tel: not connected (no daemon running)\n");
+      else if (s) ctx.io.out(statusText(s));
+      else {
+        ctx.io.out("tel: not connected (no daemon running)\n");
+        if (await leftState()) {
+          ctx.io.err(
+            "tel: a daemon stopped without 'tel quit' and left its VIF or DNS set-up; 'tel quit' removes it\n",
+          );
+        }
+      }
       return 0;
     } finally {
       h.close();
@@ -245,8 +305,18 @@ const quitCommand: Command = {
   async run(ctx) {
     const h = await daemonClient();
     try {
-      if (!(await daemonRunning(h))) {
-        ctx.io.out("tel: not connected (no daemon running)\n");
+      const running = await daemonState(h);
+      if (running.state === "silent") throw silentDaemon(h);
+      if (running.state === "none") {
+        if (!(await leftState())) {
+          ctx.io.out("tel: not connected (no daemon running)\n");
+          return 0;
+        }
+        // a daemon that died (killed, crashed) left its VIF, DNS configuration or state: a new one removes what it
+        // left as it starts (state.json names it), and is stopped again
+        await startDaemon(h);
+        await stopDaemon(h);
+        ctx.io.out("tel: no daemon was running; removed what one that stopped without 'tel quit' left (see its log)\n");
         return 0;
       }
       await stopDaemon(h);

@@ -87,6 +87,7 @@ function statusOf(session: ClientSession | undefined): StatusResponse {
     netstackCounters: {},
     managerVia: "",
     lastError: "",
+    pid: Deno.pid,
   };
   if (!session) return empty;
   const s = session.status();
@@ -121,6 +122,8 @@ class Daemon {
   #resolver?: Resolver;
   #resolverName = "";
   #busy = false;
+  /** The connect in progress: aborting `limit` cancels it; `finished` resolves once it has returned. */
+  #connecting?: { limit: AbortController; finished: Promise<void> };
   #statePath: string;
   quit?: () => void;
 
@@ -177,8 +180,16 @@ class Daemon {
     this.#vif = await factory.open({ name: this.#o.vifName ?? "tel0" });
   }
 
-  /** Connects; `onStep` sees each step as it completes (the same lines end up in the response's `steps`). */
-  async connect(req: ConnectRequest, onStep: (line: string) => void = () => {}): Promise<ConnectResponse> {
+  /**
+   * Connects; `onStep` sees each step as it completes (the same lines end up in the response's `steps`). When
+   * `cancelled` aborts (the CLI's stream went away: Ctrl-C) the connect stops and undoes what it did, as it does past
+   * timeouts.connect or when Quit comes.
+   */
+  async connect(
+    req: ConnectRequest,
+    onStep: (line: string) => void = () => {},
+    cancelled?: AbortSignal,
+  ): Promise<ConnectResponse> {
     const steps: string[] = [];
     const step = (line: string) => {
       steps.push(line);
@@ -203,10 +214,16 @@ class Daemon {
       );
     }
     this.#busy = true;
-    // timeouts.connect: once it is up, the step in progress stops waiting and fails with connectTimedOut's error
+    // timeouts.connect, Quit or the CLI gone: the step in progress stops waiting and fails with the abort's reason
     const limit = new AbortController();
+    const finished = Promise.withResolvers<void>();
+    this.#connecting = { limit, finished: finished.promise };
     let timer: ReturnType<typeof setTimeout> | undefined;
+    const gone = () =>
+      limit.abort(new TelError("user", "the connect was cancelled: the tel connect that asked for it went away"));
+    cancelled?.addEventListener("abort", gone, { once: true });
     try {
+      cancelled?.throwIfAborted();
       const cfg = req.config
         ? (await import("../config_file.ts")).parseConfig(req.config, req.configPath || "config")
         : defaultConfig();
@@ -255,22 +272,41 @@ class Daemon {
       const st = this.#session.status();
       return { ok: true, steps, routes: st.routes, clusterInfo: st.clusterInfo, session: { sessionId: st.sessionId } };
     } catch (e) {
-      await this.disconnect();
+      await this.#teardown();
+      log.warn("daemon", "connect failed", { error: errorMessage(e) });
       return fail(e);
     } finally {
       clearTimeout(timer);
+      cancelled?.removeEventListener("abort", gone);
+      this.#connecting = undefined;
       this.#busy = false;
+      finished.resolve();
     }
   }
 
   status(): StatusResponse {
     const s = statusOf(this.#session);
     if (!this.#session && this.#vif) s.vif = this.#vif.name;
+    if (!this.#session && this.#connecting) s.state = "connecting";
     return s;
   }
 
-  /** Closes the session, the resolver and the VIF, and removes the state file. */
+  /**
+   * Disconnects: a connect in progress is cancelled and has undone what it did before this returns (so nothing it
+   * sets up afterwards outlives a Quit); then the session, the resolver and the VIF are closed and the state file
+   * removed.
+   */
   async disconnect(): Promise<void> {
+    const c = this.#connecting;
+    if (c) {
+      c.limit.abort(new TelError("user", "the connect was cancelled by 'tel quit'"));
+      await c.finished;
+    }
+    await this.#teardown();
+  }
+
+  /** Closes the session, the resolver and the VIF, and removes the state file. */
+  async #teardown(): Promise<void> {
     const session = this.#session;
     this.#session = undefined;
     await session?.close();
@@ -349,37 +385,28 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
   const badSocket = socketPathProblem(o.socketPath);
   if (badSocket) throw badSocket;
   const d = new Daemon(o);
-  await d.cleanupStale();
-  try {
-    await Deno.remove(o.socketPath);
-  } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) throw e;
-  }
+  // One daemon per state directory and socket: two started at once (two 'tel connect's) take turns here, and the
+  // second finds the first listening and stops, instead of removing its socket and listening in its place.
+  const lock = await Deno.open(`${o.stateDir}/daemon.lock`, { create: true, write: true, mode: 0o600 });
   const stopped = Promise.withResolvers<void>();
   let server: DaemonServer;
   try {
-    server = await serveDaemon(o.socketPath, {
-      connect: async (req, send, cancelled) => {
-        const done = await d.connect(req, (line) => {
-          if (!cancelled.aborted) send({ event: { $case: "step", value: line } });
-        }).catch((e) => {
-          log.error("daemon", "connect failed unexpectedly", { error: errorMessage(e) });
-          return undefined;
-        });
-        if (done && !cancelled.aborted) send({ event: { $case: "done", value: done } });
-      },
-      status: () => d.status(),
-      quit: async () => {
-        await d.disconnect();
-        // give the CLI time to close its side first (see the CLI's quit)
-        setTimeout(() => stopped.resolve(), 200);
-        return {};
-      },
-    });
-  } catch (err) {
-    throw new TelError("platform", `cannot listen on ${o.socketPath}: ${errorMessage(err)}`, {
-      hint: "is another tel daemon running? ('tel quit')",
-    });
+    await lock.lock(true);
+    if (await socketAccepts(o.socketPath)) {
+      throw new TelError("user", `a tel daemon already listens on ${o.socketPath}`, {
+        hint: "'tel status' talks to it, 'tel quit' stops it",
+      });
+    }
+    await d.cleanupStale();
+    try {
+      await Deno.remove(o.socketPath); // left by a daemon that did not stop cleanly: nobody accepts on it
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    server = await listen(o.socketPath, d, stopped);
+  } finally {
+    await lock.unlock().catch(() => {/* closed below all the same */});
+    lock.close();
   }
   await Deno.chmod(o.socketPath, 0o600);
   const sudoUid = Number(Deno.env.get("SUDO_UID") ?? NaN);
@@ -395,4 +422,47 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
   // the socket goes first, so a shutdown that fails still leaves the host clean
   await Deno.remove(o.socketPath).catch(() => {});
   server.close();
+}
+
+/**
+ * Whether a process accepts connections on the unix socket at `path`: a daemon that is busy or stopped still has the
+ * kernel accept for it, so this tells a live daemon from a socket file a dead one left, whether or not it answers.
+ */
+export async function socketAccepts(path: string): Promise<boolean> {
+  if (Deno.build.os === "windows") return false;
+  try {
+    const c = await Deno.connect({ transport: "unix", path });
+    c.close();
+    return true;
+  } catch {
+    // no file, or nobody listening on it
+    return false;
+  }
+}
+
+async function listen(socketPath: string, d: Daemon, stopped: PromiseWithResolvers<void>): Promise<DaemonServer> {
+  try {
+    return await serveDaemon(socketPath, {
+      connect: async (req, send, cancelled) => {
+        const done = await d.connect(req, (line) => {
+          if (!cancelled.aborted) send({ event: { $case: "step", value: line } });
+        }, cancelled).catch((e) => {
+          log.error("daemon", "connect failed unexpectedly", { error: errorMessage(e) });
+          return undefined;
+        });
+        if (done && !cancelled.aborted) send({ event: { $case: "done", value: done } });
+      },
+      status: () => d.status(),
+      quit: async () => {
+        await d.disconnect();
+        // give the CLI time to close its side first (see the CLI's quit)
+        setTimeout(() => stopped.resolve(), 200);
+        return {};
+      },
+    });
+  } catch (err) {
+    throw new TelError("platform", `cannot listen on ${socketPath}: ${errorMessage(err)}`, {
+      hint: "is another tel daemon running? ('tel quit')",
+    });
+  }
 }

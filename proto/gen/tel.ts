@@ -273,7 +273,7 @@ export interface StatusResponse {
   resolver: string;
   intercepts: InterceptInfo[];
   version: string;
-  /** "connected", "reconnecting" or "disconnected". */
+  /** "connected", "reconnecting", "connecting" (a connect in progress) or "disconnected". */
   state: string;
   neverProxy: string[];
   /** Where tel's DNS server listens (ip:port). */
@@ -285,6 +285,8 @@ export interface StatusResponse {
   managerVia: string;
   /** The last reconnect error while reconnecting. */
   lastError: string;
+  /** The daemon's process id. */
+  pid: number;
 }
 
 export interface StatusResponse_DnsStatsEntry {
@@ -2900,6 +2902,7 @@ function createBaseStatusResponse(): StatusResponse {
     netstackCounters: {},
     managerVia: "",
     lastError: "",
+    pid: 0,
   };
 }
 
@@ -2961,6 +2964,9 @@ export const StatusResponse: MessageFns<StatusResponse> = {
     }
     if (message.lastError !== "") {
       writer.uint32(154).string(message.lastError);
+    }
+    if (message.pid !== 0) {
+      writer.uint32(160).uint32(message.pid);
     }
     return writer;
   },
@@ -3136,6 +3142,14 @@ export const StatusResponse: MessageFns<StatusResponse> = {
             message.lastError = reader.string();
             continue;
           }
+          case 20: {
+            if (tag !== 160) {
+              break;
+            }
+
+            message.pid = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3192,6 +3206,7 @@ export const StatusResponse: MessageFns<StatusResponse> = {
     );
     message.managerVia = object.managerVia ?? "";
     message.lastError = object.lastError ?? "";
+    message.pid = object.pid ?? 0;
     return message;
   },
 };
