@@ -301,3 +301,59 @@ Deno.test("compile names the runtime it cannot download and writes no binary", a
     .output();
   assert.equal(bad.code, 2);
 });
+
+Deno.test({
+  name:
+    "a daemon that holds its socket but does not answer is told as such by status, quit and connect, never replaced",
+  ignore: Deno.uid() !== 0, // the daemon runs as root
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "tel-cli-" });
+    const env = { TEL_SOCKET: `${dir}/d.sock`, TEL_STATE_DIR: `${dir}/state` };
+    const daemon = new Deno.Command(DENO, {
+      args: ["run", "-A", "--unstable-net", `${ROOT}main.ts`, "daemon", "--log-file", `${dir}/daemon.log`],
+      env: { RUST_BACKTRACE: "0", NO_COLOR: "1", TEL_CONFIG: "", ...env },
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      for (let i = 0; i < 300 && (await tel(["status"], { env })).stdout.includes("no daemon"); i++) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.match((await tel(["status"], { env })).stdout, /tel: not connected\n/, "the daemon answers");
+      await Deno.writeTextFile(
+        `${dir}/kubeconfig`,
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n" +
+          "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n",
+      );
+      daemon.kill("SIGSTOP");
+      try {
+        for (
+          const args of [["status"], ["status", "-o", "json"], ["quit"], [
+            "connect",
+            "--kubeconfig",
+            `${dir}/kubeconfig`,
+          ]]
+        ) {
+          const r = await tel(args, { env });
+          assert.equal(r.code, 4, `${args.join(" ")}: ${r.stdout}${r.stderr}`);
+          assert.match(r.stderr, /the tel daemon on .*d\.sock does not answer\nhint: .*a second daemon is not started/);
+        }
+      } finally {
+        daemon.kill("SIGCONT");
+      }
+      const q = await tel(["quit"], { env });
+      assert.equal(q.code, 0, q.stderr);
+      assert.match(q.stdout, /daemon stopped/);
+      const st = await daemon.status;
+      assert.equal(st.code, 0, "the one daemon stopped by quit");
+    } finally {
+      try {
+        daemon.kill("SIGKILL");
+      } catch {
+        // stopped already
+      }
+      await daemon.status;
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
