@@ -125,6 +125,11 @@ export class KubeHelper {
     return this.#rpc.child.pid;
   }
 
+  /** Resolves with how it ended once the process has exited. */
+  whenExited(): Promise<string> {
+    return this.#rpc.exited.then((st) => `the kube helper process (pid ${this.pid}) exited (${exitText(st)})`);
+  }
+
   /** Whether the process has exited. */
   get exited(): boolean {
     return this.#rpc.exit !== undefined;
@@ -288,6 +293,9 @@ export function kubeHelperConnector(opts: KubeHelperOptions = {}): ManagerConnec
           address: c.address,
           via: direct ? `${c.via}, websockets opened by the daemon` : c.via,
           mustNotRoute: c.mustNotRoute,
+          // a port-forward lives in this helper (its listener, or the access each new websocket asks it for): its
+          // exit breaks this way to the manager for good; a direct address does not need it (it exits when idle)
+          lost: req.managerAddress ? undefined : h.whenExited(),
           dial: direct?.dial,
           close: async () => {
             direct?.close();

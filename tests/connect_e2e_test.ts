@@ -283,6 +283,32 @@ withLab(
   },
 );
 
+withLab(
+  "connect: a kube helper killed before any traffic is replaced, and the cluster is reached again",
+  async (lab, tel) => {
+    const c = await connect(lab, tel);
+    assert.equal(c.code, 0, c.stdout + c.stderr);
+    assert.match(c.stdout, /websockets opened by the daemon/);
+    const daemon = JSON.parse((await tel.run(["status", "-o", "json"])).stdout).pid;
+    const helpers = async () =>
+      (await lab.ws.run(["pgrep", "-P", String(daemon), "-f", "kube-helper"])).stdout.trim().split("\n").filter(
+        Boolean,
+      );
+    const [helper] = await helpers();
+    assert.ok(helper, "the daemon runs a kube helper");
+    // each new websocket of the port-forward asks the helper for credentials: with it gone, no new flow could open
+    Deno.kill(Number(helper), "SIGKILL");
+    assert.ok(
+      await eventually(async () => (await curl(lab, "http://echo.default/")).code === 0, 20_000),
+      "a new flow gets through again",
+    );
+    const now = await helpers();
+    assert.equal(now.length, 1, "one new helper");
+    assert.notEqual(now[0], helper);
+    assert.equal(JSON.parse((await tel.run(["status", "-o", "json"])).stdout).state, "connected");
+  },
+);
+
 withLab("connect: the manager killed and restarted is reached again without a new connect", async (lab, tel) => {
   const c = await connect(lab, tel);
   assert.equal(c.code, 0, c.stdout + c.stderr);

@@ -29,6 +29,11 @@ export interface ManagerConnection {
   /** The API server's and the manager's IPs, which must never be routed into the VIF. */
   mustNotRoute?: string[];
   /**
+   * Resolves, with why, when this way to the manager broke for good (the process holding the port-forward exited):
+   * the session then reaches the manager again, as when the manager went away.
+   */
+  lost?: Promise<string>;
+  /**
    * Opens a byte stream to the manager other than a TCP connection to `address`: the port-forward's websocket
    * opened by the daemon itself, so tunnel bytes skip the local listener's process. Undefined from it (or absent):
    * connect to `address`.
@@ -272,6 +277,9 @@ export class ClientSession {
       );
     });
     this.#conn = conn;
+    conn.lost?.then((why) => {
+      if (this.#conn === conn && this.#state === "connected") this.#lost(why);
+    });
     if (first) this.#step(`traffic-manager reached via ${conn.via}`);
     const client = new ManagerChannel(conn.address, conn.dial);
     let sessionId: string;
