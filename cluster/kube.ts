@@ -446,10 +446,26 @@ export function kubeError(err: unknown, action: KubeAction, server?: string): Te
   const msg = messageOf(err).split("\n")[0];
   const cause = (err as { cause?: unknown } | undefined)?.cause;
   const why = cause ? messageOf(cause).split("\n")[0] : "";
+  // undici (client-node's fetch) refuses the Fetch standard's blocked ports (6000, 6665-6669, ...) before dialing
+  const blocked = why === "bad port" && server ? portOf(server) : undefined;
   return new TelError("cluster", `cannot ${what}: ${msg}${why && !msg.includes(why) ? ` (${why})` : ""}`, {
-    hint: server ? `check that the API server ${server} is reachable` : undefined,
+    hint: blocked
+      ? `the kube client's fetch does not dial port ${blocked} (a port the Fetch standard blocks), though kubectl ` +
+        "does: serve the API server on another port, or reach it through a proxy (proxy-url)"
+      : server
+      ? `check that the API server ${server} is reachable`
+      : undefined,
     cause: err,
   });
+}
+
+function portOf(url: string): string | undefined {
+  try {
+    return new URL(url).port || undefined;
+  } catch {
+    // not a URL: no port to name
+    return undefined;
+  }
 }
 
 /** A pod found by {@link findManagerPod}. */

@@ -1,7 +1,7 @@
 /** Tests of kubeconfig loading, error mapping, manager lookup and port-forward against the fake kube API. */
 
 import assert from "node:assert/strict";
-import { CoreV1Api } from "@kubernetes/client-node";
+import { CoreV1Api, VersionApi } from "@kubernetes/client-node";
 import { TelError } from "../core/errors.ts";
 import { ADMIN_USER, FakeKubeApi } from "../tests/fixtures/fake_kube_api.ts";
 import { DenoWatch, findManagerPod, flattenKubeConfig, kubeError, loadKubeConfig, portForward } from "./kube.ts";
@@ -499,3 +499,17 @@ async function waitUntil(pred: () => boolean, ms = 3000): Promise<void> {
     await new Promise((r) => setTimeout(r, 10));
   }
 }
+
+Deno.test("a kube API on a port fetch refuses to dial (6000) is named as such, not as unreachable", async () => {
+  const kube = loadKubeConfig({
+    kubeconfigText: "apiVersion: v1\nkind: Config\ncurrent-context: c\n" +
+      "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6000'}}]\n" +
+      "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n",
+    env: {},
+  });
+  // the real client library's real failure: its fetch refuses the port before dialing anything
+  const err = await kube.kc.makeApiClient(VersionApi).getCode().then(() => undefined, (e) => e);
+  const e = kubeError(err, { verb: "get", resource: "version" }, kube.server);
+  assert.match(e.message, /^cannot get version: fetch failed \(bad port\)/);
+  assert.match(e.hint ?? "", /does not dial port 6000 \(a port the Fetch standard blocks\), though kubectl does/);
+});
