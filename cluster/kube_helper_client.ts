@@ -246,7 +246,7 @@ export function kubeHelperConnector(opts: KubeHelperOptions = {}): ManagerConnec
       const startPrepared = async (signal?: AbortSignal) => {
         signal?.throwIfAborted();
         const h = KubeHelper.start(argv(), opts.callTimeoutMs);
-        // out of time: the helper goes, and with it the call (the kube API it waits for may never answer)
+        // the connect given up: the helper goes, and with it the call (the kube API it waits for may never answer)
         // nothing to release yet: no grace
         const stop = () => {
           h.stop(0).catch((e) => log.warn("kube-helper", "stopping it failed", { error: errorMessage(e) }));

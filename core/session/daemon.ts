@@ -19,8 +19,8 @@ import { checkConnectInput, parseCidrFlag } from "./connect_input.ts";
 /** The cluster side of a connect, provided by cluster/ through main.ts. */
 export interface ManagerConnector {
   /**
-   * Loads the kubeconfig the CLI sent and returns how to reach the manager. When `signal` aborts (the connect ran out
-   * of time) it stops what it waits for and rejects.
+   * Loads the kubeconfig the CLI sent and returns how to reach the manager. When `signal` aborts (the connect is given
+   * up: timeouts.connect, Quit, the CLI gone) it stops what it waits for and rejects with the signal's reason.
    */
   prepare(req: ConnectRequest, signal?: AbortSignal): Promise<{
     connect: ConnectManager;

@@ -70,8 +70,8 @@ export interface SessionOptions {
   /** Keepalive interval (ms, default 5000). */
   remainIntervalMs?: number;
   /**
-   * Aborted when the connect runs out of time: start() then stops waiting for the manager and rejects with the
-   * signal's reason, once it has undone what it did.
+   * Aborted when the connect is given up (timeouts.connect, Quit, the CLI gone): start() then stops waiting for the
+   * manager and rejects with the signal's reason, once it has undone what it did.
    */
   signal?: AbortSignal;
 }
@@ -269,7 +269,7 @@ export class ClientSession {
 
   /** Reaches the manager, arrives, and waits for the first cluster info; starts the watch and keepalive. */
   async #arrive(first: boolean): Promise<ClusterInfo> {
-    // out of time (only the first connect has a signal), the step stops waiting; what comes later is closed
+    // the connect given up (only the first has a signal), the step stops waiting; what comes later is closed
     const signal = first ? this.#o.signal : undefined;
     const conn = await untilAborted(this.#o.connectManager(), signal, (late) => {
       late.close().catch((e) =>
@@ -296,7 +296,7 @@ export class ClientSession {
       sessionId = res.sessionId;
     } catch (e) {
       client.close();
-      if (signal?.aborted && e === signal.reason) throw e; // out of time: told as such
+      if (signal?.aborted && e === signal.reason) throw e; // given up: told as such
       throw new TelError(
         "cluster",
         `the traffic-manager at ${conn.address} did not accept a session: ${errorMessage(e)}`,
