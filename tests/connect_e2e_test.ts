@@ -197,7 +197,8 @@ withLab(
     assert.match((await tel.run(["status"])).stdout, /no daemon running/);
     // the same wait cancelled by 'tel quit', then by Ctrl-C: undone before they return
     const direct = ["--manager-address", lab.managerAddress];
-    await frozen("manager", async () => {
+    /** Starts `tel connect` to the frozen manager and returns once status tells it in progress. */
+    const connecting = async () => {
       const c = lab.ws.spawn(tel.argv(["connect", "--kubeconfig", lab.kubeconfigPath, ...direct]), {
         stdout: "piped",
         stderr: "piped",
@@ -207,6 +208,10 @@ withLab(
         await eventually(async () => (await tel.run(["status"])).stdout.includes("tel: connecting"), 20_000),
         "status tells the connect in progress",
       );
+      return { c, out };
+    };
+    await frozen("manager", async () => {
+      const { out } = await connecting();
       const q = await tel.run(["quit"]);
       assert.equal(q.code, 0, q.stderr);
       const r = await out;
@@ -216,15 +221,7 @@ withLab(
       await assertHostClean(lab, tel);
     });
     await frozen("manager", async () => {
-      const c = lab.ws.spawn(tel.argv(["connect", "--kubeconfig", lab.kubeconfigPath, ...direct]), {
-        stdout: "piped",
-        stderr: "piped",
-      });
-      const out = c.output();
-      assert.ok(
-        await eventually(async () => (await tel.run(["status"])).stdout.includes("tel: connecting"), 20_000),
-        "connecting",
-      );
+      const { c, out } = await connecting();
       c.kill("SIGINT");
       const r = await out;
       const stderr = new TextDecoder().decode(r.stderr);

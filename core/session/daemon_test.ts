@@ -80,8 +80,10 @@ Deno.test("the daemon refuses a connect whose flag values do not parse before it
 async function withDaemon(
   connector: Parameters<typeof runDaemon>[0]["connector"],
   fn: (h: Awaited<ReturnType<typeof daemonClient>>, dir: string) => Promise<void>,
+  before: (dir: string) => Promise<void> = () => Promise.resolve(),
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "tel-daemon-" });
+  await before(dir);
   const stop = new AbortController();
   const ready = Promise.withResolvers<void>();
   const running = runDaemon({
@@ -187,30 +189,17 @@ Deno.test("a second daemon on a live socket stops at once and leaves the first s
     assert.equal(st.pid, Deno.pid, "the first still answers on its socket");
   });
   // a socket file nobody accepts on (a daemon killed with -9) does not stop a new daemon
-  const dir = await Deno.makeTempDir({ prefix: "tel-daemon-" });
-  try {
+  const killedListener = async (dir: string) => {
     // a process that listens and is killed leaves its socket file (a clean close would remove it)
     const killed = await new Deno.Command(Deno.execPath(), {
       args: ["eval", `Deno.listen({ transport: "unix", path: "${dir}/d.sock" }); Deno.kill(Deno.pid, "SIGKILL");`],
     }).output();
     assert.equal(killed.signal, "SIGKILL");
     assert.ok((await Deno.stat(`${dir}/d.sock`)).isSocket, "the file stays behind");
-    const stop = new AbortController();
-    const ready = Promise.withResolvers<void>();
-    const running = runDaemon({
-      socketPath: `${dir}/d.sock`,
-      stateDir: `${dir}/state`,
-      plugins: [],
-      connector: { prepare: () => Promise.reject(new Error("unused")) },
-      signal: stop.signal,
-      onReady: () => ready.resolve(),
-    });
-    await Promise.race([ready.promise, running]);
-    stop.abort();
-    await running;
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  };
+  await withDaemon({ prepare: () => Promise.reject(new Error("unused")) }, async (h) => {
+    assert.equal((await call<unknown, StatusResponse>(h.client, "status", {}, 5000)).pid, Deno.pid);
+  }, killedListener);
 });
 
 async function collect(stream: AsyncIterable<ConnectProgress>): Promise<{ steps: string[]; done?: ConnectResponse }> {
