@@ -212,9 +212,23 @@ export class DnsEngine {
   }
 
   /** The reply to a query (null: drop it). Never rejects. */
-  async handle(bytes: Uint8Array, transport: "udp" | "tcp", signal?: AbortSignal): Promise<Uint8Array | null> {
+  handle(bytes: Uint8Array, transport: "udp" | "tcp", signal?: AbortSignal): Promise<Uint8Array | null> {
+    return this.#handle(bytes, transport, signal, true);
+  }
+
+  /** {@link handle} for a query that {@link handleSync} took (and counted) but could not answer. */
+  resume(bytes: Uint8Array, transport: "udp" | "tcp"): Promise<Uint8Array | null> {
+    return this.#handle(bytes, transport, undefined, false);
+  }
+
+  async #handle(
+    bytes: Uint8Array,
+    transport: "udp" | "tcp",
+    signal: AbortSignal | undefined,
+    count: boolean,
+  ): Promise<Uint8Array | null> {
     try {
-      const step = this.#step(bytes, transport);
+      const step = this.#step(bytes, transport, undefined, count);
       if (step.kind === "done") return step.reply;
       if (step.kind === "local") return await this.#local(step.query, transport, signal);
       return await this.#cluster(step.query, step.route, step.key, transport);
@@ -227,8 +241,8 @@ export class DnsEngine {
   }
 
   /** `room`: where a cached answer may be written over the query (see fromTemplate). */
-  #step(bytes: Uint8Array, transport: "udp" | "tcp", room?: Uint8Array): Step {
-    this.#stats.queries++;
+  #step(bytes: Uint8Array, transport: "udp" | "tcp", room?: Uint8Array, count = true): Step {
+    if (count) this.#stats.queries++;
     const parsed = parseQuery(bytes);
     if (!parsed.ok) {
       if ("drop" in parsed) {

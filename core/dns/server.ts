@@ -111,7 +111,7 @@ export class DnsServer {
     if (this.#fast) {
       this.#fast.start(
         (data, room) => this.#engine.handleSync(data, "udp", room),
-        (data) => this.#engine.handle(data, "udp"),
+        (data) => this.#engine.resume(data, "udp"),
       );
     } else {
       this.#loops.push(this.#serveUdp(this.#udp!));
@@ -160,7 +160,7 @@ export class DnsServer {
         if (sync) this.#send(sock, sync, from);
         continue;
       }
-      this.#engine.handle(data, "udp").then((reply) => {
+      this.#engine.resume(data, "udp").then((reply) => {
         if (reply) this.#send(sock, reply, from);
       });
     }

@@ -109,6 +109,7 @@ for (const udpMode of modes) {
       const s = server.stats();
       assert.equal(s.udpQueries, 2);
       assert.equal(s.tcpQueries, 2);
+      assert.equal(s.queries, 4, "each query counted once, the uncached one too");
       assert.ok(s.cacheHits >= 2);
       // Many queries at once: every one answered with its own ID (batches on the fast path).
       const sock = Deno.listenDatagram({ transport: "udp", hostname: HOST, port: 0 });
