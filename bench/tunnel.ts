@@ -264,6 +264,7 @@ async function managerMain(): Promise<void> {
     address: "127.0.0.1",
     clusterInfo: new StaticClusterInfo(),
     dnsServer: "127.0.0.1:9",
+    dialOwnHost: true, // the bench's target listens on loopback
   });
   Deno.stdout.writeSync(new TextEncoder().encode(`port ${h.port}\n`));
   await new Promise<void>((resolve) => Deno.addSignalListener("SIGTERM", resolve));

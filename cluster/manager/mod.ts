@@ -56,6 +56,8 @@ export interface RunManagerDeps {
   signal?: AbortSignal;
   /** Called once listening. */
   onListening?: (handle: ManagerHandle) => void;
+  /** Lets tunnels dial the manager's own host (ManagerOptions.dialOwnHost): tests and benches on loopback. */
+  dialOwnHost?: boolean;
 }
 
 /** Splits "host:port" / "[v6]:port" / ":port". */
@@ -110,6 +112,7 @@ export async function runManager(flags: ManagerFlags, deps: RunManagerDeps = {})
     dnsServer: flags.clusterDns,
     namespace: flags.namespace,
     sessionTtlMs: flags.sessionTtlMs,
+    dialOwnHost: deps.dialOwnHost,
   });
   // the manager's pod has a memory limit (deploy/: 512Mi): keep garbage buffers and malloc's free lists from
   // filling it (the scale bench took an unmanaged manager to 570 MiB)

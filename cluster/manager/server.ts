@@ -6,7 +6,7 @@ import { WireStream } from "../../core/tunnel/h2_wire.ts";
 import { type Clock, systemClock } from "../../core/clock.ts";
 import { errorMessage } from "../../core/errors.ts";
 import { log } from "../../core/log.ts";
-import { formatHostPort, hostPortOr } from "../../core/subnet/mod.ts";
+import { Cidr, formatHostPort, hostPortOr, IpAddr } from "../../core/subnet/mod.ts";
 import {
   createTunedServer,
   type Frame,
@@ -50,6 +50,11 @@ export interface ManagerOptions {
   dialTimeoutMs?: number;
   /** A UDP flow with no traffic for this long ends. */
   udpIdleMs?: number;
+  /**
+   * Whether tunnels may dial the manager's own host: loopback and unspecified addresses (tests whose targets listen
+   * on 127.0.0.1). Default false: a client reaches the cluster through the manager, not the manager pod's loopback.
+   */
+  dialOwnHost?: boolean;
   /**
    * How Tunnel calls are served (TEL_TUNNEL_SERVER sets it too): on the bare HTTP/2 stream, framed by tel for the
    * daemon's own tunnel sessions ("wire", the default) or always by node:http2 ("node-http2"); or by grpc-js.
@@ -318,6 +323,7 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
       },
       defaultDialTimeoutMs: opts.dialTimeoutMs,
       udpIdleMs: opts.udpIdleMs,
+      refuseTarget: opts.dialOwnHost ? undefined : notDialed,
       clock,
     }).then(
       // one line per flow saying why it ended: a clean close, the opener's disconnect reason, a dial or
@@ -374,4 +380,31 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
       });
     },
   };
+}
+
+/** Targets no tunnel dials, with what they are: the manager's own host, and addresses no single peer answers on. */
+const NOT_DIALED: ReadonlyArray<[Cidr, string]> = ([
+  ["127.0.0.0/8", "a loopback address (the traffic-manager's own host)"],
+  ["::1/128", "a loopback address (the traffic-manager's own host)"],
+  ["0.0.0.0/8", "an unspecified address (the traffic-manager's own host)"],
+  ["::/128", "an unspecified address (the traffic-manager's own host)"],
+  ["255.255.255.255/32", "the broadcast address"],
+  ["224.0.0.0/4", "a multicast address"],
+  ["ff00::/8", "a multicast address"],
+] as const).map(([c, what]) => [Cidr.parse(c), what]);
+
+const V4_MAPPED = Cidr.parse("::ffff:0:0/96");
+
+/** Why the manager does not dial `ip`, or undefined when it does (ServeTunnelOptions.refuseTarget). */
+export function notDialed(ip: string): string | undefined {
+  let addr: IpAddr;
+  try {
+    addr = IpAddr.parse(ip);
+  } catch {
+    return undefined; // the dial itself says what is wrong with it
+  }
+  // ::ffff:127.0.0.1 reaches 127.0.0.1
+  if (V4_MAPPED.contains(addr)) addr = IpAddr.fromBigInt(4, addr.toBigInt() & 0xffffffffn);
+  const hit = NOT_DIALED.find(([c]) => c.family === addr.family && c.contains(addr));
+  return hit ? `${ip} is ${hit[1]}: the traffic-manager does not dial it` : undefined;
 }

@@ -27,7 +27,7 @@ import {
 } from "../../core/tunnel/mod.ts";
 import { configureLog, logLevel } from "../../core/log.ts";
 import { emptyClusterInfo, StaticClusterInfo } from "./cluster_info.ts";
-import { startManager } from "./server.ts";
+import { notDialed, startManager } from "./server.ts";
 import { assembledBodyStats } from "../../core/tunnel/h2_calls.ts";
 import { useTunnelTransport } from "../../core/tunnel/client.ts";
 import { tcpEchoServer as tcpEcho } from "../../tests/fixtures/tcp_echo.ts";
@@ -59,11 +59,13 @@ async function withManager(
   fn: (ctx: { client: ManagerClient; sessionId: string; info: StaticClusterInfo; port: number }) => Promise<void>,
   dnsServer = "127.0.0.1:9",
   tunnelServer: TunnelServer = "wire",
+  dialOwnHost = true, // the tunnels' targets listen on 127.0.0.1
 ): Promise<void> {
   const info = new StaticClusterInfo({ ...emptyClusterInfo(), podSubnets: ["10.244.0.0/16"] });
   const mgr = await startManager({
     address: "127.0.0.1",
     clusterInfo: info,
+    dialOwnHost,
     dnsServer,
     // generous: a lookup of the fake cluster DNS in this process must not fail because the test machine stalled
     dnsTimeoutMs: 5000,
@@ -282,6 +284,68 @@ for (const server of TUNNEL_SERVERS) {
     );
   });
 }
+
+Deno.test("the manager does not dial its own host (loopback, unspecified) nor broadcast or multicast", async () => {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  let accepted = 0;
+  const accepting = (async () => {
+    for await (const c of l) {
+      accepted++;
+      c.close();
+    }
+  })();
+  try {
+    await withManager(
+      async ({ client, sessionId }) => {
+        for (const ip of ["127.0.0.1", "0.0.0.0", "::ffff:127.0.0.1"]) {
+          await assert.rejects(
+            openTunnel(client, {
+              sessionId,
+              connId: connId("tcp", { ip: ip.includes(":") ? "fd00::9" : "10.244.0.9", port: 1 }, { ip, port }),
+            }),
+            new RegExp(`dial rejected: ${ip.replaceAll(".", "\\.")} is an? (loopback|unspecified) address `),
+          );
+        }
+        await assert.rejects(
+          openTunnel(client, {
+            sessionId,
+            connId: connId("udp", { ip: "10.244.0.9", port: 1 }, { ip: "255.255.255.255", port: 9 }),
+          }),
+          /dial rejected: 255\.255\.255\.255 is the broadcast address: the traffic-manager does not dial it/,
+        );
+      },
+      undefined,
+      "wire",
+      false,
+    );
+    assert.equal(accepted, 0, "nothing reached the listener on the manager's loopback");
+  } finally {
+    l.close();
+    await accepting.catch(() => {});
+  }
+});
+
+Deno.test("notDialed: the manager's own host and one-to-many addresses, IPv4-mapped too; cluster addresses pass", () => {
+  for (
+    const ip of [
+      "127.0.0.1",
+      "127.9.9.9",
+      "::1",
+      "0.0.0.0",
+      "::",
+      "::ffff:127.0.0.1",
+      "255.255.255.255",
+      "224.0.0.251",
+      "ff02::1",
+    ]
+  ) {
+    assert.match(notDialed(ip) ?? "", /the traffic-manager does not dial it$/, ip);
+  }
+  for (const ip of ["198.18.0.5", "10.96.0.1", "fd00:7e1::5", "169.254.169.254", "::ffff:10.0.0.1", "not an ip"]) {
+    assert.equal(notDialed(ip), undefined, ip);
+  }
+});
 
 for (const server of TUNNEL_SERVERS) {
   Deno.test(`${server} tunnel server: a tunnel with an unknown session is rejected`, async () => {
@@ -786,7 +850,12 @@ for (const calls of ["wire", "node-http2", "grpc-js"] as const) {
     const dns = fakeClusterDns();
     const echo = tcpEcho();
     const info = new StaticClusterInfo({ ...emptyClusterInfo(), podSubnets: ["10.244.0.0/16"] });
-    const mgr = await startManager({ address: "127.0.0.1", clusterInfo: info, dnsServer: `127.0.0.1:${dns.port}` });
+    const mgr = await startManager({
+      address: "127.0.0.1",
+      clusterInfo: info,
+      dnsServer: `127.0.0.1:${dns.port}`,
+      dialOwnHost: true,
+    });
     useTunnelTransport(calls);
     const channel = new ManagerChannel(`127.0.0.1:${mgr.port}`);
     let grpcMade = 0;
@@ -911,7 +980,7 @@ Deno.test("a bare call the manager never answers fails with DEADLINE_EXCEEDED; a
 
 Deno.test("a bare WatchClusterInfo on a wire session ends NOT_FOUND when its session departs; Remain of an unknown one is refused", async () => {
   const info = new StaticClusterInfo({ ...emptyClusterInfo(), podSubnets: ["10.244.0.0/16"] });
-  const mgr = await startManager({ address: "127.0.0.1", clusterInfo: info });
+  const mgr = await startManager({ address: "127.0.0.1", clusterInfo: info, dialOwnHost: true });
   const channel = new ManagerChannel(`127.0.0.1:${mgr.port}`);
   channel.grpc = () => Promise.reject(new Error("grpc-js used"));
   try {
@@ -943,7 +1012,7 @@ Deno.test("a bare WatchClusterInfo on a wire session ends NOT_FOUND when its ses
 
 Deno.test("a method whose handler answers UNIMPLEMENTED goes through grpc-js alone; the channel's other calls stay bare", async () => {
   const info = new StaticClusterInfo({ ...emptyClusterInfo(), podSubnets: ["10.244.0.0/16"] });
-  const mgr = await startManager({ address: "127.0.0.1", clusterInfo: info });
+  const mgr = await startManager({ address: "127.0.0.1", clusterInfo: info, dialOwnHost: true });
   const channel = new ManagerChannel(`127.0.0.1:${mgr.port}`);
   let grpcCalls = 0;
   const made = channel.grpc.bind(channel);

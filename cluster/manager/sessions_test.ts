@@ -59,6 +59,7 @@ Deno.test("a silent client's session expires on the manager and its open tunnel 
     dnsServer: "127.0.0.1:9",
     sessionTtlMs: 15_000,
     clock,
+    dialOwnHost: true, // the tunnel's target listens on 127.0.0.1
   });
   const client = createManagerClient(`127.0.0.1:${mgr.port}`);
   try {

@@ -11,7 +11,8 @@ const out = new TextEncoder();
 export async function managerMain(): Promise<void> {
   await runManager(
     { listen: "127.0.0.1:0", podCidrStrategy: "environment", podCidrs: ["10.244.0.0/16"], clusterDns: "127.0.0.1:9" },
-    { onListening: (h) => Deno.stdout.writeSync(out.encode(`port ${h.port}\n`)) },
+    // its clients' echo target listens on loopback
+    { onListening: (h) => Deno.stdout.writeSync(out.encode(`port ${h.port}\n`)), dialOwnHost: true },
   );
 }
 

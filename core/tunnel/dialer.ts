@@ -30,6 +30,8 @@ export interface ServeTunnelOptions {
   defaultDialTimeoutMs?: number;
   /** A UDP flow with no datagram either way for this long ends. */
   udpIdleMs?: number;
+  /** Why a target may not be dialed at all (the dialer's own host, say), or undefined when it may. */
+  refuseTarget?(ip: string): string | undefined;
   clock?: Clock;
 }
 
@@ -88,6 +90,8 @@ export async function serveTunnel(call: FrameDuplex | ServedCall, opts: ServeTun
   } catch (err) {
     return await refuse(frames.dialReject(errorMessage(err)), errorMessage(err));
   }
+  const refused = opts.refuseTarget?.(id.dst.ip);
+  if (refused) return { ...await refuse(frames.dialReject(refused), refused), conn: formatConnId(id) };
   const timeoutMs = open.dialTimeoutMs || opts.defaultDialTimeoutMs || DEFAULT_DIAL_TIMEOUT_MS;
   const flow = id.protocol === "tcp"
     ? new TcpFlow(fs, order, id, clock, served.frameLimit)
