@@ -10,7 +10,22 @@ import { readTcpMessage, writeTcpMessage } from "../../core/dns/tcp.ts";
 import { formatHostPort, parseHostPort } from "../../core/subnet/mod.ts";
 
 /** DNS rcodes used here. */
-export const RCODE = { NOERROR: 0, SERVFAIL: 2, NXDOMAIN: 3 } as const;
+export const RCODE = { NOERROR: 0, FORMERR: 1, SERVFAIL: 2, NXDOMAIN: 3 } as const;
+
+const encoder = new TextEncoder();
+
+/** Why `name` (an optional final dot) or `qtype` cannot be asked in a DNS question, or undefined when it can. */
+export function badQuestion(name: string, qtype: number): string | undefined {
+  if (!Number.isInteger(qtype) || qtype < 0 || qtype > 65535) return `type ${qtype} is not a 16-bit number`;
+  const bare = name.endsWith(".") ? name.slice(0, -1) : name;
+  if (bare === "") return undefined; // the root
+  if (encoder.encode(bare).length > 253) return "the name is longer than 253 bytes";
+  for (const label of bare.split(".")) {
+    if (label === "") return "the name has an empty label";
+    if (encoder.encode(label).length > 63) return `the label "${label.slice(0, 20)}…" is longer than 63 bytes`;
+  }
+  return undefined;
+}
 
 /** The resolver the manager uses: where to send queries and which suffixes to try. */
 export interface ResolverConfig {
@@ -101,6 +116,12 @@ export class ClusterDns {
 
   /** Resolves `name` (type number `qtype`) for a client in `namespace`. */
   async lookup(name: string, qtype: number, namespace: string): Promise<LookupResult> {
+    // a question no DNS message can carry is answered at once, not sent to time out at the cluster DNS
+    const bad = badQuestion(name, qtype);
+    if (bad) {
+      log.debug("manager", "lookup refused", { name: name.slice(0, 80), reason: bad });
+      return { rcode: RCODE.FORMERR, records: [] };
+    }
     const asked = name.endsWith(".") ? name : `${name}.`;
     let last: LookupResult = { rcode: RCODE.NXDOMAIN, records: [] };
     for (const candidate of candidateNames(name, namespace, this.#resolver)) {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import dnsPacket from "dns-packet";
-import { ClusterDns, RETRANSMIT_FIRST_MS } from "./dns_lookup.ts";
+import { badQuestion, ClusterDns, RETRANSMIT_FIRST_MS } from "./dns_lookup.ts";
 import { fakeClock } from "../../tests/fixtures/fake_clock.ts";
 import { udpServer } from "../../tests/fixtures/udp_server.ts";
 
@@ -143,5 +143,36 @@ Deno.test("ClusterDns: a lost query is sent again with its id after 250 ms, doub
     quiet.close();
     await failing.catch(() => {}); // reported above when the loop got that far
     await silent.close();
+  }
+});
+
+Deno.test("ClusterDns: a question no DNS message can carry is FORMERR at once, and the cluster DNS never sees it", async () => {
+  let seen = 0;
+  const dns = udpServer(() => {
+    seen++;
+    return Promise.resolve();
+  });
+  const cluster = new ClusterDns({ server: dns.address, search: ["default.svc.cluster.local"], ndots: 5 });
+  try {
+    for (
+      const [name, qtype] of [
+        ["a..b.default", 1],
+        [".echo.default", 1],
+        [`${"x".repeat(64)}.default`, 1],
+        [Array.from({ length: 60 }, () => "abcd").join("."), 1],
+        ["echo.default", 70000],
+        ["echo.default", -1],
+      ] as Array<[string, number]>
+    ) {
+      assert.deepEqual(await cluster.lookup(name, qtype, "default"), { rcode: 1, records: [] }, `${name} ${qtype}`);
+      assert.ok(badQuestion(name, qtype), name);
+    }
+    assert.equal(seen, 0);
+    for (const ok of ["echo.default", "echo.default.", "", ".", `${"x".repeat(63)}.default`, "ECHO.Default"]) {
+      assert.equal(badQuestion(ok, 1), undefined, ok);
+    }
+  } finally {
+    cluster.close();
+    await dns.close();
   }
 });
