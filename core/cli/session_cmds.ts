@@ -251,7 +251,7 @@ export function statusText(s: StatusResponse): string {
     `DNS server:     ${s.dnsServer}`,
     `Resolver:       ${s.resolver}`,
     `DNS:            ${
-      ["queries", "cacheHits", "clusterLookups", "fallbacks", "servfail", "cacheEntries"]
+      ["queries", "cacheHits", "clusterLookups", "fallbacks", "servfail", "formerr", "dropped", "cacheEntries"]
         .map((k) => `${k} ${s.dnsStats[k] ?? 0}`).join(", ")
     }`,
     `Open tunnels:   ${s.openTunnels}`,
