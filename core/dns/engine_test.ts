@@ -330,7 +330,26 @@ Deno.test("malformed queries: FORMERR or dropped, counted, never thrown", async 
   assert.equal(rc(await engine.handle(loop, "udp")), "FORMERR");
   assert.equal(await engine.handle(response, "udp"), null);
   assert.equal(await engine.handle(new Uint8Array(5), "udp"), null);
+  // bytes after the question, or after the OPT record: FORMERR (as BIND answers)
+  assert.equal(rc(await engine.handle(new Uint8Array([...good, 0, 0, 0]), "udp")), "FORMERR");
+  assert.equal(rc(await engine.handle(new Uint8Array([...q("echo", "A", { edns: 1232 }), 7]), "udp")), "FORMERR");
   const s = engine.stats();
-  assert.equal(s.formerr, 3);
+  assert.equal(s.formerr, 5);
   assert.equal(s.dropped, 2);
+});
+
+Deno.test("an EDNS version other than 0 is answered BADVERS: RCODE 0 in the header, 1 in the OPT's extended bits", async () => {
+  const { engine } = setup();
+  const v1 = q("echo", "A", { edns: 1232 });
+  v1[v1.length - 5] = 1; // the OPT's version octet (TTL: extended rcode, version, flags; then RDLENGTH)
+  const reply = await engine.handle(v1, "udp");
+  assert.ok(reply);
+  assert.equal(reply[3] & 0x0f, 0, "header RCODE");
+  const m = decodeMessage(reply) as unknown as {
+    additionals: Array<{ type: string; extendedRcode: number; ednsVersion: number }>;
+  };
+  const opt = m.additionals.find((a) => a.type === "OPT");
+  assert.ok(opt, "the reply carries an OPT");
+  assert.equal(opt.extendedRcode, 1, "BADVERS is extended RCODE 16: 1 in the OPT's upper bits");
+  assert.equal(opt.ednsVersion, 0, "the version we speak");
 });

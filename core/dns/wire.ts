@@ -4,7 +4,7 @@ import { Buffer } from "node:buffer";
 import dnsPacket from "dns-packet";
 
 /** Response codes used by tel. */
-export const RCODE = { NOERROR: 0, FORMERR: 1, SERVFAIL: 2, NXDOMAIN: 3, NOTIMP: 4, REFUSED: 5 } as const;
+export const RCODE = { NOERROR: 0, FORMERR: 1, SERVFAIL: 2, NXDOMAIN: 3, NOTIMP: 4, REFUSED: 5, BADVERS: 16 } as const;
 /** Name of a response code. */
 export type Rcode = keyof typeof RCODE;
 
@@ -139,9 +139,12 @@ export function parseQuery(bytes: Uint8Array): ParseResult {
     const version = bytes[off + 6];
     const rdlen = (bytes[off + 9] << 8) | bytes[off + 10];
     if (off + 11 + rdlen > bytes.length) return fail(bytes, "FORMERR", "OPT data runs past the end", questionEnd);
-    if (version !== 0) return fail(bytes, "FORMERR", `EDNS version ${version}`, questionEnd);
+    // RFC 6891: a version we do not speak is answered BADVERS (with our OPT, which says version 0)
+    if (version !== 0) return fail(bytes, "BADVERS", `EDNS version ${version}`, questionEnd);
     edns = { udpSize, version };
+    off += 11 + rdlen;
   }
+  if (off !== bytes.length) return fail(bytes, "FORMERR", `${bytes.length - off} bytes after the query`, questionEnd);
   return {
     ok: true,
     query: {
@@ -170,7 +173,7 @@ export function udpLimit(query: { edns?: Edns }): number {
 
 /**
  * A header-and-question response with `rcode` (and TC when `truncated`), keeping the query's ID, opcode, RD and
- * question, plus an OPT record when the query had one.
+ * question, plus an OPT record when the query had one (which carries the upper bits of an extended `rcode`).
  */
 export function headerOnlyResponse(
   bytes: Uint8Array,
@@ -190,7 +193,10 @@ export function headerOnlyResponse(
   out.fill(0, 6, 10);
   out[10] = 0;
   out[11] = opt ? 1 : 0;
-  if (opt) out.set(OPT_RR, questionEnd);
+  if (opt) {
+    out.set(OPT_RR, questionEnd);
+    out[questionEnd + 5] = rcode >> 4; // the OPT's TTL: extended RCODE, version 0, flags
+  }
   return out;
 }
 
