@@ -1036,3 +1036,40 @@ Deno.test("a method whose handler answers UNIMPLEMENTED goes through grpc-js alo
     await mgr.close();
   }
 });
+
+Deno.test("a connection that sends no HTTP/2 preface in time is closed; one that did stays, idle or not", async () => {
+  const server = createTunedServer(undefined, { onStream: () => false, handshakeTimeoutMs: 300 });
+  server.addService(MANAGER_SERVICE, {
+    lookupDns: (_call: unknown, cb: grpc.sendUnaryData<DNSResponse>) =>
+      cb(null, { id: 0, rcode: 3, records: [], error: "" }),
+  });
+  const { client, lookup } = await lookupsTo(server);
+  const port = Number(client.getChannel().getTarget().split(":").at(-1));
+  /** Whether the server closed `conn` within `ms` (a bound for the check, not a speed assertion). */
+  const closedWithin = async (conn: Deno.Conn, ms: number) => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const r = await Promise.race([
+      conn.read(new Uint8Array(64)).then((n) => n === null ? "closed" : "data", () => "closed"),
+      new Promise<string>((res) => timer = setTimeout(() => res("open"), ms)),
+    ]);
+    clearTimeout(timer);
+    return r === "closed";
+  };
+  const silent = await Deno.connect({ hostname: "127.0.0.1", port });
+  const partial = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await partial.write(new TextEncoder().encode("PRI *")); // 5 bytes of the preface, then nothing
+    // a real client's connection, idle past the timeout, still answers
+    assert.equal((await lookup.lookup("x", "A")).rcode, "NXDOMAIN");
+    assert.ok(await closedWithin(silent, 10_000), "a connection that sent nothing is closed");
+    assert.ok(await closedWithin(partial, 10_000), "one that sent part of the preface too");
+    await new Promise((r) => setTimeout(r, 400));
+    assert.equal((await lookup.lookup("y", "A")).rcode, "NXDOMAIN");
+  } finally {
+    silent.close();
+    partial.close();
+    lookup.close();
+    client.close();
+    server.forceShutdown();
+  }
+});

@@ -131,6 +131,8 @@ export function createTunedServer(
     onStream?: (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boolean;
     /** With onStream: serve h2_wire clients with tel's own framing (default true; false leaves them to node:http2). */
     wire?: boolean;
+    /** With wire: a connection that sent no HTTP/2 preface by then is closed (default h2_wire's 20 s). */
+    handshakeTimeoutMs?: number;
   } = {},
 ): grpc.Server {
   const server = new grpc.Server({
@@ -165,7 +167,8 @@ export function createTunedServer(
     // a TLS server's first bytes are a ClientHello, read by its TLS layer: only plaintext connections are sniffed
     const secure = (creds as { _isSecure?: () => boolean })._isSecure?.() ?? false;
     if (onStream && opts.wire !== false && !secure) {
-      wireSessions.push(serveWireClients(h2, Math.max(windowBytes, WIRE_FLOW_CONTROL_WINDOW), onStream));
+      const window = Math.max(windowBytes, WIRE_FLOW_CONTROL_WINDOW);
+      wireSessions.push(serveWireClients(h2, window, onStream, opts.handshakeTimeoutMs));
     }
     h2.on("connection", (socket: Socket) => coalesceWrites(socket));
     h2.on("session", (session: ServerHttp2Session) => {
@@ -195,6 +198,7 @@ function serveWireClients(
   h2: Http2Server,
   windowBytes: number,
   onStream: (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boolean,
+  handshakeTimeoutMs?: number,
 ): Set<WireSession> {
   const sessions = new Set<WireSession>();
   const emit = h2.emit.bind(h2) as (event: string | symbol, ...args: unknown[]) => boolean;
@@ -202,6 +206,7 @@ function serveWireClients(
     if (event !== "connection") return emit(event, ...args);
     serveWire(args[0] as Socket, {
       windowBytes,
+      handshakeTimeoutMs,
       onSession: (session) => {
         const socket = args[0] as Socket;
         const peer = `${socket.remoteAddress}:${socket.remotePort}`;

@@ -18,6 +18,7 @@ import { Buffer } from "node:buffer";
 import type { Duplex } from "node:stream";
 import hpack from "hpack.js";
 import { errorMessage } from "../errors.ts";
+import { log } from "../log.ts";
 import { noteCrowded } from "../memory.ts";
 import { hold, release, SlabPool } from "../slab.ts";
 import { coalesceWrites } from "./coalesce.ts";
@@ -1202,6 +1203,12 @@ export function readIntoSlabs(sock: net.Socket, pool: SlabPool, receive: (b: Uin
 }
 
 /**
+ * How long {@link serveWire} waits for a connection's first bytes to say what it is: gRPC-Go waits 120 s; the
+ * manager's clients (the daemon over a port-forward too) send them at once.
+ */
+export const HANDSHAKE_TIMEOUT_MS = 20_000;
+
+/**
  * What the first bytes of a connection say: "wire" for an h2_wire client (its preface, then SETTINGS carrying
  * {@link SETTINGS_TEL_WIRE}), "other" for anything else, undefined while too few bytes arrived to tell.
  */
@@ -1241,9 +1248,20 @@ export function serveWire(
     other: (socket: net.Socket) => void;
     /** Where the session's reads land (default: a pool all accepted sessions share). */
     slabs?: SlabPool;
+    /** A connection that has not said what it is (HTTP/2's preface and SETTINGS) by then is closed. */
+    handshakeTimeoutMs?: number;
   },
 ): void {
   let got = new Uint8Array(0);
+  // a client that connects and sends nothing (or a few bytes) must not hold the connection for ever
+  const timer = setTimeout(() => {
+    log.debug("h2", "a connection sent no HTTP/2 preface in time; closing it", {
+      peer: `${socket.remoteAddress}:${socket.remotePort}`,
+      bytes: got.byteLength,
+    });
+    socket.destroy();
+  }, opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS);
+  socket.once("close", () => clearTimeout(timer));
   const onData = (chunk: Uint8Array) => {
     const all = new Uint8Array(got.byteLength + chunk.byteLength);
     all.set(got);
@@ -1251,6 +1269,7 @@ export function serveWire(
     got = all;
     const verdict = sniffWire(got);
     if (!verdict) return;
+    clearTimeout(timer);
     socket.off("data", onData);
     socket.off("end", drop);
     socket.off("error", drop);
