@@ -246,8 +246,8 @@ export function kubeHelperConnector(opts: KubeHelperOptions = {}): ManagerConnec
       const startPrepared = async (signal?: AbortSignal) => {
         signal?.throwIfAborted();
         const h = KubeHelper.start(argv(), opts.callTimeoutMs);
-        // the connect given up: the helper goes, and with it the call (the kube API it waits for may never answer)
-        // nothing to release yet: no grace
+        // the connect given up: the helper goes at once (it holds nothing yet), and with it the call (the kube API it
+        // waits for may never answer)
         const stop = () => {
           h.stop(0).catch((e) => log.warn("kube-helper", "stopping it failed", { error: errorMessage(e) }));
         };

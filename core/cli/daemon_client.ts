@@ -46,18 +46,14 @@ export async function daemonState(
   h: DaemonHandle,
   timeoutMs = 2000,
 ): Promise<{ state: "none" | "silent" } | { state: "answers"; status: StatusResponse }> {
-  if (!(await socketAccepts(h.socketPath))) return { state: "none" };
+  const accepts = await socketAccepts(h.socketPath);
+  if (accepts === false) return { state: "none" };
   try {
     return { state: "answers", status: await call<unknown, StatusResponse>(h.client, "status", {}, timeoutMs) };
   } catch {
-    // it holds the socket but does not answer
-    return { state: "silent" };
+    // it holds the socket but does not answer (where that cannot be told, a file nobody answers on: none)
+    return { state: accepts ? "silent" : "none" };
   }
-}
-
-/** Whether a daemon answers on the socket. */
-export async function daemonRunning(h: DaemonHandle): Promise<boolean> {
-  return (await daemonState(h)).state === "answers";
 }
 
 /** The error for a daemon that holds its socket but does not answer. */

@@ -427,9 +427,10 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
 /**
  * Whether a process accepts connections on the unix socket at `path`: a daemon that is busy or stopped still has the
  * kernel accept for it, so this tells a live daemon from a socket file a dead one left, whether or not it answers.
+ * Undefined where that cannot be told (Windows, when the file is there).
  */
-export async function socketAccepts(path: string): Promise<boolean> {
-  if (Deno.build.os === "windows") return false;
+export async function socketAccepts(path: string): Promise<boolean | undefined> {
+  if (Deno.build.os === "windows") return await Deno.stat(path).then(() => undefined, () => false);
   try {
     const c = await Deno.connect({ transport: "unix", path });
     c.close();
