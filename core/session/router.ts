@@ -86,14 +86,32 @@ export class Router {
       skipped.push(...bad);
     }
     const { add, remove } = diffSubnets(this.#current, wanted);
-    for (const r of remove) await this.#opts.vif.removeRoute(r.toString());
-    for (const r of add) await this.#opts.vif.addRoute(r.toString());
+    // a route of ours removed by someone else (by hand, or with the device set down) is put back now, and one to
+    // remove that is gone already is no failure: either would otherwise stop every later change
+    const ours = new Set(
+      hostRoutes.filter((h) => h.device === this.#opts.vif.name).map((h) => canonical(h.destination)),
+    );
+    const lost = this.#current.filter((r) => !ours.has(r.toString()));
+    const kept = new Set(wanted.map(String));
+    for (const r of remove) {
+      try {
+        await this.#opts.vif.removeRoute(r.toString());
+      } catch (e) {
+        if (ours.has(r.toString())) throw e;
+        log.debug("router", "route already gone", { route: r.toString(), error: errorMessage(e) });
+      }
+    }
+    const restore = lost.filter((r) => kept.has(r.toString()));
+    if (restore.length) {
+      log.warn("router", "routes of tel's were removed; adding them again", { routes: restore.map(String) });
+    }
+    for (const r of [...add, ...restore]) await this.#opts.vif.addRoute(r.toString());
     this.#current = wanted;
     this.#opts.stack.setRoutes(wanted.map(String));
     if (add.length || remove.length) {
       log.info("router", "routes changed", { added: add.map(String), removed: remove.map(String) });
     }
-    return { added: add.map(String), removed: remove.map(String), skipped };
+    return { added: [...add, ...restore].map(String), removed: remove.map(String), skipped };
   }
 
   /** Removes every route it added. */
@@ -107,5 +125,18 @@ export class Router {
     }
     this.#current = [];
     this.#opts.stack.setRoutes([]);
+  }
+}
+
+/** A host route's destination as Cidr text ("198.19.255.2" is how `ip route` shows a /32). */
+function canonical(destination: string): string {
+  try {
+    return Cidr.parse(
+      destination.includes("/") ? destination : `${destination}/${destination.includes(":") ? 128 : 32}`,
+    )
+      .toString();
+  } catch {
+    // "default" and the like: never one of ours
+    return destination;
   }
 }

@@ -22,7 +22,8 @@ function fakeVif(hostRoutes: HostRoute[] = []): Vif & { log: string[]; routes: S
     },
     removeRoute: (c) => {
       log.push(`-${c}`);
-      routes.delete(c);
+      // as the kernel: a route that is not there cannot be removed
+      if (!routes.delete(c)) return Promise.reject(new Error(`ip route del ${c} dev tel0 failed: No such process`));
       return Promise.resolve();
     },
     hostRoutes: () => Promise.resolve([...hostRoutes, ...[...routes].map((r) => ({ destination: r, device: "tel0" }))]),
@@ -91,4 +92,17 @@ Deno.test("clear removes every route", async () => {
   await r.clear();
   assert.equal(vif.routes.size, 0);
   assert.deepEqual(r.routes, []);
+});
+
+Deno.test("a route of tel's removed by someone else neither stops later changes nor stays away", async () => {
+  const vif = fakeVif();
+  const r = new Router({ vif, stack: sink() });
+  await r.apply(["198.18.0.0/24", "198.18.1.0/24", "198.19.0.0/20"], true);
+  // removed by hand: the one the cluster then drops, and one it keeps
+  vif.routes.delete("198.18.1.0/24");
+  vif.routes.delete("198.19.0.0/20");
+  const change = await r.apply(["198.18.0.0/24", "198.18.3.0/24", "198.19.0.0/20"], false);
+  assert.deepEqual(change.removed, ["198.18.1.0/24"]);
+  assert.deepEqual(change.added.sort(), ["198.18.3.0/24", "198.19.0.0/20"]);
+  assert.deepEqual([...vif.routes].sort(), ["198.18.0.0/24", "198.18.3.0/24", "198.19.0.0/20"]);
 });
