@@ -22,6 +22,22 @@ Deno.test(
       try {
         equal(vif.name, name);
         equal(vif.offload?.tsoMaxPacket !== undefined, true, "offloads are on by default");
+        // a second open of the same name in that namespace (another daemon) is told as a device in use, not as
+        // missing root
+        const mod = new URL("../plugins/vif/mod.ts", import.meta.url).href;
+        const second = await ns.run([
+          Deno.execPath(),
+          "eval",
+          "--quiet",
+          `
+          const { vifPlugin } = await import("${mod}");
+          const factory = await vifPlugin.create({ stateDir: "/tmp" });
+          try { await factory.open({ name: "${name}" }); console.log("opened"); }
+          catch (e) { console.log(JSON.stringify({ message: e.message, hint: e.hint })); }`,
+        ]);
+        const busy = JSON.parse(second.stdout);
+        match(busy.message, /TUN device .* is in use by another process \(TUNSETIFF: errno 16, EBUSY\)/, second.stderr);
+        match(busy.hint, /another tel daemon/);
         const link = JSON.parse(await ns.exec(["ip", "-j", "link", "show", name]))[0];
         equal(link.mtu, 65000);
         ok(link.flags.includes("UP"));

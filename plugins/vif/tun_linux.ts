@@ -376,7 +376,15 @@ function attach(name: string, offload: boolean): { fd: number; actual: string } 
     ifr.set(new TextEncoder().encode(name));
     new DataView(ifr.buffer).setUint16(IFNAMSIZ, IFF_TUN | IFF_NO_PI | (offload ? IFF_VNET_HDR : 0), true);
     if (c.ioctl(fd, BigInt(TUNSETIFF), ifr) < 0) {
-      fail(`TUNSETIFF ${name} failed (errno ${errno(lib())})`, "run as root (CAP_NET_ADMIN); pick an unused name");
+      const e = errno(lib());
+      // EBUSY: a device of that name is held open by another process (another tel daemon: 'tel status' shows it)
+      if (e === 16) {
+        fail(
+          `TUN device ${name} is in use by another process (TUNSETIFF: errno 16, EBUSY)`,
+          "is another tel daemon running? 'tel status' reaches it; one whose socket is gone is stopped with 'kill <pid>' (its pid is in TEL_STATE_DIR/state.json)",
+        );
+      }
+      fail(`TUNSETIFF ${name} failed (errno ${e})`, "run as root (CAP_NET_ADMIN); pick an unused name");
     }
     if (offload && c.ioctlInt(fd, BigInt(TUNSETOFFLOAD), BigInt(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)) < 0) {
       log.debug("vif", "TUNSETOFFLOAD refused", { errno: errno(lib()) });
