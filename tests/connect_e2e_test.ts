@@ -277,6 +277,24 @@ withLab(
     assert.match(q.stdout, /removed what one that stopped without 'tel quit' left/);
     await assertHostClean(lab, tel);
     assert.deepEqual(await daemonsOf(tel), []);
+    // a daemon whose socket was removed by hand runs on unreachable: every command names it and leaves it be
+    assert.equal((await connect(lab, tel)).code, 0);
+    const pid = JSON.parse((await tel.run(["status", "-o", "json"])).stdout).pid;
+    await Deno.remove(tel.socket);
+    const orphan = new RegExp(
+      `a tel daemon \\(pid ${pid}\\) still runs, but its socket .* is gone\nhint: .*'kill ${pid}'`,
+    );
+    assert.match((await tel.run(["status"])).stderr, orphan);
+    for (const args of [["quit"], ["connect", "--kubeconfig", lab.kubeconfigPath]]) {
+      const r = await tel.run(args);
+      assert.equal(r.code, 4, `${args[0]}: ${r.stdout}${r.stderr}`);
+      assert.match(r.stderr, orphan);
+    }
+    assert.ok((await Deno.stat(`${tel.state}/state.json`)).isFile, "its state file is still its own");
+    assert.equal((await curl(lab, "http://echo.default/")).code, 0, "and it still serves");
+    Deno.kill(pid, "SIGTERM"); // as the hint says: it undoes what it set up
+    assert.ok(await eventually(async () => (await daemonsOf(tel)).length === 0, 20_000));
+    await assertHostClean(lab, tel);
   },
 );
 

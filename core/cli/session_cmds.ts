@@ -4,6 +4,7 @@ import { configPath } from "../config.ts";
 import { asTelError, TelError } from "../errors.ts";
 import { configureLog, log } from "../log.ts";
 import { daemonPaths, runDaemon } from "../session/daemon.ts";
+import { pidAlive, readState } from "../session/state_file.ts";
 import { checkConnectInput } from "../session/connect_input.ts";
 import type { ConnectProgress, ConnectRequest, ConnectResponse, StatusResponse } from "../../proto/gen/tel.ts";
 import type { Command, CommandContext } from "./command.ts";
@@ -129,7 +130,11 @@ const connectCommand: Command = {
     try {
       const running = await daemonState(h);
       if (running.state === "silent") throw silentDaemon(h);
-      if (running.state === "none") started = await startDaemon(h);
+      if (running.state === "none") {
+        const left = await leftState();
+        if (typeof left === "object") throw orphanDaemon(left.orphan, h.socketPath);
+        started = await startDaemon(h);
+      }
       const format = v.output as string | undefined;
       const text = format !== "json" && format !== "yaml";
       // a daemon started for this connect has nothing left to do once it failed: stop it, so nothing is left running
@@ -205,15 +210,22 @@ async function stopIfIdle(h: DaemonHandle, timeoutMs = UNDO_GRACE_MS): Promise<v
   }
 }
 
-/** Whether a daemon's state file is there (a daemon that stopped without 'tel quit' left it). */
-async function leftState(): Promise<boolean> {
-  try {
-    await Deno.stat(`${daemonPaths().stateDir}/state.json`);
-    return true;
-  } catch {
-    // none (or unreadable: then a new daemon could not read it either)
-    return false;
-  }
+/**
+ * What a daemon's state file says when no daemon is on the socket: "none" (no file), "left" (a daemon that stopped
+ * without 'tel quit' left it, with its VIF or DNS set-up), or the pid of a daemon that still runs but whose socket is
+ * gone (removed by hand), which no tel command can reach.
+ */
+async function leftState(): Promise<"none" | "left" | { orphan: number }> {
+  const state = await readState(`${daemonPaths().stateDir}/state.json`);
+  if (!state) return "none";
+  return state.pid !== Deno.pid && pidAlive(state.pid) ? { orphan: state.pid } : "left";
+}
+
+/** The error for a daemon that runs without its socket. */
+function orphanDaemon(pid: number, socketPath: string): TelError {
+  return new TelError("platform", `a tel daemon (pid ${pid}) still runs, but its socket ${socketPath} is gone`, {
+    hint: `no tel command can reach it: stop it with 'kill ${pid}' (it undoes its VIF, routes and DNS as it stops)`,
+  });
 }
 
 /** Has the daemon disconnect and stop, and waits until its socket is gone; closes `h`. */
@@ -282,10 +294,14 @@ const statusCommand: Command = {
       else if (s) ctx.io.out(statusText(s));
       else {
         ctx.io.out("tel: not connected (no daemon running)\n");
-        if (await leftState()) {
+        const left = await leftState();
+        if (left === "left") {
           ctx.io.err(
             "tel: a daemon stopped without 'tel quit' and left its VIF or DNS set-up; 'tel quit' removes it\n",
           );
+        } else if (left !== "none") {
+          const e = orphanDaemon(left.orphan, h.socketPath);
+          ctx.io.err(`tel: ${e.message}\nhint: ${e.hint}\n`);
         }
       }
       return 0;
@@ -308,10 +324,12 @@ const quitCommand: Command = {
       const running = await daemonState(h);
       if (running.state === "silent") throw silentDaemon(h);
       if (running.state === "none") {
-        if (!(await leftState())) {
+        const left = await leftState();
+        if (left === "none") {
           ctx.io.out("tel: not connected (no daemon running)\n");
           return 0;
         }
+        if (left !== "left") throw orphanDaemon(left.orphan, h.socketPath);
         // a daemon that died (killed, crashed) left its VIF, DNS configuration or state: a new one removes what it
         // left as it starts (state.json names it), and is stopped again
         await startDaemon(h);

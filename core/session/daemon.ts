@@ -125,6 +125,7 @@ class Daemon {
   /** The connect in progress: aborting `limit` cancels it; `finished` resolves once it has returned. */
   #connecting?: { limit: AbortController; finished: Promise<void> };
   #statePath: string;
+  #stateWritten = false;
   quit?: () => void;
 
   constructor(o: DaemonOptions) {
@@ -142,6 +143,7 @@ class Daemon {
     if (this.#vif) plugins.vif = { device: this.#vif.name };
     if (this.#resolver?.cleanupRecord) plugins[this.#resolverName] = this.#resolver.cleanupRecord();
     await writeState(this.#statePath, { pid: Deno.pid, plugins });
+    this.#stateWritten = true;
   }
 
   async #pickResolver(cfg: Config, fallbackIp: string | undefined): Promise<void> {
@@ -322,7 +324,9 @@ class Daemon {
       await this.#vif.close().catch((e) => log.warn("daemon", "VIF close failed", { error: errorMessage(e) }));
       this.#vif = undefined;
     }
-    await removeState(this.#statePath);
+    // only a file this daemon wrote: one a daemon that still runs wrote (its socket removed) stays its own
+    if (this.#stateWritten) await removeState(this.#statePath);
+    this.#stateWritten = false;
   }
 }
 
@@ -390,6 +394,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
   const lock = await Deno.open(`${o.stateDir}/daemon.lock`, { create: true, write: true, mode: 0o600 });
   const stopped = Promise.withResolvers<void>();
   let server: DaemonServer;
+  let listening: string | undefined;
   try {
     await lock.lock(true);
     if (await socketAccepts(o.socketPath)) {
@@ -404,6 +409,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
     server = await listen(o.socketPath, d, stopped);
+    listening = socketId(o.socketPath);
   } finally {
     await lock.unlock().catch(() => {/* closed below all the same */});
     lock.close();
@@ -419,9 +425,21 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
   await stopped.promise;
   memory.stop();
   await d.disconnect();
-  // the socket goes first, so a shutdown that fails still leaves the host clean
-  await Deno.remove(o.socketPath).catch(() => {});
+  // the socket goes first, so a shutdown that fails still leaves the host clean; only our own (a daemon started after
+  // ours was removed listens on a new file of that name)
+  if (socketId(o.socketPath) === listening) await Deno.remove(o.socketPath).catch(() => {});
   server.close();
+}
+
+/** Which file is at `path` (device and inode), or undefined when none is. */
+function socketId(path: string): string | undefined {
+  try {
+    const st = Deno.statSync(path);
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    // gone
+    return undefined;
+  }
 }
 
 /**
