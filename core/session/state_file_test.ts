@@ -66,6 +66,10 @@ Deno.test("a daemon killed but not yet reaped (a zombie) counts as gone: its sta
     const { value } = await reader.read();
     reader.releaseLock();
     const pid = Number(new TextDecoder().decode(value).trim());
+    // killed only once the shell is `sleep 60` (the shell itself would reap it)
+    const execed = async () => (await Deno.readTextFile(`/proc/${parent.pid}/comm`)).trim() === "sleep";
+    for (let i = 0; i < 250 && !(await execed()); i++) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(await execed(), "the shell became sleep 60");
     Deno.kill(pid, "SIGKILL");
     const zombie = async () => (await Deno.readTextFile(`/proc/${pid}/stat`)).split(") ")[1]?.startsWith("Z");
     for (let i = 0; i < 100 && !(await zombie()); i++) await new Promise((r) => setTimeout(r, 20));
