@@ -321,6 +321,16 @@ withLab(
     assert.equal(now.length, 1, "one new helper");
     assert.notEqual(now[0], helper);
     assert.equal(JSON.parse((await tel.run(["status", "-o", "json"])).stdout).state, "connected");
+    // the VIF deleted by hand: status says so (it is not recreated), and quit still leaves nothing
+    await lab.ws.exec(["ip", "link", "del", "tel0"]);
+    const lost = async () => JSON.parse((await tel.run(["status", "-o", "json"])).stdout).lastError as string;
+    assert.ok(
+      await eventually(async () => /the VIF stopped/.test(await lost()), 10_000),
+      "status tells the VIF is gone",
+    );
+    assert.match(await lost(), /run 'tel quit' and 'tel connect' again/);
+    assert.equal((await tel.run(["quit"])).code, 0);
+    await assertHostClean(lab, tel);
   },
 );
 

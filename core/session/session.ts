@@ -120,6 +120,8 @@ export class ClientSession {
   #remainTimer?: unknown;
   #reconnecting?: Promise<void>;
   #resolverStarted = false;
+  /** Why the VIF stopped serving, once it has (it is not reopened). */
+  #vifLost = "";
   #namespaces: string[] = [];
 
   private constructor(o: SessionOptions) {
@@ -164,7 +166,12 @@ export class ClientSession {
     });
     this.#fwdStats = stats;
     this.#stack = new Stack({ link: this.#o.vif, forwarder });
-    this.#stack.run().catch((e) => log.error("session", "packet stack stopped", { error: errorMessage(e) }));
+    this.#stack.run().catch((e) => {
+      if (this.#closed) return; // the VIF closed under it as the session ended
+      log.error("session", "packet stack stopped", { error: errorMessage(e) });
+      // the VIF is gone (deleted by hand, say): nothing reaches the cluster until a new connect; status says so
+      this.#vifLost = `the VIF stopped (${errorMessage(e)}): run 'tel quit' and 'tel connect' again`;
+    });
 
     this.#router = new Router({
       vif: this.#o.vif,
@@ -443,7 +450,7 @@ export class ClientSession {
         tunnelsOpened: this.#fwdStats.opened,
         tunnelDialFailures: this.#fwdStats.failed,
       },
-      lastError: this.#lastError,
+      lastError: this.#vifLost || this.#lastError,
     };
   }
 
