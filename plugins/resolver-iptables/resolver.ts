@@ -15,6 +15,8 @@ export interface IptablesSettings {
   /** Unique part of the chain name (defaults to a random id). */
   id?: string;
   resolvConfPath?: string;
+  /** How often the redirect is checked, and installed again when something removed it (default 5 s). */
+  checkIntervalMs?: number;
 }
 
 /** iptables or ip6tables, by family. */
@@ -77,18 +79,30 @@ export async function listTelChains(): Promise<string[]> {
 export class IptablesResolver implements Resolver {
   readonly fallback: PooledFallback;
   readonly chain: string;
-  #installed?: { serverIp: string; serverPort: number };
+  #installed?: ResolverConfig;
+  #checkMs: number;
+  #watch?: ReturnType<typeof setInterval>;
+  /** install, update, check and stop run one at a time (a check must not see a chain half replaced). */
+  #turn: Promise<unknown> = Promise.resolve();
 
-  private constructor(pool: PooledFallback, chain: string) {
+  private constructor(pool: PooledFallback, chain: string, checkMs: number) {
     this.fallback = pool;
     this.chain = chain;
+    this.#checkMs = checkMs;
+  }
+
+  #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#turn.then(fn, fn);
+    this.#turn = run.catch(() => {});
+    return run;
   }
 
   /** Opens the fallback sockets first (their ports go into the RETURN rules). */
   static async create(settings: IptablesSettings = {}): Promise<IptablesResolver> {
     const ip = await pickFallback(settings);
     const pool = await PooledFallback.open({ ip });
-    return new IptablesResolver(pool, chainName(settings.id ?? crypto.randomUUID().slice(0, 8)));
+    const id = settings.id ?? crypto.randomUUID().slice(0, 8);
+    return new IptablesResolver(pool, chainName(id), settings.checkIntervalMs ?? 5000);
   }
 
   async #install(config: ResolverConfig): Promise<void> {
@@ -115,7 +129,7 @@ export class IptablesResolver implements Resolver {
         hint: "tel needs root and a kernel with the nat table",
       });
     }
-    this.#installed = { serverIp: config.serverIp, serverPort: config.serverPort };
+    this.#installed = config;
     log.info("resolver-iptables", "redirecting DNS", {
       chain: this.chain,
       fallback: this.fallback.ip,
@@ -123,24 +137,64 @@ export class IptablesResolver implements Resolver {
     });
   }
 
-  /** Installs the chain. */
+  /** Installs the chain, and checks every few seconds that it is still there (a firewall reload flushes nat). */
   async start(config: ResolverConfig): Promise<void> {
-    await this.#install(config);
+    await this.#exclusive(() => this.#install(config));
+    this.#watch = setInterval(() => void this.#exclusive(() => this.#check()), this.#checkMs);
   }
 
   /** Re-installs only when tel's server address moved: every query reaches tel whatever the domains are. */
-  async update(config: ResolverConfig): Promise<void> {
-    const cur = this.#installed;
-    if (cur && cur.serverIp === config.serverIp && cur.serverPort === config.serverPort) return;
+  update(config: ResolverConfig): Promise<void> {
+    return this.#exclusive(async () => {
+      const cur = this.#installed;
+      if (cur && cur.serverIp === config.serverIp && cur.serverPort === config.serverPort) return;
+      await removeChains([this.chain], isIpv6(this.fallback.ip) ? "ipv6" : "ipv4");
+      await this.#install(config);
+    });
+  }
+
+  /**
+   * Whether the jump from OUTPUT and the chain's DNAT rules are still there; when something removed them (another
+   * tool flushing the nat table, a rule deleted by hand), they are installed again: otherwise cluster names would
+   * silently stop resolving while tel says it redirects them.
+   */
+  async #check(): Promise<void> {
+    const config = this.#installed;
+    if (!config) return;
+    let listing: string;
+    try {
+      const r = await execCommand(tool(this.fallback.ip), ["-w", "5", "-t", "nat", "-S"], { timeoutMs: 8000 });
+      if (r.code !== 0) return;
+      listing = r.stdout;
+    } catch (e) {
+      log.debug("resolver-iptables", "cannot check the redirect", { error: errorMessage(e) });
+      return;
+    }
+    const lines = listing.split("\n").map((l) => l.trim());
+    const hooked = lines.includes(`-A OUTPUT -j ${this.chain}`);
+    const dnat = lines.filter((l) => l.startsWith(`-A ${this.chain} `) && l.includes("-j DNAT")).length;
+    if (hooked && dnat === 2) return;
+    log.warn("resolver-iptables", "the DNS redirect was removed by something else; installing it again", {
+      chain: this.chain,
+      jump: hooked,
+      dnatRules: dnat,
+    });
     await removeChains([this.chain], isIpv6(this.fallback.ip) ? "ipv6" : "ipv4");
-    await this.#install(config);
+    try {
+      await this.#install(config);
+    } catch (e) {
+      log.error("resolver-iptables", "cannot install the DNS redirect again", { error: errorMessage(e) });
+    }
   }
 
   /** Removes the chain and closes the fallback sockets. */
-  async stop(): Promise<void> {
-    await removeChains([this.chain], isIpv6(this.fallback.ip) ? "ipv6" : "ipv4");
-    this.#installed = undefined;
-    this.fallback.close();
+  stop(): Promise<void> {
+    clearInterval(this.#watch);
+    return this.#exclusive(async () => {
+      await removeChains([this.chain], isIpv6(this.fallback.ip) ? "ipv6" : "ipv4");
+      this.#installed = undefined;
+      this.fallback.close();
+    });
   }
 
   /** For `tel status`. */

@@ -52,6 +52,16 @@ async function lab(fn: (ws: Netns, up: Netns) => Promise<void>): Promise<void> {
   }
 }
 
+/** Polls `fn` until it returns true, at most 10 s; a bound for the check, not a speed assertion. */
+async function eventually(fn: () => Promise<boolean>): Promise<boolean> {
+  const end = Date.now() + 10_000;
+  while (Date.now() < end) {
+    if (await fn()) return true;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return false;
+}
+
 async function dig(ns: Netns, args: string[]): Promise<string> {
   const r = await ns.run(["dig", "+short", "+time=2", "+tries=1", "@198.19.255.2", ...args]);
   return r.stdout.trim();
@@ -73,6 +83,8 @@ Deno.test({
         "198.19.255.2",
         "--record",
         "echo.default.svc.cluster.local=198.18.0.20",
+        "--check-ms",
+        "200",
       ], { stdin: "piped" });
       const reader = h.stdout.getReader();
       const buf = { text: "" };
@@ -84,6 +96,17 @@ Deno.test({
         assert.equal(await dig(ws, ["+tcp", "echo.default.svc.cluster.local"]), "198.18.0.20", "TCP is redirected too");
         assert.equal(await dig(ws, ["www.example.test"]), "198.18.99.99", "non-cluster names go through the fallback");
         assert.equal(await dig(ws, ["+tcp", "www.example.test"]), "198.18.99.99", "fallback over TCP is exempt too");
+        // removed by something else (a rule deleted by hand; a firewall reload flushing nat): installed again
+        for (const remove of [["-D", "OUTPUT", "-j", chain], ["-F", "OUTPUT"], ["-F", chain]]) {
+          await ws.exec(["iptables", "-t", "nat", ...remove]);
+          assert.ok(
+            await eventually(async () => await dig(ws, ["echo.default.svc.cluster.local"]) === "198.18.0.20"),
+            `redirect back after iptables ${remove.join(" ")}`,
+          );
+          const nat = await ws.exec(["iptables", "-t", "nat", "-S"]);
+          assert.equal((nat.match(new RegExp(`^-A OUTPUT -j ${chain}$`, "gm")) ?? []).length, 1, "hooked once");
+          assert.equal((nat.match(new RegExp(`^-A ${chain} .*-j DNAT`, "gm")) ?? []).length, 2, nat);
+        }
         await h.stdin.close();
         await readLine(reader, /STOPPED/, buf);
         assert.equal((await h.status).code, 0);

@@ -9,7 +9,12 @@ import { IptablesResolver } from "../../plugins/resolver-iptables/resolver.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
-  options: { fallback: { type: "string" }, record: { type: "string", multiple: true }, id: { type: "string" } },
+  options: {
+    fallback: { type: "string" },
+    record: { type: "string", multiple: true },
+    id: { type: "string" },
+    "check-ms": { type: "string" },
+  },
 });
 const records = new Map<string, string>();
 for (const r of values.record ?? []) {
@@ -24,7 +29,11 @@ const cluster: ClusterLookup = {
     return Promise.resolve({ rcode: "NOERROR", answers: [{ type: "A", name, ttl: 30, data: ip }] });
   },
 };
-const resolver = await IptablesResolver.create({ fallbackIp: values.fallback, id: values.id });
+const resolver = await IptablesResolver.create({
+  fallbackIp: values.fallback,
+  id: values.id,
+  checkIntervalMs: values["check-ms"] ? Number(values["check-ms"]) : undefined,
+});
 const engine = new DnsEngine({
   rules: new DnsRules({ namespace: "default" }),
   providers: () => [cluster],
