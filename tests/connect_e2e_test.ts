@@ -131,6 +131,18 @@ withLab("connect: nodes added and removed in the cluster are routed and unrouted
   assert.ok(await eventually(async () => /^198\.18\.2\.0\/24 dev tel0/m.test(await routes(lab))), "new podCIDR routed");
   await lab.removeNode("node-c");
   assert.ok(await eventually(async () => !/198\.18\.2\.0\/24/.test(await routes(lab))), "removed podCIDR unrouted");
+  // a VPN takes part of a new node's range first: that subnet is left out, and status says so
+  await lab.ws.exec(["ip", "route", "add", "198.18.3.0/25", "via", "198.19.255.2"]);
+  await lab.addNode({ name: "node-d", podCIDRs: ["198.18.3.0/24"] });
+  const lastError = async () => JSON.parse((await tel.run(["status", "-o", "json"])).stdout).lastError as string;
+  assert.ok(
+    await eventually(async () => /not routed, overlapping host routes: 198\.18\.3\.0\/24/.test(await lastError())),
+    "status names the subnet left out",
+  );
+  assert.doesNotMatch(await routes(lab), /^198\.18\.3\.0\/24 dev tel0/m);
+  await lab.ws.exec(["ip", "route", "del", "198.18.3.0/25"]);
+  await lab.removeNode("node-d");
+  assert.ok(await eventually(async () => (await lastError()) === ""), "and clears it once nothing is left out");
 });
 
 withLab("connect: also-proxy and never-proxy are honoured", async (lab, tel) => {

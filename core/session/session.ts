@@ -122,6 +122,8 @@ export class ClientSession {
   #resolverStarted = false;
   /** Why the VIF stopped serving, once it has (it is not reopened). */
   #vifLost = "";
+  /** Cluster subnets the last change could not route ("" when all are). */
+  #routeProblem = "";
   #namespaces: string[] = [];
 
   private constructor(o: SessionOptions) {
@@ -368,12 +370,19 @@ export class ClientSession {
 
   #onInfo(info: ClusterInfo): void {
     this.#info = info;
-    this.#router?.apply(subnetsOf(info), false).then(() => {
+    this.#router?.apply(subnetsOf(info), false).then((change) => {
+      // a subnet a host route now overlaps (a VPN's) is left out: status says which, or the user sees only failures
+      this.#routeProblem = change.skipped.length
+        ? `not routed, overlapping host routes: ${change.skipped.join(", ")} (see the daemon's log)`
+        : "";
       this.#engine?.setRules(this.#rules(info));
       if (this.#resolverStarted) {
         return this.#o.resolver.update(this.#resolverConfig(info));
       }
-    }).catch((e) => log.error("session", "applying cluster info failed", { error: errorMessage(e) }));
+    }).catch((e) => {
+      log.error("session", "applying cluster info failed", { error: errorMessage(e) });
+      this.#routeProblem = `applying the cluster's subnets failed: ${errorMessage(e)}`;
+    });
   }
 
   #scheduleRemain(): void {
@@ -450,7 +459,7 @@ export class ClientSession {
         tunnelsOpened: this.#fwdStats.opened,
         tunnelDialFailures: this.#fwdStats.failed,
       },
-      lastError: this.#vifLost || this.#lastError,
+      lastError: this.#vifLost || this.#lastError || this.#routeProblem,
     };
   }
 

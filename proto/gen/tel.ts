@@ -283,7 +283,10 @@ export interface StatusResponse {
   netstackCounters: { [key: string]: number };
   /** How the manager is reached ("port-forward to tel-system/traffic-manager-x" or "direct"). */
   managerVia: string;
-  /** The last reconnect error while reconnecting. */
+  /**
+   * What is wrong, if anything: the last reconnect error while reconnecting, a VIF that stopped, cluster subnets that
+   * could not be routed.
+   */
   lastError: string;
   /** The daemon's process id. */
   pid: number;
