@@ -140,7 +140,12 @@ export class IptablesResolver implements Resolver {
   /** Installs the chain, and checks every few seconds that it is still there (a firewall reload flushes nat). */
   async start(config: ResolverConfig): Promise<void> {
     await this.#exclusive(() => this.#install(config));
-    this.#watch = setInterval(() => void this.#exclusive(() => this.#check()), this.#checkMs);
+    let checking = false; // a slow iptables (its lock held by another tool) must not pile checks up
+    this.#watch = setInterval(() => {
+      if (checking) return;
+      checking = true;
+      void this.#exclusive(() => this.#check()).finally(() => checking = false);
+    }, this.#checkMs);
   }
 
   /** Re-installs only when tel's server address moved: every query reaches tel whatever the domains are. */
