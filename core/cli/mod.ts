@@ -5,6 +5,7 @@ import { asTelError, TelError } from "../errors.ts";
 import { configureLog, type Level, log, parseLevel } from "../log.ts";
 import type { CliDeps, Command, CommandContext, Output } from "./command.ts";
 import { helpText, parseFlags, suggest } from "./flags.ts";
+import { printError } from "./output.ts";
 import { pluginsCommand } from "./plugins.ts";
 import { versionCommand } from "./version.ts";
 import { sessionCommands } from "./session_cmds.ts";
@@ -66,15 +67,6 @@ function findCommand(list: Command[], word: string, where: string): Command {
   throw new TelError("user", `unknown command "${word}" for '${where}'`, {
     hint: s ? `did you mean '${where} ${s}'? (run '${where} --help')` : `run '${where} --help' to list the commands`,
   });
-}
-
-/** Prints an error as: what failed, why (when known), what to do. */
-export function printError(err: TelError, io: Output): void {
-  io.err(`tel: ${err.message}\n`);
-  if (err.hint) io.err(`hint: ${err.hint}\n`);
-  if (err.category === "bug") {
-    io.err("this is a bug in tel: please report it with the output of the command run with --log-level debug\n");
-  }
 }
 
 /** Runs the CLI; returns the process exit code. */

@@ -1,4 +1,7 @@
-/** Rendering of command results as a table, JSON or YAML. */
+/** Rendering of command results as a table, JSON or YAML, and of errors. */
+
+import type { TelError } from "../errors.ts";
+import type { Output } from "./command.ts";
 
 /** Formats every command's --output accepts. */
 export const OUTPUT_FORMATS = ["text", "json", "yaml"] as const;
@@ -26,3 +29,12 @@ export const OUTPUT_FLAG = {
   description: "output format",
   choices: OUTPUT_FORMATS,
 };
+
+/** Prints an error as: what failed, why (when known), what to do. */
+export function printError(err: TelError, io: Output): void {
+  io.err(`tel: ${err.message}\n`);
+  if (err.hint) io.err(`hint: ${err.hint}\n`);
+  if (err.category === "bug") {
+    io.err("this is a bug in tel: please report it with the output of the command run with --log-level debug\n");
+  }
+}

@@ -1,15 +1,16 @@
 /** `tel connect`, `tel status`, `tel quit` and the hidden `tel daemon`. */
 
+import { sleep } from "../clock.ts";
 import { configPath } from "../config.ts";
 import { asTelError, TelError } from "../errors.ts";
 import { configureLog, log } from "../log.ts";
 import { daemonPaths, runDaemon } from "../session/daemon.ts";
-import { pidAlive, readState } from "../session/state_file.ts";
+import { ownerRuns, readState } from "../session/state_file.ts";
 import { checkConnectInput } from "../session/connect_input.ts";
 import type { ConnectProgress, ConnectRequest, ConnectResponse, StatusResponse } from "../../proto/gen/tel.ts";
 import type { Command, CommandContext } from "./command.ts";
 import { call, daemonClient, type DaemonHandle, daemonState, silentDaemon, startDaemon } from "./daemon_client.ts";
-import { OUTPUT_FLAG, renderData } from "./output.ts";
+import { OUTPUT_FLAG, printError, renderData } from "./output.ts";
 
 function clusterDeps(ctx: CommandContext) {
   if (!ctx.deps.cluster) throw new TelError("bug", "this build of tel has no cluster support");
@@ -206,7 +207,7 @@ async function stopIfIdle(h: DaemonHandle, timeoutMs = UNDO_GRACE_MS): Promise<v
     const s = await call<unknown, StatusResponse>(h.client, "status", {}, 5000);
     if (s.state === "disconnected" || !s.state) return await stopDaemon(h);
     if (s.state !== "connecting" || Date.now() > deadline) return;
-    await new Promise((r) => setTimeout(r, 100));
+    await sleep(100);
   }
 }
 
@@ -218,7 +219,7 @@ async function stopIfIdle(h: DaemonHandle, timeoutMs = UNDO_GRACE_MS): Promise<v
 async function leftState(): Promise<"none" | "left" | { orphan: number }> {
   const state = await readState(`${daemonPaths().stateDir}/state.json`);
   if (!state) return "none";
-  return state.pid !== Deno.pid && pidAlive(state.pid) ? { orphan: state.pid } : "left";
+  return ownerRuns(state) ? { orphan: state.pid } : "left";
 }
 
 /** The error for a daemon that runs without its socket. */
@@ -243,7 +244,7 @@ async function stopDaemon(h: DaemonHandle): Promise<void> {
       // socket removed: the daemon is done
       break;
     }
-    await new Promise((r) => setTimeout(r, 50));
+    await sleep(50);
   }
 }
 
@@ -299,10 +300,7 @@ const statusCommand: Command = {
           ctx.io.err(
             "tel: a daemon stopped without 'tel quit' and left its VIF or DNS set-up; 'tel quit' removes it\n",
           );
-        } else if (left !== "none") {
-          const e = orphanDaemon(left.orphan, h.socketPath);
-          ctx.io.err(`tel: ${e.message}\nhint: ${e.hint}\n`);
-        }
+        } else if (left !== "none") printError(orphanDaemon(left.orphan, h.socketPath), ctx.io);
       }
       return 0;
     } finally {

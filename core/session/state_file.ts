@@ -68,11 +68,16 @@ export function pidAlive(pid: number): boolean {
   return state !== "Z" && state !== "X";
 }
 
+/** Whether the daemon that wrote `state` is another process that still runs (its state is then its own). */
+export function ownerRuns(state: DaemonState): boolean {
+  return state.pid !== Deno.pid && pidAlive(state.pid);
+}
+
 /** Undoes what a dead daemon's state file lists, plugin by plugin; returns what was cleaned. */
 export async function cleanupStale(path: string, plugins: readonly PluginModule<unknown>[]): Promise<string[]> {
   const state = await readState(path);
   if (!state) return [];
-  if (state.pid !== Deno.pid && pidAlive(state.pid)) {
+  if (ownerRuns(state)) {
     log.warn("daemon", "state file belongs to a running process; leaving it", { pid: state.pid });
     return [];
   }
