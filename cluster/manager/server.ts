@@ -405,6 +405,6 @@ export function notDialed(ip: string): string | undefined {
   }
   // ::ffff:127.0.0.1 reaches 127.0.0.1
   if (V4_MAPPED.contains(addr)) addr = IpAddr.fromBigInt(4, addr.toBigInt() & 0xffffffffn);
-  const hit = NOT_DIALED.find(([c]) => c.family === addr.family && c.contains(addr));
+  const hit = NOT_DIALED.find(([c]) => c.contains(addr));
   return hit ? `${ip} is ${hit[1]}: the traffic-manager does not dial it` : undefined;
 }
