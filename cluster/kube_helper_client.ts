@@ -91,7 +91,7 @@ export class KubeHelper {
       onStderr: logLine,
       exitError: (st) => {
         if (st.code === 0 && !this.#stopping) log.debug("kube-helper", "exited while idle", { pid: child.pid });
-        return new TelError("platform", `the kube helper process (pid ${child.pid}) exited (${exitText(st)})`, {
+        return new TelError("platform", exitedText(child.pid, st), {
           hint: "its last lines are in the daemon's log; the next connect starts a new one",
         });
       },
@@ -127,7 +127,7 @@ export class KubeHelper {
 
   /** Resolves with how it ended once the process has exited. */
   whenExited(): Promise<string> {
-    return this.#rpc.exited.then((st) => `the kube helper process (pid ${this.pid}) exited (${exitText(st)})`);
+    return this.#rpc.exited.then((st) => exitedText(this.pid, st));
   }
 
   /** Whether the process has exited. */
@@ -314,4 +314,9 @@ export function kubeHelperConnector(opts: KubeHelperOptions = {}): ManagerConnec
       };
     },
   };
+}
+
+/** How a helper process ended, as its exit error and its connection's `lost` say it. */
+function exitedText(pid: number, st: Deno.CommandStatus): string {
+  return `the kube helper process (pid ${pid}) exited (${exitText(st)})`;
 }
