@@ -68,7 +68,7 @@ export interface Resolver {
 
 /** One route of the host's routing table, as the VIF plugin reads it. */
 export interface HostRoute {
-  /** CIDR text, e.g. "10.0.0.0/8" or "default". */
+  /** CIDR text as `Cidr` prints it (a host route is a /32 or /128), e.g. "10.0.0.0/8", "10.0.0.7/32", or "default". */
   destination: string;
   device: string;
   gateway?: string;

@@ -185,10 +185,13 @@ export class BenchEnv {
     if (this.#mode) await this.quit();
     if (inspect) await this.#startInspectableDaemon();
     // the sshuttle target is kept off tel's routes, so only sshuttle's redirect can carry it (a leak would show as
-    // tel's figures in sshuttle's row)
+    // tel's figures in sshuttle's row); so is the direct veth target, whose host route would otherwise overlap a
+    // routed cluster subnet (a conflict that makes tel leave the whole subnet out at its next route change)
     const extra = [
       "--never-proxy",
       `${BENCH_NET.sshIp}/32`,
+      "--never-proxy",
+      `${BENCH_NET.vethIp}/32`,
       ...(mode === "direct" ? ["--manager-address", this.lab.managerAddress] : []),
     ];
     const r = await this.tel(["connect", "--kubeconfig", this.lab.kubeconfigPath, ...extra]);
@@ -201,7 +204,7 @@ export class BenchEnv {
       if (pid && pid !== before && (await Deno.stat(`/proc/${pid}`).then(() => true, () => false))) break;
       await new Promise((r) => setTimeout(r, 100));
     }
-    // a host route inside a cluster subnet is refused at connect time, so the veth baseline route comes after it
+    // the veth baseline's host route (kept off tel's routes above)
     await this.lab.ws.exec(["ip", "route", "add", `${BENCH_NET.vethIp}/32`, "via", LAB_NET.apiCl, "dev", "api0"]);
     this.#vethRoute = true;
     this.#say(`tel connected (${mode === "direct" ? "--manager-address" : "port-forward"})`);

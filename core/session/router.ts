@@ -89,7 +89,7 @@ export class Router {
     // a route of ours removed by someone else (by hand, or with the device set down) is put back now, and one to
     // remove that is gone already is no failure: either would otherwise stop every later change
     const ours = new Set(
-      hostRoutes.filter((h) => h.device === this.#opts.vif.name).map((h) => canonical(h.destination)),
+      hostRoutes.filter((h) => h.device === this.#opts.vif.name).map((h) => h.destination),
     );
     const lost = this.#current.filter((r) => !ours.has(r.toString()));
     const kept = new Set(wanted.map(String));
@@ -125,18 +125,5 @@ export class Router {
     }
     this.#current = [];
     this.#opts.stack.setRoutes([]);
-  }
-}
-
-/** A host route's destination as Cidr text ("198.19.255.2" is how `ip route` shows a /32). */
-function canonical(destination: string): string {
-  try {
-    return Cidr.parse(
-      destination.includes("/") ? destination : `${destination}/${destination.includes(":") ? 128 : 32}`,
-    )
-      .toString();
-  } catch {
-    // "default" and the like: never one of ours
-    return destination;
   }
 }

@@ -157,6 +157,7 @@ Deno.test("findConflicts names both sides and honours allow and the VIF", () => 
     { destination: "10.96.0.0/12", device: "tel0" },
     { destination: "172.20.0.0/16", device: "docker0" },
     { destination: "192.168.1.0/24", device: "eth0" },
+    { destination: "198.18.0.7/32", device: "vpn0" },
     { destination: "garbage", device: "x" },
   ];
   const subnets = [C("10.96.0.0/12"), C("172.20.5.0/24"), C("198.18.0.0/16")];
@@ -164,13 +165,14 @@ Deno.test("findConflicts names both sides and honours allow and the VIF", () => 
   assert.deepEqual(found.map((c) => [String(c.subnet), String(c.routeCidr), c.route.device]), [
     ["10.96.0.0/12", "10.0.0.0/8", "wg0"],
     ["172.20.5.0/24", "172.20.0.0/16", "docker0"],
+    ["198.18.0.0/16", "198.18.0.7/32", "vpn0"],
   ]);
   const err = conflictsError(found);
   assert.equal(err.category, "platform");
   assert.match(err.message, /cluster subnet 10\.96\.0\.0\/12 overlaps host route 10\.0\.0\.0\/8 on wg0/);
   assert.match(err.hint ?? "", /allowConflictingSubnets/);
   const allowed = findConflicts(subnets, routes, { vifName: "tel0", allow: [C("172.20.0.0/16")] });
-  assert.deepEqual(allowed.map((c) => String(c.subnet)), ["10.96.0.0/12"]);
+  assert.deepEqual(allowed.map((c) => String(c.subnet)), ["10.96.0.0/12", "198.18.0.0/16"]);
 });
 
 Deno.test("diffSubnets reports adds and removes", () => {
