@@ -4,6 +4,7 @@ import { errorMessage, TelError } from "../../core/errors.ts";
 import { execCommand } from "../../core/exec.ts";
 import { log } from "../../core/log.ts";
 import type { Resolver, ResolverConfig } from "../../core/plugin.ts";
+import type { Fallback } from "../../core/dns/mod.ts";
 import { chainName, isIpv6, removeArgs, restoreScript, telChains } from "./_rules.ts";
 import { PooledFallback } from "./fallback_pool.ts";
 import { parseResolvConf } from "../../core/dns/resolv_conf.ts";
@@ -15,7 +16,10 @@ export interface IptablesSettings {
   /** Unique part of the chain name (defaults to a random id). */
   id?: string;
   resolvConfPath?: string;
-  /** How often the redirect is checked, and installed again when something removed it (default 5 s). */
+  /**
+   * How often the redirect is checked, and installed again when something removed it (default 5 s); a fallback read
+   * from resolv.conf is read again as often, and followed when its first nameserver changes.
+   */
   checkIntervalMs?: number;
 }
 
@@ -77,18 +81,32 @@ export async function listTelChains(): Promise<string[]> {
 
 /** The resolver. */
 export class IptablesResolver implements Resolver {
-  readonly fallback: PooledFallback;
   readonly chain: string;
+  /** Where names not for the cluster go: always the current pool (the fallback server can change, see #follow). */
+  readonly fallback: Fallback = {
+    forward: (query, transport, signal) => this.#pool.forward(query, transport, signal),
+  };
+  #pool: PooledFallback;
+  /** The resolv.conf the fallback server came from, read again at each check; unset when given by --dns/config. */
+  #follow?: string;
+  /** Pools replaced by a change of the fallback server, closed a little later (their queries in flight may finish). */
+  #retired = new Map<ReturnType<typeof setTimeout>, PooledFallback>();
   #installed?: ResolverConfig;
   #checkMs: number;
   #watch?: ReturnType<typeof setInterval>;
   /** install, update, check and stop run one at a time (a check must not see a chain half replaced). */
   #turn: Promise<unknown> = Promise.resolve();
 
-  private constructor(pool: PooledFallback, chain: string, checkMs: number) {
-    this.fallback = pool;
+  private constructor(pool: PooledFallback, chain: string, checkMs: number, follow: string | undefined) {
+    this.#pool = pool;
     this.chain = chain;
     this.#checkMs = checkMs;
+    this.#follow = follow;
+  }
+
+  /** The fallback DNS server whose port 53 is redirected now. */
+  get fallbackIp(): string {
+    return this.#pool.ip;
   }
 
   #exclusive<T>(fn: () => Promise<T>): Promise<T> {
@@ -102,19 +120,20 @@ export class IptablesResolver implements Resolver {
     const ip = await pickFallback(settings);
     const pool = await PooledFallback.open({ ip });
     const id = settings.id ?? crypto.randomUUID().slice(0, 8);
-    return new IptablesResolver(pool, chainName(id), settings.checkIntervalMs ?? 5000);
+    const follow = settings.fallbackIp ? undefined : settings.resolvConfPath ?? "/etc/resolv.conf";
+    return new IptablesResolver(pool, chainName(id), settings.checkIntervalMs ?? 5000, follow);
   }
 
   async #install(config: ResolverConfig): Promise<void> {
     const script = restoreScript({
       chain: this.chain,
-      fallbackIp: this.fallback.ip,
+      fallbackIp: this.#pool.ip,
       serverIp: config.serverIp,
       serverPort: config.serverPort,
-      exemptUdpPorts: this.fallback.udpPorts,
-      exemptTcpPorts: this.fallback.tcpPorts,
+      exemptUdpPorts: this.#pool.udpPorts,
+      exemptTcpPorts: this.#pool.tcpPorts,
     });
-    const bin = tool(this.fallback.ip, true);
+    const bin = tool(this.#pool.ip, true);
     let r;
     try {
       r = await execCommand(bin, ["-w", "5", "--noflush"], { stdin: script, timeoutMs: 10_000 });
@@ -124,7 +143,7 @@ export class IptablesResolver implements Resolver {
       });
     }
     if (r.code !== 0) {
-      await removeChains([this.chain], isIpv6(this.fallback.ip) ? "ipv6" : "ipv4");
+      await removeChains([this.chain], isIpv6(this.#pool.ip) ? "ipv6" : "ipv4");
       throw new TelError("platform", `plugin/resolver-iptables: ${bin} refused the rules: ${r.stderr.trim()}`, {
         hint: "tel needs root and a kernel with the nat table",
       });
@@ -132,7 +151,7 @@ export class IptablesResolver implements Resolver {
     this.#installed = config;
     log.info("resolver-iptables", "redirecting DNS", {
       chain: this.chain,
-      fallback: this.fallback.ip,
+      fallback: this.#pool.ip,
       to: `${config.serverIp}:${config.serverPort}`,
     });
   }
@@ -153,7 +172,7 @@ export class IptablesResolver implements Resolver {
     return this.#exclusive(async () => {
       const cur = this.#installed;
       if (cur && cur.serverIp === config.serverIp && cur.serverPort === config.serverPort) return;
-      await removeChains([this.chain], isIpv6(this.fallback.ip) ? "ipv6" : "ipv4");
+      await removeChains([this.chain], isIpv6(this.#pool.ip) ? "ipv6" : "ipv4");
       await this.#install(config);
     });
   }
@@ -166,9 +185,10 @@ export class IptablesResolver implements Resolver {
   async #check(): Promise<void> {
     const config = this.#installed;
     if (!config) return;
+    if (await this.#followResolvConf(config)) return;
     let listing: string;
     try {
-      const r = await execCommand(tool(this.fallback.ip), ["-w", "5", "-t", "nat", "-S"], { timeoutMs: 8000 });
+      const r = await execCommand(tool(this.#pool.ip), ["-w", "5", "-t", "nat", "-S"], { timeoutMs: 8000 });
       if (r.code !== 0) return;
       listing = r.stdout;
     } catch (e) {
@@ -184,7 +204,7 @@ export class IptablesResolver implements Resolver {
       jump: hooked,
       dnatRules: dnat,
     });
-    await removeChains([this.chain], isIpv6(this.fallback.ip) ? "ipv6" : "ipv4");
+    await removeChains([this.chain], isIpv6(this.#pool.ip) ? "ipv6" : "ipv4");
     try {
       await this.#install(config);
     } catch (e) {
@@ -192,19 +212,73 @@ export class IptablesResolver implements Resolver {
     }
   }
 
+  /**
+   * When the fallback came from resolv.conf and its first nameserver is another one now (DHCP, a new network, a VPN
+   * client rewrote it), the host asks that one: the redirect and tel's fallback sockets move to it, or cluster names
+   * would silently stop resolving. Returns whether it moved (the redirect was installed anew).
+   */
+  async #followResolvConf(config: ResolverConfig): Promise<boolean> {
+    if (!this.#follow) return false;
+    let next: string | undefined;
+    try {
+      next = parseResolvConf(await Deno.readTextFile(this.#follow)).nameservers[0];
+    } catch (e) {
+      // mid-rewrite or gone for a moment: keep the server tel has
+      log.debug("resolver-iptables", "cannot read resolv.conf", { path: this.#follow, error: errorMessage(e) });
+      return false;
+    }
+    if (!next || next === this.#pool.ip) return false;
+    let pool: PooledFallback;
+    try {
+      pool = await PooledFallback.open({ ip: next });
+    } catch (e) {
+      log.error("resolver-iptables", "the fallback DNS server changed, but tel cannot reach the new one", {
+        from: this.#pool.ip,
+        to: next,
+        error: errorMessage(e),
+      });
+      return false;
+    }
+    log.warn("resolver-iptables", `the fallback DNS server in ${this.#follow} changed; redirecting the new one`, {
+      from: this.#pool.ip,
+      to: next,
+    });
+    await removeChains([this.chain], isIpv6(this.#pool.ip) ? "ipv6" : "ipv4");
+    const old = this.#pool;
+    this.#pool = pool;
+    const t = setTimeout(() => {
+      this.#retired.delete(t);
+      old.close();
+    }, 5000);
+    this.#retired.set(t, old);
+    try {
+      await this.#install(config);
+    } catch (e) {
+      log.error("resolver-iptables", "cannot install the DNS redirect for the new fallback server", {
+        error: errorMessage(e),
+      });
+    }
+    return true;
+  }
+
   /** Removes the chain and closes the fallback sockets. */
   stop(): Promise<void> {
     clearInterval(this.#watch);
     return this.#exclusive(async () => {
-      await removeChains([this.chain], isIpv6(this.fallback.ip) ? "ipv6" : "ipv4");
+      await removeChains([this.chain], isIpv6(this.#pool.ip) ? "ipv6" : "ipv4");
       this.#installed = undefined;
-      this.fallback.close();
+      this.#pool.close();
+      for (const [t, pool] of this.#retired) {
+        clearTimeout(t);
+        pool.close();
+      }
+      this.#retired.clear();
     });
   }
 
   /** For `tel status`. */
   describe(): string {
-    return `iptables nat chain ${this.chain} redirects ${this.fallback.ip}:53; other names answered via it`;
+    return `iptables nat chain ${this.chain} redirects ${this.#pool.ip}:53; other names answered via it`;
   }
 
   /** For the daemon's state file. */

@@ -62,8 +62,8 @@ async function eventually(fn: () => Promise<boolean>): Promise<boolean> {
   return false;
 }
 
-async function dig(ns: Netns, args: string[]): Promise<string> {
-  const r = await ns.run(["dig", "+short", "+time=2", "+tries=1", "@198.19.255.2", ...args]);
+async function dig(ns: Netns, args: string[], server = "198.19.255.2"): Promise<string> {
+  const r = await ns.run(["dig", "+short", "+time=2", "+tries=1", `@${server}`, ...args]);
   return r.stdout.trim();
 }
 
@@ -154,6 +154,89 @@ Deno.test({
       assert.equal(cleanup.stdout.trim(), "TEL-DNS-crash1", cleanup.stderr);
       assert.doesNotMatch(await ws.exec(["iptables", "-t", "nat", "-S"]), /TEL-DNS/);
       assert.equal(await dig(ws, ["www.example.test"]), "198.18.99.99");
+    });
+  },
+});
+
+Deno.test({
+  name: "iptables resolver: a new nameserver in resolv.conf is followed (the redirect and the fallback move to it)",
+  ignore: !ready,
+  async fn() {
+    await lab(async (ws, up) => {
+      // a second upstream, as after a network change; it answers www.example.test with another address
+      await up.exec(["ip", "addr", "add", "198.19.254.53/32", "dev", "lo"]);
+      await ws.exec(["ip", "route", "add", "198.19.254.53/32", "via", "198.19.255.2"]);
+      const other = up.spawn([
+        DENO,
+        "run",
+        "-A",
+        `${ROOT}tests/lab/dns_server.ts`,
+        "--listen",
+        "198.19.254.53:53",
+        "--record",
+        "www.example.test=198.18.99.98",
+      ]);
+      const dir = await Deno.makeTempDir({ prefix: "tel-resolv-" });
+      const resolvConf = `${dir}/resolv.conf`;
+      await Deno.writeTextFile(resolvConf, "nameserver 198.19.255.2\n");
+      let h: Deno.ChildProcess | undefined;
+      try {
+        await readLine(other.stdout.getReader(), /READY/);
+        h = ws.spawn([
+          DENO,
+          "run",
+          "-A",
+          `${ROOT}tests/lab/resolver_harness.ts`,
+          "--resolv-conf",
+          resolvConf,
+          "--record",
+          "echo.default.svc.cluster.local=198.18.0.20",
+          "--check-ms",
+          "200",
+        ], { stdin: "piped" });
+        const reader = h.stdout.getReader();
+        const buf = { text: "" };
+        await readLine(reader, /READY/, buf);
+        assert.equal(await dig(ws, ["echo.default.svc.cluster.local"]), "198.18.0.20");
+        assert.equal(await dig(ws, ["echo.default.svc.cluster.local"], "198.19.254.53"), "", "not redirected yet");
+        // the host's resolver now asks the other server (written as tools do: a new file renamed over the old)
+        await Deno.writeTextFile(
+          `${resolvConf}.new`,
+          "# generated\nnameserver 198.19.254.53\nnameserver 198.19.255.2\n",
+        );
+        await Deno.rename(`${resolvConf}.new`, resolvConf);
+        assert.ok(
+          await eventually(async () =>
+            await dig(ws, ["echo.default.svc.cluster.local"], "198.19.254.53") === "198.18.0.20"
+          ),
+          "cluster names answered through the new nameserver",
+        );
+        assert.equal(await dig(ws, ["www.example.test"], "198.19.254.53"), "198.18.99.98", "others from the new one");
+        assert.equal(await dig(ws, ["+tcp", "www.example.test"], "198.19.254.53"), "198.18.99.98", "also over TCP");
+        assert.equal(await dig(ws, ["echo.default.svc.cluster.local"], "198.19.255.2"), "", "the old one is let go");
+        const nat = await ws.exec(["iptables", "-t", "nat", "-S"]);
+        assert.equal((nat.match(/^-A TEL-DNS-\S+ .*-j DNAT/gm) ?? []).length, 2, nat);
+        assert.doesNotMatch(nat, /-d 198\.19\.255\.2\/32/, "no rule for the old server is left");
+        // a resolv.conf without a nameserver for a moment (mid-rewrite) changes nothing
+        await Deno.writeTextFile(resolvConf, "");
+        await new Promise((r) => setTimeout(r, 600));
+        assert.equal(await dig(ws, ["echo.default.svc.cluster.local"], "198.19.254.53"), "198.18.0.20");
+        await h.stdin.close();
+        await readLine(reader, /STOPPED/, buf);
+        reader.releaseLock();
+        assert.equal((await h.status).code, 0);
+        assert.doesNotMatch(await ws.exec(["iptables", "-t", "nat", "-S"]), /TEL-DNS/);
+      } finally {
+        for (const p of [h, other]) {
+          try {
+            p?.kill("SIGKILL");
+          } catch {
+            // exited
+          }
+          await p?.status;
+        }
+        await Deno.remove(dir, { recursive: true });
+      }
     });
   },
 });

@@ -1,6 +1,7 @@
 /**
  * Runs tel's DNS engine + server with the iptables resolver inside a namespace, for the resolver's netns test.
- * The "cluster" answers from --record name=ip. Prints READY <chain> when redirecting; stops on stdin EOF.
+ * The "cluster" answers from --record name=ip; the fallback is --fallback, else the first nameserver of --resolv-conf
+ * (followed while running). Prints READY <chain> when redirecting; stops on stdin EOF.
  */
 
 import { parseArgs } from "node:util";
@@ -11,6 +12,7 @@ const { values } = parseArgs({
   args: Deno.args,
   options: {
     fallback: { type: "string" },
+    "resolv-conf": { type: "string" },
     record: { type: "string", multiple: true },
     id: { type: "string" },
     "check-ms": { type: "string" },
@@ -31,6 +33,7 @@ const cluster: ClusterLookup = {
 };
 const resolver = await IptablesResolver.create({
   fallbackIp: values.fallback,
+  resolvConfPath: values["resolv-conf"],
   id: values.id,
   checkIntervalMs: values["check-ms"] ? Number(values["check-ms"]) : undefined,
 });
