@@ -16,6 +16,19 @@ async function readLine(r: ReadableStreamDefaultReader<Uint8Array>, want: RegExp
   }
 }
 
+/** The lab's DNS server in `ns` on `ip`:53, answering one `name=ip` record. */
+function dnsServer(ns: Netns, ip: string, record: string): Deno.ChildProcess {
+  return ns.spawn([DENO, "run", "-A", `${ROOT}tests/lab/dns_server.ts`, "--listen", `${ip}:53`, "--record", record]);
+}
+
+/** The resolver harness in `ws` (args choose the fallback); stdin piped: its EOF stops the harness. */
+function harness(ws: Netns, args: string[]): Deno.ChildProcess {
+  return ws.spawn([DENO, "run", "-A", `${ROOT}tests/lab/resolver_harness.ts`, ...args], { stdin: "piped" });
+}
+
+/** The harness's cluster: one Service name, and a redirect check every 200 ms. */
+const CLUSTER = ["--record", "echo.default.svc.cluster.local=198.18.0.20", "--check-ms", "200"];
+
 /** Workstation + upstream namespaces joined by a veth; the upstream answers www.example.test. */
 async function lab(fn: (ws: Netns, up: Netns) => Promise<void>): Promise<void> {
   const id = labId();
@@ -25,16 +38,7 @@ async function lab(fn: (ws: Netns, up: Netns) => Promise<void>): Promise<void> {
   try {
     up = await Netns.create("cl", id);
     await vethPair(ws, "198.19.255.1/30", up, "198.19.255.2/30");
-    const dns = up.spawn([
-      DENO,
-      "run",
-      "-A",
-      `${ROOT}tests/lab/dns_server.ts`,
-      "--listen",
-      "198.19.255.2:53",
-      "--record",
-      "www.example.test=198.18.99.99",
-    ]);
+    const dns = dnsServer(up, "198.19.255.2", "www.example.test=198.18.99.99");
     procs.push(dns);
     await readLine(dns.stdout.getReader(), /READY/);
     await fn(ws, up);
@@ -74,18 +78,7 @@ Deno.test({
     await lab(async (ws) => {
       assert.equal(await dig(ws, ["www.example.test"]), "198.18.99.99", "upstream works before tel");
       assert.equal(await dig(ws, ["echo.default.svc.cluster.local"]), "", "upstream does not know cluster names");
-      const h = ws.spawn([
-        DENO,
-        "run",
-        "-A",
-        `${ROOT}tests/lab/resolver_harness.ts`,
-        "--fallback",
-        "198.19.255.2",
-        "--record",
-        "echo.default.svc.cluster.local=198.18.0.20",
-        "--check-ms",
-        "200",
-      ], { stdin: "piped" });
+      const h = harness(ws, ["--fallback", "198.19.255.2", ...CLUSTER]);
       const reader = h.stdout.getReader();
       const buf = { text: "" };
       try {
@@ -130,16 +123,7 @@ Deno.test({
   ignore: !ready,
   async fn() {
     await lab(async (ws) => {
-      const h = ws.spawn([
-        DENO,
-        "run",
-        "-A",
-        `${ROOT}tests/lab/resolver_harness.ts`,
-        "--fallback",
-        "198.19.255.2",
-        "--id",
-        "crash1",
-      ], { stdin: "piped" });
+      const h = harness(ws, ["--fallback", "198.19.255.2", "--id", "crash1"]);
       const reader = h.stdout.getReader();
       await readLine(reader, /READY/);
       h.kill("SIGKILL");
@@ -166,34 +150,14 @@ Deno.test({
       // a second upstream, as after a network change; it answers www.example.test with another address
       await up.exec(["ip", "addr", "add", "198.19.254.53/32", "dev", "lo"]);
       await ws.exec(["ip", "route", "add", "198.19.254.53/32", "via", "198.19.255.2"]);
-      const other = up.spawn([
-        DENO,
-        "run",
-        "-A",
-        `${ROOT}tests/lab/dns_server.ts`,
-        "--listen",
-        "198.19.254.53:53",
-        "--record",
-        "www.example.test=198.18.99.98",
-      ]);
+      const other = dnsServer(up, "198.19.254.53", "www.example.test=198.18.99.98");
       const dir = await Deno.makeTempDir({ prefix: "tel-resolv-" });
       const resolvConf = `${dir}/resolv.conf`;
       await Deno.writeTextFile(resolvConf, "nameserver 198.19.255.2\n");
       let h: Deno.ChildProcess | undefined;
       try {
         await readLine(other.stdout.getReader(), /READY/);
-        h = ws.spawn([
-          DENO,
-          "run",
-          "-A",
-          `${ROOT}tests/lab/resolver_harness.ts`,
-          "--resolv-conf",
-          resolvConf,
-          "--record",
-          "echo.default.svc.cluster.local=198.18.0.20",
-          "--check-ms",
-          "200",
-        ], { stdin: "piped" });
+        h = harness(ws, ["--resolv-conf", resolvConf, ...CLUSTER]);
         const reader = h.stdout.getReader();
         const buf = { text: "" };
         await readLine(reader, /READY/, buf);
