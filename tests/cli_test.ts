@@ -184,6 +184,12 @@ Deno.test({
       const tooLong = await connect({ ...env, TEL_SOCKET: long });
       assert.equal(tooLong.code, 3, tooLong.stderr);
       assert.match(tooLong.stderr, /bytes long; a Unix socket's path holds at most 107\nhint: point TEL_SOCKET/);
+      // a file of the user's at the socket path is never removed to listen there
+      await Deno.writeTextFile(`${dir}/precious`, "data");
+      const file = await connect({ ...env, TEL_SOCKET: `${dir}/precious` });
+      assert.equal(file.code, 3, file.stderr);
+      assert.match(file.stderr, /socket path .*\/precious is a file that is not a socket; tel leaves it alone\nhint: /);
+      assert.equal(await Deno.readTextFile(`${dir}/precious`), "data");
       // the daemon itself, as the CLI starts it: stderr goes nowhere, so its log must say why it stopped
       const d = await tel(["daemon", "--log-file", `${dir}/daemon.log`], { env: { ...env, TEL_SOCKET: long } });
       assert.equal(d.code, 3);

@@ -380,6 +380,20 @@ export function socketPathProblem(path: string): TelError | undefined {
       hint: "create that directory, or point TEL_SOCKET into one that exists",
     });
   }
+  // a daemon removes what is at its socket path before it listens there (a socket left by one that was killed): never
+  // a file that is not a socket
+  let st: Deno.FileInfo | undefined;
+  try {
+    st = Deno.lstatSync(path);
+  } catch {
+    // nothing there yet
+  }
+  if (st && !st.isSocket) {
+    const what = st.isDirectory ? "a directory" : st.isSymlink ? "a symbolic link" : "a file that is not a socket";
+    return new TelError("config", `the daemon's socket path ${path} is ${what}; tel leaves it alone`, {
+      hint: "point TEL_SOCKET at a path of its own (tel creates the socket there)",
+    });
+  }
   return undefined;
 }
 
