@@ -7,7 +7,7 @@ import { TelError } from "../core/errors.ts";
 import type { ConnectRequest } from "../proto/gen/tel.ts";
 import { CHANNEL_PROTOCOLS, channelUrl, denoHttpMaterial, denoHttpUsable } from "./kube_channels.ts";
 import type { PortForwardAccess } from "./port_forward_stream.ts";
-import { findManagerPod, flattenKubeConfig, kubeError, loadKubeConfig, portForward } from "./kube.ts";
+import { findManagerPod, flattenKubeConfig, kubeError, loadKubeConfig, notKubeApi, portForward } from "./kube.ts";
 
 /** The manager's gRPC port in its pod. */
 export const MANAGER_PORT = 8081;
@@ -41,11 +41,13 @@ export const managerConnector: ManagerConnector = {
       namespace: req.namespace || undefined,
       env: {},
     });
+    let version: { gitVersion?: unknown };
     try {
-      await kube.kc.makeApiClient(VersionApi).getCode();
+      version = await kube.kc.makeApiClient(VersionApi).getCode();
     } catch (err) {
       throw kubeError(err, { verb: "get", resource: "version" }, kube.server);
     }
+    if (typeof version?.gitVersion !== "string") throw notKubeApi({ verb: "get", resource: "version" }, kube.server);
     const apiIp = hostOf(kube.server);
     const managerNs = req.managerNamespace || MANAGER_NAMESPACE;
     let connect: () => Promise<ManagerConnection>;

@@ -414,13 +414,33 @@ export interface KubeAction {
 }
 
 /**
+ * The error for a reply that parsed as no Kubernetes object (client-node hands back `{}` for a body that is not JSON):
+ * a login page of a single sign-on proxy, a captive portal, another web server at the kubeconfig's address.
+ */
+export function notKubeApi(action: KubeAction, server?: string): TelError {
+  return new TelError(
+    "cluster",
+    `cannot ${actionText(action)}: ${server ?? "the API server"} did not answer as a Kubernetes API server ` +
+      "(its reply is not the JSON object the API returns)",
+    {
+      hint: "the kubeconfig's server may be a login page, a proxy or another web server: check its URL, and log in " +
+        "again if the cluster sits behind single sign-on",
+    },
+  );
+}
+
+function actionText(action: KubeAction): string {
+  return `${action.verb} ${action.resource}${action.name ? ` "${action.name}"` : ""}` +
+    (action.namespace ? ` in namespace "${action.namespace}"` : "");
+}
+
+/**
  * Turns a client-node failure into a TelError: 403 names the missing RBAC rule, 401 the credentials, a network
  * failure the server; anything else keeps the apiserver's message.
  */
 export function kubeError(err: unknown, action: KubeAction, server?: string): TelError {
   if (err instanceof TelError) return err;
-  const what = `${action.verb} ${action.resource}${action.name ? ` "${action.name}"` : ""}` +
-    (action.namespace ? ` in namespace "${action.namespace}"` : "");
+  const what = actionText(action);
   const st = apiStatus(err);
   if (st?.code === 403) {
     const scope = action.namespace ? `in namespace "${action.namespace}" (a Role)` : "cluster-wide (a ClusterRole)";
@@ -493,11 +513,13 @@ export async function findManagerPod(
 ): Promise<PodRef> {
   const core = kc.makeApiClient(CoreV1Api);
   let items;
+  const action = { verb: "list", resource: "pods", namespace };
   try {
     items = (await withTimeout(core.listNamespacedPod({ namespace, labelSelector }), API_TIMEOUT_MS)).items;
   } catch (err) {
-    throw kubeError(err, { verb: "list", resource: "pods", namespace }, kc.getCurrentCluster()?.server);
+    throw kubeError(err, action, kc.getCurrentCluster()?.server);
   }
+  if (!Array.isArray(items)) throw notKubeApi(action, kc.getCurrentCluster()?.server);
   const ready = items.filter((p) =>
     p.status?.phase === "Running" && !p.metadata?.deletionTimestamp &&
     (p.status?.conditions ?? []).some((c) => c.type === "Ready" && c.status === "True")

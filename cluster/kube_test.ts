@@ -5,6 +5,8 @@ import { CoreV1Api, VersionApi } from "@kubernetes/client-node";
 import { TelError } from "../core/errors.ts";
 import { ADMIN_USER, FakeKubeApi } from "../tests/fixtures/fake_kube_api.ts";
 import { DenoWatch, findManagerPod, flattenKubeConfig, kubeError, loadKubeConfig, portForward } from "./kube.ts";
+import { managerConnector } from "./connect.ts";
+import { ConnectRequest } from "../proto/gen/tel.ts";
 
 function twoContexts(server: string, ca: string, token: string): string {
   return `apiVersion: v1
@@ -512,4 +514,33 @@ Deno.test("a kube API on a port fetch refuses to dial (6000) is named as such, n
   const e = kubeError(err, { verb: "get", resource: "version" }, kube.server);
   assert.match(e.message, /^cannot get version: fetch failed \(bad port\)/);
   assert.match(e.hint ?? "", /does not dial port 6000 \(a port the Fetch standard blocks\), though kubectl does/);
+});
+
+Deno.test("a server that answers with a web page (a login page, a proxy) is named as not a Kubernetes API", async () => {
+  const page = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    () => new Response("<html><body><h1>Sign in</h1></body></html>", { headers: { "content-type": "text/html" } }),
+  );
+  try {
+    const server = `http://127.0.0.1:${page.addr.port}`;
+    const kubeconfig = "apiVersion: v1\nkind: Config\ncurrent-context: c\n" +
+      `clusters: [{name: k, cluster: {server: '${server}', insecure-skip-tls-verify: true}}]\n` +
+      "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n";
+    const notApi = new RegExp(`${server} did not answer as a Kubernetes API server`);
+    await assert.rejects(managerConnector.prepare(ConnectRequest.fromPartial({ kubeconfig })), (e: TelError) => {
+      assert.match(e.message, /^cannot get version: /);
+      assert.match(e.message, notApi);
+      assert.match(e.hint ?? "", /login page/);
+      assert.equal(e.category, "cluster");
+      return true;
+    });
+    const kube = loadKubeConfig({ kubeconfigText: kubeconfig, env: {} });
+    await assert.rejects(findManagerPod(kube.kc, "tel-system"), (e: TelError) => {
+      assert.match(e.message, /^cannot list pods in namespace "tel-system": /);
+      assert.match(e.message, notApi);
+      return true;
+    });
+  } finally {
+    await page.shutdown();
+  }
 });
