@@ -90,3 +90,44 @@ Deno.test("an external resolver is started, updated and stopped through the prot
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a plugin that leaves a background process holding its output is still described and closed", async () => {
+  const dir = await Deno.makeTempDir();
+  const plugin = `${dir}/tel-resolver-bg`;
+  // a well-behaved plugin, but the wrapper first starts something long-lived that inherits its stdout and stderr
+  await Deno.writeTextFile(
+    plugin,
+    `#!/bin/sh
+sleep 60 &
+echo $! > "${dir}/bg.pid"
+while read -r line; do
+  id=$(echo "$line" | sed -n 's/.*"id": *\\([0-9]*\\).*/\\1/p')
+  case "$line" in
+    *'"manifest"'*) echo "{\\"id\\":$id,\\"result\\":{\\"name\\":\\"bg\\",\\"kind\\":\\"resolver\\",\\"apiVersion\\":1,\\"os\\":[\\"linux\\",\\"darwin\\",\\"windows\\"],\\"priority\\":1}}" ;;
+    *'"probe"'*) echo "{\\"id\\":$id,\\"result\\":{\\"available\\":true,\\"detail\\":\\"ok\\"}}" ;;
+  esac
+done
+`,
+  );
+  await Deno.chmod(plugin, 0o755);
+  try {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const bound = new Promise<"stuck">((r) => timer = setTimeout(() => r("stuck"), 30_000));
+    // not a speed assertion: without the bound a plugin closed while its output stays open hangs for the 60 s sleep
+    const d = await Promise.race([describeExternal(plugin, 5000), bound]);
+    clearTimeout(timer);
+    assert.notEqual(d, "stuck", "describeExternal returned");
+    assert.deepEqual(d !== "stuck" && d.probe, { available: true, detail: "ok" });
+    assert.equal(d !== "stuck" && d.manifest?.name, "bg");
+  } finally {
+    const pid = Number(await Deno.readTextFile(`${dir}/bg.pid`).catch(() => "0"));
+    if (pid > 0) {
+      try {
+        Deno.kill(pid, "SIGKILL");
+      } catch {
+        // gone
+      }
+    }
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -36,28 +36,42 @@ export interface LineRpcOptions {
 
 const encoder = new TextEncoder();
 
+/** How long the output is still read after the process exited (see {@link LineRpc.exited}). */
+const DRAIN_AFTER_EXIT_MS = 1000;
+
 /** The request/response channel to one child process (spawned with piped stdin, stdout and stderr). */
 export class LineRpc {
   readonly child: Deno.ChildProcess;
-  /** Resolves with the exit status once the process exited and its output was read. */
+  /**
+   * Resolves with the exit status once the process exited and its output was read to the end, or for at most a second
+   * more when something else (a process the child started in the background) holds the output open.
+   */
   readonly exited: Promise<Deno.CommandStatus>;
   #opts: LineRpcOptions;
   #writer: WritableStreamDefaultWriter<Uint8Array>;
   #pending = new Map<number, PromiseWithResolvers<LineRpcAnswer>>();
   #nextId = 1;
   #exit?: Deno.CommandStatus;
+  /** Stops reading the output: a process of the child's own that inherited its stdout may hold it open for ever. */
+  #drained = new AbortController();
 
   constructor(child: Deno.ChildProcess, opts: LineRpcOptions) {
     this.child = child;
     this.#opts = opts;
     this.#writer = child.stdin.getWriter();
-    const pumps = [
+    const pumps = Promise.allSettled([
       this.#pump(child.stdout, (line) => this.#onLine(line), !!opts.readLastLine, opts.maxLine, opts.onReadError),
       this.#pump(child.stderr, opts.onStderr, true), // log output: its last line counts even without a newline
-    ];
+    ]);
     this.exited = child.status.then(async (st) => {
       this.#exit = st;
-      await Promise.allSettled(pumps); // an answer written just before the exit is still delivered
+      // an answer written just before the exit is still delivered; output still open a while after the exit belongs
+      // to something the child started in the background (its pipes inherited), which is not waited for
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([pumps, new Promise((r) => timer = setTimeout(r, DRAIN_AFTER_EXIT_MS))]);
+      clearTimeout(timer);
+      this.#drained.abort();
+      await pumps;
       this.failAll(opts.exitError(st));
       return st;
     });
@@ -142,11 +156,12 @@ export class LineRpc {
     maxLine?: number,
     onError?: (e: unknown) => void,
   ): Promise<void> {
+    const signal = this.#drained.signal;
     try {
-      const rest = await forEachLine(stream, onLine, maxLine ? { maxLine } : {});
+      const rest = await forEachLine(stream, onLine, maxLine ? { maxLine, signal } : { signal });
       if (lastLine && rest.trim()) onLine(rest);
     } catch (e) {
-      onError?.(e);
+      if (!signal.aborted) onError?.(e);
     }
   }
 

@@ -2,7 +2,7 @@
 
 import { sleep } from "../clock.ts";
 import { configPath } from "../config.ts";
-import { asTelError, TelError } from "../errors.ts";
+import { asTelError, errorMessage, TelError } from "../errors.ts";
 import { configureLog, log } from "../log.ts";
 import { daemonPaths, runDaemon } from "../session/daemon.ts";
 import { ownerRuns, readState } from "../session/state_file.ts";
@@ -231,7 +231,15 @@ function orphanDaemon(pid: number, socketPath: string): TelError {
 
 /** Has the daemon disconnect and stop, and waits until its socket is gone; closes `h`. */
 async function stopDaemon(h: DaemonHandle): Promise<void> {
-  await call(h.client, "quit", {}, 30_000);
+  try {
+    await call(h.client, "quit", {}, 30_000);
+  } catch (e) {
+    const state = await readState(`${daemonPaths().stateDir}/state.json`).catch(() => undefined);
+    throw new TelError("platform", `the tel daemon on ${h.socketPath} did not quit: ${errorMessage(e)}`, {
+      hint: "see its log (daemon.log in TEL_STATE_DIR, default /run/tel); if it keeps running, stop it with " +
+        `'kill ${state?.pid ?? "<its pid>"}' (it undoes its VIF, routes and DNS as it stops)`,
+    });
+  }
   // Close our HTTP/2 session before the daemon shuts its server down: a GOAWAY arriving while a stream is still
   // closing has aborted Deno's nghttp2 (TECH_NOTES), and the client is done anyway.
   h.close();
