@@ -49,6 +49,11 @@ export function parseConfig(text: string, source: string): Config {
   if (doc.errors.length > 0) {
     const e = doc.errors[0];
     const pos = lc.linePos(e.pos[0]);
+    if (e.code === "MULTIPLE_DOCS") {
+      throw new TelError("config", `${source}:${pos.line}: a second YAML document starts here; the config is one`, {
+        hint: "remove the '---' line and merge the documents' keys into one mapping",
+      });
+    }
     throw new TelError("config", `${source}:${pos.line}: invalid YAML: ${e.message.split("\n")[0]}`, {
       hint: "fix the YAML syntax (indentation, colons, quotes)",
     });
@@ -63,7 +68,7 @@ export function parseConfig(text: string, source: string): Config {
     });
   }
   const values: Record<string, unknown> = {};
-  walk(root, SCHEMA, "", source, lc, values);
+  walk(root, SCHEMA, "", { source, lc, doc }, values);
   apply(cfg, values);
   return cfg;
 }
@@ -73,14 +78,15 @@ function lineOf(node: YAML.Node | YAML.Pair | null | undefined, lc: YAML.LineCou
   return range ? lc.linePos(range[0]).line : 1;
 }
 
-function walk(
-  map: YAML.YAMLMap,
-  schema: Schema,
-  prefix: string,
-  source: string,
-  lc: YAML.LineCounter,
-  out: Record<string, unknown>,
-): void {
+/** The file a walk reads: its name for messages, its lines, and the document its aliases (`*name`) point into. */
+interface Source {
+  source: string;
+  lc: YAML.LineCounter;
+  doc: YAML.Document;
+}
+
+function walk(map: YAML.YAMLMap, schema: Schema, prefix: string, src: Source, out: Record<string, unknown>): void {
+  const { source, lc } = src;
   for (const pair of map.items) {
     const keyNode = pair.key as YAML.Node;
     const key = YAML.isScalar(keyNode) ? String(keyNode.value) : String(keyNode);
@@ -93,19 +99,21 @@ function walk(
         hint: `known keys here: ${known.join(", ")}`,
       });
     }
-    const valueNode = pair.value as YAML.Node | null;
+    const written = pair.value as YAML.Node | null;
+    // an alias stands for the node its anchor (&name) marks; its line stays the alias's own
+    const valueNode = YAML.isAlias(written) ? written.resolve(src.doc) ?? null : written;
     const fail = (expected: string): never => {
-      throw new TelError("config", `${source}:${lineOf(valueNode, lc) || line}: ${path}: ${expected}`, {
+      throw new TelError("config", `${source}:${lineOf(written, lc) || line}: ${path}: ${expected}`, {
         hint: "see docs/config.md for the keys and their types",
       });
     };
     if (typeof kind === "object") {
       if (valueNode === null || (YAML.isScalar(valueNode) && valueNode.value === null)) continue;
       if (!YAML.isMap(valueNode)) fail("expected a mapping");
-      walk(valueNode as YAML.YAMLMap, kind, path, source, lc, out);
+      walk(valueNode as YAML.YAMLMap, kind, path, src, out);
       continue;
     }
-    const value = valueNode === null ? null : valueNode.toJSON();
+    const value = valueNode === null ? null : valueNode.toJS(src.doc);
     out[path] = checkValue(kind, value, fail);
   }
 }

@@ -119,6 +119,31 @@ Deno.test("broken YAML is an error with the line", () => {
   assert.match(configError("dns:\n  lookupTimeout: [1s\n").message, /^\/etc\/tel\.yml:\d+: invalid YAML/);
   assert.match(configError("a: 1\na: 2\n").message, /^\/etc\/tel\.yml:2: invalid YAML/);
   assert.match(configError("- 1\n- 2\n").message, /must be a mapping/);
+  const two = configError("logLevel: info\n---\nlogLevel: debug\n");
+  assert.match(two.message, /^\/etc\/tel\.yml:2: a second YAML document starts here; the config is one$/);
+  assert.match(two.hint ?? "", /remove the '---' line/);
+});
+
+Deno.test("YAML anchors and aliases are read as what they point at", () => {
+  const cfg = parseConfig(
+    "timeouts: {probe: &t 3s, connect: *t}\n" +
+      "routing:\n  alsoProxy: &nets [198.18.0.0/16, &one 10.9.0.0/16]\n  neverProxy: [*one]\n" +
+      "  allowConflictingSubnets: *nets\n",
+    "/etc/tel.yml",
+  );
+  assert.equal(cfg.timeouts.probeMs, 3000);
+  assert.equal(cfg.timeouts.connectMs, 3000);
+  assert.deepEqual(cfg.routing.alsoProxy, ["198.18.0.0/16", "10.9.0.0/16"]);
+  assert.deepEqual(cfg.routing.neverProxy, ["10.9.0.0/16"]);
+  assert.deepEqual(cfg.routing.allowConflictingSubnets, ["198.18.0.0/16", "10.9.0.0/16"]);
+  const anchoredMap = parseConfig("timeouts: &t {connect: 5s}\n", "/etc/tel.yml");
+  assert.equal(anchoredMap.timeouts.connectMs, 5000);
+  // an alias's value is checked like any other, and the error names the alias's line
+  assert.match(configError("logLevel: &l loud\ntimeouts:\n  connect: *l\n").message, /^\/etc\/tel\.yml:1: logLevel/);
+  assert.match(
+    configError("dns:\n  localIP: &x 1.2.3.4\ntimeouts:\n  connect: *x\n").message,
+    /^\/etc\/tel\.yml:4: timeouts\.connect: expected a duration/,
+  );
 });
 
 Deno.test("durations", () => {
