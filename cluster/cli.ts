@@ -38,6 +38,12 @@ function checkManagerFlags(f: ManagerFlags): void {
   if (f.clusterDns) {
     // IP, IP:PORT or [v6]:PORT, read as the manager reads it (the port defaults to 53)
     const hint = "give the cluster DNS server as IP or IP:PORT, like 10.96.0.10:53";
+    const port = /^(?:[0-9.]+|\[.*\]):(\d+)$/.exec(f.clusterDns)?.[1];
+    if (port !== undefined && (Number(port) < 1 || Number(port) > 65535)) {
+      throw new TelError("user", `--cluster-dns: ${JSON.stringify(f.clusterDns)}: port ${port} is not in 1-65535`, {
+        hint,
+      });
+    }
     parseIpFlag(hostPortOr(f.clusterDns, 53).host, "--cluster-dns", hint);
   }
   if (f.podIp) {

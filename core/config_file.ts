@@ -8,9 +8,9 @@ import YAML from "yaml";
 import { TelError } from "./errors.ts";
 import type { Level } from "./log.ts";
 import { type Config, configPath, defaultConfig, parseDuration } from "./config.ts";
-import { Cidr, IpAddr } from "./subnet/mod.ts";
+import { Cidr, IpAddr, notADnsServer } from "./subnet/mod.ts";
 
-type Kind = "string" | "string[]" | "duration" | "level" | "ip" | "cidr[]" | "suffix[]";
+type Kind = "string" | "string[]" | "duration" | "level" | "dnsServer" | "cidr[]" | "suffix[]";
 type Schema = { [key: string]: Kind | Schema };
 
 const SCHEMA: Schema = {
@@ -21,7 +21,7 @@ const SCHEMA: Schema = {
     excludeSuffixes: "suffix[]",
     lookupTimeout: "duration",
     ttl: "duration",
-    localIP: "ip",
+    localIP: "dnsServer",
   },
   routing: { alsoProxy: "cidr[]", neverProxy: "cidr[]", allowConflictingSubnets: "cidr[]" },
   timeouts: { probe: "duration", connect: "duration" },
@@ -136,13 +136,16 @@ function checkValue(kind: Kind, value: unknown, fail: (expected: string) => neve
       }
       return ms;
     }
-    case "ip": {
+    case "dnsServer": {
       if (typeof value !== "string") fail(`expected an IP address, got ${JSON.stringify(value)}`);
+      let ip: IpAddr;
       try {
-        return IpAddr.parse(value as string, "config").toString();
+        ip = IpAddr.parse(value as string, "config");
       } catch (e) {
         return fail(`expected an IP address: ${(e as Error).message}`);
       }
+      const why = notADnsServer(ip);
+      return why ? fail(`expected a DNS server's address: ${why}`) : ip.toString();
     }
     case "cidr[]":
     case "suffix[]": {

@@ -98,6 +98,10 @@ Deno.test("addresses and CIDRs in the config are parsed as the daemon parses the
     /^\/etc\/tel\.yml:2: dns\.localIP: expected an IP address: /,
   );
   assert.match(configError("dns:\n  localIP: 10.0.0.256\n").message, /dns\.localIP: expected an IP address: /);
+  assert.match(
+    configError("dns:\n  localIP: 0.0.0.0\n").message,
+    /^\/etc\/tel\.yml:2: dns\.localIP: expected a DNS server's address: an unspecified address is no DNS server$/,
+  );
   for (const bad of ["", "..", "a b", "-x.com"]) {
     assert.match(
       configError(`dns:\n  excludeSuffixes: [.com, ${JSON.stringify(bad)}]\n`).message,

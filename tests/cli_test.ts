@@ -211,7 +211,10 @@ Deno.test("tel manager refuses bad flag values before it listens, naming the fla
       [["--pod-cidrs", "garbage"], /--pod-cidrs: "garbage": /],
       [["--pod-cidrs", "10.244.0.0/16", "--service-cidrs", "10.2.0.0/99"], /--service-cidrs: "10\.2\.0\.0\/99": /],
       [["--pod-cidrs", "10.244.0.0/16", "--cluster-dns", "garbage"], /--cluster-dns: "garbage": /],
-      [["--pod-cidrs", "10.244.0.0/16", "--cluster-dns", "10.96.0.10:99999"], /--cluster-dns: /],
+      [
+        ["--pod-cidrs", "10.244.0.0/16", "--cluster-dns", "10.96.0.10:99999"],
+        /--cluster-dns: "10\.96\.0\.10:99999": port 99999 is not in 1-65535/,
+      ],
       [["--pod-cidrs", "10.244.0.0/16", "--pod-ip", "nope"], /--pod-ip: "nope": /],
       [["--pod-cidrs", "10.244.0.0/16", "--cluster-domain", "bad domain"], /--cluster-domain: "bad domain" is not/],
     ] as Array<[string[], RegExp]>

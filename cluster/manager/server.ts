@@ -6,7 +6,7 @@ import { WireStream } from "../../core/tunnel/h2_wire.ts";
 import { type Clock, systemClock } from "../../core/clock.ts";
 import { errorMessage } from "../../core/errors.ts";
 import { log } from "../../core/log.ts";
-import { Cidr, formatHostPort, hostPortOr, IpAddr } from "../../core/subnet/mod.ts";
+import { formatHostPort, hostPortOr, IpAddr, type SpecialAddress, specialAddress } from "../../core/subnet/mod.ts";
 import {
   createTunedServer,
   type Frame,
@@ -383,17 +383,12 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
 }
 
 /** Targets no tunnel dials, with what they are: the manager's own host, and addresses no single peer answers on. */
-const NOT_DIALED: ReadonlyArray<[Cidr, string]> = ([
-  ["127.0.0.0/8", "a loopback address (the traffic-manager's own host)"],
-  ["::1/128", "a loopback address (the traffic-manager's own host)"],
-  ["0.0.0.0/8", "an unspecified address (the traffic-manager's own host)"],
-  ["::/128", "an unspecified address (the traffic-manager's own host)"],
-  ["255.255.255.255/32", "the broadcast address"],
-  ["224.0.0.0/4", "a multicast address"],
-  ["ff00::/8", "a multicast address"],
-] as const).map(([c, what]) => [Cidr.parse(c), what]);
-
-const V4_MAPPED = Cidr.parse("::ffff:0:0/96");
+const NOT_DIALED: Record<SpecialAddress, string> = {
+  loopback: "a loopback address (the traffic-manager's own host)",
+  unspecified: "an unspecified address (the traffic-manager's own host)",
+  broadcast: "the broadcast address",
+  multicast: "a multicast address",
+};
 
 /** Why the manager does not dial `ip`, or undefined when it does (ServeTunnelOptions.refuseTarget). */
 export function notDialed(ip: string): string | undefined {
@@ -403,8 +398,7 @@ export function notDialed(ip: string): string | undefined {
   } catch {
     return undefined; // the dial itself says what is wrong with it
   }
-  // ::ffff:127.0.0.1 reaches 127.0.0.1
-  if (V4_MAPPED.contains(addr)) addr = IpAddr.fromBigInt(4, addr.toBigInt() & 0xffffffffn);
-  const hit = NOT_DIALED.find(([c]) => c.contains(addr));
-  return hit ? `${ip} is ${hit[1]}: the traffic-manager does not dial it` : undefined;
+  // ::ffff:127.0.0.1 reaches 127.0.0.1: specialAddress counts it as such
+  const kind = specialAddress(addr);
+  return kind ? `${ip} is ${NOT_DIALED[kind]}: the traffic-manager does not dial it` : undefined;
 }

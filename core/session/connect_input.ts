@@ -5,7 +5,7 @@
  */
 
 import { TelError } from "../errors.ts";
-import { bareIpv6HostPort, Cidr, IpAddr, parseHostPort } from "../subnet/mod.ts";
+import { bareIpv6HostPort, Cidr, IpAddr, notADnsServer, parseHostPort } from "../subnet/mod.ts";
 
 /** The flag values of a connect request; empty strings and lists mean "not given". */
 export interface ConnectInput {
@@ -89,7 +89,10 @@ export function checkConnectInput(r: ConnectInput): CheckedConnectInput {
   };
   if (r.dns) {
     const hint = "give the IP address of the DNS server for names outside the cluster, like 192.168.1.1";
-    out.dns = parseIpFlag(r.dns, "--dns", hint).toString();
+    const ip = parseIpFlag(r.dns, "--dns", hint);
+    const why = notADnsServer(ip);
+    if (why) throw flagError("--dns", r.dns, why, hint);
+    out.dns = ip.toString();
   }
   if (r.managerAddress) out.manager = parseManagerAddress(r.managerAddress);
   return out;

@@ -33,6 +33,7 @@ Deno.test("connect flags: good values parse, canonical where the daemon uses the
     port: 8081,
   });
   assert.equal(checkConnectInput({ ...none, dns: "10.0.0.53" }).dns, "10.0.0.53");
+  assert.equal(checkConnectInput({ ...none, dns: "127.0.0.53" }).dns, "127.0.0.53", "a local DNS server");
 });
 
 Deno.test("connect flags: each bad value is refused naming its flag, the value and why", () => {
@@ -42,6 +43,11 @@ Deno.test("connect flags: each bad value is refused naming its flag, the value a
   // what would otherwise reach the iptables resolver's restore script as the fallback's address
   assert.match(refusal({ dns: "10.0.0.1\n-A OUTPUT -j DROP" }).message, /^--dns: /);
   assert.match(refusal({ dns: "10.0.0.1 -j DROP" }).message, /^--dns: /);
+  // no one server answers there: the redirect would catch nothing and names would stop resolving
+  assert.match(refusal({ dns: "0.0.0.0" }).message, /^--dns: "0\.0\.0\.0": an unspecified address is no DNS server$/);
+  assert.match(refusal({ dns: "255.255.255.255" }).message, /the broadcast address is no DNS server/);
+  assert.match(refusal({ dns: "ff02::1" }).message, /a multicast address is no DNS server/);
+  assert.match(refusal({ dns: "10.0.0.53:53" }).message, /^--dns: "10\.0\.0\.53:53": an address with a port/);
   assert.match(refusal({ managerAddress: "notaport" }).message, /^--manager-address: "notaport": not HOST:PORT/);
   assert.match(refusal({ managerAddress: "127.0.0.1:99999" }).message, /not HOST:PORT with a port of 1-65535/);
   assert.match(refusal({ managerAddress: "127.0.0.1:0" }).message, /^--manager-address: "127\.0\.0\.1:0": port 0/);

@@ -114,6 +114,10 @@ export class IpAddr {
   static parse(text: string, category: "user" | "config" = "user"): IpAddr {
     const t = text.trim();
     if (t === "") throw bad(text, "empty address", category);
+    // "10.0.0.1:53" and "[fd00::1]:53" are an address and a port, not an IPv6 address with odd groups
+    if (/^[0-9.]+:\d+$/.test(t) || /^\[.*\](:\d+)?$/.test(t)) {
+      throw bad(text, "an address with a port or brackets; an address alone is wanted here", category);
+    }
     if (t.includes(":")) return new IpAddr(6, parseV6(t, category));
     return new IpAddr(4, parseV4(t, category));
   }
@@ -319,4 +323,36 @@ export function parseHostPort(
  */
 export function hostPortOr(text: string, defaultPort: number): { host: string; port: number } {
   return parseHostPort(text) ?? { host: text, port: defaultPort };
+}
+
+/** What kind of special address an address is; IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) count as their IPv4 one. */
+export type SpecialAddress = "loopback" | "unspecified" | "broadcast" | "multicast";
+
+const SPECIAL: ReadonlyArray<[Cidr, SpecialAddress]> = ([
+  ["127.0.0.0/8", "loopback"],
+  ["::1/128", "loopback"],
+  ["0.0.0.0/8", "unspecified"],
+  ["::/128", "unspecified"],
+  ["255.255.255.255/32", "broadcast"],
+  ["224.0.0.0/4", "multicast"],
+  ["ff00::/8", "multicast"],
+] as const).map(([c, kind]) => [Cidr.parse(c), kind]);
+
+const V4_MAPPED = Cidr.parse("::ffff:0:0/96");
+
+/** Whether `addr` is one no single remote peer answers on (see {@link SpecialAddress}); undefined for the others. */
+export function specialAddress(addr: IpAddr): SpecialAddress | undefined {
+  const a = V4_MAPPED.contains(addr) ? IpAddr.fromBigInt(4, addr.toBigInt() & 0xffffffffn) : addr;
+  return SPECIAL.find(([c]) => c.contains(a))?.[1];
+}
+
+/**
+ * Why `ip` cannot be the DNS server tel forwards names to (`--dns`, `dns.localIP`): no one server answers on an
+ * unspecified, broadcast or multicast address (the iptables resolver would redirect nothing, and names would stop
+ * resolving); undefined when it can be one (loopback can: a local dnsmasq).
+ */
+export function notADnsServer(ip: IpAddr): string | undefined {
+  const kind = specialAddress(ip);
+  if (!kind || kind === "loopback") return undefined;
+  return `${kind === "unspecified" ? "an" : kind === "broadcast" ? "the" : "a"} ${kind} address is no DNS server`;
 }

@@ -8,7 +8,10 @@ export {
   formatHostPort,
   hostPortOr,
   IpAddr,
+  notADnsServer,
   parseHostPort,
+  type SpecialAddress,
+  specialAddress,
 } from "./ip.ts";
 export {
   type Conflict,

@@ -13,8 +13,10 @@ import {
   hostPortOr,
   IpAddr,
   normalize,
+  notADnsServer,
   parseHostPort,
   routedSubnets,
+  specialAddress,
   subtract,
 } from "./mod.ts";
 
@@ -56,6 +58,9 @@ Deno.test("IpAddr rejects bad text with a TelError naming the problem", () => {
     ["1:2:3:4:5:6:7::8", /too many/],
     ["12345::", /bad IPv6 group/],
     ["fe80::1%eth0", /zone/],
+    ["10.0.0.53:53", /an address with a port or brackets; an address alone is wanted here/],
+    ["[fd00::53]:53", /an address with a port or brackets/],
+    ["[fd00::53]", /an address with a port or brackets/],
   ];
   for (const [text, re] of cases) {
     assert.throws(() => IpAddr.parse(text, "config"), (e: unknown) => {
@@ -65,6 +70,29 @@ Deno.test("IpAddr rejects bad text with a TelError naming the problem", () => {
       return true;
     }, text);
   }
+});
+
+Deno.test("specialAddress names loopback, unspecified, broadcast and multicast, IPv4-mapped too; notADnsServer", () => {
+  const kinds: [string, string | undefined][] = [
+    ["127.0.0.1", "loopback"],
+    ["::1", "loopback"],
+    ["::ffff:127.0.0.2", "loopback"],
+    ["0.0.0.0", "unspecified"],
+    ["::", "unspecified"],
+    ["255.255.255.255", "broadcast"],
+    ["224.0.0.251", "multicast"],
+    ["ff02::1", "multicast"],
+    ["::ffff:224.0.0.1", "multicast"],
+    ["10.0.0.53", undefined],
+    ["fd00:7e1::5", undefined],
+    ["169.254.169.254", undefined],
+  ];
+  for (const [ip, kind] of kinds) assert.equal(specialAddress(IpAddr.parse(ip)), kind, ip);
+  assert.equal(notADnsServer(IpAddr.parse("127.0.0.53")), undefined, "a local DNS server is one");
+  assert.equal(notADnsServer(IpAddr.parse("10.0.0.53")), undefined);
+  assert.equal(notADnsServer(IpAddr.parse("0.0.0.0")), "an unspecified address is no DNS server");
+  assert.equal(notADnsServer(IpAddr.parse("255.255.255.255")), "the broadcast address is no DNS server");
+  assert.equal(notADnsServer(IpAddr.parse("ff02::fb")), "a multicast address is no DNS server");
 });
 
 Deno.test("Cidr parse: prefix errors, host bits cleared, bare address is a host block", () => {
