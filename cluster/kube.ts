@@ -1,6 +1,7 @@
 /** @kubernetes/client-node wiring: kubeconfig loading like kubectl, API error mapping, port-forward, manager lookup. */
 
 import { dirname, resolve } from "node:path";
+import YAML from "yaml";
 import { PassThrough, Writable } from "node:stream";
 import {
   CoreV1Api,
@@ -108,6 +109,55 @@ function parseInto(kc: KubeConfig, text: string, source: string): void {
   }
 }
 
+/**
+ * What kubectl reads in a user entry that client-node does not (or reads elsewhere): `tokenFile` (kubectl's name; the
+ * file's token wins over `token`, as in client-go) and `token-file`, both relative to the kubeconfig's directory, and an
+ * exec plugin's `command` written as a relative path ("./cred.sh"), also relative to that directory. The token files
+ * are read here, once; the text comes back unchanged when no user has any of these.
+ */
+function kubectlUserFields(text: string, path: string): string {
+  let doc: unknown;
+  try {
+    doc = YAML.parse(text);
+  } catch {
+    return text; // client-node's parser says what is wrong with it
+  }
+  const users = (doc as { users?: unknown } | null)?.users;
+  if (!Array.isArray(users)) return text;
+  const dir = dirname(resolve(path));
+  let changed = false;
+  for (const entry of users) {
+    const user = (entry as { user?: Record<string, unknown> } | null)?.user;
+    if (typeof user !== "object" || user === null) continue;
+    for (const field of ["tokenFile", "token-file"]) {
+      const file = user[field];
+      if (typeof file !== "string" || file === "") continue;
+      const full = resolve(dir, file);
+      try {
+        user.token = Deno.readTextFileSync(full).trim();
+      } catch (err) {
+        const name = (entry as { name?: unknown }).name;
+        throw new TelError(
+          "config",
+          `kubeconfig ${path}: user "${name}": cannot read its ${field} ${full}: ${errorMessage(err)}`,
+          {
+            hint: "fix the path in the kubeconfig (a relative one is read from the kubeconfig's directory)",
+            cause: err,
+          },
+        );
+      }
+      delete user[field];
+      changed = true;
+    }
+    const exec = user.exec as { command?: unknown } | undefined;
+    if (typeof exec?.command === "string" && exec.command.includes("/") && !exec.command.startsWith("/")) {
+      exec.command = resolve(dir, exec.command);
+      changed = true;
+    }
+  }
+  return changed ? JSON.stringify(doc) : text;
+}
+
 function loadFile(path: string): KubeConfig {
   let text: string;
   try {
@@ -119,7 +169,7 @@ function loadFile(path: string): KubeConfig {
     });
   }
   const kc = new TelKubeConfig();
-  parseInto(kc, text, path);
+  parseInto(kc, kubectlUserFields(text, path), path);
   kc.makePathsAbsolute(dirname(resolve(path)));
   return kc;
 }

@@ -544,3 +544,44 @@ Deno.test("a server that answers with a web page (a login page, a proxy) is name
     await page.shutdown();
   }
 });
+
+Deno.test("kubeconfig: tokenFile and token-file are read from the kubeconfig's directory, a relative exec command too", async () => {
+  await using api = await FakeKubeApi.start();
+  const dir = await Deno.makeTempDir({ prefix: "tel-kc-" });
+  try {
+    await Deno.mkdir(`${dir}/sub`);
+    await Deno.writeTextFile(`${dir}/sub/token`, `${api.cluster.adminToken}\n`);
+    const withUser = (user: string) =>
+      "apiVersion: v1\nkind: Config\ncurrent-context: c\n" +
+      `clusters: [{name: k, cluster: {server: '${api.url}', certificate-authority-data: '${btoa(api.pki.caPem)}'}}]\n` +
+      `users: [{name: u, user: ${user}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n`;
+    for (const field of ["tokenFile", "token-file"]) {
+      // kubectl's name is tokenFile; its token wins over a token written beside it, as in client-go
+      await Deno.writeTextFile(`${dir}/kubeconfig`, withUser(`{${field}: sub/token, token: stale}`));
+      const d = loadKubeConfig({ kubeconfig: `${dir}/kubeconfig`, env: {} });
+      assert.equal(d.kc.getCurrentUser()?.token, api.cluster.adminToken, field);
+      const nss = await d.kc.makeApiClient(CoreV1Api).listNamespace();
+      assert.ok(nss.items.some((n) => n.metadata?.name === "default"), `${field}: the token is used`);
+      await Deno.writeTextFile(`${dir}/kubeconfig`, withUser(`{${field}: nosuch}`));
+      assert.throws(() => loadKubeConfig({ kubeconfig: `${dir}/kubeconfig`, env: {} }), (e: TelError) => {
+        assert.equal(e.category, "config");
+        assert.match(e.message, new RegExp(`user "u": cannot read its ${field} ${dir}/nosuch: `));
+        return true;
+      });
+    }
+    await Deno.writeTextFile(
+      `${dir}/kubeconfig`,
+      withUser("{exec: {apiVersion: client.authentication.k8s.io/v1beta1, command: ./sub/cred.sh}}"),
+    );
+    const e = loadKubeConfig({ kubeconfig: `${dir}/kubeconfig`, env: {} });
+    assert.equal(e.kc.getCurrentUser()?.exec?.command, `${dir}/sub/cred.sh`);
+    await Deno.writeTextFile(
+      `${dir}/kubeconfig`,
+      withUser("{exec: {apiVersion: client.authentication.k8s.io/v1beta1, command: kubelogin}}"),
+    );
+    const onPath = loadKubeConfig({ kubeconfig: `${dir}/kubeconfig`, env: {} });
+    assert.equal(onPath.kc.getCurrentUser()?.exec?.command, "kubelogin", "a bare name is looked up on PATH");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
