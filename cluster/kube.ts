@@ -307,7 +307,14 @@ function selectContext(kc: KubeConfig, source: string, opts: KubeConfigOptions):
       { hint: "set clusters[].cluster.server to the API server's URL, like https://10.0.0.1:6443" },
     );
   }
-  if (server !== cluster.server) kc.clusters = kc.clusters.map((c) => c === cluster ? { ...c, server } : c);
+  // kubectl takes a plain http server as it is (kubectl proxy's http://127.0.0.1:8001); client-node refuses one unless
+  // skipTLSVerify is set, which has nothing to verify over plain http
+  const plain = server.startsWith("http:") && !cluster.skipTLSVerify;
+  if (server !== cluster.server || plain) {
+    kc.clusters = kc.clusters.map((c) =>
+      c === cluster ? { ...c, server, ...(plain ? { skipTLSVerify: true } : {}) } : c
+    );
+  }
   if (ctx.user && !kc.getUser(ctx.user)) {
     throw new TelError(
       "config",

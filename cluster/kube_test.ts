@@ -585,3 +585,26 @@ Deno.test("kubeconfig: tokenFile and token-file are read from the kubeconfig's d
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("kubeconfig: a plain http server (kubectl proxy) is used as kubectl uses it", async () => {
+  const proxy = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    (req) =>
+      new URL(req.url).pathname === "/version"
+        ? Response.json({ major: "1", minor: "30", gitVersion: "v1.30.0" })
+        : new Response("not found", { status: 404 }),
+  );
+  try {
+    const kubeconfig = "apiVersion: v1\nkind: Config\ncurrent-context: c\n" +
+      `clusters: [{name: k, cluster: {server: 'http://127.0.0.1:${proxy.addr.port}'}}]\n` +
+      "users: [{name: u, user: {}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n";
+    const kube = loadKubeConfig({ kubeconfigText: kubeconfig, env: {} });
+    const v = await kube.kc.makeApiClient(VersionApi).getCode();
+    assert.equal(v.gitVersion, "v1.30.0");
+    // and so does the connect's first step, from the flattened config the CLI hands the daemon
+    const flat = flattenKubeConfig(kube);
+    await managerConnector.prepare(ConnectRequest.fromPartial({ kubeconfig: flat }));
+  } finally {
+    await proxy.shutdown();
+  }
+});
