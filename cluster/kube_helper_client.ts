@@ -12,7 +12,7 @@
 import type { ManagerConnector } from "../core/session/daemon.ts";
 import type { ManagerConnection } from "../core/session/session.ts";
 import { type ErrorCategory, errorMessage, TelError } from "../core/errors.ts";
-import { selfArgv } from "../core/exec.ts";
+import { descendants, selfArgv, signalSame } from "../core/exec.ts";
 import { exitText, LineRpc } from "../core/line_rpc.ts";
 import { log, logLevel, logLine } from "../core/log.ts";
 import type { ConnectRequest } from "../proto/gen/tel.ts";
@@ -156,7 +156,7 @@ export class KubeHelper {
     let answer;
     try {
       answer = await this.#rpc.request({ op, ...args }, this.#timeoutMs, () => {
-        this.#rpc.kill();
+        this.#kill();
         return new TelError("platform", `the kube helper did not answer ${op} within ${this.#timeoutMs / 1000} s`, {
           hint: "it was stopped; see the daemon's log",
         });
@@ -171,15 +171,28 @@ export class KubeHelper {
     throw new TelError(cat, err.message, { hint: err.hint || undefined });
   }
 
-  /** Closes its stdin (it ends its port-forwards and exits); kills it if it has not exited within `graceMs`. */
+  /**
+   * Closes its stdin (it ends its port-forwards and exits); kills it if it has not exited within `graceMs`. What it
+   * started and left running goes with it: an exec credential plugin that hangs (the kube client waits for it without
+   * a timeout) would otherwise outlive tel.
+   */
   async stop(graceMs = 3000): Promise<void> {
     this.#stopping = true;
+    const below = this.exited ? [] : descendants(this.pid);
     await this.#rpc.closeInput();
     if (!(await this.exitsWithin(graceMs))) {
       log.warn("kube-helper", "did not exit after its stdin closed; killing it", { pid: this.pid });
       this.#rpc.kill();
       await this.#rpc.exited;
     }
+    signalSame(below, "SIGKILL");
+  }
+
+  /** Kills it, and what it started (see {@link stop}). */
+  #kill(): void {
+    const below = this.exited ? [] : descendants(this.pid);
+    this.#rpc.kill();
+    signalSame(below, "SIGKILL");
   }
 }
 

@@ -261,3 +261,29 @@ withManagerPod(
     }
   },
 );
+
+Deno.test("kube helper: an exec credential plugin that hangs goes with a connect given up, not left running", async () => {
+  await using api = await FakeKubeApi.start();
+  const dir = await Deno.makeTempDir({ prefix: "tel-exec-" });
+  let pid = 0;
+  try {
+    await Deno.writeTextFile(`${dir}/cred.sh`, `#!/bin/sh\necho $$ > "${dir}/pid"\nexec sleep 60\n`);
+    await Deno.chmod(`${dir}/cred.sh`, 0o755);
+    const kubeconfig = "apiVersion: v1\nkind: Config\ncurrent-context: c\n" +
+      `clusters: [{name: k, cluster: {server: '${api.url}', certificate-authority-data: '${btoa(api.pki.caPem)}'}}]\n` +
+      `users: [{name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1beta1, command: '${dir}/cred.sh', ` +
+      "interactiveMode: Never}}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n";
+    const given = new AbortController();
+    const prepared = kubeHelperConnector({ argv }).prepare(ConnectRequest.fromPartial({ kubeconfig }), given.signal);
+    prepared.catch(() => {});
+    await waitFor(async () => (pid = Number(await Deno.readTextFile(`${dir}/pid`).catch(() => "0"))) > 0, "the plugin");
+    assert.ok(alive(pid), "the plugin runs while the kube client waits for it");
+    given.abort(new TelError("cluster", "given up"));
+    await assert.rejects(prepared, /given up/);
+    await waitFor(() => !alive(pid), "the plugin to be stopped");
+    assert.deepEqual(await helperPids(), []);
+  } finally {
+    if (pid > 0 && alive(pid)) Deno.kill(pid, "SIGKILL");
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -89,3 +89,56 @@ export async function execCommand(
     clearTimeout(timer);
   }
 }
+
+/** A process as /proc/<pid>/stat shows it: its parent, and its start time (which tells a reused pid apart). */
+export interface ProcessEntry {
+  pid: number;
+  ppid: number;
+  start: string;
+}
+
+function processEntry(pid: number): ProcessEntry | undefined {
+  let stat: string;
+  try {
+    stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  } catch {
+    return undefined; // gone, or no /proc
+  }
+  // "pid (comm) S ppid …": the fields after the last ")" (comm may hold parentheses and spaces); starttime is field 22
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return { pid, ppid: Number(f[1]), start: f[19] };
+}
+
+/** The processes below `pid` (its children, theirs, …) as they are now; none where there is no /proc (not Linux). */
+export function descendants(pid: number): ProcessEntry[] {
+  let names: string[];
+  try {
+    names = [...Deno.readDirSync("/proc")].map((e) => e.name).filter((n) => /^\d+$/.test(n));
+  } catch {
+    return [];
+  }
+  const children = new Map<number, ProcessEntry[]>();
+  for (const n of names) {
+    const e = processEntry(Number(n));
+    if (e) children.set(e.ppid, [...(children.get(e.ppid) ?? []), e]);
+  }
+  const out: ProcessEntry[] = [];
+  for (let todo = [pid]; todo.length;) {
+    const next = children.get(todo.pop()!) ?? [];
+    out.push(...next);
+    todo.push(...next.map((e) => e.pid));
+  }
+  return out;
+}
+
+/** Sends `signal` to each of `procs` that still runs as the same process (not a later one given its pid). */
+export function signalSame(procs: readonly ProcessEntry[], signal: Deno.Signal): void {
+  for (const p of procs) {
+    if (processEntry(p.pid)?.start !== p.start) continue;
+    try {
+      Deno.kill(p.pid, signal);
+    } catch {
+      // exited in between
+    }
+  }
+}
