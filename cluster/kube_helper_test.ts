@@ -231,13 +231,15 @@ withManagerPod(
 
     // a cluster Deno's client cannot reach as configured (insecure-skip-tls-verify): no dial, the helper's listener
     const insecure = api.kubeconfig().replace(/certificate-authority-data: .*/, "insecure-skip-tls-verify: true");
-    const viaHelper = await (await kubeHelperConnector({ argv }).prepare(
+    const insecureCluster = await kubeHelperConnector({ argv }).prepare(
       ConnectRequest.fromPartial({ kubeconfig: insecure }),
-    )).connect();
+    );
+    const viaHelper = await insecureCluster.connect();
     assert.equal(viaHelper.dial, undefined);
     const port2 = Number(viaHelper.address.replace(/^127\.0\.0\.1:/, ""));
     assert.equal(await echoThrough(port2, "insecure"), "insecure");
     await viaHelper.close();
+    await insecureCluster.close!();
     await cluster.close!();
   },
 );
