@@ -7,7 +7,15 @@ import { TelError } from "../core/errors.ts";
 import type { ConnectRequest } from "../proto/gen/tel.ts";
 import { CHANNEL_PROTOCOLS, channelUrl, denoHttpMaterial, denoHttpUsable } from "./kube_channels.ts";
 import type { PortForwardAccess } from "./port_forward_stream.ts";
-import { findManagerPod, flattenKubeConfig, kubeError, loadKubeConfig, notKubeApi, portForward } from "./kube.ts";
+import {
+  apiStatus,
+  findManagerPod,
+  flattenKubeConfig,
+  kubeError,
+  loadKubeConfig,
+  notKubeApi,
+  portForward,
+} from "./kube.ts";
 
 /** The manager's gRPC port in its pod. */
 export const MANAGER_PORT = 8081;
@@ -45,7 +53,18 @@ export const managerConnector: ManagerConnector = {
     try {
       version = await kube.kc.makeApiClient(VersionApi).getCode();
     } catch (err) {
-      throw kubeError(err, { verb: "get", resource: "version" }, kube.server);
+      const e = kubeError(err, { verb: "get", resource: "version" }, kube.server);
+      // credentials are made before the request: a failure that is neither the server's answer nor the network's,
+      // with an exec plugin configured, is the plugin's (it failed, printed no ExecCredential, or its output broke)
+      const exec = kube.kc.getCurrentUser()?.exec?.command;
+      if (exec && !apiStatus(err) && !/fetch failed/.test(e.message) && (!e.hint || /is reachable$/.test(e.hint))) {
+        throw new TelError(e.category, e.message, {
+          hint: `the kubeconfig's exec credential plugin (${exec}) failed: run it by hand to see what it says, and ` +
+            "log in again if it asks you to",
+          cause: err,
+        });
+      }
+      throw e;
     }
     if (typeof version?.gitVersion !== "string") throw notKubeApi({ verb: "get", resource: "version" }, kube.server);
     const apiIp = hostOf(kube.server);

@@ -523,17 +523,37 @@ export function kubeError(err: unknown, action: KubeAction, server?: string): Te
   const msg = messageOf(err).split("\n")[0];
   const cause = (err as { cause?: unknown } | undefined)?.cause;
   const why = cause ? messageOf(cause).split("\n")[0] : "";
-  // undici (client-node's fetch) refuses the Fetch standard's blocked ports (6000, 6665-6669, ...) before dialing
-  const blocked = why === "bad port" && server ? portOf(server) : undefined;
   return new TelError("cluster", `cannot ${what}: ${msg}${why && !msg.includes(why) ? ` (${why})` : ""}`, {
-    hint: blocked
-      ? `the kube client's fetch does not dial port ${blocked} (a port the Fetch standard blocks), though kubectl ` +
-        "does: serve the API server on another port, or reach it through a proxy (proxy-url)"
-      : server
-      ? `check that the API server ${server} is reachable`
-      : undefined,
+    hint: failureHint(`${msg} ${why}`, why, server),
     cause: err,
   });
+}
+
+/** The way out of a failure that is no apiserver Status: by what it says, else "check it is reachable". */
+function failureHint(text: string, why: string, server: string | undefined): string | undefined {
+  // undici (client-node's fetch) refuses the Fetch standard's blocked ports (6000, 6665-6669, ...) before dialing
+  const blocked = why === "bad port" && server ? portOf(server) : undefined;
+  if (blocked) {
+    return `the kube client's fetch does not dial port ${blocked} (a port the Fetch standard blocks), though kubectl ` +
+      "does: serve the API server on another port, or reach it through a proxy (proxy-url)";
+  }
+  if (/certificate|altnames|self[- ]signed|CERT_/i.test(text)) {
+    return "the API server's certificate does not match what the kubeconfig trusts: check the cluster's " +
+      "certificate-authority(-data) and tls-server-name ('kubectl config view --raw')";
+  }
+  if (/unsupported protocol|bad decrypt|key values mismatch|PEM/i.test(text)) {
+    return "TLS could not start with the kubeconfig's client credentials: check that client-certificate(-data) and " +
+      "client-key(-data) are a matching PEM pair";
+  }
+  if (/^spawn \S+ (ENOENT|EACCES)/.test(text)) {
+    return "the kubeconfig's exec credential plugin cannot be run: install it, or fix users[].user.exec.command " +
+      "(a relative path is read from the kubeconfig's directory)";
+  }
+  if (/exec authProvider|ExecCredential/i.test(text)) {
+    return "the kubeconfig's exec credential plugin failed: run its command by hand to see what it says";
+  }
+  if (/Invalid URL/.test(text)) return "check the URLs in the kubeconfig's cluster entry (server, proxy-url)";
+  return server ? `check that the API server ${server} is reachable` : undefined;
 }
 
 function portOf(url: string): string | undefined {

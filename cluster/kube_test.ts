@@ -608,3 +608,44 @@ Deno.test("kubeconfig: a plain http server (kubectl proxy) is used as kubectl us
     await proxy.shutdown();
   }
 });
+
+Deno.test("TLS and exec credential failures get a hint about what failed, not 'check it is reachable'", async () => {
+  await using api = await FakeKubeApi.start();
+  await using other = await FakeKubeApi.start({ certHosts: ["other.example"] }); // another CA (one per host set)
+  const get = async (kubeconfig: string) => {
+    const err = await managerConnector.prepare(ConnectRequest.fromPartial({ kubeconfig })).then(
+      () => assert.fail("expected a refusal"),
+      (e) => e as TelError,
+    );
+    assert.ok(err instanceof TelError, String(err));
+    assert.doesNotMatch(err.hint ?? "", /is reachable/, err.message);
+    return err;
+  };
+  const ca = btoa(api.pki.caPem);
+  const wrongCa = await get(api.kubeconfig().replace(ca, btoa(other.pki.caPem)));
+  assert.match(wrongCa.hint ?? "", /certificate-authority\(-data\) and tls-server-name/);
+  const wrongName = await get(
+    api.kubeconfig().replace(/(certificate-authority-data: .*)/, "$1\n    tls-server-name: wrong.example"),
+  );
+  assert.match(wrongName.hint ?? "", /certificate-authority\(-data\) and tls-server-name/);
+  const dir = await Deno.makeTempDir({ prefix: "tel-exec-" });
+  try {
+    const exec = (command: string) =>
+      api.kubeconfig().replace(
+        /    token: .*/,
+        `    exec: {apiVersion: client.authentication.k8s.io/v1beta1, command: '${command}', interactiveMode: Never}`,
+      );
+    const missing = await get(exec(`${dir}/nosuch`));
+    assert.match(missing.message, /spawn .*nosuch ENOENT/);
+    assert.match(missing.hint ?? "", /exec credential plugin cannot be run/);
+    await Deno.writeTextFile(`${dir}/garbage.sh`, "#!/bin/sh\necho Welcome to the login helper\n");
+    await Deno.chmod(`${dir}/garbage.sh`, 0o755);
+    const garbage = await get(exec(`${dir}/garbage.sh`));
+    assert.match(
+      garbage.hint ?? "",
+      new RegExp(`exec credential plugin \\(${dir}/garbage\\.sh\\) failed: run it by hand`),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
