@@ -62,6 +62,13 @@ export const SETTINGS_TEL_WIRE = 0xf7e1;
 const DEFAULT_WINDOW = 65_535;
 const MAX_WINDOW = 2 ** 31 - 1;
 /**
+ * How much paused streams (readers that do not keep up) may buffer beyond the connection window, in windows: with a
+ * stream window as large as the connection's, one such stream holding the connection window stalled every stream of
+ * the session (new dials included) until its reader read again. Up to this much they are given back to the connection
+ * as they arrive; past it, held (see WireStream.onFlowBytes).
+ */
+const PAUSED_BUDGET_WINDOWS = 2;
+/**
  * The largest frame we accept, announced in our SETTINGS: a whole large tunnel message (LARGE_DATA_FRAME and its
  * headers) fits one DATA frame, so a wire peer sends one frame and two socket writes where 16 KiB frames took 17 and 34
  * (node:http2 peers send 16 KiB frames whatever we announce). In the lab's throughput bench the difference was within
@@ -287,7 +294,10 @@ export class WireStream extends EventEmitter {
   #gotResponse = false;
   #paused = false;
   #unacked = 0;
+  /** Bytes that arrived while paused and hold their share of the connection window (the budget was spent). */
   #heldConn = 0;
+  /** Bytes that arrived while paused and were given back to the connection out of the session's paused budget. */
+  #budgeted = 0;
   #responded = false;
   #trailersWanted = false;
   #trailersAsked = false;
@@ -384,6 +394,8 @@ export class WireStream extends EventEmitter {
     const held = this.#heldConn;
     this.#heldConn = 0;
     if (held) this.#session.creditConnection(held);
+    this.#session.returnPausedBudget(this.#budgeted);
+    this.#budgeted = 0;
   }
 
   // --- for the session ------------------------------------------------------------------------------------------
@@ -472,12 +484,18 @@ export class WireStream extends EventEmitter {
 
   /**
    * Counts `n` received bytes; true when the connection may have them back now. Bytes that arrive while the stream is
-   * paused hold their share of the connection window too, until resume(): what paused streams buffer stays within
-   * one connection window, as with nghttp2, instead of within a stream window each.
+   * paused (its reader does not keep up) are given back to the connection out of the session's paused budget, so that
+   * one slow reader, whose stream window may be as large as the connection's, does not stall every other stream;
+   * once the budget is spent they hold their share of the connection window until resume(), so that what paused
+   * streams buffer stays within the budget and one connection window.
    */
   onFlowBytes(n: number): boolean {
     this.#credit(n);
     if (!this.#paused) return true;
+    if (this.#session.takePausedBudget(n)) {
+      this.#budgeted += n;
+      return true;
+    }
     this.#heldConn += n;
     return false;
   }
@@ -589,6 +607,8 @@ export class WireSession extends EventEmitter {
   #peerInitialWindow = DEFAULT_WINDOW;
   #peerMaxFrame = 16_384;
   #connUnacked = 0;
+  /** What paused streams may still have given back to the connection before they start holding it (onFlowBytes). */
+  #pausedBudget: number;
   /** Bytes we let the peer send on the connection: the protocol's first window, then what WINDOW_UPDATEs added. */
   #connRecvWindow = DEFAULT_WINDOW;
   #decoder = hpack.decompressor.create({ table: { maxSize: 4096 } });
@@ -629,6 +649,7 @@ export class WireSession extends EventEmitter {
     this.isServer = opts.role === "server";
     this.#authority = opts.authority ?? "";
     this.windowBytes = Math.min(opts.windowBytes, MAX_WINDOW);
+    this.#pausedBudget = PAUSED_BUDGET_WINDOWS * this.windowBytes;
     sock.setNoDelay?.(true);
     coalesceWrites(sock);
     sock.on("data", (chunk: Uint8Array) => this.receive(chunk));
@@ -968,6 +989,18 @@ export class WireSession extends EventEmitter {
     if (n === 0) return;
     const st = this.#streams.get(this.#sid);
     if (!st || st.onFlowBytes(n)) this.creditConnection(n);
+  }
+
+  /** Takes `n` bytes of the paused budget; false (and nothing taken) when less is left. */
+  takePausedBudget(n: number): boolean {
+    if (n > this.#pausedBudget) return false;
+    this.#pausedBudget -= n;
+    return true;
+  }
+
+  /** A paused stream resumed or ended: what it took of the paused budget is free again. */
+  returnPausedBudget(n: number): void {
+    this.#pausedBudget += n;
   }
 
   /** Gives the peer `n` bytes of connection window back (in batches of half the window). */

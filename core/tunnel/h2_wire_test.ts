@@ -242,26 +242,39 @@ Deno.test("wire: sends stay inside the peer's stream and connection windows, and
   s.destroy();
 });
 
-Deno.test("wire: a paused stream gives the peer no window back, of the stream or the connection; resuming does", async () => {
+Deno.test("wire: a paused stream gives no stream window back, the connection's only out of the paused budget", async () => {
+  // 64 KiB windows: the paused budget is two of them (131 072 bytes)
   const { s, feed, frames } = scripted(64 * 1024);
-  const st = s.request({ ":path": "/p" });
-  const other = s.request({ ":path": "/q" });
-  record(st);
-  record(other);
+  const [a, b, c, d] = ["/a", "/b", "/c", "/d"].map((p) => s.request({ ":path": p }));
+  for (const st of [a, b, c, d]) record(st);
   // stream 0's first update is the opening one (64 KiB is 1 more than the protocol's initial window)
   const updates = (sid: number) =>
     frames().filter((f) => f.type === 8 && f.sid === sid).map((f) => new DataView(f.payload.buffer).getUint32(0));
-  st.pause();
-  feed(rawFrame(1, 0x4, 1, encoder()({ ":status": "200" })));
-  for (let i = 0; i < 3; i++) feed(rawFrame(0, 0, 1, new Uint8Array(16_000)));
-  feed(rawFrame(0, 0, 3, new Uint8Array(16_000))); // the other stream's data is credited to the connection at once
+  a.pause();
+  b.pause();
+  c.pause();
+  const head = encoder();
+  for (const sid of [1, 3, 5, 7]) feed(rawFrame(1, 0x4, sid, head({ ":status": "200" })));
+  // a slow reader's bytes go back to the connection at once: the other streams (and new ones) are not held up by it
+  feed(rawFrame(0, 0, 1, new Uint8Array(48_000)));
   await settle();
   assert.deepEqual(updates(1), [], "nothing credited to the paused stream");
-  assert.deepEqual(updates(0), [1], "48 000 bytes held for the paused stream: 16 000 alone are not worth an update");
-  st.resume();
+  assert.deepEqual(updates(0), [1, 48_000], "the connection gets them back, out of the paused budget");
+  feed(rawFrame(0, 0, 3, new Uint8Array(60_000)));
+  await settle();
+  assert.deepEqual(updates(0), [1, 48_000, 60_000], "a second one too: 23 072 bytes of the budget left");
+  // past the budget a paused stream holds its share of the connection window, so what paused streams buffer is bounded
+  feed(rawFrame(0, 0, 5, new Uint8Array(30_000)));
+  feed(rawFrame(0, 0, 7, new Uint8Array(16_000))); // the active stream's: credited, but 16 000 alone are not worth it
+  await settle();
+  assert.deepEqual(updates(0), [1, 48_000, 60_000], "30 000 held for the third paused stream");
+  a.resume();
   await settle();
   assert.deepEqual(updates(1), [48_000], "the stream's window back on resume");
-  assert.deepEqual(updates(0), [1, 64_000], "and the connection's");
+  c.resume();
+  await settle();
+  assert.deepEqual(updates(5), [], "30 000 of a 65 536-byte stream window are not worth an update yet");
+  assert.deepEqual(updates(0), [1, 48_000, 60_000, 46_000], "what the third held goes back to the connection");
   s.destroy();
 });
 
@@ -289,16 +302,19 @@ Deno.test("wire: a peer that sends past the stream's or the connection's window 
   const goaway = stream.frames().find((f) => f.type === 7);
   assert.equal(goaway && new DataView(goaway.payload.buffer).getUint32(4), H2_CODE.FLOW_CONTROL_ERROR);
 
+  // four paused streams: the first two spend the paused budget (two 64 KiB windows), the third holds 40 000 bytes of
+  // the connection window, so the fourth's 30 000 go past it
   const conn = scripted(64 * 1024);
-  const x = conn.s.request({ ":path": "/x" });
-  const y = conn.s.request({ ":path": "/y" });
-  record(x);
-  record(y);
-  x.pause();
-  y.pause();
+  const paused = ["/w", "/x", "/y", "/z"].map((p) => conn.s.request({ ":path": p }));
+  for (const st of paused) {
+    record(st);
+    st.pause();
+  }
   const block = encoder();
-  conn.feed(rawFrame(1, 0x4, 1, block({ ":status": "200" })), rawFrame(1, 0x4, 3, block({ ":status": "200" })));
-  conn.feed(rawFrame(0, 0, 1, new Uint8Array(40_000)), rawFrame(0, 0, 3, new Uint8Array(30_000)));
+  for (const sid of [1, 3, 5, 7]) conn.feed(rawFrame(1, 0x4, sid, block({ ":status": "200" })));
+  conn.feed(rawFrame(0, 0, 1, new Uint8Array(32_768)), rawFrame(0, 0, 1, new Uint8Array(32_768)));
+  conn.feed(rawFrame(0, 0, 3, new Uint8Array(32_768)), rawFrame(0, 0, 3, new Uint8Array(32_768)));
+  conn.feed(rawFrame(0, 0, 5, new Uint8Array(40_000)), rawFrame(0, 0, 7, new Uint8Array(30_000)));
   await settle();
   assert.match(conn.errors[0]?.message ?? "", /DATA of 30000 bytes beyond the connection window \(25536 bytes left\)/);
   assert.equal(conn.s.destroyed, true);
