@@ -122,7 +122,10 @@ export class MessageCall {
   #responded = false;
   #status: { code: number; message: string } = { code: GRPC_STATUS.OK, message: "" };
   // bytes of a message not yet whole: its prefix, then its body
-  #pending: Uint8Array = new Uint8Array(0);
+  /** Bytes of a message not yet whole (copies: reads go back to their pool), and how many it takes to go on. */
+  #parts: Uint8Array[] = [];
+  #partsLen = 0;
+  #need = GRPC_PREFIX;
 
   /** `maxMessage`: the largest message accepted (default {@link MAX_CONTROL_MESSAGE}). */
   constructor(st: MessageStream, h: MessageHandlers, opts: { server?: boolean; maxMessage?: number } = {}) {
@@ -245,12 +248,23 @@ export class MessageCall {
 
   #onData(chunk: Uint8Array): void {
     let buf = chunk;
-    if (this.#pending.byteLength) {
-      buf = new Uint8Array(this.#pending.byteLength + chunk.byteLength);
-      buf.set(this.#pending);
-      buf.set(chunk, this.#pending.byteLength);
+    if (this.#partsLen) {
+      // a message arriving in many small DATA frames is put together once, when all of it is here: joining at every
+      // frame cost time in the square of its size (a peer's 1-byte frames stalled the event loop for seconds)
+      this.#parts.push(chunk.slice());
+      this.#partsLen += chunk.byteLength;
+      if (this.#partsLen < this.#need) return;
+      buf = new Uint8Array(this.#partsLen);
+      let off = 0;
+      for (const p of this.#parts) {
+        buf.set(p, off);
+        off += p.byteLength;
+      }
+      this.#parts = [];
+      this.#partsLen = 0;
     }
     let pos = 0;
+    this.#need = GRPC_PREFIX;
     while (!this.#done && buf.byteLength - pos >= GRPC_PREFIX) {
       const flag = buf[pos];
       const len = readU32(buf, pos + 1);
@@ -258,12 +272,18 @@ export class MessageCall {
       if (len > this.#max) {
         return this.#malformed(`message of ${len} bytes, more than ${this.#max}`);
       }
-      if (buf.byteLength - pos - GRPC_PREFIX < len) break;
+      if (buf.byteLength - pos - GRPC_PREFIX < len) {
+        this.#need = GRPC_PREFIX + len;
+        break;
+      }
       const body = buf.slice(pos + GRPC_PREFIX, pos + GRPC_PREFIX + len);
       pos += GRPC_PREFIX + len;
       this.#h.message(body);
     }
     // what is left is copied: `chunk` goes back to its pool
-    this.#pending = pos < buf.byteLength ? buf.slice(pos) : new Uint8Array(0);
+    if (!this.#done && pos < buf.byteLength) {
+      this.#parts = [buf.slice(pos)];
+      this.#partsLen = buf.byteLength - pos;
+    }
   }
 }

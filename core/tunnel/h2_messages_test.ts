@@ -128,6 +128,12 @@ Deno.test("a compressed or oversized message fails the call with INTERNAL and re
   big.emit("data", head);
   assert.equal(b.ends[0]?.code, status.INTERNAL);
   assert.deepEqual(b.got, []);
+  // its header a byte at a time: refused once the length is known, not after collecting what it announced
+  const slow = new FakeStream();
+  const c = record(slow);
+  for (const byte of head) slow.emit("data", new Uint8Array([byte]));
+  assert.equal(c.ends[0]?.code, status.INTERNAL);
+  assert.match(c.ends[0]!.details, new RegExp(`message of ${MAX_CONTROL_MESSAGE + 1} bytes`));
 });
 
 Deno.test("the server answers with headers before its first message and ends with the status as trailers", () => {
