@@ -828,3 +828,23 @@ Deno.test("wire: a stream is crowded while all streams together queue the sessio
   assert.equal(late.crowded, false, "once the socket took the queue");
   s.destroy();
 });
+
+Deno.test("wire: a peer that sends PINGs and SETTINGS without reading the answers is cut off, not buffered for", async () => {
+  // a socket the peer does not read: nothing written is ever taken
+  const sock = new Duplex({ read() {}, write(_chunk, _enc, _cb) {} });
+  const s = connectWire("127.0.0.1", 1, "tm:8081", {
+    windowBytes: 1 << 20,
+    connect: () => sock as unknown as net.Socket,
+  });
+  const errors: Error[] = [];
+  s.on("error", (e: Error) => errors.push(e));
+  const ping = rawFrame(6, 0, 0, new Uint8Array(8));
+  for (let i = 0; i < 999; i++) sock.push(ping);
+  sock.push(rawFrame(4, 0, 0)); // a SETTINGS, the 1000th answer
+  await settle();
+  assert.equal(errors.length, 0, "1000 answers waiting is still allowed");
+  sock.push(ping);
+  await settleUntil(() => errors.length > 0);
+  assert.match(errors[0]?.message ?? "", /more than 1000 PING or SETTINGS frames whose answers it does not read/);
+  assert.equal(s.destroyed, true);
+});
