@@ -580,6 +580,42 @@ Deno.test("tcp: a zero window is probed after the RTO instead of stalling foreve
   ok(data.some((s) => s.payload.length >= 99), "the rest flows once the window opens");
 });
 
+Deno.test("tcp: a peer that keeps its window shut but answers each probe is probed for as long as it answers", async () => {
+  const env = setup();
+  const { snd, conn } = await handshake(env, 512);
+  env.take();
+  // it takes what was sent, then shuts its window (its reader stopped) and only ever answers the probes
+  await conn.writable.getWriter().write(new Uint8Array(200_000));
+  const first = env.take();
+  const took = first.reduce((n, s) => n + s.payload.length, 0);
+  ok(took > 0, "what the windows allowed went out");
+  const una = (snd + took) >>> 0;
+  env.stack.input([env.seg({ seq: 1001, ack: una, window: 0 })]);
+  let probes = 0;
+  for (let t = 0; t < 60 * 60; t += 5) { // an hour on the fake clock
+    env.fake.tick(5000);
+    for (const p of env.take()) {
+      equal(p.tcp!.flags & RST, 0, `no reset after ${t} s`);
+      if (!p.payload.length) continue;
+      probes++;
+      equal(p.tcp!.seq, una, "a probe starts at the window's edge");
+      equal(p.payload.length, 1, "one byte");
+      env.stack.input([env.seg({ seq: 1001, ack: una, window: 0 })]); // answered, still shut
+    }
+  }
+  ok(probes > 12, `probed beyond the retransmission limit (${probes} probes)`);
+  equal(conn.state, "established");
+  equal(env.stack.counters().tcpTimeouts, 0, "a shut window is no timeout");
+  env.stack.input([env.seg({ seq: 1001, ack: una, window: 512 })]); // it reads again
+  ok(env.take().some((s) => s.payload.length > 1 && s.tcp!.seq === una), "data flows again from the edge");
+  // a peer that stops answering altogether is given up after the retransmission limit
+  const { conn: silent } = await handshake(env, 0, 40001);
+  env.take();
+  await silent.writable.getWriter().write(new Uint8Array(100));
+  for (let i = 0; i < 200 && silent.state !== "closed"; i++) env.fake.tick(60_000);
+  equal(silent.state, "closed", "given up");
+});
+
 Deno.test("udp: datagrams reach the flow, replies go back, the flow closes after the idle timeout", async () => {
   const env = setup();
   env.stack.input([udpPacket(CLIENT, 5353, POD, 53, new Uint8Array([1, 2, 3]))]);

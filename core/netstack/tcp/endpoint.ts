@@ -496,8 +496,12 @@ export class TcpEndpoint implements TcpConn {
     const newSack = this.#sackOk && h.sackBlocks !== undefined && this.#updateScoreboard(h.sackBlocks, ack);
     this.#probeOut = false;
     if (acked === 0) {
-      if (outstanding === 0) this.#retries = 0; // a live peer answering window probes
-      if (!handshake && dataLen === 0 && !fin && (newWnd === oldWnd || newSack) && outstanding > 0) this.#dupAck();
+      // a peer that answers, with nothing of ours to take or with its window shut, is alive: window probes go on for
+      // as long as it answers them (as Linux's and gVisor's do), not until the retransmission limit
+      if (outstanding === 0 || newWnd === 0) this.#retries = 0;
+      // an answer to a window probe says nothing about loss: no duplicate ACK
+      const dup = !handshake && dataLen === 0 && !fin && (newWnd === oldWnd || newSack) && outstanding > 0;
+      if (dup && newWnd > 0) this.#dupAck();
       else this.output();
       return;
     }
@@ -1047,6 +1051,15 @@ export class TcpEndpoint implements TcpConn {
       return;
     }
     const outstanding = seqDiff(this.#sndMax, this.#sndUna);
+    if (this.#sndWnd === 0 && this.#sqBytes > 0) {
+      // persist (RFC 9293 §3.8.6.1): the peer's window is shut; probe it with one byte at the edge, whatever was in
+      // flight (beyond the window it is dropped anyway), and keep the congestion state: nothing was lost
+      this.#rttSeq = -1;
+      this.#sendData(this.#sndUna, 0, 1, false, true);
+      this.#sndNxt = this.#sndUna; // the window that opens takes the data from its edge, the probe's byte included
+      this.#arm(this.#rto);
+      return;
+    }
     if (outstanding > 0) {
       this.#host.counters.tcpTimeouts++;
       if (log.enabled("debug")) {
@@ -1069,15 +1082,8 @@ export class TcpEndpoint implements TcpConn {
       this.#rttSeq = -1;
       this.#sacked = []; // RFC 6675 §5.1: after an RTO the scoreboard is not trusted
       this.#sndNxt = this.#sndUna; // go back N
-      if (this.#sndWnd === 0) {
-        this.#retransmitHead(); // zero-window probe (RFC 9293 §3.8.6.1): one segment beyond the window
-      } else {
-        this.output();
-      }
-      this.#arm(this.#rto);
-    } else if (this.#sqBytes > 0 && this.#sndWnd === 0) {
-      const len = Math.min(1, this.#sqBytes);
-      this.#sendData(this.#sndNxt, 0, len, false, true);
+      if (this.#sndWnd === 0) this.#retransmitHead(); // only a FIN is left to send: it needs no window
+      else this.output();
       this.#arm(this.#rto);
     }
   }
