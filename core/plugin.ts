@@ -92,6 +92,8 @@ export interface Vif {
   writePacket(packet: Uint8Array, gso?: { segmentSize: number; headerLength: number }): void;
   /** Offloads in effect (absent: none). */
   readonly offload?: { rxChecksum: boolean; tsoMaxPacket: number };
+  /** With `offload.rxChecksum`: whether a packet of the last read still needs its checksum checked (the netstack's `Link`). */
+  unverified?(packet: Uint8Array): boolean;
   addAddress(cidr: string): Promise<void>;
   addRoute(cidr: string): Promise<void>;
   removeRoute(cidr: string): Promise<void>;

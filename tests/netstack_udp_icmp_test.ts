@@ -3,6 +3,10 @@
 import { equal, match, ok } from "node:assert/strict";
 import { canUseNetns } from "./lab/netns.ts";
 import { denoEvalIn, POD4, POD6, PORT, withTunLab } from "./netstack_lab.ts";
+import { tcpPacket, udpPacket } from "../core/netstack/_build.ts";
+import { SYN } from "../core/netstack/header/tcp.ts";
+
+const RAW_SEND = new URL("./fixtures/raw_send.ts", import.meta.url).pathname;
 
 const ignore = !(await canUseNetns());
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
@@ -102,3 +106,38 @@ Deno.test("icmp over TUN: ping of a routed address is answered, IPv4 and IPv6", 
     ok(off.code !== 0);
   });
 });
+
+Deno.test(
+  "with checksum offload, a packet whose checksum the kernel did not vouch for (a raw socket's) is still checked",
+  opts,
+  async () => {
+    await withTunLab(async ({ ns, stack }) => {
+      const hex = (p: Uint8Array) => Array.from(p, (b) => b.toString(16).padStart(2, "0")).join("");
+      const send = async (...packets: Uint8Array[]) => {
+        const r = await ns.run([Deno.execPath(), "run", "-A", RAW_SEND, ...packets.map(hex)]);
+        equal(r.code, 0, r.stderr);
+      };
+      const src = "198.19.254.1";
+      const udp = (sp: number) => udpPacket(src, sp, POD4, PORT.echo, new TextEncoder().encode("hi"));
+      const badUdp = udp(41002);
+      badUdp[20 + 6] ^= 0x55; // the UDP checksum
+      const syn = (sp: number) =>
+        tcpPacket(src, POD4, { srcPort: sp, dstPort: PORT.echo, seq: 1000, ack: 0, flags: SYN, window: 65535 });
+      const badSyn = syn(41004);
+      badSyn[20 + 16] ^= 0x55; // the TCP checksum
+      const before = stack.counters();
+      await send(udp(41001), badUdp, syn(41003), badSyn);
+      // (the kernel also answers the SYN-ACK to its raw socket with a RST, and IPv6 may say something)
+      const seen = (c: typeof before) =>
+        c.udpAccepted + c.tcpAccepted + c.invalid - before.udpAccepted - before.tcpAccepted - before.invalid;
+      let c = stack.counters();
+      for (let i = 0; i < 100 && seen(c) < 4; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        c = stack.counters();
+      }
+      equal(c.udpAccepted - before.udpAccepted, 1, "the good datagram only");
+      equal(c.tcpAccepted - before.tcpAccepted, 1, "the good SYN only");
+      equal(c.invalid - before.invalid, 2, "the two with bad checksums are dropped as invalid");
+    }, { offload: true });
+  },
+);

@@ -15,7 +15,10 @@ export interface Gso {
 
 /** What a link does for the stack (TUN offloads); absent means nothing. */
 export interface LinkOffload {
-  /** Inbound TCP/UDP checksums were validated (or are partial, from the local kernel): don't verify them. */
+  /**
+   * Inbound TCP/UDP checksums were validated (or are partial, from the local kernel): don't verify them, except where
+   * {@link Link.unverified} says otherwise.
+   */
   rxChecksum: boolean;
   /** Largest packet `writePacket` takes with a {@link Gso} (0: no segmentation offload). */
   tsoMaxPacket: number;
@@ -42,6 +45,11 @@ export interface Link {
   writePacket(packet: Uint8Array, gso?: Gso): void;
   /** Offloads, when the link has them (inbound packets may then be larger than `mtu`). */
   readonly offload?: LinkOffload;
+  /**
+   * With `offload.rxChecksum`: whether a packet of the last read is one whose checksum the device neither validated
+   * nor left partial (a raw socket's, or forwarded without validation), so the stack checks it after all.
+   */
+  unverified?(packet: Uint8Array): boolean;
 }
 
 /**

@@ -315,8 +315,10 @@ export class Stack {
       this.#counters.notRouted++;
       return;
     }
-    if (proto === PROTO_TCP) this.#tcpIn(p, family, src, dst, l4);
-    else if (proto === PROTO_UDP) this.#udpIn(p, family, src, dst, l4);
+    // a packet put together from fragments carries its own checksum the device never looked at
+    const verify = !this.#rxCsumOk || p !== input || this.#link.unverified?.(input) === true;
+    if (proto === PROTO_TCP) this.#tcpIn(p, family, src, dst, l4, verify);
+    else if (proto === PROTO_UDP) this.#udpIn(p, family, src, dst, l4, verify);
     else if (family === 4 && proto === PROTO_ICMP) this.#icmpIn(family, src, dst, l4);
     else if (family === 6 && proto === PROTO_ICMPV6) this.#icmpIn(family, src, dst, l4);
     else this.#counters.unsupported++;
@@ -328,10 +330,10 @@ export class Stack {
 
   // ---- TCP ----
 
-  #tcpIn(p: Uint8Array, family: 4 | 6, src: Uint8Array, dst: Uint8Array, seg: Uint8Array): void {
+  #tcpIn(p: Uint8Array, family: 4 | 6, src: Uint8Array, dst: Uint8Array, seg: Uint8Array, verify: boolean): void {
     if (
       seg.length < 20 ||
-      (!this.#rxCsumOk && sum(seg, this.#pseudo(family, src, dst, PROTO_TCP, seg.length)) !== 0xffff)
+      (verify && sum(seg, this.#pseudo(family, src, dst, PROTO_TCP, seg.length)) !== 0xffff)
     ) {
       this.#counters.invalid++;
       return;
@@ -520,11 +522,11 @@ export class Stack {
 
   // ---- UDP ----
 
-  #udpIn(p: Uint8Array, family: 4 | 6, src: Uint8Array, dst: Uint8Array, seg: Uint8Array): void {
+  #udpIn(p: Uint8Array, family: 4 | 6, src: Uint8Array, dst: Uint8Array, seg: Uint8Array, verify: boolean): void {
     const h = parseUdp(seg);
     const dgram = seg.subarray(0, h.length);
     if (
-      !this.#rxCsumOk && (family === 6 || h.checksum !== 0) &&
+      verify && (family === 6 || h.checksum !== 0) &&
       sum(dgram, this.#pseudo(family, src, dst, PROTO_UDP, h.length)) !== 0xffff
     ) {
       this.#counters.invalid++;

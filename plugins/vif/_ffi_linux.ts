@@ -65,6 +65,8 @@ export const TUN_F_TSO6 = 0x04;
 export const VNET_HDR_LEN = 10;
 /** virtio_net_hdr flags: the checksum at csum_start+csum_offset must be completed. */
 export const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
+/** virtio_net_hdr flags: the checksum was already validated. */
+export const VIRTIO_NET_HDR_F_DATA_VALID = 2;
 /** gso_type values: none (the packet goes as it is; with NEEDS_CSUM only its checksum is completed). */
 export const VIRTIO_NET_HDR_GSO_NONE = 0;
 /** TCP over IPv4. */

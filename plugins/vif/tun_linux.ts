@@ -28,6 +28,7 @@ import {
   TUN_F_TSO6,
   TUNSETIFF,
   TUNSETOFFLOAD,
+  VIRTIO_NET_HDR_F_DATA_VALID,
   VIRTIO_NET_HDR_F_NEEDS_CSUM,
   VIRTIO_NET_HDR_GSO_NONE,
   VIRTIO_NET_HDR_GSO_TCPV4,
@@ -122,6 +123,8 @@ class TunLinux implements Vif {
   #routes = new Set<string>();
   /** Packets the kernel did not take on write. */
   writeErrors = 0;
+  /** Packets of the reads whose checksums the kernel did not vouch for (see #mark). */
+  #unverified = new WeakSet<Uint8Array>();
   /** Waits on the event loop only while packets trickle (see {@link TunWait}). */
   #adaptive: boolean;
   /** How long the last wait lasted (ms). */
@@ -210,7 +213,9 @@ class TunLinux implements Vif {
         if (n <= hdr) continue;
         // that packet came first: the rest of what is queued follows it
         const rest = this.#drain();
-        rest.unshift(this.#first.subarray(this.#pad, this.#pad - hdr + n));
+        rest.unshift(
+          this.#mark(this.#first.subarray(this.#pad, this.#pad - hdr + n), hdr && this.#first[this.#pad - hdr]),
+        );
         this.#handedOut = true;
         this.#took(rest.length);
         return rest;
@@ -274,6 +279,21 @@ class TunLinux implements Vif {
    * Reads what the device has queued (up to a batch) into the buffer without waiting: each packet at the next 64-byte
    * boundary after the last, while a largest packet still fits.
    */
+  /**
+   * Notes a packet whose virtio header neither says its checksum is partial (NEEDS_CSUM: sent by this host, to be
+   * completed) nor validated (DATA_VALID): a raw socket's, or forwarded unvalidated. The stack checks those itself.
+   */
+  #mark(packet: Uint8Array, flags: number): Uint8Array {
+    if (this.#pad && (flags & (VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID)) === 0) {
+      this.#unverified.add(packet);
+    }
+    return packet;
+  }
+
+  unverified(packet: Uint8Array): boolean {
+    return this.#unverified.has(packet);
+  }
+
   #drain(): Uint8Array[] {
     const c = lib().symbols;
     const batch: Uint8Array[] = [];
@@ -283,8 +303,8 @@ class TunLinux implements Vif {
       const at = base + this.#pad - hdr;
       const n = Number(c.read(this.#fd, this.#buf.subarray(at, at + this.#slot - this.#pad), this.#slotBig));
       if (n > hdr) {
-        // The virtio header says nothing the stack needs: lengths are in the IP header, checksums are trusted.
-        batch.push(this.#buf.subarray(base + this.#pad, at + n));
+        // Of the virtio header only its flags matter to the stack (lengths are in the IP header): see #mark
+        batch.push(this.#mark(this.#buf.subarray(base + this.#pad, at + n), hdr && this.#buf[at]));
         base = (at + n + 63) & ~63;
         continue;
       }
