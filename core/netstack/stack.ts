@@ -19,7 +19,7 @@ import {
 } from "./header/icmp.ts";
 import { encodeIpv4, parseIpv4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP } from "./header/ipv4.ts";
 import { encodeIpv6, parseIpv6 } from "./header/ipv6.ts";
-import { ACK, encodeTcp, parseTcp, RST, SYN, type TcpFields, type TcpHeader } from "./header/tcp.ts";
+import { ACK, encodeTcp, FIN, parseTcp, RST, SYN, type TcpFields, type TcpHeader } from "./header/tcp.ts";
 import { encodeUdp, parseUdp } from "./header/udp.ts";
 import type { Gso, Link } from "./link.ts";
 import {
@@ -315,6 +315,11 @@ export class Stack {
       this.#counters.notRouted++;
       return;
     }
+    if (!unicastSource(src)) {
+      // no answer can go to an unspecified, loopback, multicast or broadcast source (Linux drops these too)
+      this.#counters.invalid++;
+      return;
+    }
     // a packet put together from fragments carries its own checksum the device never looked at
     const verify = !this.#rxCsumOk || p !== input || this.#link.unverified?.(input) === true;
     if (proto === PROTO_TCP) this.#tcpIn(p, family, src, dst, l4, verify);
@@ -354,6 +359,16 @@ export class Stack {
       const len = data.length + (h.flags & SYN ? 1 : 0) + (h.flags & 1 ? 1 : 0);
       if (h.flags & ACK) this.#sendRaw(route, h.dstPort, h.srcPort, h.ack, 0, RST);
       else this.#sendRaw(route, h.dstPort, h.srcPort, 0, (h.seq + len) >>> 0, RST | ACK);
+      return;
+    }
+    if (h.flags & FIN) {
+      this.#counters.invalid++; // SYN and FIN at once: no connection starts so (Linux drops it too)
+      return;
+    }
+    if (h.dstPort === 0) {
+      // nothing listens on port 0, here as anywhere: refused at once, nothing is dialed
+      this.#counters.tcpRefused++;
+      this.#sendRaw(route, h.dstPort, h.srcPort, 0, (h.seq + 1) >>> 0, RST | ACK);
       return;
     }
     if (this.#closed) return;
@@ -539,6 +554,15 @@ export class Stack {
       existing.receive(payload);
       return;
     }
+    if (h.dstPort === 0) {
+      this.#counters.udpRefused++; // nothing listens on port 0: port unreachable at once, nothing is dialed
+      this.#icmpUnreachable(
+        family,
+        p.slice(0, Math.min(p.length, 576)),
+        family === 4 ? ICMP4_CODE_PORT : ICMP6_CODE_PORT,
+      );
+      return;
+    }
     if (this.#closed) return;
     const id: FlowId = {
       proto: "udp",
@@ -607,4 +631,12 @@ export class Stack {
     out.set(body, ipLen + 8);
     this.#finish(family, src, dst, family === 4 ? PROTO_ICMP : PROTO_ICMPV6, ipLen, 8 + body.length, 2);
   }
+}
+
+/** Whether a source address can be answered: not unspecified, loopback, multicast or broadcast (IPv4 or IPv6). */
+function unicastSource(a: Uint8Array): boolean {
+  if (a.length === 4) return a[0] !== 0 && a[0] !== 127 && a[0] < 224;
+  if (a[0] === 0xff) return false; // multicast
+  for (let i = 0; i < 15; i++) if (a[i] !== 0) return true;
+  return a[15] > 1; // :: and ::1
 }

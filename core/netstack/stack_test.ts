@@ -1021,3 +1021,31 @@ Deno.test("tcp: a slab view sent to the client is released once acknowledged, an
   equal(pool.freeBytes, 4096, "a reset connection releases what it still held");
   equal(pool.stats.overReleased, 0);
 });
+
+Deno.test("a source no answer can reach, a SYN with FIN, port 0: dropped or refused at once, nothing asked of the forwarder", async () => {
+  const env = setup();
+  const syn = (src: string, flags = SYN, dstPort = 80, dst = POD) =>
+    tcpPacket(src, dst, { srcPort: 40000, dstPort, seq: 1000, ack: 0, flags, window: 65535 });
+  for (const src of ["224.0.0.9", "127.0.0.1", "0.0.0.0", "255.255.255.255"]) env.stack.input([syn(src)]);
+  for (const src of ["ff02::1", "::1", "::"]) env.stack.input([syn(src, SYN, 80, "fd00:7e1::10")]);
+  env.stack.input([echoRequest("255.255.255.255", POD, 7, 1, new Uint8Array(8))]);
+  env.stack.input([syn(CLIENT, SYN | FIN)]);
+  await tick();
+  equal(env.take().length, 0, "no answer to any of them");
+  equal(env.conns.length, 0, "no connection");
+  equal(env.stack.counters().invalid, 9);
+  // port 0: nothing listens there, here as anywhere
+  env.stack.input([syn(CLIENT, SYN, 0)]);
+  env.stack.input([udpPacket(CLIENT, 40001, POD, 0, new Uint8Array([1]))]);
+  await tick();
+  const [rst, icmp] = env.take();
+  equal(rst.tcp!.flags, RST | ACK, "a TCP reset");
+  equal(rst.tcp!.ack, 1001);
+  equal(icmp.proto, 1, "an ICMP message");
+  equal(icmp.payload[0], 3, "destination unreachable");
+  equal(icmp.payload[1], 3, "port unreachable");
+  equal(env.conns.length + env.flows.length, 0, "nothing was dialed");
+  const c = env.stack.counters();
+  equal(c.tcpRefused, 1);
+  equal(c.udpRefused, 1);
+});
