@@ -480,3 +480,22 @@ for (let mib = 1; mib <= 256; mib++) {
     await progress.catch(() => {});
   }
 });
+
+withLab(
+  "connect: cluster changes that come while one is being routed all end up routed, in order",
+  async (lab, tel) => {
+    assert.equal((await connect(lab, tel)).code, 0);
+    // 240 nodes with a /24 each, added as fast as the API takes them: the manager sends many changes, each a route
+    // change that takes a while (one `ip route add` a subnet)
+    const cidr = (i: number) => `198.${18 + (i >> 8)}.${i & 255}.0/24`;
+    for (let i = 2; i < 242; i++) await lab.addNode({ name: `burst-${i}`, podCIDRs: [cidr(i)] });
+    const missing = async () => {
+      const rt = await routes(lab);
+      return Array.from({ length: 240 }, (_, k) => cidr(k + 2)).filter((c) => !rt.includes(`${c} dev tel0`));
+    };
+    assert.ok(await eventually(async () => (await missing()).length === 0, 30_000), `not routed: ${await missing()}`);
+    const st = JSON.parse((await tel.run(["status", "-o", "json"])).stdout);
+    assert.equal(st.lastError, "");
+    assert.doesNotMatch(await Deno.readTextFile(`${tel.state}/daemon.log`), /applying cluster info failed/);
+  },
+);

@@ -93,6 +93,13 @@ export class Router {
     );
     const lost = this.#current.filter((r) => !ours.has(r.toString()));
     const kept = new Set(wanted.map(String));
+    const restore = lost.filter((r) => kept.has(r.toString()));
+    if (restore.length) {
+      log.warn("router", "routes of tel's were removed; adding them again", { routes: restore.map(String) });
+    }
+    // the new routes go first: removing first left a moment in which a narrower subnet replaced by a wider one was
+    // routed nowhere (on a real machine, to the default gateway)
+    for (const r of [...add, ...restore]) await this.#opts.vif.addRoute(r.toString());
     for (const r of remove) {
       try {
         await this.#opts.vif.removeRoute(r.toString());
@@ -101,11 +108,6 @@ export class Router {
         log.debug("router", "route already gone", { route: r.toString(), error: errorMessage(e) });
       }
     }
-    const restore = lost.filter((r) => kept.has(r.toString()));
-    if (restore.length) {
-      log.warn("router", "routes of tel's were removed; adding them again", { routes: restore.map(String) });
-    }
-    for (const r of [...add, ...restore]) await this.#opts.vif.addRoute(r.toString());
     this.#current = wanted;
     this.#opts.stack.setRoutes(wanted.map(String));
     if (add.length || remove.length) {

@@ -51,6 +51,15 @@ Deno.test("routes follow the cluster's set as diffs; covered subnets are not rou
   assert.deepEqual(stack.calls.at(-1), ["198.19.0.0/20"]);
 });
 
+Deno.test("a wider subnet replacing narrower ones is added before they are removed: no moment without a route", async () => {
+  const vif = fakeVif();
+  const r = new Router({ vif, stack: sink() });
+  await r.apply(["198.18.0.0/24", "198.18.1.0/24"], true);
+  vif.log.length = 0;
+  await r.apply(["198.18.0.0/16"], false);
+  assert.deepEqual(vif.log, ["+198.18.0.0/16", "-198.18.0.0/24", "-198.18.1.0/24"]);
+});
+
 Deno.test("also-proxy is added and never-proxy is cut out of what is routed", async () => {
   const vif = fakeVif();
   const r = new Router({

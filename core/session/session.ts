@@ -124,6 +124,10 @@ export class ClientSession {
   #vifLost = "";
   /** Cluster subnets the last change could not route ("" when all are). */
   #routeProblem = "";
+  /** Cluster info changes go to the router (after the first apply, see #applyLatest). */
+  #routerReady = false;
+  #applying?: Promise<void>;
+  #applyAgain = false;
   #namespaces: string[] = [];
 
   private constructor(o: SessionOptions) {
@@ -183,13 +187,18 @@ export class ClientSession {
       allowConflicting: this.#o.allowConflicting,
     });
     this.#router.addNeverProxy(this.#hostBlocks(this.#conn?.mustNotRoute ?? []));
-    const change = await this.#router.apply(subnetsOf(info), true);
+    // the newest set: one that came while the namespaces loaded is the one to route
+    const first = this.#info ?? info;
+    const change = await this.#router.apply(subnetsOf(first), true);
     signal?.throwIfAborted();
     this.#step(
       `subnets routed through ${this.#o.vif.name}: ${change.added.join(", ") || "(none)"}` +
         (this.#router.neverProxy.length ? `; never-proxied: ${this.#router.neverProxy.join(", ")}` : ""),
     );
 
+    // from here on every new set goes through #applyLatest, one at a time; one that came during the first is next
+    this.#routerReady = true;
+    if (this.#info !== first) this.#applyLatest();
     const lookup = new ManagerLookup(() => this.#current(), this.#o.dns?.lookupTimeoutMs ?? 1000);
     this.#lookup = lookup;
     this.#engine = new DnsEngine({
@@ -370,19 +379,35 @@ export class ClientSession {
 
   #onInfo(info: ClusterInfo): void {
     this.#info = info;
-    this.#router?.apply(subnetsOf(info), false).then((change) => {
-      // a subnet a host route now overlaps (a VPN's) is left out: status says which, or the user sees only failures
-      this.#routeProblem = change.skipped.length
-        ? `not routed, overlapping host routes: ${change.skipped.join(", ")} (see the daemon's log)`
-        : "";
-      this.#engine?.setRules(this.#rules(info));
-      if (this.#resolverStarted) {
-        return this.#o.resolver.update(this.#resolverConfig(info));
+    if (this.#routerReady) this.#applyLatest();
+  }
+
+  /**
+   * Routes the newest cluster info, one change at a time: two applied at once both diffed against the old routes
+   * (one failed with "File exists" and the other left its older set as the current one), and a set that came while
+   * the session was being set up was dropped or undone. Sets that come during an apply are folded into the next.
+   */
+  #applyLatest(): void {
+    this.#applyAgain = true;
+    if (this.#applying) return;
+    this.#applying = (async () => {
+      while (this.#applyAgain && !this.#closed && this.#router && this.#info) {
+        this.#applyAgain = false;
+        const info = this.#info;
+        try {
+          const change = await this.#router.apply(subnetsOf(info), false);
+          // a subnet a host route now overlaps (a VPN's) is left out: status says which, or the user sees only failures
+          this.#routeProblem = change.skipped.length
+            ? `not routed, overlapping host routes: ${change.skipped.join(", ")} (see the daemon's log)`
+            : "";
+          this.#engine?.setRules(this.#rules(info));
+          if (this.#resolverStarted) await this.#o.resolver.update(this.#resolverConfig(info));
+        } catch (e) {
+          log.error("session", "applying cluster info failed", { error: errorMessage(e) });
+          this.#routeProblem = `applying the cluster's subnets failed: ${errorMessage(e)}`;
+        }
       }
-    }).catch((e) => {
-      log.error("session", "applying cluster info failed", { error: errorMessage(e) });
-      this.#routeProblem = `applying the cluster's subnets failed: ${errorMessage(e)}`;
-    });
+    })().finally(() => this.#applying = undefined);
   }
 
   #scheduleRemain(): void {
@@ -418,10 +443,12 @@ export class ClientSession {
       let delay = 100;
       while (!this.#closed) {
         try {
-          const info = await this.#arrive(false);
+          await this.#arrive(false);
           log.info("session", "reconnected to the traffic-manager", { session: this.#sessionId });
           await this.#loadNamespaces();
-          this.#onInfo(info);
+          // the newest set (#arrive took the session's first; later ones may have come meanwhile), with the
+          // namespaces just loaded in its DNS rules
+          this.#applyLatest();
           break;
         } catch (e) {
           this.#lastError = errorMessage(e);
@@ -470,6 +497,8 @@ export class ClientSession {
     this.#state = "disconnected";
     this.#clock.clearTimeout(this.#remainTimer);
     const steps: Array<[string, () => Promise<void> | void]> = [
+      // a route change under way finishes first: one finishing after the routes were cleared would put some back
+      ["route change", async () => await this.#applying],
       ["resolver", async () => {
         if (this.#resolverStarted) await this.#o.resolver.stop();
       }],
