@@ -3,7 +3,10 @@
 import { CoreV1Api, VersionApi } from "@kubernetes/client-node";
 import type { ManagerConnection } from "../core/session/session.ts";
 import type { ManagerConnector } from "../core/session/daemon.ts";
-import { TelError } from "../core/errors.ts";
+import { errorMessage, TelError } from "../core/errors.ts";
+import { log } from "../core/log.ts";
+import { isIP } from "node:net";
+import { lookup } from "node:dns/promises";
 import type { ConnectRequest } from "../proto/gen/tel.ts";
 import { CHANNEL_PROTOCOLS, channelUrl, denoHttpMaterial, denoHttpUsable } from "./kube_channels.ts";
 import type { PortForwardAccess } from "./port_forward_stream.ts";
@@ -29,6 +32,21 @@ function hostOf(url: string): string {
   } catch {
     // not a URL: nothing to exclude
     return "";
+  }
+}
+
+/**
+ * The addresses of `host`: itself when it is an IP address, else what the system resolver says (/etc/hosts included,
+ * as for kubectl); none when it does not resolve (the connect then fails on reaching it, with its own error).
+ */
+export async function addressesOf(host: string): Promise<string[]> {
+  if (!host) return [];
+  if (isIP(host)) return [host];
+  try {
+    return [...new Set((await lookup(host, { all: true })).map((a) => a.address))];
+  } catch (e) {
+    log.debug("kube", "cannot resolve a host to keep off the VIF", { host, error: errorMessage(e) });
+    return [];
   }
 }
 
@@ -67,18 +85,18 @@ export const managerConnector: ManagerConnector = {
       throw e;
     }
     if (typeof version?.gitVersion !== "string") throw notKubeApi({ verb: "get", resource: "version" }, kube.server);
-    const apiIp = hostOf(kube.server);
+    // the API server's addresses stay off the VIF (a host name too: it is resolved now, before tel's routes exist)
+    const apiIps = await addressesOf(hostOf(kube.server));
     const managerNs = req.managerNamespace || MANAGER_NAMESPACE;
     let connect: () => Promise<ManagerConnection>;
     if (req.managerAddress) {
       const host = req.managerAddress.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
-      connect = () =>
-        Promise.resolve({
-          address: req.managerAddress,
-          via: `direct address ${req.managerAddress}`,
-          mustNotRoute: [apiIp, host].filter(Boolean),
-          close: () => Promise.resolve(),
-        });
+      connect = async () => ({
+        address: req.managerAddress,
+        via: `direct address ${req.managerAddress}`,
+        mustNotRoute: [...apiIps, ...await addressesOf(host)],
+        close: () => Promise.resolve(),
+      });
     } else {
       connect = async () => {
         const pod = await findManagerPod(kube.kc, managerNs);
@@ -86,7 +104,7 @@ export const managerConnector: ManagerConnector = {
         const conn: ClusterManagerConnection = {
           address: `127.0.0.1:${pf.port}`,
           via: `port-forward to ${managerNs}/${pod.name}:${MANAGER_PORT} through ${kube.server}`,
-          mustNotRoute: [apiIp].filter(Boolean),
+          mustNotRoute: apiIps,
           close: () => pf.close(),
         };
         if (denoHttpUsable(kube.kc)) {

@@ -5,7 +5,7 @@ import { CoreV1Api, VersionApi } from "@kubernetes/client-node";
 import { TelError } from "../core/errors.ts";
 import { ADMIN_USER, FakeKubeApi } from "../tests/fixtures/fake_kube_api.ts";
 import { DenoWatch, findManagerPod, flattenKubeConfig, kubeError, loadKubeConfig, portForward } from "./kube.ts";
-import { managerConnector } from "./connect.ts";
+import { addressesOf, managerConnector } from "./connect.ts";
 import { ConnectRequest } from "../proto/gen/tel.ts";
 
 function twoContexts(server: string, ca: string, token: string): string {
@@ -648,4 +648,13 @@ Deno.test("TLS and exec credential failures get a hint about what failed, not 'c
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("the API server's and the manager's host names are resolved to the addresses kept off the VIF", async () => {
+  assert.deepEqual(await addressesOf("198.19.255.2"), ["198.19.255.2"]);
+  assert.deepEqual(await addressesOf("fd00:7e1::5"), ["fd00:7e1::5"]);
+  // a name from /etc/hosts, as kubectl reads it
+  const local = await addressesOf("localhost");
+  assert.ok(local.some((a) => a === "127.0.0.1" || a === "::1"), String(local));
+  assert.deepEqual(await addressesOf(""), []);
 });

@@ -202,7 +202,7 @@ export class ClientSession {
     const lookup = new ManagerLookup(() => this.#current(), this.#o.dns?.lookupTimeoutMs ?? 1000);
     this.#lookup = lookup;
     this.#engine = new DnsEngine({
-      rules: this.#rules(info),
+      rules: this.#rules(first),
       providers: () => [lookup],
       fallback: this.#o.resolver.fallback,
       answerTtl: this.#o.dns?.ttlSeconds ?? 4,
@@ -215,7 +215,7 @@ export class ClientSession {
     this.#dnsHost = { hostname: addr.hostname, port: addr.port };
     this.#step(`DNS server listening on ${this.#dnsAddr}`);
 
-    await this.#o.resolver.start(this.#resolverConfig(info));
+    await this.#o.resolver.start(this.#resolverConfig(this.#info ?? first));
     this.#resolverStarted = true;
     signal?.throwIfAborted();
     this.#step(`DNS configured by ${this.#o.resolverName}: ${this.#o.resolver.describe?.() ?? "started"}`);
