@@ -608,7 +608,10 @@ export async function findManagerPod(
       "cluster",
       `no ready traffic-manager pod in namespace "${namespace}" (label ${labelSelector})` +
         (seen ? `; found ${seen}` : ""),
-      { hint: "install it with the chart in deploy/chart or kubectl apply -f deploy/manifests/traffic-manager.yaml" },
+      {
+        hint: "install it with the chart in deploy/chart or kubectl apply -f deploy/manifests/traffic-manager.yaml " +
+          "(namespace tel-system); one installed in another namespace is found with --manager-namespace",
+      },
     );
   }
   return { namespace, name: pod.metadata!.name!, ip: pod.status?.podIP ?? "" };

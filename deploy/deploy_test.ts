@@ -201,7 +201,7 @@ Deno.test("chart: values have the documented keys and every .Values reference re
 
 Deno.test("chart with default values renders the plain manifests (minus the Namespace and helm's labels)", async () => {
   const values = parse(await Deno.readTextFile(`${HERE}chart/values.yaml`));
-  const rendered = byKey((await renderChart(values, "ambassador")).map(withoutHelmLabels));
+  const rendered = byKey((await renderChart(values, "tel-system")).map(withoutHelmLabels));
   const plain = byKey((await docs(MANIFEST)).filter((o) => o.kind !== "Namespace"));
   assert.deepEqual([...rendered.keys()].sort(), [...plain.keys()].sort());
   for (const [key, o] of plain) assert.deepEqual(rendered.get(key), o, key);
@@ -230,7 +230,7 @@ Deno.test("the Deployment's args are valid `tel manager` flags (kubelet's $(VAR)
   assert.equal(args[0], managerCommand.spec.name);
   const { values } = parseFlags(managerCommand.spec, args.slice(1));
   assert.equal(values.listen, "0.0.0.0:8081");
-  assert.equal(values.namespace, "ambassador");
+  assert.equal(values.namespace, "tel-system");
   assert.equal(values["pod-ip"], "10.244.0.9");
   assert.equal(values["pod-cidr-strategy"], "auto");
   assert.equal(values["log-level"], "info");
@@ -239,7 +239,7 @@ Deno.test("the Deployment's args are valid `tel manager` flags (kubelet's $(VAR)
   values2.podCIDRStrategy = "environment";
   values2.podCIDRs = ["10.244.0.0/16", "fd00:244::/56"];
   values2.serviceCIDRs = ["10.96.0.0/12"];
-  const dep2 = (await renderChart(values2, "ambassador")).find((o) => o.kind === "Deployment");
+  const dep2 = (await renderChart(values2, "tel-system")).find((o) => o.kind === "Deployment");
   const parsed = parseFlags(managerCommand.spec, dep2.spec.template.spec.containers[0].args.slice(1)).values;
   assert.deepEqual([parsed["pod-cidrs"], parsed["service-cidrs"]], [["10.244.0.0/16", "fd00:244::/56"], [
     "10.96.0.0/12",
