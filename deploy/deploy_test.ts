@@ -152,11 +152,10 @@ Deno.test("manifests: API versions 1.20 serves, least-privilege RBAC bound to th
   const ns = dep.metadata.namespace;
   const sa = dep.spec.template.spec.serviceAccountName;
   assert.deepEqual([k("ServiceAccount").metadata.name, k("ServiceAccount").metadata.namespace], [sa, ns]);
-  assert.deepEqual(k("ClusterRole").rules, [{
-    apiGroups: [""],
-    resources: ["nodes", "pods"],
-    verbs: ["get", "list", "watch"],
-  }]);
+  assert.deepEqual(k("ClusterRole").rules, [
+    { apiGroups: [""], resources: ["nodes", "pods"], verbs: ["get", "list", "watch"] },
+    { apiGroups: ["networking.k8s.io"], resources: ["servicecidrs"], verbs: ["list"] },
+  ]);
   assert.deepEqual(k("Role").rules, [{ apiGroups: [""], resources: ["services"], verbs: ["create", "delete"] }]);
   assert.equal(k("Role").metadata.namespace, ns);
   for (const [binding, role] of [["ClusterRoleBinding", "ClusterRole"], ["RoleBinding", "Role"]]) {

@@ -1,6 +1,9 @@
-/** Service subnet discovery: ask the apiserver for a Service with an impossible clusterIP and read the valid range. */
+/**
+ * Service subnet discovery: ask the apiserver for a Service with an impossible clusterIP and read the valid range from
+ * its refusal; from Kubernetes 1.33 on, whose refusal names no range, list the ServiceCIDR objects instead.
+ */
 
-import { CoreV1Api, type KubeConfig } from "@kubernetes/client-node";
+import { CoreV1Api, type KubeConfig, NetworkingV1Api, type V1ServiceCIDR } from "@kubernetes/client-node";
 import { type Clock, sleep, systemClock } from "../../core/clock.ts";
 import { TelError } from "../../core/errors.ts";
 import { log } from "../../core/log.ts";
@@ -149,5 +152,46 @@ export async function probeServiceSubnets(opts: ServiceSubnetProbeOptions): Prom
       if (code === 403 || code === 401) break;
     }
   }
+  if (found.length === 0 && errors.length === 0) {
+    // Kubernetes 1.33 and later refuse the clusterIP without naming the range: it is in the ServiceCIDR objects
+    const listed = await listServiceCidrs(opts);
+    found.push(...listed.cidrs);
+    if (listed.error) errors.push(listed.error);
+  }
   return { subnets: normalize(found).map((c) => c.toString()), errors };
+}
+
+/** The CIDRs of the cluster's ServiceCIDR objects (networking.k8s.io/v1); none on an apiserver without them. */
+async function listServiceCidrs(opts: ServiceSubnetProbeOptions): Promise<{ cidrs: Cidr[]; error?: TelError }> {
+  const action = { verb: "list", resource: "servicecidrs" };
+  let items: V1ServiceCIDR[];
+  try {
+    const list = await withTimeout(
+      opts.kc.makeApiClient(NetworkingV1Api).listServiceCIDR(),
+      opts.requestTimeoutMs ?? API_TIMEOUT_MS,
+      opts.clock ?? systemClock,
+    );
+    items = Array.isArray(list?.items) ? list.items : [];
+  } catch (err) {
+    const st = apiStatus(err);
+    if (st?.code === 404) return { cidrs: [] }; // before 1.33 (or the beta API off): the 422 was all there was
+    const e = kubeError(err, action);
+    return {
+      cidrs: [],
+      error: new TelError(
+        "cluster",
+        `service subnet discovery: the apiserver's refusal of the probe named no range, and ${e.message}`,
+        { hint: e.hint ?? "set the service subnets explicitly (the chart's serviceCIDRs)", cause: err },
+      ),
+    };
+  }
+  const cidrs: Cidr[] = [];
+  for (const text of items.flatMap((i) => i.spec?.cidrs ?? [])) {
+    try {
+      cidrs.push(Cidr.parse(text));
+    } catch (err) {
+      log.debug("service-subnet", "unparsable CIDR in a ServiceCIDR", { text, err });
+    }
+  }
+  return { cidrs };
 }

@@ -36,8 +36,8 @@ Deno.test("parseValidRange: any message is safe, any canonical CIDR after the ph
   }));
 });
 
-async function setup(serviceCidrs: string[]) {
-  const api = await FakeKubeApi.start({ serviceCidrs });
+async function setup(serviceCidrs: string[], serviceCidrObjects = false) {
+  const api = await FakeKubeApi.start({ serviceCidrs, serviceCidrObjects });
   api.cluster.addNamespace("ambassador");
   const { kc } = loadKubeConfig({ kubeconfigText: api.kubeconfig({ user: SA }) });
   return { api, kc };
@@ -61,6 +61,29 @@ Deno.test("probe finds an IPv4 range and an IPv6 range; a family the cluster lac
     } finally {
       await api.close();
     }
+  }
+});
+
+Deno.test("from Kubernetes 1.33 on (the refusal names no range) the ServiceCIDR objects are listed", async () => {
+  const { api, kc } = await setup(["198.19.0.0/20", "fd00:7e1:1::/112"], true);
+  try {
+    const r = await probeServiceSubnets({ kc, namespace: "ambassador" });
+    assert.deepEqual(r, { subnets: ["198.19.0.0/20", "fd00:7e1:1::/112"], errors: [] });
+    assert.deepEqual(
+      api.cluster.requests.filter((q) => q.resource === "servicecidrs").map((q) => [q.verb, q.code]),
+      [["list", 200]],
+    );
+    // without the permission: said, with the rule to grant
+    api.cluster.forbid(SA, "list", "servicecidrs");
+    const denied = await probeServiceSubnets({ kc, namespace: "ambassador" });
+    assert.deepEqual(denied.subnets, []);
+    assert.match(denied.errors[0]?.message ?? "", /refusal of the probe named no range, and cannot list servicecidrs/);
+    assert.match(
+      denied.errors[0]?.hint ?? "",
+      /verbs \[list\] on resources \[servicecidrs\] in API group "networking\.k8s\.io"/,
+    );
+  } finally {
+    await api.close();
   }
 });
 
