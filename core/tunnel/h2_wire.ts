@@ -60,8 +60,16 @@ export const H2_CODE = {
  */
 const MAX_CONTROL_REPLIES = 1000;
 
+/**
+ * Streams a client may have open on a server session at once (announced as SETTINGS_MAX_CONCURRENT_STREAMS; more are
+ * refused): far above what one workstation's flows need (the scale bench holds 1000), far below what idle streams
+ * could cost the manager (20 000 held 58 MiB). nghttp2 announces no limit, gRPC-Go's servers 2^32 - 1.
+ */
+export const MAX_PEER_STREAMS = 10_000;
+
 const SETTINGS_HEADER_TABLE_SIZE = 1;
 const SETTINGS_ENABLE_PUSH = 2;
+const SETTINGS_MAX_CONCURRENT_STREAMS = 3;
 const SETTINGS_INITIAL_WINDOW_SIZE = 4;
 const SETTINGS_MAX_FRAME_SIZE = 5;
 /** A setting id of tel's own (unknown to HTTP/2, so ignored by any other peer): "this client is h2_wire". */
@@ -675,6 +683,7 @@ export class WireSession extends EventEmitter {
       [SETTINGS_HEADER_TABLE_SIZE, 4096],
     ];
     if (RECV_MAX_FRAME > 16_384) ours.push([SETTINGS_MAX_FRAME_SIZE, RECV_MAX_FRAME]);
+    if (this.isServer) ours.push([SETTINGS_MAX_CONCURRENT_STREAMS, MAX_PEER_STREAMS]);
     if (!this.isServer) ours.push([SETTINGS_TEL_WIRE, 1]);
     const settings = new Uint8Array(6 * ours.length);
     const v = new DataView(settings.buffer);
@@ -1148,6 +1157,8 @@ export class WireSession extends EventEmitter {
     if (sid % 2 === 0) return this.#connectionError(H2_CODE.PROTOCOL_ERROR, `client stream id ${sid} is even`);
     this.#lastPeerId = sid;
     if (this.closed) return this.sendReset(sid, H2_CODE.REFUSED_STREAM);
+    // streams a peer opens and leaves idle each hold memory: past the limit we announced, new ones are refused
+    if (this.#streams.size >= MAX_PEER_STREAMS) return this.sendReset(sid, H2_CODE.REFUSED_STREAM);
     const opened = new WireStream(this, sid, this.#peerInitialWindow);
     this.#streams.set(sid, opened);
     opened.onRequest();

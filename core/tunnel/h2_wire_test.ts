@@ -15,6 +15,7 @@ import {
   encodeRequestBlock,
   H2_CODE,
   hpackInteger,
+  MAX_PEER_STREAMS,
   RECV_MAX_FRAME,
   serveWire,
   sniffWire,
@@ -847,4 +848,39 @@ Deno.test("wire: a peer that sends PINGs and SETTINGS without reading the answer
   await settleUntil(() => errors.length > 0);
   assert.match(errors[0]?.message ?? "", /more than 1000 PING or SETTINGS frames whose answers it does not read/);
   assert.equal(s.destroyed, true);
+});
+
+Deno.test("wire: a server session announces its stream limit and refuses streams past it", async () => {
+  const written: Uint8Array[] = [];
+  const sock = new Duplex({
+    read() {},
+    write(c, _e, cb) {
+      written.push(new Uint8Array(c));
+      cb();
+    },
+  });
+  const s = new WireSession(sock as unknown as net.Socket, { role: "server", windowBytes: 1 << 20 });
+  let opened = 0;
+  s.on("stream", () => opened++);
+  const head = encodeRequestBlock("x", { ":path": "/tel.v1.Manager/Tunnel" });
+  const frames = [...new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), ...rawFrame(4, 0, 0)];
+  sock.push(new Uint8Array(frames));
+  // the limit's streams and one more, never sending anything (as idle Tunnel calls do)
+  for (let i = 0; i <= MAX_PEER_STREAMS; i++) sock.push(rawFrame(1, 0x4, 1 + 2 * i, head));
+  await settleUntil(() => opened >= MAX_PEER_STREAMS);
+  await settle();
+  assert.equal(opened, MAX_PEER_STREAMS);
+  const out = parseFrames(new Uint8Array([...new Uint8Array(24), ...joined(written)]));
+  const settings = out.find((f) => f.type === 4 && !(f.flags & 1))!;
+  const announced = new Map<number, number>();
+  for (let i = 0; i + 6 <= settings.payload.length; i += 6) {
+    const v = new DataView(settings.payload.buffer, settings.payload.byteOffset + i);
+    announced.set(v.getUint16(0), v.getUint32(2));
+  }
+  assert.equal(announced.get(3), MAX_PEER_STREAMS, "SETTINGS_MAX_CONCURRENT_STREAMS");
+  const resets = out.filter((f) => f.type === 3);
+  assert.deepEqual(resets.map((f) => [f.sid, new DataView(f.payload.buffer).getUint32(0)]), [
+    [1 + 2 * MAX_PEER_STREAMS, H2_CODE.REFUSED_STREAM],
+  ]);
+  s.destroy();
 });
