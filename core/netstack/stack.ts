@@ -37,6 +37,16 @@ import { UdpEndpoint, type UdpFlow, type UdpHost } from "./udp.ts";
 
 /** Longest run of packet input without giving timers and I/O a turn of the event loop. */
 const EVENT_LOOP_TURN_MS = 2;
+/**
+ * Connections in their handshake at once (waiting for the forwarder's dial, or for the client's ACK), at most; each
+ * holds a tunnel and a connection in the cluster. Linux's accept queue defaults to 4096 too (net.core.somaxconn).
+ */
+const MAX_HALF_OPEN = 4096;
+/**
+ * UDP flows at once, at most (each holds a tunnel and a socket in the cluster until 60 s idle: 2000 flows cost the
+ * manager ~160 MiB); datagrams of new flows past it are dropped (udpFlowsDropped).
+ */
+const MAX_UDP_FLOWS = 2048;
 /** Batches read right after a write (each handled, its answers written, then read again) before the run loop's turn. */
 const READ_AFTER_WRITE_ROUNDS = 4;
 
@@ -98,6 +108,8 @@ export class Stack {
   #fwd: Forwarder;
   #routes: Cidr[] = [];
   #tcp = new Map<string, TcpEndpoint>();
+  /** Connections that have not finished their handshake (see MAX_HALF_OPEN). */
+  #halfOpen = new Set<TcpEndpoint>();
   /** Connections in TIME-WAIT, by the same keys (never in both tables at once). */
   #timeWaits: TimeWaits;
   #udp = new Map<string, UdpEndpoint>();
@@ -158,7 +170,9 @@ export class Stack {
       removed: (ep: TcpEndpoint) => {
         if (this.#tcp.get(ep.key) === ep) this.#tcp.delete(ep.key);
         this.#ackSet.delete(ep);
+        this.#halfOpen.delete(ep);
       },
+      handshakeDone: (ep: TcpEndpoint) => this.#halfOpen.delete(ep),
       timeWait: (ep: TcpEndpoint, s: TimeWaitState) => this.#timeWaits.add(ep.key, s),
     };
     this.#timeWaits = new TimeWaits({
@@ -372,6 +386,12 @@ export class Stack {
       return;
     }
     if (this.#closed) return;
+    if (this.#halfOpen.size >= MAX_HALF_OPEN) {
+      // a SYN flood (or a client that never finishes its handshakes): each one dials in the cluster, so past the
+      // limit SYNs are dropped until handshakes finish or give up (the client retransmits a real one)
+      this.#counters.tcpSynDropped++;
+      return;
+    }
     const id: FlowId = {
       proto: "tcp",
       family,
@@ -383,6 +403,7 @@ export class Stack {
     const localMss = this.#link.mtu - (family === 4 ? 40 : 60);
     const conn = new TcpEndpoint(this.#tcpHost, id, key, route, localMss, h, this.#tune, this.#tsoMax);
     this.#tcp.set(key, conn);
+    this.#halfOpen.add(conn);
     const synCopy = p.slice(0, Math.min(p.length, 576));
     const irs = h.seq;
     this.#decide(this.#fwd.tcp(conn)).then((verdict) => {
@@ -552,6 +573,10 @@ export class Stack {
     const existing = this.#udp.get(key);
     if (existing) {
       existing.receive(payload);
+      return;
+    }
+    if (this.#udp.size >= MAX_UDP_FLOWS) {
+      this.#counters.udpFlowsDropped++;
       return;
     }
     if (h.dstPort === 0) {

@@ -1049,3 +1049,57 @@ Deno.test("a source no answer can reach, a SYN with FIN, port 0: dropped or refu
   equal(c.tcpRefused, 1);
   equal(c.udpRefused, 1);
 });
+
+Deno.test("handshakes under way and UDP flows are bounded; a handshake the client never finishes is given up", async () => {
+  // the forwarder never decides: every SYN stays a handshake under way (as in a SYN flood)
+  const env = setup({ verdict: () => new Promise(() => {}) });
+  const syn = (i: number) =>
+    tcpPacket(CLIENT, POD, {
+      srcPort: 1024 + (i % 60000),
+      dstPort: 80 + Math.floor(i / 60000),
+      seq: 1,
+      ack: 0,
+      flags: SYN,
+      window: 65535,
+    });
+  for (let i = 0; i <= 4096; i++) env.stack.input([syn(i)]);
+  await tick();
+  equal(env.conns.length, 4096, "the limit's handshakes are asked about");
+  equal(env.stack.counters().tcpSynDropped, 1, "the one past it is dropped");
+  for (let i = 0; i <= 2048; i++) env.stack.input([udpPacket(CLIENT, 1024 + i, POD, 53, new Uint8Array([i & 255]))]);
+  await tick();
+  equal(env.flows.length, 2048);
+  equal(env.stack.counters().udpFlowsDropped, 1);
+  env.stack.close();
+
+  // accepted, but the client's ACK never comes: five SYN-ACK retransmissions (1+2+4+8+16+32 s), then given up
+  const lazy = setup();
+  lazy.stack.input([lazy.seg({ seq: 1000, flags: SYN, window: 65535 })]);
+  await tick();
+  equal(lazy.take()[0].tcp!.flags, SYN | ACK);
+  let retransmits = 0;
+  let reset = false;
+  for (let s = 0; s < 120 && !reset; s++) {
+    lazy.fake.tick(1000);
+    for (const p of lazy.take()) {
+      if (p.tcp!.flags & RST) reset = true;
+      else if (p.tcp!.flags === (SYN | ACK)) retransmits++;
+    }
+  }
+  equal(retransmits, 5);
+  ok(reset, "reset once given up");
+  equal(lazy.conns[0].state, "closed");
+
+  // finished handshakes leave the count: more connections than the limit, each completed, are all taken
+  const busy = setup();
+  for (let i = 0; i < 4100; i++) {
+    const srcPort = 1024 + i;
+    busy.stack.input([busy.seg({ srcPort, seq: 1000, flags: SYN, window: 65535 })]);
+    await tick();
+    const [synAck] = busy.take();
+    busy.stack.input([busy.seg({ srcPort, seq: 1001, ack: (synAck.tcp!.seq + 1) >>> 0, window: 65535 })]);
+  }
+  equal(busy.stack.counters().tcpSynDropped, 0);
+  equal(busy.conns.filter((c) => c.state === "established").length, 4100);
+  busy.stack.close();
+});

@@ -40,8 +40,12 @@ export interface Counters {
   /** Retransmission timeouts (each one a stall of at least the RTO). */
   tcpTimeouts: number;
   tcpResets: number;
+  /** SYNs dropped because too many handshakes were under way (a SYN flood). */
+  tcpSynDropped: number;
   udpAccepted: number;
   udpRefused: number;
+  /** Datagrams that would have started a flow past the flow limit (MAX_UDP_FLOWS), dropped. */
+  udpFlowsDropped: number;
   /** Datagrams dropped because a flow's queue was full or the flow was pending too long. */
   udpDropped: number;
   icmpEchoReplies: number;
@@ -66,10 +70,12 @@ export function zeroCounters(): Counters {
     tcpUnreachable: 0,
     tcpRetransmits: 0,
     tcpEarlyData: 0,
+    tcpSynDropped: 0,
     tcpTimeouts: 0,
     tcpResets: 0,
     udpAccepted: 0,
     udpRefused: 0,
+    udpFlowsDropped: 0,
     udpDropped: 0,
     icmpEchoReplies: 0,
     forwarderErrors: 0,

@@ -90,8 +90,10 @@ export interface TcpTuning {
   timeWaitMs: number;
   minRtoMs: number;
   maxRtoMs: number;
-  /** SYN-ACK / data retransmissions before the connection is given up. */
+  /** Data retransmissions (and unanswered window probes) before the connection is given up. */
   maxRetries: number;
+  /** SYN-ACK retransmissions before a handshake the client never finishes is given up (Linux: tcp_synack_retries). */
+  synAckRetries: number;
   /** Offer SACK (RFC 2018) so the peer retransmits only the holes in what we received. */
   sack: boolean;
 }
@@ -106,6 +108,7 @@ export const DEFAULT_TCP_TUNING: TcpTuning = {
   minRtoMs: 200,
   maxRtoMs: 60_000,
   maxRetries: 12,
+  synAckRetries: 5,
   sack: true,
 };
 
@@ -123,6 +126,8 @@ export interface TcpHost {
   rcvCount(delta: 1 | -1): void;
   /** The endpoint reached CLOSED. */
   removed(ep: TcpEndpoint): void;
+  /** The client's ACK completed the handshake (the endpoint left SYN-RECEIVED for an open state). */
+  handshakeDone?(ep: TcpEndpoint): void;
   /** The connection enters TIME-WAIT: the stack keeps `s` under the endpoint's key for that long (the endpoint closes). */
   timeWait(ep: TcpEndpoint, s: TimeWaitState): void;
 }
@@ -427,6 +432,7 @@ export class TcpEndpoint implements TcpConn {
         if (seqGt(this.#sndMax, this.#sndUna)) this.#arm(this.#rto);
         else this.#disarm();
         this.#state = this.#finQueued ? "fin-wait-1" : "established";
+        this.#host.handshakeDone?.(this);
         break;
     }
 
@@ -1033,7 +1039,8 @@ export class TcpEndpoint implements TcpConn {
 
   #timeout(): void {
     if (this.#state === "fin-wait-2") return this.abort();
-    if (++this.#retries > this.#tune.maxRetries) {
+    const limit = this.#state === "syn-received" ? this.#tune.synAckRetries : this.#tune.maxRetries;
+    if (++this.#retries > limit) {
       this.#host.sendSegment(
         this,
         { ...this.#ports(), seq: this.#sndNxt, ack: this.#rcvNxt, flags: RST | ACK, window: 0 },
