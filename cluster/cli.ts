@@ -158,8 +158,11 @@ export const kubeHelperCommand: Command = {
   async run(ctx) {
     const idleText = ctx.values["idle-exit"] as string | undefined;
     const idleSeconds = idleText === undefined ? undefined : Number(idleText);
-    if (idleSeconds !== undefined && !(idleSeconds > 0)) {
-      throw new TelError("user", `--idle-exit ${idleText}: expected a number of seconds above 0`, { hint: "e.g. 60" });
+    // a timer takes at most 2^31 - 1 ms (about 24.8 days); a longer one would fire at once
+    if (idleSeconds !== undefined && !(idleSeconds > 0 && idleSeconds * 1000 <= 2 ** 31 - 1)) {
+      throw new TelError("user", `--idle-exit ${idleText}: expected a number of seconds above 0, at most 2147483`, {
+        hint: "e.g. 60",
+      });
     }
     const { serveKubeHelper } = await import("./kube_helper.ts");
     const { startMemoryGovernor } = await import("../core/memory.ts");

@@ -366,3 +366,19 @@ Deno.test({
     }
   },
 });
+
+Deno.test("the hidden commands' bad flag values are usage errors, not bugs", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "tel-cli-" });
+  try {
+    const env = { TEL_SOCKET: `${dir}/d.sock`, TEL_STATE_DIR: `${dir}/state` };
+    const log = await tel(["daemon", "--log-file", `${dir}/nodir/d.log`], { env });
+    assert.equal(log.code, 2, log.stderr);
+    assert.match(log.stderr, /--log-file .*\/nodir\/d\.log: cannot open it: .*\nhint: /);
+    const idle = await tel(["kube-helper", "--idle-exit", "1e400"]);
+    assert.equal(idle.code, 2, idle.stderr);
+    assert.match(idle.stderr, /--idle-exit 1e400: expected a number of seconds above 0, at most 2147483/);
+    for (const r of [log, idle]) assert.doesNotMatch(r.stderr, /bug/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

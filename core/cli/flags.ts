@@ -66,9 +66,16 @@ export function parseFlags(spec: CommandSpec, argv: string[]): { values: FlagVal
     options[name] = { type: f.type, ...(f.short ? { short: f.short } : {}), ...(f.multiple ? { multiple: true } : {}) };
   }
   const helpHint = `run '${spec.usage.split(" [")[0]} --help' to see its flags`;
+  // "-o=json" as kubectl takes it: a short string flag with "=" (parseArgs would read the value as "=json")
+  const shortString = new Set(Object.values(all).filter((f) => f.short && f.type === "string").map((f) => f.short));
+  const end = argv.indexOf("--");
+  const args = argv.flatMap((a, i) => {
+    const m = /^-([A-Za-z])=(.*)$/s.exec(a);
+    return m && shortString.has(m[1]) && (end < 0 || i < end) ? [`-${m[1]}`, m[2]] : [a];
+  });
   let parsed;
   try {
-    parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+    parsed = parseArgs({ args, options, allowPositionals: true, strict: true });
   } catch (e) {
     throw flagError(e, spec, all, helpHint);
   }

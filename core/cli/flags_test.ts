@@ -37,6 +37,9 @@ Deno.test("flags parse into typed values, repeatable flags split on commas", () 
   assert.equal(values.namespace, "dev");
   assert.deepEqual(values["also-proxy"], ["10.0.0.0/8", "10.1.0.0/16", "1.2.3.0/24"]);
   assert.equal(values.quiet, undefined);
+  // a short flag with "=", as kubectl takes it
+  assert.equal(parseFlags(spec, ["-n=dev"]).values.namespace, "dev");
+  assert.equal(parseFlags(spec, ["-n=a=b"]).values.namespace, "a=b");
 });
 
 Deno.test("an unknown flag names the word and suggests the nearest flag", () => {

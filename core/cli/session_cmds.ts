@@ -363,7 +363,14 @@ const daemonCommand: Command = {
   async run(ctx) {
     const logFile = ctx.values["log-file"] as string | undefined;
     if (logFile) {
-      const f = Deno.openSync(logFile, { create: true, append: true, write: true });
+      let f: Deno.FsFile;
+      try {
+        f = Deno.openSync(logFile, { create: true, append: true, write: true });
+      } catch (e) {
+        throw new TelError("user", `--log-file ${logFile}: cannot open it: ${errorMessage(e)}`, {
+          hint: "give a file in a directory that exists and is writable",
+        });
+      }
       const enc = new TextEncoder();
       configureLog({ sink: (line) => f.writeSync(enc.encode(line + "\n")) });
     }
