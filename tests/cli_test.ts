@@ -382,3 +382,23 @@ Deno.test("the hidden commands' bad flag values are usage errors, not bugs", asy
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a namespace that is no namespace name is refused before a daemon starts", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "tel-cli-" });
+  try {
+    await Deno.writeTextFile(
+      `${dir}/kubeconfig`,
+      "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n" +
+        "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n",
+    );
+    const env = { TEL_SOCKET: `${dir}/d.sock`, TEL_STATE_DIR: `${dir}/state` };
+    for (const args of [["-n", "Bad_NS!"], ["--manager-namespace", "a/b"]]) {
+      const r = await tel(["connect", "--kubeconfig", `${dir}/kubeconfig`, ...args], { env });
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, /is no namespace name\nhint: a namespace name is lower-case letters/);
+    }
+    await assert.rejects(Deno.stat(`${dir}/d.sock`), Deno.errors.NotFound, "no daemon started");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

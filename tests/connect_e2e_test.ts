@@ -146,6 +146,16 @@ withLab("connect: nodes added and removed in the cluster are routed and unrouted
   assert.ok(await eventually(async () => (await lastError()) === ""), "and clears it once nothing is left out");
 });
 
+withLab("connect: a namespace the cluster does not have is said, not refused (as kubectl -n)", async (lab, tel) => {
+  const c = await connect(lab, tel, ["-n", "nosuch"]);
+  assert.equal(c.code, 0, c.stderr);
+  assert.match(c.stdout, /namespace "nosuch" is not in the cluster: names without a namespace resolve in it/);
+  assert.equal((await tel.run(["quit"])).code, 0);
+  const apps = await connect(lab, tel, ["-n", "apps"]);
+  assert.equal(apps.code, 0, apps.stderr);
+  assert.doesNotMatch(apps.stdout, /is not in the cluster/, "one it has is not");
+});
+
 withLab("connect: also-proxy and never-proxy are honoured", async (lab, tel) => {
   const echo = lab.pod("echo-0", "default")!;
   const echoB = lab.pod("echo-b-0", "default")!;

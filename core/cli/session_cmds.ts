@@ -125,6 +125,13 @@ const connectCommand: Command = {
       context: v.context as string | undefined,
       namespace: v.namespace as string | undefined,
     });
+    for (const [what, ns] of [["namespace", flat.namespace], ["--manager-namespace", v["manager-namespace"]]]) {
+      if (typeof ns === "string" && ns !== "" && !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(ns)) {
+        throw new TelError("user", `${what} ${JSON.stringify(ns)} is no namespace name`, {
+          hint: "a namespace name is lower-case letters, digits and '-', at most 63, as kubectl takes it",
+        });
+      }
+    }
     const cfg = await readConfigText(v.config as string | undefined);
     const h = await daemonClient();
     let started = false;

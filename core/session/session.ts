@@ -157,6 +157,10 @@ export class ClientSession {
     signal?.throwIfAborted();
     const info = await this.#arrive(true);
     await untilAborted(this.#loadNamespaces(), signal);
+    if (this.#namespaces.length && !this.#namespaces.includes(this.#o.namespace)) {
+      // as kubectl does with -n: not refused, but a typo would leave every short name unresolved without a word
+      this.#step(`namespace "${this.#o.namespace}" is not in the cluster: names without a namespace resolve in it`);
+    }
     const { forwarder, stats } = createForwarder((id, signal) => {
       const client = this.#client;
       if (!client || this.#state !== "connected") {
