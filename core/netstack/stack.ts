@@ -200,9 +200,13 @@ export class Stack {
     };
   }
 
-  /** Replaces the set of routed subnets: only destinations inside them are served. */
+  /** Replaces the set of routed subnets: only destinations inside them are served (what is open to others ends). */
   setRoutes(cidrs: Array<string | Cidr>): void {
     this.#routes = cidrs.map((c) => typeof c === "string" ? parseCidr(c) : c);
+    // connections and flows to addresses no longer routed here hear nothing more from the host (not even the close
+    // of the socket they belong to): they end now, with their tunnels, instead of holding them for ever
+    for (const ep of [...this.#tcp.values()]) if (!this.#routed(ep.route.local)) ep.abort();
+    for (const f of [...this.#udp.values()]) if (!this.#routed(f.route.local)) f.close();
   }
 
   /** A snapshot of the counters. */

@@ -1103,3 +1103,21 @@ Deno.test("handshakes under way and UDP flows are bounded; a handshake the clien
   equal(busy.conns.filter((c) => c.state === "established").length, 4100);
   busy.stack.close();
 });
+
+Deno.test("connections and flows to a subnet no longer routed end with it (nothing from the host reaches them)", async () => {
+  const env = setup();
+  const { conn } = await handshake(env);
+  env.stack.input([udpPacket(CLIENT, 5353, POD, 53, new Uint8Array([1]))]);
+  await tick();
+  const flow = env.flows[0];
+  const reading = flow.readable.getReader().read();
+  equal(env.stack.counters().tcpConnections, 1);
+  env.stack.setRoutes(["198.18.0.0/16", "fd00:7e1::/48"]); // the same set: nothing ends
+  equal(conn.state, "established");
+  env.stack.setRoutes(["fd00:7e1::/48"]);
+  equal(conn.state, "closed");
+  equal((await reading).done, false, "the datagram that was there");
+  const c = env.stack.counters();
+  equal(c.tcpConnections, 0);
+  equal(c.udpFlows, 0);
+});
