@@ -509,3 +509,24 @@ withLab(
     assert.doesNotMatch(await Deno.readTextFile(`${tel.state}/daemon.log`), /applying cluster info failed/);
   },
 );
+
+withLab(
+  "connect: when the manager's account may not learn the service subnet, the workstation is told why",
+  async (lab, tel) => {
+    const sa = "system:serviceaccount:tel-system:traffic-manager";
+    const kubeconfig = `${lab.dir}/kubeconfig-manager.yaml`;
+    await Deno.writeTextFile(
+      kubeconfig,
+      await lab.fake<string>("kubeconfig", { server: "https://198.19.0.1:443", user: sa, namespace: "tel-system" }),
+    );
+    await lab.fake("forbid", sa, "create", "services", "tel-system");
+    await lab.stopManager();
+    await lab.startManager(["--kubeconfig", kubeconfig]);
+    const c = await connect(lab, tel);
+    assert.equal(c.code, 0, c.stderr);
+    const why = /the traffic-manager could not learn every subnet: .*cannot create services in namespace "tel-system"/;
+    assert.match(c.stdout, why);
+    assert.match(c.stdout, /verbs \[create\] on resources \[services\]/, "with the rule to grant");
+    assert.match(JSON.parse((await tel.run(["status", "-o", "json"])).stdout).lastError, why);
+  },
+);

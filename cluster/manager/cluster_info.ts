@@ -12,6 +12,8 @@ export interface ClusterInfo {
   managerPodIp: string;
   /** Which name suffixes the client should send to the cluster, and which never. */
   dns: { includeSuffixes: string[]; excludeSuffixes: string[] };
+  /** Why a subnet set is empty, when the manager knows (a missing permission, a failing API); else none. */
+  warnings: string[];
 }
 
 /** Anything that knows the current ClusterInfo and tells subscribers when it changes. */
@@ -30,6 +32,7 @@ export function emptyClusterInfo(): ClusterInfo {
     clusterDomain: "cluster.local",
     managerPodIp: "",
     dns: { includeSuffixes: [], excludeSuffixes: [] },
+    warnings: [],
   };
 }
 

@@ -245,6 +245,7 @@ export class SubnetDiscovery implements ClusterInfoSource {
     log.warn("discovery", e.message, e.hint ? { hint: e.hint } : undefined);
     this.#warnings.push(e);
     if (this.#warnings.length > 20) this.#warnings.shift();
+    this.#schedule(); // an empty set carries the warnings (ClusterInfo.warnings)
   }
 
   #informer<T extends KubernetesObject>(
@@ -306,9 +307,14 @@ export class SubnetDiscovery implements ClusterInfoSource {
     const o = this.#opts;
     const nodes = (this.#nodes?.list() ?? []).map(nodeFacts);
     const pods = (this.#pods?.list() ?? []).map(podFacts);
+    const podSubnets = podSubnetsFor(o.strategy, nodes, pods, o.podCIDRs);
     return {
-      podSubnets: podSubnetsFor(o.strategy, nodes, pods, o.podCIDRs),
+      podSubnets,
       serviceSubnets: [...this.#serviceSubnets],
+      // an empty set with nothing said looks like a cluster without pods or services: the newest warnings say why
+      warnings: podSubnets.length && this.#serviceSubnets.length
+        ? []
+        : [...new Set(this.#warnings.map((w) => w.hint ? `${w.message} (${w.hint})` : w.message))].slice(-5),
       clusterDomain: o.clusterDomain ?? "cluster.local",
       managerPodIp: o.managerPodIp ?? "",
       dns: {

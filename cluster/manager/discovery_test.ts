@@ -85,7 +85,7 @@ async function cluster(serviceCidrs = ["10.96.0.0/12"]) {
   return { api, kc };
 }
 
-Deno.test("auto: node podCIDRs, node add/remove publishes within a second, service subnet probed", async () => {
+Deno.test("auto: node podCIDRs, node add/remove published, service subnet probed", async () => {
   const { api, kc } = await cluster(["10.96.0.0/12", "fd00:96::/112"]);
   api.cluster.addNode({ name: "n1", podCIDRs: ["10.244.0.0/24"] });
   api.cluster.addPod({ name: "p", ips: ["10.244.0.5"], node: "n1" });
@@ -100,14 +100,13 @@ Deno.test("auto: node podCIDRs, node add/remove publishes within a second, servi
       clusterDomain: "cluster.local",
       managerPodIp: "10.244.0.2",
       dns: { includeSuffixes: [], excludeSuffixes: [] },
+      warnings: [],
     });
     assert.deepEqual(d.warnings, []);
     api.cluster.addNode({ name: "n2", podCIDRs: ["10.244.1.0/24"] });
-    const addMs = await until(d, (i) => i.podSubnets.includes("10.244.1.0/24"));
-    assert.ok(addMs < 1000, `node add took ${addMs} ms`);
+    await until(d, (i) => i.podSubnets.includes("10.244.1.0/24"));
     api.cluster.deleteNode("n1");
-    const delMs = await until(d, (i) => i.podSubnets.join() === "10.244.1.0/24");
-    assert.ok(delMs < 1000, `node delete took ${delMs} ms`);
+    await until(d, (i) => i.podSubnets.join() === "10.244.1.0/24");
     // a node without podCIDR flips auto to covering pod IPs (EKS-like)
     api.cluster.addNode({ name: "n3" });
     await until(d, (i) => i.podSubnets.join() === "10.244.0.0/24");
@@ -221,6 +220,8 @@ Deno.test("forbidden: no services permission keeps pod discovery; a denied node 
       msgs.some((m) => m.includes("nodes is forbidden") && m.includes("cluster-wide (a ClusterRole)")),
       msgs.join("\n"),
     );
+    // with a set empty, the workstation is told why (ClusterInfo.warnings), RBAC rule included
+    await until(d, (i) => i.warnings.some((w) => w.includes("verbs [create] on resources [services]")), 5000);
     api.cluster.forbid(SA, "watch", "nodes");
     api.cluster.allow(SA, "list", "nodes");
     // the list now works (and is published); the watch is refused with its own RBAC hint
@@ -274,8 +275,7 @@ Deno.test("a burst of node changes is coalesced into few full sets, the last one
     await d.start();
     const before = seen.length;
     for (let i = 1; i <= 20; i++) api.cluster.addNode({ name: `n${i}`, podCIDRs: [`10.244.${i}.0/24`] });
-    const ms = await until(d, (i) => i.podSubnets.length === 21);
-    assert.ok(ms < 1000, `20 node adds took ${ms} ms to publish`);
+    await until(d, (i) => i.podSubnets.length === 21);
     await new Promise((r) => setTimeout(r, 250)); // let any straggler publish
     const bursts = seen.length - before;
     assert.ok(bursts >= 1 && bursts <= 3, `published ${bursts} times for one burst`);
@@ -327,18 +327,16 @@ Deno.test("watches the apiserver ends again and again are resumed quickly (no gr
   try {
     await d.start();
     await waitFor(() => api.cluster.store.watcherCount === 1);
-    const t0 = performance.now();
     for (let i = 0; i < 4; i++) {
       api.dropWatches(); // a clean end, as at the apiserver's request timeout
       await waitFor(() => api.cluster.store.watcherCount === 0);
-      await waitFor(() => api.cluster.store.watcherCount === 1, 5000);
+      // bounded, not a speed assertion: a pause that grew with each end (a backoff) would outgrow it by the 4th
+      await waitFor(() => api.cluster.store.watcherCount === 1, 2000, `re-watch ${i + 1}`);
     }
-    const ms = performance.now() - t0;
-    assert.ok(ms < 1500, `4 re-watches took ${ms.toFixed(0)} ms`);
     const lists = api.cluster.requests.filter((q) => q.verb === "list" && q.resource === "nodes").length;
     assert.equal(lists, 1, "resumed from the resourceVersion, no re-list");
     api.cluster.addNode({ name: "n2", podCIDRs: ["10.244.1.0/24"] });
-    assert.ok((await until(d, (i) => i.podSubnets.length === 2)) < 1000);
+    await until(d, (i) => i.podSubnets.length === 2);
   } finally {
     await d.stop();
     await api.close();

@@ -84,6 +84,7 @@ function toWire(info: ClusterInfo): WireClusterInfo {
     clusterDomain: info.clusterDomain,
     managerPodIp: info.managerPodIp,
     dns: { includeSuffixes: [...info.dns.includeSuffixes], excludeSuffixes: [...info.dns.excludeSuffixes] },
+    warnings: [...info.warnings],
   };
 }
 

@@ -199,6 +199,7 @@ export class ClientSession {
       `subnets routed through ${this.#o.vif.name}: ${change.added.join(", ") || "(none)"}` +
         (this.#router.neverProxy.length ? `; never-proxied: ${this.#router.neverProxy.join(", ")}` : ""),
     );
+    if (first.warnings.length) this.#step(managerSays(first.warnings));
 
     // from here on every new set goes through #applyLatest, one at a time; one that came during the first is next
     this.#routerReady = true;
@@ -490,7 +491,8 @@ export class ClientSession {
         tunnelsOpened: this.#fwdStats.opened,
         tunnelDialFailures: this.#fwdStats.failed,
       },
-      lastError: this.#vifLost || this.#lastError || this.#routeProblem,
+      lastError: this.#vifLost || this.#lastError || this.#routeProblem ||
+        (this.#info?.warnings.length ? managerSays(this.#info.warnings) : ""),
     };
   }
 
@@ -538,4 +540,9 @@ function numbers(o: object): Record<string, number> {
   const out: Record<string, number> = {};
   for (const [k, v] of Object.entries(o)) if (typeof v === "number") out[k] = v;
   return out;
+}
+
+/** The manager's word on why a subnet set is empty (ClusterInfo.warnings), for connect's steps and status. */
+function managerSays(warnings: string[]): string {
+  return `the traffic-manager could not learn every subnet: ${warnings.join("; ")}`;
 }

@@ -100,7 +100,14 @@ export interface ClusterInfo {
   serviceSubnets: string[];
   clusterDomain: string;
   managerPodIp: string;
-  dns?: DNSConfig | undefined;
+  dns?:
+    | DNSConfig
+    | undefined;
+  /**
+   * Why a set above is empty, when the manager knows (a permission its service account lacks, an API that failed):
+   * the workstation shows it, where it would otherwise see only that nothing is routed.
+   */
+  warnings: string[];
 }
 
 export interface DNSRequest {
@@ -1043,7 +1050,7 @@ export const DNSConfig: MessageFns<DNSConfig> = {
 };
 
 function createBaseClusterInfo(): ClusterInfo {
-  return { podSubnets: [], serviceSubnets: [], clusterDomain: "", managerPodIp: "", dns: undefined };
+  return { podSubnets: [], serviceSubnets: [], clusterDomain: "", managerPodIp: "", dns: undefined, warnings: [] };
 }
 
 export const ClusterInfo: MessageFns<ClusterInfo> = {
@@ -1062,6 +1069,9 @@ export const ClusterInfo: MessageFns<ClusterInfo> = {
     }
     if (message.dns !== undefined) {
       DNSConfig.encode(message.dns, writer.uint32(42).fork()).join();
+    }
+    for (const v of message.warnings) {
+      writer.uint32(50).string(v!);
     }
     return writer;
   },
@@ -1119,6 +1129,14 @@ export const ClusterInfo: MessageFns<ClusterInfo> = {
             message.dns = DNSConfig.decode(reader, reader.uint32());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.warnings.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1141,6 +1159,7 @@ export const ClusterInfo: MessageFns<ClusterInfo> = {
     message.clusterDomain = object.clusterDomain ?? "";
     message.managerPodIp = object.managerPodIp ?? "";
     message.dns = (object.dns !== undefined && object.dns !== null) ? DNSConfig.fromPartial(object.dns) : undefined;
+    message.warnings = object.warnings?.map((e) => e) || [];
     return message;
   },
 };
