@@ -22,6 +22,7 @@ export async function clusterInfoFromFlags(flags: ManagerFlags): Promise<Cluster
       clusterDomain: flags.clusterDomain ?? "cluster.local",
       managerPodIp: flags.podIp ?? "",
       dns: { includeSuffixes: [], excludeSuffixes: [] },
+      warnings: [],
     });
   }
   // loaded here, not at the top: the kube client is large, and only the manager's discovery needs it

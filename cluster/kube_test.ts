@@ -632,7 +632,7 @@ Deno.test("TLS and exec credential failures get a hint about what failed, not 'c
   try {
     const exec = (command: string) =>
       api.kubeconfig().replace(
-        /    token: .*/,
+        / {4}token: .*/,
         `    exec: {apiVersion: client.authentication.k8s.io/v1beta1, command: '${command}', interactiveMode: Never}`,
       );
     const missing = await get(exec(`${dir}/nosuch`));

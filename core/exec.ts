@@ -123,7 +123,8 @@ export function descendants(pid: number): ProcessEntry[] {
     if (e) children.set(e.ppid, [...(children.get(e.ppid) ?? []), e]);
   }
   const out: ProcessEntry[] = [];
-  for (let todo = [pid]; todo.length;) {
+  const todo = [pid];
+  while (todo.length) {
     const next = children.get(todo.pop()!) ?? [];
     out.push(...next);
     todo.push(...next.map((e) => e.pid));

@@ -471,10 +471,10 @@ for (let mib = 1; mib <= 256; mib++) {
     let last = -1;
     assert.ok(
       await eventually(
-        async () => {
+        () => {
           const stuck = wrote === last && wrote > 0;
           last = wrote;
-          return stuck || wrote === 256;
+          return Promise.resolve(stuck || wrote === 256);
         },
         60_000,
         2000,
