@@ -85,6 +85,11 @@ export class ExternalPlugin {
     this.#rpc.kill();
   }
 
+  /** Why the plugin is of no more use (it exited, broke the protocol, did not answer), once it is. */
+  get dead(): string | undefined {
+    return this.#dead;
+  }
+
   /** Closes stdin and waits for the process to exit. */
   async close(): Promise<void> {
     this.#dead ??= "closed";
@@ -210,6 +215,14 @@ export class ExternalResolver implements Resolver {
         hint: "run 'tel plugins list' to see the plugin's probe result",
       });
     }
+  }
+
+  /** What went wrong with the plugin process since it started (it exited, say); undefined while it is fine. */
+  problem(): string | undefined {
+    const dead = this.#plugin?.dead;
+    return dead
+      ? `resolver plugin ${this.path} ${dead}: cluster names may not resolve; run 'tel quit' and 'tel connect'`
+      : undefined;
   }
 
   /** Sends `start` with the resolver configuration. */

@@ -131,3 +131,35 @@ done
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a resolver plugin that exits mid-session is told by its problem() (shown in tel status)", async () => {
+  const dir = await Deno.makeTempDir();
+  const plugin = `${dir}/tel-resolver-quits`;
+  // answers start, then exits, as a plugin that crashes while tel is connected
+  await Deno.writeTextFile(
+    plugin,
+    `#!/bin/sh
+read -r line
+id=$(echo "$line" | sed -n 's/.*"id": *\\([0-9]*\\).*/\\1/p')
+echo "{\\"id\\":$id,\\"result\\":{}}"
+sleep 0.2
+exit 9
+`,
+  );
+  await Deno.chmod(plugin, 0o755);
+  try {
+    const r = new ExternalResolver(plugin, 5000);
+    await r.start({ serverIp: "127.0.0.1", serverPort: 5353, domains: ["cluster.local"], search: [] });
+    assert.equal(r.problem(), undefined, "fine while it runs");
+    let problem: string | undefined;
+    for (let i = 0; i < 100 && !problem; i++) {
+      await new Promise((res) => setTimeout(res, 50));
+      problem = r.problem();
+    }
+    assert.match(problem ?? "", /resolver plugin .*tel-resolver-quits exited with code 9/);
+    assert.match(problem ?? "", /run 'tel quit' and 'tel connect'/);
+    await r.stop().catch(() => {}); // its stop fails: it is gone
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -62,6 +62,8 @@ export interface Resolver {
   readonly fallback?: Fallback;
   /** One line for `tel status`, e.g. "iptables chain TEL-DNS-1a2b, fallback 10.0.0.53". */
   describe?(): string;
+  /** What went wrong with the resolver since it started, for `tel status` (a plugin process that exited); else none. */
+  problem?(): string | undefined;
   /** Host changes to undo after a crash (written to the daemon's state file). */
   cleanupRecord?(): Record<string, unknown>;
 }

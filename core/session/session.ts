@@ -491,7 +491,7 @@ export class ClientSession {
         tunnelsOpened: this.#fwdStats.opened,
         tunnelDialFailures: this.#fwdStats.failed,
       },
-      lastError: this.#vifLost || this.#lastError || this.#routeProblem ||
+      lastError: this.#vifLost || this.#lastError || this.#routeProblem || this.#o.resolver.problem?.() ||
         (this.#info?.warnings.length ? managerSays(this.#info.warnings) : ""),
     };
   }
