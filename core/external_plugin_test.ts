@@ -91,17 +91,25 @@ Deno.test("an external resolver is started, updated and stopped through the prot
   }
 });
 
+/** Writes an executable shell plugin `tel-resolver-<name>` into `dir`; `REQ_ID` in the script reads a request's id. */
+async function shellPlugin(dir: string, name: string, body: string): Promise<string> {
+  const path = `${dir}/tel-resolver-${name}`;
+  const id = `id=$(echo "$line" | sed -n 's/.*"id": *\\([0-9]*\\).*/\\1/p')`;
+  await Deno.writeTextFile(path, `#!/bin/sh\n${body.replaceAll("REQ_ID", id)}`);
+  await Deno.chmod(path, 0o755);
+  return path;
+}
+
 Deno.test("a plugin that leaves a background process holding its output is still described and closed", async () => {
   const dir = await Deno.makeTempDir();
-  const plugin = `${dir}/tel-resolver-bg`;
   // a well-behaved plugin, but the wrapper first starts something long-lived that inherits its stdout and stderr
-  await Deno.writeTextFile(
-    plugin,
-    `#!/bin/sh
-sleep 60 &
+  const plugin = await shellPlugin(
+    dir,
+    "bg",
+    `sleep 60 &
 echo $! > "${dir}/bg.pid"
 while read -r line; do
-  id=$(echo "$line" | sed -n 's/.*"id": *\\([0-9]*\\).*/\\1/p')
+  REQ_ID
   case "$line" in
     *'"manifest"'*) echo "{\\"id\\":$id,\\"result\\":{\\"name\\":\\"bg\\",\\"kind\\":\\"resolver\\",\\"apiVersion\\":1,\\"os\\":[\\"linux\\",\\"darwin\\",\\"windows\\"],\\"priority\\":1}}" ;;
     *'"probe"'*) echo "{\\"id\\":$id,\\"result\\":{\\"available\\":true,\\"detail\\":\\"ok\\"}}" ;;
@@ -109,7 +117,6 @@ while read -r line; do
 done
 `,
   );
-  await Deno.chmod(plugin, 0o755);
   try {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const bound = new Promise<"stuck">((r) => timer = setTimeout(() => r("stuck"), 30_000));
@@ -134,19 +141,17 @@ done
 
 Deno.test("a resolver plugin that exits mid-session is told by its problem() (shown in tel status)", async () => {
   const dir = await Deno.makeTempDir();
-  const plugin = `${dir}/tel-resolver-quits`;
   // answers start, then exits, as a plugin that crashes while tel is connected
-  await Deno.writeTextFile(
-    plugin,
-    `#!/bin/sh
-read -r line
-id=$(echo "$line" | sed -n 's/.*"id": *\\([0-9]*\\).*/\\1/p')
+  const plugin = await shellPlugin(
+    dir,
+    "quits",
+    `read -r line
+REQ_ID
 echo "{\\"id\\":$id,\\"result\\":{}}"
 sleep 0.2
 exit 9
 `,
   );
-  await Deno.chmod(plugin, 0o755);
   try {
     const r = new ExternalResolver(plugin, 5000);
     await r.start({ serverIp: "127.0.0.1", serverPort: 5353, domains: ["cluster.local"], search: [] });
