@@ -384,7 +384,7 @@ export class ClientSession {
 
   #onInfo(info: ClusterInfo): void {
     this.#info = info;
-    if (this.#routerReady) this.#applyLatest();
+    this.#applyLatest();
   }
 
   /**
@@ -394,7 +394,8 @@ export class ClientSession {
    */
   #applyLatest(): void {
     this.#applyAgain = true;
-    if (this.#applying) return;
+    // before the first apply (#startAll) the newest set waits in #info: that apply takes it
+    if (this.#applying || !this.#routerReady) return;
     this.#applying = (async () => {
       while (this.#applyAgain && !this.#closed && this.#router && this.#info) {
         this.#applyAgain = false;
@@ -412,7 +413,10 @@ export class ClientSession {
           this.#routeProblem = `applying the cluster's subnets failed: ${errorMessage(e)}`;
         }
       }
-    })().finally(() => this.#applying = undefined);
+    })().finally(() => {
+      this.#applying = undefined;
+      if (this.#applyAgain && !this.#closed) this.#applyLatest(); // one that came as this loop ended
+    });
   }
 
   #scheduleRemain(): void {
