@@ -251,15 +251,20 @@ export class MessageCall {
     if (this.#partsLen) {
       // a message arriving in many small DATA frames is put together once, when all of it is here: joining at every
       // frame cost time in the square of its size (a peer's 1-byte frames stalled the event loop for seconds)
-      this.#parts.push(chunk.slice());
-      this.#partsLen += chunk.byteLength;
-      if (this.#partsLen < this.#need) return;
-      buf = new Uint8Array(this.#partsLen);
+      const total = this.#partsLen + chunk.byteLength;
+      if (total < this.#need) {
+        this.#parts.push(chunk.slice()); // kept: `chunk` goes back to its pool
+        this.#partsLen = total;
+        return;
+      }
+      // the chunk that completes it is copied once, into the whole (as much as joining it at every frame did)
+      buf = new Uint8Array(total);
       let off = 0;
       for (const p of this.#parts) {
         buf.set(p, off);
         off += p.byteLength;
       }
+      buf.set(chunk, off);
       this.#parts = [];
       this.#partsLen = 0;
     }
