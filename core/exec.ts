@@ -90,14 +90,19 @@ export async function execCommand(
   }
 }
 
-/** A process as /proc/<pid>/stat shows it: its parent, and its start time (which tells a reused pid apart). */
+/**
+ * A process as /proc/<pid>/stat shows it: its state letter (R, S, Z for a zombie, …), its parent, and its start time
+ * (which tells a reused pid apart).
+ */
 export interface ProcessEntry {
   pid: number;
+  state: string;
   ppid: number;
   start: string;
 }
 
-function processEntry(pid: number): ProcessEntry | undefined {
+/** What /proc says of process `pid`; undefined when it has no entry (gone, or no /proc: not Linux). */
+export function processEntry(pid: number): ProcessEntry | undefined {
   let stat: string;
   try {
     stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
@@ -106,7 +111,7 @@ function processEntry(pid: number): ProcessEntry | undefined {
   }
   // "pid (comm) S ppid …": the fields after the last ")" (comm may hold parentheses and spaces); starttime is field 22
   const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return { pid, ppid: Number(f[1]), start: f[19] };
+  return { pid, state: f[0], ppid: Number(f[1]), start: f[19] };
 }
 
 /** The processes below `pid` (its children, theirs, …) as they are now; none where there is no /proc (not Linux). */

@@ -1,6 +1,7 @@
 /** The daemon's state file: every host change it made, so a daemon started after a crash can undo them first. */
 
 import { errorMessage } from "../errors.ts";
+import { processEntry } from "../exec.ts";
 import { log } from "../log.ts";
 import type { PluginModule } from "../plugin.ts";
 
@@ -56,16 +57,9 @@ export async function removeState(path: string): Promise<void> {
  */
 export function pidAlive(pid: number): boolean {
   if (pid === Deno.pid) return true;
-  let stat: string;
-  try {
-    stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  } catch {
-    // no /proc entry: gone (or not Linux, where we cannot tell and assume gone)
-    return false;
-  }
-  // "pid (comm) S ...": the state follows the last ")" (comm may hold parentheses and spaces)
-  const state = stat[stat.lastIndexOf(")") + 2];
-  return state !== "Z" && state !== "X";
+  // no /proc entry: gone (or not Linux, where we cannot tell and assume gone)
+  const state = processEntry(pid)?.state;
+  return state !== undefined && state !== "Z" && state !== "X";
 }
 
 /** Whether the daemon that wrote `state` is another process that still runs (its state is then its own). */
