@@ -124,6 +124,11 @@ export class IptablesResolver implements Resolver {
     return new IptablesResolver(pool, chainName(id), settings.checkIntervalMs ?? 5000, follow);
   }
 
+  /** Removes this resolver's chain from the table of its fallback server's family. */
+  #removeChain(): Promise<void> {
+    return removeChains([this.chain], isIpv6(this.#pool.ip) ? "ipv6" : "ipv4");
+  }
+
   async #install(config: ResolverConfig): Promise<void> {
     const script = restoreScript({
       chain: this.chain,
@@ -143,7 +148,7 @@ export class IptablesResolver implements Resolver {
       });
     }
     if (r.code !== 0) {
-      await removeChains([this.chain], isIpv6(this.#pool.ip) ? "ipv6" : "ipv4");
+      await this.#removeChain();
       throw new TelError("platform", `plugin/resolver-iptables: ${bin} refused the rules: ${r.stderr.trim()}`, {
         hint: "tel needs root and a kernel with the nat table",
       });
@@ -172,7 +177,7 @@ export class IptablesResolver implements Resolver {
     return this.#exclusive(async () => {
       const cur = this.#installed;
       if (cur && cur.serverIp === config.serverIp && cur.serverPort === config.serverPort) return;
-      await removeChains([this.chain], isIpv6(this.#pool.ip) ? "ipv6" : "ipv4");
+      await this.#removeChain();
       await this.#install(config);
     });
   }
@@ -204,7 +209,7 @@ export class IptablesResolver implements Resolver {
       jump: hooked,
       dnatRules: dnat,
     });
-    await removeChains([this.chain], isIpv6(this.#pool.ip) ? "ipv6" : "ipv4");
+    await this.#removeChain();
     try {
       await this.#install(config);
     } catch (e) {
@@ -243,7 +248,7 @@ export class IptablesResolver implements Resolver {
       from: this.#pool.ip,
       to: next,
     });
-    await removeChains([this.chain], isIpv6(this.#pool.ip) ? "ipv6" : "ipv4");
+    await this.#removeChain();
     const old = this.#pool;
     this.#pool = pool;
     const t = setTimeout(() => {
@@ -265,7 +270,7 @@ export class IptablesResolver implements Resolver {
   stop(): Promise<void> {
     clearInterval(this.#watch);
     return this.#exclusive(async () => {
-      await removeChains([this.chain], isIpv6(this.#pool.ip) ? "ipv6" : "ipv4");
+      await this.#removeChain();
       this.#installed = undefined;
       this.#pool.close();
       for (const [t, pool] of this.#retired) {
