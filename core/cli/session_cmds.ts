@@ -6,7 +6,7 @@ import { asTelError, errorMessage, TelError } from "../errors.ts";
 import { configureLog, log } from "../log.ts";
 import { daemonPaths, runDaemon } from "../session/daemon.ts";
 import { ownerRuns, readState } from "../session/state_file.ts";
-import { checkConnectInput } from "../session/connect_input.ts";
+import { checkConnectInput, isNamespaceName } from "../session/connect_input.ts";
 import type { ConnectProgress, ConnectRequest, ConnectResponse, StatusResponse } from "../../proto/gen/tel.ts";
 import type { Command, CommandContext } from "./command.ts";
 import { call, daemonClient, type DaemonHandle, daemonState, silentDaemon, startDaemon } from "./daemon_client.ts";
@@ -126,7 +126,7 @@ const connectCommand: Command = {
       namespace: v.namespace as string | undefined,
     });
     for (const [what, ns] of [["namespace", flat.namespace], ["--manager-namespace", v["manager-namespace"]]]) {
-      if (typeof ns === "string" && ns !== "" && !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(ns)) {
+      if (typeof ns === "string" && ns !== "" && !isNamespaceName(ns)) {
         throw new TelError("user", `${what} ${JSON.stringify(ns)} is no namespace name`, {
           hint: "a namespace name is lower-case letters, digits and '-', at most 63, as kubectl takes it",
         });

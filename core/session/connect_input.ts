@@ -24,6 +24,11 @@ export function isHostName(text: string): boolean {
   return HOSTNAME.test(text);
 }
 
+/** Whether `text` is a namespace name as the API server takes it (an RFC 1123 label: lower-case, at most 63). */
+export function isNamespaceName(text: string): boolean {
+  return /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(text);
+}
+
 function flagError(flag: string, text: string, why: string, hint: string): TelError {
   return new TelError("user", `${flag}: ${JSON.stringify(text)}: ${why}`, { hint });
 }
