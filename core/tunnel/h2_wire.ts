@@ -100,7 +100,10 @@ const STREAM_HIGH_WATER = 64 * 1024;
 /**
  * Bytes queued on all of a session's streams beyond which every write says "wait for drain", and below which the
  * streams that waited hear 'drain' (a few at a time): streams each under their own mark still add up, and with the
- * connection window spent 1000 flows held 75 MiB in the daemon's stream queues (scale bench).
+ * connection window spent 1000 flows held 75 MiB in the daemon's stream queues (scale bench). The mark applies only
+ * while the session holds bytes back (connection window spent, socket full): otherwise what is queued waits on its own
+ * stream's window, and counting it stalled every stream behind one whose reader stopped (its flow's 4 MiB queue kept
+ * a new flow's open frame waiting for a 'drain' that never came).
  */
 const SESSION_HIGH_WATER = 4 * 1024 * 1024;
 const SESSION_LOW_WATER = SESSION_HIGH_WATER / 2;
@@ -852,18 +855,30 @@ export class WireSession extends EventEmitter {
     this.#sock.write(frame(WINDOW_UPDATE, 0, id, u32Bytes(n)));
   }
 
-  /** Whether all streams together hold the session's high-water mark or more. */
+  /**
+   * Whether the session holds bytes back (its connection window is spent or its socket full) and all streams together
+   * queue its high-water mark or more.
+   */
   get overHighWater(): boolean {
-    return this.queuedBytes >= SESSION_HIGH_WATER;
+    return this.queuedBytes >= SESSION_HIGH_WATER && this.#holdsBack;
   }
 
-  /** `st` hears 'drain' once the session is under its low-water mark. */
+  /**
+   * Whether bytes wait for the session rather than for their streams' windows. After a flush, what is queued while the
+   * connection window is open and the socket takes more waits only for its own stream's window (a reader that does
+   * not keep up), and must not hold back the other streams.
+   */
+  get #holdsBack(): boolean {
+    return this.#connWindow <= 0 || this.#blocked;
+  }
+
+  /** `st` hears 'drain' once the session is under its low-water mark or no longer holds bytes back. */
   waitForRoom(st: WireStream): void {
     this.#roomWaiters.add(st);
   }
 
   #wakeRoomWaiters(): void {
-    if (this.queuedBytes > SESSION_LOW_WATER || !this.#roomWaiters.size || this.#waking) return;
+    if ((this.queuedBytes > SESSION_LOW_WATER && this.#holdsBack) || !this.#roomWaiters.size || this.#waking) return;
     // woken writers write in a later microtask: all of them at once would each add a chunk past the mark
     let n = 0;
     for (const st of this.#roomWaiters) {

@@ -830,6 +830,30 @@ Deno.test("wire: a stream is crowded while all streams together queue the sessio
   s.destroy();
 });
 
+Deno.test("wire: bytes that wait for their own stream's window (a reader that stopped) crowd no other stream", async () => {
+  const { s, feed, frames } = scripted();
+  feed(rawFrame(4, 0, 0, [])); // the peer's SETTINGS: 65 535 per stream and for the connection
+  await settle();
+  const stuck = s.request({ ":path": "/stuck" });
+  stuck.write(new Uint8Array(5 * 1024 * 1024)); // 65 535 go; the rest waits for a window its reader never opens
+  const other = s.request({ ":path": "/other" });
+  assert.equal(other.crowded, true, "the connection window is spent: the session holds bytes back");
+  let drained = false;
+  other.on("drain", () => drained = true);
+  assert.equal(other.write(new Uint8Array(1024)), false, "so a writer waits");
+  feed(rawFrame(8, 0, 0, u32(16 * 1024 * 1024))); // the connection has room again; the stuck stream's window does not
+  await settleUntil(() => drained);
+  assert.equal(drained, true, "the writer hears 'drain' although the stuck stream still queues ~5 MiB");
+  assert.equal(other.crowded, false);
+  const late = s.request({ ":path": "/late" });
+  assert.equal(late.write(new Uint8Array(1024)), true, "and a new stream writes without waiting");
+  await settle();
+  const sentOn = (st: WireStream) =>
+    frames().filter((f) => f.type === 0 && f.sid === st.id).reduce((n, f) => n + f.payload.byteLength, 0);
+  assert.deepEqual([sentOn(stuck), sentOn(other), sentOn(late)], [65_535, 1024, 1024]);
+  s.destroy();
+});
+
 Deno.test("wire: a peer that sends PINGs and SETTINGS without reading the answers is cut off, not buffered for", async () => {
   // a socket the peer does not read: nothing written is ever taken
   const sock = new Duplex({ read() {}, write(_chunk, _enc, _cb) {} });
