@@ -451,6 +451,46 @@ withLab("connect: IPv6 pods and services answer by address and by AAAA name", as
   assert.match(udp.stdout, /ping6/, udp.stderr);
 }, { ipv6: true });
 
+withLab("connect: a client that stops reading holds back only its own flow, not new ones", async (lab, tel) => {
+  assert.equal((await connect(lab, tel)).code, 0);
+  // it sends to the echo pod and never reads the echo: the pod's answer fills tel's stream to it, which is paused
+  const script = `const c = await Deno.connect({ hostname: "198.18.0.22", port: 7007 });
+const buf = new Uint8Array(1 << 20);
+for (let mib = 1; mib <= 256; mib++) {
+  for (let off = 0; off < buf.length;) off += await c.write(buf.subarray(off));
+  console.log("wrote " + mib);
+}`;
+  const writer = lab.ws.spawn([Deno.execPath(), "eval", script], { stdout: "piped", stderr: "null" });
+  let wrote = 0;
+  const progress = (async () => {
+    const lines = writer.stdout.pipeThrough(new TextDecoderStream()).values();
+    for await (const text of lines) wrote = Number(/wrote (\d+)\s*$/.exec(text)?.[1] ?? wrote);
+  })();
+  try {
+    // stuck: no progress for 2 s (tel's stream to the client holds its whole window by then), or all sent
+    let last = -1;
+    assert.ok(
+      await eventually(
+        () => {
+          const stuck = wrote === last && wrote > 0;
+          last = wrote;
+          return Promise.resolve(stuck || wrote === 256);
+        },
+        60_000,
+        2000,
+      ),
+      `the writer got stuck or done (${wrote} MiB)`,
+    );
+    const r = await curl(lab, "http://echo.default/");
+    assert.equal(r.code, 0, `a new flow while one client does not read (${wrote} MiB sent): ${r.body}`);
+    assert.equal((await curl(lab, "http://198.18.1.20:8080/")).code, 0, "and a pod on the other node");
+  } finally {
+    writer.kill("SIGKILL");
+    await writer.status;
+    await progress.catch(() => {});
+  }
+});
+
 withLab(
   "connect: cluster changes that come while one is being routed all end up routed, in order",
   async (lab, tel) => {
