@@ -50,14 +50,16 @@ Deno.test(
   async () => {
     await withTunLab(async ({ sh, stack }) => {
       // one connection at a time, so the stack's read loop waits between them: the client's kernel acknowledges our
-      // SYN-ACK and our data within our writes to the TUN, and those ACKs are there to read at once
+      // SYN-ACK and our data within our writes to the TUN, and those ACKs are there to read at once. How many depends on
+      // scheduling (the kernel may leave that work to ksoftirqd: 6 once, with a bench and two labs beside, ≥ 20 alone),
+      // so some are asked for, which nothing but reading after our writes gives (without it, none)
       const r = await sh(
         `for i in $(seq 20); do curl -sS --max-time 10 -o /dev/null -w '%{http_code} ' ` +
           `http://${POD4}:${PORT.http}/bytes/1000 || exit 1; done`,
       );
       equal(r.stdout.trim(), Array(20).fill("200").join(" "), r.stderr);
       const c = stack.counters();
-      ok(c.packetsReadAfterWrite >= 20, JSON.stringify(c));
+      ok(c.packetsReadAfterWrite > 0, JSON.stringify(c));
       ok(c.packetsReadAfterWrite < c.packetsIn, "the SYNs (the client's own doing) came through the wait");
     });
   },
