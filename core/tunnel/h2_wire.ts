@@ -100,10 +100,10 @@ const STREAM_HIGH_WATER = 64 * 1024;
 /**
  * Bytes queued on all of a session's streams beyond which every write says "wait for drain", and below which the
  * streams that waited hear 'drain' (a few at a time): streams each under their own mark still add up, and with the
- * connection window spent 1000 flows held 75 MiB in the daemon's stream queues (scale bench). The mark applies only
- * while the session holds bytes back (connection window spent, socket full): otherwise what is queued waits on its own
- * stream's window, and counting it stalled every stream behind one whose reader stopped (its flow's 4 MiB queue kept
- * a new flow's open frame waiting for a 'drain' that never came).
+ * connection window spent 1000 flows held 75 MiB in the daemon's stream queues (scale bench). Bytes queued on a stream
+ * whose own window is shut (its reader stopped) do not count: they wait for that reader, not for the session, and
+ * counting them stalled every stream behind one such flow (its ~4 MiB queue kept a new flow's open frame waiting for a
+ * 'drain' that never came).
  */
 const SESSION_HIGH_WATER = 4 * 1024 * 1024;
 const SESSION_LOW_WATER = SESSION_HIGH_WATER / 2;
@@ -313,6 +313,8 @@ export class WireStream extends EventEmitter {
   #gotResponse = false;
   #paused = false;
   #unacked = 0;
+  /** What this stream adds to the session's stalledBytes: its queue while its send window is shut. */
+  #stalled = 0;
   /** Bytes that arrived while paused and hold their share of the connection window (the budget was spent). */
   #heldConn = 0;
   /** Bytes that arrived while paused and were given back to the connection out of the session's paused budget. */
@@ -342,6 +344,7 @@ export class WireStream extends EventEmitter {
       this.#queued += buf.byteLength;
       this.#session.queuedBytes += buf.byteLength;
       this.#session.ready(this);
+      this.#restall();
     } else written?.();
     const crowded = this.#session.overHighWater;
     if (this.#queued < STREAM_HIGH_WATER && !crowded) return true;
@@ -419,6 +422,20 @@ export class WireStream extends EventEmitter {
 
   // --- for the session ------------------------------------------------------------------------------------------
 
+  /** The peer gave `n` bytes of window (or took them back: a smaller initial window in its SETTINGS). */
+  addSendWindow(n: number): void {
+    this.sendWindow += n;
+    this.#restall();
+  }
+
+  /** Keeps the session's count of bytes stalled on their streams' own windows up to date with this stream's. */
+  #restall(): void {
+    const now = this.sendWindow <= 0 ? this.#queued : 0;
+    if (now === this.#stalled) return;
+    this.#session.stalledBytes += now - this.#stalled;
+    this.#stalled = now;
+  }
+
   /** Whether frames are queued and the stream's window allows some. */
   get sendable(): boolean {
     return !this.destroyed && ((this.#queued > 0 && this.sendWindow > 0) || (this.#endQueued && !this.#endSent));
@@ -458,6 +475,7 @@ export class WireStream extends EventEmitter {
         this.#sentEnd();
       }
     }
+    this.#restall();
     this.#drainIfRoom();
     return sent;
   }
@@ -556,6 +574,7 @@ export class WireStream extends EventEmitter {
     this.#queue = [];
     this.#session.queuedBytes -= this.#queued;
     this.#queued = 0;
+    this.#restall();
     this.#session.forget(this);
     this.emit("close");
     this.emit("drain");
@@ -644,6 +663,8 @@ export class WireSession extends EventEmitter {
   #ready = new Set<WireStream>();
   /** Bytes queued on all streams, not yet handed to the socket (see {@link SESSION_HIGH_WATER}). */
   queuedBytes = 0;
+  /** Of those, the bytes on streams whose own send window is shut: they wait for their readers, not for the session. */
+  stalledBytes = 0;
   // streams told to wait for 'drain' by the session's mark, not their own
   #roomWaiters = new Set<WireStream>();
   #waking = false;
@@ -855,30 +876,18 @@ export class WireSession extends EventEmitter {
     this.#sock.write(frame(WINDOW_UPDATE, 0, id, u32Bytes(n)));
   }
 
-  /**
-   * Whether the session holds bytes back (its connection window is spent or its socket full) and all streams together
-   * queue its high-water mark or more.
-   */
+  /** Whether the streams together queue the session's high-water mark or more, not counting stalled bytes. */
   get overHighWater(): boolean {
-    return this.queuedBytes >= SESSION_HIGH_WATER && this.#holdsBack;
+    return this.queuedBytes - this.stalledBytes >= SESSION_HIGH_WATER;
   }
 
-  /**
-   * Whether bytes wait for the session rather than for their streams' windows. After a flush, what is queued while the
-   * connection window is open and the socket takes more waits only for its own stream's window (a reader that does
-   * not keep up), and must not hold back the other streams.
-   */
-  get #holdsBack(): boolean {
-    return this.#connWindow <= 0 || this.#blocked;
-  }
-
-  /** `st` hears 'drain' once the session is under its low-water mark or no longer holds bytes back. */
+  /** `st` hears 'drain' once the session is under its low-water mark. */
   waitForRoom(st: WireStream): void {
     this.#roomWaiters.add(st);
   }
 
   #wakeRoomWaiters(): void {
-    if ((this.queuedBytes > SESSION_LOW_WATER && this.#holdsBack) || !this.#roomWaiters.size || this.#waking) return;
+    if (this.queuedBytes - this.stalledBytes > SESSION_LOW_WATER || !this.#roomWaiters.size || this.#waking) return;
     // woken writers write in a later microtask: all of them at once would each add a chunk past the mark
     let n = 0;
     for (const st of this.#roomWaiters) {
@@ -1135,7 +1144,7 @@ export class WireSession extends EventEmitter {
         } else {
           const st = this.#streams.get(sid);
           if (st) {
-            st.sendWindow += inc;
+            st.addSendWindow(inc);
             if (st.sendable) this.#ready.add(st);
           }
         }
@@ -1208,7 +1217,7 @@ export class WireSession extends EventEmitter {
         const delta = value - this.#peerInitialWindow;
         this.#peerInitialWindow = value;
         for (const st of this.#streams.values()) {
-          st.sendWindow += delta;
+          st.addSendWindow(delta);
           if (st.sendable) this.#ready.add(st);
         }
       } else if (id === SETTINGS_MAX_FRAME_SIZE) {
