@@ -100,11 +100,14 @@ export const managerConnector: ManagerConnector = {
     } else {
       connect = async () => {
         const pod = await findManagerPod(kube.kc, managerNs);
-        const pf = await portForward(kube.kc, managerNs, pod.name, MANAGER_PORT);
+        let failed: TelError | undefined;
+        const pf = await portForward(kube.kc, managerNs, pod.name, MANAGER_PORT, { onError: (e) => failed = e });
         const conn: ClusterManagerConnection = {
           address: `127.0.0.1:${pf.port}`,
           via: `port-forward to ${managerNs}/${pod.name}:${MANAGER_PORT} through ${kube.server}`,
           mustNotRoute: apiIps,
+          // the latest connection through it that failed: the API server's refusal (the call saw a closed socket)
+          failure: () => Promise.resolve(failed),
           close: () => pf.close(),
         };
         if (denoHttpUsable(kube.kc)) {

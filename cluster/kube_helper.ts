@@ -70,6 +70,10 @@ export async function serveKubeHelper(
         const r: PortForwardAccess = await access();
         return r;
       }
+      case "failure": {
+        const e = await conns.get(msg.conn)?.failure?.();
+        return e ? { category: e.category, message: e.message, hint: e.hint } : null;
+      }
       case "disconnect": {
         const c = conns.get(msg.conn);
         conns.delete(msg.conn);

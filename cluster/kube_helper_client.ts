@@ -34,6 +34,7 @@ export type HelperRequest =
   | { id: number; op: "connect" }
   | { id: number; op: "disconnect"; conn: number }
   | { id: number; op: "access"; conn: number }
+  | { id: number; op: "failure"; conn: number }
   | { id: number; op: "namespaces" };
 
 /** An answer line: `result` or `error`. */
@@ -310,6 +311,11 @@ export function kubeHelperConnector(opts: KubeHelperOptions = {}): ManagerConnec
           // exit breaks this way to the manager for good; a direct address does not need it (it exits when idle)
           lost: req.managerAddress ? undefined : h.whenExited(),
           dial: direct?.dial,
+          failure: async () => {
+            if (h.exited) return undefined;
+            const e = await h.call<HelperResponse["error"] | null>("failure", { conn: c.conn });
+            return e ? new TelError(e.category, e.message, { hint: e.hint }) : undefined;
+          },
           close: async () => {
             direct?.close();
             if (!h.exited) await h.call("disconnect", { conn: c.conn }).catch(() => undefined); // it is going away

@@ -511,6 +511,25 @@ withLab(
 );
 
 withLab(
+  "connect: an API server that refuses the port-forward is named with the rule, not blamed on the manager",
+  async (lab, tel) => {
+    await lab.fake("forbid", "kubernetes-admin", "create", "pods/portforward", "tel-system");
+    const c = await connect(lab, tel);
+    assert.equal(c.code, 5, c.stderr);
+    assert.match(
+      c.stderr,
+      /cannot create pods\/portforward "traffic-manager-0" in namespace "tel-system": .*forbidden/,
+    );
+    assert.match(
+      c.stderr,
+      /verbs \[create\] on resources \[pods\/portforward\] in API group "" in namespace "tel-system"/,
+    );
+    assert.doesNotMatch(c.stderr, /did not accept a session/);
+    await assertHostClean(lab, tel);
+  },
+);
+
+withLab(
   "connect: when the manager's account may not learn the service subnet, the workstation is told why",
   async (lab, tel) => {
     const sa = "system:serviceaccount:tel-system:traffic-manager";

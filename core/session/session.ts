@@ -39,6 +39,11 @@ export interface ManagerConnection {
    * connect to `address`.
    */
   dial?: () => WireSocket | undefined;
+  /**
+   * Why this way to the manager failed, where it knows better than the failed call: the API server refused the
+   * port-forward (an RBAC rule, say), which the call over it sees only as a closed connection.
+   */
+  failure?: () => Promise<TelError | undefined>;
   close(): Promise<void>;
 }
 
@@ -320,6 +325,8 @@ export class ClientSession {
     } catch (e) {
       client.close();
       if (signal?.aborted && e === signal.reason) throw e; // given up: told as such
+      const refused = await conn.failure?.().catch(() => undefined);
+      if (refused) throw refused;
       throw new TelError(
         "cluster",
         `the traffic-manager at ${conn.address} did not accept a session: ${errorMessage(e)}`,
