@@ -511,6 +511,21 @@ withLab(
 );
 
 withLab(
+  "connect: --dns naming a server the host does not ask is warned about: its lookups would not reach tel",
+  async (lab, tel) => {
+    const c = await connect(lab, tel, ["--dns", "198.51.100.54"]);
+    assert.equal(c.code, 0, c.stderr);
+    const warning = /warning: the host asks 198\.51\.100\.53 \(\/etc\/resolv\.conf\), not 198\.51\.100\.54/;
+    assert.match(c.stdout, warning);
+    assert.match(JSON.parse((await tel.run(["status", "-o", "json"])).stdout).resolver, warning);
+    assert.equal((await tel.run(["quit"])).code, 0);
+    const asked = await connect(lab, tel, ["--dns", "198.51.100.53"]);
+    assert.equal(asked.code, 0, asked.stderr);
+    assert.doesNotMatch(asked.stdout, /warning/);
+  },
+);
+
+withLab(
   "connect: an API server that refuses the port-forward is named with the rule, not blamed on the manager",
   async (lab, tel) => {
     await lab.fake("forbid", "kubernetes-admin", "create", "pods/portforward", "tel-system");

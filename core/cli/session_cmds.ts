@@ -98,7 +98,8 @@ const connectCommand: Command = {
       dns: {
         type: "string",
         valueName: "IP",
-        description: "fallback DNS server for non-cluster names (default: config dns.localIP, else /etc/resolv.conf)",
+        description: "the DNS server the host asks, taken over by tel: cluster names answered, the rest forwarded " +
+          "to it (default: config dns.localIP, else the first nameserver of /etc/resolv.conf)",
       },
       "also-proxy": { type: "string", multiple: true, valueName: "CIDR", description: "also route these subnets" },
       "never-proxy": { type: "string", multiple: true, valueName: "CIDR", description: "never route these subnets" },

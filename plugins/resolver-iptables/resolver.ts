@@ -49,6 +49,21 @@ export async function pickFallback(settings: IptablesSettings): Promise<string> 
   return ns;
 }
 
+/**
+ * The nameservers of resolv.conf when `given` is not among them (the host's lookups then never go where the redirect
+ * waits); none when it is, or when the file cannot be read or names none (nothing to compare with).
+ */
+async function unheardBy(given: string, path = "/etc/resolv.conf"): Promise<string[]> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch {
+    return [];
+  }
+  const servers = parseResolvConf(text).nameservers;
+  return servers.includes(given) ? [] : servers;
+}
+
 /** Removes the named chains (both families); errors are logged, never thrown: cleanup must go on. */
 export async function removeChains(chains: string[], family: "ipv4" | "ipv6" | "both" = "both"): Promise<void> {
   const tools = family === "both" ? ["iptables", "ip6tables"] : [family === "ipv6" ? "ip6tables" : "iptables"];
@@ -92,6 +107,8 @@ export class IptablesResolver implements Resolver {
   /** Pools replaced by a change of the fallback server, closed a little later (their queries in flight may finish). */
   #retired = new Map<ReturnType<typeof setTimeout>, PooledFallback>();
   #installed?: ResolverConfig;
+  /** The nameservers resolv.conf names when the given fallback (--dns) is not one of them: the host asks those. */
+  #unheard: string[] = [];
   #checkMs: number;
   #watch?: ReturnType<typeof setInterval>;
   /** install, update, check and stop run one at a time (a check must not see a chain half replaced). */
@@ -121,7 +138,15 @@ export class IptablesResolver implements Resolver {
     const pool = await PooledFallback.open({ ip });
     const id = settings.id ?? crypto.randomUUID().slice(0, 8);
     const follow = settings.fallbackIp ? undefined : settings.resolvConfPath ?? "/etc/resolv.conf";
-    return new IptablesResolver(pool, chainName(id), settings.checkIntervalMs ?? 5000, follow);
+    const r = new IptablesResolver(pool, chainName(id), settings.checkIntervalMs ?? 5000, follow);
+    if (settings.fallbackIp) r.#unheard = await unheardBy(settings.fallbackIp, settings.resolvConfPath);
+    if (r.#unheard.length) {
+      log.warn("resolver-iptables", "the DNS server given is not one the host asks: lookups will not reach tel", {
+        given: settings.fallbackIp,
+        resolvConf: r.#unheard,
+      });
+    }
+    return r;
   }
 
   /** Removes this resolver's chain from the table of its fallback server's family. */
@@ -283,7 +308,10 @@ export class IptablesResolver implements Resolver {
 
   /** For `tel status`. */
   describe(): string {
-    return `iptables nat chain ${this.chain} redirects ${this.#pool.ip}:53; other names answered via it`;
+    const said = `iptables nat chain ${this.chain} redirects ${this.#pool.ip}:53; other names answered via it`;
+    if (!this.#unheard.length) return said;
+    return `${said} (warning: the host asks ${this.#unheard.join(", ")} (/etc/resolv.conf), not ${this.#pool.ip}: ` +
+      "its lookups do not reach tel; leave out --dns / dns.localIP, or give one of those)";
   }
 
   /** For the daemon's state file. */
