@@ -511,6 +511,36 @@ withLab(
 );
 
 withLab(
+  "connect: a split-DNS resolver plugin is given every domain tel answers, a namespace made later too",
+  async (lab, tel) => {
+    // the example dnsmasq plugin (docs/plugins.md) writes one server=/domain/ line per domain it is given
+    const conf = `${lab.dir}/dnsmasq.d/tel.conf`;
+    await Deno.mkdir(`${lab.dir}/dnsmasq.d`);
+    const cfg = `${lab.dir}/tel.yml`;
+    await Deno.writeTextFile(cfg, "resolver: dnsmasq\ndns:\n  includeSuffixes: [.corp.example.test]\n");
+    const examples = new URL("../examples", import.meta.url).pathname;
+    const bin = Deno.execPath().replace(/\/[^/]*$/, "");
+    const env = { PATH: `${examples}:${bin}:${Deno.env.get("PATH")}`, TEL_DNSMASQ_CONF: conf };
+    const c = await connect(lab, tel, ["--config", cfg], env);
+    assert.equal(c.code, 0, c.stderr);
+    const domains = async () => [...(await Deno.readTextFile(conf)).matchAll(/^server=\/([^/]+)\//gm)].map((m) => m[1]);
+    const first = await domains();
+    for (const d of ["cluster.local", "default", "kube-system", "svc", "corp.example.test"]) {
+      assert.ok(first.includes(d), `${d} in ${first}`);
+    }
+    assert.ok(!first.includes("late"));
+    await lab.fake("addNamespace", "late");
+    const svc = { namespace: "late", name: "web", clusterIPs: ["198.19.0.50"], endpoints: ["198.18.0.20"] };
+    await lab.addService({ ...svc, ports: [{ port: 80, targetPort: 8080, protocol: "TCP" }] });
+    assert.ok(await eventually(async () => (await domains()).includes("late"), 30_000), `${await domains()}`);
+    // and tel's own rules map it: `web.late` is asked of the cluster
+    const [host, port] = JSON.parse((await tel.run(["status", "-o", "json"])).stdout).dnsServer.split(":");
+    const dig = await lab.ws.run(["dig", `@${host}`, "-p", port, "+time=2", "+tries=1", "+short", "web.late"]);
+    assert.equal(dig.stdout.trim(), "198.19.0.50", dig.stdout + dig.stderr);
+  },
+);
+
+withLab(
   "connect: --dns naming a server the host does not ask is warned about: its lookups would not reach tel",
   async (lab, tel) => {
     const c = await connect(lab, tel, ["--dns", "198.51.100.54"]);

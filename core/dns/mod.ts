@@ -20,6 +20,7 @@ export {
   reverseNameToIp,
   type Route,
   type RulesConfig,
+  suffixText,
 } from "./rules.ts";
 export { DnsServer, type DnsServerOptions, type ServerStats } from "./server.ts";
 export { type Edns, parseQuery, type ParseResult, type Query, RCODE, type Rcode, typeName } from "./wire.ts";

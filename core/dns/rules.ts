@@ -27,7 +27,8 @@ export type Route =
   | { to: "cluster"; lookup: string; rule: string }
   | { to: "local"; rule: string };
 
-function suffixText(s: string): string {
+/** A suffix as a bare lower-case domain: no leading or trailing dot ("`.Corp.example.`" → "corp.example"). */
+export function suffixText(s: string): string {
   const t = s.trim().toLowerCase().replace(/\.$/, "");
   return t.startsWith(".") ? t.slice(1) : t;
 }

@@ -5,7 +5,7 @@
  */
 
 import { type Clock, sleep, systemClock, untilAborted } from "../clock.ts";
-import { DnsEngine, DnsRules, DnsServer, type OsResolve, recursionCheck } from "../dns/mod.ts";
+import { DnsEngine, DnsRules, DnsServer, type OsResolve, recursionCheck, suffixText } from "../dns/mod.ts";
 import { errorMessage, TelError } from "../errors.ts";
 import { log } from "../log.ts";
 import { Stack } from "../netstack/mod.ts";
@@ -72,6 +72,8 @@ export interface SessionOptions {
   onStep?: (line: string) => void;
   clientName?: string;
   clock?: Clock;
+  /** How often the mapped namespaces are listed again, so one created meanwhile resolves (ms, default 10 000). */
+  namespaceRefreshMs?: number;
   /** Keepalive interval (ms, default 5000). */
   remainIntervalMs?: number;
   /**
@@ -134,6 +136,7 @@ export class ClientSession {
   #applying?: Promise<void>;
   #applyAgain = false;
   #namespaces: string[] = [];
+  #namespaceTimer?: unknown;
 
   private constructor(o: SessionOptions) {
     this.#o = o;
@@ -229,6 +232,7 @@ export class ClientSession {
     this.#resolverStarted = true;
     signal?.throwIfAborted();
     this.#step(`DNS configured by ${this.#o.resolverName}: ${this.#o.resolver.describe?.() ?? "started"}`);
+    this.#scheduleNamespaces();
 
     const t0 = performance.now();
     const rc = await recursionCheck(this.#engine, this.#o.osResolve ?? defaultOsResolve, { clock: this.#clock });
@@ -240,13 +244,44 @@ export class ClientSession {
     );
   }
 
-  async #loadNamespaces(): Promise<void> {
-    if (!this.#o.namespaces) return;
+  /** Lists the namespaces to map; true when they changed (a failure keeps the ones known). */
+  async #loadNamespaces(): Promise<boolean> {
+    if (!this.#o.namespaces) return false;
     try {
-      this.#namespaces = await this.#o.namespaces();
+      const got = (await this.#o.namespaces()).toSorted();
+      const changed = got.length !== this.#namespaces.length || got.some((n, i) => n !== this.#namespaces[i]);
+      this.#namespaces = got;
+      return changed;
     } catch (e) {
       log.warn("session", "cannot list namespaces; only the connected one is mapped", { error: errorMessage(e) });
+      return false;
     }
+  }
+
+  /**
+   * Lists the namespaces again now and then while connected: one created after connect resolves as `name.<namespace>`
+   * and reaches a split-DNS resolver's domains without a reconnect (as kubectl sees it at once).
+   */
+  #scheduleNamespaces(): void {
+    this.#clock.clearTimeout(this.#namespaceTimer);
+    if (this.#closed || !this.#o.namespaces) return;
+    this.#namespaceTimer = this.#clock.setTimeout(async () => {
+      if (this.#state === "connected" && await this.#loadNamespaces() && !this.#closed) {
+        log.info("session", "mapped namespaces changed", { namespaces: this.#namespaces });
+        this.#applyLatest();
+      }
+      this.#scheduleNamespaces();
+    }, this.#o.namespaceRefreshMs ?? 10_000);
+  }
+
+  /** The namespaces whose names resolve as `name.<namespace>`: the connected one first. */
+  #mapped(): string[] {
+    return [...new Set([this.#o.namespace, ...this.#namespaces])];
+  }
+
+  /** Include suffixes of the config and the manager, as bare domains. */
+  #includes(info: ClusterInfo): string[] {
+    return [...(this.#o.dns?.includeSuffixes ?? []), ...(info.dns?.includeSuffixes ?? [])];
   }
 
   #hostBlocks(ips: string[]): Cidr[] {
@@ -271,9 +306,9 @@ export class ClientSession {
   #rules(info: ClusterInfo): DnsRules {
     return new DnsRules({
       namespace: this.#o.namespace,
-      namespaces: [...new Set([this.#o.namespace, ...this.#namespaces])],
+      namespaces: this.#mapped(),
       clusterDomain: info.clusterDomain || "cluster.local",
-      includeSuffixes: [...(this.#o.dns?.includeSuffixes ?? []), ...(info.dns?.includeSuffixes ?? [])],
+      includeSuffixes: this.#includes(info),
       excludeSuffixes: this.#o.dns?.excludeSuffixes ?? info.dns?.excludeSuffixes,
       reverseSubnets: (this.#router?.routes ?? []).map((r) => Cidr.parse(r)),
     });
@@ -289,7 +324,10 @@ export class ClientSession {
     return {
       serverIp: this.#dnsHost.hostname,
       serverPort: this.#dnsHost.port,
-      domains: [domain, this.#o.namespace, "svc"],
+      // every name the rules send to the cluster: a split-DNS resolver routes only these domains to tel
+      domains: [...new Set([domain, ...this.#mapped(), "svc", ...this.#includes(info).map(suffixText)])].filter(
+        Boolean,
+      ),
       search: [`${this.#o.namespace}.svc.${domain}`, `svc.${domain}`, domain],
       vifName: this.#o.vif.name,
     };
@@ -513,6 +551,7 @@ export class ClientSession {
     this.#closed = true;
     this.#state = "disconnected";
     this.#clock.clearTimeout(this.#remainTimer);
+    this.#clock.clearTimeout(this.#namespaceTimer);
     const steps: Array<[string, () => Promise<void> | void]> = [
       // a route change under way finishes first: one finishing after the routes were cleared would put some back
       ["route change", async () => await this.#applying],
