@@ -47,6 +47,9 @@ export interface DaemonOptions {
   onReady?: () => void;
 }
 
+/** How often the namespaces are listed again with a direct manager address (see ClientSession's namespaceRefreshMs). */
+const NAMESPACE_REFRESH_DIRECT_MS = 5 * 60_000;
+
 /** TEL_DNS_LISTEN=ip:port binds tel's DNS server there instead of 127.0.0.1:<free port> (labs, local clusters). */
 export function dnsListenFromEnv(
   env: (k: string) => string | undefined = (k) => Deno.env.get(k),
@@ -268,6 +271,9 @@ class Daemon {
         onStep: step,
         dnsListen: dnsListenFromEnv(),
         namespaces: cluster.namespaces,
+        // with a direct manager address the kube helper holds nothing and exits when idle: listing the namespaces as
+        // often as while it holds a port-forward would keep it (and its kube client, ~65 MiB) resident for good
+        namespaceRefreshMs: req.managerAddress ? NAMESPACE_REFRESH_DIRECT_MS : undefined,
         signal,
       });
       await this.#saveState();
