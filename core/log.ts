@@ -16,6 +16,8 @@ const stderrSink: LogSink = (line) => {
 };
 
 let threshold: Level = "warn";
+/** The level the user chose (flag, TEL_LOG or the config's logLevel), if any: a daemon the CLI starts takes it. */
+let chosen: Level | undefined;
 let sink: LogSink = stderrSink;
 let format: "text" | "json" = "text";
 
@@ -25,11 +27,19 @@ export function parseLevel(text: string): Level | undefined {
   return (LEVELS as readonly string[]).includes(t) ? t as Level : undefined;
 }
 
-/** Sets the threshold, the sink and the line format. */
-export function configureLog(opts: { level?: Level; sink?: LogSink; format?: "text" | "json" }): void {
+/** Sets the threshold (`chosen`: the user's choice, see {@link chosenLogLevel}), the sink and the line format. */
+export function configureLog(
+  opts: { level?: Level; chosen?: boolean; sink?: LogSink; format?: "text" | "json" },
+): void {
   if (opts.level) threshold = opts.level;
+  if (opts.level && opts.chosen) chosen = opts.level;
   if (opts.sink) sink = opts.sink;
   if (opts.format) format = opts.format;
+}
+
+/** The level the user chose with --log-level, TEL_LOG or the config's logLevel; undefined when none was. */
+export function chosenLogLevel(): Level | undefined {
+  return chosen;
 }
 
 /** The current threshold. */

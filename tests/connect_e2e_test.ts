@@ -541,6 +541,30 @@ withLab(
 );
 
 withLab(
+  "connect: the daemon it starts logs at the level chosen for it (config logLevel, --log-level)",
+  async (lab, tel) => {
+    const log = `${tel.state}/daemon.log`;
+    const levels = async () => new Set((await Deno.readTextFile(log)).match(/(?<= )(DEBUG|INFO|WARN|ERROR)(?= )/g));
+    const cfg = `${lab.dir}/debug.yml`;
+    await Deno.writeTextFile(cfg, "logLevel: debug\n");
+    const cases: Array<{ args: string[]; has?: string; hasNot?: string }> = [
+      { args: ["--config", cfg], has: "DEBUG" },
+      { args: [], has: "INFO", hasNot: "DEBUG" }, // the daemon's own default
+      { args: ["--log-level", "warn"], hasNot: "INFO" },
+    ];
+    for (const { args, has, hasNot } of cases) {
+      await Deno.remove(log).catch(() => {});
+      const c = await connect(lab, tel, args);
+      assert.equal(c.code, 0, c.stderr);
+      assert.equal((await tel.run(["quit"])).code, 0);
+      const got = await levels();
+      if (has) assert.ok(got.has(has), `${args}: ${[...got]}`);
+      if (hasNot) assert.ok(!got.has(hasNot), `${args}: ${[...got]}`);
+    }
+  },
+);
+
+withLab(
   "connect: --dns naming a server the host does not ask is warned about: its lookups would not reach tel",
   async (lab, tel) => {
     const c = await connect(lab, tel, ["--dns", "198.51.100.54"]);

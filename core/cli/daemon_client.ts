@@ -2,7 +2,7 @@
 
 import type { ChannelCredentials } from "@grpc/grpc-js";
 import { errorMessage, TelError } from "../errors.ts";
-import { routeGrpcLogs } from "../log.ts";
+import { chosenLogLevel, routeGrpcLogs } from "../log.ts";
 import { selfArgv } from "../exec.ts";
 import { daemonPaths, makeStateDir, socketAccepts, socketPathProblem } from "../session/daemon.ts";
 import { type DaemonClient, DaemonService, type StatusResponse } from "../../proto/gen/tel.ts";
@@ -100,7 +100,9 @@ export async function startDaemon(
   const badSocket = socketPathProblem(h.socketPath);
   if (badSocket) throw badSocket;
   const logPath = `${stateDir}/daemon.log`;
-  const argv = [...daemonArgv(), "--log-file", logPath];
+  // the level the user chose for this command (flag, TEL_LOG, the config's logLevel) is the daemon's too
+  const level = chosenLogLevel();
+  const argv = [...daemonArgv(), "--log-file", logPath, ...(level ? ["--log-level", level] : [])];
   const useSetsid = Deno.build.os === "linux";
   let child: Deno.ChildProcess;
   try {

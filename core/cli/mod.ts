@@ -81,7 +81,7 @@ export async function runCli(argv: string[], deps: CliDeps, io: Output = process
           hint: "use debug, info, warn, error or off",
         });
       }
-      configureLog({ level: lvl });
+      configureLog({ level: lvl, chosen: true });
     }
     let rest = [...argv];
     if (rest.length === 0 || rest[0] === "--help" || rest[0] === "-h") {
@@ -117,7 +117,7 @@ export async function runCli(argv: string[], deps: CliDeps, io: Output = process
       io.out(helpText(cmd.spec));
       return 0;
     }
-    if (values["log-level"]) configureLog({ level: values["log-level"] as Level });
+    if (values["log-level"]) configureLog({ level: values["log-level"] as Level, chosen: true });
     let configPromise: Promise<Config> | undefined;
     const ctx: CommandContext = {
       values,
@@ -128,7 +128,9 @@ export async function runCli(argv: string[], deps: CliDeps, io: Output = process
         // the parser is loaded here, by a command that reads the config, not by every tel process
         configPromise ??= import("../config_file.ts").then((m) => m.loadConfig(values.config as string | undefined))
           .then((c) => {
-            if (c.logLevel && !values["log-level"] && envLevel === undefined) configureLog({ level: c.logLevel });
+            if (c.logLevel && !values["log-level"] && envLevel === undefined) {
+              configureLog({ level: c.logLevel, chosen: true });
+            }
             return c;
           });
         return configPromise;
