@@ -287,6 +287,7 @@ export function statusText(s: StatusResponse): string {
     `Netstack:       ${
       Object.entries(s.netstackCounters).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(", ") || "-"
     }`,
+    `Daemon pid:     ${s.pid || "-"}`,
   ];
   return lines.join("\n") + "\n";
 }
