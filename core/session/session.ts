@@ -529,7 +529,7 @@ export class ClientSession {
       clusterInfo: this.#info,
       routes: this.#router?.routes ?? [],
       neverProxy: this.#router?.neverProxy ?? [],
-      resolver: `${this.#o.resolverName}: ${this.#o.resolver.describe?.() ?? ""}`,
+      resolver: [this.#o.resolverName, this.#o.resolver.describe?.()].filter(Boolean).join(": "),
       vif: `${this.#o.vif.name} (mtu ${this.#o.vif.mtu})`,
       dnsServer: this.#dnsAddr,
       dnsStats: numbers(dns),

@@ -170,7 +170,8 @@ export function conflictsError(conflicts: readonly Conflict[]): TelError {
     "platform",
     `subnet conflicts with existing routes: ${conflicts.map(describeConflict).join("; ")}`,
     {
-      hint: "add the subnets to allowConflictingSubnets, exclude them with routing.neverProxy, or stop the other VPN",
+      hint:
+        "add the subnets to routing.allowConflictingSubnets, exclude them with routing.neverProxy, or stop the other VPN",
     },
   );
 }
