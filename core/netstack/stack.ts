@@ -44,9 +44,14 @@ const EVENT_LOOP_TURN_MS = 2;
 const MAX_HALF_OPEN = 4096;
 /**
  * UDP flows at once, at most (each holds a tunnel and a socket in the cluster until 60 s idle: 2000 flows cost the
- * manager ~160 MiB); datagrams of new flows past it are dropped (udpFlowsDropped).
+ * manager ~160 MiB). A new flow past it ends the oldest flow idle for UDP_EVICT_IDLE_MS (udpFlowsEvicted), as conntrack
+ * makes room by dropping flows that are done; only when every flow is busier are its datagrams dropped
+ * (udpFlowsDropped). Without that, a burst of one-shot queries (a resolver's, each from a new port) filled the table
+ * and all new UDP was dropped until the burst's flows idled out a minute later.
  */
 const MAX_UDP_FLOWS = 2048;
+/** How long a UDP flow must have been idle before a new flow may take its place at the limit. */
+const UDP_EVICT_IDLE_MS = 1000;
 /** Batches read right after a write (each handled, its answers written, then read again) before the run loop's turn. */
 const READ_AFTER_WRITE_ROUNDS = 4;
 
@@ -562,6 +567,21 @@ export class Stack {
 
   // ---- UDP ----
 
+  /**
+   * Ends the oldest flow (by creation: the table's order) that has been idle for UDP_EVICT_IDLE_MS, to make room for a
+   * new one; false when there is none. The oldest flows are mostly done ones, so the walk is short.
+   */
+  #evictIdleUdp(): boolean {
+    const now = this.clock.now();
+    for (const f of this.#udp.values()) {
+      if (now - f.lastActive < UDP_EVICT_IDLE_MS) continue;
+      f.close(); // leaves the table (udpRemoved)
+      this.#counters.udpFlowsEvicted++;
+      return true;
+    }
+    return false;
+  }
+
   #udpIn(p: Uint8Array, family: 4 | 6, src: Uint8Array, dst: Uint8Array, seg: Uint8Array, verify: boolean): void {
     const h = parseUdp(seg);
     const dgram = seg.subarray(0, h.length);
@@ -579,7 +599,7 @@ export class Stack {
       existing.receive(payload);
       return;
     }
-    if (this.#udp.size >= MAX_UDP_FLOWS) {
+    if (this.#udp.size >= MAX_UDP_FLOWS && !this.#evictIdleUdp()) {
       this.#counters.udpFlowsDropped++;
       return;
     }

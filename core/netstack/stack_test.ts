@@ -1069,7 +1069,18 @@ Deno.test("handshakes under way and UDP flows are bounded; a handshake the clien
   for (let i = 0; i <= 2048; i++) env.stack.input([udpPacket(CLIENT, 1024 + i, POD, 53, new Uint8Array([i & 255]))]);
   await tick();
   equal(env.flows.length, 2048);
-  equal(env.stack.counters().udpFlowsDropped, 1);
+  equal(env.stack.counters().udpFlowsDropped, 1, "every flow is fresh: the new one's datagram is dropped");
+  // a second later the oldest flow that stayed idle makes room for a new one; one that spoke again is kept
+  const ended = new Set<number>();
+  env.flows.forEach((f, i) => f.closed.then(() => ended.add(i)));
+  env.fake.tick(1500);
+  env.stack.input([udpPacket(CLIENT, 1024, POD, 53, new Uint8Array([1]))]); // flow 0 speaks again
+  env.stack.input([udpPacket(CLIENT, 9000, POD, 53, new Uint8Array([2]))]);
+  await tick();
+  equal(env.flows.length, 2049, "the new flow was started");
+  assertEquals([...ended], [1], "in place of the oldest idle one");
+  equal(env.stack.counters().udpFlowsEvicted, 1);
+  equal(env.stack.counters().udpFlows, 2048);
   env.stack.close();
 
   // accepted, but the client's ACK never comes: five SYN-ACK retransmissions (1+2+4+8+16+32 s), then given up

@@ -44,8 +44,10 @@ export interface Counters {
   tcpSynDropped: number;
   udpAccepted: number;
   udpRefused: number;
-  /** Datagrams that would have started a flow past the flow limit (MAX_UDP_FLOWS), dropped. */
+  /** Datagrams that would have started a flow past the flow limit (MAX_UDP_FLOWS) while no flow was idle, dropped. */
   udpFlowsDropped: number;
+  /** Idle flows ended to make room for new ones at the flow limit. */
+  udpFlowsEvicted: number;
   /** Datagrams dropped because a flow's queue was full or the flow was pending too long. */
   udpDropped: number;
   icmpEchoReplies: number;
@@ -76,6 +78,7 @@ export function zeroCounters(): Counters {
     udpAccepted: 0,
     udpRefused: 0,
     udpFlowsDropped: 0,
+    udpFlowsEvicted: 0,
     udpDropped: 0,
     icmpEchoReplies: 0,
     forwarderErrors: 0,

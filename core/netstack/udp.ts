@@ -59,6 +59,11 @@ export class UdpEndpoint implements UdpFlow {
     this.#arm(idleMs);
   }
 
+  /** When a datagram last went either way (the stack's clock). */
+  get lastActive(): number {
+    return this.#last;
+  }
+
   /** The forwarder accepted: queued datagrams flow. */
   accept(): void {
     if (this.#done) return;
