@@ -47,6 +47,24 @@ export interface DaemonOptions {
   onReady?: () => void;
 }
 
+/** The settings of `b` that differ from `a`'s, by the flag (or file) that sets them; none for a repeat. */
+export function connectDifferences(a: ConnectRequest, b: ConnectRequest): string[] {
+  const same = (x: readonly string[], y: readonly string[]) => x.length === y.length && x.every((v, i) => v === y[i]);
+  const fields: Array<[string, boolean]> = [
+    // the flattened kubeconfig names the context and namespace too: it counts apart from them (server, credentials)
+    ["kubeconfig", a.kubeconfig === b.kubeconfig || a.context !== b.context || a.namespace !== b.namespace],
+    ["--context", a.context === b.context],
+    ["--namespace", a.namespace === b.namespace],
+    ["--manager-namespace", a.managerNamespace === b.managerNamespace],
+    ["--manager-address", a.managerAddress === b.managerAddress],
+    ["--also-proxy", same(a.alsoProxy, b.alsoProxy)],
+    ["--never-proxy", same(a.neverProxy, b.neverProxy)],
+    ["--dns", a.dns === b.dns],
+    ["config", a.config === b.config],
+  ];
+  return fields.filter(([, eq]) => !eq).map(([name]) => name);
+}
+
 /** How often the namespaces are listed again with a direct manager address (see ClientSession's namespaceRefreshMs). */
 const NAMESPACE_REFRESH_DIRECT_MS = 5 * 60_000;
 
@@ -124,9 +142,10 @@ class Daemon {
   #vif?: Vif;
   #resolver?: Resolver;
   #resolverName = "";
-  #busy = false;
   /** The connect in progress: aborting `limit` cancels it; `finished` resolves once it has returned. */
   #connecting?: { limit: AbortController; finished: Promise<void> };
+  /** What the session was connected with: a connect that asks the same is a repeat, one that differs is refused. */
+  #connectedWith?: ConnectRequest;
   #statePath: string;
   #stateWritten = false;
   quit?: () => void;
@@ -209,16 +228,30 @@ class Daemon {
         routes: [],
       };
     };
-    if (this.#busy) return fail(new TelError("user", "a connect is already in progress", { hint: "wait for it" }));
+    // a connect under way (another tel connect's): this one waits for it, then is a repeat of it or is told apart
+    while (this.#connecting) {
+      const gone = Promise.withResolvers<void>();
+      const abort = () => gone.resolve();
+      cancelled?.addEventListener("abort", abort, { once: true });
+      await Promise.race([this.#connecting.finished, gone.promise]);
+      cancelled?.removeEventListener("abort", abort);
+      if (cancelled?.aborted) return fail(new TelError("user", "the connect was cancelled while another one ran"));
+    }
     if (this.#session) {
       const s = this.#session.status();
+      const where = `context ${s.context} (namespace ${s.namespace})`;
+      const other = this.#connectedWith ? connectDifferences(this.#connectedWith, req) : ["settings"];
+      if (!other.length) {
+        // as Telepresence: a repeated connect is a success, so scripts and editor hooks may run it every time
+        step(`already connected to ${where}`);
+        return { ok: true, steps, routes: s.routes, clusterInfo: s.clusterInfo, session: { sessionId: s.sessionId } };
+      }
       return fail(
-        new TelError("user", `already connected to context ${s.context} (namespace ${s.namespace})`, {
-          hint: "run 'tel quit' first to connect elsewhere",
+        new TelError("user", `already connected to ${where}, with another ${other.join(", ")}`, {
+          hint: "run 'tel quit' first to connect with these settings",
         }),
       );
     }
-    this.#busy = true;
     // timeouts.connect, Quit or the CLI gone: the step in progress stops waiting and fails with the abort's reason
     const limit = new AbortController();
     const finished = Promise.withResolvers<void>();
@@ -277,6 +310,7 @@ class Daemon {
         signal,
       });
       await this.#saveState();
+      this.#connectedWith = req;
       const st = this.#session.status();
       return { ok: true, steps, routes: st.routes, clusterInfo: st.clusterInfo, session: { sessionId: st.sessionId } };
     } catch (e) {
@@ -287,7 +321,6 @@ class Daemon {
       clearTimeout(timer);
       cancelled?.removeEventListener("abort", gone);
       this.#connecting = undefined;
-      this.#busy = false;
       finished.resolve();
     }
   }
@@ -317,6 +350,7 @@ class Daemon {
   async #teardown(): Promise<void> {
     const session = this.#session;
     this.#session = undefined;
+    this.#connectedWith = undefined;
     await session?.close();
     const closeCluster = this.#closeCluster;
     this.#closeCluster = undefined;
