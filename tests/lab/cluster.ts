@@ -129,8 +129,11 @@ async function removeIfThere(path: string): Promise<void> {
   }
 }
 
-/** Removes /etc/netns/<name> dirs and /tmp/tel-lab-<id> dirs whose lab namespace no longer exists. */
-export async function sweepStaleLabFiles(): Promise<string[]> {
+/**
+ * Removes /etc/netns/<name> dirs and /tmp/tel-lab-<id> dirs whose lab namespace no longer exists, unless younger than
+ * `minAgeMs`: a lab starting beside this one makes its directory before its namespaces (a sweep then took it once).
+ */
+export async function sweepStaleLabFiles(minAgeMs = 10 * 60_000): Promise<string[]> {
   const removed: string[] = [];
   const gone = async (name: string) => {
     try {
@@ -156,6 +159,8 @@ export async function sweepStaleLabFiles(): Promise<string[]> {
     }
     for (const e of entries) {
       if (!re.test(e.name) || !(await gone(nsOf(e.name)))) continue;
+      const mtime = (await Deno.stat(`${dir}/${e.name}`).catch(() => undefined))?.mtime?.getTime() ?? 0;
+      if (Date.now() - mtime < minAgeMs) continue;
       await removeIfThere(`${dir}/${e.name}`);
       removed.push(`${dir}/${e.name}`);
     }
