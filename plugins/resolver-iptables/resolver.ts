@@ -64,6 +64,59 @@ async function unheardBy(given: string, path = "/etc/resolv.conf"): Promise<stri
   return servers.includes(given) ? [] : servers;
 }
 
+/**
+ * A shell that removes the chain when this process dies without stopping the resolver (SIGKILL, a crash, the OOM
+ * killer): with the chain left, every lookup of the host goes to a port nothing listens on, refused, names outside the
+ * cluster too, until the next `tel quit` or `tel connect`. The shell waits on a pipe from this process: "stop" on it
+ * means the resolver stopped as it should; the pipe's end without it means this process is gone. A shell, not a
+ * second Deno: it costs about a megabyte while it waits.
+ */
+class DeadManSwitch {
+  #child: Deno.ChildProcess;
+  #stdin: WritableStreamDefaultWriter<Uint8Array>;
+
+  private constructor(child: Deno.ChildProcess) {
+    this.#child = child;
+    this.#stdin = child.stdin.getWriter();
+  }
+
+  /** Starts the shell for `chain` (a name of chainName's, safe in a shell word); undefined where none can run. */
+  static arm(chain: string): DeadManSwitch | undefined {
+    if (!/^[A-Za-z0-9-]+$/.test(chain)) return undefined;
+    const removal = ["iptables", "ip6tables"].flatMap((t) => removeArgs(chain).map((a) => `${t} ${a.join(" ")}`));
+    const script = `IFS= read -r word; [ "$word" = stop ] && exit 0; ${removal.join("; ")}; exit 0`;
+    try {
+      const child = new Deno.Command("sh", {
+        args: ["-c", script],
+        stdin: "piped",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      child.unref();
+      return new DeadManSwitch(child);
+    } catch (e) {
+      log.warn("resolver-iptables", "cannot start the shell that removes the DNS redirect if tel dies", {
+        error: errorMessage(e),
+      });
+      return undefined;
+    }
+  }
+
+  /** Tells the shell the resolver stopped as it should; waits (at most 2 s) for it to exit. */
+  async disarm(): Promise<void> {
+    try {
+      await this.#stdin.write(new TextEncoder().encode("stop\n"));
+      await this.#stdin.close();
+    } catch {
+      // the shell is gone already (killed): nothing to disarm
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<void>((r) => timer = setTimeout(r, 2000));
+    await Promise.race([this.#child.status.then(() => {}), late]);
+    clearTimeout(timer);
+  }
+}
+
 /** Removes the named chains (both families); errors are logged, never thrown: cleanup must go on. */
 export async function removeChains(chains: string[], family: "ipv4" | "ipv6" | "both" = "both"): Promise<void> {
   const tools = family === "both" ? ["iptables", "ip6tables"] : [family === "ipv6" ? "ip6tables" : "iptables"];
@@ -111,6 +164,7 @@ export class IptablesResolver implements Resolver {
   #unheard: string[] = [];
   #checkMs: number;
   #watch?: ReturnType<typeof setInterval>;
+  #deadMan?: DeadManSwitch;
   /** install, update, check and stop run one at a time (a check must not see a chain half replaced). */
   #turn: Promise<unknown> = Promise.resolve();
 
@@ -189,6 +243,7 @@ export class IptablesResolver implements Resolver {
   /** Installs the chain, and checks every few seconds that it is still there (a firewall reload flushes nat). */
   async start(config: ResolverConfig): Promise<void> {
     await this.#exclusive(() => this.#install(config));
+    this.#deadMan = DeadManSwitch.arm(this.chain);
     let checking = false; // a slow iptables (its lock held by another tool) must not pile checks up
     this.#watch = setInterval(() => {
       if (checking) return;
@@ -295,6 +350,8 @@ export class IptablesResolver implements Resolver {
   stop(): Promise<void> {
     clearInterval(this.#watch);
     return this.#exclusive(async () => {
+      await this.#deadMan?.disarm();
+      this.#deadMan = undefined;
       await this.#removeChain();
       this.#installed = undefined;
       this.#pool.close();
