@@ -119,24 +119,42 @@ Deno.test({
 });
 
 Deno.test({
-  name: "iptables resolver: chains left by a killed daemon are found and removed",
+  name: "iptables resolver: a chain left by a killed daemon goes with its dead-man shell, else the cleanup finds it",
   ignore: !ready,
   async fn() {
     await lab(async (ws) => {
-      const h = harness(ws, ["--fallback", "198.19.255.2", "--id", "crash1"]);
-      const reader = h.stdout.getReader();
-      await readLine(reader, /READY/);
-      h.kill("SIGKILL");
-      await h.status;
-      reader.releaseLock();
-      assert.match(await ws.exec(["iptables", "-t", "nat", "-S"]), /-N TEL-DNS-crash1/);
+      const chains = () => ws.exec(["iptables", "-t", "nat", "-S"]);
+      const killed = async (id: string, shellToo: boolean) => {
+        const h = harness(ws, ["--fallback", "198.19.255.2", "--id", id]);
+        const reader = h.stdout.getReader();
+        await readLine(reader, /READY/);
+        assert.match(await chains(), new RegExp(`-N TEL-DNS-${id}`));
+        if (shellToo) {
+          const shells = await new Deno.Command("pgrep", { args: ["-P", String(h.pid), "sh"] }).output();
+          const pids = new TextDecoder().decode(shells.stdout).trim().split("\n").filter(Boolean);
+          assert.equal(pids.length, 1, "one dead-man shell");
+          Deno.kill(Number(pids[0]), "SIGKILL");
+        }
+        h.kill("SIGKILL");
+        await h.status;
+        reader.releaseLock();
+      };
+      // the daemon alone dies: its shell removes the redirect, and lookups work again
+      await killed("crash1", false);
+      const end = Date.now() + 10_000;
+      while (/TEL-DNS/.test(await chains()) && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+      assert.doesNotMatch(await chains(), /TEL-DNS/);
+      assert.equal(await dig(ws, ["www.example.test"]), "198.18.99.99");
+      // the shell died too: the chain stays, and the cleanup (tel quit's) finds and removes it
+      await killed("crash2", true);
+      assert.match(await chains(), /-N TEL-DNS-crash2/);
       const cleanup = await ws.run([
         DENO,
         "eval",
         `import { listTelChains, removeChains } from "${ROOT}plugins/resolver-iptables/resolver.ts"; const c = await listTelChains(); await removeChains(c); console.log(c.join(","));`,
       ]);
-      assert.equal(cleanup.stdout.trim(), "TEL-DNS-crash1", cleanup.stderr);
-      assert.doesNotMatch(await ws.exec(["iptables", "-t", "nat", "-S"]), /TEL-DNS/);
+      assert.equal(cleanup.stdout.trim(), "TEL-DNS-crash2", cleanup.stderr);
+      assert.doesNotMatch(await chains(), /TEL-DNS/);
       assert.equal(await dig(ws, ["www.example.test"]), "198.18.99.99");
     });
   },
