@@ -307,11 +307,13 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
   function tunnelCall(call: grpc.ServerDuplexStream<Frame, Frame> | ServedCall, endIdle: () => void): void {
     const started = clock.now();
     let sessionId = "";
+    let flowStarted: number | undefined;
     // a call made ahead of time waits here for its open frame; the manager's close ends it too
     openStreams.add(endIdle);
     serveTunnel(call, {
       checkSession: (sid) => sessions.check(sid),
       track: (flow) => {
+        flowStarted = clock.now();
         openStreams.delete(endIdle);
         sessionId = flow.sessionId;
         const unregister = sessions.onEnd(flow.sessionId, (reason) => flow.abort(reason));
@@ -336,7 +338,8 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
         (unused ? log.debug : log.info)("manager", end.clean ? "tunnel ended" : "tunnel ended early", {
           ...end,
           session: sessionId || undefined,
-          ms: Math.round(clock.now() - started),
+          // the flow's life from its dial: a call made ahead of time may have waited long for its open frame
+          ms: Math.round(clock.now() - (flowStarted ?? started)),
         });
       },
       // serveTunnel handles its own failures; anything reaching here is a bug, but must not kill the server
