@@ -190,10 +190,15 @@ Deno.test({
       assert.equal(file.code, 3, file.stderr);
       assert.match(file.stderr, /socket path .*\/precious is a file that is not a socket; tel leaves it alone\nhint: /);
       assert.equal(await Deno.readTextFile(`${dir}/precious`), "data");
-      // the daemon itself, as the CLI starts it: stderr goes nowhere, so its log must say why it stopped
+      // the daemon itself, as the CLI starts it: stderr goes nowhere, so its log must say why it stopped; a log grown
+      // past 8 MiB is moved aside first (daemon.log.1), so it does not grow without bound
+      await Deno.writeTextFile(`${dir}/daemon.log`, "old\n");
+      await Deno.truncate(`${dir}/daemon.log`, 9 * 1024 * 1024);
       const d = await tel(["daemon", "--log-file", `${dir}/daemon.log`], { env: { ...env, TEL_SOCKET: long } });
       assert.equal(d.code, 3);
       assert.match(await Deno.readTextFile(`${dir}/daemon.log`), /ERROR daemon: stopped error=".*bytes long.*hint=/);
+      assert.ok((await Deno.stat(`${dir}/daemon.log`)).size < 4096, "a new log");
+      assert.equal((await Deno.stat(`${dir}/daemon.log.1`)).size, 9 * 1024 * 1024, "the old log, moved aside");
       await assert.rejects(Deno.stat(`${dir}/d.sock`), Deno.errors.NotFound, "no daemon started");
     } finally {
       if (await Deno.stat(`${dir}/d.sock`).then(() => true, () => false)) {

@@ -361,6 +361,12 @@ const quitCommand: Command = {
   },
 };
 
+/**
+ * A daemon log grown past this is moved to `<file>.1` (replacing the one before) when a daemon starts: the log is
+ * appended to by every daemon (~1 KiB per connect, more at debug) and nothing else would bound it.
+ */
+const LOG_ROTATE_BYTES = 8 * 1024 * 1024;
+
 const daemonCommand: Command = {
   hidden: true,
   spec: {
@@ -372,6 +378,11 @@ const daemonCommand: Command = {
   async run(ctx) {
     const logFile = ctx.values["log-file"] as string | undefined;
     if (logFile) {
+      try {
+        if (Deno.statSync(logFile).size > LOG_ROTATE_BYTES) Deno.renameSync(logFile, `${logFile}.1`);
+      } catch {
+        // no log yet (or it cannot be moved): it is opened, or refused, below
+      }
       let f: Deno.FsFile;
       try {
         f = Deno.openSync(logFile, { create: true, append: true, write: true });
