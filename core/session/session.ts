@@ -279,7 +279,7 @@ export class ClientSession {
     return [...new Set([this.#o.namespace, ...this.#namespaces])];
   }
 
-  /** Include suffixes of the config and the manager, as bare domains. */
+  /** Include suffixes of the config and the manager, as written (".corp.example": the rules read them so). */
   #includes(info: ClusterInfo): string[] {
     return [...(this.#o.dns?.includeSuffixes ?? []), ...(info.dns?.includeSuffixes ?? [])];
   }
