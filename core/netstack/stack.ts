@@ -118,6 +118,8 @@ export class Stack {
   /** Connections in TIME-WAIT, by the same keys (never in both tables at once). */
   #timeWaits: TimeWaits;
   #udp = new Map<string, UdpEndpoint>();
+  /** Before this time (the stack's clock) no UDP flow can be idle enough to make room (see #evictIdleUdp). */
+  #udpEvictableAt = 0;
   #ackSet = new Set<TcpEndpoint>();
   /** Connections that can still receive data: they share {@link TcpTuning.rcvBudget}. */
   #rcvOpen = 0;
@@ -573,12 +575,20 @@ export class Stack {
    */
   #evictIdleUdp(): boolean {
     const now = this.clock.now();
+    // a walk that found every flow busy says when one can be idle enough at the earliest: a flood of new flows (a
+    // port scan) is dropped until then without walking the whole table for each of its datagrams
+    if (now < this.#udpEvictableAt) return false;
+    let earliest = Infinity;
     for (const f of this.#udp.values()) {
-      if (now - f.lastActive < UDP_EVICT_IDLE_MS) continue;
+      if (now - f.lastActive < UDP_EVICT_IDLE_MS) {
+        earliest = Math.min(earliest, f.lastActive + UDP_EVICT_IDLE_MS);
+        continue;
+      }
       f.close(); // leaves the table (udpRemoved)
       this.#counters.udpFlowsEvicted++;
       return true;
     }
+    this.#udpEvictableAt = earliest;
     return false;
   }
 
