@@ -309,6 +309,9 @@ withLab(
     const status = await tel.run(["status"]);
     assert.match(status.stdout, /not connected \(no daemon running\)/);
     assert.match(status.stderr, /a daemon stopped without 'tel quit' .*'tel quit' removes it/);
+    const json = JSON.parse((await tel.run(["status", "-o", "json"])).stdout);
+    assert.equal(json.state, "disconnected");
+    assert.match(json.lastError, /a daemon stopped without 'tel quit' .*'tel quit' removes it/, "scripts see it too");
     const q = await tel.run(["quit"]);
     assert.equal(q.code, 0, q.stderr);
     assert.match(q.stdout, /removed what one that stopped without 'tel quit' left/);
@@ -322,6 +325,10 @@ withLab(
       `a tel daemon \\(pid ${pid}\\) still runs, but its socket .* is gone\nhint: .*'kill ${pid}'`,
     );
     assert.match((await tel.run(["status"])).stderr, orphan);
+    assert.match(
+      JSON.parse((await tel.run(["status", "-o", "json"])).stdout).lastError,
+      new RegExp(orphan.source.split("\\n")[0]),
+    );
     for (const args of [["quit"], ["connect", "--kubeconfig", lab.kubeconfigPath]]) {
       const r = await tel.run(args);
       assert.equal(r.code, 4, `${args[0]}: ${r.stdout}${r.stderr}`);

@@ -307,17 +307,20 @@ const statusCommand: Command = {
       if (running.state === "silent") throw silentDaemon(h);
       if (running.state === "answers") s = running.status;
       const format = ctx.values.output as string | undefined;
-      const data = s ?? { state: "disconnected", connected: false };
-      if (format === "json" || format === "yaml") ctx.io.out(await renderData(data, format));
-      else if (s) ctx.io.out(statusText(s));
+      const left = s ? "none" : await leftState();
+      const leftWhy = left === "left"
+        ? "a daemon stopped without 'tel quit' and left its VIF or DNS set-up; 'tel quit' removes it"
+        : undefined;
+      if (format === "json" || format === "yaml") {
+        // what the text says on stderr, scripts read here
+        const orphan = typeof left === "object" ? orphanDaemon(left.orphan, h.socketPath).message : undefined;
+        const data = s ?? { state: "disconnected", connected: false, lastError: leftWhy ?? orphan ?? "" };
+        ctx.io.out(await renderData(data, format));
+      } else if (s) ctx.io.out(statusText(s));
       else {
         ctx.io.out("tel: not connected (no daemon running)\n");
-        const left = await leftState();
-        if (left === "left") {
-          ctx.io.err(
-            "tel: a daemon stopped without 'tel quit' and left its VIF or DNS set-up; 'tel quit' removes it\n",
-          );
-        } else if (left !== "none") printError(orphanDaemon(left.orphan, h.socketPath), ctx.io);
+        if (leftWhy) ctx.io.err(`tel: ${leftWhy}\n`);
+        else if (typeof left === "object") printError(orphanDaemon(left.orphan, h.socketPath), ctx.io);
       }
       return 0;
     } finally {
