@@ -609,10 +609,6 @@ export class Stack {
       existing.receive(payload);
       return;
     }
-    if (this.#udp.size >= MAX_UDP_FLOWS && !this.#evictIdleUdp()) {
-      this.#counters.udpFlowsDropped++;
-      return;
-    }
     if (h.dstPort === 0) {
       this.#counters.udpRefused++; // nothing listens on port 0: port unreachable at once, nothing is dialed
       this.#icmpUnreachable(
@@ -620,6 +616,11 @@ export class Stack {
         p.slice(0, Math.min(p.length, 576)),
         family === 4 ? ICMP4_CODE_PORT : ICMP6_CODE_PORT,
       );
+      return;
+    }
+    // at the limit an idle flow makes room; a datagram that starts no flow (port 0, above) never costs one
+    if (this.#udp.size >= MAX_UDP_FLOWS && !this.#evictIdleUdp()) {
+      this.#counters.udpFlowsDropped++;
       return;
     }
     if (this.#closed) return;
