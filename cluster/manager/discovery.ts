@@ -15,7 +15,7 @@ import { log } from "../../core/log.ts";
 import { Cidr, coveringCidrs, IpAddr, normalize } from "../../core/subnet/mod.ts";
 import { kubeError, loadKubeConfig, makeTelInformer } from "../kube.ts";
 import type { ClusterInfo, ClusterInfoSource } from "./cluster_info.ts";
-import { probeServiceSubnets, type ServiceSubnetResult } from "./service_subnet.ts";
+import { parseAll, probeServiceSubnets, type ServiceSubnetResult } from "./service_subnet.ts";
 
 export { parseStrategy, POD_CIDR_STRATEGIES, type PodCidrStrategy } from "./pod_cidr_strategy.ts";
 import type { PodCidrStrategy } from "./pod_cidr_strategy.ts";
@@ -43,18 +43,6 @@ export function nodeFacts(n: V1Node): NodeFacts {
 export function podFacts(p: V1Pod): PodFacts {
   const ips = p.status?.podIPs?.length ? p.status.podIPs.map((x) => x.ip) : p.status?.podIP ? [p.status.podIP] : [];
   return { ips, hostNetwork: p.spec?.hostNetwork === true, phase: p.status?.phase };
-}
-
-function parseAll<T>(texts: string[], parse: (t: string) => T, what: string): T[] {
-  const out: T[] = [];
-  for (const t of texts) {
-    try {
-      out.push(parse(t));
-    } catch (err) {
-      log.debug("discovery", `ignoring unparsable ${what}`, { text: t, err });
-    }
-  }
-  return out;
 }
 
 /**

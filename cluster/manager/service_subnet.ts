@@ -161,6 +161,19 @@ export async function probeServiceSubnets(opts: ServiceSubnetProbeOptions): Prom
   return { subnets: normalize(found).map((c) => c.toString()), errors };
 }
 
+/** Parses each of `texts`; one that does not parse is left out (logged at debug, as `what`). */
+export function parseAll<T>(texts: string[], parse: (t: string) => T, what: string): T[] {
+  const out: T[] = [];
+  for (const t of texts) {
+    try {
+      out.push(parse(t));
+    } catch (err) {
+      log.debug("discovery", `ignoring unparsable ${what}`, { text: t, err });
+    }
+  }
+  return out;
+}
+
 /** The CIDRs of the cluster's ServiceCIDR objects (networking.k8s.io/v1); none on an apiserver without them. */
 async function listServiceCidrs(opts: ServiceSubnetProbeOptions): Promise<{ cidrs: Cidr[]; error?: TelError }> {
   const action = { verb: "list", resource: "servicecidrs" };
@@ -185,13 +198,5 @@ async function listServiceCidrs(opts: ServiceSubnetProbeOptions): Promise<{ cidr
       ),
     };
   }
-  const cidrs: Cidr[] = [];
-  for (const text of items.flatMap((i) => i.spec?.cidrs ?? [])) {
-    try {
-      cidrs.push(Cidr.parse(text));
-    } catch (err) {
-      log.debug("service-subnet", "unparsable CIDR in a ServiceCIDR", { text, err });
-    }
-  }
-  return { cidrs };
+  return { cidrs: parseAll(items.flatMap((i) => i.spec?.cidrs ?? []), (t) => Cidr.parse(t), "ServiceCIDR cidr") };
 }
