@@ -265,6 +265,49 @@ for (const server of TUNNEL_SERVERS) {
 }
 
 for (const server of TUNNEL_SERVERS) {
+  Deno.test(`${server} tunnel server: large UDP datagrams reach the opener whole, one each, however the reads cut them`, async () => {
+    // two 60000-byte datagrams for each request (a few more would overflow a socket's default receive buffer): the
+    // opener's reads cut their messages
+    const size = (i: number) => 60_000 - 997 * i;
+    const datagram = (i: number) => new Uint8Array(size(i)).map((_, j) => (j * 13 + i) & 0xff);
+    const udp = udpServer(async (data, from, sock) => {
+      for (const i of [2 * data[0], 2 * data[0] + 1]) await sock.send(datagram(i), from);
+    });
+    try {
+      await withManager(
+        async ({ client, sessionId }) => {
+          const t = await openTunnel(client, {
+            sessionId,
+            connId: connId("udp", { ip: "127.0.0.1", port: 5353 }, { ip: "127.0.0.1", port: udp.port }),
+          });
+          const w = t.writable.getWriter();
+          const r = t.readable.getReader();
+          const got: number[] = [], want: number[] = [];
+          for (let k = 0; k < 8; k++) {
+            await w.write(new Uint8Array([k]));
+            for (const i of [2 * k, 2 * k + 1]) {
+              const { value } = await r.read();
+              got.push(value!.byteLength);
+              want.push(size(i));
+              if (value!.byteLength === size(i)) {
+                assert.deepEqual(new Uint8Array(value!), datagram(i), `datagram ${i}'s bytes`);
+              }
+            }
+          }
+          assert.deepEqual(got, want, "one chunk a datagram, each its own length");
+          await w.close();
+          await t.ended;
+        },
+        undefined,
+        server,
+      );
+    } finally {
+      await udp.close();
+    }
+  });
+}
+
+for (const server of TUNNEL_SERVERS) {
   Deno.test(`${server} tunnel server: dial to a refused port is rejected with the reason`, async () => {
     const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const port = (l.addr as Deno.NetAddr).port;

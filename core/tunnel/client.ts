@@ -90,7 +90,8 @@ export async function openTunnel(to: ManagerTarget, opts: OpenTunnelOptions): Pr
   const bare = bareSession(h2Sessions, to);
   const client = bare ? to : await grpcClientOf(to);
   if (!bare) grpcCalls ??= await import("./grpc.ts");
-  const { fs, limit } = takePrepared(client);
+  const { fs, limit, datagrams } = takePrepared(client);
+  if (opts.connId.protocol === "udp") datagrams?.();
   const order = new FrameOrder("opener");
   const what = formatConnId(opts.connId);
   await fs.send({
@@ -138,6 +139,8 @@ interface Prepared {
   fs: FrameChannel;
   /** The data frame limit the dialer announced in its response headers (known once they arrived). */
   limit(): number;
+  /** A UDP flow's call: each data frame must reach the reader whole, as one datagram (where pieces are possible). */
+  datagrams?(): void;
 }
 
 /**

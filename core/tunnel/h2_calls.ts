@@ -150,14 +150,14 @@ export class H2Tunnels {
   }
 
   /** Starts a Tunnel call (its HEADERS go out now); `limit()` is the largest data frame the dialer accepts. */
-  open(): { fs: FrameChannel; limit: () => number } {
+  open(): { fs: FrameChannel; limit: () => number; datagrams: () => void } {
     if (this.#closed) throw new Error("the tunnel session was closed");
     // node:http2 may add to the object it is given (tracing headers): it gets a copy
     const st = this.#sessionNow().request(this.#client === "wire" ? TUNNEL_REQUEST : { ...TUNNEL_REQUEST });
     // node:http2 hands out 16 KiB DATA chunks: pieces that small cost more than the copy (session 6), so only the
     // wire client's (socket reads, up to 64 KiB) go on as pieces
     const ch = new H2FrameChannel(st, { pieces: this.#client === "wire" });
-    return { fs: ch, limit: () => ch.limit };
+    return { fs: ch, limit: () => ch.limit, datagrams: () => ch.wholeMessages() };
   }
 
   /** Starts a streaming call to `path` (its HEADERS go out now), for a MessageCall (h2_messages.ts) on the bare stream. */
@@ -451,6 +451,14 @@ export class H2FrameChannel extends WaitingChannel implements FrameChannel {
         this.#bodyLen = 0;
       }
     }
+  }
+
+  /**
+   * Passes every data message on whole from now on, for a UDP flow (each data frame is one datagram): a split one is
+   * assembled, not passed on in pieces. Call before the flow's open frame goes out (no data arrives before it).
+   */
+  wholeMessages(): void {
+    this.#pieces = false;
   }
 
   /** Part of a split data message's payload, as a view held for the reader. */
