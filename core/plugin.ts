@@ -60,6 +60,11 @@ export interface Resolver {
   stop(): Promise<void>;
   /** Where names that are not for the cluster go, when the resolver owns that path (the overriding resolver does). */
   readonly fallback?: Fallback;
+  /**
+   * The loopback address tel's DNS server is to listen on, where the resolver needs one family (a redirect of an IPv6
+   * nameserver can only go to an IPv6 address); else 127.0.0.1.
+   */
+  readonly listenHost?: string;
   /** One line for `tel status`, e.g. "iptables chain TEL-DNS-1a2b, fallback 10.0.0.53". */
   describe?(): string;
   /** What went wrong with the resolver since it started, for `tel status` (a plugin process that exited); else none. */

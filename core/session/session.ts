@@ -62,7 +62,7 @@ export interface SessionOptions {
   neverProxy?: Cidr[];
   allowConflicting?: Cidr[];
   dns?: { ttlSeconds?: number; lookupTimeoutMs?: number; includeSuffixes?: string[]; excludeSuffixes?: string[] };
-  /** Where tel's DNS server listens; default 127.0.0.1, a free port. */
+  /** Where tel's DNS server listens; default the resolver's listenHost (else 127.0.0.1), a free port. */
   dnsListen?: { hostname: string; port: number };
   /** Resolution through the OS, for the recursion check; default Deno.resolveDns. */
   osResolve?: OsResolve;
@@ -221,7 +221,7 @@ export class ClientSession {
       answerTtl: this.#o.dns?.ttlSeconds ?? 4,
       lookupTimeout: this.#o.dns?.lookupTimeoutMs ?? 1000,
     });
-    const listen = this.#o.dnsListen ?? { hostname: "127.0.0.1", port: 0 };
+    const listen = this.#o.dnsListen ?? { hostname: this.#o.resolver.listenHost ?? "127.0.0.1", port: 0 };
     this.#dns = new DnsServer({ engine: this.#engine, hostname: listen.hostname, port: listen.port });
     const addr = await this.#dns.start();
     signal?.throwIfAborted();

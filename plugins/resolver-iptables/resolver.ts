@@ -162,6 +162,8 @@ export class IptablesResolver implements Resolver {
   #installed?: ResolverConfig;
   /** The nameservers resolv.conf names when the given fallback (--dns) is not one of them: the host asks those. */
   #unheard: string[] = [];
+  /** A nameserver resolv.conf names now that the redirect cannot follow (another address family). */
+  #unfollowed?: string;
   #checkMs: number;
   #watch?: ReturnType<typeof setInterval>;
   #deadMan?: DeadManSwitch;
@@ -178,6 +180,11 @@ export class IptablesResolver implements Resolver {
   /** The fallback DNS server whose port 53 is redirected now. */
   get fallbackIp(): string {
     return this.#pool.ip;
+  }
+
+  /** ip6tables redirects an IPv6 nameserver's queries only to an IPv6 address: tel's server then listens on ::1. */
+  get listenHost(): string {
+    return isIpv6(this.#pool.ip) ? "::1" : "127.0.0.1";
   }
 
   #exclusive<T>(fn: () => Promise<T>): Promise<T> {
@@ -209,6 +216,20 @@ export class IptablesResolver implements Resolver {
   }
 
   async #install(config: ResolverConfig): Promise<void> {
+    if (isIpv6(this.#pool.ip) !== isIpv6(config.serverIp)) {
+      const family = (ip: string) => isIpv6(ip) ? "IPv6" : "IPv4";
+      throw new TelError(
+        "config",
+        `plugin/resolver-iptables: the DNS server the host asks, ${this.#pool.ip}, is ${family(this.#pool.ip)}, and ` +
+          `tel's DNS server listens on ${config.serverIp} (${family(config.serverIp)}): a redirect cannot change the ` +
+          "address family",
+        {
+          hint: `give TEL_DNS_LISTEN an ${
+            family(this.#pool.ip)
+          } address (e.g. ${this.listenHost}:53) or leave it unset`,
+        },
+      );
+    }
     const script = restoreScript({
       chain: this.chain,
       fallbackIp: this.#pool.ip,
@@ -313,6 +334,19 @@ export class IptablesResolver implements Resolver {
       return false;
     }
     if (!next || next === this.#pool.ip) return false;
+    if (isIpv6(next) !== isIpv6(config.serverIp)) {
+      // the redirect cannot go across families: keep the one there is (said once, and in status) until a reconnect
+      if (this.#unfollowed !== next) {
+        this.#unfollowed = next;
+        log.error("resolver-iptables", `the fallback DNS server in ${this.#follow} changed to another address family`, {
+          from: this.#pool.ip,
+          to: next,
+          hint: "tel quit, then tel connect, to redirect the new one",
+        });
+      }
+      return false;
+    }
+    this.#unfollowed = undefined;
     let pool: PooledFallback;
     try {
       pool = await PooledFallback.open({ ip: next });
@@ -369,6 +403,13 @@ export class IptablesResolver implements Resolver {
     if (!this.#unheard.length) return said;
     return `${said} (warning: the host asks ${this.#unheard.join(", ")} (/etc/resolv.conf), not ${this.#pool.ip}: ` +
       "its lookups do not reach tel; leave out --dns / dns.localIP, or give one of those)";
+  }
+
+  /** For `tel status`: a nameserver change the redirect could not follow. */
+  problem(): string | undefined {
+    if (this.#unfollowed === undefined) return undefined;
+    return `${this.#follow} now names ${this.#unfollowed}, another address family than tel's DNS server: the host's ` +
+      "lookups do not reach tel until 'tel quit' and 'tel connect'";
   }
 
   /** For the daemon's state file. */

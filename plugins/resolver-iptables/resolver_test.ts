@@ -222,3 +222,61 @@ Deno.test({
     });
   },
 });
+
+Deno.test({
+  name:
+    "iptables resolver: an IPv6 nameserver is redirected by ip6tables to tel's server on ::1; a move to IPv4 is not followed",
+  ignore: !ready,
+  async fn() {
+    await lab(async (ws, up) => {
+      const v6 = "fd00:7e1:ee::2";
+      await ws.exec(["ip", "-6", "addr", "add", "fd00:7e1:ee::1/64", "dev", "veth0", "nodad"]);
+      await up.exec(["ip", "-6", "addr", "add", `${v6}/64`, "dev", "veth0", "nodad"]);
+      const up6 = up.spawn([
+        DENO,
+        "run",
+        "-A",
+        `${ROOT}tests/lab/dns_server.ts`,
+        "--listen",
+        `[${v6}]:53`,
+        "--record",
+        "www.example.test=198.18.99.97",
+      ]);
+      const dir = await Deno.makeTempDir({ prefix: "tel-resolv-" });
+      const resolvConf = `${dir}/resolv.conf`;
+      await Deno.writeTextFile(resolvConf, `nameserver ${v6}\n`);
+      let h: Deno.ChildProcess | undefined;
+      try {
+        await readLine(up6.stdout.getReader(), /READY/);
+        h = harness(ws, ["--resolv-conf", resolvConf, ...CLUSTER]);
+        const reader = h.stdout.getReader();
+        const buf = { text: "" };
+        const chain = (await readLine(reader, /READY (\S+)/, buf)).split(" ")[1];
+        assert.match(await ws.exec(["ip6tables", "-t", "nat", "-S", chain]), /DNAT --to-destination \[::1\]:\d+/);
+        assert.equal(await dig(ws, ["echo.default.svc.cluster.local"], v6), "198.18.0.20");
+        assert.equal(await dig(ws, ["+tcp", "echo.default.svc.cluster.local"], v6), "198.18.0.20", "TCP too");
+        assert.equal(await dig(ws, ["www.example.test"], v6), "198.18.99.97", "others through the IPv6 fallback");
+        // resolv.conf names an IPv4 server now: a redirect cannot move across families, so the one there is stays
+        await Deno.writeTextFile(resolvConf, "nameserver 198.19.255.2\n");
+        await new Promise((r) => setTimeout(r, 600)); // three of the harness's checks
+        assert.equal(await dig(ws, ["echo.default.svc.cluster.local"], v6), "198.18.0.20", "the IPv6 redirect stays");
+        assert.doesNotMatch(await ws.exec(["iptables", "-t", "nat", "-S"]), /TEL-DNS/);
+        await h.stdin.close();
+        await readLine(reader, /STOPPED/, buf);
+        reader.releaseLock();
+        assert.equal((await h.status).code, 0);
+        assert.doesNotMatch(await ws.exec(["ip6tables", "-t", "nat", "-S"]), /TEL-DNS/);
+      } finally {
+        for (const p of [h, up6]) {
+          try {
+            p?.kill("SIGKILL");
+          } catch {
+            // exited
+          }
+          await p?.status;
+        }
+        await Deno.remove(dir, { recursive: true });
+      }
+    });
+  },
+});

@@ -42,7 +42,7 @@ const engine = new DnsEngine({
   providers: () => [cluster],
   fallback: resolver.fallback,
 });
-const server = new DnsServer({ engine, hostname: "127.0.0.1", port: 0 });
+const server = new DnsServer({ engine, hostname: resolver.listenHost, port: 0 });
 const addr = await server.start();
 await resolver.start({ serverIp: addr.hostname, serverPort: addr.port, domains: ["cluster.local"], search: [] });
 console.log(`READY ${resolver.chain}`);
