@@ -312,10 +312,13 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
     openStreams.add(endIdle);
     serveTunnel(call, {
       checkSession: (sid) => sessions.check(sid),
-      track: (flow) => {
+      // a refused or failed dial is logged with its session and time too
+      opened: (sid) => {
         flowStarted = clock.now();
+        sessionId = sid;
+      },
+      track: (flow) => {
         openStreams.delete(endIdle);
-        sessionId = flow.sessionId;
         const unregister = sessions.onEnd(flow.sessionId, (reason) => flow.abort(reason));
         const end = () => flow.abort("manager shutting down");
         openStreams.add(end);
@@ -338,7 +341,7 @@ export async function startManager(opts: ManagerOptions): Promise<ManagerHandle>
         (unused ? log.debug : log.info)("manager", end.clean ? "tunnel ended" : "tunnel ended early", {
           ...end,
           session: sessionId || undefined,
-          // the flow's life from its dial: a call made ahead of time may have waited long for its open frame
+          // the flow's life from its open frame: a call made ahead of time may have waited long for it
           ms: Math.round(clock.now() - (flowStarted ?? started)),
         });
       },

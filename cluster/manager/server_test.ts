@@ -846,8 +846,9 @@ Deno.test({
   },
 });
 
-Deno.test("the manager logs why each flow ended: the opener's abort reason, or a clean close", async () => {
+Deno.test("the manager logs why each flow ended, with its session: the opener's abort reason, a clean close, a failed dial", async () => {
   const echo = tcpEcho();
+  let sid = "";
   const before = logLevel();
   const lines: string[] = [];
   let seen: (() => void) | undefined;
@@ -876,11 +877,21 @@ Deno.test("the manager logs why each flow ended: the opener's abort reason, or a
       await clean.writable.close();
       for await (const _ of clean.readable) { /* to the echo's close-send */ }
       await ended(2);
+      // a dial that fails is told with its session too (many users share one manager)
+      const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      const port = (closed.addr as Deno.NetAddr).port;
+      closed.close();
+      const refused = openTunnel(client, { sessionId, connId: connId("tcp", id.src, { ip: "127.0.0.1", port }) });
+      await assert.rejects(refused, /dial rejected/);
+      await ended(3);
+      sid = sessionId;
     });
     const flows = lines.filter((l) => /tunnel ended/.test(l));
     assert.match(flows[0], /tunnel ended early .*reason="opener disconnected: user pressed ctrl-c"/);
     assert.match(flows[0], /conn="tcp 127\.0\.0\.1:1 -> 127\.0\.0\.1:\d+"/);
     assert.match(flows[1], /tunnel ended clean=true/);
+    assert.match(flows[2], /tunnel ended early .*reason=".*refused/i);
+    for (const f of flows) assert.match(f, new RegExp(`session=${sid}`), f);
   } finally {
     const enc = new TextEncoder();
     configureLog({ level: before, sink: (line) => Deno.stderr.writeSync(enc.encode(line + "\n")) });

@@ -30,6 +30,8 @@ export interface ServeTunnelOptions {
   defaultDialTimeoutMs?: number;
   /** A UDP flow with no datagram either way for this long ends. */
   udpIdleMs?: number;
+  /** Called once the open frame arrived, with the session it names (before that is checked and the target dialed). */
+  opened?(sessionId: string): void;
   /** Why a target may not be dialed at all (the dialer's own host, say), or undefined when it may. */
   refuseTarget?(ip: string): string | undefined;
   clock?: Clock;
@@ -82,6 +84,7 @@ export async function serveTunnel(call: FrameDuplex | ServedCall, opts: ServeTun
   if (first.$case !== "open") return await refuse(frames.disconnect("expected open"), "expected open");
   const open = first.value;
   const sessionId = open.session?.sessionId ?? "";
+  opts.opened?.(sessionId);
   const sessionProblem = opts.checkSession(sessionId);
   if (sessionProblem) return await refuse(frames.dialReject(sessionProblem), sessionProblem);
   let id: ConnId;
