@@ -82,8 +82,14 @@ export function createForwarder(
       return t;
     } catch (e) {
       stats.failed++;
-      log.debug("forward", "dial failed", { flow: `${id.proto} ${id.dst}:${id.dstPort}`, error: errorMessage(e) });
-      return verdictFor(e);
+      const verdict = verdictFor(e);
+      // a refusal reaches the client as one (RST, port unreachable); anything else only as "no route to host": the
+      // reason (a dial timeout, the manager's error) is in daemon.log
+      (verdict === "refused" ? log.debug : log.info)("forward", "dial failed", {
+        flow: `${id.proto} ${id.dst}:${id.dstPort}`,
+        error: errorMessage(e),
+      });
+      return verdict;
     }
   };
 

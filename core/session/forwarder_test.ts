@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import type { ConnSink, TcpConn } from "../netstack/mod.ts";
 import type { Tunnel } from "../tunnel/mod.ts";
-import { splice } from "./forwarder.ts";
+import { configureLog, logLevel } from "../log.ts";
+import { createForwarder, splice } from "./forwarder.ts";
 
 /** A tunnel whose high-water mark the test moves, recording what it was pushed. */
 function fakeTunnel() {
@@ -55,4 +56,30 @@ Deno.test("splice: the client's bytes go to the tunnel also while it is over its
   assert.equal(resumed, 1, "resumed once, though two chunks went over the mark");
   assert.equal(sink!.buffered!(), 0);
   assert.equal(sink!.data(new Uint8Array(10)), true);
+});
+
+Deno.test("a dial that fails other than by refusal is said in the log at info with its reason (the client sees only 'no route to host')", async () => {
+  const before = logLevel();
+  const lines: string[] = [];
+  configureLog({ level: "info", sink: (line) => lines.push(line) });
+  try {
+    const { forwarder, stats } = createForwarder((id) =>
+      Promise.reject(
+        new Error(
+          id.dstPort === 80 ? "dial rejected: connect timed out after 5000 ms" : "dial rejected: Connection refused",
+        ),
+      )
+    );
+    const conn = (dstPort: number) =>
+      ({ id: { proto: "tcp", family: 4, src: "10.0.0.1", srcPort: 40000, dst: "198.18.0.20", dstPort } }) as TcpConn;
+    assert.equal(await forwarder.tcp(conn(80)), "unreachable");
+    assert.equal(await forwarder.tcp(conn(81)), "refused");
+    assert.equal(stats.failed, 2);
+    const said = lines.filter((l) => /dial failed/.test(l));
+    assert.equal(said.length, 1, said.join("\n"));
+    assert.match(said[0], /INFO .*flow="tcp 198\.18\.0\.20:80" error="dial rejected: connect timed out after 5000 ms"/);
+  } finally {
+    const enc = new TextEncoder();
+    configureLog({ level: before, sink: (line) => Deno.stderr.writeSync(enc.encode(line + "\n")) });
+  }
 });
