@@ -632,6 +632,20 @@ Deno.test("udp: datagrams reach the flow, replies go back, the flow closes after
   equal(env.stack.counters().udpFlows, 0);
 });
 
+Deno.test("udp: a burst that comes while the flow is dialed is kept, up to the flow's queue", async () => {
+  const env = setup();
+  const burst = Array.from({ length: 200 }, (_, i) => udpPacket(CLIENT, 5353, POD, 53, new Uint8Array([i])));
+  env.stack.input(burst); // one batch: the forwarder's verdict comes after it
+  await tick();
+  const r = env.flows[0].readable.getReader();
+  for (let i = 0; i < 200; i++) assertEquals((await r.read()).value, new Uint8Array([i]));
+  equal(env.stack.counters().udpDropped, 0);
+  // past the queue (256 by default) the rest of a burst is dropped, and counted
+  env.stack.input(Array.from({ length: 300 }, () => udpPacket(CLIENT, 5354, POD, 53, new Uint8Array([1]))));
+  await tick();
+  equal(env.stack.counters().udpDropped, 300 - 256);
+});
+
 Deno.test("icmp: echo requests to routed addresses are answered, IPv4 and IPv6", () => {
   const env = setup();
   env.stack.input([echoRequest(CLIENT, POD, 7, 1, new Uint8Array([5, 6]))]);

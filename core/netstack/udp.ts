@@ -23,8 +23,6 @@ export interface UdpHost {
   udpRemoved(flow: UdpEndpoint): void;
 }
 
-const PENDING_MAX = 64;
-
 /** The stack's side of a UDP flow. */
 export class UdpEndpoint implements UdpFlow {
   readonly id: FlowId;
@@ -36,7 +34,10 @@ export class UdpEndpoint implements UdpFlow {
   #rc!: ReadableStreamDefaultController<Uint8Array>;
   #accepted = false;
   #done = false;
+  // datagrams that came while the forwarder dials: as many as the flow queues once accepted (a burst the kernel's
+  // socket buffer would hold is not cut short by the dial)
   #pending: Uint8Array[] = [];
+  #pendingMax: number;
   #idleMs: number;
   #last: number;
   #timer: TimerHandle | undefined;
@@ -48,6 +49,7 @@ export class UdpEndpoint implements UdpFlow {
     this.key = key;
     this.route = route;
     this.#idleMs = idleMs;
+    this.#pendingMax = queue;
     this.#last = host.clock.now();
     this.closed = new Promise((r) => this.#resolveClosed = r);
     this.readable = new ReadableStream<Uint8Array>({
@@ -77,7 +79,7 @@ export class UdpEndpoint implements UdpFlow {
     if (this.#done) return;
     this.#last = this.#host.clock.now();
     if (!this.#accepted) {
-      if (this.#pending.length < PENDING_MAX) this.#pending.push(payload.slice());
+      if (this.#pending.length < this.#pendingMax) this.#pending.push(payload.slice());
       else this.#host.counters.udpDropped++;
       return;
     }
