@@ -1,5 +1,6 @@
 /**
- * TCP_NODELAY for sockets the runtime gives no handle for. Deno's WebSocket client turns Nagle's algorithm on for its
+ * TCP connections the runtime gives no handle for: TCP_NODELAY, and a reset (Deno has no way to send one).
+ * TCP_NODELAY: Deno's WebSocket client turns Nagle's algorithm on for its
  * connection (setsockopt TCP_NODELAY 0), and Deno.serve over TLS leaves it on for what it accepts; with it on, a small
  * write that follows another before the peer's ACK waits for that ACK, which a peer delaying its ACKs sends up to 40 ms
  * later (a tel connect over the kube API port-forward took 88 ms so, against ~1 ms reached directly). Go, and so the
@@ -8,10 +9,12 @@
  */
 
 import { log } from "./log.ts";
+import { IpAddr } from "./subnet/mod.ts";
 
 const SYMBOLS = {
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
   getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
 } as const;
 
 let libc: Deno.DynamicLibrary<typeof SYMBOLS> | null | undefined;
@@ -19,24 +22,45 @@ let libc: Deno.DynamicLibrary<typeof SYMBOLS> | null | undefined;
 const IPPROTO_TCP = 6;
 const TCP_NODELAY = 1;
 const ESTABLISHED = "01";
+const CLOSE_WAIT = "08";
 
-/** Which connections: by local port, remote port, or both. */
+/** Which connections: by local port, remote port, or both (and the remote address). */
 export interface PortMatch {
   localPort?: number;
   remotePort?: number;
+  /** The remote address as text (IPv4, or IPv6 in any form `IpAddr` parses). */
+  remoteIp?: string;
+  /** Connections the peer half-closed count too (CLOSE_WAIT), not only established ones. */
+  halfClosed?: boolean;
+}
+
+/** An address of /proc/net/tcp{,6}: host-order 32-bit words in hex, as the kernel prints them. */
+export function procNetAddress(ip: string): string {
+  const a = IpAddr.parse(ip, "config").toBytes();
+  let hex = "";
+  for (let w = 0; w < a.length; w += 4) {
+    for (let i = 3; i >= 0; i--) hex += a[w + i].toString(16).padStart(2, "0");
+  }
+  return hex.toUpperCase();
 }
 
 /** The socket inodes of established TCP connections in /proc/self/net/tcp{,6} text that match. */
 export function matchingInodes(tables: string[], match: PortMatch): Set<string> {
   const inodes = new Set<string>();
+  const remoteIp = match.remoteIp === undefined ? undefined : procNetAddress(match.remoteIp);
+  // an IPv4 peer of an IPv6 socket shows as ::ffff:a.b.c.d
+  const mapped = remoteIp?.length === 8 ? `0000000000000000FFFF0000${remoteIp}` : undefined;
   for (const table of tables) {
     for (const line of table.split("\n").slice(1)) {
       const f = line.trim().split(/\s+/);
-      if (f.length < 10 || f[3] !== ESTABLISHED) continue;
+      if (f.length < 10 || !(f[3] === ESTABLISHED || (match.halfClosed && f[3] === CLOSE_WAIT))) continue;
       const local = parseInt(f[1].slice(f[1].lastIndexOf(":") + 1), 16);
-      const remote = parseInt(f[2].slice(f[2].lastIndexOf(":") + 1), 16);
+      const colon = f[2].lastIndexOf(":");
+      const remote = parseInt(f[2].slice(colon + 1), 16);
       if (match.localPort !== undefined && local !== match.localPort) continue;
       if (match.remotePort !== undefined && remote !== match.remotePort) continue;
+      const addr = f[2].slice(0, colon).toUpperCase();
+      if (remoteIp !== undefined && addr !== remoteIp && addr !== mapped) continue;
       inodes.add(f[9]);
     }
   }
@@ -93,6 +117,20 @@ export function noDelayWhere(match: PortMatch): number {
     if (c.symbols.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, one, 4) === 0) changed++;
   }
   return changed;
+}
+
+/**
+ * Resets this process's TCP connection that matches (all of local port, remote port and address) now: the peer gets
+ * an RST, not the FIN Deno's close sends (it shuts the socket down for writing first, so SO_LINGER 0 came too late).
+ * A connect() to AF_UNSPEC disconnects the socket, which for a connection in use sends a reset; the runtime's close
+ * afterwards only frees it. False where it found none or cannot (not Linux, no /proc, no FFI permission).
+ */
+export function resetNow(match: Required<Pick<PortMatch, "localPort" | "remotePort" | "remoteIp">>): boolean {
+  const fds = fdsWhere({ ...match, halfClosed: true });
+  const c = fds.length === 1 ? lib() : null; // more than one would be a match this function was not asked for
+  if (!c) return false;
+  const unspec = new Uint8Array(16); // struct sockaddr, sa_family AF_UNSPEC (0)
+  return c.symbols.connect(fds[0], unspec, unspec.byteLength) === 0;
 }
 
 /** Whether Nagle's algorithm is off on socket `fd` (getsockopt TCP_NODELAY); undefined where it cannot ask. */

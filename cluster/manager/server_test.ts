@@ -265,6 +265,58 @@ for (const server of TUNNEL_SERVERS) {
 }
 
 for (const server of TUNNEL_SERVERS) {
+  Deno.test(`${server} tunnel server: an opener's abort for a client's reset resets the target's connection; another abort ends it with a FIN`, async () => {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (listener.addr as Deno.NetAddr).port;
+    // each accepted connection: the bytes it read, and how it ended ("eof", or the read's error)
+    const endings: Promise<[number, string]>[] = [];
+    const got: number[] = [];
+    const accepting = (async () => {
+      for await (const conn of listener) {
+        const i = endings.length;
+        got[i] = 0;
+        endings.push((async (): Promise<[number, string]> => {
+          const buf = new Uint8Array(4096);
+          try {
+            for (let n; (n = await conn.read(buf)) !== null;) got[i] += n;
+            return [got[i], "eof"];
+          } catch (e) {
+            return [got[i], (e as Error).name];
+          } finally {
+            conn.close();
+          }
+        })());
+      }
+    })();
+    try {
+      await withManager(
+        async ({ client, sessionId }) => {
+          for (const [k, reset] of [[0, true], [1, false]] as const) {
+            const t = await openTunnel(client, {
+              sessionId,
+              connId: connId("tcp", { ip: "127.0.0.1", port: 42000 + k }, { ip: "127.0.0.1", port }),
+            });
+            const w = t.writable.getWriter();
+            await w.write(new Uint8Array(1000));
+            for (let i = 0; got[k] !== 1000 && i < 1000; i++) await new Promise((r) => setTimeout(r, 5));
+            assert.equal(got[k], 1000, "the target read the bytes before the abort");
+            t.abort("client side: netstack: connection reset by peer", { reset });
+            await t.ended;
+          }
+          assert.deepEqual(await endings[0], [1000, "ConnectionReset"], "the client's reset reaches the target");
+          assert.deepEqual(await endings[1], [1000, "eof"], "any other abort ends with a FIN");
+        },
+        undefined,
+        server,
+      );
+    } finally {
+      listener.close();
+      await accepting.catch(() => {});
+    }
+  });
+}
+
+for (const server of TUNNEL_SERVERS) {
   Deno.test(`${server} tunnel server: large UDP datagrams reach the opener whole, one each, however the reads cut them`, async () => {
     // two 60000-byte datagrams for each request (a few more would overflow a socket's default receive buffer): the
     // opener's reads cut their messages

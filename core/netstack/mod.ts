@@ -40,7 +40,14 @@
 
 export { type Forwarder, Stack, type StackOptions } from "./stack.ts";
 export { ChannelLink, type Gso, type Link, type LinkOffload } from "./link.ts";
-export { type ConnSink, DEFAULT_TCP_TUNING, type TcpConn, type TcpState, type TcpTuning } from "./tcp/endpoint.ts";
+export {
+  ConnectionResetError,
+  type ConnSink,
+  DEFAULT_TCP_TUNING,
+  type TcpConn,
+  type TcpState,
+  type TcpTuning,
+} from "./tcp/endpoint.ts";
 export type { UdpFlow } from "./udp.ts";
 export { type Counters, type FlowId, type Verdict } from "./types.ts";
 export { type Cidr, cidrContains, formatCidr, formatIp, parseCidr, parseIp } from "./addr.ts";

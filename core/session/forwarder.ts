@@ -3,7 +3,14 @@
 import { connectKey, ConnectQueue } from "../connect_queue.ts";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
-import type { FlowId, Forwarder, TcpConn, UdpFlow, Verdict } from "../netstack/mod.ts";
+import {
+  ConnectionResetError,
+  type FlowId,
+  type Forwarder,
+  type TcpConn,
+  type UdpFlow,
+  type Verdict,
+} from "../netstack/mod.ts";
 import type { Tunnel } from "../tunnel/mod.ts";
 
 /** Opens a tunnel for a flow; rejects with the dial-reject reason. */
@@ -31,7 +38,9 @@ export function verdictFor(err: unknown): Verdict {
  * tunnel ends both.
  */
 export function splice(conn: TcpConn, t: Tunnel): void {
-  const clientGone = (e: unknown) => t.abort(`client side: ${errorMessage(e)}`);
+  // a client's reset resets the target's connection too (a clean end would pass a cut upload off as whole)
+  const clientGone = (e: unknown) =>
+    t.abort(`client side: ${errorMessage(e)}`, { reset: e instanceof ConnectionResetError });
   // bytes the tunnel took while over its high-water mark: they close the client's window until it drains
   let over = 0;
   let waiting = false;

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { ConnSink, TcpConn } from "../netstack/mod.ts";
+import { ConnectionResetError, type ConnSink, type TcpConn } from "../netstack/mod.ts";
 import type { Tunnel } from "../tunnel/mod.ts";
 import { configureLog, logLevel } from "../log.ts";
 import { createForwarder, splice } from "./forwarder.ts";
@@ -81,5 +81,22 @@ Deno.test("a dial that fails other than by refusal is said in the log at info wi
   } finally {
     const enc = new TextEncoder();
     configureLog({ level: before, sink: (line) => Deno.stderr.writeSync(enc.encode(line + "\n")) });
+  }
+});
+
+Deno.test("splice: a client's reset aborts the tunnel asking for a reset of the target's end; other errors do not", () => {
+  for (
+    const [err, reset] of [[new ConnectionResetError(), true], [
+      new Error("netstack: connection timed out"),
+      false,
+    ]] as const
+  ) {
+    const aborts: [string, { reset?: boolean } | undefined][] = [];
+    let sink: ConnSink | undefined;
+    const conn = { attach: (s: ConnSink) => sink = s } as unknown as TcpConn;
+    const t = { attach() {}, abort: (reason: string, opts?: { reset?: boolean }) => aborts.push([reason, opts]) };
+    splice(conn, t as unknown as Tunnel);
+    sink!.error(err);
+    assert.deepEqual(aborts, [[`client side: ${err.message}`, { reset }]]);
   }
 });

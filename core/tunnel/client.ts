@@ -46,8 +46,8 @@ export interface Tunnel {
   finish(): Promise<void>;
   /** Resolves once the flow is over, either way. */
   readonly ended: Promise<TunnelEnd>;
-  /** Ends the flow at once, telling the far side why. */
-  abort(reason: string): void;
+  /** Ends the flow at once, telling the far side why; `reset`: the client reset, so the target's end is reset too. */
+  abort(reason: string, opts?: { reset?: boolean }): void;
 }
 
 /** Where a tunnel's bytes from the target go without a stream (see {@link Tunnel.attach}). */
@@ -450,12 +450,12 @@ class OpenTunnel implements Tunnel {
     this.#resolveEnded(reason === undefined ? { clean: true } : { clean: false, reason });
   }
 
-  abort(reason: string): void {
+  abort(reason: string, opts?: { reset?: boolean }): void {
     if (this.#endReason !== undefined) return;
     // Say why and half-close rather than cancel at once: a cancel (RST_STREAM) can overtake the disconnect frame,
     // and the far side then logs a bare reset. The far side ends the call when it reads the disconnect; cancel
     // only if it has not after ABORT_GRACE_MS.
-    this.#fs.write(frames.disconnect(reason));
+    this.#fs.write(frames.disconnect(reason, opts?.reset));
     this.#fs.end();
     this.#abortTimer = this.#clock.setTimeout(() => this.#fs.abort(), ABORT_GRACE_MS);
     this.#finish(reason);

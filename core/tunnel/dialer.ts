@@ -6,6 +6,7 @@ import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
 import { writeAll } from "../io.ts";
 import { release } from "../slab.ts";
+import { resetNow } from "../tcp_nodelay.ts";
 import { bytesToIp, type ConnId, connIdFromWire, formatConnId, ipToBytes } from "./conn_id.ts";
 import { type Frame, FrameOrder, FramePool, frames, MAX_DATA_FRAME } from "./frame.ts";
 import { FRAME_LIMIT_HEADER, LARGE_DATA_FRAME, limitFrom } from "./limits.ts";
@@ -185,6 +186,8 @@ abstract class Flow {
 class TcpFlow extends Flow {
   #conn: Deno.TcpConn | undefined;
   #closed = false;
+  /** The opener's client reset its connection: the target's is reset too (before it is closed). */
+  #reset = false;
   #maxRead: number;
 
   constructor(fs: FrameChannel, order: FrameOrder, id: ConnId, clock: Clock, maxRead: number) {
@@ -208,6 +211,13 @@ class TcpFlow extends Flow {
   protected closeTarget(): void {
     if (this.#closed || !this.#conn) return;
     this.#closed = true;
+    if (this.#reset) {
+      const local = this.#conn.localAddr, remote = this.#conn.remoteAddr;
+      const reset = resetNow({ localPort: local.port, remotePort: remote.port, remoteIp: remote.hostname });
+      if (!reset) {
+        log.debug("tunnel", "cannot reset the target's connection; closing it", { conn: formatConnId(this.id) });
+      }
+    }
     try {
       this.#conn.close();
     } catch (err) {
@@ -265,7 +275,10 @@ class TcpFlow extends Flow {
         ahead = undefined;
         if (this.failed) return;
         if (!f) return this.fail(`stream ended before close-send${this.fs.error ? `: ${this.fs.error.message}` : ""}`);
-        if (f.$case === "disconnect") return this.fail(`opener disconnected: ${f.value.reason}`);
+        if (f.$case === "disconnect") {
+          this.#reset = f.value.reset;
+          return this.fail(`opener disconnected: ${f.value.reason}`);
+        }
         const bad = this.order.accept(f);
         if (bad) return this.fail(bad);
         if (f.$case === "data") {

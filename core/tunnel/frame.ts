@@ -243,7 +243,8 @@ export const frames = {
   dialOk: (): Frame => ({ $case: "dialOk", value: {} }),
   dialReject: (reason: string): Frame => ({ $case: "dialReject", value: { reason } }),
   keepalive: (): Frame => ({ $case: "keepalive", value: {} }),
-  disconnect: (reason: string): Frame => ({ $case: "disconnect", value: { reason } }),
+  /** `reset`: the opener's client reset its connection, so the target's is reset too (TCP). */
+  disconnect: (reason: string, reset = false): Frame => ({ $case: "disconnect", value: { reason, reset } }),
 };
 
 /** Which side of a flow checks the frames it receives: the opener (client) or the dialer (manager/agent). */

@@ -169,6 +169,8 @@ export interface Keepalive {
 
 export interface Disconnect {
   reason: string;
+  /** The opener's client reset its connection: the dialing side ends the target's with a reset too (TCP), not a FIN. */
+  reset: boolean;
 }
 
 export interface TunnelMessage {
@@ -1768,13 +1770,16 @@ export const Keepalive: MessageFns<Keepalive> = {
 };
 
 function createBaseDisconnect(): Disconnect {
-  return { reason: "" };
+  return { reason: "", reset: false };
 }
 
 export const Disconnect: MessageFns<Disconnect> = {
   encode(message: Disconnect, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.reason !== "") {
       writer.uint32(10).string(message.reason);
+    }
+    if (message.reset !== false) {
+      writer.uint32(16).bool(message.reset);
     }
     return writer;
   },
@@ -1800,6 +1805,14 @@ export const Disconnect: MessageFns<Disconnect> = {
             message.reason = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.reset = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1818,6 +1831,7 @@ export const Disconnect: MessageFns<Disconnect> = {
   fromPartial<I extends Exact<DeepPartial<Disconnect>, I>>(object: I): Disconnect {
     const message = createBaseDisconnect();
     message.reason = object.reason ?? "";
+    message.reset = object.reset ?? false;
     return message;
   },
 };

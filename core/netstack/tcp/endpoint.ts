@@ -146,6 +146,13 @@ function connError(msg: string): TelError {
   return new TelError("platform", `netstack: ${msg}`);
 }
 
+/** The client reset its connection (an RST): a forwarder ends the far side's with a reset too. */
+export class ConnectionResetError extends TelError {
+  constructor() {
+    super("platform", "netstack: connection reset by peer");
+  }
+}
+
 interface OooSegment {
   seq: number;
   data: Uint8Array;
@@ -402,11 +409,11 @@ export class TcpEndpoint implements TcpConn {
       case "closed":
         return;
       case "syn-pending":
-        if (flags & RST) this.#destroy(connError("connection reset by peer"));
+        if (flags & RST) this.#destroy(new ConnectionResetError());
         return;
       case "syn-received":
         if (flags & RST) {
-          if (h.seq === this.#rcvNxt) this.#destroy(connError("connection reset by peer"));
+          if (h.seq === this.#rcvNxt) this.#destroy(new ConnectionResetError());
           return;
         }
         if (flags & SYN) {
@@ -460,7 +467,7 @@ export class TcpEndpoint implements TcpConn {
     if (flags & RST) {
       if (seq === this.#rcvNxt) {
         this.#host.counters.tcpResets++;
-        this.#destroy(connError("connection reset by peer"));
+        this.#destroy(new ConnectionResetError());
       } else this.#sendAck(); // challenge ACK (RFC 5961)
       return;
     }
