@@ -7,6 +7,7 @@ import {
   type StatusResponse,
 } from "../../proto/gen/tel.ts";
 import { dnsListenFromEnv, runDaemon } from "./daemon.ts";
+import { clientName } from "./session.ts";
 
 Deno.test("TEL_DNS_LISTEN: ip:port or [v6]:port; unset means none; anything else is a config error naming it", () => {
   const env = (v: string | undefined) => (k: string) => k === "TEL_DNS_LISTEN" ? v : undefined;
@@ -210,3 +211,11 @@ async function collect(stream: AsyncIterable<ConnectProgress>): Promise<{ steps:
   }
   return out;
 }
+
+Deno.test("a session is named after the user who ran sudo, not root; else USER, LOGNAME", () => {
+  const env = (vars: Record<string, string>) => (k: string) => vars[k];
+  assert.equal(clientName(env({ SUDO_USER: "ada", USER: "root" }), "ws1"), "ada@ws1");
+  assert.equal(clientName(env({ USER: "bob", LOGNAME: "x" }), "ws1"), "bob@ws1");
+  assert.equal(clientName(env({ LOGNAME: "cy" }), "ws1"), "cy@ws1");
+  assert.equal(clientName(env({ SUDO_USER: "" }), "ws1"), "user@ws1");
+});

@@ -352,7 +352,7 @@ export class ClientSession {
     try {
       const res = await untilAborted(
         callManager(client, ManagerService.arriveAsClient, {
-          name: this.#o.clientName ?? `${Deno.env.get("USER") ?? "user"}@${Deno.hostname()}`,
+          name: this.#o.clientName ?? clientName((k) => Deno.env.get(k), Deno.hostname()),
           namespace: this.#o.namespace,
           installId: "",
           version: TEL_VERSION,
@@ -595,4 +595,12 @@ function numbers(o: object): Record<string, number> {
 /** The manager's word on why a subnet set is empty (ClusterInfo.warnings), for connect's steps and status. */
 function managerSays(warnings: string[]): string {
   return `the traffic-manager could not learn every subnet: ${warnings.join("; ")}`;
+}
+
+/**
+ * The name the manager knows this workstation's session by: the user who ran `sudo tel connect` (the daemon runs as
+ * root, whose USER says root for every developer on a shared manager), else USER or LOGNAME, at this host.
+ */
+export function clientName(env: (name: string) => string | undefined, host: string): string {
+  return `${env("SUDO_USER") || env("USER") || env("LOGNAME") || "user"}@${host}`;
 }
