@@ -34,7 +34,7 @@ export interface PortMatch {
   halfClosed?: boolean;
 }
 
-/** An address of /proc/net/tcp{,6}: host-order 32-bit words in hex, as the kernel prints them. */
+/** An address of /proc/net/tcp{,6} on a little-endian host (x86_64, arm64): 32-bit words, each byte-swapped, in hex. */
 export function procNetAddress(ip: string): string {
   const a = IpAddr.parse(ip, "config").toBytes();
   let hex = "";

@@ -212,10 +212,18 @@ class TcpFlow extends Flow {
     if (this.#closed || !this.#conn) return;
     this.#closed = true;
     if (this.#reset) {
-      const local = this.#conn.localAddr, remote = this.#conn.remoteAddr;
-      const reset = resetNow({ localPort: local.port, remotePort: remote.port, remoteIp: remote.hostname });
-      if (!reset) {
-        log.debug("tunnel", "cannot reset the target's connection; closing it", { conn: formatConnId(this.id) });
+      let reset: boolean | string;
+      try {
+        const local = this.#conn.localAddr, remote = this.#conn.remoteAddr;
+        reset = resetNow({ localPort: local.port, remotePort: remote.port, remoteIp: remote.hostname });
+      } catch (err) {
+        reset = errorMessage(err); // the close below must happen whatever went wrong here
+      }
+      if (reset !== true) {
+        log.debug("tunnel", "cannot reset the target's connection; closing it", {
+          conn: formatConnId(this.id),
+          error: reset || undefined,
+        });
       }
     }
     try {

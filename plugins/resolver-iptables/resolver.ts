@@ -333,6 +333,7 @@ export class IptablesResolver implements Resolver {
       log.debug("resolver-iptables", "cannot read resolv.conf", { path: this.#follow, error: errorMessage(e) });
       return false;
     }
+    if (next === this.#pool.ip) this.#unfollowed = undefined; // back to the server redirected: nothing left to say
     if (!next || next === this.#pool.ip) return false;
     if (isIpv6(next) !== isIpv6(config.serverIp)) {
       // the redirect cannot go across families: keep the one there is (said once, and in status) until a reconnect
