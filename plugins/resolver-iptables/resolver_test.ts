@@ -16,9 +16,22 @@ async function readLine(r: ReadableStreamDefaultReader<Uint8Array>, want: RegExp
   }
 }
 
-/** The lab's DNS server in `ns` on `ip`:53, answering one `name=ip` record. */
+/** The lab's DNS server in `ns` on `ip`:53 (IPv4 or IPv6), answering one `name=ip` record. */
 function dnsServer(ns: Netns, ip: string, record: string): Deno.ChildProcess {
-  return ns.spawn([DENO, "run", "-A", `${ROOT}tests/lab/dns_server.ts`, "--listen", `${ip}:53`, "--record", record]);
+  const listen = ip.includes(":") ? `[${ip}]:53` : `${ip}:53`;
+  return ns.spawn([DENO, "run", "-A", `${ROOT}tests/lab/dns_server.ts`, "--listen", listen, "--record", record]);
+}
+
+/** Kills what a test started (those still running) and waits for each to exit. */
+async function killAll(procs: (Deno.ChildProcess | undefined)[]): Promise<void> {
+  for (const p of procs) {
+    try {
+      p?.kill("SIGKILL");
+    } catch {
+      // already exited
+    }
+    await p?.status;
+  }
 }
 
 /** The resolver harness in `ws` (args choose the fallback); stdin piped: its EOF stops the harness. */
@@ -43,14 +56,7 @@ async function lab(fn: (ws: Netns, up: Netns) => Promise<void>): Promise<void> {
     await readLine(dns.stdout.getReader(), /READY/);
     await fn(ws, up);
   } finally {
-    for (const p of procs) {
-      try {
-        p.kill("SIGKILL");
-      } catch {
-        // already exited
-      }
-      await p.status;
-    }
+    await killAll(procs);
     await up?.close();
     await ws.close();
   }
@@ -209,14 +215,7 @@ Deno.test({
         assert.equal((await h.status).code, 0);
         assert.doesNotMatch(await ws.exec(["iptables", "-t", "nat", "-S"]), /TEL-DNS/);
       } finally {
-        for (const p of [h, other]) {
-          try {
-            p?.kill("SIGKILL");
-          } catch {
-            // exited
-          }
-          await p?.status;
-        }
+        await killAll([h, other]);
         await Deno.remove(dir, { recursive: true });
       }
     });
@@ -232,16 +231,7 @@ Deno.test({
       const v6 = "fd00:7e1:ee::2";
       await ws.exec(["ip", "-6", "addr", "add", "fd00:7e1:ee::1/64", "dev", "veth0", "nodad"]);
       await up.exec(["ip", "-6", "addr", "add", `${v6}/64`, "dev", "veth0", "nodad"]);
-      const up6 = up.spawn([
-        DENO,
-        "run",
-        "-A",
-        `${ROOT}tests/lab/dns_server.ts`,
-        "--listen",
-        `[${v6}]:53`,
-        "--record",
-        "www.example.test=198.18.99.97",
-      ]);
+      const up6 = dnsServer(up, v6, "www.example.test=198.18.99.97");
       const dir = await Deno.makeTempDir({ prefix: "tel-resolv-" });
       const resolvConf = `${dir}/resolv.conf`;
       await Deno.writeTextFile(resolvConf, `nameserver ${v6}\n`);
@@ -267,14 +257,7 @@ Deno.test({
         assert.equal((await h.status).code, 0);
         assert.doesNotMatch(await ws.exec(["ip6tables", "-t", "nat", "-S"]), /TEL-DNS/);
       } finally {
-        for (const p of [h, up6]) {
-          try {
-            p?.kill("SIGKILL");
-          } catch {
-            // exited
-          }
-          await p?.status;
-        }
+        await killAll([h, up6]);
         await Deno.remove(dir, { recursive: true });
       }
     });
